@@ -1,0 +1,132 @@
+"""What the package knows about each data set: shapes, splits, defaults, files and normalisation constants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from wrn.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file to fetch: where it lives on the web, where it goes under the data root, and its md5."""
+
+    url: str
+    filename: str
+    md5: str
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Facts about one data set. ``num_classes`` of ``imagefolder`` is ``None`` until a folder is read."""
+
+    name: str
+    num_classes: int | None
+    in_channels: int
+    image_size: int | None  # native side length (the crop size for ImageNet)
+    train_split: str
+    test_split: str
+    splits: tuple[str, ...]
+    normalization: str  # default, a name accepted by normalization_constants or 'zca'
+    augment: str  # default augmentation of the training loader
+    device_resident: bool  # whether the whole set is kept on the training device (the fast path)
+    classes: tuple[str, ...] | None = None  # class names, for folders
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "cifar10": DatasetInfo(
+        "cifar10", 10, 3, 32, "train", "test", ("train", "test"), "cifar10", "flip-crop", True
+    ),
+    "cifar100": DatasetInfo(
+        "cifar100", 100, 3, 32, "train", "test", ("train", "test"), "cifar10", "flip-crop", True
+    ),
+    "svhn": DatasetInfo(
+        "svhn",
+        10,
+        3,
+        32,
+        "train+extra",
+        "test",
+        ("train", "extra", "train+extra", "test"),
+        "svhn",
+        "none",
+        True,
+    ),
+    "digits": DatasetInfo("digits", 10, 1, 8, "train", "test", ("train", "test"), "digits", "none", True),
+    "imagenet": DatasetInfo(
+        "imagenet", 1000, 3, 224, "train", "val", ("train", "val"), "imagenet", "imagenet", False
+    ),
+    "imagefolder": DatasetInfo(
+        "imagefolder", None, 3, None, "train", "val", ("train", "val"), "imagenet", "flip-crop", False
+    ),
+}
+
+# Per-channel mean and std on the 0..255 scale.
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    # The paper's (and its official code's) CIFAR constants, used for CIFAR-100 as well.
+    "cifar10": ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7)),
+    # The true CIFAR-100 training-set statistics (0.5071, 0.4865, 0.4409) / (0.2673, 0.2564, 0.2762) x 255.
+    "cifar100": ((129.3, 124.1, 112.4), (68.2, 65.4, 70.4)),
+    # SVHN: pixels / 255 only.
+    "svhn": ((0.0, 0.0, 0.0), (255.0, 255.0, 255.0)),
+    "imagenet": ((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)),
+    # The bundled 8x8 digits after scaling to 0..255 (statistics of all 1,797 images).
+    "digits": ((77.85,), (95.85,)),
+    "none": ((0.0,), (1.0,)),
+}
+
+NORMALIZATION_CHOICES = (*NORMALIZATIONS, "zca")
+AUGMENT_CHOICES = ("none", "crop", "flip-crop", "imagenet")
+
+
+def normalization_constants(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel ``(mean, std)`` on the 0..255 scale for a normalisation name: out = (x - mean) / std."""
+    if name == "zca":
+        raise ConfigError(
+            "normalization 'zca' is a whitening transform, not a mean/std pair: use wrn.data.zca_whiten "
+            "or make_loaders(normalization='zca')."
+        )
+    if name not in NORMALIZATIONS:
+        raise ConfigError(
+            f"unknown normalization {name!r}: choose one of {', '.join(NORMALIZATION_CHOICES)}."
+        )
+    return NORMALIZATIONS[name]
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` of a data set name, or a :class:`DataError` listing the known names."""
+    if name not in DATASETS:
+        raise DataError(f"unknown data set {name!r}: choose one of {', '.join(DATASETS)}.")
+    return DATASETS[name]
+
+
+_CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+_CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+_SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
+
+# The archive (or file) to download for each data set, and the md5 of every file read from it (spec section 5).
+ARCHIVES: dict[str, RemoteFile] = {
+    "cifar10": RemoteFile(_CIFAR10_URL, "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),
+    "cifar100": RemoteFile(_CIFAR100_URL, "cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),
+}
+
+MEMBER_MD5: dict[str, dict[str, str]] = {
+    "cifar10": {
+        "cifar-10-batches-py/data_batch_1": "c99cafc152244af753f735de768cd75f",
+        "cifar-10-batches-py/data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+        "cifar-10-batches-py/data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+        "cifar-10-batches-py/data_batch_4": "634d18415352ddfa80567beed471001a",
+        "cifar-10-batches-py/data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+        "cifar-10-batches-py/test_batch": "40351d587109b95175f43aff81a1287e",
+    },
+    "cifar100": {
+        "cifar-100-python/train": "16019d7e3df5f24257cddd939b257f8d",
+        "cifar-100-python/test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+    },
+}
+
+SVHN_FILES: dict[str, RemoteFile] = {
+    "train": RemoteFile(_SVHN_URL + "train_32x32.mat", "train_32x32.mat", "e26dedcc434d2e4c54c9b2d4a06d8373"),
+    "test": RemoteFile(_SVHN_URL + "test_32x32.mat", "test_32x32.mat", "eb5a983be6a315427106f1b164d9cef3"),
+    "extra": RemoteFile(_SVHN_URL + "extra_32x32.mat", "extra_32x32.mat", "a93ce644f1a588dc4d68dda5feec44a7"),
+}

@@ -1,0 +1,89 @@
+"""A restricted unpickler for the CIFAR batch files.
+
+A pickle can run any code when it is loaded. The CIFAR batches hold only a dict of byte strings/strings, lists
+of ints and strings, and numpy arrays, so the unpickler here resolves only the few globals those need (numpy's
+array reconstructor, ``ndarray``, ``dtype``, and the latin-1 ``_codecs.encode`` that Python 3 writes for byte
+strings at protocol 2) and refuses every other global, before anything is called.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+
+import numpy as np
+
+from wrn.errors import DataError
+
+
+class UnsafePickleError(DataError):
+    """A pickle refers to something other than the plain types a data file holds."""
+
+
+_reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's _reconstruct, wherever this numpy keeps it
+
+
+def _latin1_encode(text, encoding="latin1", errors="strict"):
+    """The one use of ``_codecs.encode`` in protocol-2 pickles: a byte string stored as latin-1 text."""
+    if encoding not in ("latin1", "latin-1") or errors != "strict" or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"refused _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+def _checked_dtype(*args, **kwargs):
+    dtype = np.dtype(*args, **kwargs)
+    if dtype.hasobject:
+        raise pickle.UnpicklingError("refused a numpy object dtype")
+    return dtype
+
+
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _checked_dtype,
+    ("_codecs", "encode"): _latin1_encode,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, path):
+        super().__init__(file, encoding="latin1")
+        self._path = path
+
+    def find_class(self, module, name):
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(
+                f"{self._path} refers to {module}.{name}, which a data file never holds, so it was not "
+                f"unpickled: it is not a genuine data file (possibly malicious); delete it and download it again."
+            ) from None
+
+    def persistent_load(self, pid):
+        raise UnsafePickleError(
+            f"{self._path} uses persistent ids, which a data file never holds: delete it."
+        )
+
+
+def safe_load_pickle(path: str | os.PathLike):
+    """Unpickle ``path`` admitting only dicts, lists, tuples, strings, bytes, numbers and numpy arrays.
+
+    Anything else, a truncated file, or an object-dtype array raises a :class:`DataError` naming the file;
+    nothing in the file is ever called except numpy's array reconstruction.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        obj = _RestrictedUnpickler(io.BytesIO(data), path).load()
+    except DataError:
+        raise
+    except pickle.UnpicklingError as exc:
+        raise UnsafePickleError(f"{path} was refused by the safe unpickler ({exc}): delete it.") from None
+    except Exception as exc:  # EOFError, ValueError, ... from a truncated or garbled file
+        raise DataError(
+            f"{path} cannot be read as a pickle ({type(exc).__name__}: {exc}): it is truncated or corrupt, so "
+            f"delete it and download it again."
+        ) from None
+    return obj
