@@ -1,0 +1,29 @@
+"""Every network of the paper: CIFAR/SVHN WRNs, the thin pre-activation ResNets, the ImageNet WRNs."""
+
+from wrn.models.cifar import PreActBottleneck, PreActResNet, WideBlock, WideResNet
+from wrn.models.complexity import count_macs, count_parameters, model_table
+from wrn.models.imagenet import BasicBlock, Bottleneck, ImageNetResNet
+from wrn.models.io import load_model, save_model, unwrap
+from wrn.models.official import load_official
+from wrn.models.registry import build_model, create_model, list_models, model_info
+
+__all__ = [
+    "BasicBlock",
+    "Bottleneck",
+    "ImageNetResNet",
+    "PreActBottleneck",
+    "PreActResNet",
+    "WideBlock",
+    "WideResNet",
+    "build_model",
+    "count_macs",
+    "count_parameters",
+    "create_model",
+    "list_models",
+    "load_model",
+    "load_official",
+    "model_info",
+    "model_table",
+    "save_model",
+    "unwrap",
+]

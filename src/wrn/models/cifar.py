@@ -1,0 +1,280 @@
+"""CIFAR/SVHN networks: the wide residual networks WRN-d-k and the thin pre-activation ResNets.
+
+Built exactly as specification section 1 and 2 say (paper Table 1, the authors' code):
+
+* stem: 3x3 conv, ``in_channels -> 16``, no bias, NOT followed by BN-ReLU;
+* three groups of pre-activation blocks at widths 16k, 32k, 64k, the first block of groups 2 and 3 with
+  stride 2;
+* head: BN -> ReLU -> global average pool -> Linear (with bias).
+
+State-dict keys are stable and torchvision-like: ``conv1`` (stem), ``layer{1,2,3}.{i}.bn{j}/conv{j}``,
+``layer{g}.{i}.shortcut`` (only where the shape changes), ``bn`` and ``fc`` (head).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wrn.errors import ConfigError
+
+INITS = ("paper", "pytorch")
+
+
+class WideBlock(nn.Module):
+    """Pre-activation block B(M) with kernel list ``kernels`` = (m1, ..., ml), all convs ``planes`` wide.
+
+    ``o1 = ReLU(BN(x))`` is shared by the first conv and the projection shortcut; the identity shortcut takes
+    the raw ``x``. Dropout (element-wise) sits after the BN-ReLU and before every conv but the first. The
+    stride sits on the first conv, whatever its kernel. No conv has a bias; there is no ReLU after the sum.
+    """
+
+    def __init__(
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int = 1,
+        kernels: Sequence[int] = (3, 3),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.kernels = tuple(int(k) for k in kernels)
+        self.dropout_p = float(dropout)
+        for j, k in enumerate(self.kernels, start=1):
+            c_in = in_planes if j == 1 else planes
+            self.add_module(f"bn{j}", nn.BatchNorm2d(c_in))
+            self.add_module(
+                f"conv{j}",
+                nn.Conv2d(c_in, planes, k, stride=stride if j == 1 else 1, padding=k // 2, bias=False),
+            )
+        self.dropout = nn.Dropout(self.dropout_p) if self.dropout_p > 0 else None
+        self.shortcut = (
+            nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+            if in_planes != planes or stride != 1
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o1 = F.relu(self.bn1(x))
+        h = self.conv1(o1)
+        for j in range(2, len(self.kernels) + 1):
+            h = F.relu(getattr(self, f"bn{j}")(h))
+            if self.dropout is not None:
+                h = self.dropout(h)
+            h = getattr(self, f"conv{j}")(h)
+        return h + (self.shortcut(o1) if self.shortcut is not None else x)
+
+
+class PreActBottleneck(nn.Module):
+    """Pre-activation bottleneck of the thin baselines: BN-ReLU-conv1x1 (C_in -> m), BN-ReLU-conv3x3 (m -> m,
+    stride s), BN-ReLU-conv1x1 (m -> 4m); a 1x1 projection (no BN, no bias) of the pre-activated input where
+    the shape changes, else the raw input."""
+
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        out_planes = planes * self.expansion
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
+        self.shortcut = (
+            nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
+            if in_planes != out_planes or stride != 1
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o1 = F.relu(self.bn1(x))
+        h = self.conv1(o1)
+        h = self.conv2(F.relu(self.bn2(h)))
+        h = self.conv3(F.relu(self.bn3(h)))
+        return h + (self.shortcut(o1) if self.shortcut is not None else x)
+
+
+def init_paper_(model: nn.Module) -> None:
+    """The authors' initialisation: conv ~ N(0, sqrt(2 / (k*k*C_in))), BN gamma ~ U(0, 1) and beta = 0,
+    Linear weight ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) and bias = 0."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.0, 1.0)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            bound = 1.0 / math.sqrt(m.in_features)
+            nn.init.uniform_(m.weight, -bound, bound)
+            nn.init.zeros_(m.bias)
+
+
+def _check_common(num_classes: int, in_channels: int, init: str) -> None:
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}.")
+    if not isinstance(in_channels, int) or in_channels < 1:
+        raise ConfigError(
+            f"in_channels must be a positive integer (3 for RGB, 1 for grayscale), got {in_channels!r}."
+        )
+    if init not in INITS:
+        raise ConfigError(f"init must be one of {', '.join(INITS)}, got {init!r}.")
+
+
+class _CifarResNet(nn.Module):
+    """Stem, three groups of blocks and the pre-activation head, shared by both CIFAR families."""
+
+    def _build(
+        self, groups: list[list[nn.Module]], out_channels: int, num_classes: int, in_channels: int
+    ) -> None:
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
+        self.layer1 = nn.Sequential(*groups[0])
+        self.layer2 = nn.Sequential(*groups[1])
+        self.layer3 = nn.Sequential(*groups[2])
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.fc = nn.Linear(out_channels, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The 64k-channel feature map after the head's BN-ReLU (before pooling)."""
+        x = self.conv1(x)
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return F.relu(self.bn(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class WideResNet(_CifarResNet):
+    """WRN-d-k with block type B(kernels) for CIFAR and SVHN (any input of at least 8x8).
+
+    Args:
+        depth: network depth; with ``blocks_per_group=None`` it must be 6n+4 and n = (depth-4)/6 blocks per
+            group, whatever the block length (paper Tables 1, 2, 4-6, 9).
+        width: widening factor k (group widths 16k, 32k, 64k; the stem stays 16 wide).
+        kernels: kernel list M of every block, odd sizes, e.g. (3, 3) = B(3,3), (1, 3, 1) = B(1,3,1).
+        blocks_per_group: explicit N, overriding the one derived from depth (Table 3 uses
+            N = (depth-4)/(3l) for l convs per block).
+        dropout: element-wise dropout rate between the convs of a block (0.3 CIFAR, 0.4 SVHN in the paper).
+        num_classes, in_channels: classifier outputs and image channels (1 for grayscale).
+        init: ``"paper"`` (the authors' initialisation, default) or ``"pytorch"`` (PyTorch's defaults).
+    """
+
+    def __init__(
+        self,
+        depth: int = 28,
+        width: int = 10,
+        num_classes: int = 10,
+        kernels: Sequence[int] = (3, 3),
+        blocks_per_group: int | None = None,
+        dropout: float = 0.0,
+        in_channels: int = 3,
+        init: str = "paper",
+    ) -> None:
+        super().__init__()
+        kernels = tuple(kernels)
+        if blocks_per_group is None:
+            if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
+                raise ConfigError(
+                    f"CIFAR WRN depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 34, 40, ...), got {depth!r}."
+                )
+            blocks_per_group = (depth - 4) // 6
+        if not isinstance(blocks_per_group, int) or blocks_per_group < 1:
+            raise ConfigError(f"blocks_per_group must be a positive integer, got {blocks_per_group!r}.")
+        if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
+            raise ConfigError(f"the widening factor k must be a positive integer, got {width!r}.")
+        if not kernels or any(not isinstance(k, int) or k < 1 or k % 2 == 0 for k in kernels):
+            raise ConfigError(
+                f"block kernels must be odd positive sizes such as (3, 3) or (1, 3, 1), got {kernels!r}."
+            )
+        if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}.")
+        _check_common(num_classes, in_channels, init)
+
+        widths = (16 * width, 32 * width, 64 * width)
+        groups, c_in = [], 16
+        for g, planes in enumerate(widths):
+            blocks = []
+            for i in range(blocks_per_group):
+                stride = 2 if g > 0 and i == 0 else 1
+                blocks.append(WideBlock(c_in, planes, stride, kernels, dropout))
+                c_in = planes
+            groups.append(blocks)
+        self._build(groups, widths[-1], num_classes, in_channels)
+        if init == "paper":
+            init_paper_(self)
+        self.config = {
+            "arch": "WideResNet",
+            "depth": depth,
+            "width": width,
+            "num_classes": num_classes,
+            "kernels": list(kernels),
+            "blocks_per_group": blocks_per_group,
+            "dropout": float(dropout),
+            "in_channels": in_channels,
+            "init": init,
+        }
+
+
+class PreActResNet(_CifarResNet):
+    """The thin pre-activation ResNets the paper compares to (He et al. 2016, "Identity mappings").
+
+    ``block="bottleneck"``: depth 9n+2, inner widths 16/32/64, outputs 64/128/256 (ResNet-164, -1001).
+    ``block="basic"``: depth 6n+2, B(3,3) blocks 16/32/64 wide (ResNet-110), the WRN block with k=1.
+    """
+
+    def __init__(
+        self,
+        depth: int = 164,
+        block: str = "bottleneck",
+        num_classes: int = 10,
+        in_channels: int = 3,
+        init: str = "paper",
+    ) -> None:
+        super().__init__()
+        _check_common(num_classes, in_channels, init)
+        if block == "bottleneck":
+            if not isinstance(depth, int) or depth < 11 or (depth - 2) % 9:
+                raise ConfigError(
+                    f"pre-activation bottleneck ResNet depth must be 9n+2 (164, 1001, ...), got {depth!r}."
+                )
+            n, c_in, out = (depth - 2) // 9, 16, 256
+            groups = []
+            for g, planes in enumerate((16, 32, 64)):
+                blocks = []
+                for i in range(n):
+                    blocks.append(PreActBottleneck(c_in, planes, 2 if g > 0 and i == 0 else 1))
+                    c_in = planes * PreActBottleneck.expansion
+                groups.append(blocks)
+        elif block == "basic":
+            if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+                raise ConfigError(
+                    f"pre-activation basic ResNet depth must be 6n+2 (20, 56, 110, ...), got {depth!r}."
+                )
+            n, c_in, out = (depth - 2) // 6, 16, 64
+            groups = []
+            for g, planes in enumerate((16, 32, 64)):
+                blocks = []
+                for i in range(n):
+                    blocks.append(WideBlock(c_in, planes, 2 if g > 0 and i == 0 else 1))
+                    c_in = planes
+                groups.append(blocks)
+        else:
+            raise ConfigError(f"block must be 'basic' or 'bottleneck', got {block!r}.")
+        self._build(groups, out, num_classes, in_channels)
+        if init == "paper":
+            init_paper_(self)
+        self.config = {
+            "arch": "PreActResNet",
+            "depth": depth,
+            "block": block,
+            "num_classes": num_classes,
+            "in_channels": in_channels,
+            "init": init,
+        }

@@ -1,0 +1,129 @@
+"""Weights in and out: ``model.safetensors`` + ``model.json``, written atomically.
+
+safetensors holds only tensors, so loading a weights file can never run code; the architecture lives in
+``model.json`` as the model's plain ``config`` dict.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from wrn.atomic import atomic_write, atomic_write_text
+from wrn.errors import CheckpointError
+from wrn.models.registry import build_model
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "model.json"
+FORMAT_VERSION = 1
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DistributedDataParallel / DataParallel / ``torch.compile`` wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+def load_state_dict_checked(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "the checkpoint"
+) -> None:
+    """``model.load_state_dict(state_dict, strict=True)`` with one clear message on missing, unexpected or
+    mis-shaped keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
+    ]
+
+    def few(keys: list[str]) -> str:
+        return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+    problems = []
+    if missing:
+        problems.append(f"missing keys {few(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {few(unexpected)}")
+    if shapes:
+        problems.append(f"mismatched shapes (file vs model) {few(shapes)}")
+    if problems:
+        raise CheckpointError(
+            f"{source} does not fit {model.config.get('name', type(model).__name__) if hasattr(model, 'config') else type(model).__name__}: "
+            + "; ".join(problems)
+            + " (was it saved from another architecture or number of classes?)."
+        )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def save_model(
+    model: nn.Module, directory: str | os.PathLike, metadata: dict[str, Any] | None = None
+) -> Path:
+    """Write ``model.safetensors`` (weights and BN statistics) and ``model.json`` (architecture) into
+    ``directory``, each atomically. Returns the directory."""
+    model = unwrap(model)
+    config = getattr(model, "config", None)
+    if not isinstance(config, dict) or "arch" not in config:
+        raise CheckpointError("save_model needs a model built by wrn (one that carries model.config).")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    doc = {
+        "format_version": FORMAT_VERSION,
+        "config": config,
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        **({"metadata": metadata} if metadata else {}),
+    }
+
+    atomic_write_text(directory / CONFIG_FILE, json.dumps(doc, indent=2) + "\n")
+    return directory
+
+
+def read_model_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The ``config`` dict stored in ``directory/model.json``."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path} does not exist; point to a directory written by wrn.save_model or `wrn train`."
+        )
+    try:
+        doc = json.loads(path.read_text())
+        return dict(doc["config"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(
+            f"{path} is not a valid wrn model description ({exc}); re-export the model."
+        ) from None
+
+
+def load_model(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model saved by :func:`save_model` in ``directory``, with its weights, in eval mode."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(
+            f"{directory} is not a directory; point to a directory written by wrn.save_model."
+        )
+    config = read_model_config(directory)
+    model = build_model(config)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} does not exist; the model directory is incomplete.")
+    try:
+        state = load_file(str(weights), device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights} is corrupt or not a safetensors file ({exc}).") from None
+    load_state_dict_checked(model, state, source=str(weights))
+    return model.to(map_location).eval()

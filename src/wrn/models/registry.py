@@ -1,0 +1,226 @@
+"""Model names -> constructors, and one ``create_model``.
+
+Names (specification section 1-3):
+
+* ``wrn-D-K``: CIFAR/SVHN WRN of depth D = 6n+4 and width K, B(3,3) blocks;
+* ``wrn-D-K-bDIGITS``: block type B(M), M the kernel list (``b131`` = B(1,3,1)); N = (D-4)/6;
+* ``wrn-D-K-lL``: Table 3's all-3x3 block with L convs and N = (D-4)/(3L);
+* ``preact-resnet-110`` (basic), ``preact-resnet-164``, ``preact-resnet-1001`` (bottleneck);
+* ImageNet, torchvision-compatible: ``resnet-18/34/50/101/152``, ``wrn-50-2``, ``wrn-101-2``,
+  ``imagenet-wrn-18-{1.0,1.5,2.0,3.0}``, ``imagenet-wrn-34-{1.0,1.5,2.0,3.0}``.
+
+Any depth and width that the patterns admit can be built; :func:`list_models` lists the named ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+import re
+from typing import Any
+
+from torch import nn
+
+from wrn.errors import ConfigError
+from wrn.models.cifar import PreActResNet, WideResNet
+from wrn.models.imagenet import ImageNetResNet
+
+ARCHS: dict[str, type[nn.Module]] = {
+    "WideResNet": WideResNet,
+    "PreActResNet": PreActResNet,
+    "ImageNetResNet": ImageNetResNet,
+}
+
+# name -> (constructor class, the arguments the name fixes, native input size, default classes, paper's figure)
+_Entry = tuple[type[nn.Module], dict[str, Any], int, int, str]
+_NAMED: dict[str, _Entry] = {}
+
+_CIFAR_PAPER = {
+    "wrn-40-1": "0.6M (T4)",
+    "wrn-40-2": "2.2M (T3, T4)",
+    "wrn-40-4": "8.9M (T4, T5)",
+    "wrn-40-8": "35.7M (T4)",
+    "wrn-28-10": "36.5M (T4-T6)",
+    "wrn-28-12": "52.5M (T4)",
+    "wrn-22-8": "17.2M (T4)",
+    "wrn-22-10": "26.8M (T4)",
+    "wrn-16-8": "11.0M (T4, T5)",
+    "wrn-16-10": "17.1M (T4)",
+    "wrn-16-4": "- (T6)",
+    "wrn-52-1": "- (T6)",
+    "wrn-40-10": "56M (T9)",
+    "wrn-28-2": "1.5M (T2)",
+    "wrn-34-10": "-",
+    "wrn-40-2-b131": "1.4M (T2)",
+    "wrn-40-2-b31": "1.2M (T2)",
+    "wrn-40-2-b13": "1.3M (T2)",
+    "wrn-40-2-b311": "1.3M (T2)",
+    "wrn-22-2-b313": "1.1M (T2)",
+    "wrn-40-2-l1": "2.2M (T3)",
+    "wrn-40-2-l2": "2.2M (T3)",
+    "wrn-40-2-l3": "2.2M (T3)",
+    "wrn-40-2-l4": "2.2M (T3)",
+}
+
+_CIFAR_RE = re.compile(r"^wrn-(\d+)-(\d+)(?:-b(\d+)|-l(\d+))?$")
+
+
+def _parse_cifar(name: str) -> dict[str, Any] | None:
+    """The WideResNet arguments a ``wrn-D-K[-bM|-lL]`` name stands for, None if it is not of that form."""
+    m = _CIFAR_RE.match(name)
+    if m is None:
+        return None
+    depth, width = int(m.group(1)), int(m.group(2))
+    if width <= 0:
+        raise ConfigError(f"{name}: the widening factor k must be a positive integer.")
+    if m.group(4) is not None:  # -lL: L all-3x3 convs per block, N = (depth-4)/(3L)
+        n_convs = int(m.group(4))
+        if n_convs < 1 or depth < 4 or (depth - 4) % (3 * n_convs) or depth == 4:
+            raise ConfigError(
+                f"{name}: with -l{n_convs}, depth-4 must be a positive multiple of 3*{n_convs} = {3 * n_convs} "
+                f"(e.g. wrn-40-{width}-l{n_convs} needs (40-4) % {3 * n_convs} == 0)."
+            )
+        return {
+            "depth": depth,
+            "width": width,
+            "kernels": (3,) * n_convs,
+            "blocks_per_group": (depth - 4) // (3 * n_convs),
+        }
+    if depth < 10 or (depth - 4) % 6:
+        hint = " (the ImageNet bottleneck WRNs are wrn-50-2 and wrn-101-2)" if depth in (50, 101) else ""
+        raise ConfigError(
+            f"{name}: CIFAR depth must be 6n+4 (10, 16, 22, 28, 34, 40, ...), got {depth}{hint}."
+        )
+    kernels = (3, 3)
+    if m.group(3) is not None:
+        kernels = tuple(int(c) for c in m.group(3))
+        if any(k % 2 == 0 for k in kernels):
+            raise ConfigError(f"{name}: block kernels must be odd (1, 3, 5, ...), got {kernels}.")
+    return {"depth": depth, "width": width, "kernels": kernels}
+
+
+def _register_all() -> None:
+    for name, paper in _CIFAR_PAPER.items():
+        _NAMED[name] = (WideResNet, _parse_cifar(name), 32, 10, paper)
+    _NAMED["preact-resnet-110"] = (PreActResNet, {"depth": 110, "block": "basic"}, 32, 10, "1.7M")
+    _NAMED["preact-resnet-164"] = (PreActResNet, {"depth": 164, "block": "bottleneck"}, 32, 10, "1.7M (T5)")
+    _NAMED["preact-resnet-1001"] = (
+        PreActResNet,
+        {"depth": 1001, "block": "bottleneck"},
+        32,
+        10,
+        "10.2M (T5)",
+    )
+    imagenet = {
+        "resnet-18": ("basic", (2, 2, 2, 2), 1.0, "11.7M (T7)"),
+        "resnet-34": ("basic", (3, 4, 6, 3), 1.0, "21.8M (T7)"),
+        "resnet-50": ("bottleneck", (3, 4, 6, 3), 1.0, "25.6M (T8)"),
+        "resnet-101": ("bottleneck", (3, 4, 23, 3), 1.0, "44.5M (T8)"),
+        "resnet-152": ("bottleneck", (3, 8, 36, 3), 1.0, "60.2M (T8)"),
+        "wrn-50-2": ("bottleneck", (3, 4, 6, 3), 2.0, "68.9M (T8)"),
+        "wrn-101-2": ("bottleneck", (3, 4, 23, 3), 2.0, "-"),
+    }
+    paper_basic = {
+        (18, "1.0"): "11.7M (T7)",
+        (18, "1.5"): "25.9M (T7)",
+        (18, "2.0"): "45.6M (T7)",
+        (18, "3.0"): "101.8M (T7)",
+        (34, "1.0"): "21.8M (T7)",
+        (34, "1.5"): "48.6M (T7)",
+        (34, "2.0"): "86.0M (T7)",
+        (34, "3.0"): "-",
+    }
+    for (depth, w), paper in paper_basic.items():
+        layers = (2, 2, 2, 2) if depth == 18 else (3, 4, 6, 3)
+        imagenet[f"imagenet-wrn-{depth}-{w}"] = ("basic", layers, float(w), paper)
+    for name, (block, layers, width, paper) in imagenet.items():
+        _NAMED[name] = (ImageNetResNet, {"block": block, "layers": layers, "width": width}, 224, 1000, paper)
+
+
+_register_all()
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """The registered model names, optionally filtered by a shell pattern such as ``"wrn-40-*"``."""
+    names = list(_NAMED)
+    return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+
+
+def _resolve(name: str) -> _Entry:
+    if not isinstance(name, str):
+        raise ConfigError(f"a model name must be a string such as 'wrn-28-10', got {name!r}.")
+    key = name.strip().lower()
+    if key.endswith("-b33") and _CIFAR_RE.match(
+        key
+    ):  # B(3,3) is the default block; its suffix may be omitted
+        key = key[: -len("-b33")]
+    if key in _NAMED:
+        return _NAMED[key]
+    fixed = _parse_cifar(key)
+    if fixed is not None:
+        return (WideResNet, fixed, 32, 10, "-")
+    close = difflib.get_close_matches(key, list_models(), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ConfigError(
+        f"unknown model {name!r}{hint} (`wrn models` lists every name; any wrn-D-K with D = 6n+4 works)."
+    )
+
+
+def model_info(name: str) -> dict[str, Any]:
+    """Family facts of a name: its class, native input size, default number of classes and paper figure."""
+    cls, fixed, size, classes, paper = _resolve(name)
+    return {
+        "arch": cls.__name__,
+        "input_size": size,
+        "num_classes": classes,
+        "paper": paper,
+        "args": dict(fixed),
+    }
+
+
+def create_model(name: str, num_classes: int | None = None, **overrides: Any) -> nn.Module:
+    """Build a model by name.
+
+    Args:
+        name: a registered name or any ``wrn-D-K[-bM|-lL]`` (see :func:`list_models`).
+        num_classes: classifier outputs; default 10 for the CIFAR/SVHN families, 1000 for the ImageNet ones.
+        **overrides: constructor arguments that the name does not fix, e.g. ``dropout=0.3``,
+            ``in_channels=1``, ``init="pytorch"``.
+
+    The model carries ``model.config``, a plain dict from which :func:`build_model` rebuilds it.
+    """
+    cls, fixed, _size, default_classes, _paper = _resolve(name)
+    params = inspect.signature(cls.__init__).parameters
+    allowed = [p for p in params if p not in ("self", "num_classes", *fixed)]
+    for key in overrides:
+        if key in fixed:
+            raise ConfigError(
+                f"{key!r} is set by the model name {name!r}; choose another name instead of overriding it."
+            )
+        if key not in allowed:
+            raise ConfigError(f"{cls.__name__} has no option {key!r}; the options are: {', '.join(allowed)}.")
+    model = cls(**fixed, num_classes=default_classes if num_classes is None else num_classes, **overrides)
+    model.config = {"name": name.strip().lower(), **model.config}
+    return model
+
+
+def build_model(config: dict[str, Any]) -> nn.Module:
+    """Rebuild a model from its ``model.config`` (the inverse of reading ``model.config``)."""
+    if not isinstance(config, dict) or config.get("arch") not in ARCHS:
+        raise ConfigError(
+            f"a model config needs an 'arch' among {', '.join(ARCHS)}; got {config.get('arch') if isinstance(config, dict) else config!r}."
+        )
+    cls = ARCHS[config["arch"]]
+    params = inspect.signature(cls.__init__).parameters
+    kwargs = {k: v for k, v in config.items() if k not in ("arch", "name")}
+    unknown = [k for k in kwargs if k not in params]
+    if unknown:
+        raise ConfigError(f"the model config has keys {unknown} that {cls.__name__} does not take.")
+    for key in ("kernels", "layers"):
+        if key in kwargs:
+            kwargs[key] = tuple(kwargs[key])
+    model = cls(**kwargs)
+    if "name" in config:
+        model.config = {"name": config["name"], **model.config}
+    return model
