@@ -1,0 +1,55 @@
+"""``wrn plot RUN [RUN ...] [--out FILE.png]``: training curves in the style of the paper's Figure 2."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from wrn.errors import ConfigError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "plot",
+        help="plot the training curves of one or more runs (test error and train loss per epoch)",
+        description=(
+            "Plot test error (solid) and training loss (dashed) per epoch, with the learning-rate drops marked, "
+            "from each run's metrics.jsonl. Several runs share one figure, one colour per run."
+        ),
+    )
+    parser.add_argument(
+        "runs", nargs="+", metavar="RUN", type=Path, help="a run directory (holds metrics.jsonl)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="FILE.png",
+        help="where to write the figure (default: RUN/curves.png for one run, ./curves.png for several)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from wrn.train.logging import METRICS_FILE
+    from wrn.train.plot import DEFAULT_NAME, plot_run, plot_runs
+
+    for run_dir in args.runs:
+        if not (run_dir / METRICS_FILE).is_file():
+            if not run_dir.exists():
+                what = "does not exist"
+            elif not run_dir.is_dir():
+                what = "is not a directory"
+            else:
+                what = f"has no {METRICS_FILE}"
+            raise ConfigError(
+                f"{run_dir} {what}; pass run directories written by `wrn train` (each holds {METRICS_FILE})"
+            )
+    if args.out is not None and args.out.suffix.lower() != ".png":
+        raise ConfigError(f"--out {args.out} is not a .png file; give a file name ending in .png")
+    if len(args.runs) == 1:
+        path = plot_run(args.runs[0], out=args.out)
+    else:
+        path = plot_runs(args.runs, out=args.out if args.out is not None else Path(DEFAULT_NAME))
+    print(path)
+    return 0
