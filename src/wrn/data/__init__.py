@@ -6,6 +6,7 @@
 """
 
 from wrn.data.arrays import ARRAY_DATASETS, ensure_files, load_arrays, read_cifar_batch, read_svhn_mat
+from wrn.data.device_loader import DeviceLoader, reflect_index
 from wrn.data.download import download_file, extract_tar, md5sum
 from wrn.data.registry import (
     AUGMENT_CHOICES,
@@ -23,6 +24,7 @@ __all__ = [
     "DATASETS",
     "NORMALIZATION_CHOICES",
     "DatasetInfo",
+    "DeviceLoader",
     "UnsafePickleError",
     "dataset_info",
     "download_file",
@@ -33,5 +35,6 @@ __all__ = [
     "normalization_constants",
     "read_cifar_batch",
     "read_svhn_mat",
+    "reflect_index",
     "safe_load_pickle",
 ]

@@ -1,0 +1,275 @@
+"""The device-resident pipeline for small data sets (the fast path).
+
+The whole data set lives on the training device once. Every epoch draws, from one CPU generator, a permutation
+and each sample's augmentation (horizontal flip, crop offsets from a reflection pad, or the ImageNet-style
+parameters), and every batch is then assembled by one gather on the device: the crop and flip of each sample
+are folded into the indices, so there is no per-sample Python work.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wrn.data.registry import AUGMENT_CHOICES
+from wrn.errors import ConfigError
+
+# PCA lighting of fb.resnet.torch (AlexNet-style), on the 0..1 RGB scale.
+IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
+IMAGENET_EIGVEC = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+
+
+def reflect_index(i: torch.Tensor, size: int) -> torch.Tensor:
+    """Map coordinates of a reflection-padded axis (offset by the pad) back into ``0..size-1``.
+
+    Reflection mirrors without repeating the edge: -1 -> 1, size -> size - 2 (torch's 'reflect' mode).
+    """
+    i = i.abs()
+    return (size - 1) - ((size - 1) - i).abs()
+
+
+class DeviceLoader:
+    """Batches of a whole data set kept on ``device``, augmented there; one ``for`` loop is one epoch.
+
+    ``x`` is uint8 [N, C, H, W] on the 0..255 scale (or float, e.g. ZCA-whitened, with ``normalize=None``) and
+    ``y`` int64 [N]. Training loaders (``train=True``) draw a fresh permutation every epoch and apply
+    ``augment``: ``none``, ``crop`` (a random ``H x W`` crop of the image reflection-padded by ``pad``),
+    ``flip-crop`` (the paper's CIFAR: a random horizontal flip, then the crop), or ``imagenet`` (random
+    resized crop, flip, colour jitter 0.4 and PCA lighting 0.1, batched on the device; output side
+    ``image_size`` or the native one). ``normalize=(mean, std)`` on the 0..255 scale gives (x - mean) / std.
+
+    With ``world_size > 1`` every rank takes its own shard (positions ``rank::world_size``) of the epoch's
+    permutation, cut to a multiple of ``world_size`` so all ranks run the same number of batches. Evaluation
+    loaders (``train=False``) keep the order, do not augment and keep every sample (an uneven shard per rank:
+    sum the per-rank counts).
+
+    The order and augmentation of an epoch depend only on ``seed`` and the epoch index, whatever the device;
+    :meth:`state_dict` / :meth:`load_state_dict` save and restore the epoch, the position in it and the
+    generator, so a resumed run sees exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(
+        self,
+        x,
+        y,
+        batch_size: int,
+        train: bool = True,
+        augment: str = "flip-crop",
+        normalize=None,
+        device="cpu",
+        seed: int = 0,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        dtype: torch.dtype = torch.float32,
+        pad: int = 4,
+        image_size: int | None = None,
+    ):
+        if augment not in AUGMENT_CHOICES:
+            raise ConfigError(f"unknown augment {augment!r}: choose one of {', '.join(AUGMENT_CHOICES)}.")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, not {batch_size}.")
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank {rank} is not in 0..{world_size - 1} (world_size {world_size}).")
+        x = torch.from_numpy(x) if isinstance(x, np.ndarray) else torch.as_tensor(x)
+        y = torch.from_numpy(y) if isinstance(y, np.ndarray) else torch.as_tensor(y)
+        if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
+            raise ConfigError(f"x must be [N, C, H, W] and y [N], got {tuple(x.shape)} and {tuple(y.shape)}.")
+        n, c, h, w = x.shape
+        if train and augment in ("crop", "flip-crop") and not 0 <= pad < min(h, w):
+            raise ConfigError(f"pad must be in 0..{min(h, w) - 1} for {h}x{w} images, not {pad}.")
+        self.device = torch.device(device)
+        self.x = x.to(self.device).contiguous()
+        self.y = y.to(self.device, torch.int64)
+        self.num_samples = n
+        self.batch_size = int(batch_size)
+        self.train = bool(train)
+        self.augment = augment if train else "none"
+        self.drop_last = bool(drop_last) if train else False
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.dtype = dtype
+        self.pad = int(pad)
+        self.seed = int(seed)
+        self.image_size = int(image_size or h)
+        if normalize is not None:
+            mean, std = (torch.as_tensor(v, dtype=dtype).reshape(1, -1, 1, 1) for v in normalize)
+            if mean.shape[1] not in (1, c) or std.shape[1] not in (1, c):
+                raise ConfigError(f"normalize has {mean.shape[1]} channels but the images have {c}.")
+            self.mean, self.std = mean.to(self.device), std.to(self.device)
+        else:
+            self.mean = self.std = None
+        self._x_flat = self.x.view(-1)
+        self._ar_c = torch.arange(c, device=self.device).view(1, c, 1, 1) * (h * w)
+        self._ar_h = torch.arange(h, device=self.device)
+        self._ar_w = torch.arange(w, device=self.device)
+        if train:
+            self._shard_size = n // world_size
+            self._positions = torch.arange(rank, self._shard_size * world_size, world_size)
+        else:
+            self._positions = torch.arange(rank, n, world_size)
+            self._shard_size = len(self._positions)
+        self._generator = torch.Generator().manual_seed(self.seed)
+        self._epoch_start_state = self._generator.get_state()
+        self._plan = None
+        self.epoch = 0
+        self.position = 0
+
+    # ------------------------------------------------------------------------------------------ protocol
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self._shard_size // self.batch_size
+        return math.ceil(self._shard_size / self.batch_size)
+
+    def __iter__(self):
+        plan = self._epoch_plan()
+        for b in range(self.position, len(self)):
+            sel = slice(b * self.batch_size, min((b + 1) * self.batch_size, self._shard_size))
+            images = self._batch(plan, sel)
+            labels = self.y[plan["index"][sel]]
+            self.position = b + 1
+            yield images, labels
+        self._plan = None
+        self._epoch_start_state = self._next_state
+        self.epoch += 1
+        self.position = 0
+
+    def state_dict(self) -> dict:
+        """Epoch, batches already served in it, and the generator state at the start of the epoch."""
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "generator": self._epoch_start_state.clone(),
+            "seed": self.seed,
+            "num_samples": self.num_samples,
+            "batch_size": self.batch_size,
+            "world_size": self.world_size,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("num_samples", "batch_size", "world_size"):
+            if key in state and int(state[key]) != getattr(self, key):
+                raise ConfigError(
+                    f"the saved loader state has {key} {int(state[key])} but this loader has "
+                    f"{getattr(self, key)}: resume with the same data and batch size."
+                )
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+        self._epoch_start_state = torch.as_tensor(state["generator"], dtype=torch.uint8).clone()
+        self._plan = None
+
+    # ------------------------------------------------------------------------------------------ internals
+
+    def _epoch_plan(self) -> dict:
+        """The current epoch's sample order and per-sample augmentation, for this rank, on the device."""
+        if self._plan is not None:
+            return self._plan
+        g = self._generator
+        g.set_state(self._epoch_start_state)
+        n = self.num_samples
+        plan = {}
+        if self.train:
+            order = torch.randperm(n, generator=g)
+            if self.augment in ("crop", "flip-crop"):
+                plan["offset"] = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=g)
+            if self.augment in ("flip-crop", "imagenet"):
+                plan["flip"] = torch.rand(n, generator=g) < 0.5
+            if self.augment == "imagenet":
+                plan.update(_imagenet_params(n, g))
+        else:
+            order = torch.arange(n)
+        self._next_state = g.get_state()
+        # Augmentation is drawn per position of the permutation, so each rank's shard takes its own slice.
+        pos = self._positions
+        plan = {k: v[pos].to(self.device) for k, v in plan.items()}
+        plan["index"] = order[pos].to(self.device)
+        self._plan = plan
+        return plan
+
+    def _batch(self, plan: dict, sel: slice) -> torch.Tensor:
+        idx = plan["index"][sel]
+        if self.augment in ("crop", "flip-crop"):
+            flip = plan["flip"][sel] if "flip" in plan else None
+            out = self._crop_flip(idx, plan["offset"][sel], flip)
+        else:
+            out = self.x[idx]
+        out = out.to(self.dtype)
+        if self.augment == "imagenet":
+            out = _imagenet_augment(
+                out, {k: v[sel] for k, v in plan.items() if k != "index"}, self.image_size
+            )
+        if self.mean is not None:
+            out = out.sub_(self.mean).div_(self.std)
+        return out
+
+    def _crop_flip(self, idx, offset, flip) -> torch.Tensor:
+        _, c, h, w = self.x.shape
+        rows = reflect_index(offset[:, 0:1] + self._ar_h - self.pad, h)  # [B, H]
+        cols_ar = self._ar_w
+        cols = offset[:, 1:2] + cols_ar - self.pad  # [B, W]
+        if flip is not None:
+            flipped = offset[:, 1:2] + (w - 1 - cols_ar) - self.pad
+            cols = torch.where(flip[:, None], flipped, cols)
+        cols = reflect_index(cols, w)
+        lin = (
+            (idx * (c * h * w)).view(-1, 1, 1, 1)
+            + self._ar_c
+            + (rows * w).view(-1, 1, h, 1)
+            + cols.view(-1, 1, 1, w)
+        )
+        return self._x_flat[lin]
+
+
+# ---------------------------------------------------------------------------------------------- ImageNet-style
+
+
+def _imagenet_params(n: int, g: torch.Generator) -> dict:
+    """Per-sample parameters of random-resized crop (scale 0.08..1, ratio 3/4..4/3), jitter and lighting."""
+    area = torch.empty(n).uniform_(0.08, 1.0, generator=g)
+    log_ratio = torch.empty(n).uniform_(math.log(3 / 4), math.log(4 / 3), generator=g)
+    ratio = log_ratio.exp()
+    cw = (area * ratio).sqrt().clamp(max=1.0)  # crop width and height as fractions of the image
+    ch = (area / ratio).sqrt().clamp(max=1.0)
+    cx = torch.rand(n, generator=g) * (1 - cw) + cw / 2  # crop centre, 0..1
+    cy = torch.rand(n, generator=g) * (1 - ch) + ch / 2
+    jitter = torch.empty(n, 3).uniform_(0.6, 1.4, generator=g)  # brightness, contrast, saturation factors
+    lighting = torch.randn(n, 3, generator=g) * 0.1
+    return {"box": torch.stack([cx, cy, cw, ch], 1), "jitter": jitter, "lighting": lighting}
+
+
+def _imagenet_augment(x: torch.Tensor, p: dict, size: int) -> torch.Tensor:
+    """Random-resized crop + flip (one batched bilinear resampling), colour jitter and PCA lighting.
+
+    ``x`` is float on the 0..255 scale; so is the result.
+    """
+    b, c = x.shape[:2]
+    cx, cy, cw, ch = p["box"].to(x.dtype).unbind(1)
+    sx = torch.where(p["flip"], -cw, cw)
+    theta = torch.zeros(b, 2, 3, dtype=x.dtype, device=x.device)
+    theta[:, 0, 0], theta[:, 0, 2] = sx, cx * 2 - 1
+    theta[:, 1, 1], theta[:, 1, 2] = ch, cy * 2 - 1
+    grid = F.affine_grid(theta, [b, c, size, size], align_corners=False)
+    x = F.grid_sample(x / 255, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    j = p["jitter"].to(x.dtype)
+    x = x * j[:, 0].view(-1, 1, 1, 1)
+    gray = x.mean(1, keepdim=True) if c == 1 else (x * _luma(x)).sum(1, keepdim=True)
+    x = (x - gray.mean((2, 3), keepdim=True)) * j[:, 1].view(-1, 1, 1, 1) + gray.mean((2, 3), keepdim=True)
+    if c == 3:
+        gray = (x * _luma(x)).sum(1, keepdim=True)
+        x = (x - gray) * j[:, 2].view(-1, 1, 1, 1) + gray
+        eigval = torch.tensor(IMAGENET_EIGVAL, dtype=x.dtype, device=x.device)
+        eigvec = torch.tensor(IMAGENET_EIGVEC, dtype=x.dtype, device=x.device)
+        rgb = (p["lighting"].to(x.dtype) * eigval) @ eigvec.T  # [B, 3]
+        x = x + rgb.view(b, 3, 1, 1)
+    return x.clamp_(0, 1).mul_(255)
+
+
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    return torch.tensor((0.299, 0.587, 0.114), dtype=x.dtype, device=x.device).view(1, 3, 1, 1)

@@ -1,0 +1,174 @@
+"""The device-resident loader: per-sample augmentation, epochs, seeds, resume and sharding."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+from torchvision import transforms
+
+from wrn.data import DeviceLoader, normalization_constants, reflect_index
+from wrn.errors import ConfigError
+
+
+def data(n=40, c=3, h=32, w=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, c, h, w), dtype=torch.uint8, generator=g), torch.arange(n)
+
+
+def batches(loader):
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def assert_same(a, b):
+    assert len(a) == len(b)
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_reflect_index_matches_torch_reflect_padding():
+    row = torch.arange(7.0).view(1, 1, 7)
+    padded = torch.nn.functional.pad(row, (4, 4), mode="reflect").flatten()
+    assert torch.equal(reflect_index(torch.arange(-4, 11), 7).float(), padded)
+
+
+def test_flip_crop_is_per_sample_and_matches_torchvision():
+    x, y = data(64)
+    loader = DeviceLoader(x, y, batch_size=32, augment="flip-crop", seed=3)
+    out, labels = next(iter(loader))
+    plan = loader._epoch_plan()
+    offsets, flips = plan["offset"][:32], plan["flip"][:32]
+    # Really per sample: many different offsets and both flip states inside one batch.
+    assert len({tuple(o) for o in offsets.tolist()}) > 10 and 0 < int(flips.sum()) < 32
+    assert labels.tolist() == plan["index"][:32].tolist()
+    for k in range(32):
+        img = x[labels[k]]
+        ref = TF.pad(img, 4, padding_mode="reflect")
+        ref = TF.crop(ref, int(offsets[k, 0]), int(offsets[k, 1]), 32, 32)
+        if flips[k]:
+            ref = TF.hflip(ref)
+        assert torch.equal(out[k], ref.float())
+
+
+def test_crop_matches_torchvision_pad_reflect_random_crop(monkeypatch):
+    x, y = data(16, c=1, h=8, w=8)
+    loader = DeviceLoader(x, y, batch_size=16, augment="crop", pad=3, seed=1)
+    out, labels = next(iter(loader))
+    offsets = loader._epoch_plan()["offset"]
+    assert len({tuple(o) for o in offsets.tolist()}) > 5
+    tv = transforms.Compose([transforms.Pad(3, padding_mode="reflect"), transforms.RandomCrop(8)])
+    for k in range(16):
+        top, left = int(offsets[k, 0]), int(offsets[k, 1])
+        # RandomCrop on the same offsets as the loader drew for this sample.
+        monkeypatch.setattr(
+            transforms.RandomCrop, "get_params", staticmethod(lambda img, size, t=top, lf=left: (t, lf, 8, 8))
+        )
+        assert torch.equal(out[k], tv(x[labels[k]]).float())
+
+
+def test_every_sample_once_per_epoch_and_fresh_permutations():
+    x, y = data(50)
+    loader = DeviceLoader(x, y, batch_size=8, seed=0, drop_last=False)
+    assert len(loader) == 7
+    epochs = []
+    for _ in range(2):
+        labels = torch.cat([b for _, b in loader])
+        assert sorted(labels.tolist()) == list(range(50))
+        epochs.append(labels)
+    assert loader.epoch == 2 and not torch.equal(epochs[0], epochs[1])
+    dropping = DeviceLoader(x, y, batch_size=8, seed=0)
+    labels = torch.cat([b for _, b in dropping])
+    assert len(dropping) == 6 and len(labels) == 48 and len(set(labels.tolist())) == 48
+
+
+def test_seed_reproduces_and_differs():
+    x, y = data(40)
+    a = DeviceLoader(x, y, 16, seed=5)
+    b = DeviceLoader(x, y, 16, seed=5)
+    c = DeviceLoader(x, y, 16, seed=6)
+    for _ in range(2):
+        ba, bb, bc = batches(a), batches(b), batches(c)
+        assert_same(ba, bb)
+        assert not torch.equal(ba[0][0], bc[0][0])
+
+
+def test_state_dict_resume_mid_epoch_reproduces_remaining_batches():
+    x, y = data(100)
+    ref = DeviceLoader(x, y, 16, seed=7, normalize=normalization_constants("cifar10"))
+    run = DeviceLoader(x, y, 16, seed=7, normalize=normalization_constants("cifar10"))
+    uninterrupted = batches(ref) + batches(ref) + batches(ref)
+    seen = batches(run)
+    for i, batch in enumerate(run):  # the second epoch, interrupted after 3 batches
+        seen.append((batch[0].clone(), batch[1].clone()))
+        if i == 2:
+            break
+    buf = io.BytesIO()
+    torch.save(run.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    assert state["epoch"] == 1 and state["position"] == 3
+    resumed = DeviceLoader(x, y, 16, seed=7, normalize=normalization_constants("cifar10"))
+    resumed.load_state_dict(state)
+    rest = batches(resumed)
+    assert len(rest) == len(resumed) - 3 and resumed.epoch == 2
+    rest += batches(resumed)
+    assert_same(seen + rest, uninterrupted)
+    with pytest.raises(ConfigError, match="batch_size"):
+        DeviceLoader(x, y, 32).load_state_dict(state)
+
+
+def test_ranks_take_disjoint_shards_of_one_permutation():
+    x, y = data(43)
+    single = DeviceLoader(x, y, 4, seed=2, drop_last=False, augment="none")
+    order = torch.cat([b for _, b in single])
+    shards = [DeviceLoader(x, y, 4, seed=2, rank=r, world_size=3, drop_last=False) for r in range(3)]
+    got = [torch.cat([b for _, b in s]) for s in shards]
+    assert all(len(s) == len(shards[0]) for s in shards) and all(len(g) == 14 for g in got)
+    for r in range(3):
+        assert torch.equal(got[r], order[:42][r::3])
+    evals = [DeviceLoader(x, y, 4, train=False, rank=r, world_size=3) for r in range(3)]
+    assert sorted(torch.cat([torch.cat([b for _, b in e]) for e in evals]).tolist()) == list(range(43))
+
+
+def test_eval_loader_is_ordered_plain_and_normalized():
+    x, y = data(10)
+    mean, std = normalization_constants("cifar10")
+    loader = DeviceLoader(x, y, 4, train=False, normalize=(mean, std))
+    out = batches(loader)
+    assert [len(b[1]) for b in out] == [4, 4, 2] and torch.equal(torch.cat([b[1] for b in out]), y)
+    expected = (x.float() - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.testing.assert_close(torch.cat([b[0] for b in out]), expected)
+    assert_same(out, batches(loader))
+
+
+def test_float_inputs_and_other_dtypes():
+    x = torch.randn(12, 3, 8, 8, dtype=torch.float64)
+    loader = DeviceLoader(x, torch.arange(12), 6, augment="flip-crop", pad=2, dtype=torch.float32)
+    images, _ = next(iter(loader))
+    assert images.dtype == torch.float32 and images.shape == (6, 3, 8, 8)
+    half = DeviceLoader(data(8)[0], torch.arange(8), 4, dtype=torch.float16, train=False)
+    assert next(iter(half))[0].dtype == torch.float16
+
+
+def test_imagenet_augmentation_is_batched_and_reproducible():
+    x, y = data(12, h=40, w=40)
+    mean, std = normalization_constants("imagenet")
+    a = DeviceLoader(x, y, 6, augment="imagenet", image_size=24, normalize=(mean, std), seed=1)
+    b = DeviceLoader(x, y, 6, augment="imagenet", image_size=24, normalize=(mean, std), seed=1)
+    ba, bb = batches(a), batches(b)
+    assert ba[0][0].shape == (6, 3, 24, 24) and torch.isfinite(ba[0][0]).all()
+    assert_same(ba, bb)
+    gray = DeviceLoader(data(4, c=1)[0], torch.arange(4), 4, augment="imagenet")
+    assert next(iter(gray))[0].shape == (4, 1, 32, 32)
+
+
+def test_bad_arguments():
+    x, y = data(4)
+    with pytest.raises(ConfigError, match="augment"):
+        DeviceLoader(x, y, 2, augment="cutout")
+    with pytest.raises(ConfigError, match="rank"):
+        DeviceLoader(x, y, 2, rank=2, world_size=2)
+    with pytest.raises(ConfigError, match="channels"):
+        DeviceLoader(x, y, 2, normalize=((1, 2), (1, 2)))
