@@ -17,9 +17,14 @@ from wrn.data.registry import (
     normalization_constants,
 )
 from wrn.data.safe_pickle import UnsafePickleError, safe_load_pickle
+from wrn.data.zca import apply_zca, fit_zca, gcn, zca_whiten
 
 __all__ = [
     "ARRAY_DATASETS",
+    "apply_zca",
+    "fit_zca",
+    "gcn",
+    "zca_whiten",
     "AUGMENT_CHOICES",
     "DATASETS",
     "NORMALIZATION_CHOICES",
