@@ -76,10 +76,11 @@ def _parse_cifar(name: str) -> dict[str, Any] | None:
         raise ConfigError(f"{name}: the widening factor k must be a positive integer.")
     if m.group(4) is not None:  # -lL: L all-3x3 convs per block, N = (depth-4)/(3L)
         n_convs = int(m.group(4))
-        if n_convs < 1 or depth < 4 or (depth - 4) % (3 * n_convs) or depth == 4:
+        if n_convs < 1 or depth <= 4 or (depth - 4) % (3 * n_convs):
+            step = 3 * max(n_convs, 1)
             raise ConfigError(
-                f"{name}: with -l{n_convs}, depth-4 must be a positive multiple of 3*{n_convs} = {3 * n_convs} "
-                f"(e.g. wrn-40-{width}-l{n_convs} needs (40-4) % {3 * n_convs} == 0)."
+                f"{name}: with -l{n_convs} ({n_convs} convs per block), depth-4 must be a positive multiple of "
+                f"3*{n_convs} = {step}, e.g. depth {4 + step} or {4 + 2 * step}; got {depth}."
             )
         return {
             "depth": depth,
