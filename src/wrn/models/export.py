@@ -59,6 +59,7 @@ def export_model(
                     opset_version=opset,
                     dynamo=True,
                     external_data=False,
+                    verbose=False,
                 )
             else:
                 torch.jit.save(torch.jit.trace(model, x), str(tmp_file))
