@@ -8,6 +8,8 @@
 from wrn.data.arrays import ARRAY_DATASETS, ensure_files, load_arrays, read_cifar_batch, read_svhn_mat
 from wrn.data.device_loader import DeviceLoader, reflect_index
 from wrn.data.download import download_file, extract_tar, md5sum
+from wrn.data.folder import CheckedImageFolder, FolderLoader, Lighting, folder_transform, read_folder_arrays
+from wrn.data.loaders import make_loaders
 from wrn.data.registry import (
     AUGMENT_CHOICES,
     DATASETS,
@@ -30,6 +32,12 @@ __all__ = [
     "NORMALIZATION_CHOICES",
     "DatasetInfo",
     "DeviceLoader",
+    "CheckedImageFolder",
+    "FolderLoader",
+    "Lighting",
+    "folder_transform",
+    "make_loaders",
+    "read_folder_arrays",
     "UnsafePickleError",
     "dataset_info",
     "download_file",

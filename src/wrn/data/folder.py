@@ -1,0 +1,337 @@
+"""Folders of images (ImageNet and any ``root/train/<class>/*``, ``root/val/<class>/*`` layout).
+
+Large folders go through torchvision's ImageFolder and a DataLoader (worker processes, pinned memory) wrapped
+in :class:`FolderLoader`, which has the same epoch / ``state_dict`` protocol as the device-resident loader.
+Small folders (under 100k images of at most 64x64) are read into tensors once by :func:`read_folder_arrays`
+and then use the device-resident fast path.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision import datasets, transforms
+
+from wrn.data.device_loader import IMAGENET_EIGVAL, IMAGENET_EIGVEC
+from wrn.errors import ConfigError, DataError
+
+IMG_EXTENSIONS = tuple(datasets.folder.IMG_EXTENSIONS)
+SMALL_MAX_IMAGES = 100_000
+SMALL_MAX_SIDE = 64
+
+
+# ---------------------------------------------------------------------------------------------- scanning
+
+
+def split_dir(root: str | os.PathLike | None, split: str) -> Path:
+    """``root/split``, or a :class:`DataError` saying what is missing and which layout is expected."""
+    if root is None:
+        raise DataError("an image folder needs a data root: pass root=DIR holding DIR/train/<class>/*.")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(
+            f"data root {root} does not exist: point it at a folder holding train/<class>/* and val/<class>/*."
+        )
+    path = root / split
+    if not path.is_dir():
+        raise DataError(
+            f"{path} does not exist: an image folder needs {root}/{split}/<class>/<image> (one folder per class)."
+        )
+    return path
+
+
+def find_classes(directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
+    """Sorted class folder names of ``directory`` and their indices."""
+    classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DataError(
+            f"{directory} holds no class folders: put each class's images in {directory}/<class>/."
+        )
+    return classes, {c: i for i, c in enumerate(classes)}
+
+
+def scan_samples(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+    """(path, class index) of every image under ``directory/<class>/`` (recursively), sorted per class."""
+    samples = []
+    for cls, idx in sorted(class_to_idx.items(), key=lambda kv: kv[1]):
+        cdir = Path(directory) / cls
+        found = []
+        for dirpath, _dirs, files in sorted(os.walk(cdir, followlinks=True)):
+            found += [
+                (os.path.join(dirpath, f), idx) for f in sorted(files) if f.lower().endswith(IMG_EXTENSIONS)
+            ]
+        if not found and not allow_empty:
+            raise DataError(
+                f"class folder {cdir} holds no images (extensions {', '.join(IMG_EXTENSIONS)}): add images or "
+                f"remove the folder."
+            )
+        samples += found
+    return samples
+
+
+def load_image(path: str, mode: str | None = "RGB"):
+    """Open and decode an image with PIL (converted to ``mode`` unless None); a :class:`DataError` if it fails."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert(mode) if mode else img.copy()
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+        raise DataError(f"{path} cannot be decoded as an image ({exc}): replace or delete it.") from None
+
+
+class CheckedImageFolder(datasets.ImageFolder):
+    """torchvision's ImageFolder whose empty class folders and undecodable images raise a clear DataError."""
+
+    def __init__(self, root, transform=None):
+        super().__init__(str(root), transform=transform, loader=load_image)
+
+    def find_classes(self, directory):
+        return find_classes(directory)
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        return scan_samples(directory, class_to_idx, allow_empty=allow_empty)
+
+
+def is_small_folder(root, split: str = "train", image_size: int | None = None) -> bool:
+    """Whether a folder is small enough for the device-resident path: < 100k images of <= 64x64."""
+    if image_size is not None and image_size > SMALL_MAX_SIDE:
+        return False
+    directory = split_dir(root, split)
+    _, class_to_idx = find_classes(directory)
+    samples = scan_samples(directory, class_to_idx)
+    if len(samples) >= SMALL_MAX_IMAGES:
+        return False
+    if image_size is not None:
+        return True
+    from PIL import Image
+
+    try:
+        with Image.open(samples[0][0]) as img:
+            return max(img.size) <= SMALL_MAX_SIDE
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(
+            f"{samples[0][0]} cannot be decoded as an image ({exc}): replace or delete it."
+        ) from None
+
+
+def read_folder_arrays(
+    root,
+    split: str,
+    image_size: int | tuple[int, int] | None = None,
+    channels: int | None = None,
+    classes=None,
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Read a whole split into uint8 [N, C, H, W] and int64 labels, once.
+
+    ``image_size``: a side S (S x S), an (H, W) pair, or None for the size of the first image.
+    Images that differ from the target size are resized (bilinear). ``channels`` None: 1 if every image is
+    grayscale, else 3. ``classes``: the class list to follow (the training split's), checked against the folder.
+    """
+    from PIL import Image
+
+    directory = split_dir(root, split)
+    found, class_to_idx = find_classes(directory)
+    if classes is not None and list(classes) != found:
+        raise DataError(
+            f"{directory} has classes {found[:5]}... that differ from the training split's {list(classes)[:5]}...: "
+            f"both splits need the same class folders."
+        )
+    samples = scan_samples(directory, class_to_idx)
+    images = [load_image(path, mode=None) for path, _ in samples]
+    if channels is None:
+        channels = 1 if all(img.mode in ("L", "1", "I;16", "I", "F") for img in images) else 3
+    if isinstance(image_size, int):
+        size = (image_size, image_size)
+    elif image_size is not None:
+        size = (int(image_size[1]), int(image_size[0]))  # PIL sizes are (width, height)
+    else:
+        size = images[0].size  # (width, height)
+    mode = "L" if channels == 1 else "RGB"
+    x = np.empty((len(images), size[1], size[0], channels), dtype=np.uint8)
+    for i, img in enumerate(images):
+        img = img.convert(mode)
+        if img.size != size:
+            img = img.resize(size, Image.BILINEAR)
+        x[i] = np.asarray(img, dtype=np.uint8).reshape(size[1], size[0], channels)
+    x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    y = torch.tensor([t for _, t in samples], dtype=torch.int64)
+    return x, y, found
+
+
+# ---------------------------------------------------------------------------------------------- transforms
+
+
+class Lighting:
+    """AlexNet-style PCA lighting noise (fb.resnet.torch) for an image tensor [C, H, W] on the 0..255 scale.
+
+    Returns float32; the noise is drawn on the 0..1 scale (std ``alphastd``) and applied to RGB images only.
+    """
+
+    def __init__(self, alphastd: float = 0.1):
+        self.alphastd = alphastd
+        self.eigval = torch.tensor(IMAGENET_EIGVAL)
+        self.eigvec = torch.tensor(IMAGENET_EIGVEC)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        img = img.to(torch.float32)
+        if self.alphastd == 0 or img.shape[0] != 3:
+            return img
+        alpha = torch.randn(3) * self.alphastd
+        rgb = (self.eigvec @ (alpha * self.eigval)) * 255
+        return img + rgb.view(3, 1, 1).to(img.dtype)
+
+
+def folder_transform(train: bool, augment: str, size: int, pad: int = 4):
+    """The per-image transform of the DataLoader path; produces uint8 (or float 0..255 after lighting)."""
+    to_tensor = transforms.PILToTensor()
+    if not train:
+        if augment == "imagenet":
+            return transforms.Compose(
+                [transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size), to_tensor]
+            )
+        return transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), to_tensor])
+    if augment == "imagenet":
+        return transforms.Compose(
+            [
+                transforms.RandomResizedCrop(size),
+                transforms.ColorJitter(0.4, 0.4, 0.4),
+                transforms.RandomHorizontalFlip(),
+                to_tensor,
+                Lighting(0.1),
+            ]
+        )
+    steps = [transforms.Resize(size), transforms.CenterCrop(size)]
+    if augment == "flip-crop":
+        steps.append(transforms.RandomHorizontalFlip())
+    if augment in ("crop", "flip-crop"):
+        steps += [transforms.Pad(pad, padding_mode="reflect"), transforms.RandomCrop(size)]
+    return transforms.Compose([*steps, to_tensor])
+
+
+# ---------------------------------------------------------------------------------------------- loader
+
+
+class FolderLoader:
+    """A DataLoader over an image folder with the device loader's protocol: one ``for`` loop is one epoch.
+
+    The order of every epoch is a permutation drawn from ``seed`` and the epoch index (training) or the folder
+    order (evaluation); each rank takes positions ``rank::world_size`` of it. ``state_dict()`` holds the epoch
+    and the batches already served, and a restored loader skips exactly those. Batches arrive on ``device`` as
+    float tensors normalised with ``normalize=(mean, std)`` on the 0..255 scale. The order is exactly
+    reproducible; random augmentation in worker processes is seeded per epoch, so it repeats for whole epochs
+    (not for an epoch resumed half-way).
+    """
+
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        train: bool = True,
+        normalize=None,
+        device="cpu",
+        seed: int = 0,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        workers: int = 4,
+        dtype: torch.dtype = torch.float32,
+    ):
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, not {batch_size}.")
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank {rank} is not in 0..{world_size - 1} (world_size {world_size}).")
+        self.dataset = dataset
+        self.num_samples = len(dataset)
+        self.batch_size = int(batch_size)
+        self.train = bool(train)
+        self.drop_last = bool(drop_last) if train else False
+        self.device = torch.device(device)
+        self.seed = int(seed)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.workers = int(workers)
+        self.dtype = dtype
+        if normalize is not None:
+            self.mean, self.std = (
+                torch.as_tensor(v, dtype=dtype).view(1, -1, 1, 1).to(self.device) for v in normalize
+            )
+        else:
+            self.mean = self.std = None
+        n = self.num_samples
+        self._shard_size = n // world_size if train else len(range(rank, n, world_size))
+        self.epoch = 0
+        self.position = 0
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self._shard_size // self.batch_size
+        return math.ceil(self._shard_size / self.batch_size)
+
+    def epoch_batches(self) -> list[list[int]]:
+        """This rank's batches (lists of dataset indices) of the current epoch, in order."""
+        n = self.num_samples
+        if self.train:
+            g = torch.Generator().manual_seed(self._epoch_seed())
+            order = torch.randperm(n, generator=g)[: self._shard_size * self.world_size]
+        else:
+            order = torch.arange(n)
+        shard = order[self.rank :: self.world_size].tolist()
+        bs = self.batch_size
+        return [shard[i * bs : (i + 1) * bs] for i in range(len(self))]
+
+    def _epoch_seed(self) -> int:
+        return (self.seed * 1_000_003 + self.epoch) % (2**63)
+
+    def __iter__(self):
+        from torch.utils.data import DataLoader
+
+        remaining = self.epoch_batches()[self.position :]
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=remaining,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(self._epoch_seed() + 1),
+            persistent_workers=False,
+        )
+        non_blocking = self.device.type == "cuda"
+        try:
+            for images, labels in loader:
+                images = images.to(self.device, non_blocking=non_blocking).to(self.dtype)
+                if self.mean is not None:
+                    images = images.sub_(self.mean).div_(self.std)
+                self.position += 1
+                yield images, labels.to(self.device, non_blocking=non_blocking)
+        except DataError as exc:  # re-raised from a worker with its traceback folded into the message
+            text = str(exc).strip().splitlines()
+            raise DataError(text[-1].split("DataError: ", 1)[-1] if text else "") from None
+        self.epoch += 1
+        self.position = 0
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "num_samples": self.num_samples,
+            "batch_size": self.batch_size,
+            "world_size": self.world_size,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("num_samples", "batch_size", "world_size"):
+            if key in state and int(state[key]) != getattr(self, key):
+                raise ConfigError(
+                    f"the saved loader state has {key} {int(state[key])} but this loader has "
+                    f"{getattr(self, key)}: resume with the same data and batch size."
+                )
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+        if "seed" in state:
+            self.seed = int(state["seed"])

@@ -1,0 +1,155 @@
+"""``make_loaders``: the train and test loaders of any supported data set, with the paper's defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from wrn.data.arrays import ARRAY_DATASETS, load_arrays
+from wrn.data.device_loader import DeviceLoader
+from wrn.data.folder import (
+    CheckedImageFolder,
+    FolderLoader,
+    folder_transform,
+    is_small_folder,
+    read_folder_arrays,
+)
+from wrn.data.folder import split_dir as folder_split_dir
+from wrn.data.registry import AUGMENT_CHOICES, NORMALIZATION_CHOICES, dataset_info, normalization_constants
+from wrn.data.zca import zca_whiten
+from wrn.errors import ConfigError, DataError
+
+CACHE_DIRNAME = "wrn-cache"
+
+
+def make_loaders(
+    dataset: str,
+    root: str | os.PathLike | None,
+    *,
+    batch_size: int,
+    augment: str | None = None,
+    normalization: str | None = None,
+    device="cpu",
+    seed: int = 0,
+    download: bool = False,
+    verify: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    image_size: int | None = None,
+    workers: int = 4,
+    split_train: str | None = None,
+    split_test: str | None = None,
+    eval_batch_size: int | None = None,
+):
+    """Build ``(train_loader, test_loader, info)`` for ``dataset`` under ``root``.
+
+    CIFAR, SVHN, the digits and small image folders use :class:`DeviceLoader` for both loaders; ImageNet and
+    large image folders use :class:`FolderLoader`. ``augment`` and ``normalization`` default to the data set's
+    (``DATASETS[name]``); ``normalization='zca'`` whitens with GCN + ZCA fitted on the training split (cached
+    under ``root/wrn-cache``). ``info`` is the :class:`DatasetInfo` with ``num_classes``, ``in_channels`` and
+    ``image_size`` of the data actually loaded. ``seed`` drives the order and augmentation; the digits'
+    train/test split stays fixed whatever it is.
+    """
+    info = dataset_info(dataset)
+    augment = augment or info.augment
+    normalization = normalization or info.normalization
+    if augment not in AUGMENT_CHOICES:
+        raise ConfigError(f"unknown augment {augment!r}: choose one of {', '.join(AUGMENT_CHOICES)}.")
+    if normalization not in NORMALIZATION_CHOICES:
+        raise ConfigError(
+            f"unknown normalization {normalization!r}: choose one of {', '.join(NORMALIZATION_CHOICES)}."
+        )
+    split_train = split_train or info.train_split
+    split_test = split_test or info.test_split
+    eval_batch_size = eval_batch_size or batch_size
+    common = {"device": device, "rank": rank, "world_size": world_size}
+
+    if dataset in ARRAY_DATASETS:
+        if image_size is not None and image_size != info.image_size:
+            raise ConfigError(
+                f"{dataset} images are {info.image_size}x{info.image_size}: image_size applies to image folders only."
+            )
+        x_tr, y_tr = load_arrays(dataset, root, split_train, download=download, verify=verify)
+        x_te, y_te = load_arrays(dataset, root, split_test, download=download, verify=verify)
+        cache_dir = Path(root).expanduser() / CACHE_DIRNAME if root is not None else None
+    else:
+        use_arrays = dataset == "imagefolder" and is_small_folder(root, split_train, image_size)
+        if not use_arrays:
+            return _folder_loaders(
+                info, root, augment, normalization, seed, image_size, workers, split_train, split_test,
+                batch_size, eval_batch_size, common,
+            )  # fmt: skip
+        x_tr, y_tr, classes = read_folder_arrays(root, split_train, image_size)
+        x_te, y_te, _ = read_folder_arrays(
+            root, split_test, tuple(x_tr.shape[2:]), channels=x_tr.shape[1], classes=classes
+        )
+        info = dataclasses.replace(
+            info, num_classes=len(classes), classes=tuple(classes), device_resident=True
+        )
+        cache_dir = Path(root).expanduser() / CACHE_DIRNAME
+
+    if normalization == "zca":
+        x_tr, x_te = zca_whiten(x_tr, x_te, cache_dir=cache_dir)
+        normalize = None
+    else:
+        normalize = _constants_for(normalization, x_tr.shape[1])
+    train = DeviceLoader(
+        x_tr, y_tr, batch_size, train=True, augment=augment, normalize=normalize, seed=seed, drop_last=True,
+        image_size=image_size, **common,
+    )  # fmt: skip
+    test = DeviceLoader(x_te, y_te, eval_batch_size, train=False, normalize=normalize, seed=seed, **common)
+    info = dataclasses.replace(info, in_channels=int(x_tr.shape[1]), image_size=int(x_tr.shape[-1]))
+    return train, test, info
+
+
+def _constants_for(name: str, channels: int):
+    mean, std = normalization_constants(name)
+    if len(mean) != channels and channels == 1:  # grayscale images with RGB constants: average them
+        mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+    elif len(mean) != channels and len(mean) != 1:
+        raise ConfigError(f"normalization {name!r} has {len(mean)} channels but the images have {channels}.")
+    return mean, std
+
+
+def _folder_loaders(
+    info,
+    root,
+    augment,
+    normalization,
+    seed,
+    image_size,
+    workers,
+    split_train,
+    split_test,
+    bs,
+    eval_bs,
+    common,
+):
+    if normalization == "zca":
+        raise ConfigError(
+            "normalization 'zca' needs the whole data set in memory: use it with small data sets."
+        )
+    size = image_size or info.image_size or 224
+    train_ds = CheckedImageFolder(folder_split_dir(root, split_train), folder_transform(True, augment, size))
+    test_ds = CheckedImageFolder(folder_split_dir(root, split_test), folder_transform(False, augment, size))
+    if test_ds.classes != train_ds.classes:
+        raise DataError(
+            f"{folder_split_dir(root, split_test)} has {len(test_ds.classes)} class folders that differ from the "
+            f"{len(train_ds.classes)} of {folder_split_dir(root, split_train)}: both splits need the same classes."
+        )
+    normalize = _constants_for(normalization, 3)
+    train = FolderLoader(
+        train_ds, bs, train=True, normalize=normalize, seed=seed, drop_last=True, workers=workers, **common
+    )
+    test = FolderLoader(
+        test_ds, eval_bs, train=False, normalize=normalize, seed=seed, workers=workers, **common
+    )
+    info = dataclasses.replace(
+        info,
+        num_classes=len(train_ds.classes),
+        classes=tuple(train_ds.classes),
+        in_channels=3,
+        image_size=size,
+    )
+    return train, test, info

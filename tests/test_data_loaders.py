@@ -1,0 +1,165 @@
+"""make_loaders for array data sets and image folders, the DataLoader path and its bad inputs."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from wrn.data import (
+    DATASETS,
+    DeviceLoader,
+    FolderLoader,
+    load_arrays,
+    make_loaders,
+    normalization_constants,
+    zca_whiten,
+)
+from wrn.errors import ConfigError, DataError
+
+
+def test_registry_and_constants():
+    assert normalization_constants("cifar10") == ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7))
+    assert normalization_constants("svhn")[1] == (255.0, 255.0, 255.0)
+    assert DATASETS["cifar100"].normalization == "cifar10"  # as the paper did
+    assert DATASETS["svhn"].train_split == "train+extra" and DATASETS["svhn"].augment == "none"
+    for name, info in DATASETS.items():
+        assert info.train_split in info.splits and info.test_split in info.splits, name
+    with pytest.raises(ConfigError, match="zca"):
+        normalization_constants("zca")
+    with pytest.raises(ConfigError, match="unknown normalization"):
+        normalization_constants("cifar")
+
+
+def test_digits_loaders():
+    train, test, info = make_loaders("digits", None, batch_size=64, seed=1)
+    assert isinstance(train, DeviceLoader) and isinstance(test, DeviceLoader)
+    assert (info.num_classes, info.in_channels, info.image_size) == (10, 1, 8)
+    x, y = next(iter(train))
+    assert x.shape == (64, 1, 8, 8) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert len(train) == 1437 // 64 and len(test) == 6
+    xt, yt = load_arrays("digits", None, "test")
+    mean, std = normalization_constants("digits")
+    out = torch.cat([b for b, _ in test])
+    torch.testing.assert_close(out, (xt.float() - mean[0]) / std[0])
+    assert torch.equal(torch.cat([b for _, b in test]), yt)
+    # the split is fixed: another training seed evaluates on the same images
+    assert torch.equal(torch.cat([b for _, b in make_loaders("digits", None, batch_size=64, seed=2)[1]]), yt)
+
+
+def test_cifar_defaults(tmp_path):
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        obj = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [1, 2, 3, 4]}
+        (base / name).write_bytes(pickle.dumps(obj, protocol=2))
+    train, test, info = make_loaders("cifar10", tmp_path, batch_size=8, verify=False)
+    assert train.augment == "flip-crop" and train.pad == 4 and len(train) == 2 and len(test) == 1
+    x, _ = load_arrays("cifar10", tmp_path, "test", verify=False)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in normalization_constants("cifar10"))
+    torch.testing.assert_close(next(iter(test))[0], (x.float() - mean) / std)
+    with pytest.raises(ConfigError, match="image_size"):
+        make_loaders("cifar10", tmp_path, batch_size=8, verify=False, image_size=64)
+    with pytest.raises(ConfigError, match="augment"):
+        make_loaders("cifar10", tmp_path, batch_size=8, verify=False, augment="mixup")
+
+
+def test_zca_through_make_loaders_is_cached_next_to_the_data(tmp_path):
+    train, test, _ = make_loaders("digits", tmp_path, batch_size=32, normalization="zca")
+    assert train.mean is None and train.x.dtype == torch.float32
+    _, xt = zca_whiten(load_arrays("digits", None, "train")[0], load_arrays("digits", None, "test")[0])
+    torch.testing.assert_close(torch.cat([b for b, _ in test]), xt)
+    assert len(list((tmp_path / "wrn-cache").iterdir())) == 1
+    images, _ = next(iter(train))  # flip/crop on top of the whitened images would also work
+    assert images.shape == (32, 1, 8, 8)
+
+
+# ------------------------------------------------------------------------------------------ image folders
+
+
+def write_folder(root, sizes=(12, 12), mode="RGB", classes=("cat", "dog", "emu"), per_class=3):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                shape = (sizes[0], sizes[1], 3) if mode == "RGB" else sizes
+                Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(d / f"{i}.png")
+
+
+def test_small_folder_uses_the_device_path(tmp_path):
+    write_folder(tmp_path, sizes=(12, 10))
+    train, test, info = make_loaders("imagefolder", tmp_path, batch_size=4, normalization="none")
+    assert isinstance(train, DeviceLoader) and info.num_classes == 3 and info.classes == ("cat", "dog", "emu")
+    assert (info.in_channels, tuple(test.x.shape[2:])) == (3, (12, 10))
+    x, y = next(iter(test))
+    ref = np.array(Image.open(tmp_path / "val" / "cat" / "0.png")).transpose(2, 0, 1)
+    assert torch.equal(x[0], torch.from_numpy(ref).float()) and y[:4].tolist() == [0, 0, 0, 1]
+    gray = tmp_path / "gray"
+    write_folder(gray, mode="L", classes=("a", "b"))
+    _, _, info = make_loaders("imagefolder", gray, batch_size=2)
+    assert info.in_channels == 1 and info.num_classes == 2
+
+
+def test_large_folder_dataloader_path_resumes(tmp_path):
+    write_folder(tmp_path, per_class=4)
+    train, test, info = make_loaders("imagefolder", tmp_path, batch_size=3, image_size=72, workers=0, seed=4)
+    assert isinstance(train, FolderLoader) and info.image_size == 72 and info.num_classes == 3
+    assert len(train) == 4 and len(test) == 4
+    x, y = next(iter(test))
+    assert x.shape == (3, 3, 72, 72) and x.dtype == torch.float32 and y.tolist() == [0, 0, 0]
+    full = [y.tolist() for _, y in train] + [y.tolist() for _, y in train]
+    assert sorted(sum(full[:4], [])) == [0] * 4 + [1] * 4 + [2] * 4  # every image once per epoch
+    assert full[:4] != full[4:]  # a fresh permutation each epoch
+    again, _, _ = make_loaders("imagefolder", tmp_path, batch_size=3, image_size=72, workers=0, seed=4)
+    seen = []
+    for i, (_, y) in enumerate(again):
+        seen.append(y.tolist())
+        if i == 1:
+            break
+    state = again.state_dict()
+    resumed, _, _ = make_loaders("imagefolder", tmp_path, batch_size=3, image_size=72, workers=0, seed=4)
+    resumed.load_state_dict(state)
+    seen += [y.tolist() for _, y in resumed] + [y.tolist() for _, y in resumed]
+    assert seen == full and resumed.epoch == 2
+    shards = [FolderLoader(train.dataset, 2, rank=r, world_size=2, workers=0).epoch_batches() for r in (0, 1)]
+    flat = [sum(s, []) for s in shards]
+    assert not set(flat[0]) & set(flat[1]) and len(flat[0]) == len(flat[1]) == 6
+
+
+def test_imagenet_folder_with_workers(tmp_path):
+    write_folder(tmp_path, classes=("n01", "n02"), per_class=2)
+    train, test, info = make_loaders("imagenet", tmp_path, batch_size=2, image_size=32, workers=2)
+    assert info.num_classes == 2 and train.dataset.transform is not None
+    images, labels = next(iter(train))
+    assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all() and labels.dtype == torch.int64
+    assert sum(len(y) for _, y in test) == 4
+
+
+def test_folder_bad_inputs(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        make_loaders("imagefolder", tmp_path / "none", batch_size=2)
+    write_folder(tmp_path, classes=("a", "b"))
+    (tmp_path / "train" / "empty").mkdir()
+    with pytest.raises(DataError, match=r"class folder .*empty holds no images"):
+        make_loaders("imagefolder", tmp_path, batch_size=2)
+    (tmp_path / "train" / "empty").rmdir()
+    bad = tmp_path / "train" / "b" / "broken.png"
+    bad.write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError, match=r"broken\.png cannot be decoded"):
+        make_loaders("imagefolder", tmp_path, batch_size=2)
+    train, _, _ = make_loaders("imagefolder", tmp_path, batch_size=7, image_size=72, workers=1)
+    with pytest.raises(DataError) as err:
+        list(train)
+    assert str(err.value).startswith(str(bad)) and "\n" not in str(err.value)
+    bad.unlink()
+    for p in (tmp_path / "val").rglob("*"):
+        if p.is_file():
+            p.unlink()
+    with pytest.raises(DataError, match="holds no images"):
+        make_loaders("imagefolder", tmp_path, batch_size=2)
