@@ -1,0 +1,80 @@
+"""``wrn data``: download, verify and list the data sets."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "data",
+        help="download, verify and list the data sets",
+        description="Fetch CIFAR-10/100 and SVHN into a data root (checking every md5), verify files already "
+        "there, or list what each data set is.",
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (
+        ("download", "fetch (if missing), extract and verify a data set's files"),
+        ("verify", "check the md5 of every file of a data set already under the root"),
+    ):
+        a = actions.add_parser(action, help=text, description=text + ".")
+        a.add_argument("name", choices=("cifar10", "cifar100", "svhn"), help="data set")
+        a.add_argument("--root", required=True, help="data root (files go where torchvision puts them)")
+        a.add_argument(
+            "--split",
+            action="append",
+            choices=("train", "test", "extra"),
+            help="SVHN only: just these files (repeatable; default all three)",
+        )
+        if action == "download":
+            a.add_argument(
+                "--no-verify",
+                dest="verify",
+                action="store_false",
+                help="skip md5 checks (re-packed copies only)",
+            )
+        a.set_defaults(func=run, verify=True)
+    info = actions.add_parser("list", help="list the data sets", description="List the data sets.")
+    info.set_defaults(func=run_list)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from wrn.data import ensure_files
+    from wrn.errors import ConfigError
+
+    if args.split and args.name != "svhn":
+        raise ConfigError(f"--split applies to svhn only; {args.name} comes as one archive.")
+    root = Path(args.root).expanduser()
+    if args.action == "download":
+        root.mkdir(parents=True, exist_ok=True)
+    elif not root.is_dir():
+        from wrn.errors import DataError
+
+        raise DataError(
+            f"data root {root} does not exist: run `wrn data download {args.name} --root {root}` first."
+        )
+    paths = ensure_files(
+        args.name, root, download=args.action == "download", verify=args.verify, files=args.split or None
+    )
+    state = "verified" if args.verify else "present (not verified)"
+    for path in paths:
+        print(f"{path}: {state}")
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from wrn.data import DATASETS
+
+    print(
+        f"{'name':<12} {'classes':>7} {'channels':>8} {'size':>5}  {'train':<12} {'test':<5} normalization  augment"
+    )
+    for info in DATASETS.values():
+        classes = "folder" if info.num_classes is None else str(info.num_classes)
+        size = "any" if info.image_size is None else str(info.image_size)
+        print(
+            f"{info.name:<12} {classes:>7} {info.in_channels:>8} {size:>5}  {info.train_split:<12} "
+            f"{info.test_split:<5} {info.normalization:<14} {info.augment}"
+        )
+    return 0
