@@ -1,0 +1,52 @@
+"""``wrn eval``: loss, accuracy and error of a trained model on a test set."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="test loss, accuracy and error of a run or model directory",
+        description=(
+            "Evaluate a run directory (written by `wrn train`; its final model, else its checkpoint) or a model "
+            "directory (model.safetensors + model.json) on a test set. The data settings come from the run's "
+            "config.yaml or the model's metadata; the options override them."
+        ),
+    )
+    p.add_argument("path", metavar="RUN_DIR_OR_MODEL_DIR")
+    p.add_argument("--dataset", help="cifar10, cifar100, svhn, imagenet, imagefolder or digits")
+    p.add_argument("--data-dir", help="folder that holds the data set")
+    p.add_argument("--normalization", help="cifar10, cifar100, svhn, digits, imagenet, zca or none")
+    p.add_argument("--image-size", type=int, help="evaluation crop side (ImageNet / image folders)")
+    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--amp", default="off", help="bf16, fp16 or off (default off: full precision)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from wrn.train.evaluate import evaluate_dir
+
+    result = evaluate_dir(
+        Path(args.path),
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        normalization=args.normalization,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        device=args.device,
+        amp=args.amp,
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{result['model']} on {result['dataset']} ({result['n']} images): loss {result['loss']:.4f}  "
+            f"accuracy {result['acc']:.2f}%  error {result['error']:.2f}%"
+        )
+    return 0

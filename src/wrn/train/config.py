@@ -1,0 +1,289 @@
+"""The training configuration: a validated tree of plain values, read from presets, YAML files and overrides.
+
+A run is described by one :class:`TrainConfig`. It is built by merging, in order: the defaults (the paper's
+CIFAR recipe), a shipped preset (``--preset``), a YAML file (``--config``) and command-line overrides. After
+:func:`resolve`, every ``auto`` / ``null`` choice that depends on the machine or the data set is filled in, so
+the ``config.yaml`` saved with a run says exactly what ran.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from wrn.data.registry import dataset_info
+from wrn.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(_Section):
+    name: str = "wrn-28-10"
+    dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
+
+
+class DataSection(_Section):
+    name: Literal["cifar10", "cifar100", "svhn", "imagenet", "imagefolder", "digits"] = "cifar10"
+    root: str = "data"
+    augment: Literal["none", "crop", "flip-crop", "imagenet"] | None = None
+    normalization: Literal["cifar10", "cifar100", "svhn", "digits", "imagenet", "zca", "none"] | None = None
+    image_size: int | None = Field(default=None, gt=0)
+    workers: int = Field(default=4, ge=0)
+    download: bool = False
+
+
+class OptimSection(_Section):
+    lr: float = Field(default=0.1, gt=0.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    nesterov: bool = True
+    weight_decay: float = Field(default=5e-4, ge=0.0)
+    batch_size: int = Field(default=128, gt=0)
+    eval_batch_size: int | None = Field(default=None, gt=0)
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> OptimSection:
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("Nesterov momentum needs momentum > 0; set optim.nesterov to false")
+        return self
+
+
+class ScheduleSection(_Section):
+    name: Literal["multistep", "cosine"] = "multistep"
+    epochs: int = Field(default=200, gt=0)
+    # 1-indexed epochs that already run at the lowered rate (spec section 4: epoch 60 runs at 0.02).
+    milestones: list[int] = Field(default_factory=lambda: [60, 120, 160])
+    gamma: float = Field(default=0.2, gt=0.0, le=1.0)
+    # The authors' code re-creates the optimizer at every drop, which clears the momentum buffers.
+    reset_momentum: bool = True
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, value: list[int]) -> list[int]:
+        if any(m < 2 for m in value):
+            raise ValueError("milestones are 1-indexed epochs and must be >= 2")
+        if sorted(set(value)) != value:
+            raise ValueError("milestones must be strictly increasing")
+        return value
+
+
+class RunSection(_Section):
+    seed: int = Field(default=0, ge=0)
+    device: str = "auto"
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    compile: bool = False
+    channels_last: bool | None = None
+    sync_bn: bool = False
+    deterministic: bool = False
+    checkpoint_every_minutes: float | None = Field(default=10.0, gt=0)
+    checkpoint_every_steps: int | None = Field(default=None, gt=0)
+    progress: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+            raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+        return value
+
+
+class TrainConfig(_Section):
+    preset: str | None = None
+    description: str = ""
+    model: ModelSection = Field(default_factory=ModelSection)
+    dataset: DataSection = Field(default_factory=DataSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    schedule: ScheduleSection = Field(default_factory=ScheduleSection)
+    run: RunSection = Field(default_factory=RunSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict of str/int/float/bool/None/list: safe in YAML and in a weights_only checkpoint."""
+        return self.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------------------------- validation
+
+
+def _error_sentence(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "config"
+    msg = err["msg"]
+    msg = msg.removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return f"unknown config key {where!r}; remove it or check its spelling (see docs/training.md)"
+    if err["type"] == "literal_error":
+        return f"{where} = {err.get('input')!r} is not allowed: {msg.lower()}"
+    return f"{where} = {err.get('input')!r} is invalid: {msg.lower()}"
+
+
+def validate(data: dict[str, Any]) -> TrainConfig:
+    """Build a :class:`TrainConfig` from a nested dict; a bad key or value raises :class:`ConfigError`."""
+    if not isinstance(data, dict):
+        raise ConfigError(
+            "a training config must be a YAML mapping of sections (model, dataset, optim, schedule, run)"
+        )
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_error_sentence(exc)) from None
+
+
+# --------------------------------------------------------------------------------------------- presets
+
+
+def _presets_dir():
+    return resources.files("wrn.train") / "presets"
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> one-line description, sorted by name (files starting with ``_`` are shared bases)."""
+    out = {}
+    for entry in _presets_dir().iterdir():
+        if entry.name.endswith(".yaml") and not entry.name.startswith("_"):
+            data = yaml.safe_load(entry.read_text()) or {}
+            out[entry.name[: -len(".yaml")]] = str(data.get("description", "")).strip()
+    return dict(sorted(out.items(), key=lambda item: _natural_key(item[0])))
+
+
+def _natural_key(name: str) -> tuple:
+    """``demo`` first, then by data set and numbers as numbers (wrn-16-4 before wrn-16-10)."""
+    parts = tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t)
+    return (name != "demo", parts)
+
+
+def _read_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source} is not valid YAML{where}; fix the syntax and try again") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source} must hold a YAML mapping of sections (model, dataset, optim, schedule, run)"
+        )
+    return data
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` updated recursively by ``update`` (neither is modified)."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _expand_extends(data: dict[str, Any], source: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Resolve an ``extends: NAME`` key naming a shipped preset or base file, recursively."""
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if parent in seen:
+        raise ConfigError(f"{source} extends itself through {parent!r}; remove the cycle")
+    base = _preset_raw(str(parent), seen + (parent,))
+    return deep_merge(base, data)
+
+
+def _preset_raw(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    entry = _presets_dir() / f"{name}.yaml"
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not entry.is_file():
+        close = [p for p in list_presets() if name.split("-")[0] in p][:5]
+        hint = f" (for example {', '.join(close)})" if close else ""
+        raise ConfigError(f"unknown preset {name!r}; run 'wrn presets' to list them{hint}")
+    return _expand_extends(_read_yaml(entry.read_text(), f"preset {name!r}"), f"preset {name!r}", seen)
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The raw nested dict of a shipped preset (``extends`` resolved), with ``preset`` set to its name."""
+    data = _preset_raw(name)
+    data["preset"] = name
+    return data
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; pass the path of a YAML file")
+    data = _read_yaml(path.read_text(), f"config file {str(path)!r}")
+    return _expand_extends(data, f"config file {str(path)!r}")
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``data['a']['b'] = value`` for ``key='a.b'``, creating sections as needed."""
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value
+
+
+def build_config(
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Merge defaults < preset < file < overrides (dotted keys such as ``optim.lr``) and validate."""
+    data: dict[str, Any] = {}
+    if preset is not None:
+        data = deep_merge(data, load_preset(preset))
+    if config_file is not None:
+        data = deep_merge(data, load_file(config_file))
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    return validate(data)
+
+
+# --------------------------------------------------------------------------------------------- resolution
+
+
+def resolve(cfg: TrainConfig, *, cuda_available: bool | None = None) -> TrainConfig:
+    """Fill in every machine- or data-dependent default; raise :class:`ConfigError` for impossible choices."""
+    import torch
+
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
+    cfg = cfg.model_copy(deep=True)
+    run, data = cfg.run, cfg.dataset
+    if run.device == "auto":
+        run.device = "cuda" if cuda_available else "cpu"
+    kind = run.device.split(":")[0]
+    if kind == "cuda" and not cuda_available:
+        raise ConfigError("device 'cuda' was asked for but no CUDA GPU is visible; use --device cpu")
+    if kind == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError("device 'mps' was asked for but is not available here; use --device cpu")
+    if run.amp == "auto":
+        run.amp = "bf16" if kind == "cuda" else "off"
+    if run.amp == "fp16" and kind != "cuda":
+        raise ConfigError(
+            f"--amp fp16 needs a CUDA GPU but the device is {run.device!r}; use --amp bf16 or off"
+        )
+    if run.channels_last is None:
+        run.channels_last = kind == "cuda"
+    # Unset augmentation / normalisation: the data set's own defaults (spec section 4; CIFAR-100 uses the
+    # CIFAR-10 constants, as the authors' code does).
+    defaults = dataset_info(data.name)
+    if data.augment is None:
+        data.augment = defaults.augment
+    if data.normalization is None:
+        data.normalization = defaults.normalization
+    return cfg
+
+
+def dump_yaml(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)

@@ -1,0 +1,188 @@
+"""Loss, accuracy and error of a model on a test loader, in eval mode (dropout off, BN running statistics)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from wrn.errors import CheckpointError, ConfigError
+from wrn.train.distributed import DistInfo, all_reduce_sum
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, amp: str):
+    """The autocast context of an ``amp`` setting ('bf16', 'fp16' or 'off')."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
+
+
+def evaluate(
+    model: torch.nn.Module,
+    loader: Any,
+    device: torch.device,
+    *,
+    amp: str = "off",
+    channels_last: bool = False,
+    dist_info: DistInfo | None = None,
+) -> dict[str, float]:
+    """Cross-entropy (no label smoothing), accuracy and error in percent over every batch of ``loader``.
+
+    Under DDP each rank evaluates its shard and the sums are added over ranks.
+    """
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    count = torch.zeros((), dtype=torch.int64, device=device)
+    with torch.inference_mode():
+        for images, labels in loader:
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast(device, amp):
+                logits = model(images)
+            logits = logits.float()
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
+            correct += (logits.argmax(1) == labels).sum()
+            count += labels.numel()
+    sums = torch.stack([loss_sum, correct.double(), count.double()])
+    all_reduce_sum(dist_info or DistInfo(), sums)
+    loss_total, correct_total, n = sums.tolist()
+    model.train(was_training)
+    if n == 0:
+        return {"loss": float("nan"), "acc": float("nan"), "error": float("nan"), "n": 0, "time": 0.0}
+    acc = 100.0 * correct_total / n
+    return {
+        "loss": loss_total / n,
+        "acc": acc,
+        "error": 100.0 - acc,
+        "n": int(n),
+        "time": time.perf_counter() - start,
+    }
+
+
+def _read_run_data(path: Path) -> dict[str, Any]:
+    """Data settings from a run's config.yaml, else from model.json's metadata, else nothing."""
+    import yaml
+
+    from wrn.train.config import validate
+
+    config_file = path / "config.yaml"
+    if config_file.is_file():
+        try:
+            data = yaml.safe_load(config_file.read_text())
+        except yaml.YAMLError:
+            data = None
+        if isinstance(data, dict):
+            return validate(data).dataset.model_dump()
+    model_file = path / "model.json"
+    if model_file.is_file():
+        try:
+            meta = json.loads(model_file.read_text()).get("metadata") or {}
+        except (ValueError, AttributeError):
+            meta = {}
+        found = {"name": meta.get("dataset"), "normalization": meta.get("normalization")}
+        return {k: v for k, v in found.items() if v}
+    return {}
+
+
+def evaluate_dir(
+    path: str | Path,
+    *,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    normalization: str | None = None,
+    image_size: int | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    amp: str = "off",
+) -> dict[str, Any]:
+    """Evaluate the model of a run or model directory on its (or the given) test set.
+
+    A directory with ``model.safetensors`` + ``model.json`` is loaded with :func:`wrn.load_model`; a run
+    directory without them (an unfinished run) uses the weights of its ``checkpoint.pt``.
+    """
+    import wrn
+    from wrn.data import make_loaders
+    from wrn.train import checkpoint as ckpt
+    from wrn.train.config import TrainConfig, resolve, validate
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{str(path)!r} is not a directory; pass a run directory or a model directory")
+    has_model = (path / "model.json").is_file() and (path / "model.safetensors").is_file()
+    has_ckpt = (path / ckpt.CHECKPOINT_NAME).is_file()
+    if not has_model and not has_ckpt:
+        raise CheckpointError(
+            f"{str(path)!r} holds neither model.safetensors + model.json nor {ckpt.CHECKPOINT_NAME}; "
+            "pass a directory written by 'wrn train' or wrn.save_model"
+        )
+    if batch_size <= 0:
+        raise ConfigError(f"--batch-size must be a positive integer, not {batch_size}")
+
+    saved = _read_run_data(path)
+    settings = dict(saved)
+    for key, value in (("name", dataset), ("root", data_dir), ("normalization", normalization)):
+        if value is not None:
+            settings[key] = value
+    if image_size is not None:
+        settings["image_size"] = image_size
+    if "name" not in settings:
+        raise ConfigError(f"{str(path)!r} does not say which data set it was trained on; pass --dataset")
+    if dataset is not None and normalization is None and dataset != saved.get("name"):
+        settings["normalization"] = None  # another data set: its own normalisation
+    settings["augment"] = "none"
+    cfg = validate({"dataset": settings, "run": {"device": device, "amp": amp}})
+    cfg = resolve(cfg)
+    dev = torch.device(cfg.run.device)
+    data = cfg.dataset
+    _, test_loader, info = make_loaders(
+        data.name,
+        data.root,
+        batch_size=batch_size,
+        augment="none",
+        normalization=data.normalization,
+        device=dev,
+        image_size=data.image_size,
+        workers=data.workers,
+        eval_batch_size=batch_size,
+    )
+    if has_model:
+        model = wrn.load_model(path, map_location=dev)
+        source = "model"
+    else:
+        from wrn.train.loop import build_model
+
+        state = ckpt.load(path)
+        train_cfg: TrainConfig = validate(state["config"])
+        model = build_model(train_cfg, info)
+        model.load_state_dict(state["model"])
+        model = model.to(dev)
+        source = f"checkpoint (epoch {state['epoch']}, step {state['step']})"
+    classes = info["num_classes"] if isinstance(info, dict) else info.num_classes
+    out_features = _num_outputs(model)
+    if out_features is not None and classes is not None and out_features != classes:
+        raise ConfigError(
+            f"the model has {out_features} outputs but {data.name} has {classes} classes; pass the --dataset it was trained on"
+        )
+    result = evaluate(model, test_loader, dev, amp=cfg.run.amp)
+    name = getattr(model, "config", {}).get("name", type(model).__name__)
+    return {"model": name, "dataset": data.name, "source": source, **result}
+
+
+def _num_outputs(model: torch.nn.Module) -> int | None:
+    last = None
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            last = module
+    return last.out_features if last is not None else None

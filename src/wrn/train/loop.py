@@ -1,0 +1,620 @@
+"""The training run: build everything from a config, train epoch by epoch, checkpoint, resume.
+
+:func:`train` is the whole of ``wrn train``. One run directory holds ``config.yaml`` (the resolved config),
+``metrics.jsonl`` and TensorBoard events (one record per epoch), ``checkpoint.pt`` (everything needed to
+continue bit for bit), and at the end ``model.safetensors`` + ``model.json`` and ``curves.png``.
+
+Resume is exact: the checkpoint holds the weights, BN statistics, optimizer (momentum buffers), the position
+in the schedule and in the epoch, the grad scaler, every RNG state and the data loader's state, for every
+rank. A run killed at any moment and resumed from its last checkpoint ends with the same weights, bit for bit,
+as a run never interrupted (on CPU, or on GPU with ``run.deterministic``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wrn.errors import CheckpointError, ConfigError, WRNError
+from wrn.train import checkpoint as ckpt
+from wrn.train import distributed as D
+from wrn.train import recipe
+from wrn.train.config import TrainConfig, dump_yaml, resolve, validate
+from wrn.train.evaluate import autocast, evaluate
+
+CONFIG_NAME = "config.yaml"
+# Under DDP, ranks agree every this many steps on stopping (signal), time-based checkpoints and bad losses.
+DIST_SYNC_EVERY = 10
+# Single process: how often the device-side "loss was not finite" flag is read back (one host sync).
+FINITE_CHECK_EVERY = 50
+
+
+class NonFiniteLoss(WRNError):
+    """The training loss became NaN or infinite."""
+
+
+class Interrupted(WRNError):
+    """SIGINT or SIGTERM: a checkpoint was saved and the run stopped; ``signum`` tells which."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    model: torch.nn.Module  # the plain model (no DDP / compile wrapper), on the training device
+    last: dict[str, Any] = field(default_factory=dict)  # the last epoch's metrics record (empty if none)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def default_out_dir(cfg: TrainConfig, root: str | Path = "runs") -> Path:
+    name = cfg.preset or f"{cfg.dataset.name}-{cfg.model.name}"
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(root) / f"{name}-{stamp}"
+    n = 2
+    while path.exists():
+        path = Path(root) / f"{name}-{stamp}-{n}"
+        n += 1
+    return path
+
+
+def check_new_out_dir(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        what = "a run directory" if (out / ckpt.CHECKPOINT_NAME).exists() else "not empty"
+        hint = f"continue it with 'wrn train --resume {out}' or " if what == "a run directory" else ""
+        raise ConfigError(
+            f"the output directory {str(out)!r} already exists and is {what}; {hint}choose another --out"
+        )
+
+
+def _info_get(info: Any, key: str) -> Any:
+    return info[key] if isinstance(info, dict) else getattr(info, key)
+
+
+def _set_threads(device: torch.device, dist_info: D.DistInfo) -> None:
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist_info.local_world_size))
+
+
+def _set_determinism(cfg: TrainConfig) -> None:
+    if cfg.run.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def _seed_all(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo):
+    from wrn.data import make_loaders
+
+    if cfg.optim.batch_size % dist_info.world_size:
+        raise ConfigError(
+            f"batch size {cfg.optim.batch_size} does not split evenly over {dist_info.world_size} processes; "
+            f"choose a multiple of {dist_info.world_size}"
+        )
+    data = cfg.dataset
+    train_loader, test_loader, info = make_loaders(
+        data.name,
+        data.root,
+        batch_size=cfg.optim.batch_size // dist_info.world_size,
+        augment=data.augment,
+        normalization=data.normalization,
+        device=device,
+        seed=cfg.run.seed,
+        download=data.download,
+        rank=dist_info.rank,
+        world_size=dist_info.world_size,
+        image_size=data.image_size,
+        workers=data.workers,
+        eval_batch_size=cfg.optim.eval_batch_size,
+    )
+    if len(train_loader) == 0:
+        raise ConfigError(
+            f"batch size {cfg.optim.batch_size} is larger than the {data.name} training set; use a smaller --batch-size"
+        )
+    return train_loader, test_loader, info
+
+
+def build_model(cfg: TrainConfig, info: Any) -> torch.nn.Module:
+    import wrn
+
+    overrides: dict[str, Any] = {}
+    in_channels = _info_get(info, "in_channels")
+    if in_channels != 3:
+        overrides["in_channels"] = in_channels
+    if cfg.model.dropout is not None:
+        overrides["dropout"] = cfg.model.dropout
+    return wrn.create_model(cfg.model.name, num_classes=_info_get(info, "num_classes"), **overrides)
+
+
+class _Signals:
+    """SIGINT / SIGTERM set a flag that the loop reads between steps; a second SIGINT stops at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> _Signals:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# --------------------------------------------------------------------------------------------- the run
+
+
+class _Run:
+    """The state of one training process; :func:`train` drives it."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: Path, dist_info: D.DistInfo, device: torch.device):
+        self.cfg = cfg
+        self.out_dir = out_dir
+        self.dist = dist_info
+        self.device = device
+        self.is_main = dist_info.is_main
+        self.epochs = cfg.schedule.epochs
+        # Position: `epoch` epochs are complete, `step` batches of epoch `epoch + 1` are done.
+        self.epoch = 0
+        self.step = 0
+        self.global_step = 0
+        self.last_record: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ setup
+    def build(self, train_loader, test_loader, info, model: torch.nn.Module) -> None:
+        cfg, device = self.cfg, self.device
+        self.train_loader, self.test_loader, self.info = train_loader, test_loader, info
+        model = model.to(device)
+        if cfg.run.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if self.dist.enabled and cfg.run.sync_bn:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model  # the plain module: its state_dict has no `module.` / `_orig_mod.` prefixes
+        self.n_parameters = sum(p.numel() for p in model.parameters())
+        net: torch.nn.Module = model
+        if self.dist.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if cfg.run.compile:
+            net = torch.compile(net)
+        self.net = net
+        self.optimizer = recipe.make_optimizer(model, cfg.optim)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.run.amp == "fp16")
+        self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+        self.steps_per_epoch = len(train_loader)
+        self._new_epoch_sums()
+
+    def _new_epoch_sums(self) -> None:
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.seen = 0
+        self.train_time = 0.0
+        self.epoch_lr = None
+        self.bad = torch.zeros((), dtype=torch.bool, device=self.device)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict[str, Any] | None:
+        """This rank's part of the checkpoint, gathered to rank 0; the full checkpoint on rank 0."""
+        local = {
+            "rng": ckpt.rng_state(),
+            "loader": self.train_loader.state_dict(),
+            "sums": {
+                "loss_sum": self.loss_sum.detach().cpu(),
+                "correct": self.correct.detach().cpu(),
+                "seen": self.seen,
+                "train_time": self.train_time,
+            },
+        }
+        parts = D.gather_objects(self.dist, local)
+        if not self.is_main:
+            return None
+        return {
+            "format": ckpt.FORMAT,
+            "version": ckpt.VERSION,
+            "config": self.cfg.to_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "global_step": self.global_step,
+            "world_size": self.dist.world_size,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": {
+                "name": self.cfg.schedule.name,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "epoch_lr": self.epoch_lr,
+                "steps_per_epoch": self.steps_per_epoch,
+            },
+            "scaler": self.scaler.state_dict(),
+            "ranks": parts,
+            "last_record": dict(self.last_record),
+        }
+
+    def check_finite(self) -> None:
+        """Stop (before any checkpoint is written) if a loss since the last check was NaN or infinite."""
+        bad = D.any_rank(self.dist, bool(self.bad.item()), self.device)
+        if bad:
+            where = f"epoch {self.epoch + 1}, step {self.step}"
+            kept = (
+                f"the last good checkpoint in {self.out_dir} is kept"
+                if (self.out_dir / ckpt.CHECKPOINT_NAME).exists()
+                else "no checkpoint had been written yet"
+            )
+            raise NonFiniteLoss(
+                f"the training loss became NaN or infinite ({where}); {kept}: lower --lr, "
+                "turn off --amp fp16, or check the data"
+            )
+
+    def save(self) -> None:
+        self.check_finite()
+        state = self.state()
+        if self.is_main:
+            ckpt.atomic_save(state, self.out_dir / ckpt.CHECKPOINT_NAME)
+        self._last_save = time.monotonic()
+        self._steps_since_save = 0
+
+    def restore(self, state: dict[str, Any]) -> None:
+        if state.get("world_size", 1) != self.dist.world_size:
+            raise CheckpointError(
+                f"the checkpoint was written by {state.get('world_size')} processes but this run has "
+                f"{self.dist.world_size}; resume with torchrun --nproc-per-node={state.get('world_size')}"
+            )
+        if state["schedule"].get("steps_per_epoch") != self.steps_per_epoch:
+            raise CheckpointError(
+                f"the training data now gives {self.steps_per_epoch} batches per epoch but the checkpoint was "
+                f"written with {state['schedule'].get('steps_per_epoch')}; resume with the same data set"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step, self.global_step = state["epoch"], state["step"], state["global_step"]
+        self.last_record = dict(state.get("last_record") or {})
+        mine = state["ranks"][self.dist.rank]
+        self.train_loader.load_state_dict(mine["loader"])
+        sums = mine["sums"]
+        self.loss_sum = sums["loss_sum"].to(self.device)
+        self.correct = sums["correct"].to(self.device)
+        self.seen = int(sums["seen"])
+        self.train_time = float(sums["train_time"])
+        self.epoch_lr = state["schedule"].get("epoch_lr")
+        self._rng_to_restore = mine["rng"]
+
+    # ------------------------------------------------------------------ training
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cfg.run.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.cfg.run.amp):
+            logits = self.net(images)
+        logits = logits.float()
+        loss = self.criterion(logits, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler.is_enabled():
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        loss = loss.detach()
+        # Kept on the device: no host sync per step.
+        n = labels.shape[0]
+        batch_loss = loss.double() * n
+        batch_correct = (logits.detach().argmax(1) == labels).sum()
+        self.loss_sum += batch_loss
+        self.correct += batch_correct
+        self.bad |= ~torch.isfinite(loss)
+        self.seen += n
+        return batch_loss, batch_correct
+
+    def _decide(self, signals: _Signals) -> tuple[bool, bool]:
+        """(stop now, checkpoint now) after a step; a collective every DIST_SYNC_EVERY steps under DDP."""
+        run = self.cfg.run
+        by_steps = (
+            run.checkpoint_every_steps is not None and self._steps_since_save >= run.checkpoint_every_steps
+        )
+        by_time = (
+            run.checkpoint_every_minutes is not None
+            and time.monotonic() - self._last_save >= 60.0 * run.checkpoint_every_minutes
+        )
+        stop = signals.signum is not None
+        if not self.dist.enabled:
+            if self.global_step % FINITE_CHECK_EVERY == 0:
+                self.check_finite()
+            return stop, by_steps or by_time
+        if self.global_step % DIST_SYNC_EVERY:
+            return False, by_steps  # steps are counted alike on every rank
+        flags = torch.tensor(
+            [int(stop), int(by_time and self.is_main), int(bool(self.bad.item()))], device=self.device
+        )
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        stop, by_time, bad = (bool(v) for v in flags.tolist())
+        if bad:
+            self.check_finite()
+        return stop, by_steps or by_time
+
+    def interrupt(self, signals: _Signals) -> None:
+        self.save()
+        name = signal.Signals(signals.signum).name if signals.signum else "signal"
+        raise Interrupted(
+            f"{name} received: checkpoint saved at epoch {self.epoch + 1}, step {self.step}; "
+            f"continue with 'wrn train --resume {self.out_dir}'",
+            signals.signum or signal.SIGINT,
+        )
+
+    def run_epoch(self, signals: _Signals) -> None:
+        from wrn.train.progress import EpochProgress
+
+        e = self.epoch + 1
+        cfg = self.cfg
+        if self.step == 0:
+            self._new_epoch_sums()
+            self.epoch_lr = recipe.start_epoch(
+                self.optimizer, cfg.schedule, cfg.optim.lr, e, self.steps_per_epoch
+            )
+        per_step_lr = cfg.schedule.name == "cosine"
+        self.net.train()
+        bar = EpochProgress(
+            self.steps_per_epoch - self.step,
+            desc=f"epoch {e}/{self.epochs}",
+            enabled=self.is_main and cfg.run.progress,
+        )
+        try:
+            start = time.perf_counter()
+            for images, labels in self.train_loader:
+                if per_step_lr:
+                    recipe.set_lr(
+                        self.optimizer,
+                        recipe.lr_at(cfg.schedule, cfg.optim.lr, e, self.step, self.steps_per_epoch),
+                    )
+                batch_loss, batch_correct = self.train_step(images, labels)
+                self.step += 1
+                self.global_step += 1
+                self._steps_since_save += 1
+                bar.update(labels.shape[0], batch_loss, batch_correct)
+                if self.step >= self.steps_per_epoch:
+                    continue  # the epoch's end: evaluated and checkpointed by the caller
+                stop, save = self._decide(signals)
+                if stop or save:
+                    self.train_time += time.perf_counter() - start
+                    start = time.perf_counter()
+                    if stop:
+                        self.interrupt(signals)
+                    self.save()
+            self.train_time += time.perf_counter() - start
+        finally:
+            bar.close()
+        if self.step != self.steps_per_epoch:
+            raise RuntimeError(
+                f"the training loader gave {self.step} batches in epoch {e} but len() said {self.steps_per_epoch}"
+            )
+
+    def end_epoch(self) -> dict[str, Any]:
+        from wrn.train.progress import format_epoch_summary
+
+        self.check_finite()
+        D.broadcast_buffers(self.dist, self.model)
+        test = evaluate(
+            self.net,
+            self.test_loader,
+            self.device,
+            amp=self.cfg.run.amp,
+            channels_last=self.cfg.run.channels_last,
+            dist_info=self.dist,
+        )
+        sums = torch.stack([self.loss_sum, self.correct.double()]).double()
+        sums = torch.cat([sums, torch.tensor([float(self.seen)], dtype=torch.float64, device=self.device)])
+        D.all_reduce_sum(self.dist, sums)
+        loss_total, correct_total, seen_total = sums.tolist()
+        self.epoch += 1
+        self.step = 0
+        record = {
+            "epoch": self.epoch,
+            "lr": self.epoch_lr,
+            "train_loss": loss_total / seen_total,
+            "train_acc": 100.0 * correct_total / seen_total,
+            "test_loss": test["loss"],
+            "test_acc": test["acc"],
+            "test_error": test["error"],
+            "n_parameters": self.n_parameters,
+            "train_time": self.train_time,
+            "test_time": test["time"],
+            "images_per_s": seen_total / self.train_time if self.train_time > 0 else None,
+        }
+        self.last_record = record
+        if self.is_main:
+            print(format_epoch_summary(self.epoch, self.epochs, record), flush=True)
+        return record
+
+
+def _resolve_device(cfg: TrainConfig, dist_info: D.DistInfo) -> torch.device:
+    if cfg.run.device == "cuda" and dist_info.enabled:
+        return torch.device("cuda", dist_info.local_rank)
+    return torch.device(cfg.run.device)
+
+
+def train(
+    cfg: TrainConfig | dict[str, Any],
+    out: str | Path | None = None,
+    *,
+    resume: str | Path | None = None,
+    epochs: int | None = None,
+    checkpoint_every: dict[str, Any] | None = None,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train from ``cfg`` into ``out`` (a new directory), or continue the run in ``resume``.
+
+    With ``resume``, ``cfg`` is ignored (pass ``None``): the run's saved config is used, and only ``epochs``
+    (to extend a finished run), ``checkpoint_every`` (``{'checkpoint_every_minutes': .., 'checkpoint_every_steps': ..}``)
+    and ``progress`` may change. Bad input raises a :class:`wrn.errors.WRNError` before anything is written.
+    """
+    state = None
+    if resume is not None:
+        out_dir = Path(resume)
+        state = ckpt.load(out_dir)
+        base = validate(state["config"]).to_dict()
+        if epochs is not None:
+            base["schedule"]["epochs"] = epochs
+        cfg = validate(base)
+    else:
+        if cfg is None:
+            raise ConfigError("train() needs a config, or resume=RUN_DIR to continue a run")
+        cfg = cfg if isinstance(cfg, TrainConfig) else validate(cfg)
+        if epochs is not None:
+            cfg = validate({**cfg.to_dict(), "schedule": {**cfg.schedule.model_dump(), "epochs": epochs}})
+    run_updates: dict[str, Any] = dict(checkpoint_every or {})
+    if progress is not None:
+        run_updates["progress"] = progress
+    if run_updates:
+        cfg = validate({**cfg.to_dict(), "run": {**cfg.run.model_dump(), **run_updates}})
+    cfg = resolve(cfg)
+
+    device_kind = cfg.run.device.split(":")[0]
+    dist_info = D.setup(device_kind)
+    try:
+        return _train(cfg, out, state, resume, dist_info)
+    finally:
+        D.teardown()
+
+
+def _train(cfg, out, state, resume, dist_info: D.DistInfo) -> TrainResult:
+    device = _resolve_device(cfg, dist_info)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    _set_threads(device, dist_info)
+    _set_determinism(cfg)
+
+    # The output directory: decided (and checked) on rank 0, before anything is built or written.
+    if state is None:
+        problem, out_dir = None, None
+        if dist_info.is_main:
+            out_dir = Path(out) if out is not None else default_out_dir(cfg)
+            try:
+                check_new_out_dir(out_dir)
+            except ConfigError as exc:
+                problem = str(exc)
+        problem, out_dir = D.broadcast_object(dist_info, (problem, out_dir))
+        if problem:
+            raise ConfigError(problem)
+    else:
+        out_dir = Path(resume)
+
+    _seed_all(cfg.run.seed)
+    train_loader, test_loader, info = build_loaders(cfg, device, dist_info)
+    _seed_all(cfg.run.seed)  # the model's initial weights depend on the seed only
+    model = build_model(cfg, info)
+    if dist_info.enabled:  # different dropout masks per rank
+        _seed_all(cfg.run.seed + 1_000_003 * dist_info.rank)
+
+    run = _Run(cfg, out_dir, dist_info, device)
+    run.build(train_loader, test_loader, info, model)
+    if state is not None:
+        run.restore(state)
+        ckpt.set_rng_state(run._rng_to_restore)
+    del state
+
+    from wrn.train.logging import RunLogger
+
+    if dist_info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_stale_temporaries(out_dir)
+        from wrn.atomic import atomic_write_text
+
+        atomic_write_text(out_dir / CONFIG_NAME, dump_yaml(cfg))
+    logger_kwargs = {"resume_epoch": run.epoch} if resume is not None else {}
+    logger = RunLogger(out_dir, enabled=dist_info.is_main, **logger_kwargs)
+    if dist_info.is_main:
+        where = "continuing" if resume is not None else "run directory"
+        at = f" at epoch {run.epoch + 1}, step {run.step}" if resume is not None else ""
+        print(
+            f"{where}: {out_dir}{at}\n"
+            f"model {cfg.model.name} ({run.n_parameters:,} parameters) on {cfg.dataset.name}, "
+            f"{cfg.schedule.epochs} epochs of {run.steps_per_epoch} steps, batch {cfg.optim.batch_size}, "
+            f"device {device}"
+            + (f" x {dist_info.world_size} processes" if dist_info.enabled else "")
+            + f", amp {cfg.run.amp}",
+            flush=True,
+        )
+
+    run._last_save = time.monotonic()
+    run._steps_since_save = 0
+    try:
+        with _Signals() as signals:
+            if resume is None:
+                run.save()  # the run is resumable from its very first step
+            while run.epoch < run.epochs:
+                run.run_epoch(signals)
+                record = run.end_epoch()
+                logger.log_epoch(record)
+                run.save()
+                if signals.signum is not None:
+                    run.interrupt(signals)
+    finally:
+        logger.close()
+
+    if dist_info.is_main:
+        _finish(run, out_dir)
+    return TrainResult(out_dir=out_dir, model=run.model, last=run.last_record)
+
+
+def _finish(run: _Run, out_dir: Path) -> None:
+    import wrn
+
+    wrn.save_model(
+        run.model,
+        out_dir,
+        metadata={
+            "dataset": run.cfg.dataset.name,
+            "normalization": run.cfg.dataset.normalization,
+            "epochs": run.epoch,
+            "test_error": run.last_record.get("test_error"),
+        },
+    )
+    try:
+        from wrn.train.plot import plot_run
+
+        plot_run(out_dir)
+    except Exception as exc:  # the weights are saved; a figure is not worth failing the run for
+        print(f"warning: could not draw curves.png ({exc})", file=sys.stderr)
+    last = run.last_record
+    if last:
+        print(
+            f"done: test error {last['test_error']:.2f}% (accuracy {last['test_acc']:.2f}%) after "
+            f"{run.epoch} epochs; model and curves in {out_dir}",
+            flush=True,
+        )
+
+
+__all__ = ["Interrupted", "NonFiniteLoss", "TrainResult", "train", "default_out_dir", "check_new_out_dir"]
