@@ -162,7 +162,7 @@ class DeviceLoader:
                 )
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
-        self._epoch_start_state = torch.as_tensor(state["generator"], dtype=torch.uint8).clone()
+        self._epoch_start_state = torch.as_tensor(state["generator"]).to("cpu", torch.uint8).clone()
         self._plan = None
 
     # ------------------------------------------------------------------------------------------ internals
