@@ -313,3 +313,42 @@ def test_extract_refuses_truncated_archive(tmp_path):
     with pytest.raises(DataError, match="a.tar.gz cannot be extracted"):
         extract_tar(archive, out)
     assert list(out.iterdir()) == []
+
+
+def _py2_cifar_pickle(data: np.ndarray, labels: list[int]) -> bytes:
+    """A batch as Python 2's cPickle wrote the originals: str keys, numpy.core globals, str array data."""
+    import struct
+
+    def s(text: bytes) -> bytes:  # SHORT_BINSTRING
+        return b"U" + bytes([len(text)]) + text
+
+    def i4(v: int) -> bytes:  # BININT
+        return b"J" + struct.pack("<i", v)
+
+    dtype = b"cnumpy\ndtype\n" + s(b"u1") + i4(0) + i4(1) + b"\x87R"
+    dtype += b"(" + i4(3) + s(b"|") + b"NNN" + i4(-1) + i4(-1) + i4(0) + b"tb"
+    raw = data.tobytes()
+    array = (
+        b"cnumpy.core.multiarray\n_reconstruct\n"
+        + b"cnumpy\nndarray\n"
+        + i4(0)
+        + b"\x85"
+        + s(b"b")
+        + b"\x87R"
+    )
+    array += b"(" + i4(1) + i4(data.shape[0]) + i4(data.shape[1]) + b"\x86" + dtype + b"\x89"
+    array += b"T" + struct.pack("<i", len(raw)) + raw + b"tb"
+    label_list = b"](" + b"".join(i4(v) for v in labels) + b"e"
+    body = s(b"batch_label") + s(b"testing batch 1 of 1") + s(b"labels") + label_list + s(b"data") + array
+    return b"\x80\x02}(" + body + b"u."
+
+
+def test_python2_written_batches_load(tmp_path):
+    k = np.arange(3072)
+    data = np.stack([pattern(i, k // 1024, (k % 1024) // 32, k % 32) for i in range(3)]).astype(np.uint8)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    path.parent.mkdir()
+    path.write_bytes(_py2_cifar_pickle(data, [4, 0, 9]))
+    x, y = load_arrays("cifar10", tmp_path, "test", verify=False)
+    assert x.shape == (3, 3, 32, 32) and y.tolist() == [4, 0, 9]
+    check_pattern(x, 0)
