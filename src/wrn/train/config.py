@@ -286,4 +286,4 @@ def resolve(cfg: TrainConfig, *, cuda_available: bool | None = None) -> TrainCon
 
 
 def dump_yaml(cfg: TrainConfig) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False)

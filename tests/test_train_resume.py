@@ -1,0 +1,231 @@
+"""Resume that loses nothing: kill -9 at any moment, SIGINT/SIGTERM, torn checkpoint writes, NaN losses."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from wrn.errors import CheckpointError
+from wrn.train import checkpoint as ckpt
+from wrn.train.config import build_config
+from wrn.train.loop import Interrupted, NonFiniteLoss, train
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+# A small CPU run that exercises every piece of state: dropout (torch RNG), crop augmentation (the loader's
+# generator), momentum buffers and their reset at the drops of epochs 2 and 3, BN statistics.
+RUN_ARGS = [
+    "train", "--preset", "demo", "--model", "wrn-10-1", "--epochs", "3", "--batch-size", "16",
+    "--dropout", "0.3", "--augment", "crop", "--milestones", "2,3", "--checkpoint-every", "1steps",
+    "--no-progress",
+]  # fmt: skip
+TIME_KEYS = {"train_time", "test_time", "images_per_s"}
+
+
+def wrn_cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "wrn", *args],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIME_KEYS} for line in lines]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+def checkpoint_step(run_dir: Path) -> int:
+    try:
+        return ckpt.load(run_dir)["global_step"]
+    except CheckpointError:  # not written yet
+        return -1
+
+
+def test_kill_9_three_times_then_resume_gives_bitwise_identical_weights(tmp_path):
+    straight = tmp_path / "straight"
+    proc = wrn_cli(*RUN_ARGS, "--out", str(straight))
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+
+    killed = tmp_path / "killed"
+    rng = random.Random(1234)
+    # 3 epochs x 89 steps; one kill early in epoch 1, one around the first drop, one in epoch 3.
+    targets = [rng.randint(5, 60), rng.randint(85, 150), rng.randint(180, 230)]
+    args = [*RUN_ARGS, "--out", str(killed)]
+    for target in targets:
+        proc = wrn_cli(*args)
+        deadline = time.monotonic() + 120
+        while checkpoint_step(killed) < target and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.03))  # somewhere in a step, or in a checkpoint write
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.communicate()
+        state = ckpt.load(killed)  # a kill never leaves a torn checkpoint
+        assert state["global_step"] >= target
+        args = ["train", "--resume", str(killed), "--no-progress"]
+    proc = wrn_cli(*args)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "continuing" in out
+
+    assert_same_weights(straight, killed)
+    assert metrics(straight) == metrics(killed)
+    assert [r["epoch"] for r in metrics(killed)] == [1, 2, 3]
+    assert not list(killed.glob(".checkpoint.pt.tmp-*"))
+    final = torch.load(killed / "checkpoint.pt", weights_only=True)
+    assert (final["epoch"], final["step"]) == (3, 0)
+
+
+WRITER = textwrap.dedent(
+    """
+    import os, sys, torch
+    from wrn.train.checkpoint import atomic_save
+    path = sys.argv[1]
+    big = torch.randn(4_000_000)
+    i = torch.load(path, weights_only=True)["counter"] if os.path.exists(path) else 0
+    while True:
+        i += 1
+        atomic_save({"counter": i, "payload": big + i}, path)
+        print(i, flush=True)
+    """
+)
+
+
+def test_kill_during_checkpoint_write_leaves_the_previous_checkpoint_usable(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    rng = random.Random(0)
+    last = 0
+    for _ in range(4):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path)], env=ENV, stdout=subprocess.PIPE, text=True
+        )
+        proc.stdout.readline()  # at least one checkpoint is complete
+        time.sleep(rng.uniform(0.0, 0.2))  # most of a writer's time is spent inside a write
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        state = torch.load(path, weights_only=True)  # never torn
+        assert state["counter"] > last
+        assert state["payload"].shape == (4_000_000,)
+        last = state["counter"]
+    ckpt.remove_stale_temporaries(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    ckpt.atomic_save({"n": 1}, path)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        ckpt.atomic_save({"n": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"n": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def _small_cfg(**overrides):
+    base = {
+        "model.name": "wrn-10-1",
+        "schedule.epochs": 2,
+        "schedule.milestones": [2],
+        "optim.batch_size": 64,
+        "model.dropout": 0.2,
+        "run.progress": False,
+    }
+    return build_config("demo", overrides={**base, **overrides})
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    straight = train(_small_cfg(), tmp_path / "straight")
+
+    from wrn.train import loop
+
+    original = loop._Run.train_step
+    calls = {"n": 0}
+
+    def step_then_signal(self, images, labels):
+        out = original(self, images, labels)
+        calls["n"] += 1
+        if calls["n"] == 30:  # in epoch 2 (22 steps per epoch)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(loop._Run, "train_step", step_then_signal)
+    with pytest.raises(Interrupted, match="SIGTERM received: checkpoint saved at epoch 2, step 8") as info:
+        train(_small_cfg(), tmp_path / "stopped")
+    assert info.value.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    monkeypatch.undo()
+    state = ckpt.load(tmp_path / "stopped")
+    assert (state["epoch"], state["step"]) == (1, 8)
+    assert len(metrics(tmp_path / "stopped")) == 1
+
+    resumed = train(None, resume=tmp_path / "stopped")
+    for (ka, a), (kb, b) in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().items(), strict=True
+    ):
+        assert ka == kb and torch.equal(a, b), ka
+    assert metrics(tmp_path / "straight") == metrics(tmp_path / "stopped")
+
+
+def test_checkpoint_is_plain_and_loads_with_weights_only(tmp_path):
+    train(_small_cfg(**{"schedule.epochs": 1}), tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in state["model"])
+    assert isinstance(state["config"], dict) and state["config"]["model"]["name"] == "wrn-10-1"
+    assert state["optimizer"]["param_groups"][0]["nesterov"] is True
+    assert set(state["ranks"][0]) == {"rng", "loader", "sums"}
+    assert (state["epoch"], state["step"], state["world_size"]) == (1, 0, 1)
+
+
+def test_resume_of_a_finished_run_can_extend_it(tmp_path):
+    train(_small_cfg(**{"schedule.epochs": 1}), tmp_path / "run")
+    result = train(None, resume=tmp_path / "run", epochs=2)
+    assert [r["epoch"] for r in metrics(tmp_path / "run")] == [1, 2]
+    assert result.last["epoch"] == 2
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from wrn.train import loop
+
+    class PoisonedLoss(torch.nn.CrossEntropyLoss):
+        calls = 0
+
+        def forward(self, logits, labels):
+            PoisonedLoss.calls += 1
+            loss = super().forward(logits, labels)
+            return loss * float("nan") if PoisonedLoss.calls > 25 else loss
+
+    monkeypatch.setattr(loop.torch.nn, "CrossEntropyLoss", PoisonedLoss)
+    with pytest.raises(NonFiniteLoss, match="NaN or infinite.*last good checkpoint .* is kept"):
+        train(_small_cfg(**{"run.checkpoint_every_steps": 2}), tmp_path / "run")
+    state = ckpt.load(tmp_path / "run")
+    # Epoch 1 (22 steps) ended well; steps 23-24 were checkpointed; step 26 turned NaN.
+    assert (state["epoch"], state["step"]) <= (1, 4)
+    assert (state["epoch"], state["step"]) >= (1, 2)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
