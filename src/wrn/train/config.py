@@ -17,7 +17,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from wrn.data.registry import dataset_info
 from wrn.errors import ConfigError
 
 
@@ -255,6 +254,8 @@ def build_config(
 def resolve(cfg: TrainConfig, *, cuda_available: bool | None = None) -> TrainConfig:
     """Fill in every machine- or data-dependent default; raise :class:`ConfigError` for impossible choices."""
     import torch
+
+    from wrn.data.registry import dataset_info
 
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()

@@ -1,0 +1,194 @@
+"""``wrn train`` / ``wrn eval`` / ``wrn presets`` through the real command line (subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def wrn_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "wrn", *args], env=ENV, capture_output=True, text=True, timeout=timeout
+    )
+
+
+# name -> (arguments, words the message must contain). "{tmp}" is a fresh directory per session.
+BAD_INPUTS = {
+    "unknown-preset": (["train", "--preset", "cifar10-wrn-99-1"], "unknown preset 'cifar10-wrn-99-1'"),
+    "unknown-option": (
+        ["train", "--preset", "demo", "--frobnicate", "3"],
+        "unrecognized arguments: --frobnicate",
+    ),
+    "unknown-model": (
+        ["train", "--preset", "demo", "--model", "vgg-16", "--out", "{tmp}/unknown-model"],
+        "unknown model 'vgg-16'",
+    ),
+    "epochs-zero": (["train", "--preset", "demo", "--epochs", "0"], "schedule.epochs = 0"),
+    "lr-zero": (["train", "--preset", "demo", "--lr", "0"], "optim.lr = 0"),
+    "batch-size-zero": (["train", "--preset", "demo", "--batch-size", "0"], "optim.batch_size = 0"),
+    "dropout-one": (["train", "--preset", "demo", "--dropout", "1"], "model.dropout = 1"),
+    "fp16-on-cpu": (
+        ["train", "--preset", "demo", "--amp", "fp16", "--device", "cpu"],
+        "fp16 needs a CUDA GPU",
+    ),
+    "resume-no-checkpoint": (["train", "--resume", "{tmp}/empty"], "holds no checkpoint.pt"),
+    "resume-corrupt": (["train", "--resume", "{tmp}/corrupt"], "is corrupt or not a training checkpoint"),
+    "absent-dataset": (
+        ["train", "--preset", "cifar10-wrn-16-4", "--data-dir", "{tmp}/nodata", "--out", "{tmp}/absent-out"],
+        "does not exist",
+    ),
+    "existing-out": (["train", "--preset", "demo", "--out", "{tmp}/existing"], "already exists"),
+}
+# More bad input, checked in-process through the same entry point (wrn.cli.main) to keep the suite fast.
+MORE_BAD_INPUTS = {
+    "unknown-dataset": (["train", "--preset", "demo", "--dataset", "mnist"], "dataset.name = 'mnist'"),
+    "lr-negative": (["train", "--preset", "demo", "--lr", "-0.1"], "optim.lr = -0.1"),
+    "dropout-negative": (["train", "--preset", "demo", "--dropout", "-0.2"], "model.dropout = -0.2"),
+    "resume-missing-dir": (["train", "--resume", "{tmp}/nowhere"], "is not a directory"),
+    "resume-with-changes": (["train", "--resume", "{tmp}/corrupt", "--lr", "0.5"], "--lr cannot be used"),
+    "nothing-to-train": (["train", "--epochs", "3"], "--preset"),
+    "bad-checkpoint-every": (
+        ["train", "--preset", "demo", "--checkpoint-every", "soon"],
+        "--checkpoint-every",
+    ),
+    "bad-set": (["train", "--preset", "demo", "--set", "optim.lr"], "KEY=VALUE"),
+    "eval-missing": (["eval", "{tmp}/nowhere"], "is not a directory"),
+    "eval-empty": (["eval", "{tmp}/empty"], "holds neither model.safetensors"),
+    "eval-bad-dataset": (["eval", "{tmp}/corrupt", "--dataset", "mnist"], "dataset.name = 'mnist'"),
+    "presets-unknown": (["presets", "nope"], "unknown preset 'nope'"),
+}
+
+
+def _make_bad_dirs(tmp: Path) -> None:
+    (tmp / "empty").mkdir()
+    (tmp / "corrupt").mkdir()
+    (tmp / "corrupt" / "checkpoint.pt").write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    (tmp / "existing").mkdir()
+    (tmp / "existing" / "notes.txt").write_text("keep me")
+
+
+@pytest.fixture(scope="module")
+def bad_input_results(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad")
+    _make_bad_dirs(tmp)
+    before = {p: p.read_bytes() for p in tmp.rglob("*") if p.is_file()}
+
+    def one(item):
+        name, (args, _) = item
+        return name, wrn_cli(*[a.replace("{tmp}", str(tmp)) for a in args])
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = dict(pool.map(one, BAD_INPUTS.items()))
+    after = {p: p.read_bytes() for p in tmp.rglob("*") if p.is_file()}
+    return results, before, after, tmp
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_input_gives_one_sentence_and_exit_code_2(name, bad_input_results):
+    results, *_ = bad_input_results
+    proc = results[name]
+    words = BAD_INPUTS[name][1]
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert words in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("wrn") and words in last
+    if name != "unknown-option":  # argparse adds its usage line before its message
+        assert proc.stderr.strip().count("\n") == 0, proc.stderr
+
+
+def test_bad_input_overwrites_and_creates_nothing(bad_input_results):
+    _, before, after, tmp = bad_input_results
+    assert before == after
+    assert not (tmp / "unknown-model").exists()
+    assert not (tmp / "absent-out").exists()
+
+
+@pytest.mark.parametrize("name", list(MORE_BAD_INPUTS))
+def test_more_bad_input_in_process(name, tmp_path, capsys):
+    from wrn.cli import main
+
+    _make_bad_dirs(tmp_path)
+    args, words = MORE_BAD_INPUTS[name]
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and err.count("\n") == 0, err
+    assert err.startswith(f"wrn {args[0]}: error: ")
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_demo_end_to_end_short(tmp_path):
+    """A short demo: 4 epochs of WRN-16-4 on the digits reach >= 95%; every file of the run is readable."""
+    run = tmp_path / "demo"
+    proc = wrn_cli("train", "--preset", "demo", "--epochs", "4", "--out", str(run))
+    assert proc.returncode == 0, proc.stderr
+    assert "done: test error" in proc.stdout
+
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    keys = {"epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "test_error", "n_parameters"}
+    keys |= {"train_time", "test_time", "images_per_s"}
+    assert keys <= set(records[-1])
+    assert records[-1]["test_acc"] >= 95.0
+    assert records[-1]["test_error"] == pytest.approx(100 - records[-1]["test_acc"])
+    # WRN-16-4 (spec: 2,748,890 for RGB) with a 1-channel stem: 2 * 16 * 3 * 3 fewer weights.
+    assert records[-1]["n_parameters"] == 2_748_890 - 2 * 16 * 9
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    event_dirs = {p.parent for p in run.rglob("events.out.tfevents.*")}
+    scalars = {}
+    for d in event_dirs:
+        acc = EventAccumulator(str(d))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars[tag] = [e.value for e in acc.Scalars(tag)]
+    assert any(len(v) == 4 for v in scalars.values())
+    assert _png_size(run / "curves.png")[0] > 100
+
+    import yaml
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert (
+        config["preset"] == "demo" and config["run"]["device"] == "cpu" and config["schedule"]["epochs"] == 4
+    )
+
+    import wrn
+
+    model = wrn.load_model(run)
+    assert model.config["name"] == "wrn-16-4"
+
+    proc = wrn_cli("eval", str(run), "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["acc"] == pytest.approx(records[-1]["test_acc"])
+    assert result["n"] == 360
+
+
+def test_presets_lists_every_recipe():
+    proc = wrn_cli("presets")
+    assert proc.returncode == 0
+    lines = proc.stdout.splitlines()
+    names = [line.split()[0] for line in lines]
+    assert names[0] == "demo"
+    for name in ("cifar10-wrn-28-10", "cifar10-wrn-28-10-dropout", "cifar100-wrn-40-4-zca"):
+        assert name in names
+    for name in ("svhn-wrn-16-8-dropout", "imagenet-wrn-50-2", "cifar100-wrn-40-10-dropout"):
+        assert name in names
+    assert all(len(line.split(None, 1)) == 2 for line in lines)
+    shown = wrn_cli("presets", "svhn-wrn-16-8-dropout")
+    assert "dropout: 0.4" in shown.stdout and "lr: 0.01" in shown.stdout
