@@ -130,3 +130,33 @@ def test_reset_changes_the_trajectory():
                 _step(model, opt, x, y)
         finals.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert not torch.equal(finals[0], finals[1])
+
+
+def test_training_loop_applies_the_schedule_per_epoch_and_resets_momentum(tmp_path, monkeypatch):
+    import json
+
+    from wrn.train import build_config, train
+
+    resets = []
+    original = recipe.reset_momentum
+
+    def spy(optimizer):
+        resets.append(len(optimizer.state))  # buffers that existed when cleared
+        original(optimizer)
+
+    monkeypatch.setattr(recipe, "reset_momentum", spy)
+    cfg = build_config(
+        "demo",
+        overrides={
+            "model.name": "wrn-10-1",
+            "schedule.epochs": 3,
+            "schedule.milestones": [2, 3],
+            "optim.batch_size": 256,
+            "run.progress": False,
+        },
+    )
+    result = train(cfg, tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in records] == pytest.approx([0.1, 0.02, 0.004])
+    n_params = len(list(result.model.parameters()))
+    assert resets == [n_params, n_params]  # cleared at the start of epochs 2 and 3, after real momentum
