@@ -229,3 +229,25 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
     assert (state["epoch"], state["step"]) <= (1, 4)
     assert (state["epoch"], state["step"]) >= (1, 2)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_bf16_autocast_and_channels_last_on_cpu(tmp_path):
+    cfg = _small_cfg(**{"schedule.epochs": 1, "run.amp": "bf16", "run.channels_last": True})
+    result = train(cfg, tmp_path / "run")
+    assert result.last["test_acc"] > 10.0 and torch.isfinite(torch.tensor(result.last["train_loss"]))
+    weights = load_file(str(tmp_path / "run" / "model.safetensors"))
+    assert all(v.dtype == torch.float32 for v in weights.values() if v.is_floating_point())
+
+
+def test_eval_of_an_unfinished_run_uses_its_checkpoint(tmp_path):
+    from wrn.train import evaluate_dir
+
+    run = tmp_path / "run"
+    result = train(_small_cfg(**{"schedule.epochs": 1}), run)
+    from_model = evaluate_dir(run)
+    (run / "model.safetensors").unlink()
+    (run / "model.json").unlink()
+    from_checkpoint = evaluate_dir(run)
+    assert from_model["acc"] == pytest.approx(result.last["test_acc"])
+    assert from_checkpoint["acc"] == pytest.approx(from_model["acc"])
+    assert from_checkpoint["source"].startswith("checkpoint")

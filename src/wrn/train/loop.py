@@ -361,12 +361,15 @@ class _Run:
         )
         torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
         stop, by_time, bad = (bool(v) for v in flags.tolist())
+        if stop and signals.signum is None:
+            signals.signum = signal.SIGTERM  # another rank got it
         if bad:
             self.check_finite()
         return stop, by_steps or by_time
 
-    def interrupt(self, signals: _Signals) -> None:
-        self.save()
+    def interrupt(self, signals: _Signals, save: bool = True) -> None:
+        if save:
+            self.save()
         name = signal.Signals(signals.signum).name if signals.signum else "signal"
         raise Interrupted(
             f"{name} received: checkpoint saved at epoch {self.epoch + 1}, step {self.step}; "
@@ -579,8 +582,9 @@ def _train(cfg, out, state, resume, dist_info: D.DistInfo) -> TrainResult:
                 record = run.end_epoch()
                 logger.log_epoch(record)
                 run.save()
-                if signals.signum is not None:
-                    run.interrupt(signals)
+                if D.any_rank(dist_info, signals.signum is not None, run.device) and run.epoch < run.epochs:
+                    signals.signum = signals.signum or signal.SIGTERM  # another rank got it
+                    run.interrupt(signals, save=False)  # saved just above
     finally:
         logger.close()
 
