@@ -28,6 +28,14 @@ class ModelSection(_Section):
     name: str = "wrn-28-10"
     dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
 
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        from wrn.models.registry import model_info
+
+        model_info(value)  # a name the registry cannot build fails here, before any data is read
+        return value
+
 
 class DataSection(_Section):
     name: Literal["cifar10", "cifar100", "svhn", "imagenet", "imagefolder", "digits"] = "cifar10"
@@ -116,11 +124,12 @@ def _error_sentence(exc: ValidationError) -> str:
     where = ".".join(str(p) for p in err["loc"]) or "config"
     msg = err["msg"]
     msg = msg.removeprefix("Value error, ")
+    msg = msg[:1].lower() + msg[1:]
     if err["type"] == "extra_forbidden":
         return f"unknown config key {where!r}; remove it or check its spelling (see docs/training.md)"
     if err["type"] == "literal_error":
-        return f"{where} = {err.get('input')!r} is not allowed: {msg.lower()}"
-    return f"{where} = {err.get('input')!r} is invalid: {msg.lower()}"
+        return f"{where} = {err.get('input')!r} is not allowed: {msg}"
+    return f"{where} = {err.get('input')!r} is invalid: {msg}"
 
 
 def validate(data: dict[str, Any]) -> TrainConfig:
