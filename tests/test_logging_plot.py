@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import wrn.train.progress
 from wrn.errors import ConfigError
 from wrn.train.logging import METRICS_FILE, RunLogger, read_metrics
 from wrn.train.plot import lr_drop_epochs, plot_run, plot_runs
@@ -228,6 +229,13 @@ def test_progress_plain_lines_and_device_means(monkeypatch):
         return real_item(self)
 
     monkeypatch.setattr(torch.Tensor, "item", counting_item)
+    quick = io.StringIO()
+    with EpochProgress(10, desc="epoch 1/2", stream=quick) as progress:
+        for _ in range(10):
+            progress.update(8, loss=torch.tensor(1.0), correct=torch.tensor(4))
+    assert quick.getvalue() == ""  # an epoch of a few seconds prints no intermediate line
+    monkeypatch.setattr(wrn.train.progress, "PLAIN_QUARTERS_AFTER_S", 0.0)
+    reads.clear()
     stream = io.StringIO()  # not a terminal
     total, batch = 100, 8
     losses = torch.linspace(2.0, 0.5, total)

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 REFRESH_S = 0.5  # terminal bar: the most often values are read back from the device
 PLAIN_EVERY_S = 30.0  # plain lines: at 25%, 50%, 75% and at least this often
 PLAIN_QUARTERS = (0.25, 0.5, 0.75)
+PLAIN_QUARTERS_AFTER_S = 5.0  # short epochs print only their summary line, keeping logs of small runs short
 
 
 def _value(x: Any) -> float:
@@ -157,6 +158,8 @@ class EpochProgress:
             due = True
         if now - self._last_plain >= PLAIN_EVERY_S:
             due = True
+        if due and now - self._start < PLAIN_QUARTERS_AFTER_S:
+            due = False
         if not due or (total and self.batches >= total):
             return
         self._last_plain = now
