@@ -26,6 +26,19 @@ IMAGENET_EIGVEC = (
 )
 
 
+def restore_position(loader, state: dict) -> None:
+    """Set ``loader.epoch`` and ``loader.position`` from a saved state, refusing a state saved by a loader of
+    another data size, batch size or number of processes (its batches would not line up)."""
+    for key in ("num_samples", "batch_size", "world_size"):
+        if key in state and int(state[key]) != getattr(loader, key):
+            raise ConfigError(
+                f"the saved loader state has {key} {int(state[key])} but this loader has "
+                f"{getattr(loader, key)}: resume with the same data and batch size."
+            )
+    loader.epoch = int(state["epoch"])
+    loader.position = int(state["position"])
+
+
 def reflect_index(i: torch.Tensor, size: int) -> torch.Tensor:
     """Map coordinates of a reflection-padded axis (offset by the pad) back into ``0..size-1``.
 
@@ -154,14 +167,7 @@ class DeviceLoader:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("num_samples", "batch_size", "world_size"):
-            if key in state and int(state[key]) != getattr(self, key):
-                raise ConfigError(
-                    f"the saved loader state has {key} {int(state[key])} but this loader has "
-                    f"{getattr(self, key)}: resume with the same data and batch size."
-                )
-        self.epoch = int(state["epoch"])
-        self.position = int(state["position"])
+        restore_position(self, state)
         self._epoch_start_state = torch.as_tensor(state["generator"]).to("cpu", torch.uint8).clone()
         self._plan = None
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torchvision import datasets, transforms
 
-from wrn.data.device_loader import IMAGENET_EIGVAL, IMAGENET_EIGVEC
+from wrn.data.device_loader import IMAGENET_EIGVAL, IMAGENET_EIGVEC, restore_position
 from wrn.errors import ConfigError, DataError
 
 IMG_EXTENSIONS = tuple(datasets.folder.IMG_EXTENSIONS)
@@ -325,13 +325,6 @@ class FolderLoader:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("num_samples", "batch_size", "world_size"):
-            if key in state and int(state[key]) != getattr(self, key):
-                raise ConfigError(
-                    f"the saved loader state has {key} {int(state[key])} but this loader has "
-                    f"{getattr(self, key)}: resume with the same data and batch size."
-                )
-        self.epoch = int(state["epoch"])
-        self.position = int(state["position"])
+        restore_position(self, state)
         if "seed" in state:
             self.seed = int(state["seed"])

@@ -44,6 +44,7 @@ class WideBlock(nn.Module):
         super().__init__()
         self.kernels = tuple(int(k) for k in kernels)
         self.dropout_p = float(dropout)
+        self.out_planes = planes
         for j, k in enumerate(self.kernels, start=1):
             c_in = in_planes if j == 1 else planes
             self.add_module(f"bn{j}", nn.BatchNorm2d(c_in))
@@ -78,7 +79,7 @@ class PreActBottleneck(nn.Module):
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
-        out_planes = planes * self.expansion
+        out_planes = self.out_planes = planes * self.expansion
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -125,6 +126,19 @@ def _check_common(num_classes: int, in_channels: int, init: str) -> None:
         )
     if init not in INITS:
         raise ConfigError(f"init must be one of {', '.join(INITS)}, got {init!r}.")
+
+
+def _make_groups(make_block, widths: Sequence[int], n: int) -> list[list[nn.Module]]:
+    """Three groups of ``n`` blocks after the 16-wide stem; the first block of groups 2 and 3 has stride 2.
+    ``make_block(c_in, planes, stride)`` returns a block with an ``out_planes`` attribute."""
+    groups, c_in = [], 16
+    for g, planes in enumerate(widths):
+        blocks = []
+        for i in range(n):
+            blocks.append(make_block(c_in, planes, 2 if g > 0 and i == 0 else 1))
+            c_in = blocks[-1].out_planes
+        groups.append(blocks)
+    return groups
 
 
 class _CifarResNet(nn.Module):
@@ -198,14 +212,11 @@ class WideResNet(_CifarResNet):
         _check_common(num_classes, in_channels, init)
 
         widths = (16 * width, 32 * width, 64 * width)
-        groups, c_in = [], 16
-        for g, planes in enumerate(widths):
-            blocks = []
-            for i in range(blocks_per_group):
-                stride = 2 if g > 0 and i == 0 else 1
-                blocks.append(WideBlock(c_in, planes, stride, kernels, dropout))
-                c_in = planes
-            groups.append(blocks)
+        groups = _make_groups(
+            lambda c_in, planes, stride: WideBlock(c_in, planes, stride, kernels, dropout),
+            widths,
+            blocks_per_group,
+        )
         self._build(groups, widths[-1], num_classes, in_channels)
         if init == "paper":
             init_paper_(self)
@@ -244,27 +255,13 @@ class PreActResNet(_CifarResNet):
                 raise ConfigError(
                     f"pre-activation bottleneck ResNet depth must be 9n+2 (164, 1001, ...), got {depth!r}."
                 )
-            n, c_in, out = (depth - 2) // 9, 16, 256
-            groups = []
-            for g, planes in enumerate((16, 32, 64)):
-                blocks = []
-                for i in range(n):
-                    blocks.append(PreActBottleneck(c_in, planes, 2 if g > 0 and i == 0 else 1))
-                    c_in = planes * PreActBottleneck.expansion
-                groups.append(blocks)
+            groups, out = _make_groups(PreActBottleneck, (16, 32, 64), (depth - 2) // 9), 256
         elif block == "basic":
             if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
                 raise ConfigError(
                     f"pre-activation basic ResNet depth must be 6n+2 (20, 56, 110, ...), got {depth!r}."
                 )
-            n, c_in, out = (depth - 2) // 6, 16, 64
-            groups = []
-            for g, planes in enumerate((16, 32, 64)):
-                blocks = []
-                for i in range(n):
-                    blocks.append(WideBlock(c_in, planes, 2 if g > 0 and i == 0 else 1))
-                    c_in = planes
-                groups.append(blocks)
+            groups, out = _make_groups(WideBlock, (16, 32, 64), (depth - 2) // 6), 64
         else:
             raise ConfigError(f"block must be 'basic' or 'bottleneck', got {block!r}.")
         self._build(groups, out, num_classes, in_channels)
