@@ -251,3 +251,17 @@ def test_eval_of_an_unfinished_run_uses_its_checkpoint(tmp_path):
     assert from_model["acc"] == pytest.approx(result.last["test_acc"])
     assert from_checkpoint["acc"] == pytest.approx(from_model["acc"])
     assert from_checkpoint["source"].startswith("checkpoint")
+
+
+def test_torch_compile_run_trains_like_eager_and_saves_plain_keys(tmp_path):
+    overrides = {"schedule.epochs": 2, "model.dropout": 0.0}
+    eager = train(_small_cfg(**overrides), tmp_path / "eager")
+    compiled = train(_small_cfg(**overrides, **{"run.compile": True}), tmp_path / "compiled")
+    state = torch.load(tmp_path / "compiled" / "checkpoint.pt", weights_only=True)
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in state["model"])
+    assert sorted(load_file(str(tmp_path / "compiled" / "model.safetensors"))) == sorted(
+        eager.model.state_dict()
+    )
+    # Same seed, same batches: the compiled run follows the eager one up to float rounding.
+    assert compiled.last["train_loss"] == pytest.approx(eager.last["train_loss"], rel=0.05)
+    assert compiled.last["test_acc"] > 80.0 and abs(compiled.last["test_acc"] - eager.last["test_acc"]) < 3.0
