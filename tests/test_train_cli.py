@@ -205,3 +205,27 @@ def test_full_demo_reaches_97_percent_in_under_two_minutes(tmp_path):
     assert records[-1]["test_acc"] >= 97.0
     assert sum(r["train_time"] for r in records) < 120.0
     assert (run / "curves.png").is_file()
+
+
+def test_a_repacked_cifar_copy_trains_only_with_no_verify(tmp_path):
+    from test_data_files import make_cifar10
+
+    make_cifar10(tmp_path / "data", per_batch=4)  # the real format, but not the original bytes
+    args = [
+        "train",
+        "--preset",
+        "cifar10-wrn-16-4",
+        "--model",
+        "wrn-10-1",
+        "--data-dir",
+        str(tmp_path / "data"),
+    ]
+    args += ["--epochs", "1", "--batch-size", "4", "--no-progress"]
+    refused = wrn_cli(*args, "--out", str(tmp_path / "refused"))
+    assert refused.returncode == 2 and "md5" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "refused").exists()
+    trained = wrn_cli(*args, "--no-verify", "--out", str(tmp_path / "run"))
+    assert trained.returncode == 0, trained.stderr
+    assert "md5 checks of the cifar10 files" in trained.stderr and "verify=False" in trained.stderr
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    assert "verify: false" in config and (tmp_path / "run" / "model.safetensors").is_file()

@@ -24,6 +24,7 @@ OVERRIDES: dict[str, str] = {
     "normalization": "dataset.normalization",
     "workers": "dataset.workers",
     "download": "dataset.download",
+    "verify": "dataset.verify",
     "epochs": "schedule.epochs",
     "schedule": "schedule.name",
     "milestones": "schedule.milestones",
@@ -106,6 +107,13 @@ def register(subparsers) -> None:
     m.add_argument("--dataset", help="cifar10, cifar100, svhn, imagenet, imagefolder or digits")
     m.add_argument("--data-dir", help="folder that holds (or will hold) the data set (default ./data)")
     m.add_argument("--download", action="store_true", default=None, help="fetch a missing data set")
+    m.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        default=None,
+        help="skip the md5 checks of the data files (re-packed copies only; still safely unpickled)",
+    )
     m.add_argument("--image-size", type=_yaml_value, help="training crop side (ImageNet / image folders)")
     m.add_argument("--augment", help="none, crop, flip-crop or imagenet (default: the data set's recipe)")
     m.add_argument("--normalization", help="cifar10, cifar100, svhn, digits, imagenet, zca or none")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,13 @@ def ensure_files(name: str, root: str | os.PathLike, download: bool = False, ver
     match their md5 (if ``verify``). ``files`` limits the check to some of them (relative paths; SVHN: split
     names). Returns the list of paths checked."""
     root = Path(root).expanduser()
+    if not verify:
+        warnings.warn(
+            f"md5 checks of the {name} files under {root} are off (verify=False, meant for re-packed copies); "
+            "CIFAR pickles are still read with the restricted unpickler",
+            UserWarning,
+            stacklevel=2,
+        )
     if name in ARCHIVES:
         archive = ARCHIVES[name]
         members = list(MEMBER_MD5[name]) if files is None else list(files)

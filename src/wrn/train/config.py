@@ -45,6 +45,7 @@ class DataSection(_Section):
     image_size: int | None = Field(default=None, gt=0)
     workers: int = Field(default=4, ge=0)
     download: bool = False
+    verify: bool = True  # md5 of every file; false only for re-packed copies (still safely unpickled)
 
 
 class OptimSection(_Section):

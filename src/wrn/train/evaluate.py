@@ -153,6 +153,7 @@ def evaluate_dir(
         augment="none",
         normalization=data.normalization,
         device=dev,
+        verify=data.verify,
         image_size=data.image_size,
         workers=data.workers,
         eval_batch_size=batch_size,

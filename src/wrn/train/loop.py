@@ -125,6 +125,7 @@ def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo)
         device=device,
         seed=cfg.run.seed,
         download=data.download,
+        verify=data.verify,
         rank=dist_info.rank,
         world_size=dist_info.world_size,
         image_size=data.image_size,
