@@ -184,10 +184,34 @@ def test_safe_unpickler_refuses_other_globals_and_object_arrays(tmp_path):
     path.write_bytes(pickle.dumps(np.array([1, "a"], dtype=object), protocol=2))
     with pytest.raises(UnsafePickleError, match="object dtype"):
         safe_load_pickle(path)
+    _reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]
+
+    class ObjectArray:  # other routes to an object array: ndarray(shape, 'O') and _reconstruct(..., 'O')
+        def __init__(self, how):
+            self.how = how
+
+        def __reduce__(self):
+            if self.how == "ndarray":
+                return (np.ndarray, ((3,), "O"))
+            return (_reconstruct, (np.ndarray, (0,), "O"))
+
+    for how in ("ndarray", "reconstruct"):
+        path.write_bytes(pickle.dumps({b"data": ObjectArray(how)}, protocol=2))
+        with pytest.raises(UnsafePickleError, match="object array"):
+            safe_load_pickle(path)
     obj = {b"k": [1, 2], "s": "t", b"a": np.arange(6, dtype=np.float32).reshape(2, 3)}
     path.write_bytes(pickle.dumps(obj, protocol=2))
     back = safe_load_pickle(path)
     assert back[b"k"] == [1, 2] and np.array_equal(back[b"a"], obj[b"a"])
+
+
+def test_cifar_labels_must_be_integers_in_range(tmp_path):
+    make_cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    for labels in ([10, 3], [-1, 3], [1.7, 2.2]):
+        write_cifar_batch(path, 1000, 2, {b"labels": labels})
+        with pytest.raises(DataError, match=r"test_batch holds labels that are not integers in 0\.\.9"):
+            load_arrays("cifar10", tmp_path, "test", verify=False)
 
 
 # ------------------------------------------------------------------------------------------ bad input

@@ -141,6 +141,39 @@ def test_imagenet_folder_with_workers(tmp_path):
     assert sum(len(y) for _, y in test) == 4
 
 
+def test_folder_augmentation_is_seeded_per_sample(tmp_path):
+    """Same images for any number of workers, a mid-epoch resume sees the same augmented images, and the
+    ranks of a multi-process run draw different augmentations."""
+    write_folder(tmp_path, classes=("n01", "n02"), per_class=4)
+
+    def loader(workers, rank=0, world_size=1):
+        train, _, _ = make_loaders(
+            "imagenet",
+            tmp_path,
+            batch_size=2,
+            image_size=32,
+            workers=workers,
+            seed=3,
+            rank=rank,
+            world_size=world_size,
+        )
+        return train
+
+    serial = [x for x, _ in loader(0)]
+    parallel = [x for x, _ in loader(2)]
+    assert all(torch.equal(a, b) for a, b in zip(serial, parallel, strict=True))
+    assert not torch.equal(serial[0][0], serial[0][1])
+    first = loader(2)
+    it = iter(first)
+    next(it)
+    state = first.state_dict()
+    resumed = loader(0)
+    resumed.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(serial[1:], [x for x, _ in resumed], strict=True))
+    seeds = [{seed for batch in loader(0, r, 2)._epoch_plan() for _, seed in batch} for r in (0, 1)]
+    assert len(seeds[0]) == len(seeds[1]) == 4 and not seeds[0] & seeds[1]
+
+
 def test_folder_bad_inputs(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         make_loaders("imagefolder", tmp_path / "none", batch_size=2)

@@ -64,3 +64,29 @@ def test_zca_is_cached_under_a_key_of_the_inputs(tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match="recomputed"):
         zca.zca_whiten(x_train, x_test, cache_dir=tmp_path)
     assert zca.cache_key(x_train, x_test, 0.1, 55.0) != zca.cache_key(x_train, x_test, 0.01, 55.0)
+
+
+def test_zca_cache_survives_a_concurrent_store_and_a_read_only_root(tmp_path, monkeypatch):
+    import wrn.data.zca as zca
+
+    rng = np.random.default_rng(1)
+    x_tr = rng.integers(0, 256, (40, 1, 4, 4), dtype=np.uint8)
+    x_te = rng.integers(0, 256, (10, 1, 4, 4), dtype=np.uint8)
+    ref_tr, ref_te = zca.zca_whiten(x_tr, x_te, cache_dir=tmp_path)
+    (entry,) = tmp_path.iterdir()
+    # Another process stored the same entry between our check and our rename: no error, the entry stays.
+    monkeypatch.setattr(zca.shutil, "rmtree", lambda *a, **k: None)
+    zca._store(entry, ref_tr.numpy(), ref_te.numpy(), np.zeros(1), np.zeros(1))
+    monkeypatch.undo()
+    assert sorted(p.name for p in entry.iterdir()) == ["P.npy", "mean.npy", "test.npy", "train.npy"]
+
+    # A data root that cannot be written: the whitened arrays are returned all the same, with a warning.
+    def refuse(*args, **kwargs):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(zca.np, "save", refuse)
+    with pytest.warns(UserWarning, match="could not cache the ZCA-whitened data"):
+        tr, te = zca.zca_whiten(x_tr, x_te[:5], cache_dir=tmp_path / "ro")
+    torch.testing.assert_close(tr, ref_tr)
+    torch.testing.assert_close(te, ref_te[:5])
+    assert not (tmp_path / "ro").exists() or not any((tmp_path / "ro").iterdir())

@@ -173,7 +173,14 @@ def read_cifar_batch(path: str | os.PathLike, label_key: str) -> tuple[np.ndarra
             f"{path} holds data of dtype {data.dtype} and shape {data.shape}, not uint8 N x 3072: it is not a "
             f"CIFAR batch."
         )
-    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    labels = np.asarray(labels)
+    num_classes = 20 if label_key == "coarse_labels" else 100 if label_key == "fine_labels" else 10
+    if labels.dtype.kind not in "iu" or labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataError(
+            f"{path} holds {label_key} that are not integers in 0..{num_classes - 1}: it is not a genuine CIFAR "
+            "batch; delete it and download it again."
+        )
+    y = labels.astype(np.int64).reshape(-1)
     if len(y) != len(data):
         raise DataError(f"{path} holds {len(data)} images but {len(y)} labels: it is corrupt.")
     # Rows are channel-major: 1024 red, 1024 green, 1024 blue values, each 32 rows of 32.

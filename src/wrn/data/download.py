@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from wrn.atomic import default_umask
 from wrn.errors import DataError
 
 _CHUNK = 1 << 20
@@ -90,6 +91,7 @@ def download_file(
                 f"the file downloaded from {url} has md5 {actual}, expected {md5}: it was not kept; try again "
                 f"later, or put a hand-downloaded copy with the right md5 at {dest}."
             )
+        os.chmod(tmp, 0o666 & ~default_umask())  # mkstemp's 0600 would hide the data from other users
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

@@ -218,15 +218,34 @@ def folder_transform(train: bool, augment: str, size: int, pad: int = 4):
 # ---------------------------------------------------------------------------------------------- loader
 
 
+class _SeededSamples(torch.utils.data.Dataset):
+    """``dataset[index]`` with torch's random generator seeded for that one sample (torchvision's random
+    transforms draw from it), the caller's generator state left untouched."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
 class FolderLoader:
     """A DataLoader over an image folder with the device loader's protocol: one ``for`` loop is one epoch.
 
     The order of every epoch is a permutation drawn from ``seed`` and the epoch index (training) or the folder
     order (evaluation); each rank takes positions ``rank::world_size`` of it. ``state_dict()`` holds the epoch
     and the batches already served, and a restored loader skips exactly those. Batches arrive on ``device`` as
-    float tensors normalised with ``normalize=(mean, std)`` on the 0..255 scale. The order is exactly
-    reproducible; random augmentation in worker processes is seeded per epoch, so it repeats for whole epochs
-    (not for an epoch resumed half-way).
+    float tensors normalised with ``normalize=(mean, std)`` on the 0..255 scale.
+
+    Every sample's random augmentation is seeded from (seed, epoch, its position in the epoch's permutation),
+    whichever process or worker decodes it: the batches are the same for any number of workers, differ across
+    ranks, and a run resumed half-way through an epoch sees exactly the augmentation it would have seen.
     """
 
     def __init__(
@@ -275,13 +294,19 @@ class FolderLoader:
 
     def epoch_batches(self) -> list[list[int]]:
         """This rank's batches (lists of dataset indices) of the current epoch, in order."""
+        return [[index for index, _ in batch] for batch in self._epoch_plan()]
+
+    def _epoch_plan(self) -> list[list[tuple[int, int]]]:
+        """This rank's batches of (dataset index, augmentation seed) pairs for the current epoch."""
         n = self.num_samples
         if self.train:
             g = torch.Generator().manual_seed(self._epoch_seed())
             order = torch.randperm(n, generator=g)[: self._shard_size * self.world_size]
         else:
             order = torch.arange(n)
-        shard = order[self.rank :: self.world_size].tolist()
+        positions = range(self.rank, len(order), self.world_size)
+        base = self._epoch_seed() * 4_194_319  # one seed per position of the whole epoch, all ranks apart
+        shard = [(int(order[p]), (base + p) % (2**63)) for p in positions]
         bs = self.batch_size
         return [shard[i * bs : (i + 1) * bs] for i in range(len(self))]
 
@@ -291,13 +316,12 @@ class FolderLoader:
     def __iter__(self):
         from torch.utils.data import DataLoader
 
-        remaining = self.epoch_batches()[self.position :]
+        remaining = self._epoch_plan()[self.position :]
         loader = DataLoader(
-            self.dataset,
+            _SeededSamples(self.dataset),
             batch_sampler=remaining,
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
-            generator=torch.Generator().manual_seed(self._epoch_seed() + 1),
             persistent_workers=False,
         )
         non_blocking = self.device.type == "cuda"

@@ -38,10 +38,49 @@ def _checked_dtype(*args, **kwargs):
     return dtype
 
 
+def _checked_reconstruct(cls, shape, dtype, *args):
+    # ``cls`` is what the pickle named as the array class: numpy.ndarray, resolved to _checked_ndarray below.
+    if cls not in (np.ndarray, _checked_ndarray) or np.dtype(dtype).hasobject:
+        raise pickle.UnpicklingError("refused a numpy object array or array subclass")
+    return _reconstruct(np.ndarray, shape, dtype, *args)
+
+
+def _checked_ndarray(shape, dtype=float, *args, **kwargs):
+    if np.dtype(dtype).hasobject:
+        raise pickle.UnpicklingError("refused a numpy object array")
+    return np.ndarray(shape, dtype, *args, **kwargs)
+
+
+_PLAIN = (str, bytes, int, float, bool, type(None))
+
+
+def _check_plain(obj, path, depth: int = 0) -> None:
+    """After loading: only containers of plain values and numeric/string arrays (no object dtypes, which a
+    pickle could still reach by setting a dtype's state after it was built)."""
+    if depth > 20:
+        raise UnsafePickleError(f"{path} nests deeper than any data file: delete it.")
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            _check_plain(key, path, depth + 1)
+            _check_plain(value, path, depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            _check_plain(value, path, depth + 1)
+    elif isinstance(obj, (np.ndarray, np.generic)):
+        if obj.dtype.hasobject or obj.dtype.kind not in "biufcSU":
+            raise UnsafePickleError(
+                f"{path} holds a numpy array of dtype {obj.dtype}, which a data file never holds: delete it."
+            )
+    elif not isinstance(obj, _PLAIN):
+        raise UnsafePickleError(
+            f"{path} holds a {type(obj).__name__}, which a data file never holds: delete it."
+        )
+
+
 _ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy.core.multiarray", "_reconstruct"): _checked_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _checked_reconstruct,
+    ("numpy", "ndarray"): _checked_ndarray,
     ("numpy", "dtype"): _checked_dtype,
     ("_codecs", "encode"): _latin1_encode,
 }
@@ -86,4 +125,5 @@ def safe_load_pickle(path: str | os.PathLike):
             f"{path} cannot be read as a pickle ({type(exc).__name__}: {exc}): it is truncated or corrupt, so "
             f"delete it and download it again."
         ) from None
+    _check_plain(obj, path)
     return obj

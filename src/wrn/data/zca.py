@@ -12,10 +12,13 @@ import hashlib
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from wrn.atomic import default_umask
 
 _CACHE_VERSION = "zca-v1"
 _CHUNK = 4096
@@ -101,15 +104,29 @@ def cache_key(x_train: np.ndarray, x_test: np.ndarray, filter_bias: float, scale
 
 
 def _store(target: Path, tr, te, mean, P) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    """Write the cache folder atomically. Another process storing the same entry at the same moment (every
+    rank of a multi-process run whitens the same data) or a read-only data root only costs the cache: the
+    whitened arrays in memory are used all the same, with a warning for the latter."""
+    tmp = None
     try:
-        np.save(tmp / "train.npy", tr)
-        np.save(tmp / "test.npy", te)
-        np.save(tmp / "mean.npy", mean)
-        np.save(tmp / "P.npy", P)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        os.chmod(tmp, 0o777 & ~default_umask())
+        for name, array in (("train", tr), ("test", te), ("mean", mean), ("P", P)):
+            np.save(tmp / f"{name}.npy", array)
+            os.chmod(tmp / f"{name}.npy", 0o666 & ~default_umask())
+        if target.exists():  # unreadable, or it would have been used: replace it
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "test.npy").is_file():  # else another process has just stored the same entry
+                raise
+    except OSError as exc:
+        warnings.warn(
+            f"could not cache the ZCA-whitened data in {target} ({exc}); it is recomputed next time",
+            stacklevel=3,
+        )
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
