@@ -16,9 +16,16 @@ import pytest
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def wrn_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+def wrn_cli(
+    *args: str, timeout: float = 300, env: dict | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "wrn", *args], env=env or ENV, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "wrn", *args],
+        env=env or ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
     )
 
 
@@ -66,6 +73,12 @@ MORE_BAD_INPUTS = {
     "eval-empty": (["eval", "{tmp}/empty"], "holds neither model.safetensors"),
     "eval-bad-dataset": (["eval", "{tmp}/corrupt", "--dataset", "mnist"], "dataset.name = 'mnist'"),
     "presets-unknown": (["presets", "nope"], "unknown preset 'nope'"),
+    "lr-boolean": (
+        ["train", "--preset", "demo", "--lr", "true"],
+        "optim.lr = True is invalid: expected a number",
+    ),
+    "batch-size-boolean": (["train", "--preset", "demo", "--batch-size", "yes"], "optim.batch_size = True"),
+    "sync-bn-on-cpu": (["train", "--preset", "demo", "--sync-bn", "--device", "cpu"], "--sync-bn needs CUDA"),
 }
 
 
@@ -85,7 +98,8 @@ def bad_input_results(tmp_path_factory):
 
     def one(item):
         name, (args, _) = item
-        return name, wrn_cli(*[a.replace("{tmp}", str(tmp)) for a in args])
+        # Run from tmp: a case that wrongly started training would leave runs/ there, which `after` shows.
+        return name, wrn_cli(*[a.replace("{tmp}", str(tmp)) for a in args], cwd=tmp)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = dict(pool.map(one, BAD_INPUTS.items()))
@@ -229,3 +243,21 @@ def test_a_repacked_cifar_copy_trains_only_with_no_verify(tmp_path):
     assert "md5 checks of the cifar10 files" in trained.stderr and "verify=False" in trained.stderr
     config = (tmp_path / "run" / "config.yaml").read_text()
     assert "verify: false" in config and (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_resume_refuses_fewer_epochs_than_done_and_a_new_dataset_gets_its_own_defaults(tmp_path):
+    from wrn.train import build_config, train
+    from wrn.train.config import resolve
+
+    run = tmp_path / "run"
+    cfg = build_config(
+        "demo", overrides={"model.name": "wrn-10-1", "schedule.epochs": 2, "run.progress": False}
+    )
+    train(cfg, run)
+    proc = wrn_cli("train", "--resume", str(run), "--epochs", "1")
+    assert proc.returncode == 2 and "fewer than the 2 epochs" in proc.stderr
+    assert "epochs: 2" in (run / "config.yaml").read_text()
+    switched = resolve(build_config("demo", overrides={"dataset.name": "cifar10"}))
+    assert (switched.dataset.augment, switched.dataset.normalization) == ("flip-crop", "cifar10")
+    kept = resolve(build_config("demo", overrides={"dataset.name": "cifar10", "dataset.augment": "crop"}))
+    assert kept.dataset.augment == "crop"

@@ -265,3 +265,56 @@ def test_torch_compile_run_trains_like_eager_and_saves_plain_keys(tmp_path):
     # Same seed, same batches: the compiled run follows the eager one up to float rounding.
     assert compiled.last["train_loss"] == pytest.approx(eager.last["train_loss"], rel=0.05)
     assert compiled.last["test_acc"] > 80.0 and abs(compiled.last["test_acc"] - eager.last["test_acc"]) < 3.0
+
+
+def test_image_folder_run_resumes_mid_epoch_and_its_eval_agrees(tmp_path, monkeypatch):
+    """The DataLoader path end to end: a folder run (2 workers) stopped mid-epoch and resumed equals a
+    straight one, thanks to per-sample augmentation seeds; and `wrn eval` uses the test transform the run
+    was evaluated with (resize 256/224 + centre crop)."""
+    from test_data_loaders import write_folder
+    from wrn.train import evaluate_dir, loop
+
+    write_folder(
+        tmp_path / "imagenet", sizes=(80, 96), classes=("n01", "n02"), per_class=6
+    )  # > 64 px: DataLoader path
+    overrides = {
+        "model.name": "wrn-10-1",
+        "dataset.name": "imagenet",
+        "dataset.root": str(tmp_path / "imagenet"),
+        "dataset.image_size": 32,
+        "dataset.augment": "imagenet",
+        "dataset.normalization": "imagenet",
+        "dataset.workers": 2,
+        "optim.batch_size": 4,
+        "schedule.epochs": 2,
+        "schedule.milestones": [2],
+        "run.progress": False,
+    }
+    straight = train(build_config("demo", overrides=overrides), tmp_path / "straight")
+    assert type(straight_loader_kind(overrides)).__name__ == "FolderLoader"
+
+    original = loop._Run.train_step
+    calls = {"n": 0}
+
+    def step_then_signal(self, images, labels):
+        out = original(self, images, labels)
+        calls["n"] += 1
+        if calls["n"] == 4:  # epoch 2, step 1 (3 steps per epoch)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(loop._Run, "train_step", step_then_signal)
+    with pytest.raises(Interrupted, match="checkpoint saved at epoch 2, step 1"):
+        train(build_config("demo", overrides=overrides), tmp_path / "stopped")
+    monkeypatch.undo()
+    resumed = train(None, resume=tmp_path / "stopped")
+    assert_same_weights(tmp_path / "straight", tmp_path / "stopped")
+    assert resumed.last["test_loss"] == straight.last["test_loss"]
+    result = evaluate_dir(tmp_path / "straight")
+    assert result["loss"] == pytest.approx(straight.last["test_loss"], rel=1e-5)
+
+
+def straight_loader_kind(overrides):
+    from wrn.data import make_loaders
+
+    return make_loaders("imagenet", overrides["dataset.root"], batch_size=4, image_size=32, workers=0)[0]

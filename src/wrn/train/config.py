@@ -10,18 +10,38 @@ from __future__ import annotations
 
 import copy
 import re
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from wrn.errors import ConfigError
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """``--lr true`` must not train at lr 1.0: a boolean is refused where a number is expected."""
+        if isinstance(value, bool):
+            annotation = cls.model_fields[info.field_name].annotation
+            kinds = typing.get_args(annotation) or (annotation,)
+            if any(k in (int, float) for k in kinds) and bool not in kinds:
+                raise ValueError("expected a number, not a boolean")
+        return value
 
 
 class ModelSection(_Section):
@@ -253,7 +273,14 @@ def build_config(
         data = deep_merge(data, load_preset(preset))
     if config_file is not None:
         data = deep_merge(data, load_file(config_file))
-    for key, value in (overrides or {}).items():
+    overrides = overrides or {}
+    base_dataset = data.get("dataset", {}).get("name") if isinstance(data.get("dataset"), dict) else None
+    if overrides.get("dataset.name") not in (None, base_dataset):
+        # Another data set than the preset's: its own augmentation and normalisation unless given too.
+        for key in ("augment", "normalization"):
+            if f"dataset.{key}" not in overrides and isinstance(data.get("dataset"), dict):
+                data["dataset"].pop(key, None)
+    for key, value in overrides.items():
         set_dotted(data, key, value)
     return validate(data)
 
@@ -286,6 +313,10 @@ def resolve(cfg: TrainConfig, *, cuda_available: bool | None = None) -> TrainCon
         )
     if run.channels_last is None:
         run.channels_last = kind == "cuda"
+    if run.sync_bn and kind != "cuda":
+        raise ConfigError(
+            f"--sync-bn needs CUDA GPUs (SyncBatchNorm), but the device is {run.device!r}; drop --sync-bn"
+        )
     # Unset augmentation / normalisation: the data set's own defaults (spec section 4; CIFAR-100 uses the
     # CIFAR-10 constants, as the authors' code does).
     defaults = dataset_info(data.name)

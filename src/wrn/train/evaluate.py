@@ -141,7 +141,8 @@ def evaluate_dir(
         raise ConfigError(f"{str(path)!r} does not say which data set it was trained on; pass --dataset")
     if dataset is not None and normalization is None and dataset != saved.get("name"):
         settings["normalization"] = None  # another data set: its own normalisation
-    settings["augment"] = "none"
+    if dataset is not None and dataset != saved.get("name"):
+        settings["augment"] = None  # (only used to pick the test transform of image folders)
     cfg = validate({"dataset": settings, "run": {"device": device, "amp": amp}})
     cfg = resolve(cfg)
     dev = torch.device(cfg.run.device)
@@ -150,7 +151,7 @@ def evaluate_dir(
         data.name,
         data.root,
         batch_size=batch_size,
-        augment="none",
+        augment=data.augment,  # the test loader never augments; image folders pick their test transform by it
         normalization=data.normalization,
         device=dev,
         verify=data.verify,

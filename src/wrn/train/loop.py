@@ -413,10 +413,12 @@ class _Run:
                 stop, save = self._decide(signals)
                 if stop or save:
                     self.train_time += time.perf_counter() - start
-                    start = time.perf_counter()
                     if stop:
                         self.interrupt(signals)
                     self.save()
+                    start = time.perf_counter()  # checkpoint writes are not training time
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # the epoch's kernels are done before its time is taken
             self.train_time += time.perf_counter() - start
         finally:
             bar.close()
@@ -489,7 +491,18 @@ def train(
         out_dir = Path(resume)
         state = ckpt.load(out_dir)
         base = validate(state["config"]).to_dict()
-        if epochs is not None:
+        if epochs is not None and epochs != base["schedule"]["epochs"]:
+            done = int(state["epoch"])
+            if epochs < max(done, 1) or (epochs == done and state["step"]):
+                raise ConfigError(
+                    f"--epochs {epochs} is fewer than the {done} epochs this run has already trained; "
+                    f"give at least {max(done, 1)}"
+                )
+            if base["schedule"]["name"] == "cosine":
+                raise ConfigError(
+                    "a cosine schedule cannot be extended on resume (its rate is already annealed towards 0); "
+                    "start a new run with the longer schedule instead"
+                )
             base["schedule"]["epochs"] = epochs
         cfg = validate(base)
     else:
