@@ -17,53 +17,78 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 DRIVER = textwrap.dedent(
     """
-    import os, sys, torch
-    from wrn.train import build_config, train
+    import os, signal, sys, torch
+    from wrn.train import build_config, loop, train
 
-    out, dump = sys.argv[1], sys.argv[2]
+    out, dump, stop_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
     cfg = build_config("demo", overrides={
-        "model.name": "wrn-10-1", "model.dropout": 0.2, "schedule.epochs": 1, "optim.batch_size": 64,
-        "run.device": "cpu", "run.progress": False, "run.checkpoint_every_steps": 4,
+        "model.name": "wrn-10-1", "model.dropout": 0.2, "schedule.epochs": 2, "schedule.milestones": [2],
+        "optim.batch_size": 64, "run.device": "cpu", "run.progress": False, "run.checkpoint_every_steps": 4,
     })
-    result = train(cfg, out)
+    if stop_at and os.environ["RANK"] == "1":  # SIGTERM reaches one rank only, mid-epoch
+        original, calls = loop._Run.train_step, [0]
+
+        def step(self, images, labels):
+            calls[0] += 1
+            if calls[0] == stop_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return original(self, images, labels)
+
+        loop._Run.train_step = step
+    try:
+        result = train(cfg, out)
+    except loop.Interrupted as exc:
+        print("interrupted:", exc)
+        sys.exit(0)
     torch.save(result.model.state_dict(), os.path.join(dump, f"rank{os.environ['RANK']}.pt"))
     """
 )
 
 
-def test_two_process_gloo_run_and_resume(tmp_path):
-    out, dump = tmp_path / "run", tmp_path / "dump"
-    dump.mkdir()
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*TORCHRUN, *args], env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def metrics(run: Path) -> list[dict]:
+    times = {"train_time", "test_time", "images_per_s"}
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in times} for line in lines]
+
+
+def test_two_process_gloo_run_and_a_mid_epoch_resume_end_bitwise_equal(tmp_path):
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
-    proc = subprocess.run(
-        [*TORCHRUN, str(script), str(out), str(dump)], env=ENV, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    straight, dump = tmp_path / "straight", tmp_path / "dump"
+    dump.mkdir()
+    proc = torchrun(str(script), str(straight), str(dump), "0")
     assert proc.stdout.count("run directory:") == 1  # only rank 0 speaks
 
     rank0 = torch.load(dump / "rank0.pt", weights_only=True)
     rank1 = torch.load(dump / "rank1.pt", weights_only=True)
-    saved = load_file(str(out / "model.safetensors"))
+    saved = load_file(str(straight / "model.safetensors"))
     assert rank0.keys() == rank1.keys() == saved.keys()
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
         assert torch.equal(rank0[key], saved[key]), key
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["driver.py", "dump", "run"]
-
-    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["driver.py", "dump", "straight"]
+    state = torch.load(straight / "checkpoint.pt", weights_only=True)
     assert state["world_size"] == 2 and len(state["ranks"]) == 2
     assert not any(k.startswith("module.") for k in state["model"])
     # 1437 digits split over 2 ranks, 32 images per rank and step.
-    assert state["schedule"]["steps_per_epoch"] == 1437 // 2 // 32
+    assert state["schedule"]["steps_per_epoch"] == 1437 // 2 // 32 == 22
 
-    # The real command line under torchrun continues the run for one more epoch.
-    proc = subprocess.run(
-        [*TORCHRUN, "-m", "wrn", "train", "--resume", str(out), "--epochs", "2", "--no-progress"],
-        env=ENV, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2]
-    assert records[-1]["test_acc"] > 20.0
-    assert Path(out / "curves.png").is_file()
+    # Rank 1 alone gets SIGTERM at its 25th step (epoch 2); the ranks agree to stop at the next sync point,
+    # save one checkpoint and exit. The real command line under torchrun then finishes the run.
+    stopped = tmp_path / "stopped"
+    proc = torchrun(str(script), str(stopped), str(dump), "25")
+    assert "SIGTERM received: checkpoint saved at epoch 2, step 8" in proc.stdout
+    assert not (stopped / "model.safetensors").exists() and len(metrics(stopped)) == 1
+    torchrun("-m", "wrn", "train", "--resume", str(stopped), "--no-progress")
+    final = load_file(str(stopped / "model.safetensors"))
+    assert final.keys() == saved.keys()
+    for key in saved:
+        assert torch.equal(final[key], saved[key]), key
+    assert metrics(stopped) == metrics(straight) and [r["epoch"] for r in metrics(stopped)] == [1, 2]
+    assert (stopped / "curves.png").is_file()
