@@ -231,10 +231,24 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
-def test_bf16_autocast_and_channels_last_on_cpu(tmp_path):
+def test_bf16_autocast_and_channels_last_on_cpu(tmp_path, monkeypatch):
+    from wrn.train import loop
+
+    seen = set()
+    build = loop.build_model
+
+    def build_and_watch(cfg, info):
+        model = build(cfg, info)
+        model.layer2.register_forward_hook(
+            lambda m, i, o: seen.add((o.dtype, o.is_contiguous(memory_format=torch.channels_last)))
+        )
+        return model
+
+    monkeypatch.setattr(loop, "build_model", build_and_watch)
     cfg = _small_cfg(**{"schedule.epochs": 1, "run.amp": "bf16", "run.channels_last": True})
     result = train(cfg, tmp_path / "run")
-    assert result.last["test_acc"] > 10.0 and torch.isfinite(torch.tensor(result.last["train_loss"]))
+    assert seen == {(torch.bfloat16, True)}  # every forward, train and eval, ran in bf16 and channels_last
+    assert result.last["test_acc"] > 50.0 and torch.isfinite(torch.tensor(result.last["train_loss"]))
     weights = load_file(str(tmp_path / "run" / "model.safetensors"))
     assert all(v.dtype == torch.float32 for v in weights.values() if v.is_floating_point())
 
