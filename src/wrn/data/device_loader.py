@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wrn.data.protocol import EpochLoader
 from wrn.data.registry import AUGMENT_CHOICES
 from wrn.errors import ConfigError
 
@@ -26,19 +27,6 @@ IMAGENET_EIGVEC = (
 )
 
 
-def restore_position(loader, state: dict) -> None:
-    """Set ``loader.epoch`` and ``loader.position`` from a saved state, refusing a state saved by a loader of
-    another data size, batch size or number of processes (its batches would not line up)."""
-    for key in ("num_samples", "batch_size", "world_size"):
-        if key in state and int(state[key]) != getattr(loader, key):
-            raise ConfigError(
-                f"the saved loader state has {key} {int(state[key])} but this loader has "
-                f"{getattr(loader, key)}: resume with the same data and batch size."
-            )
-    loader.epoch = int(state["epoch"])
-    loader.position = int(state["position"])
-
-
 def reflect_index(i: torch.Tensor, size: int) -> torch.Tensor:
     """Map coordinates of a reflection-padded axis (offset by the pad) back into ``0..size-1``.
 
@@ -48,7 +36,7 @@ def reflect_index(i: torch.Tensor, size: int) -> torch.Tensor:
     return (size - 1) - ((size - 1) - i).abs()
 
 
-class DeviceLoader:
+class DeviceLoader(EpochLoader):
     """Batches of a whole data set kept on ``device``, augmented there; one ``for`` loop is one epoch.
 
     ``x`` is uint8 [N, C, H, W] on the 0..255 scale (or float, e.g. ZCA-whitened, with ``normalize=None``) and
@@ -87,10 +75,6 @@ class DeviceLoader:
     ):
         if augment not in AUGMENT_CHOICES:
             raise ConfigError(f"unknown augment {augment!r}: choose one of {', '.join(AUGMENT_CHOICES)}.")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, not {batch_size}.")
-        if not 0 <= rank < world_size:
-            raise ConfigError(f"rank {rank} is not in 0..{world_size - 1} (world_size {world_size}).")
         x = torch.from_numpy(x) if isinstance(x, np.ndarray) else torch.as_tensor(x)
         y = torch.from_numpy(y) if isinstance(y, np.ndarray) else torch.as_tensor(y)
         if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
@@ -98,48 +82,25 @@ class DeviceLoader:
         n, c, h, w = x.shape
         if train and augment in ("crop", "flip-crop") and not 0 <= pad < min(h, w):
             raise ConfigError(f"pad must be in 0..{min(h, w) - 1} for {h}x{w} images, not {pad}.")
-        self.device = torch.device(device)
+        self._setup_protocol(
+            n, batch_size, train, drop_last, rank, world_size, seed, normalize, device, dtype, channels=c
+        )
         self.x = x.to(self.device).contiguous()
         self.y = y.to(self.device, torch.int64)
-        self.num_samples = n
-        self.batch_size = int(batch_size)
-        self.train = bool(train)
         self.augment = augment if train else "none"
-        self.drop_last = bool(drop_last) if train else False
-        self.rank, self.world_size = int(rank), int(world_size)
-        self.dtype = dtype
         self.pad = int(pad)
-        self.seed = int(seed)
         self.image_size = int(image_size or h)
-        if normalize is not None:
-            mean, std = (torch.as_tensor(v, dtype=dtype).reshape(1, -1, 1, 1) for v in normalize)
-            if mean.shape[1] not in (1, c) or std.shape[1] not in (1, c):
-                raise ConfigError(f"normalize has {mean.shape[1]} channels but the images have {c}.")
-            self.mean, self.std = mean.to(self.device), std.to(self.device)
-        else:
-            self.mean = self.std = None
         self._x_flat = self.x.view(-1)
         self._ar_c = torch.arange(c, device=self.device).view(1, c, 1, 1) * (h * w)
         self._ar_h = torch.arange(h, device=self.device)
         self._ar_w = torch.arange(w, device=self.device)
-        if train:
-            self._shard_size = n // world_size
-            self._positions = torch.arange(rank, self._shard_size * world_size, world_size)
-        else:
-            self._positions = torch.arange(rank, n, world_size)
-            self._shard_size = len(self._positions)
+        last = self._shard_size * world_size if train else n
+        self._positions = torch.arange(rank, last, world_size)
         self._generator = torch.Generator().manual_seed(self.seed)
         self._epoch_start_state = self._generator.get_state()
         self._plan = None
-        self.epoch = 0
-        self.position = 0
 
     # ------------------------------------------------------------------------------------------ protocol
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self._shard_size // self.batch_size
-        return math.ceil(self._shard_size / self.batch_size)
 
     def __iter__(self):
         plan = self._epoch_plan()
@@ -155,19 +116,11 @@ class DeviceLoader:
         self.position = 0
 
     def state_dict(self) -> dict:
-        """Epoch, batches already served in it, and the generator state at the start of the epoch."""
-        return {
-            "epoch": self.epoch,
-            "position": self.position,
-            "generator": self._epoch_start_state.clone(),
-            "seed": self.seed,
-            "num_samples": self.num_samples,
-            "batch_size": self.batch_size,
-            "world_size": self.world_size,
-        }
+        """The protocol's state and the generator state at the start of the epoch."""
+        return {**super().state_dict(), "generator": self._epoch_start_state.clone()}
 
     def load_state_dict(self, state: dict) -> None:
-        restore_position(self, state)
+        super().load_state_dict(state)
         self._epoch_start_state = torch.as_tensor(state["generator"]).to("cpu", torch.uint8).clone()
         self._plan = None
 
@@ -211,9 +164,7 @@ class DeviceLoader:
             out = _imagenet_augment(
                 out, {k: v[sel] for k, v in plan.items() if k != "index"}, self.image_size
             )
-        if self.mean is not None:
-            out = out.sub_(self.mean).div_(self.std)
-        return out
+        return self._normalize_(out)
 
     def _crop_flip(self, idx, offset, flip) -> torch.Tensor:
         _, c, h, w = self.x.shape

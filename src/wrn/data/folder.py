@@ -8,7 +8,6 @@ and then use the device-resident fast path.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -16,8 +15,9 @@ import numpy as np
 import torch
 from torchvision import datasets, transforms
 
-from wrn.data.device_loader import IMAGENET_EIGVAL, IMAGENET_EIGVEC, restore_position
-from wrn.errors import ConfigError, DataError
+from wrn.data.device_loader import IMAGENET_EIGVAL, IMAGENET_EIGVEC
+from wrn.data.protocol import EpochLoader
+from wrn.errors import DataError
 
 IMG_EXTENSIONS = tuple(datasets.folder.IMG_EXTENSIONS)
 SMALL_MAX_IMAGES = 100_000
@@ -235,7 +235,7 @@ class _SeededSamples(torch.utils.data.Dataset):
             return self.dataset[index]
 
 
-class FolderLoader:
+class FolderLoader(EpochLoader):
     """A DataLoader over an image folder with the device loader's protocol: one ``for`` loop is one epoch.
 
     The order of every epoch is a permutation drawn from ``seed`` and the epoch index (training) or the folder
@@ -262,35 +262,11 @@ class FolderLoader:
         workers: int = 4,
         dtype: torch.dtype = torch.float32,
     ):
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, not {batch_size}.")
-        if not 0 <= rank < world_size:
-            raise ConfigError(f"rank {rank} is not in 0..{world_size - 1} (world_size {world_size}).")
+        self._setup_protocol(
+            len(dataset), batch_size, train, drop_last, rank, world_size, seed, normalize, device, dtype
+        )
         self.dataset = dataset
-        self.num_samples = len(dataset)
-        self.batch_size = int(batch_size)
-        self.train = bool(train)
-        self.drop_last = bool(drop_last) if train else False
-        self.device = torch.device(device)
-        self.seed = int(seed)
-        self.rank, self.world_size = int(rank), int(world_size)
         self.workers = int(workers)
-        self.dtype = dtype
-        if normalize is not None:
-            self.mean, self.std = (
-                torch.as_tensor(v, dtype=dtype).view(1, -1, 1, 1).to(self.device) for v in normalize
-            )
-        else:
-            self.mean = self.std = None
-        n = self.num_samples
-        self._shard_size = n // world_size if train else len(range(rank, n, world_size))
-        self.epoch = 0
-        self.position = 0
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self._shard_size // self.batch_size
-        return math.ceil(self._shard_size / self.batch_size)
 
     def epoch_batches(self) -> list[list[int]]:
         """This rank's batches (lists of dataset indices) of the current epoch, in order."""
@@ -327,9 +303,7 @@ class FolderLoader:
         non_blocking = self.device.type == "cuda"
         try:
             for images, labels in loader:
-                images = images.to(self.device, non_blocking=non_blocking).to(self.dtype)
-                if self.mean is not None:
-                    images = images.sub_(self.mean).div_(self.std)
+                images = self._normalize_(images.to(self.device, non_blocking=non_blocking).to(self.dtype))
                 self.position += 1
                 yield images, labels.to(self.device, non_blocking=non_blocking)
         except DataError as exc:  # re-raised from a worker with its traceback folded into the message
@@ -337,18 +311,3 @@ class FolderLoader:
             raise DataError(text[-1].split("DataError: ", 1)[-1] if text else "") from None
         self.epoch += 1
         self.position = 0
-
-    def state_dict(self) -> dict:
-        return {
-            "epoch": self.epoch,
-            "position": self.position,
-            "seed": self.seed,
-            "num_samples": self.num_samples,
-            "batch_size": self.batch_size,
-            "world_size": self.world_size,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        restore_position(self, state)
-        if "seed" in state:
-            self.seed = int(state["seed"])
