@@ -172,3 +172,25 @@ def test_bad_arguments():
         DeviceLoader(x, y, 2, rank=2, world_size=2)
     with pytest.raises(ConfigError, match="channels"):
         DeviceLoader(x, y, 2, normalize=((1, 2), (1, 2)))
+
+
+def test_device_imagenet_augmentation_geometry():
+    """The batched random-resized crop on the device: a full box is the identity, a flipped one mirrors the
+    image, a top-left quarter box at half size is that quarter; jitter 1 and lighting 0 change nothing."""
+    from wrn.data.device_loader import _imagenet_augment
+
+    x = torch.randint(0, 256, (3, 3, 16, 16)).float()
+    full = torch.tensor([[0.5, 0.5, 1.0, 1.0]] * 3)
+    params = {
+        "box": full,
+        "flip": torch.tensor([False, True, False]),
+        "jitter": torch.ones(3, 3),
+        "lighting": torch.zeros(3, 3),
+    }
+    out = _imagenet_augment(x.clone(), params, 16)
+    torch.testing.assert_close(out[0], x[0], atol=1e-3, rtol=0)
+    torch.testing.assert_close(out[1], x[1].flip(-1), atol=1e-3, rtol=0)
+    quarter = dict(
+        params, box=torch.tensor([[0.25, 0.25, 0.5, 0.5]] * 3), flip=torch.zeros(3, dtype=torch.bool)
+    )
+    torch.testing.assert_close(_imagenet_augment(x.clone(), quarter, 8), x[:, :, :8, :8], atol=1e-3, rtol=0)
