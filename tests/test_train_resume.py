@@ -93,7 +93,7 @@ def test_kill_9_three_times_then_resume_gives_bitwise_identical_weights(tmp_path
     assert_same_weights(straight, killed)
     assert metrics(straight) == metrics(killed)
     assert [r["epoch"] for r in metrics(killed)] == [1, 2, 3]
-    assert not list(killed.glob(".checkpoint.pt.tmp-*"))
+    assert not list(killed.glob(".checkpoint.pt.*.tmp"))
     final = torch.load(killed / "checkpoint.pt", weights_only=True)
     assert (final["epoch"], final["step"]) == (3, 0)
 

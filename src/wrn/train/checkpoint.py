@@ -8,7 +8,6 @@ checkpoint or the new one, never a torn file.
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from wrn.atomic import atomic_write
 from wrn.errors import CheckpointError
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -23,38 +23,14 @@ FORMAT = "wrn-train-checkpoint"
 VERSION = 1
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms cannot open a directory
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` through a temporary file, fsync and rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    """``torch.save`` to ``path`` through a temporary file, fsync and rename (:mod:`wrn.atomic`)."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def remove_stale_temporaries(run_dir: str | Path) -> None:
     """Delete temporary files left by a checkpoint write that was killed half-way."""
-    for stale in Path(run_dir).glob(f".{CHECKPOINT_NAME}.tmp-*"):
+    for stale in Path(run_dir).glob(f".{CHECKPOINT_NAME}.*.tmp"):
         stale.unlink(missing_ok=True)
 
 
