@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from wrn.atomic import atomic_write
 from wrn.errors import ConfigError
 from wrn.models.io import unwrap
 from wrn.models.registry import model_info
@@ -43,25 +43,24 @@ def export_model(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     x = example_input(model, batch=2, image_size=image_size)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        tmp_file = Path(tmp) / out.name
+
+    def write(tmp: str) -> None:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if fmt == "onnx":
-                batch = torch.export.Dim("batch", min=1)
                 torch.onnx.export(
                     model,
                     (x,),
-                    str(tmp_file),
+                    tmp,
                     input_names=["images"],
                     output_names=["logits"],
-                    dynamic_shapes=({0: batch},),
+                    dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
                     opset_version=opset,
                     dynamo=True,
                     external_data=False,
                     verbose=False,
                 )
             else:
-                torch.jit.save(torch.jit.trace(model, x), str(tmp_file))
-        os.replace(tmp_file, out)
-    return out
+                torch.jit.save(torch.jit.trace(model, x), tmp)
+
+    return atomic_write(out, write)
