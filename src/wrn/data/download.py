@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from wrn.atomic import default_umask
+from wrn.atomic import atomic_write
 from wrn.errors import DataError
 
 _CHUNK = 1 << 20
@@ -58,13 +58,11 @@ def download_file(
 
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    digest = hashlib.md5()
-    size = 0
-    try:
+
+    def fetch(tmp: str) -> None:
+        digest, size = hashlib.md5(), 0
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
                 total = int(response.headers.get("Content-Length") or 0)
                 with tqdm(
                     total=total or None, unit="B", unit_scale=True, desc=dest.name, disable=not progress
@@ -91,10 +89,8 @@ def download_file(
                 f"the file downloaded from {url} has md5 {actual}, expected {md5}: it was not kept; try again "
                 f"later, or put a hand-downloaded copy with the right md5 at {dest}."
             )
-        os.chmod(tmp, 0o666 & ~default_umask())  # mkstemp's 0600 would hide the data from other users
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(dest, fetch)  # a temporary name until the md5 is checked; nothing is left on failure
     return dest
 
 
