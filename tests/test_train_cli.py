@@ -261,3 +261,6 @@ def test_resume_refuses_fewer_epochs_than_done_and_a_new_dataset_gets_its_own_de
     assert (switched.dataset.augment, switched.dataset.normalization) == ("flip-crop", "cifar10")
     kept = resolve(build_config("demo", overrides={"dataset.name": "cifar10", "dataset.augment": "crop"}))
     assert kept.dataset.augment == "crop"
+    (tmp_path / "c.yaml").write_text("dataset:\n  name: cifar10\n")
+    from_file = resolve(build_config("demo", tmp_path / "c.yaml"))
+    assert (from_file.dataset.augment, from_file.dataset.normalization) == ("flip-crop", "cifar10")

@@ -262,24 +262,38 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _forget_data_choices(data: dict[str, Any], new_name: str | None, given: set[str]) -> None:
+    """Drop the merged augmentation/normalisation when a later layer names another data set without them."""
+    section = data.get("dataset")
+    if new_name is None or not isinstance(section, dict) or new_name == section.get("name"):
+        return
+    for key in ("augment", "normalization"):
+        if key not in given:
+            section.pop(key, None)
+
+
 def build_config(
     preset: str | None = None,
     config_file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> TrainConfig:
-    """Merge defaults < preset < file < overrides (dotted keys such as ``optim.lr``) and validate."""
+    """Merge defaults < preset < file < overrides (dotted keys such as ``optim.lr``) and validate.
+
+    A layer that switches to another data set without naming its augmentation or normalisation gets that
+    data set's own (``--preset demo --dataset cifar10`` trains with CIFAR's flip-crop and constants, not the
+    digits'), so a preset's data-specific choices never leak onto another data set.
+    """
     data: dict[str, Any] = {}
     if preset is not None:
         data = deep_merge(data, load_preset(preset))
     if config_file is not None:
-        data = deep_merge(data, load_file(config_file))
+        layer = load_file(config_file)
+        section = layer.get("dataset") if isinstance(layer.get("dataset"), dict) else {}
+        _forget_data_choices(data, section.get("name"), given=set(section))
+        data = deep_merge(data, layer)
     overrides = overrides or {}
-    base_dataset = data.get("dataset", {}).get("name") if isinstance(data.get("dataset"), dict) else None
-    if overrides.get("dataset.name") not in (None, base_dataset):
-        # Another data set than the preset's: its own augmentation and normalisation unless given too.
-        for key in ("augment", "normalization"):
-            if f"dataset.{key}" not in overrides and isinstance(data.get("dataset"), dict):
-                data["dataset"].pop(key, None)
+    given = {k.removeprefix("dataset.") for k in overrides if k.startswith("dataset.")}
+    _forget_data_choices(data, overrides.get("dataset.name"), given)
     for key, value in overrides.items():
         set_dotted(data, key, value)
     return validate(data)
