@@ -22,7 +22,7 @@ def pytest_collection_modifyitems(config, items):
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
-        pass
+        """Keep the test output free of one access-log line per request."""
 
 
 @pytest.fixture
