@@ -204,8 +204,34 @@ def test_preact_resnet_110_is_the_k1_wrn_block():
     a, b = create_model("preact-resnet-110"), WideResNet(depth=112, width=1)
     assert [v.shape for v in a.state_dict().values()] == [v.shape for v in b.state_dict().values()]
     bottleneck = create_model("preact-resnet-164")
-    assert bottleneck.layer1[0].conv3.out_channels == 64 and bottleneck.layer3[0].conv2.stride == (2, 2)
+    assert bottleneck.layer1[0].conv3.out_channels == 64
     assert isinstance(bottleneck, PreActResNet)
+
+
+@pytest.mark.parametrize("name", ["preact-resnet-164", "preact-resnet-1001"])
+def test_thin_bottleneck_strides_on_its_first_1x1_conv(name):
+    """Spec section 2, pitfall 12: the authors' resnet-pre-act.lua halves the resolution in the first 1x1 conv
+    (and the projection), not in the 3x3. Parameter counts cannot tell; the shapes each conv sees can."""
+    model = create_model(name).eval()
+    seen = {}
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out, key=key: seen.__setitem__(key, (inp[0].shape, out.shape)))
+        for key, m in model.named_modules()
+        if isinstance(m, torch.nn.Conv2d)
+    ]
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    for layer, side_in in (("layer2", 32), ("layer3", 16)):
+        half = side_in // 2
+        (c1_in, c1_out), (c2_in, c2_out) = seen[f"{layer}.0.conv1"], seen[f"{layer}.0.conv2"]
+        assert c1_in[-1] == side_in and c1_out[-1] == half  # the 1x1 reduce halves the resolution
+        assert c2_in[-1] == half and c2_out[-1] == half  # the 3x3 keeps it
+        assert seen[f"{layer}.0.shortcut"][1][-1] == half
+        assert seen[f"{layer}.1.conv1"][1][-1] == half  # later blocks never stride
+    strided = sorted(k for k, (i, o) in seen.items() if i[-1] != o[-1])
+    assert strided == ["layer2.0.conv1", "layer2.0.shortcut", "layer3.0.conv1", "layer3.0.shortcut"]
 
 
 # ------------------------------------------------------------------------------------------------- dropout

@@ -71,9 +71,13 @@ class WideBlock(nn.Module):
 
 
 class PreActBottleneck(nn.Module):
-    """Pre-activation bottleneck of the thin baselines: BN-ReLU-conv1x1 (C_in -> m), BN-ReLU-conv3x3 (m -> m,
-    stride s), BN-ReLU-conv1x1 (m -> 4m); a 1x1 projection (no BN, no bias) of the pre-activated input where
-    the shape changes, else the raw input."""
+    """Pre-activation bottleneck of the thin baselines: BN-ReLU-conv1x1 (C_in -> m, stride s), BN-ReLU-conv3x3
+    (m -> m), BN-ReLU-conv1x1 (m -> 4m); a 1x1 projection (stride s, no BN, no bias) of the pre-activated input
+    where the shape changes, else the raw input.
+
+    The stride sits on the FIRST 1x1 conv, as in the authors' ``models/resnet-pre-act.lua`` and He et al.'s
+    code (spec section 2); torchvision's habit of striding the 3x3 has the same parameters but is another
+    network."""
 
     expansion = 4
 
@@ -81,9 +85,9 @@ class PreActBottleneck(nn.Module):
         super().__init__()
         out_planes = self.out_planes = planes * self.expansion
         self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
         self.shortcut = (
