@@ -215,7 +215,9 @@ def test_thin_bottleneck_strides_on_its_first_1x1_conv(name):
     model = create_model(name).eval()
     seen = {}
     hooks = [
-        m.register_forward_hook(lambda mod, inp, out, key=key: seen.__setitem__(key, (inp[0].shape, out.shape)))
+        m.register_forward_hook(
+            lambda mod, inp, out, key=key: seen.__setitem__(key, (inp[0].shape, out.shape))
+        )
         for key, m in model.named_modules()
         if isinstance(m, torch.nn.Conv2d)
     ]
