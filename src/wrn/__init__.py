@@ -4,20 +4,29 @@
 >>> model = wrn.create_model("wrn-28-10", num_classes=100, dropout=0.3)
 >>> wrn.save_model(model, "out/")          # model.safetensors + model.json
 >>> same = wrn.load_model("out/")
+
+The names below are loaded on first use, so that ``import wrn`` (and ``wrn --help``) does not pay for
+importing torch until a model is actually asked for.
 """
 
-from wrn.models import (
-    WideResNet,
-    build_model,
-    count_parameters,
-    create_model,
-    list_models,
-    load_model,
-    load_official,
-    save_model,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "WideResNet": "wrn.models",
+    "build_model": "wrn.models",
+    "count_parameters": "wrn.models",
+    "create_model": "wrn.models",
+    "list_models": "wrn.models",
+    "load_model": "wrn.models",
+    "load_official": "wrn.models",
+    "save_model": "wrn.models",
+}
 
 __all__ = [
     "WideResNet",
@@ -30,3 +39,27 @@ __all__ = [
     "load_official",
     "save_model",
 ]
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from wrn.models import (
+        WideResNet,
+        build_model,
+        count_parameters,
+        create_model,
+        list_models,
+        load_model,
+        load_official,
+        save_model,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'wrn' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

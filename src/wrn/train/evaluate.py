@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from pathlib import Path
@@ -13,15 +12,7 @@ import torch.nn.functional as F
 
 from wrn.errors import CheckpointError, ConfigError
 from wrn.train.distributed import DistInfo, all_reduce_sum
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast(device: torch.device, amp: str):
-    """The autocast context of an ``amp`` setting ('bf16', 'fp16' or 'off')."""
-    if amp == "off":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
+from wrn.train.precision import autocast
 
 
 def evaluate(
@@ -163,7 +154,7 @@ def evaluate_dir(
         model = wrn.load_model(path, map_location=dev)
         source = "model"
     else:
-        from wrn.train.loop import build_model
+        from wrn.train.build import build_model
 
         state = ckpt.load(path)
         train_cfg: TrainConfig = validate(state["config"])

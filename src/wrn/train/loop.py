@@ -27,8 +27,10 @@ from wrn.errors import CheckpointError, ConfigError, WRNError
 from wrn.train import checkpoint as ckpt
 from wrn.train import distributed as D
 from wrn.train import recipe
+from wrn.train.build import build_loaders, build_model
 from wrn.train.config import TrainConfig, dump_yaml, resolve, validate
-from wrn.train.evaluate import autocast, evaluate
+from wrn.train.evaluate import evaluate
+from wrn.train.precision import autocast
 
 CONFIG_NAME = "config.yaml"
 # Under DDP, ranks agree every this many steps on stopping (signal), time-based checkpoints and bad losses.
@@ -79,10 +81,6 @@ def check_new_out_dir(out: Path) -> None:
         )
 
 
-def _info_get(info: Any, key: str) -> Any:
-    return info[key] if isinstance(info, dict) else getattr(info, key)
-
-
 def _set_threads(device: torch.device, dist_info: D.DistInfo) -> None:
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist_info.local_world_size))
@@ -105,50 +103,6 @@ def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo):
-    from wrn.data import make_loaders
-
-    if cfg.optim.batch_size % dist_info.world_size:
-        raise ConfigError(
-            f"batch size {cfg.optim.batch_size} does not split evenly over {dist_info.world_size} processes; "
-            f"choose a multiple of {dist_info.world_size}"
-        )
-    data = cfg.dataset
-    train_loader, test_loader, info = make_loaders(
-        data.name,
-        data.root,
-        batch_size=cfg.optim.batch_size // dist_info.world_size,
-        augment=data.augment,
-        normalization=data.normalization,
-        device=device,
-        seed=cfg.run.seed,
-        download=data.download,
-        verify=data.verify,
-        rank=dist_info.rank,
-        world_size=dist_info.world_size,
-        image_size=data.image_size,
-        workers=data.workers,
-        eval_batch_size=cfg.optim.eval_batch_size,
-    )
-    if len(train_loader) == 0:
-        raise ConfigError(
-            f"batch size {cfg.optim.batch_size} is larger than the {data.name} training set; use a smaller --batch-size"
-        )
-    return train_loader, test_loader, info
-
-
-def build_model(cfg: TrainConfig, info: Any) -> torch.nn.Module:
-    import wrn
-
-    overrides: dict[str, Any] = {}
-    in_channels = _info_get(info, "in_channels")
-    if in_channels != 3:
-        overrides["in_channels"] = in_channels
-    if cfg.model.dropout is not None:
-        overrides["dropout"] = cfg.model.dropout
-    return wrn.create_model(cfg.model.name, num_classes=_info_get(info, "num_classes"), **overrides)
 
 
 class _Signals:
