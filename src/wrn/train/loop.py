@@ -30,7 +30,7 @@ from wrn.train import recipe
 from wrn.train.build import build_loaders, build_model
 from wrn.train.config import TrainConfig, dump_yaml, resolve, validate
 from wrn.train.evaluate import evaluate
-from wrn.train.precision import autocast
+from wrn.train.step import TrainStep
 
 CONFIG_NAME = "config.yaml"
 # Under DDP, ranks agree every this many steps on stopping (signal), time-based checkpoints and bad losses.
@@ -168,8 +168,15 @@ class _Run:
             net = torch.compile(net)
         self.net = net
         self.optimizer = recipe.make_optimizer(model, cfg.optim)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.run.amp == "fp16")
-        self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+        self.step_fn = TrainStep(
+            net,
+            self.optimizer,
+            torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
+            device=device,
+            amp=cfg.run.amp,
+            channels_last=cfg.run.channels_last,
+        )
+        self.scaler = self.step_fn.scaler
         self.steps_per_epoch = len(train_loader)
         self._new_epoch_sums()
 
@@ -269,21 +276,7 @@ class _Run:
 
     # ------------------------------------------------------------------ training
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.cfg.run.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.cfg.run.amp):
-            logits = self.net(images)
-        logits = logits.float()
-        loss = self.criterion(logits, labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler.is_enabled():
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
-        loss = loss.detach()
+        loss, logits = self.step_fn(images, labels)
         # Kept on the device: no host sync per step.
         n = labels.shape[0]
         batch_loss = loss.double() * n

@@ -1,0 +1,56 @@
+"""One training step: forward under autocast, cross-entropy, backward, update.
+
+The same :class:`TrainStep` runs inside ``wrn train`` and ``wrn bench train``, so the benchmark measures the
+step the training loop really takes. Nothing in it reads a value back to the host: the loss and logits it
+returns stay on the device.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from wrn.train.precision import autocast
+
+
+class TrainStep:
+    """``step(images, labels) -> (loss, logits)``: one optimizer step of ``net`` on a batch.
+
+    ``amp`` is 'off', 'bf16' or 'fp16' (fp16 scales the loss with a grad scaler, ``self.scaler``);
+    ``channels_last`` converts the images to that memory format (the model must be converted already).
+    The returned loss (the batch mean, float32) and logits (float32) are detached and stay on the device.
+    """
+
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        criterion: torch.nn.Module,
+        *,
+        device: torch.device,
+        amp: str = "off",
+        channels_last: bool = False,
+    ) -> None:
+        self.net = net
+        self.optimizer = optimizer
+        self.criterion = criterion
+        self.device = torch.device(device)
+        self.amp = amp
+        self.channels_last = bool(channels_last)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.amp):
+            logits = self.net(images)
+        logits = logits.float()
+        loss = self.criterion(logits, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler.is_enabled():
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        return loss.detach(), logits.detach()
