@@ -99,7 +99,39 @@ def test_file_overrides_preset_and_command_line_overrides_file(tmp_path):
     assert cfg.model.name == "wrn-28-10"  # from the preset
     assert cfg.optim.lr == 0.05 and cfg.model.dropout == 0.2  # from the file
     assert cfg.optim.batch_size == 32 and cfg.schedule.epochs == 3  # from the command line
-    assert cfg.schedule.milestones == [60, 120, 160]
+    assert cfg.schedule.milestones == [2]  # 0.3, 0.6, 0.8 of 3 epochs, merged, never before epoch 2
+
+
+@pytest.mark.parametrize(
+    ("preset", "overrides", "milestones"),
+    [
+        ("cifar10-wrn-28-10", {"schedule.epochs": 10}, [3, 6, 8]),  # 0.3, 0.6, 0.8 of the run
+        ("cifar10-wrn-28-10", {"schedule.epochs": 50}, [15, 30, 40]),
+        ("cifar10-wrn-28-10", {"schedule.epochs": 200}, [60, 120, 160]),
+        ("svhn-wrn-16-4", {"schedule.epochs": 16}, [8, 12]),  # SVHN: 0.5, 0.75
+        ("imagenet-wrn-50-2", {"schedule.epochs": 9}, [3, 6]),  # ImageNet: 31/90, 61/90
+        (
+            "cifar10-wrn-28-10",
+            {"schedule.epochs": 10, "schedule.milestones": [5, 8]},
+            [5, 8],
+        ),  # kept as given
+        ("cifar10-wrn-28-10", {"schedule.milestones": [50, 100]}, [50, 100]),
+        ("demo", {}, [15, 22, 27]),
+    ],
+)
+def test_epochs_without_milestones_scale_the_recipe_s_drops(preset, overrides, milestones):
+    cfg = build_config(preset, overrides=overrides)
+    assert cfg.schedule.milestones == milestones
+
+
+def test_a_file_s_epochs_scale_the_preset_s_milestones_and_its_own_are_kept(tmp_path):
+    path = tmp_path / "short.yaml"
+    path.write_text("extends: cifar10-wrn-16-4\nschedule:\n  epochs: 20\n")
+    assert build_config(config_file=path).schedule.milestones == [6, 12, 16]
+    path.write_text("extends: cifar10-wrn-16-4\nschedule:\n  epochs: 20\n  milestones: [10, 15]\n")
+    assert build_config(config_file=path).schedule.milestones == [10, 15]
+    # the file's own milestones were written for its 20 epochs; --epochs 40 moves them along
+    assert build_config(config_file=path, overrides={"schedule.epochs": 40}).schedule.milestones == [20, 30]
 
 
 def test_a_file_may_extend_a_preset(tmp_path):
@@ -170,3 +202,32 @@ def test_saved_yaml_round_trips_to_the_same_config():
     again = TrainConfig.model_validate(yaml.safe_load(dump_yaml(cfg)))
     assert again == cfg
     assert resolve(again, cuda_available=False) == cfg
+
+
+def test_a_preset_key_in_a_file_acts_as_extends(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("preset: demo\noptim:\n  lr: 0.05\n")
+    cfg = build_config(config_file=path)
+    assert (cfg.preset, cfg.model.name, cfg.dataset.name, cfg.optim.lr) == (
+        "demo",
+        "wrn-16-4",
+        "digits",
+        0.05,
+    )
+    path.write_text("preset: demo\nextends: cifar10-wrn-16-4\n")
+    with pytest.raises(ConfigError, match="two different recipes"):
+        build_config(config_file=path)
+
+
+def test_preset_and_a_file_extending_another_preset_are_refused(tmp_path):
+    path = tmp_path / "my.yaml"
+    path.write_text("extends: demo\n")
+    with pytest.raises(ConfigError, match="--preset cifar10-wrn-16-4 and the config file's 'extends: demo'"):
+        build_config("cifar10-wrn-16-4", path)
+    assert build_config("demo", path).preset == "demo"  # the same recipe twice is fine
+    assert build_config(config_file=path).preset == "demo"
+
+
+def test_unknown_preset_suggests_the_closest_names():
+    with pytest.raises(ConfigError, match="did you mean cifar10-wrn-16-4"):
+        build_config("cifar10-wrn-16-44")

@@ -9,6 +9,8 @@ the ``config.yaml`` saved with a run says exactly what ran.
 from __future__ import annotations
 
 import copy
+import difflib
+import math
 import re
 import typing
 from importlib import resources
@@ -215,39 +217,73 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _expand_extends(data: dict[str, Any], source: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Resolve an ``extends: NAME`` key naming a shipped preset or base file, recursively."""
-    parent = data.pop("extends", None)
-    if parent is None:
-        return data
-    if parent in seen:
-        raise ConfigError(f"{source} extends itself through {parent!r}; remove the cycle")
-    base = _preset_raw(str(parent), seen + (parent,))
-    return deep_merge(base, data)
+# One layer of a config: (the preset it is, or None for a file or overrides; its mapping without extends).
+_Layer = tuple[str | None, dict[str, Any]]
 
 
-def _preset_raw(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+def _parent_of(data: dict[str, Any], source: str) -> str | None:
+    """Pop the ``extends:`` key (``preset:`` means the same, as in a run's config.yaml) and return it."""
+    extends, preset = data.pop("extends", None), data.pop("preset", None)
+    if extends is not None and preset is not None and extends != preset:
+        raise ConfigError(
+            f"{source} has 'extends: {extends}' and 'preset: {preset}', two different recipes to start from; "
+            "keep one of them"
+        )
+    parent = extends if extends is not None else preset
+    if parent is not None and not isinstance(parent, str):
+        raise ConfigError(f"{source}: 'extends' must name a preset (see 'wrn presets'), not {parent!r}")
+    return parent
+
+
+def unknown_preset(name: str) -> ConfigError:
+    """The error for a preset name that does not exist, with the closest names as suggestions."""
+    close = difflib.get_close_matches(str(name), list(list_presets()), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(f"unknown preset {name!r}{hint} ('wrn presets' lists them)")
+
+
+def _preset_chain(name: str, seen: tuple[str, ...] = ()) -> list[_Layer]:
+    """The layers of a shipped preset, from the root base it extends to the preset itself."""
     entry = _presets_dir() / f"{name}.yaml"
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not entry.is_file():
-        close = [p for p in list_presets() if name.split("-")[0] in p][:5]
-        hint = f" (for example {', '.join(close)})" if close else ""
-        raise ConfigError(f"unknown preset {name!r}; run 'wrn presets' to list them{hint}")
-    return _expand_extends(_read_yaml(entry.read_text(), f"preset {name!r}"), f"preset {name!r}", seen)
+        raise unknown_preset(name)
+    data = _read_yaml(entry.read_text(), f"preset {name!r}")
+    parent = _parent_of(data, f"preset {name!r}")
+    if parent is None:
+        return [(name, data)]
+    if parent in seen or parent == name:
+        raise ConfigError(f"preset {name!r} extends itself through {parent!r}; remove the cycle")
+    return [*_preset_chain(parent, (*seen, name)), (name, data)]
+
+
+def _file_chain(path: str | Path) -> list[_Layer]:
+    """The layers of a config file: the presets it extends, then the file itself."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; pass the path of a YAML file")
+    source = f"config file {str(path)!r}"
+    data = _read_yaml(path.read_text(), source)
+    parent = _parent_of(data, source)
+    return [*(_preset_chain(parent) if parent is not None else []), (None, data)]
+
+
+def _merge_chain(chain: list[_Layer]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for _, layer in chain:
+        merged = deep_merge(merged, layer)
+    return merged
 
 
 def load_preset(name: str) -> dict[str, Any]:
     """The raw nested dict of a shipped preset (``extends`` resolved), with ``preset`` set to its name."""
-    data = _preset_raw(name)
+    data = _merge_chain(_preset_chain(name))
     data["preset"] = name
     return data
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist; pass the path of a YAML file")
-    data = _read_yaml(path.read_text(), f"config file {str(path)!r}")
-    return _expand_extends(data, f"config file {str(path)!r}")
+    """The raw nested dict of a config file, with the presets it extends merged in."""
+    return _merge_chain(_file_chain(path))
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
@@ -272,6 +308,20 @@ def _forget_data_choices(data: dict[str, Any], new_name: str | None, given: set[
             section.pop(key, None)
 
 
+def scale_milestones(milestones: list[int], from_epochs: int, to_epochs: int) -> list[int]:
+    """The recipe's lr drops moved to the same fractions of a run of ``to_epochs`` (60, 120, 160 of 200 ->
+    3, 6, 8 of 10). Milestones stay >= 2 (epoch 1 always runs at the initial rate); drops that land on the
+    same epoch merge."""
+    if from_epochs == to_epochs:
+        return list(milestones)
+    return sorted({max(2, math.floor(m * to_epochs / from_epochs + 0.5)) for m in milestones})
+
+
+def _schedule_of(data: dict[str, Any]) -> dict[str, Any]:
+    section = data.get("schedule")
+    return section if isinstance(section, dict) else {}
+
+
 def build_config(
     preset: str | None = None,
     config_file: str | Path | None = None,
@@ -279,23 +329,70 @@ def build_config(
 ) -> TrainConfig:
     """Merge defaults < preset < file < overrides (dotted keys such as ``optim.lr``) and validate.
 
+    A file may start from a preset with ``extends: NAME`` (or ``preset: NAME``, as every run's config.yaml
+    has); together with ``preset`` it must name the same one. The result's ``preset`` is the shipped preset
+    the run started from.
+
     A layer that switches to another data set without naming its augmentation or normalisation gets that
     data set's own (``--preset demo --dataset cifar10`` trains with CIFAR's flip-crop and constants, not the
     digits'), so a preset's data-specific choices never leak onto another data set.
+
+    A layer that changes the number of epochs without giving milestones moves the lr drops to the same
+    fractions of the new run (:func:`scale_milestones`): the paper's CIFAR drops sit at 0.3, 0.6 and 0.8 of
+    the run whether it lasts 200 epochs or 10. Milestones given in the same layer as the epochs are kept.
     """
-    data: dict[str, Any] = {}
-    if preset is not None:
-        data = deep_merge(data, load_preset(preset))
+    chain: list[_Layer] = _preset_chain(preset) if preset is not None else []
     if config_file is not None:
-        layer = load_file(config_file)
+        file_chain = _file_chain(config_file)
+        named = file_chain[-2][0] if len(file_chain) > 1 else None
+        if preset is not None and named is not None:
+            if named != preset:
+                raise ConfigError(
+                    f"--preset {preset} and the config file's 'extends: {named}' name two different recipes to "
+                    f"start from; drop --preset, or make the file extend {preset}"
+                )
+            chain = file_chain
+        else:
+            chain += file_chain
+    layer: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        set_dotted(layer, key, value)
+    if layer:
+        chain.append((None, layer))
+
+    defaults = ScheduleSection()
+    # The milestones in force, and the run length they were written for.
+    origin: dict[str, Any] = {"milestones": list(defaults.milestones), "epochs": defaults.epochs}
+    data: dict[str, Any] = {}
+    for _, layer in chain:
         section = layer.get("dataset") if isinstance(layer.get("dataset"), dict) else {}
         _forget_data_choices(data, section.get("name"), given=set(section))
         data = deep_merge(data, layer)
-    overrides = overrides or {}
-    given = {k.removeprefix("dataset.") for k in overrides if k.startswith("dataset.")}
-    _forget_data_choices(data, overrides.get("dataset.name"), given)
-    for key, value in overrides.items():
-        set_dotted(data, key, value)
+        if "milestones" in _schedule_of(layer):
+            origin["milestones"] = _schedule_of(data).get("milestones")
+            origin["epochs"] = _schedule_of(data).get("epochs", defaults.epochs)
+    public = [name for name, _ in chain if name is not None and not name.startswith("_")]
+    data["preset"] = public[-1] if public else None
+    cfg = validate(data)
+    epochs, from_epochs = cfg.schedule.epochs, origin["epochs"]
+    if (
+        cfg.schedule.name == "multistep"
+        and isinstance(from_epochs, int)
+        and 0 < from_epochs != epochs
+        and cfg.schedule.milestones == origin["milestones"]
+    ):
+        cfg.schedule.milestones = scale_milestones(cfg.schedule.milestones, from_epochs, epochs)
+    return cfg
+
+
+def with_epochs(cfg: TrainConfig, epochs: int) -> TrainConfig:
+    """``cfg`` shortened or lengthened to ``epochs``, its multistep milestones scaled along (as ``--epochs``)."""
+    data = cfg.to_dict()
+    if data["schedule"]["name"] == "multistep":
+        data["schedule"]["milestones"] = scale_milestones(
+            data["schedule"]["milestones"], data["schedule"]["epochs"], epochs
+        )
+    data["schedule"]["epochs"] = epochs
     return validate(data)
 
 
