@@ -196,3 +196,90 @@ def test_folder_bad_inputs(tmp_path):
             p.unlink()
     with pytest.raises(DataError, match="holds no images"):
         make_loaders("imagefolder", tmp_path, batch_size=2)
+
+
+# ------------------------------------------------------------------------- ImageNet: fb.resnet.torch's recipe
+
+
+def _fb_sized_crop_reference(img: Image.Image, size: int) -> Image.Image:
+    """fb.resnet.torch's RandomSizedCrop as its transforms.lua reads, drawing from torch's generator in the
+    order area, ratio, swap, y, x."""
+
+    def uniform(a, b):
+        return a + (b - a) * float(torch.rand(()))
+
+    width, height = img.size
+    for _ in range(10):
+        area = uniform(0.08, 1.0) * width * height
+        ratio = uniform(3 / 4, 4 / 3)  # uniform, not log-uniform as torchvision
+        w, h = int(np.floor(np.sqrt(area * ratio) + 0.5)), int(np.floor(np.sqrt(area / ratio) + 0.5))
+        if float(torch.rand(())) < 0.5:
+            w, h = h, w
+        if h <= height and w <= width:
+            y, x = int(torch.randint(0, height - h + 1, ())), int(torch.randint(0, width - w + 1, ()))
+            return img.crop((x, y, x + w, y + h)).resize((size, size), Image.BICUBIC)
+    raise AssertionError("the reference never falls back on these images")
+
+
+def test_imagenet_random_sized_crop_is_fb_resnet_torch_s():
+    from wrn.data.folder import FbRandomSizedCrop
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    for seed in range(40):
+        torch.manual_seed(seed)
+        ours = FbRandomSizedCrop(24)(img)
+        torch.manual_seed(seed)
+        assert np.array_equal(np.asarray(ours), np.asarray(_fb_sized_crop_reference(img, 24))), seed
+    assert ours.size == (24, 24)
+    # a crop that never fits falls back to scale + centre crop (fb.resnet.torch's CenterCrop rounds up)
+    thin = Image.fromarray(rng.integers(0, 256, (4, 300, 3), dtype=np.uint8))
+    out = FbRandomSizedCrop(8)(thin)
+    assert out.size == (8, 8)
+
+
+def test_imagenet_colour_jitter_runs_in_random_order_without_clamping():
+    from wrn.data.folder import FbColorJitter
+
+    img = torch.full((3, 4, 4), 250.0)
+    img[0, 0, 0] = 10.0
+    outs = []
+    for seed in range(30):
+        torch.manual_seed(seed)
+        outs.append(FbColorJitter(0.4, 0.4, 0.4)(img))
+    assert max(float(o.max()) for o in outs) > 255.0  # never clamped (torchvision's clamps each step)
+    # reference: the three blends of fb.resnet.torch in the drawn order
+    torch.manual_seed(7)
+    order = torch.randperm(3).tolist()
+    x = img.clone()
+    for which in order:
+        alpha = 1.0 + (-0.4 + 0.8 * float(torch.rand(())))
+        gray = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).unsqueeze(0)
+        target = 0.0 if which == 0 else (gray.mean() if which == 1 else gray)
+        x = x * alpha + (1 - alpha) * target
+    torch.testing.assert_close(outs[7], x)
+    orders = set()
+    for seed in range(30):
+        torch.manual_seed(seed)
+        orders.add(tuple(torch.randperm(3).tolist()))
+    assert len(orders) == 6  # every order happens
+
+
+def test_imagenet_keeps_the_last_partial_training_batch(tmp_path):
+    write_folder(tmp_path, classes=("n01", "n02"), per_class=5)  # 10 images, batches of 4: 4 + 4 + 2
+    train, _, info = make_loaders("imagenet", tmp_path, batch_size=4, image_size=32, workers=0)
+    assert not info.drop_last and len(train) == 3
+    assert [len(y) for _, y in train] == [4, 4, 2]
+    cifar_like, _, _ = make_loaders("imagefolder", tmp_path, batch_size=4, image_size=72, workers=0)
+    assert len(cifar_like) == 2  # the CIFAR recipe drops it
+
+
+def test_imagenet_evaluation_scales_the_short_side_then_crops_the_centre(tmp_path):
+    from wrn.data.folder import folder_transform
+
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    out = folder_transform(False, "imagenet", 28)(img)
+    assert out.shape == (3, 28, 28) and out.dtype == torch.uint8
+    scaled = img.resize((45, 32), Image.BICUBIC)  # 28 * 256/224 = 32; 70/50 * 32 = 44.8 -> 45
+    expected = np.asarray(scaled.crop((9, 2, 37, 30))).transpose(2, 0, 1)  # ceil((45-28)/2) = 9, ceil(2) = 2
+    assert np.array_equal(out.numpy(), expected)

@@ -42,22 +42,23 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from wrn.data import ensure_files
+    from wrn.data.arrays import made_for_download
     from wrn.errors import ConfigError
 
     if args.split and args.name != "svhn":
         raise ConfigError(f"--split applies to svhn only; {args.name} comes as one archive.")
     root = Path(args.root).expanduser()
     if args.action == "download":
-        root.mkdir(parents=True, exist_ok=True)
+        with made_for_download(root):
+            paths = ensure_files(args.name, root, download=True, verify=args.verify, files=args.split or None)
     elif not root.is_dir():
         from wrn.errors import DataError
 
         raise DataError(
             f"data root {root} does not exist: run `wrn data download {args.name} --root {root}` first."
         )
-    paths = ensure_files(
-        args.name, root, download=args.action == "download", verify=args.verify, files=args.split or None
-    )
+    else:
+        paths = ensure_files(args.name, root, download=False, verify=args.verify, files=args.split or None)
     state = "verified" if args.verify else "present (not verified)"
     for path in paths:
         print(f"{path}: {state}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -58,16 +59,36 @@ def load_arrays(
             f"{name} needs a data root: pass root=DIR (the folder that holds, or will hold, its files)."
         )
     root = Path(root).expanduser()
-    if not root.is_dir():
-        if not download:
-            raise DataError(
-                f"data root {root} does not exist: create it and put the {name} files there, or pass "
-                f"download=True to fetch them."
-            )
-        root.mkdir(parents=True, exist_ok=True)
-    if name in ("cifar10", "cifar100"):
-        return _load_cifar(name, root, split, download, verify, coarse)
-    return _load_svhn(root, split, download, verify)
+    if not root.is_dir() and not download:
+        raise DataError(
+            f"data root {root} does not exist: create it and put the {name} files there, or add "
+            f"--download (download=True in Python) to fetch them."
+        )
+    with made_for_download(root):
+        if name in ("cifar10", "cifar100"):
+            return _load_cifar(name, root, split, download, verify, coarse)
+        return _load_svhn(root, split, download, verify)
+
+
+@contextlib.contextmanager
+def made_for_download(root: Path):
+    """Create ``root`` (and missing parents) for a download; if the download fails, remove the folders this
+    made as long as they are still empty, so a failed download leaves nothing behind."""
+    made = []
+    for folder in [root, *root.parents]:
+        if folder.exists():
+            break
+        made.append(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        yield root
+    except BaseException:
+        for folder in made:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (a partial extraction is cleaned by its own code) or gone
+                break
+        raise
 
 
 # ---------------------------------------------------------------------------------------------------- files
@@ -94,8 +115,8 @@ def ensure_files(name: str, root: str | os.PathLike, download: bool = False, ver
             if not archive_path.is_file():
                 if not download:
                     raise DataError(
-                        f"{root / missing[0]} is missing: pass download=True (or run `wrn data download {name} "
-                        f"--root {root}`) to fetch {archive.url}, or put a hand-downloaded copy of "
+                        f"{root / missing[0]} is missing: add --download (download=True in Python), or run `wrn data download {name} "
+                        f"--root {root}`, to fetch {archive.url}, or put a hand-downloaded copy of "
                         f"{archive.filename} in {root}."
                     )
                 download_file(archive.url, archive_path, archive.md5 if verify else None)
@@ -122,7 +143,7 @@ def ensure_files(name: str, root: str | os.PathLike, download: bool = False, ver
             if not path.is_file():
                 if not download:
                     raise DataError(
-                        f"{path} is missing: pass download=True (or run `wrn data download svhn --root {root}`) "
+                        f"{path} is missing: add --download (download=True in Python), or run `wrn data download svhn --root {root}`, "
                         f"to fetch {remote.url}, or put a hand-downloaded copy at {path}."
                     )
                 download_file(remote.url, path, remote.md5 if verify else None)

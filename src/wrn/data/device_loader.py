@@ -8,8 +8,6 @@ are folded into the indices, so there is no per-sample Python work.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -188,23 +186,29 @@ class DeviceLoader(EpochLoader):
 
 
 def _imagenet_params(n: int, g: torch.Generator) -> dict:
-    """Per-sample parameters of random-resized crop (scale 0.08..1, ratio 3/4..4/3), jitter and lighting."""
+    """Per-sample parameters of fb.resnet.torch's augmentation: a random-sized crop (area 8-100%, aspect ratio
+    uniform in [3/4, 4/3], width and height swapped half the time), jitter factors 1 + U(-0.4, 0.4) for
+    brightness, contrast and saturation with a random order of the three, and PCA lighting 0.1."""
     area = torch.empty(n).uniform_(0.08, 1.0, generator=g)
-    log_ratio = torch.empty(n).uniform_(math.log(3 / 4), math.log(4 / 3), generator=g)
-    ratio = log_ratio.exp()
+    ratio = torch.empty(n).uniform_(3 / 4, 4 / 3, generator=g)
+    swap = torch.rand(n, generator=g) < 0.5
+    ratio = torch.where(swap, 1 / ratio, ratio)
+    # A crop that does not fit is clamped to the image (fb.resnet.torch draws again, up to 10 times).
     cw = (area * ratio).sqrt().clamp(max=1.0)  # crop width and height as fractions of the image
     ch = (area / ratio).sqrt().clamp(max=1.0)
     cx = torch.rand(n, generator=g) * (1 - cw) + cw / 2  # crop centre, 0..1
     cy = torch.rand(n, generator=g) * (1 - ch) + ch / 2
     jitter = torch.empty(n, 3).uniform_(0.6, 1.4, generator=g)  # brightness, contrast, saturation factors
+    order = torch.rand(n, 3, generator=g).argsort(1)  # the order the three are applied in
     lighting = torch.randn(n, 3, generator=g) * 0.1
-    return {"box": torch.stack([cx, cy, cw, ch], 1), "jitter": jitter, "lighting": lighting}
+    return {"box": torch.stack([cx, cy, cw, ch], 1), "jitter": jitter, "order": order, "lighting": lighting}
 
 
 def _imagenet_augment(x: torch.Tensor, p: dict, size: int) -> torch.Tensor:
-    """Random-resized crop + flip (one batched bilinear resampling), colour jitter and PCA lighting.
+    """Random-sized crop + flip (one batched bilinear resampling), colour jitter in each sample's order with
+    no clamping, and PCA lighting, as fb.resnet.torch.
 
-    ``x`` is float on the 0..255 scale; so is the result.
+    ``x`` is float on the 0..255 scale; so is the result (values may leave 0..255, as there).
     """
     b, c = x.shape[:2]
     cx, cy, cw, ch = p["box"].to(x.dtype).unbind(1)
@@ -214,18 +218,23 @@ def _imagenet_augment(x: torch.Tensor, p: dict, size: int) -> torch.Tensor:
     theta[:, 1, 1], theta[:, 1, 2] = ch, cy * 2 - 1
     grid = F.affine_grid(theta, [b, c, size, size], align_corners=False)
     x = F.grid_sample(x / 255, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    j = p["jitter"].to(x.dtype)
-    x = x * j[:, 0].view(-1, 1, 1, 1)
-    gray = x.mean(1, keepdim=True) if c == 1 else (x * _luma(x)).sum(1, keepdim=True)
-    x = (x - gray.mean((2, 3), keepdim=True)) * j[:, 1].view(-1, 1, 1, 1) + gray.mean((2, 3), keepdim=True)
+    factors = p["jitter"].to(x.dtype)
+    order = p.get("order")
+    if order is None:
+        order = torch.arange(3, device=x.device).expand(b, 3)
+    for position in range(3):
+        which = order[:, position].view(-1, 1, 1, 1)
+        alpha = factors.gather(1, order[:, position : position + 1]).view(-1, 1, 1, 1)
+        gray = x.mean(1, keepdim=True) if c == 1 else (x * _luma(x)).sum(1, keepdim=True)
+        target = torch.where(which == 1, gray.mean((2, 3), keepdim=True), gray)
+        target = torch.where(which == 0, torch.zeros_like(target), target)
+        x = x * alpha + (1 - alpha) * target
     if c == 3:
-        gray = (x * _luma(x)).sum(1, keepdim=True)
-        x = (x - gray) * j[:, 2].view(-1, 1, 1, 1) + gray
         eigval = torch.tensor(IMAGENET_EIGVAL, dtype=x.dtype, device=x.device)
         eigvec = torch.tensor(IMAGENET_EIGVEC, dtype=x.dtype, device=x.device)
         rgb = (p["lighting"].to(x.dtype) * eigval) @ eigvec.T  # [B, 3]
         x = x + rgb.view(b, 3, 1, 1)
-    return x.clamp_(0, 1).mul_(255)
+    return x.mul_(255)
 
 
 def _luma(x: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,7 @@ def check_md5(path: Path, expected: str, url: str, put_at: Path) -> None:
     if actual != expected:
         raise DataError(
             f"{path} fails its checksum (md5 {actual}, expected {expected}): it is corrupt or incomplete, so "
-            f"delete it and download {url} again (download=True or `wrn data download`), or put a "
+            f"delete it and download {url} again (--download, or `wrn data download`), or put a "
             f"hand-downloaded copy at {put_at}; pass verify=False only for a re-packed copy you trust."
         )
 

@@ -8,6 +8,7 @@ and then use the device-resident fast path.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -188,23 +189,135 @@ class Lighting:
         return img + rgb.view(3, 1, 1).to(img.dtype)
 
 
+def _round(x: float) -> int:
+    """Round half away from zero, as Torch7's ``torch.round``."""
+    return int(math.floor(x + 0.5)) if x >= 0 else -int(math.floor(-x + 0.5))
+
+
+def _uniform(low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand(()))
+
+
+class FbRandomSizedCrop:
+    """fb.resnet.torch's ``RandomSizedCrop`` (the paper's ImageNet recipe), on a PIL image.
+
+    Up to 10 tries: an area of 8-100% of the image and an aspect ratio drawn UNIFORMLY from [3/4, 4/3], width
+    and height swapped half the time; the first crop that fits is cut at a random place and resized to
+    ``size`` x ``size`` (bicubic). Else: the short side scaled to ``size``, then the centre crop. Draws from
+    torch's generator, so the loader's per-sample seeding makes it reproducible.
+    """
+
+    def __init__(self, size: int):
+        self.size = int(size)
+
+    def __call__(self, img):
+        from PIL import Image
+
+        width, height = img.size
+        for _ in range(10):
+            area = _uniform(0.08, 1.0) * width * height
+            ratio = _uniform(3 / 4, 4 / 3)
+            w, h = _round(math.sqrt(area * ratio)), _round(math.sqrt(area / ratio))
+            if float(torch.rand(())) < 0.5:
+                w, h = h, w
+            if h <= height and w <= width:
+                y = int(torch.randint(0, height - h + 1, ()))
+                x = int(torch.randint(0, width - w + 1, ()))
+                return img.crop((x, y, x + w, y + h)).resize((self.size, self.size), Image.BICUBIC)
+        return FbCenterCrop(self.size)(fb_scale(img, self.size))
+
+
+class FbScale:
+    """fb.resnet.torch's ``Scale``: the short side to ``size`` (bicubic), the aspect ratio kept."""
+
+    def __init__(self, size: int):
+        self.size = int(size)
+
+    def __call__(self, img):
+        return fb_scale(img, self.size)
+
+
+def fb_scale(img, size: int):
+    """The short side of a PIL image to ``size`` (bicubic), as fb.resnet.torch's ``Scale``."""
+    from PIL import Image
+
+    width, height = img.size
+    if (width <= height and width == size) or (height <= width and height == size):
+        return img
+    if width < height:
+        return img.resize((size, _round(height / width * size)), Image.BICUBIC)
+    return img.resize((_round(width / height * size), size), Image.BICUBIC)
+
+
+class FbCenterCrop:
+    """fb.resnet.torch's ``CenterCrop``: the offsets round up, ``ceil((W - size) / 2)``."""
+
+    def __init__(self, size: int):
+        self.size = int(size)
+
+    def __call__(self, img):
+        width, height = img.size
+        x, y = math.ceil((width - self.size) / 2), math.ceil((height - self.size) / 2)
+        return img.crop((x, y, x + self.size, y + self.size))
+
+
+class FbColorJitter:
+    """fb.resnet.torch's ``ColorJitter`` on a float image tensor [C, H, W] (any scale): brightness, contrast
+    and saturation, each a blend with factor ``1 + U(-v, v)``, applied in a random order and never clamped
+    (torchvision's clamps to the valid range after each step and draws the factors differently)."""
+
+    def __init__(self, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4):
+        self.amounts = (brightness, contrast, saturation)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        img = img.to(torch.float32)
+        for which in torch.randperm(3).tolist():
+            amount = self.amounts[which]
+            if amount == 0:
+                continue
+            alpha = 1.0 + _uniform(-amount, amount)
+            if which == 0:  # brightness: blend with black
+                img = img * alpha
+            else:
+                gray = _grayscale(img)
+                if which == 1:  # contrast: blend with the mean gray level
+                    gray = gray.mean()
+                img = img * alpha + (1 - alpha) * gray
+        return img
+
+
+def _grayscale(img: torch.Tensor) -> torch.Tensor:
+    if img.shape[0] != 3:
+        return img.mean(0, keepdim=True)
+    return (0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2]).unsqueeze(0)
+
+
 def folder_transform(train: bool, augment: str, size: int, pad: int = 4):
-    """The per-image transform of the DataLoader path; produces uint8 (or float 0..255 after lighting)."""
+    """The per-image transform of the DataLoader path; produces uint8 (float 0..255 for ``imagenet``).
+
+    ``imagenet`` follows fb.resnet.torch, which the paper's ImageNet runs used: training RandomSizedCrop,
+    ColorJitter(0.4, 0.4, 0.4) in random order without clamping, PCA lighting 0.1 and a flip; evaluation the
+    short side scaled to 256/224 of ``size`` (bicubic) and the centre crop.
+    """
     to_tensor = transforms.PILToTensor()
     if not train:
         if augment == "imagenet":
             return transforms.Compose(
-                [transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size), to_tensor]
+                [
+                    FbScale(_round(size * 256 / 224)),
+                    FbCenterCrop(size),
+                    to_tensor,
+                ]
             )
         return transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), to_tensor])
     if augment == "imagenet":
         return transforms.Compose(
             [
-                transforms.RandomResizedCrop(size),
-                transforms.ColorJitter(0.4, 0.4, 0.4),
-                transforms.RandomHorizontalFlip(),
+                FbRandomSizedCrop(size),
                 to_tensor,
+                FbColorJitter(0.4, 0.4, 0.4),
                 Lighting(0.1),
+                transforms.RandomHorizontalFlip(),
             ]
         )
     steps = [transforms.Resize(size), transforms.CenterCrop(size)]

@@ -95,7 +95,7 @@ def make_loaders(
     else:
         normalize = _constants_for(normalization, x_tr.shape[1])
     train = DeviceLoader(
-        x_tr, y_tr, batch_size, train=True, augment=augment, normalize=normalize, seed=seed, drop_last=True,
+        x_tr, y_tr, batch_size, train=True, augment=augment, normalize=normalize, seed=seed, drop_last=info.drop_last,
         image_size=image_size, **common,
     )  # fmt: skip
     test = DeviceLoader(x_te, y_te, eval_batch_size, train=False, normalize=normalize, seed=seed, **common)
@@ -140,8 +140,9 @@ def _folder_loaders(
         )
     normalize = _constants_for(normalization, 3)
     train = FolderLoader(
-        train_ds, bs, train=True, normalize=normalize, seed=seed, drop_last=True, workers=workers, **common
-    )
+        train_ds, bs, train=True, normalize=normalize, seed=seed, drop_last=info.drop_last, workers=workers,
+        **common,
+    )  # fmt: skip
     test = FolderLoader(
         test_ds, eval_bs, train=False, normalize=normalize, seed=seed, workers=workers, **common
     )

@@ -31,14 +31,51 @@ class DatasetInfo:
     augment: str  # default augmentation of the training loader
     device_resident: bool  # whether the whole set is kept on the training device (the fast path)
     classes: tuple[str, ...] | None = None  # class names, for folders
+    # The last partial training batch: dropped in the CIFAR/SVHN recipe, kept by fb.resnet.torch (ImageNet).
+    drop_last: bool = True
 
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+# The fine labels in their index order (alphabetical), as the archive's meta file lists them.
+CIFAR100_CLASSES = tuple(
+    """apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel
+    can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur
+    dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion
+    lizard lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear
+    pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark
+    shrew skunk skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone
+    television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm""".split()
+)
+DIGITS = tuple(str(d) for d in range(10))
 
 DATASETS: dict[str, DatasetInfo] = {
     "cifar10": DatasetInfo(
-        "cifar10", 10, 3, 32, "train", "test", ("train", "test"), "cifar10", "flip-crop", True
+        "cifar10",
+        10,
+        3,
+        32,
+        "train",
+        "test",
+        ("train", "test"),
+        "cifar10",
+        "flip-crop",
+        True,
+        classes=CIFAR10_CLASSES,
     ),
     "cifar100": DatasetInfo(
-        "cifar100", 100, 3, 32, "train", "test", ("train", "test"), "cifar10", "flip-crop", True
+        "cifar100",
+        100,
+        3,
+        32,
+        "train",
+        "test",
+        ("train", "test"),
+        "cifar10",
+        "flip-crop",
+        True,
+        classes=CIFAR100_CLASSES,
     ),
     "svhn": DatasetInfo(
         "svhn",
@@ -51,10 +88,23 @@ DATASETS: dict[str, DatasetInfo] = {
         "svhn",
         "none",
         True,
+        classes=DIGITS,  # label 10 of the files is digit 0
     ),
-    "digits": DatasetInfo("digits", 10, 1, 8, "train", "test", ("train", "test"), "digits", "none", True),
+    "digits": DatasetInfo(
+        "digits", 10, 1, 8, "train", "test", ("train", "test"), "digits", "none", True, classes=DIGITS
+    ),
     "imagenet": DatasetInfo(
-        "imagenet", 1000, 3, 224, "train", "val", ("train", "val"), "imagenet", "imagenet", False
+        "imagenet",
+        1000,
+        3,
+        224,
+        "train",
+        "val",
+        ("train", "val"),
+        "imagenet",
+        "imagenet",
+        False,
+        drop_last=False,
     ),
     "imagefolder": DatasetInfo(
         "imagefolder", None, 3, None, "train", "val", ("train", "val"), "imagenet", "flip-crop", False
@@ -130,3 +180,23 @@ SVHN_FILES: dict[str, RemoteFile] = {
     "test": RemoteFile(_SVHN_URL + "test_32x32.mat", "test_32x32.mat", "eb5a983be6a315427106f1b164d9cef3"),
     "extra": RemoteFile(_SVHN_URL + "extra_32x32.mat", "extra_32x32.mat", "a93ce644f1a588dc4d68dda5feec44a7"),
 }
+
+
+def preprocessing_record(info: DatasetInfo, normalization: str, augment: str) -> dict:
+    """What inference needs to feed a model trained on ``info``: the input's channels and size, the
+    normalisation ``(pixel - mean) / std`` on the 0..255 scale, the test transform and the class names.
+    Stored in a trained model's ``model.json`` (``metadata.input`` and ``metadata.classes``)."""
+    record = {
+        "channels": int(info.in_channels),
+        "size": int(info.image_size) if info.image_size else None,
+        "normalization": normalization,
+        # how an image of another size is brought to `size`: fb.resnet.torch's scale + centre crop for the
+        # ImageNet recipe, a resize of the short side + centre crop otherwise
+        "resize": "imagenet" if augment == "imagenet" else "short-side",
+    }
+    if normalization != "zca":
+        mean, std = normalization_constants(normalization)
+        if len(mean) != info.in_channels:
+            mean, std = (sum(mean) / len(mean),) * info.in_channels, (sum(std) / len(std),) * info.in_channels
+        record.update(mean=list(mean), std=list(std))
+    return record
