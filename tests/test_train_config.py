@@ -11,17 +11,17 @@ from wrn.errors import ConfigError
 from wrn.train.config import TrainConfig, build_config, dump_yaml, list_presets, resolve, validate
 
 PAPER_CIFAR = {
-    "wrn-40-4": None,
-    "wrn-16-8": None,
-    "wrn-28-10": None,
+    "wrn-40-4": 0.0,
+    "wrn-16-8": 0.0,
+    "wrn-28-10": 0.0,
     "wrn-28-10-dropout": 0.3,
-    "wrn-16-4": None,
+    "wrn-16-4": 0.0,
     "wrn-16-4-dropout": 0.3,
-    "wrn-52-1": None,
+    "wrn-52-1": 0.0,
     "wrn-52-1-dropout": 0.3,
     "wrn-40-10-dropout": 0.3,
-    "wrn-40-4-zca": None,
-    "wrn-28-10-zca": None,
+    "wrn-40-4-zca": 0.0,
+    "wrn-28-10-zca": 0.0,
 }
 
 
@@ -41,7 +41,7 @@ def test_every_preset_validates_resolves_and_has_a_description():
             assert cfg.model.name == model_part, name
             assert name.startswith(cfg.dataset.name + "-"), name
         assert (cfg.dataset.normalization == "zca") == name.endswith("-zca"), name
-        assert (cfg.model.dropout is not None) == name.endswith("-dropout"), name
+        assert (cfg.model.dropout > 0) == name.endswith("-dropout"), name
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])

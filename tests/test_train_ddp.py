@@ -36,7 +36,7 @@ DRIVER = textwrap.dedent(
 
         loop._Run.train_step = step
     try:
-        result = train(cfg, out)
+        result = train(cfg, out, verbose=True)
     except loop.Interrupted as exc:
         print("interrupted:", exc)
         sys.exit(0)

@@ -203,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
                 epochs=overrides.get("schedule.epochs"),
                 checkpoint_every=every,
                 progress=progress,
+                verbose=True,
             )
             return 0
         if (
@@ -215,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
                 "or both --model and --dataset"
             )
         cfg = build_config(args.preset, args.config, overrides)
-        train(cfg, args.out, checkpoint_every=every, progress=progress)
+        train(cfg, args.out, checkpoint_every=every, progress=progress, verbose=True)
         return 0
     except Interrupted as exc:
         print(f"wrn train: {exc}", file=sys.stderr)

@@ -57,6 +57,6 @@ def build_model(cfg: TrainConfig, info: Any) -> torch.nn.Module:
     in_channels = _info_get(info, "in_channels")
     if in_channels != 3:
         overrides["in_channels"] = in_channels
-    if cfg.model.dropout is not None:
+    if cfg.model.dropout:  # 0 or unset: the model's own default (no dropout; some families have none)
         overrides["dropout"] = cfg.model.dropout
     return wrn.create_model(cfg.model.name, num_classes=_info_get(info, "num_classes"), **overrides)

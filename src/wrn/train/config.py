@@ -109,12 +109,16 @@ class RunSection(_Section):
     seed: int = Field(default=0, ge=0)
     device: str = "auto"
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    # The test pass is the paper's measure and cheap: full precision unless asked otherwise.
+    eval_amp: Literal["off", "bf16", "fp16"] = "off"
     compile: bool = False
     channels_last: bool | None = None
     sync_bn: bool = False
     deterministic: bool = False
     checkpoint_every_minutes: float | None = Field(default=10.0, gt=0)
     checkpoint_every_steps: int | None = Field(default=None, gt=0)
+    # Every this many steps: the NaN check and the per-step TensorBoard scalars (one host sync each).
+    log_every_steps: int = Field(default=50, gt=0)
     progress: bool = True
 
     @field_validator("device")
@@ -125,6 +129,16 @@ class RunSection(_Section):
         return value
 
 
+class ProvenanceSection(_Section):
+    """What ran the run (filled in by ``wrn train``; ignored when a run's config.yaml is reused)."""
+
+    wrn: str | None = None
+    torch: str | None = None
+    cuda: str | None = None
+    python: str | None = None
+    command: str | None = None
+
+
 class TrainConfig(_Section):
     preset: str | None = None
     description: str = ""
@@ -133,6 +147,7 @@ class TrainConfig(_Section):
     optim: OptimSection = Field(default_factory=OptimSection)
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
     run: RunSection = Field(default_factory=RunSection)
+    provenance: ProvenanceSection = Field(default_factory=ProvenanceSection)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict of str/int/float/bool/None/list: safe in YAML and in a weights_only checkpoint."""
@@ -311,10 +326,11 @@ def _forget_data_choices(data: dict[str, Any], new_name: str | None, given: set[
 def scale_milestones(milestones: list[int], from_epochs: int, to_epochs: int) -> list[int]:
     """The recipe's lr drops moved to the same fractions of a run of ``to_epochs`` (60, 120, 160 of 200 ->
     3, 6, 8 of 10). Milestones stay >= 2 (epoch 1 always runs at the initial rate); drops that land on the
-    same epoch merge."""
+    same epoch merge, and drops past the end of the run (a run of 1 epoch) are left out."""
     if from_epochs == to_epochs:
         return list(milestones)
-    return sorted({max(2, math.floor(m * to_epochs / from_epochs + 0.5)) for m in milestones})
+    scaled = {max(2, math.floor(m * to_epochs / from_epochs + 0.5)) for m in milestones}
+    return sorted(m for m in scaled if m <= to_epochs)
 
 
 def _schedule_of(data: dict[str, Any]) -> dict[str, Any]:
@@ -418,10 +434,12 @@ def resolve(cfg: TrainConfig, *, cuda_available: bool | None = None) -> TrainCon
         raise ConfigError("device 'mps' was asked for but is not available here; use --device cpu")
     if run.amp == "auto":
         run.amp = "bf16" if kind == "cuda" else "off"
-    if run.amp == "fp16" and kind != "cuda":
-        raise ConfigError(
-            f"--amp fp16 needs a CUDA GPU but the device is {run.device!r}; use --amp bf16 or off"
-        )
+    for option, value in (("--amp", run.amp), ("--eval-amp", run.eval_amp)):
+        if value == "fp16" and kind != "cuda":
+            raise ConfigError(
+                f"{option} fp16 needs a CUDA GPU but the device is {run.device!r}; use {option} off (fp32: on "
+                "most CPUs bf16 is slower than fp32)"
+            )
     if run.channels_last is None:
         run.channels_last = kind == "cuda"
     if run.sync_bn and kind != "cuda":
@@ -431,6 +449,12 @@ def resolve(cfg: TrainConfig, *, cuda_available: bool | None = None) -> TrainCon
     # Unset augmentation / normalisation: the data set's own defaults (spec section 4; CIFAR-100 uses the
     # CIFAR-10 constants, as the authors' code does).
     defaults = dataset_info(data.name)
+    if data.image_size is None and data.name not in ("imagefolder",):
+        data.image_size = defaults.image_size  # image folders: set from the images once they are read
+    if cfg.optim.eval_batch_size is None:
+        cfg.optim.eval_batch_size = 2 * cfg.optim.batch_size  # no activations kept: twice the batch fits
+    if cfg.model.dropout is None:
+        cfg.model.dropout = 0.0
     if data.augment is None:
         data.augment = defaults.augment
     if data.normalization is None:

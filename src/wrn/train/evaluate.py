@@ -24,7 +24,9 @@ def evaluate(
     channels_last: bool = False,
     dist_info: DistInfo | None = None,
 ) -> dict[str, float]:
-    """Cross-entropy (no label smoothing), accuracy and error in percent over every batch of ``loader``.
+    """Cross-entropy (no label smoothing), accuracy and error in percent over every batch of ``loader``;
+    with more than 10 classes also the top-5 accuracy and error (``top5``, ``top5_error``), as the paper's
+    ImageNet tables report.
 
     Under DDP each rank evaluates its shard and the sums are added over ranks.
     """
@@ -34,6 +36,8 @@ def evaluate(
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     count = torch.zeros((), dtype=torch.int64, device=device)
+    top5 = torch.zeros((), dtype=torch.int64, device=device)
+    classes = 0
     with torch.inference_mode():
         for images, labels in loader:
             images = images.to(device, non_blocking=True)
@@ -46,20 +50,20 @@ def evaluate(
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
             correct += (logits.argmax(1) == labels).sum()
             count += labels.numel()
-    sums = torch.stack([loss_sum, correct.double(), count.double()])
+            classes = logits.shape[1]
+            if classes > 10:
+                top5 += (logits.topk(5, dim=1).indices == labels[:, None]).any(1).sum()
+    sums = torch.stack([loss_sum, correct.double(), count.double(), top5.double()])
     all_reduce_sum(dist_info or DistInfo(), sums)
-    loss_total, correct_total, n = sums.tolist()
+    loss_total, correct_total, n, top5_total = sums.tolist()
     model.train(was_training)
     if n == 0:
         return {"loss": float("nan"), "acc": float("nan"), "error": float("nan"), "n": 0, "time": 0.0}
     acc = 100.0 * correct_total / n
-    return {
-        "loss": loss_total / n,
-        "acc": acc,
-        "error": 100.0 - acc,
-        "n": int(n),
-        "time": time.perf_counter() - start,
-    }
+    result = {"loss": loss_total / n, "acc": acc, "error": 100.0 - acc}
+    if classes > 10:
+        result.update(top5=100.0 * top5_total / n, top5_error=100.0 - 100.0 * top5_total / n)
+    return {**result, "n": int(n), "time": time.perf_counter() - start}
 
 
 def _read_run_data(path: Path) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -27,16 +28,15 @@ from wrn.errors import CheckpointError, ConfigError, WRNError
 from wrn.train import checkpoint as ckpt
 from wrn.train import distributed as D
 from wrn.train import recipe
-from wrn.train.build import build_loaders, build_model
-from wrn.train.config import TrainConfig, dump_yaml, resolve, validate
+from wrn.train.build import _info_get, build_loaders, build_model
+from wrn.train.config import TrainConfig, dump_yaml, resolve, validate, with_epochs
 from wrn.train.evaluate import evaluate
+from wrn.train.precision import PRECISION_NAMES, amp_warning
 from wrn.train.step import TrainStep
 
 CONFIG_NAME = "config.yaml"
 # Under DDP, ranks agree every this many steps on stopping (signal), time-based checkpoints and bad losses.
 DIST_SYNC_EVERY = 10
-# Single process: how often the device-side "loss was not finite" flag is read back (one host sync).
-FINITE_CHECK_EVERY = 50
 
 
 class NonFiniteLoss(WRNError):
@@ -72,7 +72,36 @@ def default_out_dir(cfg: TrainConfig, root: str | Path = "runs") -> Path:
     return path
 
 
+# What a run writes before its first checkpoint: a folder holding only these has nothing worth keeping.
+_BEFORE_FIRST_CHECKPOINT = (CONFIG_NAME, "metrics.jsonl", "tensorboard")
+
+
+def unstarted_run(path: Path) -> bool:
+    """A run directory killed before its first checkpoint: a config.yaml, no checkpoint.pt, nothing else
+    but an empty metrics file, TensorBoard events or a torn checkpoint temporary."""
+    if not path.is_dir() or not (path / CONFIG_NAME).is_file() or (path / ckpt.CHECKPOINT_NAME).exists():
+        return False
+    for entry in path.iterdir():
+        if entry.name.startswith(f".{ckpt.CHECKPOINT_NAME}.") and entry.name.endswith(".tmp"):
+            continue
+        if entry.name not in _BEFORE_FIRST_CHECKPOINT:
+            return False
+    metrics = path / "metrics.jsonl"
+    return not metrics.exists() or not metrics.read_text(encoding="utf-8", errors="replace").strip()
+
+
+def clear_unstarted(path: Path) -> None:
+    """Remove what a run killed before its first checkpoint left, so it starts afresh."""
+    import shutil
+
+    if unstarted_run(path):
+        for entry in path.iterdir():
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
 def check_new_out_dir(out: Path) -> None:
+    if unstarted_run(out):
+        return  # killed before its first checkpoint: it starts afresh
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         what = "a run directory" if (out / ckpt.CHECKPOINT_NAME).exists() else "not empty"
         hint = f"continue it with 'wrn train --resume {out}' or " if what == "a run directory" else ""
@@ -148,6 +177,9 @@ class _Run:
         self.step = 0
         self.global_step = 0
         self.last_record: dict[str, Any] = {}
+        self.logger = None  # the RunLogger, for per-step scalars
+        # Where the last read-back of the device sums left off: (time, epoch, images seen, loss sum).
+        self._last_read = (time.perf_counter(), 0, 0, 0.0)
 
     # ------------------------------------------------------------------ setup
     def build(self, train_loader, test_loader, info, model: torch.nn.Module) -> None:
@@ -273,6 +305,7 @@ class _Run:
         self.train_time = float(sums["train_time"])
         self.epoch_lr = state["schedule"].get("epoch_lr")
         self._rng_to_restore = mine["rng"]
+        self._last_read = (time.perf_counter(), self.epoch, self.seen, float(self.loss_sum))
 
     # ------------------------------------------------------------------ training
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -298,10 +331,13 @@ class _Run:
             and time.monotonic() - self._last_save >= 60.0 * run.checkpoint_every_minutes
         )
         stop = signals.signum is not None
+        read_now = self.global_step % run.log_every_steps == 0
         if not self.dist.enabled:
-            if self.global_step % FINITE_CHECK_EVERY == 0:
-                self.check_finite()
+            if read_now:
+                self.read_back()
             return stop, by_steps or by_time
+        if read_now and self.is_main:
+            self.read_back(check=False)  # the ranks check their losses together below
         if self.global_step % DIST_SYNC_EVERY:
             return False, by_steps  # steps are counted alike on every rank
         flags = torch.tensor(
@@ -314,6 +350,27 @@ class _Run:
         if bad:
             self.check_finite()
         return stop, by_steps or by_time
+
+    def read_back(self, check: bool = True) -> None:
+        """Every ``run.log_every_steps`` steps: one host sync reads the device-side sums, checks that every
+        loss since the last read was finite, and logs the mean loss, the lr and the images/s of the steps
+        since then as per-step TensorBoard scalars."""
+        bad, loss_sum = torch.stack([self.bad.double(), self.loss_sum]).tolist()
+        if check and bad:
+            self.check_finite()
+        now = time.perf_counter()
+        then, epoch, seen, loss_before = self._last_read
+        if epoch != self.epoch:  # the sums restarted with this epoch
+            seen, loss_before = 0, 0.0
+        images = self.seen - seen
+        if self.logger is not None and images > 0:
+            self.logger.log_step(
+                self.global_step,
+                loss=(loss_sum - loss_before) / images,
+                lr=self.optimizer.param_groups[0]["lr"],
+                images_per_s=images * self.dist.world_size / (now - then) if now > then else None,
+            )
+        self._last_read = (now, self.epoch, self.seen, loss_sum)
 
     def interrupt(self, signals: _Signals, save: bool = True) -> None:
         if save:
@@ -383,7 +440,7 @@ class _Run:
             self.net,
             self.test_loader,
             self.device,
-            amp=self.cfg.run.amp,
+            amp=self.cfg.run.eval_amp,
             channels_last=self.cfg.run.channels_last,
             dist_info=self.dist,
         )
@@ -401,13 +458,17 @@ class _Run:
             "test_loss": test["loss"],
             "test_acc": test["acc"],
             "test_error": test["error"],
+            **({"test_top5": test["top5"], "test_top5_error": test["top5_error"]} if "top5" in test else {}),
             "n_parameters": self.n_parameters,
             "train_time": self.train_time,
             "test_time": test["time"],
             "images_per_s": seen_total / self.train_time if self.train_time > 0 else None,
+            "train_precision": PRECISION_NAMES[self.cfg.run.amp],
+            "test_precision": PRECISION_NAMES[self.cfg.run.eval_amp],
         }
         self.last_record = record
-        if self.is_main:
+        self._last_read = (time.perf_counter(), self.epoch, 0, 0.0)
+        if self.is_main and self.verbose:
             print(format_epoch_summary(self.epoch, self.epochs, record), flush=True)
         return record
 
@@ -418,67 +479,184 @@ def _resolve_device(cfg: TrainConfig, dist_info: D.DistInfo) -> torch.device:
     return torch.device(cfg.run.device)
 
 
+def _say(verbose: bool, text: str) -> None:
+    if verbose:
+        print(text, flush=True)
+
+
+def _warn(verbose: bool, text: str) -> None:
+    """A warning: one stderr line for the command line, a :class:`UserWarning` from Python."""
+    if verbose:
+        print(f"warning: {text}", file=sys.stderr, flush=True)
+    else:
+        warnings.warn(text, UserWarning, stacklevel=3)
+
+
+def _provenance() -> dict[str, Any]:
+    import platform
+    import shlex
+
+    import wrn
+
+    return {
+        "wrn": wrn.__version__,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else None,
+    }
+
+
+def _config_edits(out_dir: Path, saved: dict[str, Any]) -> list[str]:
+    """Dotted keys where the run's config.yaml differs from the config its checkpoint was written with."""
+    import yaml
+
+    path = out_dir / CONFIG_NAME
+    try:
+        on_disk = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    if not isinstance(on_disk, dict):
+        return ["(the whole file)"]
+    ignored = {"provenance", "run.progress", "run.checkpoint_every_minutes", "run.checkpoint_every_steps"}
+
+    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(node, dict):
+            return {prefix: node}
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(flat(value, f"{prefix}{key}."))
+        return out
+
+    a, b = flat(on_disk), flat(saved)
+    keys = sorted(k.rstrip(".") for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return [k for k in keys if k not in ignored and k.split(".")[0] not in ignored]
+
+
 def train(
-    cfg: TrainConfig | dict[str, Any],
+    cfg: TrainConfig | dict[str, Any] | None,
     out: str | Path | None = None,
     *,
     resume: str | Path | None = None,
     epochs: int | None = None,
     checkpoint_every: dict[str, Any] | None = None,
     progress: bool | None = None,
+    verbose: bool = False,
 ) -> TrainResult:
     """Train from ``cfg`` into ``out`` (a new directory), or continue the run in ``resume``.
 
     With ``resume``, ``cfg`` is ignored (pass ``None``): the run's saved config is used, and only ``epochs``
-    (to extend a finished run), ``checkpoint_every`` (``{'checkpoint_every_minutes': .., 'checkpoint_every_steps': ..}``)
-    and ``progress`` may change. Bad input raises a :class:`wrn.errors.WRNError` before anything is written.
+    (to extend a run), ``checkpoint_every`` (``{'checkpoint_every_minutes': .., 'checkpoint_every_steps': ..}``)
+    and ``progress`` may change. A run directory that never reached its first checkpoint starts afresh from its
+    config.yaml; a finished run is left as it is. ``epochs`` for a new run scales the multistep milestones
+    along, as ``--epochs`` does. ``verbose`` prints the header, one line per epoch and a progress display (the
+    command line's output); the returned model is in eval mode. Bad input raises a
+    :class:`wrn.errors.WRNError` before anything is written.
     """
     state = None
+    fresh_dir = None  # a run directory killed before its first checkpoint, to start afresh
     if resume is not None:
         out_dir = Path(resume)
-        state = ckpt.load(out_dir)
-        base = validate(state["config"]).to_dict()
-        if epochs is not None and epochs != base["schedule"]["epochs"]:
+        if unstarted_run(out_dir):
+            cfg = _read_config_yaml(out_dir)
+            fresh_dir = out_dir
+            _say(
+                verbose,
+                f"{out_dir} never reached its first checkpoint: starting it afresh from its {CONFIG_NAME}",
+            )
+        else:
+            state = ckpt.load(out_dir)
+            base = validate(state["config"]).to_dict()
             done = int(state["epoch"])
-            if epochs < max(done, 1) or (epochs == done and state["step"]):
-                raise ConfigError(
-                    f"--epochs {epochs} is fewer than the {done} epochs this run has already trained; "
-                    f"give at least {max(done, 1)}"
+            # (killed after its last checkpoint but before writing the model: it still needs finishing)
+            finished = (
+                done >= base["schedule"]["epochs"]
+                and not state["step"]
+                and (out_dir / "model.json").is_file()
+            )
+            if finished and (epochs is None or epochs == base["schedule"]["epochs"]):
+                return _already_complete(out_dir, state, verbose)
+            if epochs is not None and epochs != base["schedule"]["epochs"]:
+                if epochs < max(done, 1) or (epochs == done and state["step"]):
+                    raise ConfigError(
+                        f"--epochs {epochs} is fewer than the {done} epochs this run has already trained; "
+                        f"give at least {max(done, 1)}"
+                    )
+                if base["schedule"]["name"] == "cosine":
+                    raise ConfigError(
+                        "a cosine schedule cannot be extended on resume (its rate is already annealed towards 0); "
+                        "start a new run with the longer schedule instead"
+                    )
+                base["schedule"]["epochs"] = epochs
+            edits = _config_edits(out_dir, state["config"])
+            if edits:
+                kept = out_dir / "config.edited.yaml"
+                os.replace(out_dir / CONFIG_NAME, kept)
+                _warn(
+                    verbose,
+                    f"{out_dir / CONFIG_NAME} was edited ({', '.join(edits[:6])}); a run continues with the "
+                    f"config it started with, so these edits are ignored (your file is kept as {kept.name}); "
+                    f"to train longer, use --resume {out_dir} --epochs N",
                 )
-            if base["schedule"]["name"] == "cosine":
-                raise ConfigError(
-                    "a cosine schedule cannot be extended on resume (its rate is already annealed towards 0); "
-                    "start a new run with the longer schedule instead"
-                )
-            base["schedule"]["epochs"] = epochs
-        cfg = validate(base)
+            cfg = validate(base)
     else:
         if cfg is None:
             raise ConfigError("train() needs a config, or resume=RUN_DIR to continue a run")
         cfg = cfg if isinstance(cfg, TrainConfig) else validate(cfg)
         if epochs is not None:
-            cfg = validate({**cfg.to_dict(), "schedule": {**cfg.schedule.model_dump(), "epochs": epochs}})
+            cfg = with_epochs(cfg, epochs)
     run_updates: dict[str, Any] = dict(checkpoint_every or {})
     if progress is not None:
         run_updates["progress"] = progress
+    if not verbose:
+        run_updates["progress"] = False
     if run_updates:
         cfg = validate({**cfg.to_dict(), "run": {**cfg.run.model_dump(), **run_updates}})
     cfg = resolve(cfg)
+    if state is None:  # a new run records what runs it; a resumed one keeps what started it
+        cfg = validate({**cfg.to_dict(), "provenance": _provenance()})
 
     device_kind = cfg.run.device.split(":")[0]
     dist_info = D.setup(device_kind)
     try:
-        return _train(cfg, out, state, resume, dist_info)
+        return _train(cfg, fresh_dir or out, state, resume if state is not None else None, dist_info, verbose)
     finally:
         D.teardown()
 
 
-def _train(cfg, out, state, resume, dist_info: D.DistInfo) -> TrainResult:
+def _read_config_yaml(out_dir: Path) -> TrainConfig:
+    import yaml
+
+    path = out_dir / CONFIG_NAME
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        raise ConfigError(f"{path} is not valid YAML; fix it or start a new run with 'wrn train'") from None
+    return validate(data)
+
+
+def _already_complete(out_dir: Path, state: dict[str, Any], verbose: bool) -> TrainResult:
+    """``--resume`` of a finished run: say so and touch nothing."""
+    import wrn
+
+    epochs = int(state["epoch"])
+    last = dict(state.get("last_record") or {})
+    error = f" (test error {last['test_error']:.2f}%)" if isinstance(last.get("test_error"), float) else ""
+    _say(
+        verbose,
+        f"{out_dir} is complete: {epochs} of {epochs} epochs trained{error}; nothing to do. To train it longer: "
+        f"wrn train --resume {out_dir} --epochs N (N > {epochs})",
+    )
+    return TrainResult(out_dir=out_dir, model=wrn.load_model(out_dir), last=last)
+
+
+def _train(cfg, out, state, resume, dist_info: D.DistInfo, verbose: bool) -> TrainResult:
     device = _resolve_device(cfg, dist_info)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     _set_threads(device, dist_info)
     _set_determinism(cfg)
+    verbose = verbose and dist_info.is_main
 
     # The output directory: decided (and checked) on rank 0, before anything is built or written.
     if state is None:
@@ -497,12 +675,15 @@ def _train(cfg, out, state, resume, dist_info: D.DistInfo) -> TrainResult:
 
     _seed_all(cfg.run.seed)
     train_loader, test_loader, info = build_loaders(cfg, device, dist_info)
+    if cfg.dataset.image_size is None:  # an image folder: the size its images were read at
+        cfg.dataset.image_size = int(_info_get(info, "image_size"))
     _seed_all(cfg.run.seed)  # the model's initial weights depend on the seed only
     model = build_model(cfg, info)
     if dist_info.enabled:  # different dropout masks per rank
         _seed_all(cfg.run.seed + 1_000_003 * dist_info.rank)
 
     run = _Run(cfg, out_dir, dist_info, device)
+    run.verbose = verbose
     run.build(train_loader, test_loader, info, model)
     if state is not None:
         run.restore(state)
@@ -512,6 +693,8 @@ def _train(cfg, out, state, resume, dist_info: D.DistInfo) -> TrainResult:
     from wrn.train.logging import RunLogger
 
     if dist_info.is_main:
+        if resume is None:
+            clear_unstarted(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         ckpt.remove_stale_temporaries(out_dir)
         from wrn.atomic import atomic_write_text
@@ -519,17 +702,22 @@ def _train(cfg, out, state, resume, dist_info: D.DistInfo) -> TrainResult:
         atomic_write_text(out_dir / CONFIG_NAME, dump_yaml(cfg))
     logger_kwargs = {"resume_epoch": run.epoch} if resume is not None else {}
     logger = RunLogger(out_dir, enabled=dist_info.is_main, **logger_kwargs)
+    run.logger = logger
     if dist_info.is_main:
+        for text in [*recipe.warnings_for(cfg.schedule), amp_warning(device, cfg.run.amp)]:
+            if text:
+                _warn(verbose, text)
         where = "continuing" if resume is not None else "run directory"
         at = f" at epoch {run.epoch + 1}, step {run.step}" if resume is not None else ""
-        print(
+        epochs = f"{cfg.schedule.epochs} epoch{'s' if cfg.schedule.epochs != 1 else ''}"
+        _say(
+            verbose,
             f"{where}: {out_dir}{at}\n"
             f"model {cfg.model.name} ({run.n_parameters:,} parameters) on {cfg.dataset.name}, "
-            f"{cfg.schedule.epochs} epochs of {run.steps_per_epoch} steps, batch {cfg.optim.batch_size}, "
-            f"device {device}"
+            f"{epochs} of {run.steps_per_epoch} steps, batch {cfg.optim.batch_size}, "
+            f"{recipe.describe(cfg.schedule, cfg.optim.lr)}, device {device}"
             + (f" x {dist_info.world_size} processes" if dist_info.enabled else "")
             + f", amp {cfg.run.amp}",
-            flush=True,
         )
 
     run._last_save = time.monotonic()
@@ -550,21 +738,26 @@ def _train(cfg, out, state, resume, dist_info: D.DistInfo) -> TrainResult:
         logger.close()
 
     if dist_info.is_main:
-        _finish(run, out_dir)
-    return TrainResult(out_dir=out_dir, model=run.model, last=run.last_record)
+        _finish(run, out_dir, verbose)
+    return TrainResult(out_dir=out_dir, model=run.model.eval(), last=run.last_record)
 
 
-def _finish(run: _Run, out_dir: Path) -> None:
+def _finish(run: _Run, out_dir: Path, verbose: bool) -> None:
     import wrn
+    from wrn.data.registry import preprocessing_record
 
+    data, info = run.cfg.dataset, run.info
+    classes = list(info.classes) if info.classes else None
     wrn.save_model(
         run.model,
         out_dir,
         metadata={
-            "dataset": run.cfg.dataset.name,
-            "normalization": run.cfg.dataset.normalization,
+            "dataset": data.name,
+            "normalization": data.normalization,
             "epochs": run.epoch,
             "test_error": run.last_record.get("test_error"),
+            "input": preprocessing_record(info, data.normalization, data.augment),
+            "classes": classes,
         },
     )
     try:
@@ -572,13 +765,13 @@ def _finish(run: _Run, out_dir: Path) -> None:
 
         plot_run(out_dir)
     except Exception as exc:  # the weights are saved; a figure is not worth failing the run for
-        print(f"warning: could not draw curves.png ({exc})", file=sys.stderr)
+        _warn(verbose, f"could not draw curves.png ({exc})")
     last = run.last_record
     if last:
-        print(
+        _say(
+            verbose,
             f"done: test error {last['test_error']:.2f}% (accuracy {last['test_acc']:.2f}%) after "
             f"{run.epoch} epochs; model and curves in {out_dir}",
-            flush=True,
         )
 
 

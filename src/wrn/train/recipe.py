@@ -69,3 +69,28 @@ def start_epoch(
     lr = lr_at(schedule, base_lr, epoch, 0, steps_per_epoch)
     set_lr(optimizer, lr)
     return lr
+
+
+def describe(schedule: ScheduleSection, base_lr: float) -> str:
+    """The schedule in a few words: ``lr 0.1, x0.2 at epochs 60, 120, 160 of 200``."""
+    if schedule.name == "cosine":
+        return f"lr {base_lr:g}, cosine to 0 over {schedule.epochs} epochs"
+    if not schedule.milestones:
+        return f"lr {base_lr:g} for all {schedule.epochs} epochs"
+    at = ", ".join(str(m) for m in schedule.milestones)
+    return f"lr {base_lr:g}, x{schedule.gamma:g} at epochs {at} of {schedule.epochs}"
+
+
+def warnings_for(schedule: ScheduleSection) -> list[str]:
+    """Milestones that will not act as intended: at the last epoch (one epoch at the lowered rate) or past it."""
+    if schedule.name != "multistep":
+        return []
+    late = [m for m in schedule.milestones if m >= schedule.epochs]
+    if not late:
+        return []
+    listed = ", ".join(str(m) for m in late)
+    return [
+        f"lr milestone{'s' if len(late) > 1 else ''} {listed} at or past the last epoch ({schedule.epochs}): "
+        "that drop changes at most the last epoch; give --milestones inside the run, or leave them out and "
+        "--epochs scales the recipe's"
+    ]

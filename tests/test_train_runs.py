@@ -1,0 +1,134 @@
+"""What a run folder says and how `wrn train` treats an existing one: the schedule it prints, the fully resolved
+config.yaml with its provenance, runs killed before their first checkpoint, finished runs, edited configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+SMALL = ["--preset", "demo", "--model", "wrn-10-1", "--no-progress"]
+
+
+def wrn_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "wrn", *args], env=ENV, capture_output=True, text=True, timeout=300, cwd=cwd
+    )
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One finished 2-epoch run, shared by the tests that only read it or must leave it unchanged."""
+    run = tmp_path_factory.mktemp("runs") / "done"
+    proc = wrn_cli("train", *SMALL, "--epochs", "2", "--out", str(run))
+    assert proc.returncode == 0, proc.stderr
+    return run, proc
+
+
+def test_the_header_prints_the_scaled_schedule(finished):
+    _, proc = finished
+    # the demo's 15, 22, 27 of 30 epochs, scaled to a 2-epoch run: one drop, at epoch 2 (with a warning)
+    assert "lr 0.1, x0.2 at epochs 2 of 2" in proc.stdout
+    assert "warning: lr milestone 2 at or past the last epoch (2)" in proc.stderr
+
+
+def test_config_yaml_holds_every_value_that_ran_and_what_ran_it(finished):
+    run, _ = finished
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    nulls = [
+        f"{section}.{key}"
+        for section, values in config.items()
+        if isinstance(values, dict)
+        for key, value in values.items()
+        if value is None and key not in ("checkpoint_every_steps",)  # None = "off" is a value there
+    ]
+    assert nulls == []
+    assert config["model"]["dropout"] == 0.0
+    assert config["optim"]["eval_batch_size"] == 128  # twice the training batch of 64
+    assert config["dataset"]["image_size"] == 8
+    assert config["schedule"]["milestones"] == [2]
+    assert config["run"]["eval_amp"] == "off"
+    import torch
+
+    import wrn
+
+    prov = config["provenance"]
+    assert (prov["wrn"], prov["torch"]) == (wrn.__version__, torch.__version__)
+    assert prov["command"].startswith("wrn train --preset demo") or "wrn" in prov["command"]
+    assert "--epochs 2" in prov["command"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {(r["train_precision"], r["test_precision"]) for r in records} == {("fp32", "fp32")}
+    assert "test_top5" not in records[-1]  # 10 classes: top-1 only
+
+
+def test_resume_of_a_finished_run_says_so_and_changes_nothing(finished):
+    run, _ = finished
+    before = snapshot(run)
+    proc = wrn_cli("train", "--resume", str(run))
+    assert proc.returncode == 0, proc.stderr
+    assert "is complete: 2 of 2 epochs trained" in proc.stdout
+    assert f"wrn train --resume {run} --epochs N" in proc.stdout
+    assert "continuing" not in proc.stdout
+    assert snapshot(run) == before
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_afresh(tmp_path):
+    run = tmp_path / "early"
+    run.mkdir()
+    config = subprocess.run(
+        [sys.executable, "-m", "wrn", "presets", "demo"], capture_output=True, text=True, env=ENV
+    ).stdout
+    data = yaml.safe_load(config)
+    data["model"]["name"] = "wrn-10-1"
+    data["schedule"]["epochs"] = 1
+    data["run"]["progress"] = False
+    (run / "config.yaml").write_text(yaml.safe_dump(data))
+    (run / "tensorboard").mkdir()
+    (run / ".checkpoint.pt.abc123.tmp").write_bytes(b"torn")
+    resumed = wrn_cli("train", "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "never reached its first checkpoint: starting it afresh" in resumed.stdout
+    assert (run / "model.safetensors").is_file() and not (run / ".checkpoint.pt.abc123.tmp").exists()
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["name"] == "wrn-10-1"
+
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "config.yaml").write_text(yaml.safe_dump(data))
+    out = wrn_cli("train", *SMALL, "--epochs", "1", "--out", str(again))
+    assert out.returncode == 0, out.stderr
+    assert len((again / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_edits_to_config_yaml_are_named_ignored_and_kept_aside(tmp_path):
+    run = tmp_path / "run"
+    assert wrn_cli("train", *SMALL, "--epochs", "1", "--out", str(run)).returncode == 0
+    text = (run / "config.yaml").read_text()
+    edited = text.replace("lr: 0.1", "lr: 0.5").replace("epochs: 1\n", "epochs: 3\n")
+    assert edited != text
+    (run / "config.yaml").write_text(edited)
+    proc = wrn_cli("train", "--resume", str(run), "--epochs", "2")
+    assert proc.returncode == 0, proc.stderr
+    warning = [line for line in proc.stderr.splitlines() if "was edited" in line]
+    assert len(warning) == 1
+    assert (
+        "optim.lr, schedule.epochs" in warning[0] and "ignored" in warning[0] and "--epochs N" in warning[0]
+    )
+    assert (run / "config.edited.yaml").read_text() == edited  # the user's file is kept
+    now = yaml.safe_load((run / "config.yaml").read_text())
+    assert (now["optim"]["lr"], now["schedule"]["epochs"]) == (0.1, 2)  # what ran
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in records] == [0.1, 0.1]
