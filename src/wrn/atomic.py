@@ -12,10 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
-    """Call ``write(tmp_path)`` to produce the file, then move it onto ``path`` atomically."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object], keep_suffix: bool = False) -> Path:
+    """Call ``write(tmp_path)`` to produce the file, then move it onto ``path`` atomically.
+
+    ``keep_suffix``: the temporary name ends in ``path``'s extension too, for writers that check it."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    suffix = ".tmp" + (path.suffix if keep_suffix else "")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~default_umask())  # mkstemp makes 0600 files; give the usual permissions
     try:

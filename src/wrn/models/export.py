@@ -1,10 +1,19 @@
-"""Export a model to ONNX (with a dynamic batch dimension) or TorchScript, in eval mode."""
+"""Export a model for inference, in eval mode: ONNX, ``torch.export`` (.pt2) or TorchScript.
+
+The format follows the file's extension. Batch, height and width are dynamic: the networks are fully
+convolutional with global pooling, so one file serves any image size. The example input has the channels
+and size the model was trained on (``metadata["input"]`` of a trained model's model.json), and that record
+(normalisation, class names) travels inside the file: ONNX ``metadata_props``, an extra ``wrn.json`` file
+in .pt2 and TorchScript archives.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,53 +23,86 @@ from wrn.errors import ConfigError
 from wrn.models.io import unwrap
 from wrn.models.registry import model_info
 
-FORMATS = ("onnx", "torchscript")
+# file extension -> format
+FORMATS = {".onnx": "onnx", ".pt2": "export", ".ts": "torchscript"}
 
 
-def example_input(model: nn.Module, batch: int = 2, image_size: int | None = None) -> torch.Tensor:
-    """A random batch of the model's native input size (32x32 CIFAR families, 224x224 ImageNet)."""
+def format_for(path: str | os.PathLike) -> str:
+    """The export format of an output file, from its extension."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        known = ", ".join(f"{ext} ({fmt})" for ext, fmt in FORMATS.items())
+        raise ConfigError(f"cannot tell the export format of {str(path)!r} from its extension; use {known}")
+    return FORMATS[suffix]
+
+
+def example_input(
+    model: nn.Module, batch: int = 2, image_size: int | None = None, in_channels: int | None = None
+) -> torch.Tensor:
+    """A random batch of the model's input: ``image_size`` (default: the family's native 32 or 224)."""
     config = getattr(model, "config", {})
     if image_size is None:
         image_size = 224 if config.get("arch") == "ImageNetResNet" else 32
         if "name" in config:
-            image_size = model_info(config["name"])["input_size"]
+            try:
+                image_size = model_info(config["name"])["input_size"]
+            except ConfigError:
+                pass
+    channels = in_channels or config.get("in_channels", 3)
     device = next(model.parameters()).device
-    return torch.randn(batch, config.get("in_channels", 3), image_size, image_size, device=device)
+    return torch.randn(batch, channels, image_size, image_size, device=device)
 
 
 def export_model(
     model: nn.Module,
     out: str | os.PathLike,
-    fmt: str = "onnx",
+    fmt: str | None = None,
     image_size: int | None = None,
+    metadata: dict[str, Any] | None = None,
     opset: int = 18,
 ) -> Path:
-    """Write ``model`` (in eval mode) to ``out`` as ``fmt`` ('onnx' or 'torchscript'); the file is moved into
+    """Write ``model`` (in eval mode) to ``out``; ``fmt`` ('onnx', 'export' or 'torchscript') defaults to the
+    extension's (:data:`FORMATS`). ``metadata`` (JSON-able) is stored in the file. The file is moved into
     place only once complete. Returns the path."""
-    if fmt not in FORMATS:
-        raise ConfigError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}.")
+    fmt = fmt or format_for(out)
+    if fmt not in FORMATS.values():
+        raise ConfigError(f"export format must be one of {', '.join(FORMATS.values())}, got {fmt!r}.")
     model = unwrap(model).eval()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    x = example_input(model, batch=2, image_size=image_size)
+    record = (metadata or {}).get("input") or {}
+    size = image_size or record.get("size")
+    x = example_input(model, batch=2, image_size=size, in_channels=record.get("channels"))
+    # The smallest side that keeps the last feature map above 1x1 (the tracer specialises a size of 1).
+    side = 33 if getattr(model, "config", {}).get("arch") == "ImageNetResNet" else 5
+    dims = {
+        0: torch.export.Dim("batch", min=1),
+        2: torch.export.Dim("height", min=side),
+        3: torch.export.Dim("width", min=side),
+    }
+    info = json.dumps({"config": getattr(model, "config", {}), **(metadata or {})})
 
     def write(tmp: str) -> None:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if fmt == "onnx":
-                torch.onnx.export(
+                program = torch.onnx.export(
                     model,
                     (x,),
-                    tmp,
+                    None,
                     input_names=["images"],
                     output_names=["logits"],
-                    dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+                    dynamic_shapes=(dims,),
                     opset_version=opset,
                     dynamo=True,
-                    external_data=False,
                     verbose=False,
                 )
+                program.model.metadata_props["wrn"] = info
+                program.save(tmp, external_data=False)
+            elif fmt == "export":
+                program = torch.export.export(model, (x,), dynamic_shapes=(dims,))
+                torch.export.save(program, tmp, extra_files={"wrn.json": info})
             else:
-                torch.jit.save(torch.jit.trace(model, x), tmp)
+                torch.jit.save(torch.jit.trace(model, x), tmp, _extra_files={"wrn.json": info})
 
-    return atomic_write(out, write)
+    return atomic_write(out, write, keep_suffix=True)

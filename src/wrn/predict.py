@@ -1,0 +1,128 @@
+"""Inference on image files with a trained model: ``wrn predict RUN IMAGE...``.
+
+An image is read as the run's test transform reads its data: converted to the model's channels (grayscale or
+RGB), brought to the training size (the short side resized and the centre cropped; fb.resnet.torch's scale and
+crop for the ImageNet recipe), and normalised with the run's mean and std on the 0..255 scale. All of it comes
+from ``metadata.input`` of the model's model.json, which `wrn train` writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wrn.errors import CheckpointError, ConfigError
+
+# Images per forward pass.
+BATCH = 64
+
+
+@dataclass
+class Prediction:
+    image: str
+    top: list[tuple[int, str | None, float]]  # (class index, class name, probability), most likely first
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "top": [{"class": c, "name": n, "probability": p} for c, n, p in self.top],
+        }
+
+
+def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
+    """``metadata`` of a model directory's model.json (empty if it has none)."""
+    path = Path(directory) / "model.json"
+    try:
+        return dict(json.loads(path.read_text()).get("metadata") or {})
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
+def image_transform(record: dict[str, Any]):
+    """The transform from a PIL image to the model's input tensor, as the run's test transform."""
+    from torchvision import transforms
+
+    from wrn.data.folder import folder_transform
+
+    size = record.get("size")
+    if not size:
+        raise CheckpointError(
+            "the model's record of its input has no image size; pass --image-size with the size it was "
+            "trained at"
+        )
+    augment = "imagenet" if record.get("resize") == "imagenet" else "none"
+    mean = torch.tensor(record["mean"], dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(record["std"], dtype=torch.float32).view(-1, 1, 1)
+    mode = "L" if record["channels"] == 1 else "RGB"
+    return transforms.Compose(
+        [
+            transforms.Lambda(lambda img: img.convert(mode)),
+            folder_transform(False, augment, int(size)),
+            transforms.Lambda(lambda x: (x.float() - mean) / std),
+        ]
+    )
+
+
+def input_record(directory: Path, image_size: int | None = None) -> dict[str, Any]:
+    """The run's input record, with ``image_size`` overriding its size."""
+    meta = read_metadata(directory)
+    record = dict(meta.get("input") or {})
+    if not record:
+        raise CheckpointError(
+            f"{directory} has no record of how its images were prepared (model.json lacks metadata.input); "
+            "it was not written by this version of `wrn train`, so predict cannot prepare images for it"
+        )
+    if record.get("normalization") == "zca":
+        raise CheckpointError(
+            f"{directory} was trained on ZCA-whitened images, and the whitening of its training set is not "
+            "stored with the model; predict supports mean/std normalisation only"
+        )
+    if image_size is not None:
+        record["size"] = int(image_size)
+    return record
+
+
+def predict(
+    directory: str | os.PathLike,
+    images: list[str | os.PathLike],
+    top_k: int = 5,
+    device: str = "cpu",
+    image_size: int | None = None,
+) -> list[Prediction]:
+    """The ``top_k`` classes of each image file, with names and probabilities, from the model in
+    ``directory`` (a finished run or a model directory with a record of its input)."""
+    import wrn
+    from wrn.data.folder import load_image
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} is not a directory; pass a run directory written by `wrn train`")
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, not {top_k}")
+    record = input_record(directory, image_size)
+    classes = read_metadata(directory).get("classes")
+    model = wrn.load_model(directory, map_location=device)
+    transform = image_transform(record)
+    results: list[Prediction] = []
+    for start in range(0, len(images), BATCH):
+        chunk = [str(p) for p in images[start : start + BATCH]]
+        for path in chunk:
+            if not Path(path).is_file():
+                raise ConfigError(f"{path} is not a file; pass image files (PNG, JPEG, ...)")
+        batch = torch.stack([transform(load_image(path, mode=None)) for path in chunk]).to(device)
+        with torch.inference_mode():
+            probs = torch.softmax(model(batch).float(), dim=1)
+        k = min(top_k, probs.shape[1])
+        values, indices = probs.topk(k, dim=1)
+        for path, vals, idxs in zip(chunk, values.tolist(), indices.tolist(), strict=True):
+            top = [
+                (i, classes[i] if classes and i < len(classes) else None, v)
+                for i, v in zip(idxs, vals, strict=True)
+            ]
+            results.append(Prediction(path, top))
+    return results
