@@ -276,7 +276,7 @@ def test_download_wrong_md5_keeps_nothing(tmp_path, http_server, monkeypatch):
         load_arrays("cifar10", root, "train", download=True)
     msg = str(err.value)
     assert url in msg and "0" * 32 in msg and md5sum(served / "cifar-10-python.tar.gz") in msg
-    assert list(root.iterdir()) == []  # no archive, no temporary file, nothing extracted
+    assert not root.exists()  # no archive, no temporary file, nothing extracted, not even the empty folder
 
 
 def test_download_server_gone(tmp_path, http_server):

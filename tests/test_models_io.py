@@ -266,7 +266,7 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path):
         "onnxruntime", reason="the onnx extra is not installed (pip install -e .[onnx])"
     )
     save_model(randomize_bn_(create_model("wrn-10-2", num_classes=5)), tmp_path / "m")
-    proc = run_cli("export", str(tmp_path / "m"), str(tmp_path / "m.onnx"), "--format", "onnx")
+    proc = run_cli("export", str(tmp_path / "m"), str(tmp_path / "m.onnx"))
     assert proc.returncode == 0, proc.stderr
     model = load_model(tmp_path / "m")
     session = ort.InferenceSession(str(tmp_path / "m.onnx"))
@@ -278,11 +278,9 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path):
 
 
 def test_torchscript_export_by_name(tmp_path):
-    proc = run_cli(
-        "export", "wrn-10-1", str(tmp_path / "m.pt"), "--format", "torchscript", "--num-classes", "3"
-    )
+    proc = run_cli("export", "wrn-10-1", str(tmp_path / "m.ts"), "--num-classes", "3")
     assert proc.returncode == 0, proc.stderr
-    scripted = torch.jit.load(str(tmp_path / "m.pt"))
+    scripted = torch.jit.load(str(tmp_path / "m.ts"))
     assert scripted(torch.randn(2, 3, 32, 32)).shape == (2, 3)
 
 
