@@ -1,7 +1,11 @@
-"""Every network of the paper: CIFAR/SVHN WRNs, the thin pre-activation ResNets, the ImageNet WRNs."""
+"""Every network of the paper: CIFAR/SVHN WRNs, the thin pre-activation ResNets, the ImageNet WRNs.
+
+The detection backbone lives in :mod:`wrn.models.detection` (imported on demand: it loads torchvision's
+detection package)."""
 
 from wrn.models.cifar import PreActBottleneck, PreActResNet, WideBlock, WideResNet
 from wrn.models.complexity import count_macs, count_parameters, model_table
+from wrn.models.features import FeatureInfo, FeatureNet
 from wrn.models.imagenet import BasicBlock, Bottleneck, ImageNetResNet
 from wrn.models.io import load_model, save_model, unwrap
 from wrn.models.official import load_official
@@ -10,6 +14,8 @@ from wrn.models.registry import build_model, create_model, list_models, model_in
 __all__ = [
     "BasicBlock",
     "Bottleneck",
+    "FeatureInfo",
+    "FeatureNet",
     "ImageNetResNet",
     "PreActBottleneck",
     "PreActResNet",
