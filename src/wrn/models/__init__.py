@@ -10,6 +10,7 @@ from wrn.models.imagenet import BasicBlock, Bottleneck, ImageNetResNet
 from wrn.models.io import load_model, save_model, unwrap
 from wrn.models.official import load_official
 from wrn.models.registry import build_model, create_model, list_models, model_info
+from wrn.models.xternalz import load_xternalz
 
 __all__ = [
     "BasicBlock",
@@ -28,6 +29,7 @@ __all__ = [
     "list_models",
     "load_model",
     "load_official",
+    "load_xternalz",
     "model_info",
     "model_table",
     "save_model",
