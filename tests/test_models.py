@@ -391,8 +391,8 @@ def test_bad_constructor_values():
         WideResNet(depth=16, width=0)
     with pytest.raises(ConfigError, match="odd"):
         WideResNet(depth=16, width=1, kernels=(3, 2))
-    with pytest.raises(ConfigError, match="num_classes"):
-        create_model("wrn-16-4", num_classes=0)
+    with pytest.raises(ConfigError, match="num_classes"):  # 0 is allowed: no classifier (issue 9)
+        create_model("wrn-16-4", num_classes=-1)
 
 
 def test_model_config_rebuilds_the_model():

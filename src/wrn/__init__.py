@@ -25,6 +25,7 @@ _LAZY = {
     "list_models": "wrn.models",
     "load_model": "wrn.models",
     "load_official": "wrn.models",
+    "load_xternalz": "wrn.models",
     "save_model": "wrn.models",
 }
 
@@ -37,6 +38,7 @@ __all__ = [
     "list_models",
     "load_model",
     "load_official",
+    "load_xternalz",
     "save_model",
 ]
 
@@ -49,6 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         list_models,
         load_model,
         load_official,
+        load_xternalz,
         save_model,
     )
 

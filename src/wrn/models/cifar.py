@@ -9,6 +9,13 @@ Built exactly as specification section 1 and 2 say (paper Table 1, the authors' 
 
 State-dict keys are stable and torchvision-like: ``conv1`` (stem), ``layer{1,2,3}.{i}.bn{j}/conv{j}``,
 ``layer{g}.{i}.shortcut`` (only where the shape changes), ``bn`` and ``fc`` (head).
+
+Variants (defaults are the paper's): ``act`` (``"relu"``, ``"leaky_relu"`` with slope 0.1, ``"silu"``) replaces
+every ReLU, ``bn_momentum`` every BN's momentum; ``num_classes=0`` replaces the classifier by the identity, so
+the model returns the pooled ``64k`` features. Neither changes a state-dict key.
+
+timm's interface: ``forward_features`` (the last map, after the head's BN-ReLU), ``forward_head``,
+``feature_info`` (stem and the three groups) and ``reset_classifier``.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wrn.errors import ConfigError
+from wrn.models.layers import check_act, check_bn_momentum, check_num_classes, make_act
 
 INITS = ("paper", "pytorch")
 
@@ -40,6 +48,8 @@ class WideBlock(nn.Module):
         stride: int = 1,
         kernels: Sequence[int] = (3, 3),
         dropout: float = 0.0,
+        act: str = "relu",
+        bn_momentum: float = 0.1,
     ) -> None:
         super().__init__()
         self.kernels = tuple(int(k) for k in kernels)
@@ -47,7 +57,7 @@ class WideBlock(nn.Module):
         self.out_planes = planes
         for j, k in enumerate(self.kernels, start=1):
             c_in = in_planes if j == 1 else planes
-            self.add_module(f"bn{j}", nn.BatchNorm2d(c_in))
+            self.add_module(f"bn{j}", nn.BatchNorm2d(c_in, momentum=bn_momentum))
             self.add_module(
                 f"conv{j}",
                 nn.Conv2d(c_in, planes, k, stride=stride if j == 1 else 1, padding=k // 2, bias=False),
@@ -58,12 +68,13 @@ class WideBlock(nn.Module):
             if in_planes != planes or stride != 1
             else None
         )
+        self.act = make_act(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        o1 = F.relu(self.bn1(x))
+        o1 = self.act(self.bn1(x))
         h = self.conv1(o1)
         for j in range(2, len(self.kernels) + 1):
-            h = F.relu(getattr(self, f"bn{j}")(h))
+            h = self.act(getattr(self, f"bn{j}")(h))
             if self.dropout is not None:
                 h = self.dropout(h)
             h = getattr(self, f"conv{j}")(h)
@@ -81,26 +92,29 @@ class PreActBottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(
+        self, in_planes: int, planes: int, stride: int = 1, act: str = "relu", bn_momentum: float = 0.1
+    ) -> None:
         super().__init__()
         out_planes = self.out_planes = planes * self.expansion
-        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.bn1 = nn.BatchNorm2d(in_planes, momentum=bn_momentum)
         self.conv1 = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = nn.BatchNorm2d(planes, momentum=bn_momentum)
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes)
+        self.bn3 = nn.BatchNorm2d(planes, momentum=bn_momentum)
         self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
         self.shortcut = (
             nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
             if in_planes != out_planes or stride != 1
             else None
         )
+        self.act = make_act(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        o1 = F.relu(self.bn1(x))
+        o1 = self.act(self.bn1(x))
         h = self.conv1(o1)
-        h = self.conv2(F.relu(self.bn2(h)))
-        h = self.conv3(F.relu(self.bn3(h)))
+        h = self.conv2(self.act(self.bn2(h)))
+        h = self.conv3(self.act(self.bn3(h)))
         return h + (self.shortcut(o1) if self.shortcut is not None else x)
 
 
@@ -121,15 +135,16 @@ def init_paper_(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def _check_common(num_classes: int, in_channels: int, init: str) -> None:
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}.")
+def _check_common(num_classes: int, in_channels: int, init: str, act: str, bn_momentum: float) -> None:
+    check_num_classes(num_classes)
     if not isinstance(in_channels, int) or in_channels < 1:
         raise ConfigError(
             f"in_channels must be a positive integer (3 for RGB, 1 for grayscale), got {in_channels!r}."
         )
     if init not in INITS:
         raise ConfigError(f"init must be one of {', '.join(INITS)}, got {init!r}.")
+    check_act(act)
+    check_bn_momentum(bn_momentum)
 
 
 def _make_groups(make_block, widths: Sequence[int], n: int) -> list[list[nn.Module]]:
@@ -146,27 +161,65 @@ def _make_groups(make_block, widths: Sequence[int], n: int) -> list[list[nn.Modu
 
 
 class _CifarResNet(nn.Module):
-    """Stem, three groups of blocks and the pre-activation head, shared by both CIFAR families."""
+    """Stem, three groups of blocks and the pre-activation head, shared by both CIFAR families.
+
+    The children are registered in the order they run (``conv1``, ``layer1..3``, ``bn``, ``act``, ``fc``), so
+    feature extractors that walk them (torchvision's ``IntermediateLayerGetter``, :class:`FeatureNet`) see
+    the network as it computes."""
 
     def _build(
-        self, groups: list[list[nn.Module]], out_channels: int, num_classes: int, in_channels: int
+        self,
+        groups: list[list[nn.Module]],
+        out_channels: int,
+        num_classes: int,
+        in_channels: int,
+        act: str,
+        bn_momentum: float,
     ) -> None:
         self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
         self.layer1 = nn.Sequential(*groups[0])
         self.layer2 = nn.Sequential(*groups[1])
         self.layer3 = nn.Sequential(*groups[2])
-        self.bn = nn.BatchNorm2d(out_channels)
-        self.fc = nn.Linear(out_channels, num_classes)
+        self.bn = nn.BatchNorm2d(out_channels, momentum=bn_momentum)
+        self.act = make_act(act)
+        self.num_features = out_channels
+        self.fc = nn.Linear(out_channels, num_classes) if num_classes else nn.Identity()
+        # timm's feature_info: the stem, then each group; the last map is taken after the head's BN-ReLU
+        # (the map that forward_features returns and the classifier pools), not the raw sum of group 3.
+        self.feature_info = [
+            {"num_chs": 16, "reduction": 1, "module": "conv1"},
+            {"num_chs": groups[0][-1].out_planes, "reduction": 1, "module": "layer1"},
+            {"num_chs": groups[1][-1].out_planes, "reduction": 2, "module": "layer2"},
+            {"num_chs": out_channels, "reduction": 4, "module": "act"},
+        ]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The 64k-channel feature map after the head's BN-ReLU (before pooling)."""
         x = self.conv1(x)
         x = self.layer3(self.layer2(self.layer1(x)))
-        return F.relu(self.bn(x))
+        return self.act(self.bn(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Global average pool of a :meth:`forward_features` map, then the classifier (skipped with
+        ``pre_logits=True``)."""
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x)
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh classifier with ``num_classes`` outputs (0: none, the model returns pooled features)."""
+        check_num_classes(num_classes)
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        if isinstance(self.fc, nn.Linear) and self.config.get("init", "paper") == "paper":
+            bound = 1.0 / math.sqrt(self.num_features)
+            nn.init.uniform_(self.fc.weight, -bound, bound)
+            nn.init.zeros_(self.fc.bias)
+        self.config = {**self.config, "num_classes": num_classes}
 
 
 class WideResNet(_CifarResNet):
@@ -180,8 +233,11 @@ class WideResNet(_CifarResNet):
         blocks_per_group: explicit N, overriding the one derived from depth (Table 3 uses
             N = (depth-4)/(3l) for l convs per block).
         dropout: element-wise dropout rate between the convs of a block (0.3 CIFAR, 0.4 SVHN in the paper).
-        num_classes, in_channels: classifier outputs and image channels (1 for grayscale).
+        num_classes, in_channels: classifier outputs (0: no classifier, the pooled features) and image
+            channels (1 for grayscale).
         init: ``"paper"`` (the authors' initialisation, default) or ``"pytorch"`` (PyTorch's defaults).
+        act: ``"relu"`` (the paper), ``"leaky_relu"`` (slope 0.1, FixMatch) or ``"silu"`` (robustness WRNs).
+        bn_momentum: momentum of every BN (PyTorch's convention; 0.1 default, FixMatch 0.001).
     """
 
     def __init__(
@@ -194,6 +250,8 @@ class WideResNet(_CifarResNet):
         dropout: float = 0.0,
         in_channels: int = 3,
         init: str = "paper",
+        act: str = "relu",
+        bn_momentum: float = 0.1,
     ) -> None:
         super().__init__()
         kernels = tuple(kernels)
@@ -213,15 +271,15 @@ class WideResNet(_CifarResNet):
             )
         if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}.")
-        _check_common(num_classes, in_channels, init)
+        _check_common(num_classes, in_channels, init, act, bn_momentum)
 
         widths = (16 * width, 32 * width, 64 * width)
         groups = _make_groups(
-            lambda c_in, planes, stride: WideBlock(c_in, planes, stride, kernels, dropout),
+            lambda c_in, planes, stride: WideBlock(c_in, planes, stride, kernels, dropout, act, bn_momentum),
             widths,
             blocks_per_group,
         )
-        self._build(groups, widths[-1], num_classes, in_channels)
+        self._build(groups, widths[-1], num_classes, in_channels, act, bn_momentum)
         if init == "paper":
             init_paper_(self)
         self.config = {
@@ -234,6 +292,8 @@ class WideResNet(_CifarResNet):
             "dropout": float(dropout),
             "in_channels": in_channels,
             "init": init,
+            "act": act,
+            "bn_momentum": float(bn_momentum),
         }
 
 
@@ -242,6 +302,7 @@ class PreActResNet(_CifarResNet):
 
     ``block="bottleneck"``: depth 9n+2, inner widths 16/32/64, outputs 64/128/256 (ResNet-164, -1001).
     ``block="basic"``: depth 6n+2, B(3,3) blocks 16/32/64 wide (ResNet-110), the WRN block with k=1.
+    ``num_classes``, ``in_channels``, ``init``, ``act`` and ``bn_momentum`` as for :class:`WideResNet`.
     """
 
     def __init__(
@@ -251,24 +312,33 @@ class PreActResNet(_CifarResNet):
         num_classes: int = 10,
         in_channels: int = 3,
         init: str = "paper",
+        act: str = "relu",
+        bn_momentum: float = 0.1,
     ) -> None:
         super().__init__()
-        _check_common(num_classes, in_channels, init)
+        _check_common(num_classes, in_channels, init, act, bn_momentum)
+
+        def bottleneck(c_in: int, planes: int, stride: int) -> nn.Module:
+            return PreActBottleneck(c_in, planes, stride, act, bn_momentum)
+
+        def basic(c_in: int, planes: int, stride: int) -> nn.Module:
+            return WideBlock(c_in, planes, stride, act=act, bn_momentum=bn_momentum)
+
         if block == "bottleneck":
             if not isinstance(depth, int) or depth < 11 or (depth - 2) % 9:
                 raise ConfigError(
                     f"pre-activation bottleneck ResNet depth must be 9n+2 (164, 1001, ...), got {depth!r}."
                 )
-            groups, out = _make_groups(PreActBottleneck, (16, 32, 64), (depth - 2) // 9), 256
+            groups, out = _make_groups(bottleneck, (16, 32, 64), (depth - 2) // 9), 256
         elif block == "basic":
             if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
                 raise ConfigError(
                     f"pre-activation basic ResNet depth must be 6n+2 (20, 56, 110, ...), got {depth!r}."
                 )
-            groups, out = _make_groups(WideBlock, (16, 32, 64), (depth - 2) // 6), 64
+            groups, out = _make_groups(basic, (16, 32, 64), (depth - 2) // 6), 64
         else:
             raise ConfigError(f"block must be 'basic' or 'bottleneck', got {block!r}.")
-        self._build(groups, out, num_classes, in_channels)
+        self._build(groups, out, num_classes, in_channels, act, bn_momentum)
         if init == "paper":
             init_paper_(self)
         self.config = {
@@ -278,4 +348,6 @@ class PreActResNet(_CifarResNet):
             "num_classes": num_classes,
             "in_channels": in_channels,
             "init": init,
+            "act": act,
+            "bn_momentum": float(bn_momentum),
         }

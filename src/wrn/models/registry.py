@@ -9,7 +9,10 @@ Names (specification section 1-3):
 * ImageNet, torchvision-compatible: ``resnet-18/34/50/101/152``, ``wrn-50-2``, ``wrn-101-2``,
   ``imagenet-wrn-18-{1.0,1.5,2.0,3.0}``, ``imagenet-wrn-34-{1.0,1.5,2.0,3.0}``.
 
-Any depth and width that the patterns admit can be built; :func:`list_models` lists the named ones.
+Any depth and width that the patterns admit can be built (``wrn-70-16`` of the robustness literature too);
+:func:`list_models` lists the named ones. ``create_model(name, features_only=True, out_indices=...)`` gives the
+feature maps of the stem and of each group instead of the classifier (timm's convention, see
+:mod:`wrn.models.features`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from torch import nn
 
 from wrn.errors import ConfigError
 from wrn.models.cifar import PreActResNet, WideResNet
+from wrn.models.features import FeatureNet
 from wrn.models.imagenet import ImageNetResNet
 
 ARCHS: dict[str, type[nn.Module]] = {
@@ -180,14 +184,25 @@ def model_info(name: str) -> dict[str, Any]:
     }
 
 
-def create_model(name: str, num_classes: int | None = None, **overrides: Any) -> nn.Module:
+def create_model(
+    name: str,
+    num_classes: int | None = None,
+    features_only: bool = False,
+    out_indices: int | tuple[int, ...] | None = None,
+    **overrides: Any,
+) -> nn.Module:
     """Build a model by name.
 
     Args:
         name: a registered name or any ``wrn-D-K[-bM|-lL]`` (see :func:`list_models`).
-        num_classes: classifier outputs; default 10 for the CIFAR/SVHN families, 1000 for the ImageNet ones.
+        num_classes: classifier outputs; default 10 for the CIFAR/SVHN families, 1000 for the ImageNet ones;
+            0 for no classifier (the model returns its pooled features).
+        features_only: return a :class:`~wrn.models.features.FeatureNet` whose forward gives the feature
+            maps of the stem and of each group as a list (timm's convention), with ``feature_info``.
+        out_indices: with ``features_only``, which maps: None (all), an int n (the last n) or indices,
+            e.g. ``(1, 2, 3)`` for the three groups of a CIFAR WRN.
         **overrides: constructor arguments that the name does not fix, e.g. ``dropout=0.3``,
-            ``in_channels=1``, ``init="pytorch"``.
+            ``in_channels=1``, ``init="pytorch"``, ``act="silu"``, ``bn_momentum=0.001``.
 
     The model carries ``model.config``, a plain dict from which :func:`build_model` rebuilds it.
     """
@@ -201,9 +216,11 @@ def create_model(name: str, num_classes: int | None = None, **overrides: Any) ->
             )
         if key not in allowed:
             raise ConfigError(f"{cls.__name__} has no option {key!r}; the options are: {', '.join(allowed)}.")
+    if out_indices is not None and not features_only:
+        raise ConfigError("out_indices only applies with features_only=True.")
     model = cls(**fixed, num_classes=default_classes if num_classes is None else num_classes, **overrides)
     model.config = {"name": name.strip().lower(), **model.config}
-    return model
+    return FeatureNet(model, out_indices) if features_only else model
 
 
 def build_model(config: dict[str, Any]) -> nn.Module:
@@ -214,7 +231,7 @@ def build_model(config: dict[str, Any]) -> nn.Module:
         )
     cls = ARCHS[config["arch"]]
     params = inspect.signature(cls.__init__).parameters
-    kwargs = {k: v for k, v in config.items() if k not in ("arch", "name")}
+    kwargs = {k: v for k, v in config.items() if k not in ("arch", "name", "features_only", "out_indices")}
     unknown = [k for k in kwargs if k not in params]
     if unknown:
         raise ConfigError(f"the model config has keys {unknown} that {cls.__name__} does not take.")
@@ -224,4 +241,6 @@ def build_model(config: dict[str, Any]) -> nn.Module:
     model = cls(**kwargs)
     if "name" in config:
         model.config = {"name": config["name"], **model.config}
+    if config.get("features_only"):
+        return FeatureNet(model, config.get("out_indices"))
     return model

@@ -59,4 +59,8 @@ def build_model(cfg: TrainConfig, info: Any) -> torch.nn.Module:
         overrides["in_channels"] = in_channels
     if cfg.model.dropout:  # 0 or unset: the model's own default (no dropout; some families have none)
         overrides["dropout"] = cfg.model.dropout
+    if cfg.model.act is not None:
+        overrides["act"] = cfg.model.act
+    if cfg.model.bn_momentum is not None:
+        overrides["bn_momentum"] = cfg.model.bn_momentum
     return wrn.create_model(cfg.model.name, num_classes=_info_get(info, "num_classes"), **overrides)

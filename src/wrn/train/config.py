@@ -49,6 +49,9 @@ class _Section(BaseModel):
 class ModelSection(_Section):
     name: str = "wrn-28-10"
     dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
+    # None: the paper's ReLU and BN momentum 0.1. leaky_relu has slope 0.1 (FixMatch); FixMatch's BN: 0.001.
+    act: Literal["relu", "leaky_relu", "silu"] | None = None
+    bn_momentum: float | None = Field(default=None, gt=0.0, le=1.0)
 
     @field_validator("name")
     @classmethod
