@@ -458,6 +458,10 @@ def resolve(cfg: TrainConfig, *, cuda_available: bool | None = None) -> TrainCon
         cfg.optim.eval_batch_size = 2 * cfg.optim.batch_size  # no activations kept: twice the batch fits
     if cfg.model.dropout is None:
         cfg.model.dropout = 0.0
+    if cfg.model.act is None:
+        cfg.model.act = "relu"  # the paper's
+    if cfg.model.bn_momentum is None:
+        cfg.model.bn_momentum = 0.1  # PyTorch's convention; Torch's 0.9 of the authors' code
     if data.augment is None:
         data.augment = defaults.augment
     if data.normalization is None:
