@@ -191,7 +191,7 @@ def test_load_official_refuses_code_and_wrong_formats(tmp_path):
 
     bad = tmp_path / "evil.pt7"
     torch.save({"params": {"conv0": torch.zeros(1)}, "x": Evil()}, bad)
-    with pytest.raises(CheckpointError, match="weights-only"):
+    with pytest.raises(CheckpointError, match="pickled Python objects .* never unpickles"):
         load_official(bad)
     assert not marker.exists()
     with pytest.raises(CheckpointError, match="not in a known official format"):
@@ -325,3 +325,21 @@ def test_cli_bad_input_exits_2_without_traceback(args, words, tmp_path):
     assert proc.returncode == 2
     assert words in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_weights_and_description_get_the_usual_file_permissions(tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")  # a file made the usual way, under this process's umask
+    save_model(create_model("wrn-10-1"), tmp_path / "m")
+    for name in ("model.safetensors", "model.json"):
+        assert (tmp_path / "m" / name).stat().st_mode == plain.stat().st_mode, name
+
+
+def test_convert_of_a_file_that_is_no_checkpoint_is_one_sentence(tmp_path):
+    text = tmp_path / "notes.pt"
+    text.write_text("hello, not a checkpoint\n")
+    for source in ("official", "xternalz"):
+        proc = run_cli("convert", source, str(text), str(tmp_path / "o"))
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert "torch.load cannot read it" in proc.stderr and proc.stderr.count("\n") == 1
+        assert not (tmp_path / "o").exists()

@@ -20,9 +20,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object], keep_s
     suffix = ".tmp" + (path.suffix if keep_suffix else "")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~default_umask())  # mkstemp makes 0600 files; give the usual permissions
+    mode = 0o666 & ~default_umask()  # mkstemp makes 0600 files; give the usual permissions
+    os.chmod(tmp, mode)
     try:
         write(tmp)
+        os.chmod(tmp, mode)  # again: some writers (safetensors) replace the file they are given
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -1,12 +1,15 @@
 """The ``wrn`` command line: a thin layer over the library.
 
 Each sub-command lives in its own module of this package with a ``register(subparsers)`` function that adds
-its parser and sets ``func``. A :class:`wrn.errors.WRNError` becomes one line on stderr and exit code 2.
+its parser and sets ``func``; modules import torch and the rest of the library only inside the function that
+runs the command, so ``wrn --help`` stays fast. A :class:`wrn.errors.WRNError` becomes one line on stderr and
+exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
 
@@ -16,19 +19,66 @@ from wrn.errors import WRNError
 COMMANDS = ("models", "convert", "export", "predict", "data", "train", "eval", "presets", "plot")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class Parser(argparse.ArgumentParser):
+    """argparse without prefix abbreviations (``--epoch`` is not ``--epochs``: a prefix accepted today could
+    mean another option tomorrow); its subcommands' parsers are of the same kind."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def unknown(self, extras: list[str]) -> None:
+        """Exit with this parser's usage and the unknown arguments, suggesting the closest options."""
+        options = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+        hints = []
+        for extra in extras:
+            if extra.startswith("-"):
+                close = difflib.get_close_matches(extra.split("=", 1)[0], options, n=1, cutoff=0.6)
+                if close:
+                    hints.append(f"did you mean {close[0]}?")
+        message = f"unrecognized arguments: {' '.join(extras)}"
+        self.error(message + (f"; {' '.join(hints)}" if hints else f" (see {self.prog} --help)"))
+
+
+def build_parser() -> Parser:
+    from wrn import __version__
+
+    parser = Parser(
         prog="wrn", description="Wide Residual Networks: models, data, training and the paper's experiments."
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"wrn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name in COMMANDS:
         importlib.import_module(f"wrn.cli.{name}").register(sub)
     return parser
 
 
+def _deepest_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)parser of the command that ``args`` selected, e.g. ``wrn data download``'s."""
+    while True:
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not actions:
+            return parser
+        chosen = getattr(args, actions[0].dest, None)
+        if chosen is None or chosen not in actions[0].choices:
+            return parser
+        parser = actions[0].choices[chosen]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if extras:
+        target = _deepest_parser(parser, args)
+        target.unknown(extras) if isinstance(target, Parser) else target.error(
+            f"unrecognized arguments: {extras}"
+        )
+    if not hasattr(args, "func"):  # a command group such as `wrn data` without its action
+        _deepest_parser(parser, args).print_help()
+        return 2
     try:
         return int(args.func(args) or 0)
     except WRNError as exc:

@@ -164,16 +164,23 @@ def register(subparsers) -> None:
 
 
 def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The dotted-key overrides of the options and of ``--set``; one key given both ways is refused."""
     out: dict[str, Any] = {}
+    by_option: dict[str, str] = {}
     for attr, key in OVERRIDES.items():
         value = getattr(args, attr, None)
         if value is not None:
             out[key] = value
+            by_option[key] = "--" + attr.replace("_", "-")
     for item in args.set:
         if "=" not in item:
             raise ConfigError(f"--set {item!r} needs the form KEY=VALUE, e.g. --set optim.lr=0.05")
-        key, value = item.split("=", 1)
-        out[key.strip()] = _yaml_value(value)
+        key, value = (part.strip() for part in item.split("=", 1))
+        if key in by_option:
+            raise ConfigError(
+                f"--set {key}=... and {by_option[key]} both set {key}; give it once (either is fine)"
+            )
+        out[key] = _milestones(value) if key == "schedule.milestones" else _yaml_value(value)
     return out
 
 

@@ -36,6 +36,30 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def read_torch_file(path: str | os.PathLike, what: str = "a PyTorch checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with one sentence for every way it can fail.
+
+    Only tensors and plain containers are read: a file that pickles anything else (a whole module, an
+    optimizer class, an argparse Namespace) is refused, never executed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist; give the path of {what}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # the unpickler raises many kinds (UnpicklingError, KeyError, EOFError, ...)
+        if "Weights only load failed" in str(exc) or "weights_only" in str(exc):
+            raise CheckpointError(
+                f"{path} holds pickled Python objects besides tensors and plain containers (a whole model, a "
+                "class or a Namespace), which wrn never unpickles; load it in the code that wrote it and save "
+                "its state_dict() with torch.save, then convert that"
+            ) from None
+        raise CheckpointError(
+            f"{path} is not {what}: torch.load cannot read it ({type(exc).__name__}); is it truncated, or "
+            "another kind of file?"
+        ) from None
+
+
 def load_state_dict_checked(
     model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "the checkpoint"
 ) -> None:

@@ -15,7 +15,6 @@ Files are read with ``torch.load(weights_only=True)``: tensors and plain contain
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import torch
 from torch import nn
 
 from wrn.errors import CheckpointError
-from wrn.models.io import load_state_dict_checked
+from wrn.models.io import load_state_dict_checked, read_torch_file
 from wrn.models.registry import create_model
 
 _BLOCK_RE = re.compile(r"^group(\d+)\.block(\d+)\.")
@@ -35,17 +34,7 @@ def _read(path_or_dict: str | os.PathLike | dict[str, Any]) -> tuple[dict[str, t
         obj, source = path_or_dict, "the given dict"
     else:
         path = Path(path_or_dict)
-        if not path.is_file():
-            raise CheckpointError(
-                f"{path} does not exist; give the path of an official model.pt7 or .pt file."
-            )
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(
-                f"{path} is not a loadable weights-only checkpoint ({first}); only tensors and plain containers are accepted."
-            ) from None
+        obj = read_torch_file(path, "an official model.pt7 or .pt file")
         source = str(path)
     if isinstance(obj, dict) and "params" in obj and isinstance(obj["params"], dict):
         obj = obj["params"]

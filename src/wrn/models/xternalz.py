@@ -24,7 +24,6 @@ Files are opened with ``torch.load(weights_only=True)``: tensors and plain conta
 from __future__ import annotations
 
 import os
-import pickle
 import re
 import warnings
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 
 from wrn.errors import CheckpointError
+from wrn.models.io import read_torch_file
 from wrn.models.registry import create_model
 
 _THEIR_BLOCK = re.compile(r"^block([123])\.layer\.(\d+)\.(bn1|conv1|bn2|conv2|convShortcut)\.(\w+)$")
@@ -68,17 +68,7 @@ def _read(path_or_dict: str | os.PathLike | dict[str, Any]) -> tuple[Any, str]:
     if isinstance(path_or_dict, dict):
         return path_or_dict, "the given dict"
     path = Path(path_or_dict)
-    if not path.is_file():
-        raise CheckpointError(
-            f"{path} does not exist; give the path of a WideResNet .pt/.pth/.tar checkpoint."
-        )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{path} is not a loadable weights-only checkpoint ({first}); only tensors and plain containers are accepted."
-        ) from None
+    obj = read_torch_file(path, "a WideResNet .pt/.pth/.tar checkpoint")
     return obj, str(path)
 
 

@@ -167,10 +167,23 @@ def _error_sentence(exc: ValidationError) -> str:
     msg = msg.removeprefix("Value error, ")
     msg = msg[:1].lower() + msg[1:]
     if err["type"] == "extra_forbidden":
-        return f"unknown config key {where!r}; remove it or check its spelling (see docs/training.md)"
+        return f"unknown config key {where!r}{_closest_key(err['loc'])}; `wrn presets demo` shows every key"
     if err["type"] == "literal_error":
         return f"{where} = {err.get('input')!r} is not allowed: {msg}"
     return f"{where} = {err.get('input')!r} is invalid: {msg}"
+
+
+def _closest_key(loc: tuple) -> str:
+    """`` (did you mean optim.lr?)`` for a misspelt key, by similarity among the keys of its section."""
+    section: type[BaseModel] = TrainConfig
+    for part in loc[:-1]:
+        field = section.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        section = annotation
+    close = difflib.get_close_matches(str(loc[-1]), list(section.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean {'.'.join(map(str, (*loc[:-1], close[0])))}?)" if close else ""
 
 
 def validate(data: dict[str, Any]) -> TrainConfig:
