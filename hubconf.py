@@ -16,7 +16,15 @@ from wrn.models import create_model, list_models, load_model, load_official  # n
 
 
 def _entry(name):
-    def build(**kwargs):
+    def build(pretrained=False, **kwargs):
+        if pretrained:
+            from wrn.errors import ConfigError
+
+            raise ConfigError(
+                f"no pretrained weights of {name} are published yet; call it with pretrained=False (the "
+                "default) and options such as num_classes=100, dropout=0.3, in_channels=1, or load your own "
+                "weights with wrn.load_model(DIR)"
+            )
         return create_model(name, **kwargs)
 
     build.__name__ = name.replace("-", "_").replace(".", "_")

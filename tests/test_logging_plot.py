@@ -276,6 +276,23 @@ def test_progress_disabled_and_terminal():
     assert progress.close()["acc"] == pytest.approx(75.0)
 
 
+def test_a_zero_width_terminal_gets_plain_lines(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setenv("COLUMNS", "0")
+    term = Terminal()
+    with EpochProgress(3, desc="epoch 1/2", stream=term) as progress:
+        for _ in range(3):
+            progress.update(4, loss=torch.tensor(4.0), correct=torch.tensor(3))
+    assert not progress.is_tty and "\r" not in term.getvalue()  # no bar: the plain lines of a log
+    monkeypatch.setenv("COLUMNS", "120")
+    with EpochProgress(3, desc="epoch 1/2", stream=Terminal()) as wide:
+        wide.update(4)
+    assert wide.is_tty
+
+
 def test_format_epoch_summary():
     line = format_epoch_summary(
         12,
@@ -300,4 +317,7 @@ def test_format_epoch_summary():
     assert (
         format_epoch_summary(1, 9, {"lr": 0.0002, "test_acc": 90.0})
         == "epoch 1/9  lr 2.00e-04  test error 10.00%"
+    )
+    assert format_epoch_summary(3, 90, {"test_error": 24.1, "test_top5_error": 7.25}) == (
+        "epoch  3/90  test error 24.10% top-5 error 7.25%"
     )

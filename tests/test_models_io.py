@@ -294,13 +294,58 @@ def test_torch_hub_loads_from_a_clone():
 # ---------------------------------------------------------------------------------------------- wrn models
 
 
-def test_wrn_models_prints_the_table():
+def test_wrn_models_prints_the_shipped_table_which_is_what_the_models_count():
+    from wrn.models.complexity import model_table
+    from wrn.models.table import shipped_rows
+
+    assert list(shipped_rows().values()) == model_table()  # regenerate with `python -m wrn.models.table`
     proc = run_cli("models")
     assert proc.returncode == 0, proc.stderr
     lines = {line.split()[0]: line for line in proc.stdout.splitlines()[2:]}
     assert set(wrn.list_models()) == set(lines)
     assert "36,479,194" in lines["wrn-28-10"] and " 5.243 " in lines["wrn-28-10"]
     assert "68,883,240" in lines["wrn-50-2"] and "68.9M" in lines["wrn-50-2"]
+
+
+def test_wrn_models_filter_any_case_and_name_together():
+    proc = run_cli("models", "--filter", "WRN-40-2-L*", "--name", "wrn-34-10", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [r["name"] for r in rows] == [
+        "wrn-40-2-l1",
+        "wrn-40-2-l2",
+        "wrn-40-2-l3",
+        "wrn-40-2-l4",
+        "wrn-34-10",
+    ]
+    assert rows[-1]["params"] == 46_160_474
+    assert wrn.list_models("WRN-40-2-L*") == [r["name"] for r in rows[:4]]
+
+
+LIGHT_COMMANDS = [["--help"], ["models"], ["data", "list"], ["presets"], ["models", "--name", "wrn-28-10"]]
+LIGHT_COMMANDS += [
+    [command, "--help"] for command in ("models", "convert", "export", "predict", "data", "train")
+]
+LIGHT_COMMANDS += [[command, "--help"] for command in ("eval", "presets", "plot")]
+
+
+def test_help_and_the_listing_commands_never_import_torch():
+    """`wrn --help`, every `--help`, `wrn models`, `wrn data list` and `wrn presets` stay fast: they do not load
+    torch (about 2 s). The timings are in benchmarks/cli_speed.py."""
+    script = (
+        "import sys, contextlib, io\n"
+        "from wrn.cli import main\n"
+        f"for argv in {LIGHT_COMMANDS!r}:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        try:\n"
+        "            main(argv)\n"
+        "        except SystemExit:\n"
+        "            pass\n"
+        "    assert 'torch' not in sys.modules, argv\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 
 
 def test_wrn_models_json_for_any_valid_name():

@@ -132,3 +132,29 @@ def test_edits_to_config_yaml_are_named_ignored_and_kept_aside(tmp_path):
     assert (now["optim"]["lr"], now["schedule"]["epochs"]) == (0.1, 2)  # what ran
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["lr"] for r in records] == [0.1, 0.1]
+
+
+def test_eval_names_a_channel_mismatch_and_takes_a_split(finished, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    run, _ = finished
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in range(10):
+            folder = tmp_path / "rgb" / split / f"class{c}"
+            folder.mkdir(parents=True)
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / "0.png")
+    proc = wrn_cli("eval", str(run), "--dataset", "imagefolder", "--data-dir", str(tmp_path / "rgb"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "takes grayscale (1 channel) images but imagefolder" in proc.stderr
+    assert "gives RGB (3 channels) ones" in proc.stderr and proc.stderr.count("\n") == 1
+
+    test = json.loads(wrn_cli("eval", str(run), "--json").stdout)
+    on_train = json.loads(wrn_cli("eval", str(run), "--split", "train", "--json").stdout)
+    assert (test["split"], test["n"]) == ("test", 360) and (on_train["split"], on_train["n"]) == (
+        "train",
+        1437,
+    )
+    bad = wrn_cli("eval", str(run), "--split", "extra")
+    assert bad.returncode == 2 and "digits has no split 'extra'; choose one of train, test" in bad.stderr

@@ -11,13 +11,14 @@ importing torch until a model is actually asked for.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from wrn._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
-_LAZY = {
+# public name -> the module that defines it (loaded on first use)
+_WHERE = {
     "WideResNet": "wrn.models",
     "build_model": "wrn.models",
     "count_parameters": "wrn.models",
@@ -56,13 +57,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'wrn' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE, globals())

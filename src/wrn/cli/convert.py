@@ -24,7 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         + ". Depth, width and classes are read off the tensors. Files are read with "
         "torch.load(weights_only=True).",
     )
-    p.add_argument("source", choices=tuple(FORMATS), help="checkpoint format")
+    p.add_argument(
+        "source", metavar="FORMAT", choices=tuple(FORMATS), help=f"checkpoint format: {', '.join(FORMATS)}"
+    )
     p.add_argument("src", help="the checkpoint file (.pt7 / .pt / .pth / .tar)")
     p.add_argument("out_dir", help="directory to write the converted model to")
     p.set_defaults(func=run)

@@ -20,6 +20,10 @@ def register(subparsers) -> None:
     p.add_argument("path", metavar="RUN_DIR_OR_MODEL_DIR")
     p.add_argument("--dataset", help="cifar10, cifar100, svhn, imagenet, imagefolder or digits")
     p.add_argument("--data-dir", help="folder that holds the data set")
+    p.add_argument("--download", action="store_true", help="fetch a missing data set (CIFAR, SVHN)")
+    p.add_argument(
+        "--split", help="the split to evaluate on (default: the test split; e.g. train, or SVHN's extra)"
+    )
     p.add_argument("--normalization", help="cifar10, cifar100, svhn, digits, imagenet, zca or none")
     p.add_argument("--image-size", type=int, help="evaluation crop side (ImageNet / image folders)")
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
@@ -41,12 +45,15 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         amp=args.amp,
+        download=args.download,
+        split=args.split,
     )
     if args.json:
         print(json.dumps(result))
     else:
+        top5 = f"  top-5 error {result['top5_error']:.2f}%" if "top5_error" in result else ""
         print(
-            f"{result['model']} on {result['dataset']} ({result['n']} images): loss {result['loss']:.4f}  "
-            f"accuracy {result['acc']:.2f}%  error {result['error']:.2f}%"
+            f"{result['model']} on {result['dataset']} {result['split']} ({result['n']} images): "
+            f"loss {result['loss']:.4f}  accuracy {result['acc']:.2f}%  error {result['error']:.2f}%{top5}"
         )
     return 0

@@ -160,6 +160,11 @@ def register(subparsers) -> None:
         help="mid-epoch checkpoints: minutes (10, 10m), steps (500steps) or off; always at each epoch end",
     )
     r.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    r.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (what would run, as config.yaml) and start nothing",
+    )
     p.set_defaults(func=run)
 
 
@@ -198,8 +203,9 @@ def run(args: argparse.Namespace) -> int:
                 for a, k in OVERRIDES.items()
                 if k in overrides and a not in RESUME_OPTIONS
             )
-            if args.preset or args.config or args.out or args.set or extra:
-                given = extra + [f"--{n}" for n in ("preset", "config", "out", "set") if getattr(args, n)]
+            if args.preset or args.config or args.out or args.set or args.print_config or extra:
+                names = ("preset", "config", "out", "set", "print_config")
+                given = extra + [f"--{n.replace('_', '-')}" for n in names if getattr(args, n)]
                 raise ConfigError(
                     f"--resume continues a run with its saved config, so {', '.join(given)} cannot be used with it; "
                     "only --epochs, --checkpoint-every and --no-progress can"
@@ -223,6 +229,15 @@ def run(args: argparse.Namespace) -> int:
                 "or both --model and --dataset"
             )
         cfg = build_config(args.preset, args.config, overrides)
+        if args.print_config:
+            from wrn.train import recipe
+            from wrn.train.config import dump_yaml, resolve
+
+            resolved = resolve(cfg)
+            print(dump_yaml(resolved), end="")
+            for text in recipe.warnings_for(resolved.schedule):
+                print(f"warning: {text}", file=sys.stderr)
+            return 0
         train(cfg, args.out, checkpoint_every=every, progress=progress, verbose=True)
         return 0
     except Interrupted as exc:

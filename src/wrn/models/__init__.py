@@ -3,14 +3,34 @@
 The detection backbone lives in :mod:`wrn.models.detection` (imported on demand: it loads torchvision's
 detection package)."""
 
-from wrn.models.cifar import PreActBottleneck, PreActResNet, WideBlock, WideResNet
-from wrn.models.complexity import count_macs, count_parameters, model_table
-from wrn.models.features import FeatureInfo, FeatureNet
-from wrn.models.imagenet import BasicBlock, Bottleneck, ImageNetResNet
-from wrn.models.io import load_model, save_model, unwrap
-from wrn.models.official import load_official
-from wrn.models.registry import build_model, create_model, list_models, model_info
-from wrn.models.xternalz import load_xternalz
+from __future__ import annotations
+
+from wrn._lazy import lazy_attributes
+
+# public name -> the module that defines it (loaded on first use)
+_WHERE = {
+    "BasicBlock": "wrn.models.imagenet",
+    "Bottleneck": "wrn.models.imagenet",
+    "FeatureInfo": "wrn.models.features",
+    "FeatureNet": "wrn.models.features",
+    "ImageNetResNet": "wrn.models.imagenet",
+    "PreActBottleneck": "wrn.models.cifar",
+    "PreActResNet": "wrn.models.cifar",
+    "WideBlock": "wrn.models.cifar",
+    "WideResNet": "wrn.models.cifar",
+    "build_model": "wrn.models.registry",
+    "count_macs": "wrn.models.complexity",
+    "count_parameters": "wrn.models.complexity",
+    "create_model": "wrn.models.registry",
+    "list_models": "wrn.models.registry",
+    "load_model": "wrn.models.io",
+    "load_official": "wrn.models.official",
+    "load_xternalz": "wrn.models.xternalz",
+    "model_info": "wrn.models.registry",
+    "model_table": "wrn.models.complexity",
+    "save_model": "wrn.models.io",
+    "unwrap": "wrn.models.io",
+}
 
 __all__ = [
     "BasicBlock",
@@ -35,3 +55,5 @@ __all__ = [
     "save_model",
     "unwrap",
 ]
+
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE, globals())

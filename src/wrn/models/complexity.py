@@ -54,34 +54,3 @@ def describe(name: str, num_classes: int | None = None) -> dict[str, Any]:
 
 def model_table(names: list[str] | None = None, num_classes: int | None = None) -> list[dict[str, Any]]:
     return [describe(n, num_classes) for n in (names if names is not None else list_models())]
-
-
-def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
-    headers = ("name", "classes", "input", "params", "MACs (G)", "paper")
-    cells = [
-        (
-            r["name"],
-            str(r["num_classes"]),
-            f"{r['input_size']}x{r['input_size']}",
-            f"{r['params']:,}",
-            f"{r['macs'] / 1e9:.3f}",
-            r["paper"],
-        )
-        for r in rows
-    ]
-    if markdown:
-        lines = [
-            "| " + " | ".join(headers) + " |",
-            "|" + "|".join(["---", "---:", "---:", "---:", "---:", "---"]) + "|",
-        ]
-        lines += ["| " + " | ".join(c) + " |" for c in cells]
-        return "\n".join(lines)
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
-    right = {1, 2, 3, 4}
-
-    def fmt(row: tuple[str, ...]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ).rstrip()
-
-    return "\n".join([fmt(headers), fmt(tuple("-" * w for w in widths)), *map(fmt, cells)])

@@ -147,9 +147,10 @@ _register_all()
 
 
 def list_models(pattern: str | None = None) -> list[str]:
-    """The registered model names, optionally filtered by a shell pattern such as ``"wrn-40-*"``."""
+    """The registered model names, optionally filtered by a shell pattern such as ``"wrn-40-*"`` (case does
+    not matter, as for :func:`create_model`)."""
     names = list(_NAMED)
-    return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+    return [n for n in names if fnmatch.fnmatchcase(n, pattern.strip().lower())] if pattern else names
 
 
 def _resolve(name: str) -> _Entry:
@@ -215,7 +216,8 @@ def create_model(
                 f"{key!r} is set by the model name {name!r}; choose another name instead of overriding it."
             )
         if key not in allowed:
-            raise ConfigError(f"{cls.__name__} has no option {key!r}; the options are: {', '.join(allowed)}.")
+            options = ", ".join(["num_classes", *allowed])
+            raise ConfigError(f"{cls.__name__} has no option {key!r}; the options are: {options}.")
     if out_indices is not None and not features_only:
         raise ConfigError("out_indices only applies with features_only=True.")
     model = cls(**fixed, num_classes=default_classes if num_classes is None else num_classes, **overrides)

@@ -6,9 +6,23 @@
 >>> result.last["test_acc"]
 """
 
-from wrn.train.config import TrainConfig, build_config, list_presets, load_preset
-from wrn.train.evaluate import evaluate, evaluate_dir
-from wrn.train.loop import Interrupted, NonFiniteLoss, TrainResult, train
+from __future__ import annotations
+
+from wrn._lazy import lazy_attributes
+
+# public name -> the module that defines it (loaded on first use)
+_WHERE = {
+    "Interrupted": "wrn.train.loop",
+    "NonFiniteLoss": "wrn.train.loop",
+    "TrainConfig": "wrn.train.config",
+    "TrainResult": "wrn.train.loop",
+    "build_config": "wrn.train.config",
+    "evaluate": "wrn.train.evaluate",
+    "evaluate_dir": "wrn.train.evaluate",
+    "list_presets": "wrn.train.config",
+    "load_preset": "wrn.train.config",
+    "train": "wrn.train.loop",
+}
 
 __all__ = [
     "Interrupted",
@@ -22,3 +36,5 @@ __all__ = [
     "load_preset",
     "train",
 ]
+
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE, globals())

@@ -49,7 +49,9 @@ def load(run_dir: str | Path, map_location: str | torch.device = "cpu") -> dict[
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # a torn or foreign file: zip, pickle or unpickler errors of many kinds
-        reason = "it holds pickled Python objects" if "weights_only" in str(exc).lower() else type(exc).__name__
+        reason = (
+            "it holds pickled Python objects" if "weights_only" in str(exc).lower() else type(exc).__name__
+        )
         raise CheckpointError(
             f"{str(path)!r} is corrupt or not a training checkpoint ({reason}); "
             "start a new run or restore the file from a backup"

@@ -101,8 +101,11 @@ def evaluate_dir(
     batch_size: int = 256,
     device: str = "auto",
     amp: str = "off",
+    download: bool = False,
+    split: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the model of a run or model directory on its (or the given) test set.
+    """Evaluate the model of a run or model directory on its (or the given) test set, or on another
+    ``split`` of the data set (e.g. ``train``, or SVHN's ``extra``), in eval mode.
 
     A directory with ``model.safetensors`` + ``model.json`` is loaded with :func:`wrn.load_model`; a run
     directory without them (an unfinished run) uses the weights of its ``checkpoint.pt``.
@@ -138,10 +141,17 @@ def evaluate_dir(
         settings["normalization"] = None  # another data set: its own normalisation
     if dataset is not None and dataset != saved.get("name"):
         settings["augment"] = None  # (only used to pick the test transform of image folders)
+    if download:
+        settings["download"] = True
     cfg = validate({"dataset": settings, "run": {"device": device, "amp": amp}})
     cfg = resolve(cfg)
     dev = torch.device(cfg.run.device)
     data = cfg.dataset
+    from wrn.data import dataset_info
+
+    splits = dataset_info(data.name).splits
+    if split is not None and split not in splits:
+        raise ConfigError(f"{data.name} has no split {split!r}; choose one of {', '.join(splits)}")
     _, test_loader, info = make_loaders(
         data.name,
         data.root,
@@ -149,10 +159,12 @@ def evaluate_dir(
         augment=data.augment,  # the test loader never augments; image folders pick their test transform by it
         normalization=data.normalization,
         device=dev,
+        download=data.download,
         verify=data.verify,
         image_size=data.image_size,
         workers=data.workers,
         eval_batch_size=batch_size,
+        split_test=split,
     )
     if has_model:
         model = wrn.load_model(path, map_location=dev)
@@ -166,15 +178,24 @@ def evaluate_dir(
         model.load_state_dict(state["model"])
         model = model.to(dev)
         source = f"checkpoint (epoch {state['epoch']}, step {state['step']})"
-    classes = info["num_classes"] if isinstance(info, dict) else info.num_classes
     out_features = _num_outputs(model)
-    if out_features is not None and classes is not None and out_features != classes:
+    if out_features is not None and info.num_classes is not None and out_features != info.num_classes:
         raise ConfigError(
-            f"the model has {out_features} outputs but {data.name} has {classes} classes; pass the --dataset it was trained on"
+            f"the model has {out_features} outputs but {data.name} has {info.num_classes} classes; pass the "
+            "--dataset it was trained on"
+        )
+    channels = getattr(model, "config", {}).get("in_channels")
+    if channels is not None and channels != info.in_channels:
+        kinds = {1: "grayscale (1 channel)", 3: "RGB (3 channels)"}
+        raise ConfigError(
+            f"the model takes {kinds.get(channels, f'{channels}-channel')} images but {data.name} "
+            f"{'at ' + str(data.root) + ' ' if data.name == 'imagefolder' else ''}gives "
+            f"{kinds.get(info.in_channels, f'{info.in_channels}-channel')} ones; pass the --dataset it was trained on"
         )
     result = evaluate(model, test_loader, dev, amp=cfg.run.amp)
     name = getattr(model, "config", {}).get("name", type(model).__name__)
-    return {"model": name, "dataset": data.name, "source": source, **result}
+    split_name = split or dataset_info(data.name).test_split
+    return {"model": name, "dataset": data.name, "split": split_name, "source": source, **result}
 
 
 def _num_outputs(model: torch.nn.Module) -> int | None:

@@ -17,6 +17,22 @@ REFRESH_S = 0.5  # terminal bar: the most often values are read back from the de
 PLAIN_EVERY_S = 30.0  # plain lines: at 25%, 50%, 75% and at least this often
 PLAIN_QUARTERS = (0.25, 0.5, 0.75)
 PLAIN_QUARTERS_AFTER_S = 5.0  # short epochs print only their summary line, keeping logs of small runs short
+MIN_BAR_COLUMNS = 40  # narrower terminals get plain lines instead of a bar
+
+
+def _terminal_columns(stream: TextIO) -> int:
+    """The width of the terminal behind ``stream`` (COLUMNS first, as the shell sets it), or 80 if unknown."""
+    import os
+    import shutil
+
+    try:
+        columns = os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        columns = shutil.get_terminal_size((80, 24)).columns
+    env = os.environ.get("COLUMNS", "")
+    if env.strip().isdigit():
+        columns = int(env)
+    return columns
 
 
 def _value(x: Any) -> float:
@@ -71,8 +87,9 @@ class EpochProgress:
             is_tty = bool(self.stream.isatty())
         except (AttributeError, ValueError):  # no isatty, or a closed stream
             is_tty = False
-        self.is_tty = is_tty
-        if self.enabled and is_tty:
+        # A terminal too narrow to draw a bar (or one that reports a width of 0) gets the plain lines.
+        self.is_tty = is_tty and _terminal_columns(self.stream) >= MIN_BAR_COLUMNS
+        if self.enabled and self.is_tty:
             from tqdm import tqdm
 
             self._bar = tqdm(
@@ -233,6 +250,8 @@ def format_epoch_summary(epoch: int, epochs: int, record: dict) -> str:
         error = 100.0 - acc
     if error is not None:
         test.append(f"error {error:.2f}%")
+    if (v := _get(record, "test_top5_error")) is not None:
+        test.append(f"top-5 error {v:.2f}%")
     if test:
         parts.append("test " + " ".join(test))
 
