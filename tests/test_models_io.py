@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import wrn
-from wrn.errors import CheckpointError
+from wrn.errors import CheckpointError, ConfigError
 from wrn.models import create_model, load_model, load_official, save_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -285,7 +285,11 @@ def test_torchscript_export_by_name(tmp_path):
 
 
 def test_torch_hub_loads_from_a_clone():
-    model = torch.hub.load(str(REPO), "wrn_16_4", source="local", num_classes=100)
+    model = torch.hub.load(str(REPO), "wrn_16_4", source="local", num_classes=100, pretrained=False)
+    with pytest.raises(ConfigError, match="no pretrained weights of wrn-28-10 are published yet"):
+        torch.hub.load(str(REPO), "wrn_28_10", source="local", pretrained=True)
+    with pytest.raises(ConfigError, match="the options are: num_classes, "):
+        torch.hub.load(str(REPO), "wrn_28_10", source="local", num_class=100)
     assert model.config["name"] == "wrn-16-4" and model.fc.out_features == 100
     again = torch.hub.load(str(REPO), "create_model", "wrn-40-2-b131", source="local")
     assert wrn.count_parameters(again) == 1_429_082

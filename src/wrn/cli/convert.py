@@ -27,8 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "source", metavar="FORMAT", choices=tuple(FORMATS), help=f"checkpoint format: {', '.join(FORMATS)}"
     )
-    p.add_argument("src", help="the checkpoint file (.pt7 / .pt / .pth / .tar)")
-    p.add_argument("out_dir", help="directory to write the converted model to")
+    p.add_argument("src", metavar="SRC", help="the checkpoint file (.pt7 / .pt / .pth / .tar)")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="directory to write the converted model to")
     p.set_defaults(func=run)
 
 
