@@ -189,6 +189,49 @@ def test_plot_runs_and_empty_run(tmp_path):
         plot_run(empty)
 
 
+def _dotted_lines(ax) -> list[tuple[float, str]]:
+    from matplotlib.colors import to_hex
+
+    return sorted(
+        (line.get_xdata()[0], to_hex(line.get_color())) for line in ax.lines if line.get_linestyle() == ":"
+    )
+
+
+def test_figures_read_well_for_one_run_and_several(tmp_path):
+    from wrn.train.plot import COLOURS, draw_run, draw_runs
+
+    short = make_run(tmp_path / "short", epochs=3, model="wrn-16-4")
+    (short / METRICS_FILE).write_text(
+        "".join(json.dumps(record(e, lr=0.1 if e < 3 else 0.02)) + "\n" for e in (1, 2, 3))
+    )
+    long = make_run(tmp_path / "long", epochs=200, model="wrn-28-10")
+    one, several = draw_run(short), draw_runs([short, long])
+    for fig in (one, several):
+        ax_loss, ax_err = fig.axes
+        fig.canvas.draw()
+        ticks = [t for t in ax_loss.get_xticks() if ax_loss.get_xlim()[0] <= t <= ax_loss.get_xlim()[1]]
+        assert all(float(t).is_integer() for t in ticks)  # whole epochs only
+        assert ax_loss.get_yscale() == "log"  # the same loss scale for one run and several
+        # one grid: vertical lines on the epochs, horizontal ones on the test error's ticks only
+        assert not any(line.get_visible() for line in ax_loss.get_ygridlines())
+        assert any(line.get_visible() for line in ax_err.get_ygridlines())
+        assert not any(line.get_visible() for line in ax_err.get_xgridlines())
+    # each run's lr drops in its own colour, at its own epochs (nudged apart by a few hundredths)
+    drops = _dotted_lines(several.axes[0])
+    assert [c for _, c in drops] == [COLOURS[0].lower()] + [COLOURS[1].lower()] * 3
+    assert [round(x) for x, _ in drops] == [3, 60, 120, 160]
+
+
+@pytest.mark.parametrize("suffix, magic", [(".svg", b"<?xml"), (".pdf", b"%PDF"), (".png", b"\x89PNG")])
+def test_plots_in_every_format(tmp_path, suffix, magic):
+    run = make_run(tmp_path / "run", epochs=20, model="wrn-40-1")
+    assert plot_run(run, out=tmp_path / f"c{suffix}").read_bytes().startswith(magic)
+    result = _wrn("run", "--out", f"cli{suffix}", cwd=tmp_path)
+    assert result.returncode == 0 and (tmp_path / f"cli{suffix}").read_bytes().startswith(magic)
+    refused = _wrn("run", "--out", "c.jpg", cwd=tmp_path)
+    assert refused.returncode == 2 and ".png, .svg, .pdf" in refused.stderr
+
+
 def _wrn(*args, cwd):
     env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run(

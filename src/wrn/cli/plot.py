@@ -24,15 +24,16 @@ def register(subparsers) -> None:
         "--out",
         type=Path,
         default=None,
-        metavar="FILE.png",
-        help="where to write the figure (default: RUN/curves.png for one run, ./curves.png for several)",
+        metavar="FILE",
+        help="where to write the figure, .png, .svg or .pdf (default: RUN/curves.png for one run, "
+        "./curves.png for several)",
     )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from wrn.train.logging import METRICS_FILE
-    from wrn.train.plot import DEFAULT_NAME, plot_run, plot_runs
+    from wrn.train.plot import DEFAULT_NAME, FORMATS, plot_run, plot_runs
 
     for run_dir in args.runs:
         if not (run_dir / METRICS_FILE).is_file():
@@ -45,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"{run_dir} {what}; pass run directories written by `wrn train` (each holds {METRICS_FILE})"
             )
-    if args.out is not None and args.out.suffix.lower() != ".png":
-        raise ConfigError(f"--out {args.out} is not a .png file; give a file name ending in .png")
+    if args.out is not None and args.out.suffix.lower() not in FORMATS:
+        raise ConfigError(f"--out {args.out}: give a file name ending in {', '.join(FORMATS)}")
     if len(args.runs) == 1:
         path = plot_run(args.runs[0], out=args.out)
     else:

@@ -1,9 +1,11 @@
 """Training curves in the style of the paper's Figure 2.
 
 Test error (%) per epoch as solid lines, training loss per epoch as dashed lines on a second y axis (as in the
-paper: loss on the left, error on the right), and the learning-rate drops as vertical dotted lines. Everything
-comes from the run's ``metrics.jsonl`` (see :mod:`wrn.train.logging`); the title and labels come from the
-run's ``config.yaml`` when it has one.
+paper: loss on the left, error on the right), and the learning-rate drops as vertical dotted lines, in the
+colour of their run. Everything comes from the run's ``metrics.jsonl`` (see :mod:`wrn.train.logging`); the
+title and labels come from the run's ``config.yaml`` when it has one. The training loss is always on a log
+scale (late in training it spans decades), for one run as for several; epochs are whole numbers; the one
+grid follows the test-error axis. The file's extension picks the format: ``.png``, ``.svg`` or ``.pdf``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from wrn.train.logging import read_metrics
 DPI = 150
 CONFIG_FILE = "config.yaml"
 DEFAULT_NAME = "curves.png"
+FORMATS = (".png", ".svg", ".pdf")
 # Colour-blind friendly palette (Okabe-Ito), one colour per run.
 COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
 
@@ -111,6 +114,7 @@ def _load(run_dir: Path) -> list[dict]:
 
 def _new_figure(title: str):
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(8.0, 5.0), dpi=DPI, layout="constrained")
     ax_loss = fig.add_subplot()
@@ -119,7 +123,9 @@ def _new_figure(title: str):
     ax_loss.set_xlabel("epoch", fontsize=11)
     ax_loss.set_ylabel("training loss (dashed)", fontsize=11)
     ax_err.set_ylabel("test error, % (solid)", fontsize=11)
-    # Vertical grid on the loss axes (below everything), horizontal grid on the error scale.
+    ax_loss.set_yscale("log")  # late-training loss spans decades; the same scale for one run or several
+    ax_loss.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    # One grid, on the test error's ticks (the figure's subject) and the epochs; none on the loss axis.
     ax_loss.grid(True, axis="x", alpha=0.3)
     ax_err.grid(True, axis="y", alpha=0.3)
     for ax in (ax_loss, ax_err):
@@ -131,9 +137,6 @@ def _new_figure(title: str):
 
 
 def _finish_axes(ax_loss, ax_err, losses: list[float], errors: list[float], epochs: list[float]) -> None:
-    positive = [v for v in losses if v > 0 and not math.isnan(v)]
-    if positive and max(positive) / min(positive) > 30:
-        ax_loss.set_yscale("log")  # late-training loss spans decades; a linear axis flattens it to zero
     finite_err = [v for v in errors if not math.isnan(v)]
     if finite_err:
         ax_err.set_ylim(0, max(finite_err) * 1.05 + 0.5)
@@ -142,25 +145,39 @@ def _finish_axes(ax_loss, ax_err, losses: list[float], errors: list[float], epoc
         ax_loss.set_xlim(min(0.0, min(finite_ep)), max(finite_ep) + 0.5)
 
 
-def _mark_drops(ax, drops: Sequence[int]) -> None:
+def _mark_drops(ax, drops: Sequence[int], colour: str = "0.45", offset: float = 0.0) -> None:
     for epoch in sorted(set(drops)):
-        ax.axvline(epoch, color="0.45", linestyle=":", linewidth=1.2, zorder=0)
+        ax.axvline(epoch + offset, color=colour, linestyle=":", linewidth=1.3, zorder=0)
 
 
 def _save(fig, out: Path) -> Path:
-    """Write the figure as a PNG, atomically (temporary file in the same folder, then rename)."""
+    """Write the figure in the format of its extension (PNG, SVG or PDF), atomically."""
+    suffix = out.suffix.lower()
+    if suffix not in FORMATS:
+        raise ConfigError(f"cannot draw {out}: give a file name ending in {', '.join(FORMATS)}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+    return atomic_write(out, lambda tmp: fig.savefig(tmp, format=suffix[1:], dpi=DPI), keep_suffix=True)
 
 
-def _drop_handle():
+def _drop_handle(label: str = "lr drop"):
     from matplotlib.lines import Line2D
 
-    return Line2D([], [], color="0.45", linestyle=":", linewidth=1.2, label="lr drop")
+    return Line2D([], [], color="0.45", linestyle=":", linewidth=1.3, label=label)
 
 
 def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Plot one run's curves to ``out`` (default ``RUN/curves.png``); returns the path written."""
+    run_dir = Path(run_dir)
+    return _save(draw_run(run_dir), Path(out) if out is not None else run_dir / DEFAULT_NAME)
+
+
+def plot_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Several runs on one figure (e.g. thin vs wide): one colour per run, final test error in the legend."""
+    return _save(draw_runs(run_dirs), Path(out))
+
+
+def draw_run(run_dir: str | os.PathLike):
+    """The matplotlib Figure of one run's curves (what :func:`plot_run` writes)."""
     run_dir = Path(run_dir)
     records = _load(run_dir)
     epochs, errors, losses = _series(records)
@@ -180,11 +197,11 @@ def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
     _finish_axes(ax_loss, ax_err, losses, errors, epochs)
     handles = [h_err, h_loss] + ([_drop_handle()] if drops else [])
     ax_err.legend(handles=handles, loc="upper right", fontsize=10, framealpha=0.9)
-    return _save(fig, Path(out) if out is not None else run_dir / DEFAULT_NAME)
+    return fig
 
 
-def plot_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
-    """Several runs on one figure (e.g. thin vs wide): one colour per run, final test error in the legend."""
+def draw_runs(run_dirs: Sequence[str | os.PathLike]):
+    """The matplotlib Figure of several runs (what :func:`plot_runs` writes)."""
     run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
         raise ConfigError("no runs to plot; pass at least one run directory")
@@ -208,6 +225,8 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
     for i, ((_, records), label) in enumerate(zip(loaded, labels, strict=True)):
         colour = COLOURS[i % len(COLOURS)]
         epochs, errors, losses = _series(records)
+        # each run's drops in its colour, nudged apart so that drops at the same epoch all show
+        _mark_drops(ax_loss, lr_drop_epochs(records), colour, offset=0.06 * (i - (len(loaded) - 1) / 2))
         final = _final(errors)
         text = label if math.isnan(final) else f"{label}: {final:.2f}%"
         (h,) = ax_err.plot(epochs, errors, color=colour, linewidth=1.8, label=text)
@@ -217,10 +236,9 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
         all_loss += losses
         all_ep += epochs
         drops += lr_drop_epochs(records)
-    _mark_drops(ax_loss, drops)
     _finish_axes(ax_loss, ax_err, all_loss, all_err, all_ep)
     if drops:
-        handles.append(_drop_handle())
+        handles.append(_drop_handle("lr drop (run's colour)"))
     ax_err.legend(
         handles=handles,
         loc="upper right",
@@ -229,4 +247,4 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
         title="final test error",
         title_fontsize=10,
     )
-    return _save(fig, Path(out))
+    return fig
