@@ -525,11 +525,11 @@ def _config_edits(out_dir: Path, saved: dict[str, Any]) -> list[str]:
             return {prefix: node}
         out: dict[str, Any] = {}
         for key, value in node.items():
-            out.update(flat(value, f"{prefix}{key}."))
+            out.update(flat(value, f"{prefix}.{key}" if prefix else str(key)))
         return out
 
     a, b = flat(on_disk), flat(saved)
-    keys = sorted(k.rstrip(".") for k in set(a) | set(b) if a.get(k) != b.get(k))
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     return [k for k in keys if k not in ignored and k.split(".")[0] not in ignored]
 
 
