@@ -217,7 +217,8 @@ def run_figure4(args: argparse.Namespace, exp, out: Path) -> int:
         given.append("--download")
     if given:
         raise ConfigError(
-            f"figure4 is a speed benchmark on synthetic data, so {', '.join(given)} do not apply; "
+            f"figure4 is a speed benchmark on synthetic data, so {', '.join(given)} "
+            f"{'does' if len(given) == 1 else 'do'} not apply; "
             "it takes --device and --steps"
         )
     if args.steps is not None and args.steps < 1:

@@ -192,7 +192,15 @@ class RowResult:
 
     @property
     def top5(self) -> list[float]:
-        return [v for v in (r.value("test_top5") for r in self.done) if v is not None]
+        """Top-5 test errors of the finished runs (metrics hold them for data sets of more than 10 classes)."""
+        out = []
+        for r in self.done:
+            err = r.value("test_top5_error")
+            if err is None and r.value("test_top5") is not None:  # the top-5 accuracy only
+                err = 100.0 - r.value("test_top5")
+            if err is not None:
+                out.append(err)
+        return out
 
     @property
     def median(self) -> float | None:
@@ -510,7 +518,8 @@ def table_figure(exp: Experiment, results: list[RowResult], scaled, path: Path) 
     labels = []
     for i, res in enumerate(shown):
         y = len(shown) - 1 - i
-        labels.append(f"{res.row.label} ({DATASET_TITLES.get(res.row.dataset, res.row.dataset)})")
+        trained = res.trained_dataset or res.row.dataset  # a scaled-down grid's data set, if it has another
+        labels.append(f"{res.row.label} ({DATASET_TITLES.get(trained, trained)})")
         if res.row.paper_error is not None:
             ax.plot(res.row.paper_error, y, marker="o", markersize=7, markerfacecolor="none",
                     markeredgecolor=COLOURS[1], markeredgewidth=1.6, linestyle="none")  # fmt: skip
