@@ -16,7 +16,9 @@ import sys
 from wrn.errors import WRNError
 
 # Modules of this package, in the order their commands appear in ``wrn --help``.
-COMMANDS = ("models", "convert", "export", "predict", "data", "train", "eval", "presets", "plot")
+COMMANDS = (
+    "models", "convert", "export", "predict", "data", "train", "eval", "presets", "plot", "reproduce", "report",
+)  # fmt: skip
 
 
 class Parser(argparse.ArgumentParser):

@@ -1,0 +1,502 @@
+"""The paper's experiments as data: which runs each table and figure needs, and the paper's numbers.
+
+Every number here is the paper's, as listed in section 7 of the specification (test error in percent, CIFAR
+and SVHN medians of 5 runs; ImageNet single-crop top-1 / top-5; Table 9: best single runs). A :class:`Row` is
+one line of a paper table on one data set; it expands into one ``wrn train`` run per seed. Its name is the
+folder of its runs (``OUT/<row>/seed-<s>``) and follows the preset names (``<dataset>-<model>[-dropout][-zca]``).
+
+This module imports nothing heavy: ``wrn reproduce list`` and ``wrn --help`` stay fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from wrn.errors import ConfigError
+
+# Dropout rates of the paper (spec section 1): 0.3 on CIFAR, 0.4 on SVHN.
+CIFAR_DROPOUT = 0.3
+SVHN_DROPOUT = 0.4
+
+# How each data set's rows are built: the shared recipe a run config extends (src/wrn/train/presets).
+BASES = {"cifar10": "_cifar", "cifar100": "_cifar", "svhn": "_svhn", "imagenet": "imagenet-wrn-50-2"}
+
+# Images per epoch (training, test) and epochs of the paper's recipes (spec sections 4 and 5).
+DATA_SIZES = {
+    "cifar10": (50_000, 10_000),
+    "cifar100": (50_000, 10_000),
+    "svhn": (73_257 + 531_131, 26_032),
+    "imagenet": (1_281_167, 50_000),
+}
+RECIPE_EPOCHS = {"cifar10": 200, "cifar100": 200, "svhn": 160, "imagenet": 90}
+DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "svhn": "SVHN", "imagenet": "ImageNet"}
+# (classes, image channels) of each data set, as wrn.data.registry says (a test checks it); kept here so that
+# the report counts parameters without importing the data package (and torchvision).
+DATASET_SHAPES = {
+    "cifar10": (10, 3),
+    "cifar100": (100, 3),
+    "svhn": (10, 3),
+    "imagenet": (1000, 3),
+    "digits": (10, 1),
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of a paper table on one data set."""
+
+    name: str  # folder of its runs, e.g. "cifar10-wrn-40-4-zca"
+    label: str  # as the paper writes it, e.g. "WRN-40-4" or "B(1,3,1), d=40"
+    model: str | None  # a name of `wrn models`; None: a reference line the package does not build
+    dataset: str  # cifar10, cifar100, svhn or imagenet
+    paper_error: float | None  # test error %, top-1 for ImageNet; None where the paper has no figure
+    paper_params: float | None = None  # millions, as the paper prints them
+    dropout: float | None = None
+    normalization: str | None = None  # "zca" for Tables 2-4, else the data set's own
+    paper_top5: float | None = None  # ImageNet only
+    paper_time: float | None = None  # Table 2: seconds per training epoch on the authors' GPU
+    note: str = ""
+
+    @property
+    def base(self) -> str:
+        return BASES[self.dataset]
+
+    def config(self, seed: int, description: str = "") -> dict:
+        """The small config a run of this row starts from: the shared recipe plus model, data and seed."""
+        if self.model is None:
+            raise ConfigError(
+                f"row {self.name!r} is a reference line of the paper; wrn does not build its model"
+            )
+        model: dict = {"name": self.model}
+        if self.dropout is not None:
+            model["dropout"] = self.dropout
+        dataset: dict = {"name": self.dataset}
+        if self.normalization is not None:
+            dataset["normalization"] = self.normalization
+        out: dict = {"extends": self.base}
+        if description:
+            out["description"] = description
+        out.update({"model": model, "dataset": dataset, "run": {"seed": int(seed)}})
+        return out
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str  # table2 ... figure4
+    title: str  # "Table 4", "Figure 2"
+    description: str
+    rows: tuple[Row, ...] = ()
+    view_of: str | None = None  # figure2 / figure3: drawn from the runs of this experiment
+    panels: tuple[tuple[str, tuple[str, ...]], ...] = ()  # figures: (panel title, row names) per panel
+    kind: str = "table"  # table, curves or bench
+    columns: tuple[str, ...] = field(default=())  # data sets in the paper's column order
+    default_runs: int = 5  # seeds per row: the paper's CIFAR/SVHN figures are medians of 5 runs
+
+    @property
+    def runnable_rows(self) -> tuple[Row, ...]:
+        return tuple(r for r in self.rows if r.model is not None)
+
+    def row(self, name: str) -> Row:
+        for r in self.rows:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+
+# --------------------------------------------------------------------------------------------- the rows
+
+
+def _cifar(model, label, c10, c100, params, **kw) -> list[Row]:
+    """A model on CIFAR-10 and CIFAR-100 (no CIFAR-100 row where the paper has no CIFAR-100 figure)."""
+    suffix = ("-dropout" if kw.get("dropout") else "") + ("-zca" if kw.get("normalization") == "zca" else "")
+    rows = [Row(f"cifar10-{model}{suffix}", label, model, "cifar10", c10, params, **kw)]
+    if c100 is not None:
+        rows.append(Row(f"cifar100-{model}{suffix}", label, model, "cifar100", c100, params, **kw))
+    return rows
+
+
+_T2 = (  # (model, label, error, params M, seconds per epoch); k = 2, ZCA, CIFAR-10
+    ("wrn-40-2-b131", "B(1,3,1), d=40", 6.06, 1.4, 85.8),
+    ("wrn-40-2-b31", "B(3,1), d=40", 5.78, 1.2, 67.5),
+    ("wrn-40-2-b13", "B(1,3), d=40", 6.42, 1.3, 72.2),
+    ("wrn-40-2-b311", "B(3,1,1), d=40", 5.86, 1.3, 82.2),
+    ("wrn-28-2", "B(3,3), d=28", 5.73, 1.5, 67.5),
+    ("wrn-22-2-b313", "B(3,1,3), d=22", 5.78, 1.1, 59.9),
+)
+TABLE2 = tuple(
+    Row(f"cifar10-{m}-zca", label, m, "cifar10", err, params, normalization="zca", paper_time=t)
+    for m, label, err, params, t in _T2
+)
+
+TABLE3 = tuple(
+    Row(f"cifar10-wrn-40-2-l{n}-zca", f"l={n}", f"wrn-40-2-l{n}", "cifar10", err, 2.2, normalization="zca")
+    for n, err in ((1, 6.69), (2, 5.43), (3, 5.65), (4, 5.93))
+)
+
+_T4 = (  # (depth, k, params M, CIFAR-10, CIFAR-100); ZCA
+    (40, 1, 0.6, 6.85, 30.89),
+    (40, 2, 2.2, 5.33, 26.04),
+    (40, 4, 8.9, 4.97, 22.89),
+    (40, 8, 35.7, 4.66, None),
+    (28, 10, 36.5, 4.17, 20.50),
+    (28, 12, 52.5, 4.33, 20.43),
+    (22, 8, 17.2, 4.38, 21.22),
+    (22, 10, 26.8, 4.44, 20.75),
+    (16, 8, 11.0, 4.81, 22.07),
+    (16, 10, 17.1, 4.56, 21.59),
+)
+TABLE4 = tuple(
+    row
+    for d, k, params, c10, c100 in _T4
+    for row in _cifar(f"wrn-{d}-{k}", f"WRN-{d}-{k}", c10, c100, params, normalization="zca")
+)
+
+_T5 = (  # paper order: the thin pre-activation ResNets, then the wide ones; mean/std, flip + crop
+    ("preact-resnet-164", "pre-act ResNet-164", 5.46, 24.33, 1.7, ""),
+    (
+        "preact-resnet-1001",
+        "pre-act ResNet-1001",
+        4.92,
+        22.71,
+        10.2,
+        "the paper also gives 4.64% on CIFAR-10 at batch 64",
+    ),
+    ("wrn-40-4", "WRN-40-4", 4.53, 21.18, 8.9, ""),
+    ("wrn-16-8", "WRN-16-8", 4.27, 20.43, 11.0, ""),
+    ("wrn-28-10", "WRN-28-10", 4.00, 19.25, 36.5, ""),
+)
+TABLE5 = tuple(
+    row for m, label, c10, c100, params, note in _T5 for row in _cifar(m, label, c10, c100, params, note=note)
+)
+
+_T6 = (  # (model, k label, params M, dropout?, CIFAR-10, CIFAR-100, SVHN)
+    ("wrn-16-4", "WRN-16-4", None, False, 5.02, 24.03, 1.85),
+    ("wrn-16-4", "WRN-16-4", None, True, 5.24, 23.91, 1.64),
+    ("wrn-28-10", "WRN-28-10", 36.5, False, 4.00, 19.25, None),
+    ("wrn-28-10", "WRN-28-10", 36.5, True, 3.89, 18.85, None),
+    ("wrn-52-1", "WRN-52-1", None, False, 6.43, 29.89, 2.08),
+    ("wrn-52-1", "WRN-52-1", None, True, 6.28, 29.78, 1.70),
+)
+
+
+def _table6() -> tuple[Row, ...]:
+    rows: list[Row] = []
+    for model, label, params, dropout, c10, c100, svhn in _T6:
+        text = label + (" + dropout" if dropout else "")
+        rows += _cifar(model, text, c10, c100, params, dropout=CIFAR_DROPOUT if dropout else None)
+        if svhn is not None:
+            name = f"svhn-{model}" + ("-dropout" if dropout else "")
+            rows.append(
+                Row(name, text, model, "svhn", svhn, params, dropout=SVHN_DROPOUT if dropout else None)
+            )
+    return tuple(rows)
+
+
+TABLE6 = _table6()
+
+TABLE7 = tuple(
+    Row(f"imagenet-wrn-{d}-{w}", f"WRN-{d}, width {w}", f"imagenet-wrn-{d}-{w}", "imagenet", top1, params,
+        paper_top5=top5)
+    for d, w, top1, top5, params in (
+        (18, "1.0", 30.4, 10.93, 11.7),
+        (18, "1.5", 27.06, 9.0, 25.9),
+        (18, "2.0", 25.58, 8.06, 45.6),
+        (18, "3.0", 24.06, 7.33, 101.8),
+        (34, "1.0", 26.77, 8.67, 21.8),
+        (34, "1.5", 24.5, 7.58, 48.6),
+        (34, "2.0", 23.39, 7.00, 86.0),
+    )
+)  # fmt: skip
+
+TABLE8 = (
+    Row("imagenet-resnet-50", "ResNet-50", "resnet-50", "imagenet", 24.01, 25.6, paper_top5=7.02),
+    Row("imagenet-resnet-101", "ResNet-101", "resnet-101", "imagenet", 22.44, 44.5, paper_top5=6.21),
+    Row("imagenet-resnet-152", "ResNet-152", "resnet-152", "imagenet", 22.16, 60.2, paper_top5=6.16),
+    Row("imagenet-wrn-50-2", "WRN-50-2-bottleneck", "wrn-50-2", "imagenet", 21.9, 68.9, paper_top5=6.03),
+    Row(
+        "imagenet-preact-resnet-200",
+        "pre-ResNet-200",
+        None,
+        "imagenet",
+        21.66,
+        None,
+        paper_top5=5.79,
+        note="reference line of the paper; wrn does not build this network",
+    ),
+)
+
+TABLE9 = (
+    Row("cifar10-wrn-40-10-dropout", "WRN-40-10 + dropout", "wrn-40-10", "cifar10", 3.8, 56.0,
+        dropout=CIFAR_DROPOUT, note="the paper's best single run, not a median"),
+    Row("cifar100-wrn-40-10-dropout", "WRN-40-10 + dropout", "wrn-40-10", "cifar100", 18.3, 56.0,
+        dropout=CIFAR_DROPOUT, note="the paper's best single run, not a median"),
+    Row("svhn-wrn-16-8-dropout", "WRN-16-8 + dropout", "wrn-16-8", "svhn", 1.54, 11.0,
+        dropout=SVHN_DROPOUT, note="the paper's best single run, not a median"),
+)  # fmt: skip
+
+
+def _pick(rows: tuple[Row, ...], *names: str) -> tuple[Row, ...]:
+    by_name = {r.name: r for r in rows}
+    return tuple(by_name[n] for n in names)
+
+
+_F2 = ("cifar10-preact-resnet-164", "cifar10-wrn-28-10", "cifar100-preact-resnet-164", "cifar100-wrn-28-10")
+_F3 = ("svhn-wrn-52-1", "svhn-wrn-52-1-dropout", "svhn-wrn-16-4", "svhn-wrn-16-4-dropout")
+
+EXPERIMENTS: dict[str, Experiment] = {
+    e.name: e
+    for e in (
+        Experiment(
+            "table2",
+            "Table 2",
+            "block types B(M) at k=2 on CIFAR-10 with ZCA (test error %, seconds per epoch on the authors' GPU)",
+            TABLE2,
+            columns=("cifar10",),
+        ),
+        Experiment(
+            "table3",
+            "Table 3",
+            "WRN-40-2 with l = 1, 2, 3, 4 convolutions per block, CIFAR-10, ZCA",
+            TABLE3,
+            columns=("cifar10",),
+        ),
+        Experiment(
+            "table4",
+            "Table 4",
+            "depth and width of WRN-d-k on CIFAR-10 and CIFAR-100, ZCA",
+            TABLE4,
+            columns=("cifar10", "cifar100"),
+        ),
+        Experiment(
+            "table5",
+            "Table 5",
+            "thin pre-activation ResNets vs wide WRNs, CIFAR-10 and CIFAR-100, mean/std + flip/crop",
+            TABLE5,
+            columns=("cifar10", "cifar100"),
+        ),
+        Experiment(
+            "table6",
+            "Table 6",
+            "dropout in the residual block, CIFAR-10, CIFAR-100 and SVHN",
+            TABLE6,
+            columns=("cifar10", "cifar100", "svhn"),
+        ),
+        Experiment(
+            "table7",
+            "Table 7",
+            "ImageNet: non-bottleneck ResNet-18 and -34 made wider (top-1 / top-5 error %)",
+            TABLE7,
+            columns=("imagenet",),
+            default_runs=1,  # the paper's ImageNet figures are single runs
+        ),
+        Experiment(
+            "table8",
+            "Table 8",
+            "ImageNet: bottleneck ResNets vs WRN-50-2-bottleneck (single-crop top-1 / top-5 error %)",
+            TABLE8,
+            columns=("imagenet",),
+            default_runs=1,
+        ),
+        Experiment(
+            "table9",
+            "Table 9",
+            "the paper's best single runs: WRN-40-10 + dropout on CIFAR, WRN-16-8 + dropout on SVHN",
+            TABLE9,
+            columns=("cifar10", "cifar100", "svhn"),
+        ),
+        Experiment(
+            "figure2",
+            "Figure 2",
+            "training curves of a thin (pre-act ResNet-164) and a wide (WRN-28-10) net, from the Table 5 runs",
+            _pick(TABLE5, *_F2),
+            view_of="table5",
+            panels=(("CIFAR-10", _F2[:2]), ("CIFAR-100", _F2[2:])),
+            kind="curves",
+            columns=("cifar10", "cifar100"),
+        ),
+        Experiment(
+            "figure3",
+            "Figure 3",
+            "SVHN training curves with and without dropout, thin (WRN-52-1) and wide (WRN-16-4), "
+            "from the Table 6 runs",
+            _pick(TABLE6, *_F3),
+            view_of="table6",
+            panels=(("SVHN, thin: WRN-52-1", _F3[:2]), ("SVHN, wide: WRN-16-4", _F3[2:])),
+            kind="curves",
+            columns=("svhn",),
+        ),
+        Experiment(
+            "figure4",
+            "Figure 4",
+            "time of forward + backward + update of a minibatch of 32 (`wrn bench figure4`): thin vs wide",
+            kind="bench",
+        ),
+    )
+}
+
+# Figure 4 of the paper (spec section 7): ms per minibatch of 32 on a Titan X, and the claims as ratios.
+FIGURE4_PAPER_MS = {
+    "preact-resnet-164": 85.0,
+    "preact-resnet-1001": 512.0,
+    "wrn-40-4": 68.0,
+    "wrn-16-10": 164.0,
+    "wrn-28-10": 312.0,
+}
+FIGURE4_RATIOS = (
+    ("preact-resnet-1001", "wrn-40-4"),
+    ("preact-resnet-1001", "wrn-28-10"),
+    ("preact-resnet-164", "wrn-40-4"),
+)
+
+
+def experiment_names() -> list[str]:
+    return list(EXPERIMENTS)
+
+
+def get_experiment(name: str) -> Experiment:
+    if name not in EXPERIMENTS:
+        import difflib
+
+        close = difflib.get_close_matches(str(name), list(EXPERIMENTS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(
+            f"unknown experiment {name!r}{hint}; choose one of {', '.join(EXPERIMENTS)} "
+            "('wrn reproduce list' describes them)"
+        )
+    return EXPERIMENTS[name]
+
+
+def base_experiment(exp: Experiment) -> Experiment:
+    """The experiment whose runs ``exp`` uses: Table 5 for Figure 2, Table 6 for Figure 3, else itself."""
+    return EXPERIMENTS[exp.view_of] if exp.view_of else exp
+
+
+def views_of(name: str) -> list[Experiment]:
+    """The figures drawn from the runs of experiment ``name``."""
+    return [e for e in EXPERIMENTS.values() if e.view_of == name]
+
+
+# --------------------------------------------------------------------------------------------- compute
+
+# Forward multiply-adds of one image at the native input size (32x32, ImageNet 224x224), 10 / 1000 classes,
+# counted by wrn.models.complexity.count_macs (a test checks them). Kept here so that `wrn reproduce list`
+# does not trace 36 networks each time (9 s on 2 CPU cores).
+FORWARD_MACS = {
+    "wrn-40-2-b131": 208_061_696,
+    "wrn-40-2-b31": 176_604_416,
+    "wrn-40-2-b13": 189_187_328,
+    "wrn-40-2-b311": 195_478_784,
+    "wrn-28-2": 214_353_152,
+    "wrn-22-2-b313": 167_167_232,
+    "wrn-40-2-l1": 327_599_360,
+    "wrn-40-2-l2": 327_599_360,
+    "wrn-40-2-l3": 327_599_360,
+    "wrn-40-2-l4": 327_599_360,
+    "wrn-40-1": 83_280_512,
+    "wrn-40-2": 327_599_360,
+    "wrn-40-4": 1_298_582_016,
+    "wrn-40-8": 5_172_024_320,
+    "wrn-28-10": 5_243_328_768,
+    "wrn-28-12": 7_543_905_792,
+    "wrn-22-8": 2_454_115_328,
+    "wrn-22-10": 3_827_751_168,
+    "wrn-16-8": 1_548_145_664,
+    "wrn-16-10": 2_412_173_568,
+    "wrn-16-4": 392_612_352,
+    "wrn-52-1": 111_592_064,
+    "wrn-40-10": 8_074_483_968,
+    "preact-resnet-164": 244_500_992,
+    "preact-resnet-1001": 1_487_849_984,
+    "imagenet-wrn-18-1.0": 1_814_073_344,
+    "imagenet-wrn-18-1.5": 3_866_327_040,
+    "imagenet-wrn-18-2.0": 6_695_706_624,
+    "imagenet-wrn-18-3.0": 14_724_378_624,
+    "imagenet-wrn-34-1.0": 3_663_761_408,
+    "imagenet-wrn-34-1.5": 8_028_125_184,
+    "imagenet-wrn-34-2.0": 14_094_458_880,
+    "resnet-50": 4_089_184_256,
+    "resnet-101": 7_801_405_440,
+    "resnet-152": 11_513_626_624,
+    "wrn-50-2": 11_398_021_120,
+}
+
+# The paper's own timings, as FLOP rates of its Titan X (a training step = 3 forward passes = 6 FLOPs per
+# multiply-add and image; spec section 7). Figure 4 (batch of 32): WRN-28-10 312 ms -> 3.23 TFLOP/s, WRN-40-4
+# 68 ms -> 3.67; pre-act ResNet-164 85 ms -> 0.55 and -1001 512 ms -> 0.56. Table 2 (50,000 images per epoch):
+# the k=2 nets run at 0.73-0.95 TFLOP/s. Thin nets use a GPU far less well than wide ones: that is the
+# paper's point, and an estimate that ignored it would be 6x off for the pre-act ResNets.
+PAPER_TFLOPS_WIDE = 6 * FORWARD_MACS["wrn-28-10"] * 32 / 0.312 / 1e12
+
+
+def _rate(macs: float, ms: float, batch: int = 32) -> float:
+    return 6 * macs * batch / (ms / 1000) / 1e12
+
+
+def paper_efficiencies() -> dict[str, float]:
+    """Fraction of a wide net's FLOP rate that each family reached on the paper's GPU (its own timings)."""
+    thin = (
+        _rate(FORWARD_MACS["preact-resnet-164"], 85.0) + _rate(FORWARD_MACS["preact-resnet-1001"], 512.0)
+    ) / 2
+    k2 = [6 * FORWARD_MACS[r.model] * 50_000 / r.paper_time / 1e12 for r in TABLE2]
+    return {"thin": thin / PAPER_TFLOPS_WIDE, "k2": sum(k2) / len(k2) / PAPER_TFLOPS_WIDE, "wide": 1.0}
+
+
+# Assumed (not measured: no GPU was available) rate of a wide WRN's training step on a current data-centre
+# GPU with bf16 and channels_last, about 8x the paper's Titan X. `wrn reproduce list --bench figure4.json`
+# replaces it by a measured one.
+ASSUMED_TFLOPS_WIDE = 25.0
+
+
+def family(model: str) -> str:
+    """thin (pre-act ResNets, WRNs with k=1), k2 (k=2) or wide, for the efficiency of the estimate."""
+    if model.startswith("preact-resnet"):
+        return "thin"
+    parts = model.split("-")
+    if model.startswith("wrn-") and len(parts) >= 3 and parts[2].isdigit() and parts[1] not in ("50", "101"):
+        k = int(parts[2])
+        return "thin" if k == 1 else "k2" if k == 2 else "wide"
+    return "wide"  # ImageNet nets: large feature maps keep a GPU busy
+
+
+def run_flops(row: Row, epochs: int | None = None) -> float:
+    """FLOPs of one run of ``row`` with the paper's recipe: training steps plus one test pass per epoch."""
+    if row.model is None:
+        return 0.0
+    train, test = DATA_SIZES[row.dataset]
+    epochs = RECIPE_EPOCHS[row.dataset] if epochs is None else epochs
+    macs = FORWARD_MACS[row.model]
+    return epochs * (6 * macs * train + 2 * macs * test)
+
+
+def gpu_hours(row: Row, tflops_wide: float = ASSUMED_TFLOPS_WIDE, efficiencies: dict | None = None) -> float:
+    """Estimated GPU-hours of one run of ``row``: its FLOPs at the family's share of the wide rate."""
+    if row.model is None:
+        return 0.0
+    eff = (efficiencies or paper_efficiencies())[family(row.model)]
+    return run_flops(row) / (tflops_wide * 1e12 * eff) / 3600
+
+
+def experiment_gpu_hours(exp: Experiment, seeds: int | None = None, **kw) -> float:
+    seeds = exp.default_runs if seeds is None else seeds
+    return seeds * sum(gpu_hours(r, **kw) for r in exp.runnable_rows)
+
+
+def bench_rates(figure4: dict) -> tuple[float, dict[str, float]]:
+    """The wide rate (TFLOP/s) and family efficiencies measured by ``wrn bench figure4`` (its JSON)."""
+    ms = {m["name"]: float(m["ms"]) for m in figure4.get("models", []) if m.get("ms")}
+    batch = int(figure4.get("settings", {}).get("batch_size", 32))
+    if "wrn-28-10" not in ms:
+        raise ConfigError("the figure4.json has no time for wrn-28-10; run 'wrn bench figure4' again")
+    wide = _rate(FORWARD_MACS["wrn-28-10"], ms["wrn-28-10"], batch)
+    eff = paper_efficiencies()
+    thin = [
+        _rate(FORWARD_MACS[n], ms[n], batch) for n in ("preact-resnet-164", "preact-resnet-1001") if n in ms
+    ]
+    if thin:
+        eff["thin"] = sum(thin) / len(thin) / wide
+    return wide, eff
+
+
+def total_epochs(exp: Experiment) -> int:
+    """Epochs of one seed of the experiment with the paper's recipes."""
+    return sum(RECIPE_EPOCHS[r.dataset] for r in exp.runnable_rows)

@@ -1,0 +1,489 @@
+"""A grid: the runs of one experiment in one folder, its identity (``experiment.yaml``), and each run's state.
+
+Layout of ``OUT``::
+
+    experiment.yaml                    the grid's identity: experiment, overrides, seeds, runs (atomic writes)
+    <row>/seed-<s>/                    an ordinary `wrn train` run directory
+    <row>/.seed-<s>.lock               held (fcntl.flock) by whoever trains that run, child process included
+    configs/<row>-seed-<s>.yaml        the config the run was started from (`extends` a shipped recipe)
+    logs/<row>-seed-<s>.log            everything the run printed, all attempts appended
+    logs/<row>-seed-<s>.failed.json    why the last attempt failed (removed when the run succeeds)
+
+A grid is one experiment with one set of overrides. Figures 2 and 3 are views of Tables 5 and 6: they add
+their runs to (or read them from) a grid of the table they come from, so ``wrn reproduce figure2 --out
+repro/table5`` draws Figure 2 from an existing Table 5 grid, training only what is missing.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wrn.atomic import atomic_write_text
+from wrn.errors import ConfigError, DataError
+from wrn.reproduce.experiments import EXPERIMENTS, Experiment, Row, base_experiment, get_experiment
+
+EXPERIMENT_FILE = "experiment.yaml"
+FORMAT = "wrn-reproduce"
+VERSION = 1
+CONFIGS_DIR = "configs"
+LOGS_DIR = "logs"
+BENCH_DIR = "bench"  # Figure 4: the folder given to `wrn bench figure4 --out`
+BENCH_FILE = "figure4.json"
+
+# Config keys that say how or where a run trains, not what: changing them does not make a grid "scaled".
+_NOT_SCALING = (
+    "run.",
+    "dataset.root",
+    "dataset.workers",
+    "dataset.download",
+    "dataset.verify",
+    "description",
+)
+
+
+class GridError(ConfigError):
+    """An OUT folder that belongs to another grid, or a grid that cannot be set up as asked."""
+
+
+# --------------------------------------------------------------------------------------------- overrides
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """The `wrn train` options given to every run of a grid, in three forms.
+
+    ``argv``: as passed to each `wrn train` (paths made absolute); ``values``: the dotted config keys they set
+    (``wrn.cli.train.collect_overrides``); ``record``: as written in experiment.yaml and compared with it.
+    """
+
+    argv: tuple[str, ...] = ()
+    values: dict[str, Any] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        parts = []
+        for key, value in self.record.items():
+            if key == "set":
+                parts += [f"--set {v}" for v in value]
+            elif value is not None:
+                parts.append(f"--{key.replace('_', '-')} {value}")
+        return " ".join(parts) or "no overrides"
+
+
+# --------------------------------------------------------------------------------------------- runs
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a grid: a row of the paper on one seed."""
+
+    out: Path  # the grid folder, absolute
+    row: Row
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.row.name}/seed-{self.seed}"
+
+    @property
+    def dir(self) -> Path:
+        return self.out / self.row.name / f"seed-{self.seed}"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.out / self.row.name / f".seed-{self.seed}.lock"
+
+    @property
+    def config_path(self) -> Path:
+        return self.out / CONFIGS_DIR / f"{self.row.name}-seed-{self.seed}.yaml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.out / LOGS_DIR / f"{self.row.name}-seed-{self.seed}.log"
+
+    @property
+    def failed_path(self) -> Path:
+        return self.out / LOGS_DIR / f"{self.row.name}-seed-{self.seed}.failed.json"
+
+
+def run_state(run_dir: Path) -> str:
+    """``done`` (final weights written), ``partial`` (a checkpoint to resume), ``unstarted`` (created but
+    killed before its first checkpoint), or ``missing``."""
+    if (run_dir / "model.json").is_file() and (run_dir / "model.safetensors").is_file():
+        return "done"
+    if (run_dir / "checkpoint.pt").is_file():
+        return "partial"
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        return "unstarted"
+    return "missing"
+
+
+def discard_unstarted(run_dir: Path) -> None:
+    """Remove a run directory killed before its first checkpoint, so that the run starts afresh.
+
+    Such a directory holds only what `wrn train` writes before its first checkpoint (config.yaml, an empty
+    metrics.jsonl, TensorBoard events). Once `wrn train --resume` starts these afresh itself, this goes.
+    """
+    if run_state(run_dir) == "unstarted":
+        shutil.rmtree(run_dir)
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``<row>/.seed-<s>.lock``: one process trains a run at a time.
+
+    The descriptor is handed to the `wrn train` child (``pass_fds``), so the lock is held until the child
+    has exited, even when the orchestrator that took it was killed first.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                return False
+            raise
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def lock_is_held(path: Path) -> bool:
+    """Whether another process holds the run's lock (it is training that run now). Creates nothing."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def last_log_line(path: Path) -> str:
+    """The last non-empty line of a run's log (its error message when it failed)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            tail = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    lines = [ln.strip() for ln in tail.replace("\r", "\n").split("\n") if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+# --------------------------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class Plan:
+    """What a `wrn reproduce` command asks for, validated, before anything is written."""
+
+    experiment: Experiment  # what was asked for (figure2, table4, ...)
+    base: Experiment  # the grid's experiment (table5 for figure2)
+    out: Path
+    seeds: list[int]
+    overrides: Overrides
+    runs: list[RunSpec]  # every run of what was asked for
+    todo: list[RunSpec]  # the runs this command may train (--rows)
+    configs: dict[str, str]  # run key -> the YAML text of its config file
+    resolved: dict[str, Any]  # run key -> TrainConfig (defaults and overrides applied)
+    scaled: list[str]  # "key=value" of every recipe value the overrides change; empty: the paper's recipe
+    datasets: dict[str, str]  # data set -> root it is read from, for the runs of this command
+
+
+def _base_root(base: str) -> str:
+    """The data root a shipped recipe reads from, made absolute (runs may start in other folders)."""
+    from wrn.train.config import build_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "base.yaml"
+        path.write_text(f"extends: {base}\n")
+        root = build_config(None, path).dataset.root
+    return str(Path(root).expanduser().absolute())
+
+
+def _config_text(exp: Experiment, row: Row, seed: int, root: str) -> str:
+    paper = f"{row.paper_error}%" if row.paper_error is not None else "no figure"
+    desc = f"{exp.title}, {row.label}, {row.dataset} (paper: {paper}), seed {seed}"
+    data = row.config(seed, description=desc)
+    data["dataset"]["root"] = root
+    head = (
+        f"# Written by `wrn reproduce {exp.name}`: row {row.name}, seed {seed}. The shared recipe (extends)\n"
+        "# plus the row's model and data; the grid's overrides are on each run's command line.\n"
+    )
+    return head + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _scaling(plain: dict[str, Any], scaled: dict[str, Any]) -> list[str]:
+    a, b = _flatten(plain), _flatten(scaled)
+    changed = []
+    for key in sorted(set(a) | set(b)):
+        if key.startswith(_NOT_SCALING) or key == "preset":
+            continue
+        if a.get(key) != b.get(key) and b.get(key) is not None:  # None: the data set's own default
+            changed.append(f"{key}={b.get(key)}")
+    return changed
+
+
+def select_rows(exp: Experiment, patterns: list[str] | None) -> list[Row]:
+    """The rows of ``exp`` named by ``--rows`` (names or shell patterns), all of them without it."""
+    import fnmatch
+
+    rows = list(exp.runnable_rows)
+    if not patterns:
+        return rows
+    chosen = []
+    for pattern in patterns:
+        hits = [r for r in rows if fnmatch.fnmatchcase(r.name, pattern)]
+        if not hits:
+            raise ConfigError(
+                f"--rows {pattern!r} names no row of {exp.name}; its rows are {', '.join(r.name for r in rows)}"
+            )
+        chosen += [r for r in hits if r not in chosen]
+    return [r for r in rows if r in chosen]
+
+
+def make_plan(
+    name: str,
+    out: str | os.PathLike,
+    runs: int,
+    overrides: Overrides,
+    rows: list[str] | None = None,
+) -> Plan:
+    """Expand an experiment into its runs and validate every run's config; writes nothing."""
+    from wrn.train.config import build_config
+
+    exp = get_experiment(name)
+    out_path = Path(out).expanduser().absolute()
+    if exp.kind == "bench":  # Figure 4: one benchmark, no training runs
+        return Plan(exp, exp, out_path, [], overrides, [], [], {}, {}, [], {})
+    if not isinstance(runs, int) or runs < 1:
+        raise ConfigError(f"--runs {runs} is not a positive number of seeds; the paper uses 5")
+    if any(str(item).split("=", 1)[0].strip() == "run.seed" for item in overrides.record.get("set", [])):
+        raise ConfigError("--set run.seed cannot be used: each run's seed comes from --runs (seeds 0 .. N-1)")
+    base = base_experiment(exp)
+    seeds = list(range(runs))
+    wanted = select_rows(exp, rows)
+    specs = [RunSpec(out_path, row, seed) for row in exp.runnable_rows for seed in seeds]
+    todo = [s for s in specs if s.row in wanted]
+
+    configs: dict[str, str] = {}
+    resolved: dict[str, Any] = {}
+    scaled: list[str] = []
+    datasets: dict[str, str] = {}
+    root_cache: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in specs:
+            row = spec.row
+            if row.base not in root_cache:
+                root_cache[row.base] = _base_root(row.base)
+            text = _config_text(base, row, spec.seed, root_cache[row.base])
+            path = Path(tmp) / f"{row.name}-seed-{spec.seed}.yaml"
+            path.write_text(text)
+            cfg = build_config(None, path, dict(overrides.values))
+            configs[spec.key] = text
+            resolved[spec.key] = cfg
+            if spec.seed == seeds[0]:
+                plain = build_config(None, path).to_dict()
+                scaled += [item for item in _scaling(plain, cfg.to_dict()) if item not in scaled]
+            if spec in todo:
+                datasets.setdefault(cfg.dataset.name, cfg.dataset.root)
+    return Plan(exp, base, out_path, seeds, overrides, specs, todo, configs, resolved, scaled, datasets)
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def check_data(datasets: dict[str, str], download: bool) -> None:
+    """Every data set the runs read is present (or fetched now, once, with ``download``)."""
+    import warnings
+
+    for name, root in datasets.items():
+        if name == "digits":
+            continue
+        if name in ("imagenet", "imagefolder"):
+            missing = [s for s in ("train", "val") if not (Path(root) / s).is_dir()]
+            if missing:
+                what = "ImageNet" if name == "imagenet" else "the image folder"
+                raise DataError(
+                    f"{what} is missing: {Path(root) / missing[0]} does not exist; put the images in "
+                    f"{root}/train/<class>/ and {root}/val/<class>/ (or give --data-dir)"
+                )
+            continue
+        from wrn.data import ensure_files
+
+        if download:
+            Path(root).mkdir(parents=True, exist_ok=True)
+            ensure_files(name, root, download=True, verify=True)
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ensure_files(name, root, download=False, verify=False)
+        except DataError:
+            raise DataError(
+                f"the {name} data set is not under {root}; fetch it with 'wrn data download {name} --root {root}' "
+                "(or add --download), or point --data-dir at it"
+            ) from None
+
+
+# --------------------------------------------------------------------------------------------- experiment.yaml
+
+
+def read_experiment(out: Path) -> dict[str, Any] | None:
+    path = out / EXPERIMENT_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        data = None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise GridError(f"{path} is not an experiment file of wrn reproduce; choose another --out")
+    return data
+
+
+def check_out(plan: Plan) -> dict[str, Any] | None:
+    """Refuse an OUT that holds another grid (or other files); return its experiment.yaml if it is ours."""
+    out = plan.out
+    if out.exists() and not out.is_dir():
+        raise GridError(f"--out {out} is a file; give a folder for the grid")
+    existing = read_experiment(out) if out.is_dir() else None
+    if existing is None:
+        if out.is_dir() and any(out.iterdir()):
+            raise GridError(
+                f"--out {out} is not empty and holds no {EXPERIMENT_FILE}; give an empty or new folder for the grid"
+            )
+        return None
+    if existing.get("experiment") != plan.base.name:
+        theirs = existing.get("experiment")
+        via = f" (which {plan.experiment.name} is drawn from)" if plan.experiment is not plan.base else ""
+        raise GridError(
+            f"--out {out} holds the grid of {theirs}, not of {plan.base.name}{via}; choose another --out"
+        )
+    if (existing.get("overrides") or {}) != plan.overrides.record:
+        theirs = Overrides(record=existing.get("overrides") or {}).describe()
+        raise GridError(
+            f"--out {out} holds a {plan.base.name} grid run with {theirs}, not {plan.overrides.describe()}: "
+            "run it with the same options or choose another --out"
+        )
+    return existing
+
+
+def write_experiment(plan: Plan, existing: dict[str, Any] | None) -> dict[str, Any]:
+    """Create or extend OUT/experiment.yaml (atomically): more seeds or another view of the same grid."""
+    from wrn import __version__
+
+    requested = list((existing or {}).get("requested") or [])
+    if plan.experiment.name not in requested:
+        requested.append(plan.experiment.name)
+    seeds = sorted(set((existing or {}).get("seeds") or []) | set(plan.seeds))
+    known = {(r["row"], int(r["seed"])) for r in (existing or {}).get("runs") or []}
+    known |= {(s.row.name, s.seed) for s in plan.runs}
+    order = {r.name: i for i, r in enumerate(plan.base.rows)}
+    runs = sorted(known, key=lambda rs: (order.get(rs[0], len(order)), rs[1]))
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    data = {
+        "format": FORMAT,
+        "version": VERSION,
+        "experiment": plan.base.name,
+        "requested": requested,
+        "title": plan.base.title,
+        "scaled": bool(plan.scaled),
+        "scaled_by": list(plan.scaled),
+        "overrides": plan.overrides.record,
+        "seeds": seeds,
+        "runs": [{"row": row, "seed": seed, "dir": f"{row}/seed-{seed}"} for row, seed in runs],
+        "created": (existing or {}).get("created", now),
+        "updated": now,
+        "wrn_version": __version__,
+    }
+    if existing is not None:
+        same = {k: v for k, v in existing.items() if k != "updated"}
+        if same == {k: v for k, v in data.items() if k != "updated"}:
+            return existing  # a re-run of the same command leaves the folder as it is
+    plan.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(plan.out / EXPERIMENT_FILE, yaml.safe_dump(data, sort_keys=False))
+    return data
+
+
+def write_config(plan: Plan, spec: RunSpec) -> None:
+    """The run's config file (atomically; left as it is if it already says the same)."""
+    text = plan.configs[spec.key]
+    path = spec.config_path
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text)
+
+
+def write_failure(spec: RunSpec, returncode: int | None, attempts: int) -> str:
+    line = last_log_line(spec.log_path)
+    record = {
+        "run": spec.key,
+        "returncode": returncode,
+        "attempts": attempts,
+        "last_line": line,
+        "log": str(spec.log_path),
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    spec.failed_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(spec.failed_path, json.dumps(record, indent=2) + "\n")
+    return line
+
+
+def clear_failure(spec: RunSpec) -> None:
+    spec.failed_path.unlink(missing_ok=True)
+
+
+def grid_specs(out: Path, data: dict[str, Any]) -> list[RunSpec]:
+    """The runs an experiment.yaml lists (rows the package no longer knows are skipped)."""
+    exp = EXPERIMENTS.get(str(data.get("experiment")))
+    if exp is None:
+        return []
+    rows = {r.name: r for r in exp.rows}
+    for view in EXPERIMENTS.values():
+        if view.view_of == exp.name:
+            rows.update({r.name: r for r in view.rows})
+    specs = []
+    for item in data.get("runs") or []:
+        row = rows.get(str(item.get("row")))
+        if row is not None:
+            specs.append(RunSpec(out, row, int(item.get("seed", 0))))
+    return specs
