@@ -30,15 +30,6 @@ DATA_SIZES = {
 }
 RECIPE_EPOCHS = {"cifar10": 200, "cifar100": 200, "svhn": 160, "imagenet": 90}
 DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "svhn": "SVHN", "imagenet": "ImageNet"}
-# (classes, image channels) of each data set, as wrn.data.registry says (a test checks it); kept here so that
-# the report counts parameters without importing the data package (and torchvision).
-DATASET_SHAPES = {
-    "cifar10": (10, 3),
-    "cifar100": (100, 3),
-    "svhn": (10, 3),
-    "imagenet": (1000, 3),
-    "digits": (10, 1),
-}
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ import errno
 import fcntl
 import json
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -127,16 +126,6 @@ def run_state(run_dir: Path) -> str:
     if run_dir.is_dir() and any(run_dir.iterdir()):
         return "unstarted"
     return "missing"
-
-
-def discard_unstarted(run_dir: Path) -> None:
-    """Remove a run directory killed before its first checkpoint, so that the run starts afresh.
-
-    Such a directory holds only what `wrn train` writes before its first checkpoint (config.yaml, an empty
-    metrics.jsonl, TensorBoard events). Once `wrn train --resume` starts these afresh itself, this goes.
-    """
-    if run_state(run_dir) == "unstarted":
-        shutil.rmtree(run_dir)
 
 
 class RunLock:

@@ -33,7 +33,6 @@ from wrn.atomic import atomic_write_text
 from wrn.errors import ConfigError
 from wrn.reproduce import grid as G
 from wrn.reproduce.experiments import (
-    DATASET_SHAPES,
     DATASET_TITLES,
     EXPERIMENTS,
     FIGURE4_PAPER_MS,
@@ -151,15 +150,17 @@ def count_params(model: str | None, dataset: str | None) -> int | None:
     key = (model, dataset)
     if key not in _PARAMS:
         try:
-            if dataset not in DATASET_SHAPES:  # an image folder: its classes are known only from its files
-                _PARAMS[key] = None
-                return None
             import torch
 
+            from wrn.data.registry import DATASETS
             from wrn.models.complexity import count_parameters
             from wrn.models.registry import create_model
 
-            classes, channels = DATASET_SHAPES[dataset]
+            info = DATASETS.get(dataset)
+            if info is None or info.num_classes is None:  # an image folder: classes known only from its files
+                _PARAMS[key] = None
+                return None
+            classes, channels = info.num_classes, info.in_channels
             extra = {"in_channels": channels} if channels != 3 else {}
             with torch.device("meta"):
                 net = create_model(model, num_classes=classes, **extra)
@@ -460,21 +461,21 @@ def curves_figure(view: Experiment, panel: str, results: list[RowResult], scaled
     """One panel of Figure 2 or 3: per row, median test error (solid) and train loss (dashed), min-max bands."""
     from wrn.train.plot import (
         COLOURS,
-        _drop_handle,
-        _finish_axes,
-        _mark_drops,
-        _new_figure,
-        _save,
+        finish_axes,
         lr_drop_epochs,
+        lr_drop_handle,
+        mark_lr_drops,
+        new_figure,
+        save_figure,
     )
 
     with_data = [r for r in results if any(run.records for run in r.runs)]
     if not with_data:
         return None
-    fig, ax_loss, ax_err = _new_figure(_title(f"{view.title}, {panel}", scaled))
+    fig, ax_loss, ax_err = new_figure(_title(f"{view.title}, {panel}", scaled))
     if scaled is not None:
         ax_loss.title.set_fontsize(10.5)
-    handles, all_err, all_loss, all_ep, drops = [], [], [], [], []
+    handles, all_err, all_ep, drops = [], [], [], []
     for i, res in enumerate(results):
         runs = [run for run in res.runs if run.records]
         if not runs:
@@ -491,23 +492,22 @@ def curves_figure(view: Experiment, panel: str, results: list[RowResult], scaled
         ax_loss.plot(lep, lmed, color=colour, linewidth=1.3, linestyle="--", alpha=0.9)
         handles.append(h)
         all_err += hi
-        all_loss += llo + lhi
         all_ep += ep
         drops += lr_drop_epochs(runs[0].records)
-    _mark_drops(ax_loss, drops)
-    _finish_axes(ax_loss, ax_err, all_loss, all_err, [float(e) for e in all_ep])
+    mark_lr_drops(ax_loss, drops)
+    finish_axes(ax_loss, ax_err, all_err, [float(e) for e in all_ep])
     if drops:
-        handles.append(_drop_handle())
+        handles.append(lr_drop_handle())
     ax_err.legend(handles=handles, loc="upper right", fontsize=9, framealpha=0.9,
                   title="median test error (band: min–max)", title_fontsize=9)  # fmt: skip
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def table_figure(exp: Experiment, results: list[RowResult], scaled, path: Path) -> Path | None:
     """Paper vs ours per row: the paper's figure as a hollow mark, our median with its min-max whisker."""
     from matplotlib.figure import Figure as MplFigure
 
-    from wrn.train.plot import COLOURS, DPI, _save
+    from wrn.train.plot import COLOURS, DPI, save_figure
 
     shown = [r for r in results if r.row.paper_error is not None or r.errors]
     if not any(r.errors for r in shown):
@@ -541,7 +541,7 @@ def table_figure(exp: Experiment, results: list[RowResult], scaled, path: Path) 
     ]  # fmt: skip
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=9, frameon=False)
     ax.set_title(_title(f"{exp.title}: ours vs the paper", scaled), fontsize=11 if scaled is None else 10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _short(name: str) -> str:
@@ -553,7 +553,7 @@ def figure4_chart(doc: dict, path: Path) -> Path:
     """Bars of ms per minibatch (ours and the paper's), and the paper's speed ratios beside ours."""
     from matplotlib.figure import Figure as MplFigure
 
-    from wrn.train.plot import COLOURS, DPI, _save
+    from wrn.train.plot import COLOURS, DPI, save_figure
 
     models = doc.get("models") or []
     fig = MplFigure(figsize=(11.0, 4.6), dpi=DPI, layout="constrained")
@@ -592,7 +592,7 @@ def figure4_chart(doc: dict, path: Path) -> Path:
     ax_ratio.axhline(1.0, color="0.5", linewidth=0.8)
     ax_ratio.legend(fontsize=9)
     ax_ratio.grid(True, axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def bench_section(path: Path | None, source: Path, out_dir: Path, stem: str) -> Section:

@@ -62,8 +62,7 @@ def train_args(spec: G.RunSpec, argv: tuple[str, ...] | list[str]) -> tuple[list
     state = G.run_state(spec.dir)
     if state == "partial":
         return ["train", "--resume", str(spec.dir), "--no-progress"], "resume"
-    if state == "unstarted":
-        G.discard_unstarted(spec.dir)
+    # missing, or killed before its first checkpoint: `wrn train --out` starts such a folder afresh
     args = ["train", "--config", str(spec.config_path), "--out", str(spec.dir), "--no-progress", *argv]
     return args, "start"
 

@@ -112,7 +112,7 @@ def _load(run_dir: Path) -> list[dict]:
     return records
 
 
-def _new_figure(title: str):
+def new_figure(title: str):
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -136,7 +136,8 @@ def _new_figure(title: str):
     return fig, ax_loss, ax_err
 
 
-def _finish_axes(ax_loss, ax_err, losses: list[float], errors: list[float], epochs: list[float]) -> None:
+def finish_axes(ax_loss, ax_err, errors: list[float], epochs: list[float]) -> None:
+    """The test-error axis from 0 to just above the largest error; the epochs from 0 to the last."""
     finite_err = [v for v in errors if not math.isnan(v)]
     if finite_err:
         ax_err.set_ylim(0, max(finite_err) * 1.05 + 0.5)
@@ -145,12 +146,12 @@ def _finish_axes(ax_loss, ax_err, losses: list[float], errors: list[float], epoc
         ax_loss.set_xlim(min(0.0, min(finite_ep)), max(finite_ep) + 0.5)
 
 
-def _mark_drops(ax, drops: Sequence[int], colour: str = "0.45", offset: float = 0.0) -> None:
+def mark_lr_drops(ax, drops: Sequence[int], colour: str = "0.45", offset: float = 0.0) -> None:
     for epoch in sorted(set(drops)):
         ax.axvline(epoch + offset, color=colour, linestyle=":", linewidth=1.3, zorder=0)
 
 
-def _save(fig, out: Path) -> Path:
+def save_figure(fig, out: Path) -> Path:
     """Write the figure in the format of its extension (PNG, SVG or PDF), atomically."""
     suffix = out.suffix.lower()
     if suffix not in FORMATS:
@@ -159,7 +160,7 @@ def _save(fig, out: Path) -> Path:
     return atomic_write(out, lambda tmp: fig.savefig(tmp, format=suffix[1:], dpi=DPI), keep_suffix=True)
 
 
-def _drop_handle(label: str = "lr drop"):
+def lr_drop_handle(label: str = "lr drop"):
     from matplotlib.lines import Line2D
 
     return Line2D([], [], color="0.45", linestyle=":", linewidth=1.3, label=label)
@@ -168,12 +169,12 @@ def _drop_handle(label: str = "lr drop"):
 def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Plot one run's curves to ``out`` (default ``RUN/curves.png``); returns the path written."""
     run_dir = Path(run_dir)
-    return _save(draw_run(run_dir), Path(out) if out is not None else run_dir / DEFAULT_NAME)
+    return save_figure(draw_run(run_dir), Path(out) if out is not None else run_dir / DEFAULT_NAME)
 
 
 def plot_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
     """Several runs on one figure (e.g. thin vs wide): one colour per run, final test error in the legend."""
-    return _save(draw_runs(run_dirs), Path(out))
+    return save_figure(draw_runs(run_dirs), Path(out))
 
 
 def draw_run(run_dir: str | os.PathLike):
@@ -183,7 +184,7 @@ def draw_run(run_dir: str | os.PathLike):
     epochs, errors, losses = _series(records)
     drops = lr_drop_epochs(records)
 
-    fig, ax_loss, ax_err = _new_figure(run_title(run_dir))
+    fig, ax_loss, ax_err = new_figure(run_title(run_dir))
     colour_err, colour_loss = COLOURS[0], COLOURS[1]
     final = _final(errors)
     err_label = "test error" if math.isnan(final) else f"test error (final {final:.2f}%)"
@@ -193,9 +194,9 @@ def draw_run(run_dir: str | os.PathLike):
     )
     ax_err.set_ylabel("test error, %", fontsize=11, color=colour_err)
     ax_loss.set_ylabel("training loss", fontsize=11, color=colour_loss)
-    _mark_drops(ax_loss, drops)
-    _finish_axes(ax_loss, ax_err, losses, errors, epochs)
-    handles = [h_err, h_loss] + ([_drop_handle()] if drops else [])
+    mark_lr_drops(ax_loss, drops)
+    finish_axes(ax_loss, ax_err, errors, epochs)
+    handles = [h_err, h_loss] + ([lr_drop_handle()] if drops else [])
     ax_err.legend(handles=handles, loc="upper right", fontsize=10, framealpha=0.9)
     return fig
 
@@ -217,28 +218,27 @@ def draw_runs(run_dirs: Sequence[str | os.PathLike]):
     configs = [_read_config(r) for r in run_dirs]
     datasets = {_name(c.get("dataset")) for c in configs} - {None}
     title = "training curves" + (f" on {datasets.pop()}" if len(datasets) == 1 else "")
-    fig, ax_loss, ax_err = _new_figure(title)
+    fig, ax_loss, ax_err = new_figure(title)
     ax_loss.set_ylabel("training loss (dashed)", fontsize=11)
     ax_err.set_ylabel("test error, % (solid)", fontsize=11)
 
-    all_err, all_loss, all_ep, drops, handles = [], [], [], [], []
+    all_err, all_ep, drops, handles = [], [], [], []
     for i, ((_, records), label) in enumerate(zip(loaded, labels, strict=True)):
         colour = COLOURS[i % len(COLOURS)]
         epochs, errors, losses = _series(records)
         # each run's drops in its colour, nudged apart so that drops at the same epoch all show
-        _mark_drops(ax_loss, lr_drop_epochs(records), colour, offset=0.06 * (i - (len(loaded) - 1) / 2))
+        mark_lr_drops(ax_loss, lr_drop_epochs(records), colour, offset=0.06 * (i - (len(loaded) - 1) / 2))
         final = _final(errors)
         text = label if math.isnan(final) else f"{label}: {final:.2f}%"
         (h,) = ax_err.plot(epochs, errors, color=colour, linewidth=1.8, label=text)
         ax_loss.plot(epochs, losses, color=colour, linewidth=1.3, linestyle="--", alpha=0.85)
         handles.append(h)
         all_err += errors
-        all_loss += losses
         all_ep += epochs
         drops += lr_drop_epochs(records)
-    _finish_axes(ax_loss, ax_err, all_loss, all_err, all_ep)
+    finish_axes(ax_loss, ax_err, all_err, all_ep)
     if drops:
-        handles.append(_drop_handle("lr drop (run's colour)"))
+        handles.append(lr_drop_handle("lr drop (run's colour)"))
     ax_err.legend(
         handles=handles,
         loc="upper right",
