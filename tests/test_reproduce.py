@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -638,10 +639,14 @@ def test_a_local_ray_instance_runs_a_grid_two_runs_at_once(tmp_path):
     assert "2 of 2 runs done (2 trained now, 0 before), 0 failed" in proc.stdout
     spans = []
     for n in (1, 2):
-        run = out / f"cifar10-wrn-40-2-l{n}-zca" / "seed-0"
+        row = f"cifar10-wrn-40-2-l{n}-zca"
+        run = out / row / "seed-0"
         assert [r["epoch"] for r in metrics(run)] == [1]
         assert yaml.safe_load((run / "config.yaml").read_text())["model"]["name"] == "wrn-10-1"
-        spans.append(((run / "config.yaml").stat().st_mtime, (run / "model.json").stat().st_mtime))
+        # from the moment the task started its `wrn train` (the log's first line) to its final weights
+        first = (out / "logs" / f"{row}-seed-0.log").read_text().splitlines()[0]
+        started = datetime.fromisoformat(first.split(" at ")[1].split(": ")[0]).timestamp()
+        spans.append((started, (run / "model.json").stat().st_mtime))
     (a0, a1), (b0, b1) = spans
     assert a0 < b1 and b0 < a1, f"the two runs did not overlap: {spans}"
     assert not pids_with(str(out))  # Ray's workers are gone, and their runs with them

@@ -76,7 +76,7 @@ def launch(
     gpu = env.get("CUDA_VISIBLE_DEVICES")
     where = f" on GPU {gpu}" if gpu else ""
     with open(spec.log_path, "ab") as log:
-        stamp = datetime.now().isoformat(timespec="seconds")
+        stamp = datetime.now().isoformat(timespec="milliseconds")
         log.write(f"=== wrn reproduce: {what} {spec.key}{where} at {stamp}: wrn {' '.join(args)}\n".encode())
         log.flush()
         return subprocess.Popen(
