@@ -13,7 +13,7 @@ import sys
 from wrn.errors import WRNError
 
 # Modules of this package, in the order their commands appear in ``wrn --help``.
-COMMANDS = ("models", "convert", "export", "data", "train", "eval", "presets", "plot")
+COMMANDS = ("models", "convert", "export", "data", "train", "eval", "presets", "plot", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
