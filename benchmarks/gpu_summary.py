@@ -105,6 +105,11 @@ def main(res: Path) -> None:
             lines.append(
                 f"  compiled {label} ({best:,.0f} img/s) {'beats' if best > eager else 'does not beat'} eager"
             )
+        log = res / f"{name}.log"
+        text = log.read_text(errors="replace") if log.is_file() else ""
+        skipped = [ln for ln in text.splitlines() if "skipping cudagraphs" in ln]
+        if skipped:
+            lines.append(f"  CUDA graphs were skipped: {skipped[0].strip()[:200]}")
     lines.append("")
 
     f4 = _json(res / "figure4.json")

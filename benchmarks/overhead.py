@@ -39,8 +39,8 @@ from pathlib import Path
 
 
 @contextmanager
-def timed_calls(totals: dict, counts: dict):
-    """Wrap the loop's collaborators so that the seconds spent in each are added up in ``totals``."""
+def timed_calls(totals: dict, counts: dict, cpu: dict):
+    """Wrap the loop's collaborators: wall seconds spent in each add up in ``totals``, CPU seconds in ``cpu``."""
     import wrn
     import wrn.train.checkpoint
     import wrn.train.logging
@@ -66,11 +66,12 @@ def timed_calls(totals: dict, counts: dict):
             continue
 
         def wrapper(*args, _original=original, _label=label, **kwargs):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             try:
                 return _original(*args, **kwargs)
             finally:
                 totals[_label] += time.perf_counter() - start
+                cpu[_label] += time.process_time() - start_cpu
                 counts[_label] += 1
 
         saved.append((owner, name, original))
@@ -82,17 +83,18 @@ def timed_calls(totals: dict, counts: dict):
             setattr(owner, name, original)
 
 
-def bench(args, settings, x, y, steps: int) -> list[float]:
+def bench(args, settings, x, y, steps: int) -> tuple[list[float], float]:
+    """``wrn bench train``'s measurement: (ms of each step, CPU seconds of the timed steps)."""
     from wrn.bench.train import measure_ours, release
 
     r = measure_ours(args.model, settings, x, y, args.batch_size, 10, args.warmup, steps)
     release(settings.device)
-    return r["step_ms"]
+    return r["step_ms"], r["cpu_s"]
 
 
-def step_only(args, settings, x, y, steps: int) -> list[float]:
+def step_only(args, settings, x, y, steps: int) -> tuple[list[float], float]:
     """TrainStep on one normalised batch, reused: the step without any data loading."""
-    from wrn.bench.train import build_model, device_loader, make_step, time_steps
+    from wrn.bench.train import Runner, build_model, device_loader, make_step
 
     model = build_model(args.model, 10, settings.device, 0)
     step = make_step(model, settings, args.batch_size)
@@ -102,8 +104,10 @@ def step_only(args, settings, x, y, steps: int) -> list[float]:
         while True:
             yield images, labels
 
-    step_ms, _ = time_steps(lambda a, b: step(a, b)[0], same_batch(), args.warmup, steps, settings.device)
-    return step_ms
+    runner = Runner(lambda a, b: step(a, b)[0], same_batch(), settings.device)
+    runner.warm(args.warmup)
+    runner.timed(steps)
+    return runner.step_ms, runner.cpu_s
 
 
 def main() -> int:
@@ -147,13 +151,14 @@ def main() -> int:
     )
 
     t0 = time.perf_counter()
-    bench_before = bench(args, settings, x, y, steps)
+    bench_before, cpu_before = bench(args, settings, x, y, steps)
     print(f"bench (before):  {statistics.fmean(bench_before):8.1f} ms/step mean", flush=True)
-    only = step_only(args, settings, x, y, steps)
+    only, cpu_only = step_only(args, settings, x, y, steps)
     release(settings.device)
     print(f"step only:       {statistics.fmean(only):8.1f} ms/step mean", flush=True)
 
     totals: dict[str, float] = defaultdict(float)
+    cpu: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
     with tempfile.TemporaryDirectory(prefix="wrn-overhead-") as tmp:
         root = Path(tmp) / "data"
@@ -174,12 +179,12 @@ def main() -> int:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the --no-verify note
-            with timed_calls(totals, counts):
-                start = time.perf_counter()
+            with timed_calls(totals, counts, cpu):
+                start, start_cpu = time.perf_counter(), time.process_time()
                 train(cfg, Path(tmp) / "run")
-                wall = time.perf_counter() - start
+                wall, wall_cpu = time.perf_counter() - start, time.process_time() - start_cpu
         record = json.loads((Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()[-1])
-    bench_after = bench(args, settings, x, y, steps)
+    bench_after, cpu_after = bench(args, settings, x, y, steps)
     print(f"bench (after):   {statistics.fmean(bench_after):8.1f} ms/step mean", flush=True)
 
     bench_s = statistics.fmean([statistics.fmean(bench_before), statistics.fmean(bench_after)]) * steps / 1000
@@ -188,6 +193,10 @@ def main() -> int:
     recurring = epoch_train + totals["checkpoint writes"] + totals["logging"]
     once = sum(totals[k] for k in ("read data files", "build model", "final model file", "curves.png"))
     other = wall - recurring - totals["evaluation"] - once
+    # The same in CPU time of this process: robust to other programs sharing the machine's cores.
+    once_keys = ("read data files", "build model", "final model file", "curves.png")
+    train_cpu = wall_cpu - cpu["evaluation"] - sum(cpu[k] for k in once_keys)
+    bench_cpu = (cpu_before + cpu_after) / 2
     result = {
         "machine": machine,
         "settings": {
@@ -219,6 +228,16 @@ def main() -> int:
         "ratio": recurring / bench_s,
         "ratio_vs_step_only": recurring / only_s,
         "ratio_wall": wall / bench_s,
+        "cpu_s": {
+            "bench_before": cpu_before,
+            "bench_after": cpu_after,
+            "step_only": cpu_only,
+            "train_call": wall_cpu,
+            "train_without_evaluation_and_once_per_run": train_cpu,
+            **{f"train_{k.replace(' ', '_')}": v for k, v in cpu.items()},
+        },
+        "ratio_cpu": train_cpu / bench_cpu,
+        "ratio_cpu_vs_step_only": train_cpu / cpu_only,
     }
     t = result["train"]
     print(
@@ -242,6 +261,9 @@ def main() -> int:
                 "(data loading included)",
                 f"                whole train() call / bench     = {result['ratio_wall']:.3f}  "
                 "(with evaluation and the once-per-run costs of a one-epoch run)",
+                f"in CPU time of this process (robust to other programs on the cores): train() without evaluation "
+                f"and once-per-run parts {train_cpu:.2f} s / bench {bench_cpu:.2f} s = {result['ratio_cpu']:.3f}; "
+                f"/ step only {cpu_only:.2f} s = {result['ratio_cpu_vs_step_only']:.3f}",
                 f"total time of this script: {time.perf_counter() - t0:.0f} s",
             ]
         ),

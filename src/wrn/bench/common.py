@@ -128,6 +128,7 @@ class StepTimer:
         self.device = device
         self._marks: list[Any] = []
         self.wall_s = 0.0
+        self.cpu_s = 0.0  # CPU time of this process (all its threads) between start() and finish()
 
     def _mark(self):
         if self.cuda:
@@ -139,6 +140,7 @@ class StepTimer:
     def start(self) -> None:
         synchronize(self.device)
         self._wall = time.perf_counter()
+        self._cpu = time.process_time()
         self._marks = [self._mark()]
 
     def lap(self) -> None:
@@ -147,6 +149,7 @@ class StepTimer:
     def finish(self) -> list[float]:
         synchronize(self.device)
         self.wall_s = time.perf_counter() - self._wall
+        self.cpu_s = time.process_time() - self._cpu
         m = self._marks
         if self.cuda:
             return [m[i].elapsed_time(m[i + 1]) for i in range(len(m) - 1)]

@@ -116,6 +116,7 @@ class Runner:
         self.device = device
         self.info = info if info is not None else {}
         self.step_ms: list[float] = []
+        self.cpu_s = 0.0  # CPU time of this process over the timed steps
         self._loss = None
 
     def warm(self, n: int) -> None:
@@ -131,6 +132,7 @@ class Runner:
             self._loss = self.step(images, labels)
             timer.lap()
         self.step_ms += timer.finish()
+        self.cpu_s += timer.cpu_s
 
     @property
     def loss(self) -> float:
@@ -206,6 +208,7 @@ def _device_of(make) -> torch.device:
 def _side(runner: Runner, memory: int, kind: str) -> dict[str, Any]:
     return {
         "step_ms": list(runner.step_ms),
+        "cpu_s": runner.cpu_s,
         "loss": runner.loss,
         "peak_memory_bytes": memory,
         "memory_kind": kind,
