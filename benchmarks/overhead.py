@@ -13,6 +13,11 @@ as ``wrn train`` resolves them), in this order:
    TensorBoard logging, and checkpoints as configured by default;
 4. ``bench`` again, so that drift of a shared machine shows (the ratio uses the mean of 1 and 4).
 
+It prints two answers. (a) Inside the epoch itself: the time ``wrn train`` spent outside its TrainStep calls
+(next batch, the loop's accounting, progress, checkpoint writes, logging) as a share of the TrainStep calls;
+this needs no second measurement, so the drift of a shared machine between measurements does not enter it.
+(b) The headline ratio of the issue, the epoch of ``wrn train`` over the bench's time for as many steps.
+
 What the headline ratio counts, on the ``wrn train`` side: the epoch's training time as the loop records it
 (data, step, the loop's per-step accounting, the progress display) PLUS the time of every checkpoint write
 (the one before the first step and the one at the epoch's end) PLUS the per-epoch logging (metrics.jsonl,
@@ -22,7 +27,10 @@ curves.png). Process start-up and imports are outside everything (this process h
 The bench side counts the mean ms of its timed steps times the number of steps.
 
 Each part is timed by wrapping the loop's own functions (checkpoint.atomic_save, evaluate, RunLogger,
-save_model, plot_run, build_loaders, build_model) from outside; the loop itself is not changed.
+save_model, plot_run, build_loaders, build_model, and TrainStep.__call__, which is synchronous on the CPU, so
+the loop's own work per step shows as the epoch's training time minus its TrainStep calls) from outside; the
+loop itself is not changed. Every figure is also given in CPU time of this process, which other programs
+sharing the cores disturb much less than wall time.
 """
 
 from __future__ import annotations
@@ -39,13 +47,15 @@ from pathlib import Path
 
 
 @contextmanager
-def timed_calls(totals: dict, counts: dict, cpu: dict):
-    """Wrap the loop's collaborators: wall seconds spent in each add up in ``totals``, CPU seconds in ``cpu``."""
+def timed_calls(durations: dict, cpu: dict):
+    """Wrap the loop's collaborators: the wall seconds of each call go to ``durations[label]`` (a list), the
+    CPU seconds add up in ``cpu[label]``."""
     import wrn
     import wrn.train.checkpoint
     import wrn.train.logging
     import wrn.train.loop
     import wrn.train.plot
+    import wrn.train.step
 
     targets = [
         ("checkpoint writes", wrn.train.checkpoint, "atomic_save"),
@@ -57,6 +67,7 @@ def timed_calls(totals: dict, counts: dict, cpu: dict):
         ("logging", wrn.train.logging.RunLogger, "close"),
         ("final model file", wrn, "save_model"),
         ("curves.png", wrn.train.plot, "plot_run"),
+        ("train steps", wrn.train.step.TrainStep, "__call__"),  # synchronous on the CPU
     ]
     saved = []
     for label, owner, name in targets:
@@ -70,9 +81,8 @@ def timed_calls(totals: dict, counts: dict, cpu: dict):
             try:
                 return _original(*args, **kwargs)
             finally:
-                totals[_label] += time.perf_counter() - start
+                durations[_label].append(time.perf_counter() - start)
                 cpu[_label] += time.process_time() - start_cpu
-                counts[_label] += 1
 
         saved.append((owner, name, original))
         setattr(owner, name, wrapper)
@@ -157,9 +167,8 @@ def main() -> int:
     release(settings.device)
     print(f"step only:       {statistics.fmean(only):8.1f} ms/step mean", flush=True)
 
-    totals: dict[str, float] = defaultdict(float)
+    durations: dict[str, list[float]] = defaultdict(list)
     cpu: dict[str, float] = defaultdict(float)
-    counts: dict[str, int] = defaultdict(int)
     with tempfile.TemporaryDirectory(prefix="wrn-overhead-") as tmp:
         root = Path(tmp) / "data"
         write_random_cifar10(root, train=args.images, test=args.test_images)
@@ -179,7 +188,7 @@ def main() -> int:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the --no-verify note
-            with timed_calls(totals, counts, cpu):
+            with timed_calls(durations, cpu):
                 start, start_cpu = time.perf_counter(), time.process_time()
                 train(cfg, Path(tmp) / "run")
                 wall, wall_cpu = time.perf_counter() - start, time.process_time() - start_cpu
@@ -187,6 +196,10 @@ def main() -> int:
     bench_after, cpu_after = bench(args, settings, x, y, steps)
     print(f"bench (after):   {statistics.fmean(bench_after):8.1f} ms/step mean", flush=True)
 
+    totals = {k: sum(v) for k, v in durations.items()}
+    totals = defaultdict(float, totals)
+    counts = defaultdict(int, {k: len(v) for k, v in durations.items()})
+    step_calls = durations["train steps"]
     bench_s = statistics.fmean([statistics.fmean(bench_before), statistics.fmean(bench_after)]) * steps / 1000
     only_s = statistics.fmean(only) * steps / 1000
     epoch_train = float(record["train_time"])
@@ -224,6 +237,11 @@ def main() -> int:
             "evaluation_s": totals["evaluation"],
             "once_per_run_s": once,
             "other_s": other,
+            "step_calls": len(step_calls),
+            "step_calls_s": sum(step_calls),
+            "step_first_ms": 1000 * step_calls[0] if step_calls else None,
+            "step_median_ms": 1000 * statistics.median(step_calls) if step_calls else None,
+            "loop_own_work_s": epoch_train - sum(step_calls),
         },
         "ratio": recurring / bench_s,
         "ratio_vs_step_only": recurring / only_s,
@@ -237,6 +255,9 @@ def main() -> int:
             **{f"train_{k.replace(' ', '_')}": v for k, v in cpu.items()},
         },
         "ratio_cpu": train_cpu / bench_cpu,
+        # Within the one run, independent of the machine's drift between measurements: everything the epoch
+        # spent outside TrainStep (next batch, accounting, progress, checkpoint writes, logging) per step time.
+        "overhead_in_epoch": (recurring - sum(step_calls)) / sum(step_calls) if step_calls else None,
         "ratio_cpu_vs_step_only": train_cpu / cpu_only,
     }
     t = result["train"]
@@ -250,6 +271,9 @@ def main() -> int:
                 f"wrn train epoch: {recurring:8.2f} s  = training time {epoch_train:.2f} s (data, step, accounting, "
                 f"progress) + {t['checkpoint_writes']} checkpoint writes {t['checkpoint_writes_s']:.2f} s "
                 f"+ logging {t['logging_s']:.2f} s",
+                f"  of which:      {len(step_calls)} TrainStep calls {sum(step_calls):.2f} s (first "
+                f"{t['step_first_ms'] or 0:.0f} ms, median {t['step_median_ms'] or 0:.0f} ms); the loop's own work "
+                f"(next batch, accounting, progress) {t['loop_own_work_s']:.2f} s",
                 f"  not counted:   evaluation of {args.test_images} test images {t['evaluation_s']:.2f} s; once per "
                 f"run {once:.2f} s (reading the files, building the model, model file, curves.png); "
                 f"the rest {other:.2f} s (config, run directory, messages)",
@@ -261,6 +285,9 @@ def main() -> int:
                 "(data loading included)",
                 f"                whole train() call / bench     = {result['ratio_wall']:.3f}  "
                 "(with evaluation and the once-per-run costs of a one-epoch run)",
+                f"inside the epoch itself: next batch + accounting + progress + checkpoints + logging = "
+                f"{recurring - sum(step_calls):.2f} s over {sum(step_calls):.2f} s of TrainStep calls = "
+                f"{100 * (result['overhead_in_epoch'] or 0):.1f}% (no comparison across measurements)",
                 f"in CPU time of this process (robust to other programs on the cores): train() without evaluation "
                 f"and once-per-run parts {train_cpu:.2f} s / bench {bench_cpu:.2f} s = {result['ratio_cpu']:.3f}; "
                 f"/ step only {cpu_only:.2f} s = {result['ratio_cpu_vs_step_only']:.3f}",

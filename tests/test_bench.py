@@ -331,4 +331,9 @@ def test_overhead_script_runs_and_prints_its_ratio(tmp_path):
     assert t["checkpoint_writes"] == 2 and t["epoch_train_time_s"] > 0 and t["evaluation_s"] > 0
     recurring = t["epoch_train_time_s"] + t["checkpoint_writes_s"] + t["logging_s"]
     assert result["ratio"] == pytest.approx(recurring / result["bench_epoch_s"], rel=1e-12)
+    assert t["step_calls"] == 2  # 32 images in batches of 16: the loop's TrainStep calls were counted
+    outside = recurring - t["step_calls_s"]
+    assert 0 < outside < recurring and result["overhead_in_epoch"] == pytest.approx(
+        outside / t["step_calls_s"]
+    )
     assert re.search(r"overhead ratio\s+wrn train epoch / bench train\s+= [\d.]+", r.stdout)
