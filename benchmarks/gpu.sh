@@ -13,6 +13,7 @@
 #
 # The checks, most important first:
 #   sync        pytest -q tests/test_train_sync.py (no host sync per training step on CUDA)
+#   bench-tests pytest -q tests/test_bench.py (on CUDA it includes the bench's own no-sync test)
 #   bench       wrn bench train --model wrn-28-10 --batch-size 128 --baseline (defaults: bf16, channels_last)
 #   figure4     wrn bench figure4 --device cuda (writes figure4.json and figure4.png)
 #   train2      2 epochs of wrn train, WRN-28-10 on random CIFAR-10-format files (--no-verify); the 200-epoch
@@ -83,6 +84,7 @@ if [[ -f tests/test_train_sync.py ]]; then
 else
     echo "sync SKIP 0 (tests/test_train_sync.py is not in this tree)" | tee -a "$STATUS"
 fi
+check bench-tests 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_bench.py
 
 BENCH=(--model "$BIG" --batch-size "$BATCH" --device "$DEVICE" --steps "$STEPS" --warmup "$WARM")
 check bench 150 wrn bench train "${BENCH[@]}" --baseline --json "$RES/bench.json"

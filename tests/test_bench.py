@@ -337,3 +337,24 @@ def test_overhead_script_runs_and_prints_its_ratio(tmp_path):
         outside / t["step_calls_s"]
     )
     assert re.search(r"overhead ratio\s+wrn train epoch / bench train\s+= [\d.]+", r.stdout)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu.sh runs it)")
+def test_cuda_bench_steps_do_not_sync_with_the_host():
+    """Within an epoch, the bench's steps (DeviceLoader batch + TrainStep, bf16, channels_last) queue work on
+    the GPU without ever waiting for it: CUDA's sync debug mode turns any sync into an error."""
+    from wrn.bench.common import prepare_device, random_images, resolve_settings
+
+    settings = resolve_settings(TINY, device="cuda", batch_size=32)
+    assert (settings.amp, settings.channels_last) == ("bf16", True)
+    prepare_device(settings.device)
+    x, y = random_images(320, 3, 32, 10)  # 10 batches per epoch
+    runner = bench_train.ours_runner(TINY, settings, x, y, 32, 10)
+    runner.warm(3)  # cuDNN autotuning; the epoch's plan is on the device
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        runner.warm(6)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert math.isfinite(runner.loss)

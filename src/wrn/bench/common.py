@@ -86,7 +86,7 @@ def prepare_device(device: torch.device) -> None:
     """Threads and cuDNN as the training loop sets them (all cores on the CPU; cuDNN autotuning on)."""
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
-    if device.type == "cuda":
+    if device.type == "cuda" and device.index is not None:  # set_device refuses a device without an index
         torch.cuda.set_device(device)
     torch.backends.cudnn.benchmark = True
 
