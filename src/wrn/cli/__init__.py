@@ -18,6 +18,7 @@ from wrn.errors import WRNError
 # Modules of this package, in the order their commands appear in ``wrn --help``.
 COMMANDS = (
     "models", "convert", "export", "predict", "data", "train", "eval", "presets", "plot", "reproduce", "report",
+    "bench",
 )  # fmt: skip
 
 

@@ -1,0 +1,207 @@
+"""What every benchmark shares: the machine's description, the run settings `wrn train` would pick, step timing.
+
+Timing on CUDA uses events recorded between steps, read once at the end: no host sync between steps, so the
+GPU queue runs ahead exactly as in the training loop, and any time the GPU waits for the host shows up in the
+step it delays. On the CPU every step is synchronous and timed with ``time.perf_counter``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from wrn.errors import ConfigError
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# Training FLOPs per image = TRAIN_FLOPS_PER_MAC * forward multiply-adds: a multiply-add is 2 FLOPs and a
+# training step (forward, backward for inputs, backward for weights) costs about 3x the forward (spec section 7).
+TRAIN_FLOPS_PER_MAC = 6
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How a benchmark runs the model, resolved exactly as ``wrn train`` resolves its config."""
+
+    device: torch.device
+    amp: str  # 'off', 'bf16' or 'fp16'
+    channels_last: bool
+    compile: bool
+    compile_mode: str
+
+
+def resolve_settings(
+    model: str,
+    *,
+    device: str = "auto",
+    amp: str | None = None,
+    channels_last: bool | None = None,
+    compile: bool = False,
+    compile_mode: str = "default",
+    batch_size: int = 128,
+) -> Settings:
+    """Fill in ``auto`` device, amp and channels_last with :func:`wrn.train.config.resolve`, as ``wrn train`` does.
+
+    Unknown model names, fp16 on a CPU, a missing GPU and other impossible choices raise :class:`ConfigError`.
+    """
+    from wrn.train.config import resolve, validate
+
+    if compile_mode not in COMPILE_MODES:
+        raise ConfigError(
+            f"--compile-mode {compile_mode!r} is not known; choose one of {', '.join(COMPILE_MODES)}"
+        )
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"--device {device!r} is not known; use auto, cpu, cuda or cuda:N")
+    run: dict[str, Any] = {"device": device, "amp": amp or "auto", "compile": bool(compile)}
+    if channels_last is not None:
+        run["channels_last"] = bool(channels_last)
+    cfg = resolve(validate({"model": {"name": model}, "optim": {"batch_size": batch_size}, "run": run}))
+    return Settings(
+        device=torch.device(cfg.run.device),
+        amp=cfg.run.amp,
+        channels_last=bool(cfg.run.channels_last),
+        compile=bool(cfg.run.compile),
+        compile_mode=compile_mode,
+    )
+
+
+def check_counts(steps: int, warmup: int, batch_size: int, rounds: int = 1) -> None:
+    if steps < 1:
+        raise ConfigError(f"--steps {steps} is too few; time at least 1 step")
+    if warmup < 0:
+        raise ConfigError(f"--warmup {warmup} is negative; give 0 or more warm-up steps")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size} is too small; give at least 1")
+    if rounds < 1:
+        raise ConfigError(f"--rounds {rounds} is too few; give 1 (one side after the other) or more")
+
+
+def prepare_device(device: torch.device) -> None:
+    """Threads and cuDNN as the training loop sets them (all cores on the CPU; cuDNN autotuning on)."""
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if device.type == "cuda" and device.index is not None:  # set_device refuses a device without an index
+        torch.cuda.set_device(device)
+    torch.backends.cudnn.benchmark = True
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """The device, its name, and the torch and CUDA versions."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = _cpu_name()
+    return {
+        "device": device.type,
+        "device_name": name,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _cpu_name() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    cores = os.cpu_count() or 1
+                    return f"{line.split(':', 1)[1].strip()} ({cores} cores)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+class StepTimer:
+    """Per-step times in ms: ``start()`` once, ``lap()`` after each step, ``finish()`` -> list of ms."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self._marks: list[Any] = []
+        self.wall_s = 0.0
+        self.cpu_s = 0.0  # CPU time of this process (all its threads) between start() and finish()
+
+    def _mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def start(self) -> None:
+        synchronize(self.device)
+        self._wall = time.perf_counter()
+        self._cpu = time.process_time()
+        self._marks = [self._mark()]
+
+    def lap(self) -> None:
+        self._marks.append(self._mark())
+
+    def finish(self) -> list[float]:
+        synchronize(self.device)
+        self.wall_s = time.perf_counter() - self._wall
+        self.cpu_s = time.process_time() - self._cpu
+        m = self._marks
+        if self.cuda:
+            return [m[i].elapsed_time(m[i + 1]) for i in range(len(m) - 1)]
+        return [(m[i + 1] - m[i]) * 1000.0 for i in range(len(m) - 1)]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    """(bytes, what they are): CUDA's peak allocated memory since the last reset, or the process's peak RSS."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "cuda max allocated"
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return int(kib) * 1024, "process peak RSS"
+
+
+def summarize(step_ms: list[float], batch_size: int, train_flops_per_image: float | None) -> dict[str, Any]:
+    """Median, min, max and mean ms of the timed steps; images/s and TFLOP/s from the median."""
+    if not step_ms or not all(math.isfinite(t) and t > 0 for t in step_ms):
+        raise RuntimeError(f"step times must be finite and positive, got {step_ms}")
+    ms = statistics.median(step_ms)
+    out: dict[str, Any] = {
+        "ms": ms,
+        "ms_min": min(step_ms),
+        "ms_max": max(step_ms),
+        "ms_mean": statistics.fmean(step_ms),
+        "steps": len(step_ms),
+        "images_per_s": batch_size / (ms / 1000.0),
+    }
+    if train_flops_per_image is not None:
+        out["tflops"] = batch_size * train_flops_per_image / (ms / 1000.0) / 1e12
+    return out
+
+
+def random_images(n: int, channels: int, size: int, num_classes: int, seed: int = 0):
+    """``n`` random uint8 images [n, C, H, W] and int64 labels, the shape of a CIFAR-like data set."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, num_classes, (n,), generator=g)
+    return x, y
+
+
+def default_num_samples(batch_size: int, image_size: int, channels: int = 3) -> int:
+    """CIFAR's 50,000 training images, fewer for large images (at most about 1 GiB of uint8), at least a batch."""
+    cap = (1 << 30) // (channels * image_size * image_size)
+    return max(batch_size, min(50_000, cap))

@@ -1,0 +1,360 @@
+"""``wrn bench``: well-formed figures, the baseline really taking its own path, Figure 4's files, the loader."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+import torch
+
+from wrn.bench import figure4
+from wrn.bench import train as bench_train
+from wrn.bench.cifar_files import write_random_cifar10
+from wrn.cli import main as wrn_main
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+TINY = "wrn-16-1"
+
+
+def wrn_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "wrn", *args], env=ENV, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def independent_train_flops(name: str, size: int = 32) -> int:
+    """6 x the forward multiply-adds, counted here with torch's FLOP counter on a real (CPU) model."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import wrn
+
+    model = wrn.create_model(name).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, size, size))
+    return 3 * counter.get_total_flops()
+
+
+def check_side(side: dict, batch: int, steps: int, flops_per_image: int) -> None:
+    for key in ("ms", "ms_min", "ms_max", "ms_mean", "images_per_s", "tflops", "loss"):
+        assert isinstance(side[key], float) and math.isfinite(side[key]), (key, side[key])
+    for key in ("ms", "ms_min", "ms_max", "ms_mean", "images_per_s", "tflops"):
+        assert side[key] > 0, key
+    assert side["steps"] == steps and len(side["step_ms"]) == steps
+    assert all(math.isfinite(t) and t > 0 for t in side["step_ms"])
+    ordered = sorted(side["step_ms"])
+    median = (ordered[(steps - 1) // 2] + ordered[steps // 2]) / 2
+    assert side["ms"] == pytest.approx(median, rel=1e-12)
+    assert side["ms_min"] == min(side["step_ms"]) and side["ms_max"] == max(side["step_ms"])
+    assert side["ms_min"] <= side["ms"] <= side["ms_max"]
+    assert side["ms_mean"] == pytest.approx(sum(side["step_ms"]) / steps, rel=1e-12)
+    assert side["images_per_s"] == pytest.approx(batch / (side["ms"] / 1000), rel=1e-12)
+    assert side["tflops"] == pytest.approx(batch * flops_per_image / (side["ms"] / 1000) / 1e12, rel=1e-12)
+    assert isinstance(side["peak_memory_bytes"], int) and side["peak_memory_bytes"] > 0
+    assert 0 < side["loss"] < 20  # a cross-entropy over 10 classes of a freshly initialised network
+
+
+def test_bench_train_cli_prints_and_writes_well_formed_figures(tmp_path):
+    out = tmp_path / "bench.json"
+    r = wrn_cli(
+        "bench", "train", "--model", TINY, "--batch-size", "8", "--steps", "2", "--warmup", "1",
+        "--device", "cpu", "--num-samples", "64", "--baseline", "--baseline-workers", "1", "--json", str(out),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    assert result["format"] == "wrn-bench-train" and result["version"] == 1
+    m = result["machine"]
+    assert m["device"] == "cpu" and m["cuda"] is None and m["torch"] == torch.__version__
+    assert m["threads"] == 1 and m["device_name"]
+    s = result["settings"]
+    # The defaults `wrn train` resolves on a CPU: fp32, NCHW, eager.
+    assert (s["amp"], s["channels_last"], s["compile"]) == ("off", False, False)
+    assert (s["batch_size"], s["steps"], s["warmup"], s["image_size"]) == (8, 2, 1, 32)
+    flops = independent_train_flops(TINY)
+    assert result["model"]["train_flops_per_image"] == flops
+    assert result["model"]["params"] == sum(
+        p.numel() for p in __import__("wrn").create_model(TINY).parameters()
+    )
+    check_side(result["ours"], 8, 2, flops)
+    check_side(result["baseline"], 8, 2, flops)
+    assert result["speedup"] == pytest.approx(
+        result["ours"]["images_per_s"] / result["baseline"]["images_per_s"], rel=1e-12
+    )
+    loader = result["baseline"]["loader"]
+    assert loader["transforms"] == ["RandomCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"]
+    assert loader["batches"] == 3 and loader["images"] == 24  # warm-up + timed steps, all from the DataLoader
+
+    # The printed table says what the JSON says.
+    rows = {
+        m.group(1): [float(v.replace(",", "")) for v in m.groups()[1:]]
+        for m in re.finditer(
+            r"^(ours|baseline)\s+([\d.]+)\s+([\d.]+) - ([\d.]+)\s+([\d,.]+)\s+([\d.]+)", r.stdout, re.M
+        )
+    }
+    assert set(rows) == {"ours", "baseline"}
+    for side, (ms, lo, hi, ips, tflops) in rows.items():
+        j = result[side]
+        assert ms == pytest.approx(j["ms"], abs=0.051) and lo == pytest.approx(j["ms_min"], abs=0.051)
+        assert hi == pytest.approx(j["ms_max"], abs=0.051)
+        assert ips == pytest.approx(j["images_per_s"], abs=0.051)
+        assert tflops == pytest.approx(j["tflops"], abs=0.0006)
+    ratio = re.search(r"ours / baseline: ([\d.]+)x", r.stdout)
+    assert ratio and float(ratio.group(1)) == pytest.approx(result["speedup"], abs=0.006)
+    assert "torch " + torch.__version__ in r.stdout and "peak memory" in r.stdout
+
+
+def test_baseline_runs_the_plain_path_and_ours_the_loops(monkeypatch):
+    """Count the calls: the baseline goes through PIL, the four transforms and a DataLoader, in fp32 NCHW
+    without autocast; ours goes through DeviceLoader and TrainStep (here with bf16 and channels_last)."""
+    import PIL.Image
+    import torchvision.transforms as T
+
+    import wrn.bench.train as bt
+    from wrn.data import DeviceLoader
+    from wrn.train.step import TrainStep
+
+    calls: Counter = Counter()
+    seen: dict[str, list] = {"ours": [], "baseline": []}
+
+    def count(owner, name, label):
+        original = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            calls[label] += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, wrapper)
+
+    count(PIL.Image, "fromarray", "pil")
+    for cls in (T.RandomCrop, T.RandomHorizontalFlip, T.Normalize):
+        count(cls, "forward", cls.__name__)
+    count(T.ToTensor, "__call__", "ToTensor")
+    count(torch.utils.data.DataLoader, "__iter__", "dataloader_epochs")
+    count(DeviceLoader, "_batch", "device_batches")
+    count(TrainStep, "__call__", "train_steps")
+
+    original_build = bt.build_model
+
+    def build_and_watch(name, num_classes, device, seed):
+        model = original_build(name, num_classes, device, seed)
+        side = "ours" if not seen["ours"] else "baseline"
+
+        def hook(module, inputs):
+            x = inputs[0]
+            seen[side].append(
+                (x.dtype, torch.is_autocast_enabled("cpu"), x.is_contiguous(), module.conv1.weight.dtype)
+            )
+
+        model.register_forward_pre_hook(hook)
+        return model
+
+    monkeypatch.setattr(bt, "build_model", build_and_watch)
+    batch, warmup, steps = 4, 1, 2
+    result = bt.run(
+        TINY, batch_size=batch, steps=steps, warmup=warmup, device="cpu", amp="bf16", channels_last=True,
+        baseline=True, baseline_workers=0, num_samples=32,
+    )  # fmt: skip
+    n = warmup + steps
+    # Every image of every baseline batch went through PIL and the four host-side transforms, one by one.
+    for label in ("pil", "RandomCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"):
+        assert calls[label] == n * batch, label
+    assert calls["dataloader_epochs"] == 1
+    # Ours: one DeviceLoader batch and one TrainStep per step; the baseline used neither.
+    assert calls["device_batches"] == n and calls["train_steps"] == n
+    assert len(seen["ours"]) == n and len(seen["baseline"]) == n
+    assert all(
+        s == (torch.float32, True, False, torch.float32) for s in seen["ours"]
+    )  # autocast, channels_last
+    assert all(s == (torch.float32, False, True, torch.float32) for s in seen["baseline"])  # fp32, NCHW
+    assert result["settings"]["amp"] == "bf16" and result["settings"]["channels_last"] is True
+    assert result["baseline"]["amp"] == "off" and result["baseline"]["channels_last"] is False
+    assert result["baseline"]["loader"]["images"] == n * batch
+
+
+def test_rounds_alternate_the_sides():
+    order = []
+
+    class Fake(bench_train.Runner):
+        def __init__(self, name):
+            super().__init__(None, None, torch.device("cpu"))
+            self.name = name
+            self._loss = torch.tensor(1.0)
+
+        def warm(self, k):
+            order.append((self.name, "warm", k))
+
+        def timed(self, k):
+            order.append((self.name, "timed", k))
+            self.step_ms += [1.0] * k
+
+    makers = [lambda: Fake("a"), lambda: Fake("b")]
+    sides = bench_train.measure_sides(makers, warmup=2, steps=5, rounds=2)
+    assert order == [
+        ("a", "warm", 2), ("b", "warm", 2), ("a", "timed", 3), ("b", "timed", 3), ("a", "timed", 2), ("b", "timed", 2),
+    ]  # fmt: skip
+    assert [len(s["step_ms"]) for s in sides] == [5, 5]
+    assert bench_train.chunks(5, 2) == [3, 2] and bench_train.chunks(2, 4) == [1, 1]
+
+
+def test_figure4_cli_writes_json_and_png_in_the_agreed_format(tmp_path):
+    models = "wrn-40-4,preact-resnet-164"  # the two smallest, given out of order
+    r = wrn_cli(
+        "bench", "figure4", "--models", models, "--batch-size", "2", "--steps", "1", "--warmup", "0",
+        "--device", "cpu", "--num-samples", "8", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "figure4.json").read_text())
+    assert set(result) == {"format", "version", "machine", "settings", "models", "ratios"}
+    assert (result["format"], result["version"]) == ("wrn-bench-figure4", 1)
+    assert set(result["machine"]) == {"device", "device_name", "torch", "cuda", "threads"}
+    assert result["machine"]["device"] == "cpu" and result["machine"]["cuda"] is None
+    s = result["settings"]
+    assert {k: s[k] for k in ("batch_size", "steps", "warmup", "amp", "channels_last", "compile")} == {
+        "batch_size": 2, "steps": 1, "warmup": 0, "amp": "off", "channels_last": False, "compile": False,
+    }  # fmt: skip
+    assert [e["name"] for e in result["models"]] == ["preact-resnet-164", "wrn-40-4"]  # the paper's order
+    import wrn
+
+    for e in result["models"]:
+        assert set(e) == {"name", "paper_ms", "ms", "ms_min", "ms_max", "params", "images_per_s"}
+        assert e["paper_ms"] == {"preact-resnet-164": 85.0, "wrn-40-4": 68.0}[e["name"]]
+        assert math.isfinite(e["ms"]) and e["ms"] > 0 and e["ms_min"] == e["ms"] == e["ms_max"]  # one step
+        assert e["images_per_s"] == pytest.approx(2 / (e["ms"] / 1000), rel=1e-12)
+        assert e["params"] == sum(p.numel() for p in wrn.create_model(e["name"]).parameters())
+    ms = {e["name"]: e["ms"] for e in result["models"]}
+    assert result["ratios"] == [
+        {"slow": "preact-resnet-1001", "fast": "wrn-40-4", "paper": 512 / 68, "ours": None},
+        {"slow": "preact-resnet-1001", "fast": "wrn-28-10", "paper": 512 / 312, "ours": None},
+        {"slow": "preact-resnet-164", "fast": "wrn-40-4", "paper": 85 / 68,
+         "ours": pytest.approx(ms["preact-resnet-164"] / ms["wrn-40-4"], rel=1e-12)},
+    ]  # fmt: skip
+    png = (tmp_path / "figure4.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert "preact-resnet-164 / wrn-40-4" in r.stdout and "7.53      -" in r.stdout
+    # The report can redraw the figure from the JSON alone.
+    again = figure4.draw(result, tmp_path / "again.png")
+    assert again.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_figure4_ratios_with_every_model_and_bad_names():
+    entries = [
+        {"name": n, "ms": ms} for n, ms in zip(figure4.MODELS, (10.0, 80.0, 8.0, 20.0, 40.0), strict=True)
+    ]
+    assert [r["ours"] for r in figure4.ratios(entries)] == [10.0, 2.0, 1.25]
+    assert figure4.parse_models(None) == list(figure4.MODELS)
+    assert figure4.parse_models("wrn-28-10, preact-resnet-164") == ["preact-resnet-164", "wrn-28-10"]
+    with pytest.raises(ValueError, match="not in Figure 4"):
+        figure4.parse_models("wrn-16-4")
+
+
+def test_bench_data_times_random_data_when_files_are_absent_and_the_files_when_present(tmp_path, capsys):
+    absent = tmp_path / "none"
+    out = tmp_path / "data.json"
+    assert wrn_main(["bench", "data", "--data-dir", str(absent), "--device", "cpu", "--num-samples", "512",
+                     "--epochs", "1", "--json", str(out)]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "random uint8 images of cifar10's shape" in text and f"not under {absent}" in text
+    result = json.loads(out.read_text())
+    assert result["random_data"] is True and result["settings"]["num_samples"] == 512
+    assert result["settings"]["augment"] == "flip-crop" and result["settings"]["normalization"] == "cifar10"
+    assert (
+        all(math.isfinite(v) and v > 0 for v in result["images_per_s"]) and len(result["images_per_s"]) == 1
+    )
+
+    write_random_cifar10(tmp_path / "data", train=300, test=10)
+    with pytest.warns(UserWarning, match="md5 checks"):
+        assert wrn_main(["bench", "data", "--data-dir", str(tmp_path / "data"), "--device", "cpu", "--no-verify",
+                         "--epochs", "1", "--batch-size", "100", "--json", str(out)]) == 0  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["random_data"] is False and result["settings"]["num_samples"] == 300
+    assert "the cifar10 files under" in capsys.readouterr().out
+
+
+def test_random_cifar10_files_load_as_the_real_format(tmp_path):
+    from wrn.data import load_arrays
+
+    base = write_random_cifar10(tmp_path, train=23, test=7, seed=3)
+    assert sorted(p.name for p in base.iterdir()) == [
+        "batches.meta", *(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
+    ]  # fmt: skip
+    with pytest.warns(UserWarning, match="md5 checks"):
+        x, y = load_arrays("cifar10", tmp_path, "train", verify=False)
+    assert x.dtype == torch.uint8 and x.shape == (23, 3, 32, 32) and y.shape == (23,)
+    assert int(y.min()) >= 0 and int(y.max()) <= 9 and len(torch.unique(x)) > 200
+    with pytest.warns(UserWarning):
+        xt, _ = load_arrays("cifar10", tmp_path, "test", verify=False)
+    assert xt.shape == (7, 3, 32, 32)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["train", "--amp", "fp16", "--device", "cpu"], "fp16 needs a CUDA GPU"),
+        (["train", "--model", "vgg-16", "--device", "cpu"], "unknown model 'vgg-16'"),
+        (["train", "--steps", "0", "--device", "cpu"], "--steps 0 is too few"),
+        (
+            ["train", "--compile", "--compile-mode", "fast", "--device", "cpu"],
+            "--compile-mode 'fast' is not known",
+        ),
+        (["train", "--device", "tpu"], "--device 'tpu' is not known"),
+        (
+            ["train", "--model", TINY, "--batch-size", "8", "--num-samples", "4", "--device", "cpu"],
+            "fewer than one batch",
+        ),
+        (["figure4", "--models", "wrn-16-4", "--device", "cpu"], "not in Figure 4"),
+        (["data", "--dataset", "imagenet", "--device", "cpu"], "no device-resident loader"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_exit_2(args, words, capsys):
+    assert wrn_main(["bench", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and err.startswith("wrn bench: error: ") and "\n" not in err
+
+
+def test_overhead_script_runs_and_prints_its_ratio(tmp_path):
+    """Only that the benchmark script works end to end on a tiny run; its figure is measured, not tested."""
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "overhead.py")
+    out = tmp_path / "overhead.json"
+    r = subprocess.run(
+        [sys.executable, script, "--model", TINY, "--batch-size", "16", "--images", "32", "--test-images", "16",
+         "--device", "cpu", "--warmup", "1", "--json", str(out)],
+        env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    t = result["train"]
+    assert t["checkpoint_writes"] == 2 and t["epoch_train_time_s"] > 0 and t["evaluation_s"] > 0
+    recurring = t["epoch_train_time_s"] + t["checkpoint_writes_s"] + t["logging_s"]
+    assert result["ratio"] == pytest.approx(recurring / result["bench_epoch_s"], rel=1e-12)
+    assert t["step_calls"] == 2  # 32 images in batches of 16: the loop's TrainStep calls were counted
+    outside = recurring - t["step_calls_s"]
+    assert 0 < outside < recurring and result["overhead_in_epoch"] == pytest.approx(
+        outside / t["step_calls_s"]
+    )
+    assert re.search(r"overhead ratio\s+wrn train epoch / bench train\s+= [\d.]+", r.stdout)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu.sh runs it)")
+def test_cuda_bench_steps_do_not_sync_with_the_host():
+    """Within an epoch, the bench's steps (DeviceLoader batch + TrainStep, bf16, channels_last) queue work on
+    the GPU without ever waiting for it: CUDA's sync debug mode turns any sync into an error."""
+    from wrn.bench.common import prepare_device, random_images, resolve_settings
+
+    settings = resolve_settings(TINY, device="cuda", batch_size=32)
+    assert (settings.amp, settings.channels_last) == ("bf16", True)
+    prepare_device(settings.device)
+    x, y = random_images(320, 3, 32, 10)  # 10 batches per epoch
+    runner = bench_train.ours_runner(TINY, settings, x, y, 32, 10)
+    runner.warm(3)  # cuDNN autotuning; the epoch's plan is on the device
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        runner.warm(6)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert math.isfinite(runner.loss)
