@@ -72,8 +72,8 @@ def test_bench_train_cli_prints_and_writes_well_formed_figures(tmp_path):
     assert m["device"] == "cpu" and m["cuda"] is None and m["torch"] == torch.__version__
     assert m["threads"] == 1 and m["device_name"]
     s = result["settings"]
-    # The defaults `wrn train` resolves on a CPU: fp32, NCHW, eager.
-    assert (s["amp"], s["channels_last"], s["compile"]) == ("off", False, False)
+    # The defaults `wrn train` resolves on a CPU: fp32, channels_last, eager.
+    assert (s["amp"], s["channels_last"], s["compile"]) == ("off", True, False)
     assert (s["batch_size"], s["steps"], s["warmup"], s["image_size"]) == (8, 2, 1, 32)
     flops = independent_train_flops(TINY)
     assert result["model"]["train_flops_per_image"] == flops
@@ -215,7 +215,7 @@ def test_figure4_cli_writes_json_and_png_in_the_agreed_format(tmp_path):
     assert result["machine"]["device"] == "cpu" and result["machine"]["cuda"] is None
     s = result["settings"]
     assert {k: s[k] for k in ("batch_size", "steps", "warmup", "amp", "channels_last", "compile")} == {
-        "batch_size": 2, "steps": 1, "warmup": 0, "amp": "off", "channels_last": False, "compile": False,
+        "batch_size": 2, "steps": 1, "warmup": 0, "amp": "off", "channels_last": True, "compile": False,
     }  # fmt: skip
     assert [e["name"] for e in result["models"]] == ["preact-resnet-164", "wrn-40-4"]  # the paper's order
     import wrn

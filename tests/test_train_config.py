@@ -183,7 +183,7 @@ def test_bad_yaml_names_the_file(tmp_path):
 
 def test_resolve_fills_machine_and_data_defaults():
     cpu = resolve(validate({"dataset": {"name": "svhn"}}), cuda_available=False)
-    assert (cpu.run.device, cpu.run.amp, cpu.run.channels_last) == ("cpu", "off", False)
+    assert (cpu.run.device, cpu.run.amp, cpu.run.channels_last) == ("cpu", "off", True)
     assert (cpu.dataset.augment, cpu.dataset.normalization) == ("none", "svhn")
     gpu = resolve(validate({"dataset": {"name": "cifar100"}}), cuda_available=True)
     assert (gpu.run.device, gpu.run.amp, gpu.run.channels_last) == ("cuda", "bf16", True)

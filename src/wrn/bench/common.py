@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from wrn.errors import ConfigError
+from wrn.train.config import COMPILE_MODES  # the same choices as `wrn train --compile-mode`
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # Training FLOPs per image = TRAIN_FLOPS_PER_MAC * forward multiply-adds: a multiply-add is 2 FLOPs and a
 # training step (forward, backward for inputs, backward for weights) costs about 3x the forward (spec section 7).
 TRAIN_FLOPS_PER_MAC = 6
@@ -58,7 +58,12 @@ def resolve_settings(
         )
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise ConfigError(f"--device {device!r} is not known; use auto, cpu, cuda or cuda:N")
-    run: dict[str, Any] = {"device": device, "amp": amp or "auto", "compile": bool(compile)}
+    run: dict[str, Any] = {
+        "device": device,
+        "amp": amp or "auto",
+        "compile": bool(compile),
+        "compile_mode": compile_mode,
+    }
     if channels_last is not None:
         run["channels_last"] = bool(channels_last)
     cfg = resolve(validate({"model": {"name": model}, "optim": {"batch_size": batch_size}, "run": run}))
@@ -67,7 +72,7 @@ def resolve_settings(
         amp=cfg.run.amp,
         channels_last=bool(cfg.run.channels_last),
         compile=bool(cfg.run.compile),
-        compile_mode=compile_mode,
+        compile_mode=cfg.run.compile_mode,
     )
 
 

@@ -40,6 +40,7 @@ OVERRIDES: dict[str, str] = {
     "device": "run.device",
     "amp": "run.amp",
     "compile": "run.compile",
+    "compile_mode": "run.compile_mode",
     "channels_last": "run.channels_last",
     "sync_bn": "run.sync_bn",
     "deterministic": "run.deterministic",
@@ -142,6 +143,11 @@ def register(subparsers) -> None:
     r.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--amp", help="bf16, fp16 (CUDA only; uses a grad scaler) or off (default: bf16 on CUDA)")
     r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile")
+    r.add_argument(
+        "--compile-mode",
+        help="torch.compile's mode: default, reduce-overhead (CUDA graphs), max-autotune, "
+        "max-autotune-no-cudagraphs",
+    )
     r.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,

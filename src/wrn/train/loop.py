@@ -197,7 +197,7 @@ class _Run:
             ids = [device.index] if device.type == "cuda" else None
             net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
         if cfg.run.compile:
-            net = torch.compile(net)
+            net = torch.compile(net, mode=None if cfg.run.compile_mode == "default" else cfg.run.compile_mode)
         self.net = net
         self.optimizer = recipe.make_optimizer(model, cfg.optim)
         self.step_fn = TrainStep(
@@ -474,8 +474,11 @@ class _Run:
 
 
 def _resolve_device(cfg: TrainConfig, dist_info: D.DistInfo) -> torch.device:
-    if cfg.run.device == "cuda" and dist_info.enabled:
-        return torch.device("cuda", dist_info.local_rank)
+    """The device with its index: torch.cuda.set_device refuses a bare "cuda"."""
+    if cfg.run.device == "cuda":
+        return torch.device(
+            "cuda", dist_info.local_rank if dist_info.enabled else torch.cuda.current_device()
+        )
     return torch.device(cfg.run.device)
 
 
