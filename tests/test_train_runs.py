@@ -158,3 +158,18 @@ def test_eval_names_a_channel_mismatch_and_takes_a_split(finished, tmp_path):
     )
     bad = wrn_cli("eval", str(run), "--split", "extra")
     assert bad.returncode == 2 and "digits has no split 'extra'; choose one of train, test" in bad.stderr
+
+
+def test_extending_a_run_keeps_the_milestones_it_started_with(tmp_path):
+    run = tmp_path / "run"
+    assert wrn_cli("train", *SMALL, "--epochs", "3", "--out", str(run)).returncode == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["schedule"]["milestones"] == [
+        2,
+        3,
+    ]  # 15,22,27 of 30
+    proc = wrn_cli("train", "--resume", str(run), "--epochs", "5")
+    assert proc.returncode == 0, proc.stderr
+    config = yaml.safe_load((run / "config.yaml").read_text())["schedule"]
+    assert (config["epochs"], config["milestones"]) == (5, [2, 3])  # not moved to 0.5, 0.73, 0.9 of 5
+    lrs = [json.loads(line)["lr"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([0.1, 0.02, 0.004, 0.004, 0.004])

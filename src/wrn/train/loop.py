@@ -647,7 +647,7 @@ def _already_complete(out_dir: Path, state: dict[str, Any], verbose: bool) -> Tr
     error = f" (test error {last['test_error']:.2f}%)" if isinstance(last.get("test_error"), float) else ""
     _say(
         verbose,
-        f"{out_dir} is complete: {epochs} of {epochs} epochs trained{error}; nothing to do. To train it longer: "
+        f"{out_dir} is complete: {epochs} of {recipe.epochs_text(epochs)} trained{error}; nothing to do. To train it longer: "
         f"wrn train --resume {out_dir} --epochs N (N > {epochs})",
     )
     return TrainResult(out_dir=out_dir, model=wrn.load_model(out_dir), last=last)
@@ -712,7 +712,7 @@ def _train(cfg, out, state, resume, dist_info: D.DistInfo, verbose: bool) -> Tra
                 _warn(verbose, text)
         where = "continuing" if resume is not None else "run directory"
         at = f" at epoch {run.epoch + 1}, step {run.step}" if resume is not None else ""
-        epochs = f"{cfg.schedule.epochs} epoch{'s' if cfg.schedule.epochs != 1 else ''}"
+        epochs = recipe.epochs_text(cfg.schedule.epochs)
         _say(
             verbose,
             f"{where}: {out_dir}{at}\n"
@@ -774,7 +774,7 @@ def _finish(run: _Run, out_dir: Path, verbose: bool) -> None:
         _say(
             verbose,
             f"done: test error {last['test_error']:.2f}% (accuracy {last['test_acc']:.2f}%) after "
-            f"{run.epoch} epochs; model and curves in {out_dir}",
+            f"{recipe.epochs_text(run.epoch)}; model and curves in {out_dir}",
         )
 
 

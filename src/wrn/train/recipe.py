@@ -71,12 +71,17 @@ def start_epoch(
     return lr
 
 
+def epochs_text(n: int) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{n} epoch{'' if n == 1 else 's'}"
+
+
 def describe(schedule: ScheduleSection, base_lr: float) -> str:
     """The schedule in a few words: ``lr 0.1, x0.2 at epochs 60, 120, 160 of 200``."""
     if schedule.name == "cosine":
-        return f"lr {base_lr:g}, cosine to 0 over {schedule.epochs} epochs"
+        return f"lr {base_lr:g}, cosine to 0 over {epochs_text(schedule.epochs)}"
     if not schedule.milestones:
-        return f"lr {base_lr:g} for all {schedule.epochs} epochs"
+        return f"lr {base_lr:g} throughout"
     at = ", ".join(str(m) for m in schedule.milestones)
     return f"lr {base_lr:g}, x{schedule.gamma:g} at epochs {at} of {schedule.epochs}"
 
