@@ -185,29 +185,30 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def draw(result: dict[str, Any], path: str | Path) -> Path:
-    """Draw ``figure4.png`` from a ``figure4.json`` dict: ms per minibatch and the speed ratios, ours beside the paper's.
+    """Draw ``figure4.png`` from a ``figure4.json`` dict: ms per minibatch and the speed ratios, ours beside the
+    paper's (the report of `wrn reproduce` shows the same picture).
 
-    The ms panel has a log scale, since ours may be on another device than the paper's Titan X.
+    The ms panel has a log scale, since ours may be on another device than the paper's Titan X. A model or a
+    ratio that was not measured shows as "not run" / "n/a".
     """
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from wrn.train.plot import COLOURS, DPI, save_figure
 
-    from wrn.atomic import atomic_write
-
-    path = Path(path)
-    m, s = result["machine"], result["settings"]
-    ours_ms = {e["name"]: e["ms"] for e in result["models"]}
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [5, 3]})
+    m, s = result.get("machine") or {}, result.get("settings") or {}
+    ours_ms = {
+        e["name"]: e["ms"] for e in result.get("models") or [] if isinstance(e.get("ms"), (int, float))
+    }
+    fig = Figure(figsize=(11, 4.4), dpi=DPI, layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2, width_ratios=[5, 3])
     width = 0.38
     xs = range(len(MODELS))
-    paper_color, ours_color = "#9e9e9e", "#1f77b4"
-    ax1.bar([x - width / 2 for x in xs], [PAPER_MS[n] for n in MODELS], width, color=paper_color,
+    paper_colour, ours_colour = COLOURS[1], COLOURS[0]
+    ax1.bar([x - width / 2 for x in xs], [PAPER_MS[n] for n in MODELS], width, color=paper_colour,
             label="paper (Titan X)")  # fmt: skip
     ours_here = [(x, ours_ms[n]) for x, n in zip(xs, MODELS, strict=True) if n in ours_ms]
-    ax1.bar([x + width / 2 for x, _ in ours_here], [v for _, v in ours_here], width, color=ours_color,
-            label=f"ours ({m['device_name']})")  # fmt: skip
+    ax1.bar([x + width / 2 for x, _ in ours_here], [v for _, v in ours_here], width, color=ours_colour,
+            label=f"ours ({m.get('device_name') or m.get('device') or '?'})")  # fmt: skip
     tallest = max([PAPER_MS[n] for n in MODELS] + list(ours_ms.values()))
     lowest = min([PAPER_MS[n] for n in MODELS] + list(ours_ms.values()))
     for x, n in zip(xs, MODELS, strict=True):
@@ -215,37 +216,38 @@ def draw(result: dict[str, Any], path: str | Path) -> Path:
         at, text = (ours_ms[n], _ms_text(ours_ms[n])) if n in ours_ms else (lowest / 1.8, "not run")
         ax1.annotate(text, (x + width / 2, at), ha="center", va="bottom", fontsize=7)
     ax1.set_yscale("log")
-    ax1.set_ylim(lowest / 2, tallest * 6)  # room for the labels and the legend
+    ax1.set_ylim(lowest / 2, tallest * 8)  # room above the tallest bar for its label and the legend
     ax1.set_xticks(list(xs), [LABELS[n] for n in MODELS], fontsize=8)
-    ax1.set_ylabel(f"ms per minibatch of {s['batch_size']} (log scale)")
+    ax1.set_ylabel(f"ms per minibatch of {s.get('batch_size', 32)} (log scale)")
     ax1.set_title("forward + backward + update", fontsize=10)
     ax1.legend(fontsize=8, loc="upper center", ncol=2)
+    ax1.grid(True, axis="y", alpha=0.3)
 
-    rs = result["ratios"]
+    rs = result.get("ratios") or []
     xr = range(len(rs))
-    ax2.bar([x - width / 2 for x in xr], [r["paper"] for r in rs], width, color=paper_color, label="paper")
-    ours_r = [(x, r["ours"]) for x, r in zip(xr, rs, strict=True) if r["ours"] is not None]
-    ax2.bar([x + width / 2 for x, _ in ours_r], [v for _, v in ours_r], width, color=ours_color, label="ours")
+    ax2.bar([x - width / 2 for x in xr], [r["paper"] for r in rs], width, color=paper_colour, label="paper")
+    ours_r = [(x, r["ours"]) for x, r in zip(xr, rs, strict=True) if r.get("ours") is not None]
+    ax2.bar(
+        [x + width / 2 for x, _ in ours_r], [v for _, v in ours_r], width, color=ours_colour, label="ours"
+    )
     for x, r in zip(xr, rs, strict=True):
         ax2.annotate(f"{r['paper']:.2f}", (x - width / 2, r["paper"]), ha="center", va="bottom", fontsize=7)
-        text, height = ("n/a", 0.0) if r["ours"] is None else (f"{r['ours']:.2f}", r["ours"])
+        text, height = ("n/a", 0.0) if r.get("ours") is None else (f"{r['ours']:.2f}", r["ours"])
         ax2.annotate(text, (x + width / 2, height), ha="center", va="bottom", fontsize=7)
     ax2.axhline(1.0, color="black", linewidth=0.6)
-    ax2.set_ylim(0, 1.3 * max([r["paper"] for r in rs] + [v for _, v in ours_r]))
+    ax2.set_ylim(0, 1.3 * max([r["paper"] for r in rs] + [v for _, v in ours_r] + [1.0]))
     ax2.set_xticks(list(xr), [f"{LABELS[r['slow']]}\n/ {LABELS[r['fast']]}" for r in rs], fontsize=7)
     ax2.set_ylabel("speed-up of the wide network (x)")
     ax2.set_title("time ratios", fontsize=10)
     ax2.legend(fontsize=8, loc="upper right", ncol=2)
-    precision = f"amp {s['amp']}, {'channels_last' if s['channels_last'] else 'NCHW'}"
+    ax2.grid(True, axis="y", alpha=0.3)
+    precision = f"amp {s.get('amp', '?')}, {'channels_last' if s.get('channels_last') else 'NCHW'}"
     fig.suptitle(
-        f"Figure 4: training time per minibatch, thin deep vs wide networks ({precision}, torch {m['torch']})",
+        f"Figure 4: training time per minibatch, thin deep vs wide networks ({precision}, "
+        f"torch {m.get('torch', '?')})",
         fontsize=10,
     )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=130))
-    plt.close(fig)
-    return path
+    return save_figure(fig, Path(path))
 
 
 def _ms_text(ms: float) -> str:

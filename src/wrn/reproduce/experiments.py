@@ -325,20 +325,6 @@ EXPERIMENTS: dict[str, Experiment] = {
     )
 }
 
-# Figure 4 of the paper (spec section 7): ms per minibatch of 32 on a Titan X, and the claims as ratios.
-FIGURE4_PAPER_MS = {
-    "preact-resnet-164": 85.0,
-    "preact-resnet-1001": 512.0,
-    "wrn-40-4": 68.0,
-    "wrn-16-10": 164.0,
-    "wrn-28-10": 312.0,
-}
-FIGURE4_RATIOS = (
-    ("preact-resnet-1001", "wrn-40-4"),
-    ("preact-resnet-1001", "wrn-28-10"),
-    ("preact-resnet-164", "wrn-40-4"),
-)
-
 
 def experiment_names() -> list[str]:
     return list(EXPERIMENTS)

@@ -35,7 +35,6 @@ from wrn.reproduce import grid as G
 from wrn.reproduce.experiments import (
     DATASET_TITLES,
     EXPERIMENTS,
-    FIGURE4_PAPER_MS,
     Experiment,
     Row,
     views_of,
@@ -544,57 +543,6 @@ def table_figure(exp: Experiment, results: list[RowResult], scaled, path: Path) 
     return save_figure(fig, path)
 
 
-def _short(name: str) -> str:
-    """preact-resnet-1001 -> ResNet-1001, wrn-28-10 -> WRN-28-10 (the paper's names in Figure 4)."""
-    return name.replace("preact-resnet", "ResNet").replace("wrn", "WRN")
-
-
-def figure4_chart(doc: dict, path: Path) -> Path:
-    """Bars of ms per minibatch (ours and the paper's), and the paper's speed ratios beside ours."""
-    from matplotlib.figure import Figure as MplFigure
-
-    from wrn.train.plot import COLOURS, DPI, save_figure
-
-    models = doc.get("models") or []
-    fig = MplFigure(figsize=(11.0, 4.6), dpi=DPI, layout="constrained")
-    ax_ms, ax_ratio = fig.subplots(1, 2, width_ratios=[1.5, 1])
-    names = [m.get("name", "?") for m in models]
-    x = list(range(len(names)))
-    w = 0.38
-    paper = [m.get("paper_ms") or FIGURE4_PAPER_MS.get(m.get("name"), math.nan) for m in models]
-    ours = [m.get("ms") if _is_number(m.get("ms")) else math.nan for m in models]
-    b1 = ax_ms.bar([i - w / 2 for i in x], paper, w, color=COLOURS[1], label="paper (Titan X)")
-    machine = doc.get("machine") or {}
-    b2 = ax_ms.bar([i + w / 2 for i in x], ours, w, color=COLOURS[0],
-                   label=f"ours ({machine.get('device_name') or machine.get('device') or '?'})")  # fmt: skip
-    for bars in (b1, b2):
-        ax_ms.bar_label(bars, fmt="%.0f", fontsize=8, padding=2)
-    ax_ms.set_xticks(x, [_short(n) for n in names], fontsize=9)
-    ax_ms.set_yscale("log")
-    ax_ms.set_ylabel("ms per minibatch of 32 (log scale)", fontsize=10)
-    batch = (doc.get("settings") or {}).get("batch_size", 32)
-    ax_ms.set_title(f"forward + backward + update, batch {batch}", fontsize=11)
-    ax_ms.legend(fontsize=9)
-    ax_ms.grid(True, axis="y", alpha=0.3)
-
-    ratios = doc.get("ratios") or []
-    labels = [f"{_short(str(r.get('slow')))}\n/ {_short(str(r.get('fast')))}" for r in ratios]
-    rx = list(range(len(ratios)))
-    p = [r.get("paper") if _is_number(r.get("paper")) else math.nan for r in ratios]
-    o = [r.get("ours") if _is_number(r.get("ours")) else math.nan for r in ratios]
-    c1 = ax_ratio.bar([i - w / 2 for i in rx], p, w, color=COLOURS[1], label="paper")
-    c2 = ax_ratio.bar([i + w / 2 for i in rx], o, w, color=COLOURS[0], label="ours")
-    for bars in (c1, c2):
-        ax_ratio.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
-    ax_ratio.set_xticks(rx, labels, fontsize=8)
-    ax_ratio.set_ylabel("speed-up of the wide net (x)", fontsize=10)
-    ax_ratio.set_title("the paper's claims: ratios of times", fontsize=11)
-    ax_ratio.axhline(1.0, color="0.5", linewidth=0.8)
-    ax_ratio.legend(fontsize=9)
-    ax_ratio.grid(True, axis="y", alpha=0.3)
-    return save_figure(fig, path)
-
-
 def bench_section(path: Path | None, source: Path, out_dir: Path, stem: str) -> Section:
     section = Section("Figure 4: figure4", "", source)
     if path is None or not path.is_file():
@@ -662,7 +610,9 @@ def bench_section(path: Path | None, source: Path, out_dir: Path, stem: str) -> 
         ("Speed ratios (time of the slow net / time of the fast one)", ["ratio", "paper", "ours"], ["l", "r", "r"],
          ratio_rows)
     )  # fmt: skip
-    png = figure4_chart(doc, out_dir / f"{stem}.png")
+    from wrn.bench.figure4 import draw
+
+    png = draw(doc, out_dir / f"{stem}.png")
     section.figures.append(Figure("Figure 4: ours beside the paper", png))
     return section
 
