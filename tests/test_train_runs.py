@@ -156,6 +156,9 @@ def test_eval_names_a_channel_mismatch_and_takes_a_split(finished, tmp_path):
         "train",
         1437,
     )
+    fetched = wrn_cli("eval", str(run), "--download", "--data-dir", str(tmp_path / "d"), "--json")
+    assert fetched.returncode == 0, fetched.stderr  # the digits need no download: the flags are accepted
+    assert json.loads(fetched.stdout)["acc"] == test["acc"]
     bad = wrn_cli("eval", str(run), "--split", "extra")
     assert bad.returncode == 2 and "digits has no split 'extra'; choose one of train, test" in bad.stderr
 
