@@ -9,13 +9,10 @@ from typing import Any
 
 import torch
 
+from wrn.data.registry import DatasetInfo
 from wrn.errors import ConfigError
 from wrn.train import distributed as D
 from wrn.train.config import TrainConfig
-
-
-def _info_get(info: Any, key: str) -> Any:
-    return info[key] if isinstance(info, dict) else getattr(info, key)
 
 
 def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo):
@@ -50,11 +47,12 @@ def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo)
     return train_loader, test_loader, info
 
 
-def build_model(cfg: TrainConfig, info: Any) -> torch.nn.Module:
+def build_model(cfg: TrainConfig, info: DatasetInfo) -> torch.nn.Module:
+    """The config's model for the data ``info`` describes (its classes and image channels)."""
     import wrn
 
     overrides: dict[str, Any] = {}
-    in_channels = _info_get(info, "in_channels")
+    in_channels = info.in_channels
     if in_channels != 3:
         overrides["in_channels"] = in_channels
     if cfg.model.dropout:  # 0 or unset: the model's own default (no dropout; some families have none)
@@ -63,4 +61,4 @@ def build_model(cfg: TrainConfig, info: Any) -> torch.nn.Module:
         overrides["act"] = cfg.model.act
     if cfg.model.bn_momentum is not None:
         overrides["bn_momentum"] = cfg.model.bn_momentum
-    return wrn.create_model(cfg.model.name, num_classes=_info_get(info, "num_classes"), **overrides)
+    return wrn.create_model(cfg.model.name, num_classes=info.num_classes, **overrides)

@@ -28,7 +28,7 @@ from wrn.errors import CheckpointError, ConfigError, WRNError
 from wrn.train import checkpoint as ckpt
 from wrn.train import distributed as D
 from wrn.train import recipe
-from wrn.train.build import _info_get, build_loaders, build_model
+from wrn.train.build import build_loaders, build_model
 from wrn.train.config import TrainConfig, dump_yaml, resolve, validate, with_epochs
 from wrn.train.evaluate import evaluate
 from wrn.train.precision import PRECISION_NAMES, amp_warning
@@ -679,7 +679,7 @@ def _train(cfg, out, state, resume, dist_info: D.DistInfo, verbose: bool) -> Tra
     _seed_all(cfg.run.seed)
     train_loader, test_loader, info = build_loaders(cfg, device, dist_info)
     if cfg.dataset.image_size is None:  # an image folder: the size its images were read at
-        cfg.dataset.image_size = int(_info_get(info, "image_size"))
+        cfg.dataset.image_size = int(info.image_size)
     _seed_all(cfg.run.seed)  # the model's initial weights depend on the seed only
     model = build_model(cfg, info)
     if dist_info.enabled:  # different dropout masks per rank
