@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from wrn.atomic import atomic_write_bytes
+from wrn.data.registry import CIFAR10_CLASSES
 
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 BASE = "cifar-10-batches-py"
 
 
@@ -44,6 +44,6 @@ def write_random_cifar10(root: str | Path, train: int = 50_000, test: int = 10_0
         )
         first += n
     atomic_write_bytes(base / "test_batch", _batch(rng, test, "testing batch 1 of 1", first))
-    meta = {"num_cases_per_batch": sizes[0], "label_names": list(CLASSES), "num_vis": 3072}
+    meta = {"num_cases_per_batch": sizes[0], "label_names": list(CIFAR10_CLASSES), "num_vis": 3072}
     atomic_write_bytes(base / "batches.meta", pickle.dumps(meta, protocol=2))
     return base

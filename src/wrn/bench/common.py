@@ -12,13 +12,16 @@ import os
 import resource
 import statistics
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from wrn.errors import ConfigError
+from wrn.train.build import prepare_device  # noqa: F401  (threads, GPU and cuDNN as `wrn train` sets them)
 from wrn.train.config import COMPILE_MODES  # the same choices as `wrn train --compile-mode`
+from wrn.train.precision import amp_warning
 
 # Training FLOPs per image = TRAIN_FLOPS_PER_MAC * forward multiply-adds: a multiply-add is 2 FLOPs and a
 # training step (forward, backward for inputs, backward for weights) costs about 3x the forward (spec section 7).
@@ -67,6 +70,9 @@ def resolve_settings(
     if channels_last is not None:
         run["channels_last"] = bool(channels_last)
     cfg = resolve(validate({"model": {"name": model}, "optim": {"batch_size": batch_size}, "run": run}))
+    warning = amp_warning(torch.device(cfg.run.device), cfg.run.amp)
+    if warning:  # the same one-line warning as `wrn train` (bf16 on most CPUs)
+        warnings.warn(warning, UserWarning, stacklevel=2)
     return Settings(
         device=torch.device(cfg.run.device),
         amp=cfg.run.amp,
@@ -85,15 +91,6 @@ def check_counts(steps: int, warmup: int, batch_size: int, rounds: int = 1) -> N
         raise ConfigError(f"--batch-size {batch_size} is too small; give at least 1")
     if rounds < 1:
         raise ConfigError(f"--rounds {rounds} is too few; give 1 (one side after the other) or more")
-
-
-def prepare_device(device: torch.device) -> None:
-    """Threads and cuDNN as the training loop sets them (all cores on the CPU; cuDNN autotuning on)."""
-    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
-    if device.type == "cuda" and device.index is not None:  # set_device refuses a device without an index
-        torch.cuda.set_device(device)
-    torch.backends.cudnn.benchmark = True
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:

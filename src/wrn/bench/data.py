@@ -18,8 +18,6 @@ from wrn.errors import ConfigError
 FORMAT = "wrn-bench-data"
 VERSION = 1
 DATASETS = ("cifar10", "cifar100", "svhn", "digits")
-# Training-split sizes of the real files, for random stand-ins.
-TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "svhn": 604_388, "digits": 1_437}
 
 
 def _files_present(name: str, root: Path) -> bool:
@@ -46,7 +44,8 @@ def run(
 ) -> dict[str, Any]:
     """Time ``epochs`` passes of the training loader after one warm-up pass; images/s of each pass."""
     from wrn.bench.common import machine_info, prepare_device, random_images, resolve_settings, synchronize
-    from wrn.data import DeviceLoader, dataset_info, load_arrays, normalization_constants
+    from wrn.data import DeviceLoader, dataset_info, load_arrays
+    from wrn.data.registry import normalization_for
 
     if dataset not in DATASETS:
         raise ConfigError(
@@ -64,7 +63,7 @@ def run(
         source = "digits (bundled)" if dataset == "digits" else f"the {dataset} files under {root}"
         random = False
     else:
-        n = num_samples or TRAIN_SIZES[dataset]
+        n = num_samples or info.train_size
         x, y = random_images(n, info.in_channels, info.image_size, info.num_classes, seed)
         source = (
             f"random uint8 images of {dataset}'s shape ({n:,} x {info.in_channels}x{info.image_size}x"
@@ -75,11 +74,9 @@ def run(
         x, y = x[:num_samples], y[:num_samples]
     if len(x) < batch_size:
         raise ConfigError(f"--batch-size {batch_size} is larger than the {len(x)} images; use a smaller one")
-    mean, std = normalization_constants(info.normalization)
-    if len(mean) != info.in_channels:
-        mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+    normalize = normalization_for(info.normalization, info.in_channels)
     loader = DeviceLoader(
-        x, y, batch_size, train=True, augment=augment, normalize=(mean, std), device=device_t, seed=seed
+        x, y, batch_size, train=True, augment=augment, normalize=normalize, device=device_t, seed=seed
     )
     for _ in loader:  # warm-up pass
         pass

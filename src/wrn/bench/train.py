@@ -43,8 +43,6 @@ from wrn.errors import ConfigError
 
 FORMAT = "wrn-bench-train"
 VERSION = 1
-# The paper's SGD (spec section 4), used by both sides.
-LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
 NORMALIZATION = "cifar10"
 
 
@@ -62,14 +60,13 @@ def make_step(model: nn.Module, settings, batch_size: int):
     """The training loop's step for ``model``: channels_last, compile, the recipe's optimizer, TrainStep."""
     from wrn.train.config import OptimSection
     from wrn.train.recipe import make_optimizer
-    from wrn.train.step import TrainStep
+    from wrn.train.step import TrainStep, compile_net
 
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net: nn.Module = model
     if settings.compile:
-        mode = None if settings.compile_mode == "default" else settings.compile_mode
-        net = torch.compile(model, mode=mode)
+        net = compile_net(model, settings.compile_mode)
     optimizer = make_optimizer(model, OptimSection(batch_size=batch_size))
     return TrainStep(
         net,
@@ -146,14 +143,6 @@ def ours_runner(name: str, settings, x, y, batch_size: int, num_classes: int, se
     train_step = make_step(model, settings, batch_size)
     loader = device_loader(x, y, batch_size, settings.device, seed)
     return Runner(lambda images, labels: train_step(images, labels)[0], _forever(loader), settings.device)
-
-
-def time_steps(step, batches, warmup: int, steps: int, device: torch.device) -> tuple[list[float], float]:
-    """Run ``warmup`` then ``steps`` of ``step(images, labels)`` on ``next(batches)``; (ms per step, last loss)."""
-    runner = Runner(step, batches, device)
-    runner.warm(warmup)
-    runner.timed(steps)
-    return runner.step_ms, runner.loss
 
 
 def chunks(steps: int, rounds: int) -> list[int]:
@@ -298,9 +287,16 @@ def baseline_runner(
     name: str, device: torch.device, x, y, batch_size: int, num_classes: int, workers: int, seed: int = 0
 ) -> Runner:
     """The plain way: eager fp32 NCHW model, per-sample PIL transforms through a DataLoader, copy, SGD step."""
+    from wrn.train.config import OptimSection
+
     model = build_model(name, num_classes, device, seed)
+    paper = OptimSection()  # the paper's SGD hyper-parameters, as ours uses (spec section 4)
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY
+        model.parameters(),
+        lr=paper.lr,
+        momentum=paper.momentum,
+        nesterov=paper.nesterov,
+        weight_decay=paper.weight_decay,
     )
     criterion = nn.CrossEntropyLoss()
     loader = baseline_loader(x, y, batch_size, workers, device)

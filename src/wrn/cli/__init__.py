@@ -68,7 +68,23 @@ def _deepest_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser = actions[0].choices[chosen]
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as the command line shows it: ``warning: ...``, without the code location."""
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    shown = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
+    try:
+        return _main(argv)
+    finally:
+        warnings.formatwarning = shown
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     if args.command is None:

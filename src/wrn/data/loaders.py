@@ -16,7 +16,7 @@ from wrn.data.folder import (
     read_folder_arrays,
 )
 from wrn.data.folder import split_dir as folder_split_dir
-from wrn.data.registry import AUGMENT_CHOICES, NORMALIZATION_CHOICES, dataset_info, normalization_constants
+from wrn.data.registry import AUGMENT_CHOICES, NORMALIZATION_CHOICES, dataset_info, normalization_for
 from wrn.data.zca import zca_whiten
 from wrn.errors import ConfigError, DataError
 
@@ -93,7 +93,7 @@ def make_loaders(
         x_tr, x_te = zca_whiten(x_tr, x_te, cache_dir=cache_dir)
         normalize = None
     else:
-        normalize = _constants_for(normalization, x_tr.shape[1])
+        normalize = normalization_for(normalization, int(x_tr.shape[1]))
     train = DeviceLoader(
         x_tr, y_tr, batch_size, train=True, augment=augment, normalize=normalize, seed=seed, drop_last=info.drop_last,
         image_size=image_size, **common,
@@ -101,15 +101,6 @@ def make_loaders(
     test = DeviceLoader(x_te, y_te, eval_batch_size, train=False, normalize=normalize, seed=seed, **common)
     info = dataclasses.replace(info, in_channels=int(x_tr.shape[1]), image_size=int(x_tr.shape[-1]))
     return train, test, info
-
-
-def _constants_for(name: str, channels: int):
-    mean, std = normalization_constants(name)
-    if len(mean) != channels and channels == 1:  # grayscale images with RGB constants: average them
-        mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
-    elif len(mean) != channels and len(mean) != 1:
-        raise ConfigError(f"normalization {name!r} has {len(mean)} channels but the images have {channels}.")
-    return mean, std
 
 
 def _folder_loaders(
@@ -138,7 +129,7 @@ def _folder_loaders(
             f"{folder_split_dir(root, split_test)} has {len(test_ds.classes)} class folders that differ from the "
             f"{len(train_ds.classes)} of {folder_split_dir(root, split_train)}: both splits need the same classes."
         )
-    normalize = _constants_for(normalization, 3)
+    normalize = normalization_for(normalization, 3)
     train = FolderLoader(
         train_ds, bs, train=True, normalize=normalize, seed=seed, drop_last=info.drop_last, workers=workers,
         **common,

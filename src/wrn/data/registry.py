@@ -33,6 +33,8 @@ class DatasetInfo:
     classes: tuple[str, ...] | None = None  # class names, for folders
     # The last partial training batch: dropped in the CIFAR/SVHN recipe, kept by fb.resnet.torch (ImageNet).
     drop_last: bool = True
+    train_size: int | None = None  # images of the training and test splits (None: a folder, any size)
+    test_size: int | None = None
 
 
 CIFAR10_CLASSES = (
@@ -63,6 +65,8 @@ DATASETS: dict[str, DatasetInfo] = {
         "flip-crop",
         True,
         classes=CIFAR10_CLASSES,
+        train_size=50_000,
+        test_size=10_000,
     ),
     "cifar100": DatasetInfo(
         "cifar100",
@@ -76,6 +80,8 @@ DATASETS: dict[str, DatasetInfo] = {
         "flip-crop",
         True,
         classes=CIFAR100_CLASSES,
+        train_size=50_000,
+        test_size=10_000,
     ),
     "svhn": DatasetInfo(
         "svhn",
@@ -89,9 +95,23 @@ DATASETS: dict[str, DatasetInfo] = {
         "none",
         True,
         classes=DIGITS,  # label 10 of the files is digit 0
+        train_size=73_257 + 531_131,
+        test_size=26_032,
     ),
     "digits": DatasetInfo(
-        "digits", 10, 1, 8, "train", "test", ("train", "test"), "digits", "none", True, classes=DIGITS
+        "digits",
+        10,
+        1,
+        8,
+        "train",
+        "test",
+        ("train", "test"),
+        "digits",
+        "none",
+        True,
+        classes=DIGITS,
+        train_size=1_437,
+        test_size=360,
     ),
     "imagenet": DatasetInfo(
         "imagenet",
@@ -105,6 +125,8 @@ DATASETS: dict[str, DatasetInfo] = {
         "imagenet",
         False,
         drop_last=False,
+        train_size=1_281_167,
+        test_size=50_000,
     ),
     "imagefolder": DatasetInfo(
         "imagefolder", None, 3, None, "train", "val", ("train", "val"), "imagenet", "flip-crop", False
@@ -141,6 +163,19 @@ def normalization_constants(name: str) -> tuple[tuple[float, ...], tuple[float, 
             f"unknown normalization {name!r}: choose one of {', '.join(NORMALIZATION_CHOICES)}."
         )
     return NORMALIZATIONS[name]
+
+
+def normalization_for(name: str, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` of a normalisation, one value per image channel: grayscale images with RGB constants get
+    their average, a single value is repeated; a count that fits neither is a :class:`ConfigError`."""
+    mean, std = normalization_constants(name)
+    if len(mean) == channels:
+        return mean, std
+    if len(mean) == 1:
+        return mean * channels, std * channels
+    if channels == 1:
+        return (sum(mean) / len(mean),), (sum(std) / len(std),)
+    raise ConfigError(f"normalization {name!r} has {len(mean)} channels but the images have {channels}.")
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -195,8 +230,6 @@ def preprocessing_record(info: DatasetInfo, normalization: str, augment: str) ->
         "resize": "imagenet" if augment == "imagenet" else "short-side",
     }
     if normalization != "zca":
-        mean, std = normalization_constants(normalization)
-        if len(mean) != info.in_channels:
-            mean, std = (sum(mean) / len(mean),) * info.in_channels, (sum(std) / len(std),) * info.in_channels
+        mean, std = normalization_for(normalization, info.in_channels)
         record.update(mean=list(mean), std=list(std))
     return record

@@ -134,9 +134,7 @@ class FeatureNet(nn.Module):
             self.add_module(child_name, child)
             if child_name in taps:
                 self.return_layers[child_name] = taps.pop(child_name)
-        if (
-            taps
-        ):  # a model whose feature_info names something that is not a direct child: a bug, not the user's
+        if taps:  # feature_info names something that is not a direct child: a bug, not the user's mistake
             raise RuntimeError(f"feature modules {sorted(taps)} are not children of {name}")
         config = getattr(model, "config", None)
         if isinstance(config, dict):

@@ -10,9 +10,12 @@ This module imports nothing heavy: ``wrn reproduce list`` and ``wrn --help`` sta
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
+from wrn.data.registry import DATASETS
 from wrn.errors import ConfigError
+from wrn.models.table import shipped_rows
 
 # Dropout rates of the paper (spec section 1): 0.3 on CIFAR, 0.4 on SVHN.
 CIFAR_DROPOUT = 0.3
@@ -21,14 +24,15 @@ SVHN_DROPOUT = 0.4
 # How each data set's rows are built: the shared recipe a run config extends (src/wrn/train/presets).
 BASES = {"cifar10": "_cifar", "cifar100": "_cifar", "svhn": "_svhn", "imagenet": "imagenet-wrn-50-2"}
 
-# Images per epoch (training, test) and epochs of the paper's recipes (spec sections 4 and 5).
-DATA_SIZES = {
-    "cifar10": (50_000, 10_000),
-    "cifar100": (50_000, 10_000),
-    "svhn": (73_257 + 531_131, 26_032),
-    "imagenet": (1_281_167, 50_000),
-}
-RECIPE_EPOCHS = {"cifar10": 200, "cifar100": 200, "svhn": 160, "imagenet": 90}
+
+@functools.cache
+def recipe_epochs(dataset: str) -> int:
+    """Epochs of the paper's recipe for ``dataset``: those of its shared preset (spec section 4)."""
+    from wrn.train.config import load_preset
+
+    return int(load_preset(BASES[dataset])["schedule"]["epochs"])
+
+
 DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "svhn": "SVHN", "imagenet": "ImageNet"}
 
 
@@ -355,47 +359,10 @@ def views_of(name: str) -> list[Experiment]:
 
 # --------------------------------------------------------------------------------------------- compute
 
-# Forward multiply-adds of one image at the native input size (32x32, ImageNet 224x224), 10 / 1000 classes,
-# counted by wrn.models.complexity.count_macs (a test checks them). Kept here so that `wrn reproduce list`
-# does not trace 36 networks each time (9 s on 2 CPU cores).
-FORWARD_MACS = {
-    "wrn-40-2-b131": 208_061_696,
-    "wrn-40-2-b31": 176_604_416,
-    "wrn-40-2-b13": 189_187_328,
-    "wrn-40-2-b311": 195_478_784,
-    "wrn-28-2": 214_353_152,
-    "wrn-22-2-b313": 167_167_232,
-    "wrn-40-2-l1": 327_599_360,
-    "wrn-40-2-l2": 327_599_360,
-    "wrn-40-2-l3": 327_599_360,
-    "wrn-40-2-l4": 327_599_360,
-    "wrn-40-1": 83_280_512,
-    "wrn-40-2": 327_599_360,
-    "wrn-40-4": 1_298_582_016,
-    "wrn-40-8": 5_172_024_320,
-    "wrn-28-10": 5_243_328_768,
-    "wrn-28-12": 7_543_905_792,
-    "wrn-22-8": 2_454_115_328,
-    "wrn-22-10": 3_827_751_168,
-    "wrn-16-8": 1_548_145_664,
-    "wrn-16-10": 2_412_173_568,
-    "wrn-16-4": 392_612_352,
-    "wrn-52-1": 111_592_064,
-    "wrn-40-10": 8_074_483_968,
-    "preact-resnet-164": 244_500_992,
-    "preact-resnet-1001": 1_487_849_984,
-    "imagenet-wrn-18-1.0": 1_814_073_344,
-    "imagenet-wrn-18-1.5": 3_866_327_040,
-    "imagenet-wrn-18-2.0": 6_695_706_624,
-    "imagenet-wrn-18-3.0": 14_724_378_624,
-    "imagenet-wrn-34-1.0": 3_663_761_408,
-    "imagenet-wrn-34-1.5": 8_028_125_184,
-    "imagenet-wrn-34-2.0": 14_094_458_880,
-    "resnet-50": 4_089_184_256,
-    "resnet-101": 7_801_405_440,
-    "resnet-152": 11_513_626_624,
-    "wrn-50-2": 11_398_021_120,
-}
+# Forward multiply-adds of one image at the native input size (32x32, ImageNet 224x224), 10 / 1000 classes:
+# the shipped model table (wrn.models.table, checked against the models by a test), so that `wrn reproduce
+# list` neither imports torch nor traces 36 networks.
+FORWARD_MACS = {name: row["macs"] for name, row in shipped_rows().items()}
 
 # The paper's own timings, as FLOP rates of its Titan X (a training step = 3 forward passes = 6 FLOPs per
 # multiply-add and image; spec section 7). Figure 4 (batch of 32): WRN-28-10 312 ms -> 3.23 TFLOP/s, WRN-40-4
@@ -439,8 +406,9 @@ def run_flops(row: Row, epochs: int | None = None) -> float:
     """FLOPs of one run of ``row`` with the paper's recipe: training steps plus one test pass per epoch."""
     if row.model is None:
         return 0.0
-    train, test = DATA_SIZES[row.dataset]
-    epochs = RECIPE_EPOCHS[row.dataset] if epochs is None else epochs
+    info = DATASETS[row.dataset]
+    train, test = info.train_size, info.test_size
+    epochs = recipe_epochs(row.dataset) if epochs is None else epochs
     macs = FORWARD_MACS[row.model]
     return epochs * (6 * macs * train + 2 * macs * test)
 
@@ -476,4 +444,4 @@ def bench_rates(figure4: dict) -> tuple[float, dict[str, float]]:
 
 def total_epochs(exp: Experiment) -> int:
     """Epochs of one seed of the experiment with the paper's recipes."""
-    return sum(RECIPE_EPOCHS[r.dataset] for r in exp.runnable_rows)
+    return sum(recipe_epochs(r.dataset) for r in exp.runnable_rows)

@@ -20,7 +20,6 @@ import errno
 import fcntl
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -210,18 +209,19 @@ def _base_root(base: str) -> str:
     """The data root a shipped recipe reads from, made absolute (runs may start in other folders)."""
     from wrn.train.config import build_config
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "base.yaml"
-        path.write_text(f"extends: {base}\n")
-        root = build_config(None, path).dataset.root
-    return str(Path(root).expanduser().absolute())
+    return str(Path(build_config(base).dataset.root).expanduser().absolute())
 
 
-def _config_text(exp: Experiment, row: Row, seed: int, root: str) -> str:
+def _run_config(exp: Experiment, row: Row, seed: int, root: str) -> dict[str, Any]:
+    """The mapping of a run's config file: the shared recipe (extends) plus the row's model and data."""
     paper = f"{row.paper_error}%" if row.paper_error is not None else "no figure"
     desc = f"{exp.title}, {row.label}, {row.dataset} (paper: {paper}), seed {seed}"
     data = row.config(seed, description=desc)
     data["dataset"]["root"] = root
+    return data
+
+
+def _config_text(exp: Experiment, row: Row, seed: int, data: dict[str, Any]) -> str:
     head = (
         f"# Written by `wrn reproduce {exp.name}`: row {row.name}, seed {seed}. The shared recipe (extends)\n"
         "# plus the row's model and data; the grid's overrides are on each run's command line.\n"
@@ -229,18 +229,10 @@ def _config_text(exp: Experiment, row: Row, seed: int, root: str) -> str:
     return head + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _scaling(plain: dict[str, Any], scaled: dict[str, Any]) -> list[str]:
-    a, b = _flatten(plain), _flatten(scaled)
+    from wrn.train.config import flatten
+
+    a, b = flatten(plain), flatten(scaled)
     changed = []
     for key in sorted(set(a) | set(b)):
         if key.startswith(_NOT_SCALING) or key == "preset":
@@ -297,22 +289,19 @@ def make_plan(
     scaled: list[str] = []
     datasets: dict[str, str] = {}
     root_cache: dict[str, str] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for spec in specs:
-            row = spec.row
-            if row.base not in root_cache:
-                root_cache[row.base] = _base_root(row.base)
-            text = _config_text(base, row, spec.seed, root_cache[row.base])
-            path = Path(tmp) / f"{row.name}-seed-{spec.seed}.yaml"
-            path.write_text(text)
-            cfg = build_config(None, path, dict(overrides.values))
-            configs[spec.key] = text
-            resolved[spec.key] = cfg
-            if spec.seed == seeds[0]:
-                plain = build_config(None, path).to_dict()
-                scaled += [item for item in _scaling(plain, cfg.to_dict()) if item not in scaled]
-            if spec in todo:
-                datasets.setdefault(cfg.dataset.name, cfg.dataset.root)
+    for spec in specs:
+        row = spec.row
+        if row.base not in root_cache:
+            root_cache[row.base] = _base_root(row.base)
+        data = _run_config(base, row, spec.seed, root_cache[row.base])
+        cfg = build_config(None, data, dict(overrides.values))
+        configs[spec.key] = _config_text(base, row, spec.seed, data)
+        resolved[spec.key] = cfg
+        if spec.seed == seeds[0]:
+            plain = build_config(None, data).to_dict()
+            scaled += [item for item in _scaling(plain, cfg.to_dict()) if item not in scaled]
+        if spec in todo:
+            datasets.setdefault(cfg.dataset.name, cfg.dataset.root)
     return Plan(exp, base, out_path, seeds, overrides, specs, todo, configs, resolved, scaled, datasets)
 
 

@@ -5,6 +5,7 @@ Shared by the training loop and by evaluation of a run directory.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -13,6 +14,20 @@ from wrn.data.registry import DatasetInfo
 from wrn.errors import ConfigError
 from wrn.train import distributed as D
 from wrn.train.config import TrainConfig
+
+
+def prepare_device(device: torch.device, *, processes_here: int = 1, deterministic: bool = False) -> None:
+    """The process's share of the machine, as training wants it: on a CPU all its cores split among the
+    ``processes_here`` processes of this machine (``OMP_NUM_THREADS`` wins), a GPU made current, and cuDNN
+    autotuning unless deterministic kernels are asked for (bitwise resume on a GPU)."""
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes_here))
+    if device.type == "cuda" and device.index is not None:  # set_device refuses a bare "cuda"
+        torch.cuda.set_device(device)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo):

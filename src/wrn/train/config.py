@@ -294,13 +294,16 @@ def _preset_chain(name: str, seen: tuple[str, ...] = ()) -> list[_Layer]:
     return [*_preset_chain(parent, (*seen, name)), (name, data)]
 
 
-def _file_chain(path: str | Path) -> list[_Layer]:
-    """The layers of a config file: the presets it extends, then the file itself."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist; pass the path of a YAML file")
-    source = f"config file {str(path)!r}"
-    data = _read_yaml(path.read_text(), source)
+def _file_chain(path: str | Path | dict[str, Any]) -> list[_Layer]:
+    """The layers of a config file (or of a mapping read already): the presets it extends, then itself."""
+    if isinstance(path, dict):
+        data, source = copy.deepcopy(path), "the config"
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist; pass the path of a YAML file")
+        source = f"config file {str(path)!r}"
+        data = _read_yaml(path.read_text(), source)
     parent = _parent_of(data, source)
     return [*(_preset_chain(parent) if parent is not None else []), (None, data)]
 
@@ -322,6 +325,18 @@ def load_preset(name: str) -> dict[str, Any]:
 def load_file(path: str | Path) -> dict[str, Any]:
     """The raw nested dict of a config file, with the presets it extends merged in."""
     return _merge_chain(_file_chain(path))
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{'optim': {'lr': 0.1}}`` -> ``{'optim.lr': 0.1}``: every leaf under its dotted key."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            out.update(flatten(value, dotted))
+        else:
+            out[dotted] = value
+    return out
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
@@ -363,10 +378,12 @@ def _schedule_of(data: dict[str, Any]) -> dict[str, Any]:
 
 def build_config(
     preset: str | None = None,
-    config_file: str | Path | None = None,
+    config_file: str | Path | dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> TrainConfig:
     """Merge defaults < preset < file < overrides (dotted keys such as ``optim.lr``) and validate.
+
+    ``config_file`` is a YAML file's path or the mapping such a file holds.
 
     A file may start from a preset with ``extends: NAME`` (or ``preset: NAME``, as every run's config.yaml
     has); together with ``preset`` it must name the same one. The result's ``preset`` is the shipped preset

@@ -28,11 +28,11 @@ from wrn.errors import CheckpointError, ConfigError, WRNError
 from wrn.train import checkpoint as ckpt
 from wrn.train import distributed as D
 from wrn.train import recipe
-from wrn.train.build import build_loaders, build_model
-from wrn.train.config import TrainConfig, dump_yaml, resolve, validate, with_epochs
+from wrn.train.build import build_loaders, build_model, prepare_device
+from wrn.train.config import TrainConfig, dump_yaml, flatten, resolve, validate, with_epochs
 from wrn.train.evaluate import evaluate
 from wrn.train.precision import PRECISION_NAMES, amp_warning
-from wrn.train.step import TrainStep
+from wrn.train.step import TrainStep, compile_net
 
 CONFIG_NAME = "config.yaml"
 # Under DDP, ranks agree every this many steps on stopping (signal), time-based checkpoints and bad losses.
@@ -110,20 +110,6 @@ def check_new_out_dir(out: Path) -> None:
         )
 
 
-def _set_threads(device: torch.device, dist_info: D.DistInfo) -> None:
-    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist_info.local_world_size))
-
-
-def _set_determinism(cfg: TrainConfig) -> None:
-    if cfg.run.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
-
-
 def _seed_all(seed: int) -> None:
     import random
 
@@ -197,7 +183,7 @@ class _Run:
             ids = [device.index] if device.type == "cuda" else None
             net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
         if cfg.run.compile:
-            net = torch.compile(net, mode=None if cfg.run.compile_mode == "default" else cfg.run.compile_mode)
+            net = compile_net(net, cfg.run.compile_mode)
         self.net = net
         self.optimizer = recipe.make_optimizer(model, cfg.optim)
         self.step_fn = TrainStep(
@@ -487,12 +473,9 @@ def _say(verbose: bool, text: str) -> None:
         print(text, flush=True)
 
 
-def _warn(verbose: bool, text: str) -> None:
-    """A warning: one stderr line for the command line, a :class:`UserWarning` from Python."""
-    if verbose:
-        print(f"warning: {text}", file=sys.stderr, flush=True)
-    else:
-        warnings.warn(text, UserWarning, stacklevel=3)
+def _warn(text: str) -> None:
+    """A warning: a :class:`UserWarning` (the command line shows it as one ``warning: ...`` line)."""
+    warnings.warn(text, UserWarning, stacklevel=3)
 
 
 def _provenance() -> dict[str, Any]:
@@ -517,21 +500,14 @@ def _config_edits(out_dir: Path, saved: dict[str, Any]) -> list[str]:
     path = out_dir / CONFIG_NAME
     try:
         on_disk = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+    except OSError:
         return []
+    except yaml.YAMLError:
+        return ["(the whole file: it is no longer valid YAML)"]
     if not isinstance(on_disk, dict):
         return ["(the whole file)"]
     ignored = {"provenance", "run.progress", "run.checkpoint_every_minutes", "run.checkpoint_every_steps"}
-
-    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
-        if not isinstance(node, dict):
-            return {prefix: node}
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            out.update(flat(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-
-    a, b = flat(on_disk), flat(saved)
+    a, b = flatten(on_disk), flatten(saved)
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     return [k for k in keys if k not in ignored and k.split(".")[0] not in ignored]
 
@@ -596,7 +572,6 @@ def train(
                 kept = out_dir / "config.edited.yaml"
                 os.replace(out_dir / CONFIG_NAME, kept)
                 _warn(
-                    verbose,
                     f"{out_dir / CONFIG_NAME} was edited ({', '.join(edits[:6])}); a run continues with the "
                     f"config it started with, so these edits are ignored (your file is kept as {kept.name}); "
                     f"to train longer, use --resume {out_dir} --epochs N",
@@ -655,10 +630,7 @@ def _already_complete(out_dir: Path, state: dict[str, Any], verbose: bool) -> Tr
 
 def _train(cfg, out, state, resume, dist_info: D.DistInfo, verbose: bool) -> TrainResult:
     device = _resolve_device(cfg, dist_info)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    _set_threads(device, dist_info)
-    _set_determinism(cfg)
+    prepare_device(device, processes_here=dist_info.local_world_size, deterministic=cfg.run.deterministic)
     verbose = verbose and dist_info.is_main
 
     # The output directory: decided (and checked) on rank 0, before anything is built or written.
@@ -709,7 +681,7 @@ def _train(cfg, out, state, resume, dist_info: D.DistInfo, verbose: bool) -> Tra
     if dist_info.is_main:
         for text in [*recipe.warnings_for(cfg.schedule), amp_warning(device, cfg.run.amp)]:
             if text:
-                _warn(verbose, text)
+                _warn(text)
         where = "continuing" if resume is not None else "run directory"
         at = f" at epoch {run.epoch + 1}, step {run.step}" if resume is not None else ""
         epochs = recipe.epochs_text(cfg.schedule.epochs)
@@ -768,7 +740,7 @@ def _finish(run: _Run, out_dir: Path, verbose: bool) -> None:
 
         plot_run(out_dir)
     except Exception as exc:  # the weights are saved; a figure is not worth failing the run for
-        _warn(verbose, f"could not draw curves.png ({exc})")
+        _warn(f"could not draw curves.png ({exc})")
     last = run.last_record
     if last:
         _say(

@@ -54,3 +54,8 @@ class TrainStep:
             loss.backward()
             self.optimizer.step()
         return loss.detach(), logits.detach()
+
+
+def compile_net(net: torch.nn.Module, mode: str = "default") -> torch.nn.Module:
+    """``torch.compile(net)`` in one of ``run.compile_mode``'s modes ("default" is torch's own default)."""
+    return torch.compile(net, mode=None if mode == "default" else mode)
