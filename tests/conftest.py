@@ -37,3 +37,38 @@ def http_server(tmp_path):
     yield served, f"http://127.0.0.1:{server.server_address[1]}", server
     server.shutdown()
     server.server_close()
+
+
+# ------------------------------------------------------------------------------------------ the real CLI
+# The environment of a `wrn` subprocess: one thread, so that parallel work on a small machine stays fair.
+WRN_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def run_wrn(*args: str, cwd=None, env: dict | None = None, timeout: float = 300):
+    """``python -m wrn ARGS`` in a new process: the CompletedProcess, text output captured."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "wrn", *map(str, args)],
+        env={**WRN_ENV, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
+
+
+def start_wrn(*args: str, env: dict | None = None, **popen):
+    """``python -m wrn ARGS`` started in the background: the Popen (stdout and stderr piped, text)."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "wrn", *map(str, args)],
+        env={**WRN_ENV, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )

@@ -16,6 +16,7 @@ import torch
 import wrn.train.progress
 from wrn.errors import ConfigError
 from wrn.train.logging import METRICS_FILE, RunLogger, read_metrics
+from wrn.train.meter import EpochMeter
 from wrn.train.plot import lr_drop_epochs, plot_run, plot_runs
 from wrn.train.progress import EpochProgress, format_epoch_summary
 
@@ -263,47 +264,61 @@ def test_cli_plot_run_without_metrics(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ progress
-def test_progress_plain_lines_and_device_means(monkeypatch):
+def _meter_feed(meter, batch: int, loss: float, correct: int) -> None:
+    """One batch of ``batch`` images with mean loss ``loss`` and ``correct`` right, through the meter."""
+    labels = torch.zeros(batch, dtype=torch.long)
+    logits = torch.zeros(batch, 2)
+    logits[correct:, 1] = 1.0  # the first ``correct`` predict class 0 (right), the rest class 1
+    meter.update(torch.tensor(loss), logits, labels)
+
+
+def test_progress_plain_lines_read_the_meter_and_sync_only_when_printing(monkeypatch):
     reads = []
-    real_item = torch.Tensor.item
+    real_tolist = torch.Tensor.tolist
 
-    def counting_item(self):
+    def counting_tolist(self):
         reads.append(1)
-        return real_item(self)
+        return real_tolist(self)
 
-    monkeypatch.setattr(torch.Tensor, "item", counting_item)
     quick = io.StringIO()
-    with EpochProgress(10, desc="epoch 1/2", stream=quick) as progress:
+    meter = EpochMeter(torch.device("cpu"))
+    with EpochProgress(meter, 10, desc="epoch 1/2", stream=quick) as progress:
         for _ in range(10):
-            progress.update(8, loss=torch.tensor(1.0), correct=torch.tensor(4))
+            _meter_feed(meter, 8, 1.0, 4)
+            progress.update()
     assert quick.getvalue() == ""  # an epoch of a few seconds prints no intermediate line
     monkeypatch.setattr(wrn.train.progress, "PLAIN_QUARTERS_AFTER_S", 0.0)
-    reads.clear()
+    monkeypatch.setattr(torch.Tensor, "tolist", counting_tolist)
     stream = io.StringIO()  # not a terminal
     total, batch = 100, 8
-    losses = torch.linspace(2.0, 0.5, total)
-    correct = torch.arange(total) % (batch + 1)
-    with EpochProgress(total, desc="epoch 3/200", stream=stream) as progress:
+    losses = [2.0 - 1.5 * i / (total - 1) for i in range(total)]
+    correct = [i % (batch + 1) for i in range(total)]
+    meter = EpochMeter(torch.device("cpu"))
+    with EpochProgress(meter, total, desc="epoch 3/200", stream=stream) as progress:
         for i in range(total):
-            progress.update(batch, loss=losses[i] * batch, correct=correct[i])
+            _meter_feed(meter, batch, losses[i], correct[i])
+            progress.update()
     result = progress.close()
 
     lines = stream.getvalue().splitlines()
     assert len(lines) == 3 and all(line.startswith("epoch 3/200:") for line in lines)
     assert "25%" in lines[0] and "loss" in lines[0] and "acc" in lines[0] and "img/s" in lines[0]
+    first_quarter = sum(losses[:25]) / 25
+    assert f"loss {first_quarter:.4f}" in lines[0]
     assert result["images"] == total * batch
-    assert result["loss"] == pytest.approx(losses.mean().item(), rel=1e-5)
-    assert result["acc"] == pytest.approx(100.0 * correct.sum().item() / (total * batch))
+    assert result["loss"] == pytest.approx(sum(losses) / total, rel=1e-6)
+    assert result["acc"] == pytest.approx(100.0 * sum(correct) / (total * batch))
     assert result["seconds"] > 0 and result["images_per_s"] > 0
-    # Two values read back per printed line and at the end, never once per step.
-    assert len(reads) <= 2 * (len(lines) + 1) + 3  # + the reads of this test's own expectations
+    assert len(reads) == len(lines) + 1  # one read-back per printed line and one at the end, never per step
 
 
 def test_progress_disabled_and_terminal():
     quiet = io.StringIO()
-    with EpochProgress(4, enabled=False, stream=quiet) as progress:
+    meter = EpochMeter(torch.device("cpu"))
+    with EpochProgress(meter, 4, enabled=False, stream=quiet) as progress:
         for _ in range(4):
-            progress.update(2, loss=torch.tensor(2.0), correct=torch.tensor(1))
+            _meter_feed(meter, 2, 1.0, 1)
+            progress.update()
     assert quiet.getvalue() == ""
     assert progress.close() == {**progress.close(), "loss": 1.0, "acc": 50.0, "images": 8}
 
@@ -312,9 +327,11 @@ def test_progress_disabled_and_terminal():
             return True
 
     term = Terminal()
-    with EpochProgress(3, desc="epoch 1/2", stream=term) as progress:
+    meter = EpochMeter(torch.device("cpu"))
+    with EpochProgress(meter, 3, desc="epoch 1/2", stream=term) as progress:
         for _ in range(3):
-            progress.update(4, loss=torch.tensor(4.0), correct=torch.tensor(3))
+            _meter_feed(meter, 4, 1.0, 3)
+            progress.update()
     assert "epoch 1/2" in term.getvalue() and "loss=1.0000" in term.getvalue()
     assert progress.close()["acc"] == pytest.approx(75.0)
 
@@ -326,13 +343,15 @@ def test_a_zero_width_terminal_gets_plain_lines(monkeypatch):
 
     monkeypatch.setenv("COLUMNS", "0")
     term = Terminal()
-    with EpochProgress(3, desc="epoch 1/2", stream=term) as progress:
+    meter = EpochMeter(torch.device("cpu"))
+    with EpochProgress(meter, 3, desc="epoch 1/2", stream=term) as progress:
         for _ in range(3):
-            progress.update(4, loss=torch.tensor(4.0), correct=torch.tensor(3))
+            _meter_feed(meter, 4, 1.0, 3)
+            progress.update()
     assert not progress.is_tty and "\r" not in term.getvalue()  # no bar: the plain lines of a log
     monkeypatch.setenv("COLUMNS", "120")
-    with EpochProgress(3, desc="epoch 1/2", stream=Terminal()) as wide:
-        wide.update(4)
+    with EpochProgress(EpochMeter(torch.device("cpu")), 3, desc="epoch 1/2", stream=Terminal()) as wide:
+        wide.update()
     assert wide.is_tty
 
 

@@ -99,39 +99,68 @@ def test_file_overrides_preset_and_command_line_overrides_file(tmp_path):
     assert cfg.model.name == "wrn-28-10"  # from the preset
     assert cfg.optim.lr == 0.05 and cfg.model.dropout == 0.2  # from the file
     assert cfg.optim.batch_size == 32 and cfg.schedule.epochs == 3  # from the command line
-    assert cfg.schedule.milestones == [2]  # 0.3, 0.6, 0.8 of 3 epochs, merged, never before epoch 2
+    assert cfg.schedule.milestones == [2, 3]  # 59, 119, 159 of 200 epochs before the drops -> 1, 2, 2 of 3
 
 
-@pytest.mark.parametrize(
-    ("preset", "overrides", "milestones"),
-    [
-        ("cifar10-wrn-28-10", {"schedule.epochs": 10}, [3, 6, 8]),  # 0.3, 0.6, 0.8 of the run
-        ("cifar10-wrn-28-10", {"schedule.epochs": 50}, [15, 30, 40]),
-        ("cifar10-wrn-28-10", {"schedule.epochs": 200}, [60, 120, 160]),
-        ("svhn-wrn-16-4", {"schedule.epochs": 16}, [8, 12]),  # SVHN: 0.5, 0.75
-        ("imagenet-wrn-50-2", {"schedule.epochs": 9}, [3, 6]),  # ImageNet: 31/90, 61/90
-        (
-            "cifar10-wrn-28-10",
-            {"schedule.epochs": 10, "schedule.milestones": [5, 8]},
-            [5, 8],
-        ),  # kept as given
-        ("cifar10-wrn-28-10", {"schedule.milestones": [50, 100]}, [50, 100]),
-        ("demo", {}, [15, 22, 27]),
-    ],
-)
-def test_epochs_without_milestones_scale_the_recipe_s_drops(preset, overrides, milestones):
-    cfg = build_config(preset, overrides=overrides)
-    assert cfg.schedule.milestones == milestones
+# The recipes' drops: CIFAR 60, 120, 160 of 200; SVHN 80, 120 of 160; ImageNet 31, 61 of 90. A drop at m
+# leaves m - 1 epochs before it, and those scale: m' = round((m - 1) * E / E0) + 1, past the run left out.
+SCALED = {
+    "cifar10-wrn-28-10": {2: [2], 6: [3, 5, 6], 10: [4, 7, 9], 30: [10, 19, 25], 200: [60, 120, 160]},
+    "svhn-wrn-16-4": {2: [2], 6: [4, 5], 10: [6, 8], 30: [16, 23], 200: [100, 150]},
+    "imagenet-wrn-50-2": {2: [2], 6: [3, 5], 10: [4, 8], 30: [11, 21], 200: [68, 134]},
+}
 
 
-def test_a_file_s_epochs_scale_the_preset_s_milestones_and_its_own_are_kept(tmp_path):
+@pytest.mark.parametrize("preset", sorted(SCALED))
+@pytest.mark.parametrize("epochs", [2, 6, 10, 30, 200])
+def test_epochs_move_the_recipe_s_drops_keeping_the_epochs_before_each(preset, epochs):
+    cfg = build_config(preset, overrides={"schedule.epochs": epochs})
+    assert cfg.schedule.milestones == SCALED[preset][epochs]
+    assert cfg.schedule.milestones_from == "recipe"
+    e0 = build_config(preset).schedule.epochs
+    for m, moved in zip(build_config(preset).schedule.milestones, cfg.schedule.milestones, strict=False):
+        # the share of the run before the drop is the recipe's, within half an epoch
+        assert abs((moved - 1) - (m - 1) * epochs / e0) <= 0.5
+
+
+def test_given_milestones_are_kept_on_every_path(tmp_path, capsys):
+    from wrn.cli import main
+    from wrn.train.config import with_epochs
+
+    # the command line: --milestones with --epochs
+    assert (
+        main(["train", "--preset", "demo", "--milestones", "5,10", "--epochs", "20", "--print-config"]) == 0
+    )
+    printed = yaml.safe_load(capsys.readouterr().out)["schedule"]
+    assert (printed["milestones"], printed["milestones_from"]) == ([5, 10], "given")
+    # Python: a config with given milestones, then another length
+    cfg = with_epochs(build_config("demo", overrides={"schedule.milestones": [5, 10]}), 20)
+    assert (cfg.schedule.milestones, cfg.schedule.milestones_from) == ([5, 10], "given")
+    # Python: the recipe's milestones move
+    cfg = with_epochs(build_config("cifar10-wrn-28-10"), 6)
+    assert (cfg.schedule.milestones, cfg.schedule.milestones_from) == ([3, 5, 6], "recipe")
+    # a file's own milestones are given; a file's epochs alone move the preset's
     path = tmp_path / "short.yaml"
     path.write_text("extends: cifar10-wrn-16-4\nschedule:\n  epochs: 20\n")
-    assert build_config(config_file=path).schedule.milestones == [6, 12, 16]
+    assert build_config(config_file=path).schedule.milestones == [7, 13, 17]
     path.write_text("extends: cifar10-wrn-16-4\nschedule:\n  epochs: 20\n  milestones: [10, 15]\n")
     assert build_config(config_file=path).schedule.milestones == [10, 15]
-    # the file's own milestones were written for its 20 epochs; --epochs 40 moves them along
-    assert build_config(config_file=path, overrides={"schedule.epochs": 40}).schedule.milestones == [20, 30]
+    assert build_config(config_file=path, overrides={"schedule.epochs": 40}).schedule.milestones == [10, 15]
+    # a run's own config.yaml, reused: what it records decides
+    recorded = build_config("cifar10-wrn-28-10", overrides={"schedule.epochs": 10}).to_dict()
+    path.write_text(yaml.safe_dump(recorded))
+    assert build_config(config_file=path).schedule.milestones == [4, 7, 9]
+    assert build_config(config_file=path, overrides={"schedule.epochs": 6}).schedule.milestones == [3, 5, 6]
+
+
+def test_only_given_milestones_are_warned_about():
+    from wrn.train import recipe
+
+    scaled = build_config("cifar10-wrn-28-10", overrides={"schedule.epochs": 2})
+    assert scaled.schedule.milestones == [2] and recipe.warnings_for(scaled.schedule) == []
+    given = build_config("demo", overrides={"schedule.epochs": 4, "schedule.milestones": [2, 4]})
+    (warning,) = recipe.warnings_for(given.schedule)
+    assert "milestone 4 at or past the last epoch (4)" in warning
 
 
 def test_a_file_may_extend_a_preset(tmp_path):
@@ -231,3 +260,67 @@ def test_preset_and_a_file_extending_another_preset_are_refused(tmp_path):
 def test_unknown_preset_suggests_the_closest_names():
     with pytest.raises(ConfigError, match="did you mean cifar10-wrn-16-4"):
         build_config("cifar10-wrn-16-44")
+
+
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["--seed", str(10**20)], "run.seed"),
+        (["--lr", "inf"], "optim.lr"),
+        (["--weight-decay", ".inf"], "optim.weight_decay"),
+        (["--lr", "nan"], "optim.lr"),
+        (["--epochs", str(10**12)], "schedule.epochs"),
+        (["--milestones", f"5,{10**12}"], "milestones"),
+    ],
+)
+def test_values_that_would_crash_later_are_refused_at_once(args, words, capsys):
+    from wrn.cli import main
+
+    assert main(["train", "--preset", "demo", *args, "--print-config"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0] and "Traceback" not in err[0]
+
+
+def test_a_binary_or_doubled_config_file_is_one_sentence(tmp_path, capsys):
+    from wrn.cli import main
+
+    binary = tmp_path / "weights.yaml"
+    binary.write_bytes(bytes(range(256)) * 4)
+    assert main(["train", "--config", str(binary), "--print-config"]) == 2
+    assert "is not a text file" in capsys.readouterr().err
+    doubled = tmp_path / "twice.yaml"
+    doubled.write_text("extends: demo\nextends: cifar10-wrn-28-10\nschedule:\n  epochs: 3\n")
+    assert main(["train", "--config", str(doubled), "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert "'extends' is given twice (line 2)" in err and "keep one of them" in err
+
+
+def test_out_names_what_is_wrong_with_the_path(tmp_path, capsys):
+    from wrn.cli import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["train", "--preset", "demo", "--out", str(afile)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["train", "--preset", "demo", "--out", str(afile / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert f"{str(afile)!r} is a file" in err and "Traceback" not in err
+
+
+def test_adding_an_option_is_one_marker_beside_its_field(capsys):
+    """--nesterov exists because optim.nesterov has option("--nesterov"): flag, help, --resume and --set."""
+    from wrn.cli import main
+    from wrn.train.options import BY_KEY
+
+    assert BY_KEY["optim.nesterov"].flag == "--nesterov"
+    assert main(["train", "--preset", "demo", "--no-nesterov", "--momentum", "0.5", "--print-config"]) == 0
+    optim = yaml.safe_load(capsys.readouterr().out)["optim"]
+    assert optim["nesterov"] is False and optim["momentum"] == 0.5
+    assert main(["train", "--preset", "demo", "--no-nesterov", "--set", "optim.nesterov=true"]) == 2
+    assert "both set optim.nesterov" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert (
+        "--nesterov, --no-nesterov\n                        Nesterov momentum (the paper's)"
+        in capsys.readouterr().out
+    )

@@ -89,7 +89,7 @@ def test_momentum_reset_equals_recreating_the_optimizer_at_each_drop(reset):
     opt = recipe.make_optimizer(model, optim)
     lrs, buffers_at_start = [], []
     for epoch in range(1, 6):
-        lrs.append(recipe.start_epoch(opt, sched, optim.lr, epoch, len(data)))
+        lrs.append(recipe.Schedule(sched, optim.lr, len(data)).apply(opt, epoch, 0))
         buffers_at_start.append(len(opt.state))
         for x, y in data:
             _step(model, opt, x, y)
@@ -125,7 +125,7 @@ def test_reset_changes_the_trajectory():
         model, data = _tiny_problem()
         opt = recipe.make_optimizer(model, OptimSection())
         for epoch in range(1, 4):
-            recipe.start_epoch(opt, sched, 0.1, epoch, len(data))
+            recipe.Schedule(sched, 0.1, len(data)).apply(opt, epoch, 0)
             for x, y in data:
                 _step(model, opt, x, y)
         finals.append(torch.cat([p.detach().flatten() for p in model.parameters()]))

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from wrn.errors import CheckpointError
 from wrn.train import checkpoint as ckpt
 from wrn.train.config import build_config
-from wrn.train.loop import Interrupted, NonFiniteLoss, train
+from wrn.train.loop import Interrupted, NonFiniteLoss, resume, train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 # A small CPU run that exercises every piece of state: dropout (torch RNG), crop augmentation (the loader's
@@ -186,7 +186,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(tmp_
     assert (state["epoch"], state["step"]) == (1, 8)
     assert len(metrics(tmp_path / "stopped")) == 1
 
-    resumed = train(None, resume=tmp_path / "stopped")
+    resumed = resume(tmp_path / "stopped")
     for (ka, a), (kb, b) in zip(
         straight.model.state_dict().items(), resumed.model.state_dict().items(), strict=True
     ):
@@ -206,7 +206,7 @@ def test_checkpoint_is_plain_and_loads_with_weights_only(tmp_path):
 
 def test_resume_of_a_finished_run_can_extend_it(tmp_path):
     train(_small_cfg(**{"schedule.epochs": 1}), tmp_path / "run")
-    result = train(None, resume=tmp_path / "run", epochs=2)
+    result = resume(tmp_path / "run", epochs=2)
     assert [r["epoch"] for r in metrics(tmp_path / "run")] == [1, 2]
     assert result.last["epoch"] == 2
 
@@ -335,7 +335,7 @@ def test_image_folder_run_resumes_mid_epoch_and_its_eval_agrees(tmp_path, monkey
     with pytest.raises(Interrupted, match="checkpoint saved at epoch 2, step 1"):
         train(build_config("demo", overrides=overrides), tmp_path / "stopped")
     monkeypatch.undo()
-    resumed = train(None, resume=tmp_path / "stopped")
+    resumed = resume(tmp_path / "stopped")
     assert_same_weights(tmp_path / "straight", tmp_path / "stopped")
     assert resumed.last["test_loss"] == straight.last["test_loss"]
     result = evaluate_dir(tmp_path / "straight")

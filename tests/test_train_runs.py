@@ -41,9 +41,11 @@ def finished(tmp_path_factory):
 
 def test_the_header_prints_the_scaled_schedule(finished):
     _, proc = finished
-    # the demo's 15, 22, 27 of 30 epochs, scaled to a 2-epoch run: one drop, at epoch 2 (with a warning)
+    # the demo's 15, 22, 27 of 30 epochs, scaled to a 2-epoch run: one drop, at epoch 2; the package placed
+    # it, so no warning about it (only milestones the user gives are warned about)
     assert "lr 0.1, x0.2 at epochs 2 of 2" in proc.stdout
-    assert "warning: lr milestone 2 at or past the last epoch (2)" in proc.stderr
+    assert "milestone" not in proc.stderr
+    assert "threads)" in proc.stdout  # the header says how many CPU threads train
 
 
 def test_config_yaml_holds_every_value_that_ran_and_what_ran_it(finished):

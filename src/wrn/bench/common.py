@@ -37,6 +37,7 @@ class Settings:
     channels_last: bool
     compile: bool
     compile_mode: str
+    cfg: Any  # the resolved TrainConfig these settings came from (wrn.train.build.build_trainables takes it)
 
 
 def resolve_settings(
@@ -79,6 +80,7 @@ def resolve_settings(
         channels_last=bool(cfg.run.channels_last),
         compile=bool(cfg.run.compile),
         compile_mode=cfg.run.compile_mode,
+        cfg=cfg,
     )
 
 

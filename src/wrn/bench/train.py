@@ -57,25 +57,13 @@ def build_model(name: str, num_classes: int, device: torch.device, seed: int) ->
 
 
 def make_step(model: nn.Module, settings, batch_size: int):
-    """The training loop's step for ``model``: channels_last, compile, the recipe's optimizer, TrainStep."""
-    from wrn.train.config import OptimSection
-    from wrn.train.recipe import make_optimizer
-    from wrn.train.step import TrainStep, compile_net
+    """The training loop's step for ``model``: :func:`wrn.train.build.build_trainables` (channels_last,
+    compile, the recipe's optimizer and loss), as ``wrn train`` builds it."""
+    from wrn.train.build import build_trainables
 
-    if settings.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    net: nn.Module = model
-    if settings.compile:
-        net = compile_net(model, settings.compile_mode)
-    optimizer = make_optimizer(model, OptimSection(batch_size=batch_size))
-    return TrainStep(
-        net,
-        optimizer,
-        nn.CrossEntropyLoss(),
-        device=settings.device,
-        amp=settings.amp,
-        channels_last=settings.channels_last,
-    )
+    cfg = settings.cfg.model_copy(deep=True)
+    cfg.optim.batch_size = batch_size
+    return build_trainables(cfg, model, settings.device).step
 
 
 def device_loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device, seed: int = 0):

@@ -7,9 +7,15 @@ import sys
 from pathlib import Path
 
 from wrn.errors import ConfigError
+from wrn.train.options import BY_KEY, parse_value
 
-# The `wrn train` options a grid passes to every one of its runs (they scale a grid down).
-TRAIN_OPTIONS = ("dataset", "data_dir", "epochs", "image_size")
+# The `wrn train` options a grid passes to every one of its runs (they scale a grid down): name -> config key.
+TRAIN_OPTIONS = {
+    "dataset": "dataset.name",
+    "data_dir": "dataset.root",
+    "epochs": "schedule.epochs",
+    "image_size": "dataset.image_size",
+}
 
 
 def register(subparsers) -> None:
@@ -61,11 +67,10 @@ def register(subparsers) -> None:
         "--cpus-per-run", type=float, default=None, metavar="C", help="Ray: CPUs per run (default 1)"
     )
     o = p.add_argument_group("scaling down: applied to every run, the grid is then marked as scaled down")
-    o.add_argument("--dataset", help="train every run on this data set instead (e.g. digits, imagefolder)")
-    o.add_argument("--data-dir", help="folder that holds the data sets (default ./data)")
+    for name, key in TRAIN_OPTIONS.items():  # `wrn train`'s options of the same config fields
+        flag = BY_KEY[key].flag
+        o.add_argument(flag, dest=name, type=parse_value, metavar=name.upper(), help=BY_KEY[key].help)
     o.add_argument("--download", action="store_true", help="fetch a missing data set first (once)")
-    o.add_argument("--epochs", help="epochs of every run")
-    o.add_argument("--image-size", help="training crop side (ImageNet / image folders)")
     o.add_argument(
         "--set",
         metavar="KEY=VALUE",
@@ -85,20 +90,19 @@ def register(subparsers) -> None:
 
 
 def _overrides(args: argparse.Namespace):
-    from wrn.cli.train import OVERRIDES, _yaml_value, collect_overrides
     from wrn.reproduce.grid import Overrides
+    from wrn.train.options import overrides_from
 
-    data_dir = str(Path(args.data_dir).expanduser().absolute()) if args.data_dir else None
-    ns = argparse.Namespace(**{k: None for k in OVERRIDES}, set=list(args.set))
-    ns.dataset = args.dataset
-    ns.data_dir = data_dir
-    ns.epochs = _yaml_value(args.epochs) if args.epochs is not None else None
-    ns.image_size = _yaml_value(args.image_size) if args.image_size is not None else None
-    values = collect_overrides(ns)
+    if args.data_dir:
+        args.data_dir = str(Path(args.data_dir).expanduser().absolute())
+    given = {
+        key: getattr(args, name) for name, key in TRAIN_OPTIONS.items() if getattr(args, name) is not None
+    }
+    values = overrides_from(args, given)
     argv: list[str] = []
     record: dict = {}
-    for name in TRAIN_OPTIONS:
-        value = getattr(ns, name)
+    for name, key in TRAIN_OPTIONS.items():
+        value = values.get(key)
         record[name] = value
         if value is not None:
             argv += [f"--{name.replace('_', '-')}", str(value)]

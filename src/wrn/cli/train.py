@@ -8,45 +8,8 @@ import signal
 import sys
 from typing import Any
 
-import yaml
-
 from wrn.errors import ConfigError
-
-# --flag -> dotted config key. Values are validated by the config, not by argparse, so that every bad value
-# gets the same one-sentence message.
-OVERRIDES: dict[str, str] = {
-    "model": "model.name",
-    "dropout": "model.dropout",
-    "dataset": "dataset.name",
-    "data_dir": "dataset.root",
-    "image_size": "dataset.image_size",
-    "augment": "dataset.augment",
-    "normalization": "dataset.normalization",
-    "workers": "dataset.workers",
-    "download": "dataset.download",
-    "verify": "dataset.verify",
-    "epochs": "schedule.epochs",
-    "schedule": "schedule.name",
-    "milestones": "schedule.milestones",
-    "gamma": "schedule.gamma",
-    "reset_momentum": "schedule.reset_momentum",
-    "batch_size": "optim.batch_size",
-    "eval_batch_size": "optim.eval_batch_size",
-    "lr": "optim.lr",
-    "momentum": "optim.momentum",
-    "weight_decay": "optim.weight_decay",
-    "label_smoothing": "optim.label_smoothing",
-    "seed": "run.seed",
-    "device": "run.device",
-    "amp": "run.amp",
-    "compile": "run.compile",
-    "compile_mode": "run.compile_mode",
-    "channels_last": "run.channels_last",
-    "sync_bn": "run.sync_bn",
-    "deterministic": "run.deterministic",
-}
-# What may change when continuing a run (anything else would break the exact resume).
-RESUME_OPTIONS = {"epochs"}
+from wrn.train.options import BY_KEY, OPTIONS, add_options, flag_of, overrides_from
 
 
 def parse_checkpoint_every(text: str) -> dict[str, Any]:
@@ -63,17 +26,6 @@ def parse_checkpoint_every(text: str) -> dict[str, Any]:
     raise ConfigError(
         f"--checkpoint-every {text!r} is not understood; use minutes (e.g. 10 or 10m), steps (e.g. 500steps) or off"
     )
-
-
-def _yaml_value(text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def _milestones(text: str) -> list[Any]:
-    return [_yaml_value(p) for p in text.replace(",", " ").split()]
 
 
 def register(subparsers) -> None:
@@ -102,70 +54,13 @@ def register(subparsers) -> None:
         help="any config value by its dotted key, e.g. --set optim.nesterov=false (repeatable)",
     )
 
-    m = p.add_argument_group("model and data")
-    m.add_argument("--model", help="model name, e.g. wrn-28-10 (`wrn models` lists them)")
-    m.add_argument("--dropout", type=_yaml_value, help="dropout rate in [0, 1) between the convs of a block")
-    m.add_argument("--dataset", help="cifar10, cifar100, svhn, imagenet, imagefolder or digits")
-    m.add_argument("--data-dir", help="folder that holds (or will hold) the data set (default ./data)")
-    m.add_argument("--download", action="store_true", default=None, help="fetch a missing data set")
-    m.add_argument(
-        "--no-verify",
-        dest="verify",
-        action="store_false",
-        default=None,
-        help="skip the md5 checks of the data files (re-packed copies only; still safely unpickled)",
-    )
-    m.add_argument("--image-size", type=_yaml_value, help="training crop side (ImageNet / image folders)")
-    m.add_argument("--augment", help="none, crop, flip-crop or imagenet (default: the data set's recipe)")
-    m.add_argument("--normalization", help="cifar10, cifar100, svhn, digits, imagenet, zca or none")
-    m.add_argument("--workers", type=_yaml_value, help="data loading processes (image folders)")
-
-    o = p.add_argument_group("optimization")
-    o.add_argument("--epochs", type=_yaml_value, help="number of epochs")
-    o.add_argument("--batch-size", type=_yaml_value, help="global batch size (split over processes)")
-    o.add_argument("--eval-batch-size", type=_yaml_value, help="batch size of evaluation")
-    o.add_argument("--lr", type=_yaml_value, help="initial learning rate")
-    o.add_argument("--momentum", type=_yaml_value, help="SGD momentum (Nesterov)")
-    o.add_argument("--weight-decay", type=_yaml_value, help="L2 weight decay on all parameters")
-    o.add_argument("--label-smoothing", type=_yaml_value, help="label smoothing of the training loss")
-    o.add_argument("--schedule", help="multistep (the paper's) or cosine")
-    o.add_argument("--milestones", type=_milestones, help="1-indexed epochs of the lr drops, e.g. 60,120,160")
-    o.add_argument("--gamma", type=_yaml_value, help="lr factor at each milestone (0.2 in the paper)")
-    o.add_argument(
-        "--reset-momentum",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="clear momentum buffers at each lr drop, as the authors' code (default on)",
-    )
-
-    r = p.add_argument_group("run")
-    r.add_argument("--seed", type=_yaml_value, help="random seed")
-    r.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    r.add_argument("--amp", help="bf16, fp16 (CUDA only; uses a grad scaler) or off (default: bf16 on CUDA)")
-    r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile")
-    r.add_argument(
-        "--compile-mode",
-        help="torch.compile's mode: default, reduce-overhead (CUDA graphs), max-autotune, "
-        "max-autotune-no-cudagraphs",
-    )
-    r.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="channels_last memory format (default on CUDA)",
-    )
-    r.add_argument(
-        "--sync-bn", action=argparse.BooleanOptionalAction, default=None, help="SyncBatchNorm (DDP)"
-    )
-    r.add_argument(
-        "--deterministic", action=argparse.BooleanOptionalAction, default=None, help="deterministic kernels"
-    )
+    # One option per config field that has a flag (wrn.train.config's option(...) markers).
+    r = add_options(p)["run"]
     r.add_argument(
         "--checkpoint-every",
         metavar="EVERY",
         help="mid-epoch checkpoints: minutes (10, 10m), steps (500steps) or off; always at each epoch end",
     )
-    r.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     r.add_argument(
         "--print-config",
         action="store_true",
@@ -174,54 +69,30 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The dotted-key overrides of the options and of ``--set``; one key given both ways is refused."""
-    out: dict[str, Any] = {}
-    by_option: dict[str, str] = {}
-    for attr, key in OVERRIDES.items():
-        value = getattr(args, attr, None)
-        if value is not None:
-            out[key] = value
-            by_option[key] = "--" + attr.replace("_", "-")
-    for item in args.set:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r} needs the form KEY=VALUE, e.g. --set optim.lr=0.05")
-        key, value = (part.strip() for part in item.split("=", 1))
-        if key in by_option:
-            raise ConfigError(
-                f"--set {key}=... and {by_option[key]} both set {key}; give it once (either is fine)"
-            )
-        out[key] = _milestones(value) if key == "schedule.milestones" else _yaml_value(value)
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
-    from wrn.train.config import build_config
-    from wrn.train.loop import Interrupted, train
+    from wrn.train.signals import catch_early, release_early
 
-    overrides = collect_overrides(args)
-    every = parse_checkpoint_every(args.checkpoint_every) if args.checkpoint_every is not None else None
-    progress = False if args.no_progress else None
+    catch_early()  # a SIGTERM from here on is kept until the run can save and stop
+    try:
+        return _run(args)
+    finally:
+        release_early()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from wrn.train.config import build_config
+    from wrn.train.loop import Interrupted, resume, train
+
+    overrides = overrides_from(args)
+    if args.checkpoint_every is not None:
+        overrides.update({f"run.{k}": v for k, v in parse_checkpoint_every(args.checkpoint_every).items()})
     try:
         if args.resume is not None:
-            extra = sorted(
-                "--" + a.replace("_", "-")
-                for a, k in OVERRIDES.items()
-                if k in overrides and a not in RESUME_OPTIONS
-            )
-            if args.preset or args.config or args.out or args.set or args.print_config or extra:
-                names = ("preset", "config", "out", "set", "print_config")
-                given = extra + [f"--{n.replace('_', '-')}" for n in names if getattr(args, n)]
-                raise ConfigError(
-                    f"--resume continues a run with its saved config, so {', '.join(given)} cannot be used with it; "
-                    "only --epochs, --checkpoint-every and --no-progress can"
-                )
-            train(
-                None,
-                resume=args.resume,
+            _check_resume_options(args, overrides)
+            resume(
+                args.resume,
                 epochs=overrides.get("schedule.epochs"),
-                checkpoint_every=every,
-                progress=progress,
+                run={k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("run.")},
                 verbose=True,
             )
             return 0
@@ -244,8 +115,21 @@ def run(args: argparse.Namespace) -> int:
             for text in recipe.warnings_for(resolved.schedule):
                 print(f"warning: {text}", file=sys.stderr)
             return 0
-        train(cfg, args.out, checkpoint_every=every, progress=progress, verbose=True)
+        train(cfg, args.out, verbose=True)
         return 0
     except Interrupted as exc:
         print(f"wrn train: {exc}", file=sys.stderr)
         return 128 + int(exc.signum) if exc.signum in (signal.SIGINT, signal.SIGTERM) else 1
+
+
+def _check_resume_options(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
+    """--resume continues a run with its saved config: only the options that cannot change its result."""
+    extra = sorted(flag_of(k) for k in overrides if not (k in BY_KEY and BY_KEY[k].on_resume))
+    names = ("preset", "config", "out", "set", "print_config")
+    given = extra + [f"--{n.replace('_', '-')}" for n in names if getattr(args, n)]
+    if given:
+        allowed = sorted({o.flag for o in OPTIONS if o.on_resume and o.flag} | {"--checkpoint-every"})
+        raise ConfigError(
+            f"--resume continues a run with its saved config, so {', '.join(given)} cannot be used with it; "
+            f"only {', '.join(allowed[:-1])} and {allowed[-1]} can"
+        )

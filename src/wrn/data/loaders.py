@@ -84,9 +84,7 @@ def make_loaders(
         x_te, y_te, _ = read_folder_arrays(
             root, split_test, tuple(x_tr.shape[2:]), channels=x_tr.shape[1], classes=classes
         )
-        info = dataclasses.replace(
-            info, num_classes=len(classes), classes=tuple(classes), device_resident=True
-        )
+        info = dataclasses.replace(info, num_classes=len(classes), classes=tuple(classes))
         cache_dir = Path(root).expanduser() / CACHE_DIRNAME
 
     if normalization == "zca":

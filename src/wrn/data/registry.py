@@ -29,7 +29,6 @@ class DatasetInfo:
     splits: tuple[str, ...]
     normalization: str  # default, a name accepted by normalization_constants or 'zca'
     augment: str  # default augmentation of the training loader
-    device_resident: bool  # whether the whole set is kept on the training device (the fast path)
     classes: tuple[str, ...] | None = None  # class names, for folders
     # The last partial training batch: dropped in the CIFAR/SVHN recipe, kept by fb.resnet.torch (ImageNet).
     drop_last: bool = True
@@ -63,7 +62,6 @@ DATASETS: dict[str, DatasetInfo] = {
         ("train", "test"),
         "cifar10",
         "flip-crop",
-        True,
         classes=CIFAR10_CLASSES,
         train_size=50_000,
         test_size=10_000,
@@ -78,7 +76,6 @@ DATASETS: dict[str, DatasetInfo] = {
         ("train", "test"),
         "cifar10",
         "flip-crop",
-        True,
         classes=CIFAR100_CLASSES,
         train_size=50_000,
         test_size=10_000,
@@ -93,7 +90,6 @@ DATASETS: dict[str, DatasetInfo] = {
         ("train", "extra", "train+extra", "test"),
         "svhn",
         "none",
-        True,
         classes=DIGITS,  # label 10 of the files is digit 0
         train_size=73_257 + 531_131,
         test_size=26_032,
@@ -108,7 +104,6 @@ DATASETS: dict[str, DatasetInfo] = {
         ("train", "test"),
         "digits",
         "none",
-        True,
         classes=DIGITS,
         train_size=1_437,
         test_size=360,
@@ -123,13 +118,12 @@ DATASETS: dict[str, DatasetInfo] = {
         ("train", "val"),
         "imagenet",
         "imagenet",
-        False,
         drop_last=False,
         train_size=1_281_167,
         test_size=50_000,
     ),
     "imagefolder": DatasetInfo(
-        "imagefolder", None, 3, None, "train", "val", ("train", "val"), "imagenet", "flip-crop", False
+        "imagefolder", None, 3, None, "train", "val", ("train", "val"), "imagenet", "flip-crop"
     ),
 }
 

@@ -27,10 +27,10 @@ BASES = {"cifar10": "_cifar", "cifar100": "_cifar", "svhn": "_svhn", "imagenet":
 
 @functools.cache
 def recipe_epochs(dataset: str) -> int:
-    """Epochs of the paper's recipe for ``dataset``: those of its shared preset (spec section 4)."""
-    from wrn.train.config import load_preset
+    """Epochs of the paper's recipe for ``dataset``: those of its shared preset (docs/training.md)."""
+    from wrn.train.config import build_config
 
-    return int(load_preset(BASES[dataset])["schedule"]["epochs"])
+    return build_config(BASES[dataset]).schedule.epochs
 
 
 DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "svhn": "SVHN", "imagenet": "ImageNet"}
@@ -328,10 +328,6 @@ EXPERIMENTS: dict[str, Experiment] = {
         ),
     )
 }
-
-
-def experiment_names() -> list[str]:
-    return list(EXPERIMENTS)
 
 
 def get_experiment(name: str) -> Experiment:

@@ -24,6 +24,7 @@ from typing import Any
 
 from wrn.errors import ConfigError
 from wrn.reproduce import grid as G
+from wrn.train.rundir import LOCK_FD_ENV
 
 # A failed run is tried this many times in one command (the first try and one retry).
 ATTEMPTS = 2
@@ -84,7 +85,7 @@ def launch(
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=env,
+            env={**env, LOCK_FD_ENV: str(lock_fd)},  # the child trains under the lock taken here
             pass_fds=(lock_fd,),
         )
 

@@ -20,7 +20,7 @@ _WHERE = {
     "evaluate": "wrn.train.evaluate",
     "evaluate_dir": "wrn.train.evaluate",
     "list_presets": "wrn.train.config",
-    "load_preset": "wrn.train.config",
+    "resume": "wrn.train.loop",
     "train": "wrn.train.loop",
 }
 
@@ -33,7 +33,7 @@ __all__ = [
     "evaluate",
     "evaluate_dir",
     "list_presets",
-    "load_preset",
+    "resume",
     "train",
 ]
 

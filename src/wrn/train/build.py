@@ -6,6 +6,7 @@ Shared by the training loop and by evaluation of a run directory.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,6 +15,7 @@ from wrn.data.registry import DatasetInfo
 from wrn.errors import ConfigError
 from wrn.train import distributed as D
 from wrn.train.config import TrainConfig
+from wrn.train.step import TrainStep, compile_net
 
 
 def prepare_device(device: torch.device, *, processes_here: int = 1, deterministic: bool = False) -> None:
@@ -28,6 +30,50 @@ def prepare_device(device: torch.device, *, processes_here: int = 1, determinist
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = not deterministic
+
+
+@dataclass
+class Trainables:
+    """What a training step needs: the plain ``model`` (its state dict has no ``module.`` / ``_orig_mod.``
+    prefixes), the ``net`` the step calls (DDP and torch.compile wrappers around it), the optimizer and the
+    step itself."""
+
+    model: torch.nn.Module
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    step: TrainStep
+
+
+def build_trainables(
+    cfg: TrainConfig, model: torch.nn.Module, device: torch.device, dist_info: D.DistInfo | None = None
+) -> Trainables:
+    """``model`` on ``device`` as the config trains it: channels_last, SyncBatchNorm and DDP over several
+    processes, torch.compile, the recipe's optimizer and loss, under the config's mixed precision. Used by
+    ``wrn train`` and by ``wrn bench``, so that the benchmark times the step the loop takes."""
+    from wrn.train.recipe import make_optimizer
+
+    dist_info = dist_info or D.DistInfo()
+    model = model.to(device)
+    if cfg.run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if dist_info.enabled and cfg.run.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    net: torch.nn.Module = model
+    if dist_info.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if cfg.run.compile:
+        net = compile_net(net, cfg.run.compile_mode)
+    optimizer = make_optimizer(model, cfg.optim)
+    step = TrainStep(
+        net,
+        optimizer,
+        torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
+        device=device,
+        amp=cfg.run.amp,
+        channels_last=bool(cfg.run.channels_last),
+    )
+    return Trainables(model, net, optimizer, step)
 
 
 def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo):

@@ -32,7 +32,8 @@ from wrn.errors import ConfigError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf and nan are refused wherever a number is expected (an lr of inf trains nothing)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -46,9 +47,30 @@ class _Section(BaseModel):
         return value
 
 
+def option(flag: str | None = None, *, how: bool = False, volatile: bool = False, on_resume: bool = False):
+    """The command-line side of a config field, kept beside it (pydantic's ``json_schema_extra``).
+
+    ``flag``: the ``wrn train`` option that sets it (the field's description is its help, its choices are
+    listed from its type); ``how``: the field says how or where a run trains, not what it computes (a grid
+    changed only in such fields is not scaled down); ``volatile``: it changes nothing a run computes (a
+    config.yaml edited in it is no edit); ``on_resume``: ``--resume`` may change it.
+    """
+    return {"flag": flag, "how": how, "volatile": volatile, "on_resume": on_resume}
+
+
 class ModelSection(_Section):
-    name: str = "wrn-28-10"
-    dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
+    name: str = Field(
+        default="wrn-28-10",
+        description="model name, e.g. wrn-28-10 (`wrn models` lists them)",
+        json_schema_extra=option("--model"),
+    )
+    dropout: float | None = Field(
+        default=None,
+        ge=0.0,
+        lt=1.0,
+        description="dropout rate in [0, 1) between the convs of a block",
+        json_schema_extra=option("--dropout"),
+    )
     # None: the paper's ReLU and BN momentum 0.1. leaky_relu has slope 0.1 (FixMatch); FixMatch's BN: 0.001.
     act: Literal["relu", "leaky_relu", "silu"] | None = None
     bn_momentum: float | None = Field(default=None, gt=0.0, le=1.0)
@@ -63,24 +85,84 @@ class ModelSection(_Section):
 
 
 class DataSection(_Section):
-    name: Literal["cifar10", "cifar100", "svhn", "imagenet", "imagefolder", "digits"] = "cifar10"
-    root: str = "data"
-    augment: Literal["none", "crop", "flip-crop", "imagenet"] | None = None
-    normalization: Literal["cifar10", "cifar100", "svhn", "digits", "imagenet", "zca", "none"] | None = None
-    image_size: int | None = Field(default=None, gt=0)
-    workers: int = Field(default=4, ge=0)
-    download: bool = False
-    verify: bool = True  # md5 of every file; false only for re-packed copies (still safely unpickled)
+    name: Literal["cifar10", "cifar100", "svhn", "imagenet", "imagefolder", "digits"] = Field(
+        default="cifar10", description="the data set", json_schema_extra=option("--dataset")
+    )
+    root: str = Field(
+        default="data",
+        description="folder that holds (or will hold) the data set (default ./data)",
+        json_schema_extra=option("--data-dir", how=True),
+    )
+    augment: Literal["none", "crop", "flip-crop", "imagenet"] | None = Field(
+        default=None,
+        description="training augmentation (default: the data set's recipe)",
+        json_schema_extra=option("--augment"),
+    )
+    normalization: Literal["cifar10", "cifar100", "svhn", "digits", "imagenet", "zca", "none"] | None = Field(
+        default=None,
+        description="input normalisation (default: the data set's)",
+        json_schema_extra=option("--normalization"),
+    )
+    image_size: int | None = Field(
+        default=None,
+        gt=0,
+        description="training crop side (ImageNet / image folders)",
+        json_schema_extra=option("--image-size"),
+    )
+    workers: int = Field(
+        default=4,
+        ge=0,
+        description="data loading processes (image folders)",
+        json_schema_extra=option("--workers", how=True),
+    )
+    download: bool = Field(
+        default=False,
+        description="fetch a missing data set",
+        json_schema_extra=option("--download", how=True),
+    )
+    # md5 of every file; false only for re-packed copies (still safely unpickled)
+    verify: bool = Field(
+        default=True,
+        description="md5 checks of the data files (--no-verify: re-packed copies only; still safely unpickled)",
+        json_schema_extra=option("--verify", how=True),
+    )
 
 
 class OptimSection(_Section):
-    lr: float = Field(default=0.1, gt=0.0)
-    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
-    nesterov: bool = True
-    weight_decay: float = Field(default=5e-4, ge=0.0)
-    batch_size: int = Field(default=128, gt=0)
-    eval_batch_size: int | None = Field(default=None, gt=0)
-    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    lr: float = Field(
+        default=0.1, gt=0.0, description="initial learning rate", json_schema_extra=option("--lr")
+    )
+    momentum: float = Field(
+        default=0.9, ge=0.0, lt=1.0, description="SGD momentum", json_schema_extra=option("--momentum")
+    )
+    nesterov: bool = Field(
+        default=True, description="Nesterov momentum (the paper's)", json_schema_extra=option("--nesterov")
+    )
+    weight_decay: float = Field(
+        default=5e-4,
+        ge=0.0,
+        description="L2 weight decay on all parameters",
+        json_schema_extra=option("--weight-decay"),
+    )
+    batch_size: int = Field(
+        default=128,
+        gt=0,
+        description="global batch size (split over processes)",
+        json_schema_extra=option("--batch-size"),
+    )
+    eval_batch_size: int | None = Field(
+        default=None,
+        gt=0,
+        description="batch size of evaluation (default twice the training batch)",
+        json_schema_extra=option("--eval-batch-size"),
+    )
+    label_smoothing: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="label smoothing of the training loss",
+        json_schema_extra=option("--label-smoothing"),
+    )
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> OptimSection:
@@ -89,44 +171,112 @@ class OptimSection(_Section):
         return self
 
 
+MAX_EPOCHS = 100_000
+
+
 class ScheduleSection(_Section):
-    name: Literal["multistep", "cosine"] = "multistep"
-    epochs: int = Field(default=200, gt=0)
-    # 1-indexed epochs that already run at the lowered rate (spec section 4: epoch 60 runs at 0.02).
-    milestones: list[int] = Field(default_factory=lambda: [60, 120, 160])
-    gamma: float = Field(default=0.2, gt=0.0, le=1.0)
+    name: Literal["multistep", "cosine"] = Field(
+        default="multistep",
+        description="the learning-rate schedule: the paper's multistep, or cosine (per step, to 0)",
+        json_schema_extra=option("--schedule"),
+    )
+    epochs: int = Field(
+        default=200,
+        gt=0,
+        le=MAX_EPOCHS,
+        description="number of epochs (the recipe's lr drops move along)",
+        json_schema_extra=option("--epochs", on_resume=True),
+    )
+    # 1-indexed epochs that already run at the lowered rate (the paper's recipe: epoch 60 runs at 0.02).
+    milestones: list[int] = Field(
+        default_factory=lambda: [60, 120, 160],
+        description="1-indexed epochs of the lr drops, e.g. 60,120,160 (kept as given)",
+        json_schema_extra=option("--milestones"),
+    )
+    # Where the milestones came from: a recipe's ("recipe": they move with the number of epochs) or the user's
+    # ("given": kept as they are). Filled in by build_config.
+    milestones_from: Literal["recipe", "given"] = "recipe"
+    gamma: float = Field(
+        default=0.2,
+        gt=0.0,
+        le=1.0,
+        description="lr factor at each milestone (0.2 in the paper)",
+        json_schema_extra=option("--gamma"),
+    )
     # The authors' code re-creates the optimizer at every drop, which clears the momentum buffers.
-    reset_momentum: bool = True
+    reset_momentum: bool = Field(
+        default=True,
+        description="clear momentum buffers at each lr drop, as the authors' code (default on)",
+        json_schema_extra=option("--reset-momentum"),
+    )
 
     @field_validator("milestones")
     @classmethod
     def _increasing(cls, value: list[int]) -> list[int]:
         if any(m < 2 for m in value):
             raise ValueError("milestones are 1-indexed epochs and must be >= 2")
+        if any(m > MAX_EPOCHS for m in value):
+            raise ValueError(f"milestones are epochs, at most {MAX_EPOCHS:,}")
         if sorted(set(value)) != value:
             raise ValueError("milestones must be strictly increasing")
         return value
 
 
 class RunSection(_Section):
-    seed: int = Field(default=0, ge=0)
-    device: str = "auto"
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
-    # The test pass is the paper's measure and cheap: full precision unless asked otherwise.
-    eval_amp: Literal["off", "bf16", "fp16"] = "off"
-    compile: bool = False
-    # torch.compile's mode: "reduce-overhead" adds CUDA graphs; "max-autotune" also searches kernels.
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
-        "default"
+    seed: int = Field(
+        default=0, ge=0, le=2**32 - 1, description="random seed", json_schema_extra=option("--seed")
     )
-    channels_last: bool | None = None
-    sync_bn: bool = False
-    deterministic: bool = False
-    checkpoint_every_minutes: float | None = Field(default=10.0, gt=0)
-    checkpoint_every_steps: int | None = Field(default=None, gt=0)
+    device: str = Field(
+        default="auto",
+        description="auto, cpu, cuda or cuda:N",
+        json_schema_extra=option("--device", how=True),
+    )
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field(
+        default="auto",
+        description="mixed precision of training (fp16: CUDA only, with a grad scaler; auto: bf16 on CUDA)",
+        json_schema_extra=option("--amp", how=True),
+    )
+    # The test pass is the paper's measure and cheap: full precision unless asked otherwise.
+    eval_amp: Literal["off", "bf16", "fp16"] = Field(
+        default="off",
+        description="mixed precision of the test pass (default off: fp32)",
+        json_schema_extra=option("--eval-amp", how=True),
+    )
+    compile: bool = Field(
+        default=False, description="torch.compile", json_schema_extra=option("--compile", how=True)
+    )
+    # torch.compile's mode: "reduce-overhead" adds CUDA graphs; "max-autotune" also searches kernels.
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        default="default",
+        description="torch.compile's mode (reduce-overhead adds CUDA graphs)",
+        json_schema_extra=option("--compile-mode", how=True),
+    )
+    channels_last: bool | None = Field(
+        default=None,
+        description="channels_last memory format (default on: CUDA and CPU)",
+        json_schema_extra=option("--channels-last", how=True),
+    )
+    sync_bn: bool = Field(
+        default=False, description="SyncBatchNorm (DDP)", json_schema_extra=option("--sync-bn", how=True)
+    )
+    deterministic: bool = Field(
+        default=False,
+        description="deterministic kernels",
+        json_schema_extra=option("--deterministic", how=True),
+    )
+    checkpoint_every_minutes: float | None = Field(
+        default=10.0, gt=0, json_schema_extra=option(how=True, volatile=True, on_resume=True)
+    )
+    checkpoint_every_steps: int | None = Field(
+        default=None, gt=0, json_schema_extra=option(how=True, volatile=True, on_resume=True)
+    )
     # Every this many steps: the NaN check and the per-step TensorBoard scalars (one host sync each).
-    log_every_steps: int = Field(default=50, gt=0)
-    progress: bool = True
+    log_every_steps: int = Field(default=50, gt=0, json_schema_extra=option(how=True))
+    progress: bool = Field(
+        default=True,
+        description="a progress bar or progress lines",
+        json_schema_extra=option("--progress", how=True, volatile=True, on_resume=True),
+    )
 
     @field_validator("device")
     @classmethod
@@ -228,9 +378,24 @@ def _natural_key(name: str) -> tuple:
     return (name != "demo", parts)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"the key {key!r} is given twice (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(text: str, source: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}; keep one of them") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -303,28 +468,13 @@ def _file_chain(path: str | Path | dict[str, Any]) -> list[_Layer]:
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist; pass the path of a YAML file")
         source = f"config file {str(path)!r}"
-        data = _read_yaml(path.read_text(), source)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{source} is not a text file; pass a YAML config file") from None
+        data = _read_yaml(text, source)
     parent = _parent_of(data, source)
     return [*(_preset_chain(parent) if parent is not None else []), (None, data)]
-
-
-def _merge_chain(chain: list[_Layer]) -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-    for _, layer in chain:
-        merged = deep_merge(merged, layer)
-    return merged
-
-
-def load_preset(name: str) -> dict[str, Any]:
-    """The raw nested dict of a shipped preset (``extends`` resolved), with ``preset`` set to its name."""
-    data = _merge_chain(_preset_chain(name))
-    data["preset"] = name
-    return data
-
-
-def load_file(path: str | Path) -> dict[str, Any]:
-    """The raw nested dict of a config file, with the presets it extends merged in."""
-    return _merge_chain(_file_chain(path))
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -362,12 +512,16 @@ def _forget_data_choices(data: dict[str, Any], new_name: str | None, given: set[
 
 
 def scale_milestones(milestones: list[int], from_epochs: int, to_epochs: int) -> list[int]:
-    """The recipe's lr drops moved to the same fractions of a run of ``to_epochs`` (60, 120, 160 of 200 ->
-    3, 6, 8 of 10). Milestones stay >= 2 (epoch 1 always runs at the initial rate); drops that land on the
-    same epoch merge, and drops past the end of the run (a run of 1 epoch) are left out."""
+    """A recipe's lr drops moved to a run of ``to_epochs``, keeping the share of the run spent before each.
+
+    A milestone ``m`` lowers the rate at the start of epoch ``m``, so ``m - 1`` epochs run before it; those are
+    what scale: ``m' = round((m - 1) * to / from) + 1``. The CIFAR recipe's 60, 120, 160 of 200 become 3, 5, 6
+    of 6 (2 of the 6 epochs at 0.1, as 59 of 200). Drops that land on the same epoch merge, a drop is never
+    before epoch 2, and drops past the end of the run are left out.
+    """
     if from_epochs == to_epochs:
         return list(milestones)
-    scaled = {max(2, math.floor(m * to_epochs / from_epochs + 0.5)) for m in milestones}
+    scaled = {max(2, math.floor((m - 1) * to_epochs / from_epochs + 0.5) + 1) for m in milestones}
     return sorted(m for m in scaled if m <= to_epochs)
 
 
@@ -393,9 +547,10 @@ def build_config(
     data set's own (``--preset demo --dataset cifar10`` trains with CIFAR's flip-crop and constants, not the
     digits'), so a preset's data-specific choices never leak onto another data set.
 
-    A layer that changes the number of epochs without giving milestones moves the lr drops to the same
-    fractions of the new run (:func:`scale_milestones`): the paper's CIFAR drops sit at 0.3, 0.6 and 0.8 of
-    the run whether it lasts 200 epochs or 10. Milestones given in the same layer as the epochs are kept.
+    One rule for the number of epochs: when a later layer changes it, a recipe's milestones (a shipped
+    preset's, or the defaults') move along so that the same share of the run passes before each drop
+    (:func:`scale_milestones`), and milestones the user gave (in a file or an option) are kept as they are.
+    ``schedule.milestones_from`` records which of the two the run has.
     """
     chain: list[_Layer] = _preset_chain(preset) if preset is not None else []
     if config_file is not None:
@@ -416,40 +571,40 @@ def build_config(
     if layer:
         chain.append((None, layer))
 
-    defaults = ScheduleSection()
-    # The milestones in force, and the run length they were written for.
-    origin: dict[str, Any] = {"milestones": list(defaults.milestones), "epochs": defaults.epochs}
     data: dict[str, Any] = {}
-    for _, layer in chain:
+    origin = {"epochs": ScheduleSection().epochs, "from": "recipe"}  # where the milestones in force came from
+    for name, layer in chain:
         section = layer.get("dataset") if isinstance(layer.get("dataset"), dict) else {}
         _forget_data_choices(data, section.get("name"), given=set(section))
         data = deep_merge(data, layer)
-        if "milestones" in _schedule_of(layer):
-            origin["milestones"] = _schedule_of(data).get("milestones")
-            origin["epochs"] = _schedule_of(data).get("epochs", defaults.epochs)
+        schedule = _schedule_of(layer)
+        if "milestones" in schedule:
+            origin["epochs"] = _schedule_of(data).get("epochs", origin["epochs"])
+            # a shipped preset's milestones are a recipe's; a file's or an option's are the user's
+            origin["from"] = schedule.get("milestones_from", "recipe" if name is not None else "given")
     public = [name for name, _ in chain if name is not None and not name.startswith("_")]
     data["preset"] = public[-1] if public else None
+    data.setdefault("schedule", {})["milestones_from"] = origin["from"]
     cfg = validate(data)
-    epochs, from_epochs = cfg.schedule.epochs, origin["epochs"]
-    if (
-        cfg.schedule.name == "multistep"
-        and isinstance(from_epochs, int)
-        and 0 < from_epochs != epochs
-        and cfg.schedule.milestones == origin["milestones"]
-    ):
-        cfg.schedule.milestones = scale_milestones(cfg.schedule.milestones, from_epochs, epochs)
+    if isinstance(origin["epochs"], int) and origin["epochs"] != cfg.schedule.epochs:
+        cfg = _moved_to(cfg, origin["epochs"], cfg.schedule.epochs)
     return cfg
 
 
-def with_epochs(cfg: TrainConfig, epochs: int) -> TrainConfig:
-    """``cfg`` shortened or lengthened to ``epochs``, its multistep milestones scaled along (as ``--epochs``)."""
+def _moved_to(cfg: TrainConfig, from_epochs: int, epochs: int) -> TrainConfig:
+    """The one rule for a changed number of epochs: a recipe's multistep milestones move to the same shares
+    of the run (:func:`scale_milestones`); milestones the user gave are kept as they are."""
     data = cfg.to_dict()
-    if data["schedule"]["name"] == "multistep":
-        data["schedule"]["milestones"] = scale_milestones(
-            data["schedule"]["milestones"], data["schedule"]["epochs"], epochs
-        )
-    data["schedule"]["epochs"] = epochs
+    schedule = data["schedule"]
+    if schedule["name"] == "multistep" and schedule["milestones_from"] == "recipe":
+        schedule["milestones"] = scale_milestones(schedule["milestones"], from_epochs, epochs)
+    schedule["epochs"] = epochs
     return validate(data)
+
+
+def with_epochs(cfg: TrainConfig, epochs: int) -> TrainConfig:
+    """``cfg`` shortened or lengthened to ``epochs`` by the rule of ``--epochs`` (:func:`_moved_to`)."""
+    return _moved_to(cfg, cfg.schedule.epochs, epochs)
 
 
 # --------------------------------------------------------------------------------------------- resolution

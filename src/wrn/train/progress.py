@@ -1,7 +1,7 @@
 """Progress of one epoch: a live bar on a terminal, a few plain lines in logs, and the epoch's means.
 
-The training step hands over the batch's summed loss and correct count as device tensors; they are added up
-on the device and only read back (one host sync) when the display refreshes, at most every
+The display reads the epoch's sums from the training loop's :class:`~wrn.train.meter.EpochMeter`, which keeps
+them on the device; they are read back (one host sync) only when the display refreshes, at most every
 ``REFRESH_S`` seconds on a terminal and only at the few printed lines otherwise, so the progress display never
 stalls the GPU pipeline.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Any, TextIO
+from typing import TextIO
 
 REFRESH_S = 0.5  # terminal bar: the most often values are read back from the device
 PLAIN_EVERY_S = 30.0  # plain lines: at 25%, 50%, 75% and at least this often
@@ -35,15 +35,6 @@ def _terminal_columns(stream: TextIO) -> int:
     return columns
 
 
-def _value(x: Any) -> float:
-    """A Python float from a number or a 0-d tensor (the tensor case syncs with its device)."""
-    return float(x.item()) if hasattr(x, "item") else float(x)
-
-
-def _detach(x: Any) -> Any:
-    return x.detach() if hasattr(x, "detach") else x
-
-
 def _duration(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     h, rest = divmod(seconds, 3600)
@@ -52,31 +43,31 @@ def _duration(seconds: float) -> str:
 
 
 class EpochProgress:
-    """Progress of one epoch of ``total_batches`` batches.
+    """The progress display of one epoch of ``total_batches`` batches, read from the epoch's
+    :class:`~wrn.train.meter.EpochMeter`: the display adds nothing up of its own.
 
-    ``update(n_images, loss=None, correct=None)`` once per batch, where ``loss`` is the batch's SUMMED loss
-    (mean * batch size) and ``correct`` its number of correct predictions, as numbers or 0-d tensors on any
-    device. ``close()`` returns ``dict(loss, acc, images, seconds, images_per_s)``: the mean loss per image,
-    the accuracy in percent (``None`` where never given), the number of images and the elapsed time.
-    On a terminal it shows a tqdm bar (loss, acc, img/s, ETA); elsewhere it prints a plain line at 25%, 50%
-    and 75% of the epoch and at least every 30 s. ``enabled=False`` prints nothing but still counts.
+    ``update()`` once per batch, after the meter has counted it. ``close()`` returns ``dict(loss, acc,
+    images, seconds, images_per_s)``: the epoch's mean loss per image and accuracy in percent so far (from the
+    meter), and the images and time since the display started. On a terminal it shows a tqdm bar (loss, acc,
+    img/s, ETA); elsewhere it prints a plain line at 25%, 50% and 75% of the epoch and at least every 30 s.
+    The meter is read back (one host sync) only when the display redraws. ``enabled=False`` prints nothing.
     """
 
     def __init__(
         self,
+        meter,
         total_batches: int,
         desc: str = "epoch 1/200",
         enabled: bool = True,
         stream: TextIO | None = None,
     ):
+        self.meter = meter
         self.total_batches = max(0, int(total_batches))
         self.desc = desc
         self.enabled = bool(enabled)
         self.stream = stream if stream is not None else sys.stderr
         self.batches = 0
-        self.images = 0
-        self._loss_sum = None  # device tensor or float, added up without syncing
-        self._correct_sum = None
+        self._images_before = meter.seen  # a resumed epoch: the images counted before this display
         self._result: dict | None = None
         self._start = time.perf_counter()
         self._last_refresh = self._start
@@ -102,28 +93,13 @@ class EpochProgress:
                 mininterval=REFRESH_S,
             )
 
-    # ---------------------------------------------------------------- accumulation (no host syncs)
-    @staticmethod
-    def _add(total: Any, x: Any) -> Any:
-        x = _detach(x)
-        if total is None:
-            if hasattr(x, "is_floating_point"):
-                # A private float32 (or integer) accumulator on x's device: never mutate the caller's tensor.
-                return x.float().clone() if x.is_floating_point() else x.clone()
-            return x
-        x_float = x.is_floating_point() if hasattr(x, "is_floating_point") else isinstance(x, float)
-        if hasattr(total, "add_") and (total.is_floating_point() or not x_float):
-            return total.add_(x)
-        return total + x
+    @property
+    def images(self) -> int:
+        return self.meter.seen - self._images_before
 
-    def update(self, n_images: int, loss: Any = None, correct: Any = None) -> None:
-        """Count one batch of ``n_images``; ``loss`` summed over the batch, ``correct`` its correct count."""
+    def update(self) -> None:
+        """Count one batch (the meter has counted its images, loss and correct predictions)."""
         self.batches += 1
-        self.images += int(n_images)
-        if loss is not None:
-            self._loss_sum = self._add(self._loss_sum, loss)
-        if correct is not None:
-            self._correct_sum = self._add(self._correct_sum, correct)
         if not self.enabled:
             return
         now = time.perf_counter()
@@ -137,12 +113,7 @@ class EpochProgress:
     # ---------------------------------------------------------------- reading back
     def _means(self, now: float) -> dict:
         seconds = now - self._start
-        loss = acc = None
-        if self.images:
-            if self._loss_sum is not None:
-                loss = _value(self._loss_sum) / self.images
-            if self._correct_sum is not None:
-                acc = 100.0 * _value(self._correct_sum) / self.images
+        loss, acc = self.meter.means()
         return {
             "loss": loss,
             "acc": acc,

@@ -1,10 +1,10 @@
-"""The paper's optimizer and learning-rate schedule (spec section 4).
+"""The paper's optimizer and learning-rate schedule (the paper, section 4; docs/training.md).
 
 SGD with Nesterov momentum 0.9, dampening 0 and weight decay on every parameter. The multi-step schedule
 counts epochs from 1 and a milestone ``m`` means "epoch m already runs at the lowered rate": with lr 0.1,
 gamma 0.2 and milestones 60, 120, 160, epochs 1-59 run at 0.1, 60-119 at 0.02, 120-159 at 0.004 and
 160-200 at 0.0008. The authors' code re-creates the optimizer at each drop, so the momentum buffers start
-from zero again; :func:`start_epoch` does the same by clearing the optimizer state (``reset_momentum``).
+from zero again; :class:`Schedule` does the same by clearing the optimizer state (``reset_momentum``).
 The cosine option anneals per step from ``lr`` to 0 over the whole run.
 """
 
@@ -56,19 +56,28 @@ def is_drop_epoch(schedule: ScheduleSection, epoch: int) -> bool:
     return schedule.name == "multistep" and epoch in schedule.milestones
 
 
-def start_epoch(
-    optimizer: torch.optim.Optimizer,
-    schedule: ScheduleSection,
-    base_lr: float,
-    epoch: int,
-    steps_per_epoch: int,
-) -> float:
-    """Prepare the optimizer for the first step of 1-indexed ``epoch``; return its learning rate."""
-    if schedule.reset_momentum and is_drop_epoch(schedule, epoch):
-        reset_momentum(optimizer)
-    lr = lr_at(schedule, base_lr, epoch, 0, steps_per_epoch)
-    set_lr(optimizer, lr)
-    return lr
+class Schedule:
+    """The learning rate of every step of a run, for any schedule: the loop asks, and never looks at its name.
+
+    ``apply(optimizer, epoch, step)`` before each step of 1-indexed ``epoch`` (``step`` counted from 0 in the
+    epoch): at the first step of a drop epoch it clears the momentum buffers (``reset_momentum``), and it sets
+    the step's rate. Returns that rate.
+    """
+
+    def __init__(self, schedule: ScheduleSection, base_lr: float, steps_per_epoch: int) -> None:
+        self.schedule = schedule
+        self.base_lr = base_lr
+        self.steps_per_epoch = steps_per_epoch
+
+    def lr(self, epoch: int, step: int = 0) -> float:
+        return lr_at(self.schedule, self.base_lr, epoch, step, self.steps_per_epoch)
+
+    def apply(self, optimizer: torch.optim.Optimizer, epoch: int, step: int) -> float:
+        if step == 0 and self.schedule.reset_momentum and is_drop_epoch(self.schedule, epoch):
+            reset_momentum(optimizer)
+        lr = self.lr(epoch, step)
+        set_lr(optimizer, lr)
+        return lr
 
 
 def epochs_text(n: int) -> str:
@@ -87,8 +96,9 @@ def describe(schedule: ScheduleSection, base_lr: float) -> str:
 
 
 def warnings_for(schedule: ScheduleSection) -> list[str]:
-    """Milestones that will not act as intended: at the last epoch (one epoch at the lowered rate) or past it."""
-    if schedule.name != "multistep":
+    """Milestones the user gave that will not act as intended: at the last epoch (one epoch at the lowered
+    rate) or past it. A recipe's milestones, moved to the run's length, are placed inside it already."""
+    if schedule.name != "multistep" or schedule.milestones_from != "given":
         return []
     late = [m for m in schedule.milestones if m >= schedule.epochs]
     if not late:

@@ -1,0 +1,166 @@
+"""The run directory: what ``wrn train`` writes, where, and what "done" means. Every module that reads or
+writes a run goes through :class:`RunDir`.
+
+A run directory holds:
+
+- ``config.yaml``: the resolved config the run trains with (written before anything is trained);
+- ``checkpoint.pt``: everything needed to continue bit for bit (rewritten atomically, the last good one kept);
+- ``metrics.jsonl``: one record per epoch, and ``tensorboard/``: the same as TensorBoard events;
+- at the end ``model.safetensors`` + ``model.json`` (the final weights and what they are) and ``curves.png``.
+
+Its states: ``missing`` (no folder, or an empty one), ``unstarted`` (killed before its first checkpoint: a
+config.yaml and nothing worth keeping, so it starts afresh), ``partial`` (a checkpoint to resume from), and
+``done`` (the final weights are written). One process trains a run at a time: it holds :class:`RunLock`,
+an exclusive ``flock`` on ``.<name>.lock`` beside the folder (``wrn reproduce`` takes the same lock for
+the runs of a grid).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG = "config.yaml"
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+TENSORBOARD = "tensorboard"
+WEIGHTS = "model.safetensors"
+MODEL_JSON = "model.json"
+CURVES = "curves.png"
+EDITED_CONFIG = "config.edited.yaml"
+# Set by `wrn reproduce` for its `wrn train` child: the descriptor of the run's lock, which it holds already.
+LOCK_FD_ENV = "WRN_RUN_LOCK_FD"
+
+# What a run writes before its first checkpoint: a folder holding only these has nothing worth keeping.
+_BEFORE_FIRST_CHECKPOINT = (CONFIG, METRICS, TENSORBOARD)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        object.__setattr__(self, "path", Path(path))
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    config = property(lambda self: self.path / CONFIG)
+    checkpoint = property(lambda self: self.path / CHECKPOINT)
+    metrics = property(lambda self: self.path / METRICS)
+    tensorboard = property(lambda self: self.path / TENSORBOARD)
+    weights = property(lambda self: self.path / WEIGHTS)
+    model_json = property(lambda self: self.path / MODEL_JSON)
+    curves = property(lambda self: self.path / CURVES)
+    edited_config = property(lambda self: self.path / EDITED_CONFIG)
+    lock = property(lambda self: self.path.parent / f".{self.path.name}.lock")
+
+    def state(self) -> str:
+        """``done``, ``partial``, ``unstarted`` or ``missing`` (see the module's docstring)."""
+        if self.model_json.is_file() and self.weights.is_file():
+            return "done"
+        if self.checkpoint.is_file():
+            return "partial"
+        if self.path.is_dir() and any(self.path.iterdir()):
+            return "unstarted"
+        return "missing"
+
+    def is_unstarted(self) -> bool:
+        """Killed before its first checkpoint: a config.yaml, no checkpoint.pt, and nothing else but an empty
+        metrics file, TensorBoard events or a torn checkpoint temporary."""
+        if not self.path.is_dir() or not self.config.is_file() or self.checkpoint.exists():
+            return False
+        for entry in self.path.iterdir():
+            if entry.name.startswith(f".{CHECKPOINT}.") and entry.name.endswith(".tmp"):
+                continue
+            if entry.name not in _BEFORE_FIRST_CHECKPOINT:
+                return False
+        return (
+            not self.metrics.exists()
+            or not self.metrics.read_text(encoding="utf-8", errors="replace").strip()
+        )
+
+    def clear_unstarted(self) -> None:
+        """Remove what a run killed before its first checkpoint left, so that it starts afresh."""
+        if self.is_unstarted():
+            for entry in self.path.iterdir():
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+class RunLock:
+    """An exclusive ``flock`` on a run's lock file: one process trains a run at a time.
+
+    The lock goes with the process: a lock left by a dead process never blocks. The holder's PID is written
+    into the file, so that another process can say who holds it. A descriptor handed to a child process
+    (``pass_fds``) keeps the lock held until the child has exited, even when the parent is killed first.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                return False
+            raise
+        self.fd = fd
+        self.mark_holder()
+        return True
+
+    def adopt(self, fd: int) -> bool:
+        """Take over the descriptor of this lock that a parent process holds for us (``WRN_RUN_LOCK_FD``)."""
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+        except OSError:
+            return False
+        if same:
+            self.fd = fd
+            self.mark_holder()
+        return same
+
+    def mark_holder(self, pid: int | None = None) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, f"{pid or os.getpid()}\n".encode(), 0)
+        except OSError:  # a read-only lock file still locks; only the PID goes unsaid
+            pass
+
+    def holder(self) -> int | None:
+        """The PID written by the process that holds the lock, if it wrote one."""
+        try:
+            text = self.path.read_text().strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() else None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def lock_is_held(path: Path) -> bool:
+    """Whether another process holds the lock at ``path`` (it is training that run now). Creates nothing."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False

@@ -1,0 +1,66 @@
+"""SIGINT and SIGTERM during a run: a flag the loop reads between steps, so that what was trained is saved.
+
+:func:`catch_early` is called first thing by ``wrn train`` (this module imports nothing heavy), so that a
+signal during the start-up (imports, data loading, building) is kept until the run can save and stop.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+_pending: list[int] = []  # signals caught before a run's Signals took over
+_original: dict[int, Any] = {}  # the handlers catch_early replaced
+
+
+def _early(signum, frame) -> None:
+    if signum == signal.SIGINT and _pending:
+        raise KeyboardInterrupt
+    _pending.append(signum)
+
+
+def catch_early() -> None:
+    """Catch SIGINT and SIGTERM from now on; the next :class:`Signals` takes over what arrived."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.signal(sig, _early)
+            if previous is not _early:
+                _original[sig] = previous
+
+
+def release_early() -> None:
+    """Put back the handlers :func:`catch_early` replaced (where a run's Signals has not already)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig, handler in _original.items():
+            if signal.getsignal(sig) is _early:
+                signal.signal(sig, handler)
+    _pending.clear()
+
+
+class Signals:
+    """SIGINT / SIGTERM set a flag that the loop reads between steps; a second SIGINT stops at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> Signals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous = signal.signal(sig, self._handler)
+                self._previous[sig] = _original.get(sig, signal.SIG_DFL) if previous is _early else previous
+        if _pending:
+            self.signum = _pending[0]
+            _pending.clear()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()

@@ -1,0 +1,151 @@
+"""Faults of a training run, made to happen: a second process on the same run, weights that blow up, a
+resume that must change nothing when it fails, a SIGTERM during the start-up, a kill before curves.png."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import WRN_ENV, run_wrn, start_wrn
+from wrn.cli import main
+from wrn.train.rundir import RunDir, RunLock
+
+TINY = ["--preset", "demo", "--model", "wrn-10-1", "--batch-size", "256", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory) -> Path:
+    """A 1-epoch run, extendable: its checkpoint is a real 'partial' run for --resume --epochs 2."""
+    run = tmp_path_factory.mktemp("faults") / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(run)]) == 0
+    return run
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_second_process_on_a_run_is_refused_naming_the_holder(stopped, capsys):
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from wrn.train.rundir import RunLock; "
+            f"lock = RunLock({str(RunDir(stopped).lock)!r}); assert lock.acquire(); print('held', flush=True); "
+            "time.sleep(60)",
+        ],
+        env=WRN_ENV,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = _snapshot(stopped)
+        assert main(["train", "--resume", str(stopped), "--epochs", "2"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"is being trained by process {holder.pid}" in err[0], err
+        assert _snapshot(stopped) == before  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_lock_left_by_a_dead_process_never_blocks(stopped, tmp_path):
+    run = shutil.copytree(stopped, tmp_path / "copy")
+    dead = subprocess.run([sys.executable, "-c", "pass"])
+    RunDir(run).lock.write_text("999999\n")  # a PID file with no flock behind it, as a killed process leaves
+    assert dead.returncode == 0
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert RunDir(run).state() == "done"
+
+
+def test_the_lock_is_held_for_the_run_s_lifetime(tmp_path):
+    run = tmp_path / "run"
+    proc = start_wrn("train", *TINY, "--epochs", "2", "--out", run, "--checkpoint-every", "2steps")
+    try:
+        deadline = time.monotonic() + 240
+        while not RunDir(run).checkpoint.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        lock = RunLock(RunDir(run).lock)
+        if proc.poll() is None:  # still training: the lock is its
+            assert not lock.acquire()
+            assert lock.holder() == proc.pid
+    finally:
+        out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert lock.acquire()  # released with the process
+    lock.release()
+
+
+def test_weights_that_blow_up_are_never_checkpointed(tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(
+        ["train", *TINY, "--epochs", "2", "--lr", "1e6", "--checkpoint-every", "1steps", "--out", str(run)]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "NaN or infinite" in err and "Traceback" not in err
+    assert "the last good checkpoint (" in err and str(run) in err
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    tensors = [t for t in state["model"].values() if t.is_floating_point()]
+    tensors += [t for s in state["optimizer"]["state"].values() for t in s.values() if torch.is_tensor(t)]
+    assert tensors and all(torch.isfinite(t).all() for t in tensors)
+
+
+def test_a_failed_resume_changes_nothing(stopped, tmp_path, capsys):
+    run = shutil.copytree(stopped, tmp_path / "corrupt")
+    (run / "model.json").unlink()  # not finished: resume would train
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\nnot json\n{"epoch": 1}\n')
+    before = _snapshot(run)
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "metrics.jsonl line 2 is not a JSON object" in err
+    assert _snapshot(run) == before  # config.yaml not rewritten with epochs: 2
+
+
+def test_an_invalid_config_yaml_of_a_started_run_is_kept_aside(stopped, tmp_path):
+    run = shutil.copytree(stopped, tmp_path / "edited")
+    (run / "config.yaml").write_text("model: [unclosed\n")
+    with pytest.warns(UserWarning, match="no longer valid YAML"):
+        assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert (run / "config.edited.yaml").read_text() == "model: [unclosed\n"
+    assert "wrn-10-1" in (run / "config.yaml").read_text()
+
+
+def _catches_sigterm(pid: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc to time the signal")
+def test_sigterm_during_the_start_up_saves_and_says_how_to_continue(tmp_path):
+    run = tmp_path / "run"
+    proc = start_wrn("train", *TINY, "--epochs", "1", "--out", run)
+    deadline = time.monotonic() + 60
+    while not _catches_sigterm(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGTERM)  # during imports, data loading, building
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert f"continue with 'wrn train --resume {run}'" in err and "Traceback" not in err
+    assert RunDir(run).state() == "partial"
+    assert run_wrn("train", "--resume", run).returncode == 0
+    assert RunDir(run).state() == "done"
+
+
+def test_resume_of_a_complete_run_draws_missing_curves(stopped, tmp_path):
+    run = shutil.copytree(stopped, tmp_path / "done")
+    (run / "curves.png").unlink()  # a kill between model.json and curves.png
+    before = _snapshot(run)
+    assert main(["train", "--resume", str(run)]) == 0
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {k: v for k, v in _snapshot(run).items() if k != "curves.png"} == before
