@@ -1,6 +1,6 @@
 """``wrn bench figure4``: the paper's Figure 4, training time of one minibatch for thin and wide networks.
 
-The paper timed forward + backward + update of one minibatch of 32 on a Titan X (spec section 7):
+The paper timed forward + backward + update of one minibatch of 32 on a Titan X (its Figure 4):
 pre-act ResNet-164 85 ms, ResNet-1001 512 ms, WRN-40-4 68 ms, WRN-16-10 164 ms, WRN-28-10 312 ms.
 Milliseconds do not carry over to other hardware; the ratios do: WRN-40-4 trains 512/68 = 7.5x faster than
 ResNet-1001 at similar accuracy, WRN-28-10 512/312 = 1.64x faster and more accurate, and WRN-40-4 85/68 =
@@ -70,12 +70,14 @@ def run(
     rounds: int = 1,
     seed: int = 0,
     progress=None,
+    step_progress=None,
 ) -> dict[str, Any]:
     """Time each model's training step; the ``figure4.json`` dict (see docs/benchmarks.md).
 
     With ``rounds == 1`` the models run one after the other; with ``rounds > 1`` all are built and warmed up
     first and their timed steps alternate in that many chunks, so that a passing load on a shared machine
-    falls on every model alike. ``progress(name, entry)`` is called after each model's figures, if given.
+    falls on every model alike. ``progress(name, entry)`` is called after each model's figures, if given, and
+    ``step_progress(label, phase, i, n)`` after each step (see :class:`wrn.bench.common.Progress`).
     """
     import torch
 
@@ -111,11 +113,25 @@ def run(
         )
     x, y = random_images(n, 3, 32, 10, seed)
     device = settings.device
-    makers = [maker(ours_runner, device, name, settings, x, y, batch_size, 10, seed) for name in names]
+    makers = [
+        maker(
+            ours_runner,
+            device,
+            name,
+            settings,
+            x,
+            y,
+            batch_size,
+            10,
+            seed,
+            label=f"{name} ({i} of {len(names)})",
+        )
+        for i, name in enumerate(names, 1)
+    ]
     if rounds > 1:
-        sides = measure_sides(makers, warmup, steps, rounds)
+        sides = measure_sides(makers, warmup, steps, rounds, step_progress)
     else:  # one at a time, so that progress shows as each model finishes
-        sides = (measure_sides([make], warmup, steps)[0] for make in makers)
+        sides = (measure_sides([make], warmup, steps, 1, step_progress)[0] for make in makers)
     entries = []
     for name, measured in zip(names, sides, strict=True):
         with torch.device("meta"):
@@ -161,7 +177,55 @@ def ratios(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+ABOUT = (
+    "Time of forward + backward + update of one minibatch, as in the paper's Figure 4 (a Titan X). What carries "
+    "over to other hardware is the ratios, not the milliseconds."
+)
+
+
+def settings_text(result: dict[str, Any]) -> str:
+    """The machine and the settings of a figure4.json, in words."""
+    m, s = result.get("machine") or {}, result.get("settings") or {}
+    parts = [str(m.get("device_name") or m.get("device") or "unknown device")]
+    parts += [f"{k} {m[v]}" for k, v in (("torch", "torch"), ("CUDA", "cuda")) if m.get(v)]
+    if m.get("threads"):
+        parts.append(f"{m['threads']} threads")
+    if s.get("batch_size"):
+        parts.append(f"minibatch of {s['batch_size']}")
+    if s.get("steps"):
+        parts.append(f"median of {s['steps']} timed steps after {s.get('warmup', '?')} warm-up")
+    amp = s.get("amp")
+    if amp:
+        parts.append("fp32" if amp == "off" else f"{amp} autocast")
+    if "channels_last" in s:
+        parts.append("channels_last memory format" if s["channels_last"] else "NCHW memory format")
+    if "compile" in s:
+        parts.append("torch.compile" if s["compile"] else "eager")
+    return ", ".join(parts)
+
+
+def unreliable(result: dict[str, Any]) -> list[str]:
+    """One sentence per model whose timing cannot be trusted (see :func:`wrn.bench.common.unreliable`)."""
+    from wrn.bench.common import unreliable as why_unreliable
+
+    steps = (result.get("settings") or {}).get("steps")
+    out = []
+    for e in result.get("models") or []:
+        why = why_unreliable(e.get("ms_min"), e.get("ms_max"), steps)
+        if why:
+            used = [
+                f"{r['slow']} / {r['fast']}"
+                for r in result.get("ratios") or []
+                if e.get("name") in (r["slow"], r["fast"])
+            ]
+            also = f"; so are the ratios {', '.join(used)}" if used else ""
+            out.append(f"{e.get('name')}'s time is unreliable: {why}{also}.")
+    return out
+
+
 def format_table(result: dict[str, Any]) -> str:
+    from wrn.bench.common import readable
+
     m, s = result["machine"], result["settings"]
     cuda = f", CUDA {m['cuda']}" if m["cuda"] else ""
     lines = [
@@ -175,12 +239,15 @@ def format_table(result: dict[str, Any]) -> str:
     for e in result["models"]:
         lines.append(
             f"{e['name']:<20} {e['params']:>11,} {e['paper_ms']:>9.0f} {e['ms']:>10.1f} "
-            f"{e['ms_min']:>10.1f} - {e['ms_max']:<8.1f} {e['images_per_s']:>10,.1f}"
+            f"{e['ms_min']:>10.1f} - {e['ms_max']:<8.1f} {readable(e['images_per_s']):>10}"
         )
     lines += ["", f"{'speed ratio (ms / ms)':<42} {'paper':>6} {'ours':>6}"]
     for r in result["ratios"]:
         ours = "-" if r["ours"] is None else f"{r['ours']:.2f}"
         lines.append(f"{r['slow'] + ' / ' + r['fast']:<42} {r['paper']:>6.2f} {ours:>6}")
+    notes = unreliable(result)
+    if notes:
+        lines += ["", *(f"UNRELIABLE: {n}" for n in notes)]
     return "\n".join(lines)
 
 

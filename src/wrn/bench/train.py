@@ -38,6 +38,7 @@ from wrn.bench.common import (
     reset_peak_memory,
     resolve_settings,
     summarize,
+    unreliable,
 )
 from wrn.errors import ConfigError
 
@@ -115,19 +116,30 @@ class Runner:
         self.step_ms: list[float] = []
         self.cpu_s = 0.0  # CPU time of this process over the timed steps
         self._loss = None
+        self.label = ""
+        self.progress = None  # progress(label, phase, i, n) after each step, if set (see common.Progress)
+        self._timed = 0  # timed steps taken so far (over all chunks)
+
+    def _tell(self, phase: str, i: int, n: int) -> None:
+        if self.progress is not None:
+            self.progress(self.label, phase, i, n)
 
     def warm(self, n: int) -> None:
-        for _ in range(n):
+        for i in range(n):
             images, labels = next(self.batches)
             self._loss = self.step(images, labels)
+            self._tell("warm-up", i + 1, n)
 
-    def timed(self, n: int) -> None:
+    def timed(self, n: int, total: int | None = None) -> None:
+        """``n`` timed steps, of ``total`` in all (the progress shown; default ``n``)."""
         timer = StepTimer(self.device)
         timer.start()
         for _ in range(n):
             images, labels = next(self.batches)
             self._loss = self.step(images, labels)
             timer.lap()
+            self._timed += 1
+            self._tell("timed", self._timed, total or n)
         self.step_ms += timer.finish()
         self.cpu_s += timer.cpu_s
 
@@ -151,19 +163,22 @@ def chunks(steps: int, rounds: int) -> list[int]:
     return [steps // rounds + (1 if i < steps % rounds else 0) for i in range(rounds)]
 
 
-def measure_sides(make_runners: list, warmup: int, steps: int, rounds: int = 1) -> list[dict[str, Any]]:
+def measure_sides(
+    make_runners: list, warmup: int, steps: int, rounds: int = 1, progress=None
+) -> list[dict[str, Any]]:
     """Time each side (``make_runners``: functions that build a :class:`Runner`); one result dict per side.
 
     With ``rounds == 1`` the sides run one after the other, each alone in memory, and the peak memory is each
     side's own. With ``rounds > 1`` all sides are built and warmed up first, then their timed steps alternate
     in ``rounds`` chunks (A B A B ...), so that a load that comes and goes on a shared machine falls on every
-    side alike; the peak memory is then that of all sides together.
+    side alike; the peak memory is then that of all sides together. ``progress(label, phase, i, n)`` is told
+    of every step (each maker's ``label`` names its side).
     """
     out = []
     if rounds <= 1:
         for make in make_runners:
             reset_peak_memory(_device_of(make))
-            runner = make()
+            runner = _built(make, progress)
             device = runner.device
             runner.warm(warmup)
             runner.timed(steps)
@@ -175,12 +190,12 @@ def measure_sides(make_runners: list, warmup: int, steps: int, rounds: int = 1) 
     reset_peak_memory(_device_of(make_runners[0]))
     runners = []
     for make in make_runners:
-        runner = make()
+        runner = _built(make, progress)
         runner.warm(warmup)
         runners.append(runner)
     for n in chunks(steps, rounds):
         for runner in runners:
-            runner.timed(n)
+            runner.timed(n, steps)
     memory, kind = peak_memory(runners[0].device)
     kind += f" (all {len(runners)} models alive: --rounds {rounds})"
     out = [_side(r, memory, kind) for r in runners]
@@ -188,6 +203,12 @@ def measure_sides(make_runners: list, warmup: int, steps: int, rounds: int = 1) 
     del runners
     release(device)
     return out
+
+
+def _built(make, progress) -> Runner:
+    runner = make()
+    runner.label, runner.progress = getattr(make, "label", ""), progress
+    return runner
 
 
 def _device_of(make) -> torch.device:
@@ -216,13 +237,15 @@ def measure_ours(
     )[0]
 
 
-def maker(fn, device: torch.device, *args):
-    """A function that builds a runner, knowing its device before it is called (to reset the memory peak)."""
+def maker(fn, device: torch.device, *args, label: str = ""):
+    """A function that builds a runner, knowing its device before it is called (to reset the memory peak) and
+    the ``label`` its progress shows."""
 
     def make():
         return fn(*args)
 
     make.device = device
+    make.label = label
     return make
 
 
@@ -290,7 +313,7 @@ def baseline_runner(
     from wrn.train.config import OptimSection
 
     model = build_model(name, num_classes, device, seed)
-    paper = OptimSection()  # the paper's SGD hyper-parameters, as ours uses (spec section 4)
+    paper = OptimSection()  # the paper's SGD hyper-parameters, as ours uses (the paper, section 4)
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=paper.lr,
@@ -377,12 +400,14 @@ def run(
     num_samples: int | None = None,
     rounds: int = 1,
     seed: int = 0,
+    progress=None,
 ) -> dict[str, Any]:
     """Time ``steps`` training steps of ``model`` after ``warmup`` (and the baseline's, if asked); every figure.
 
     ``amp`` (None: as ``wrn train`` resolves it, bf16 on CUDA and fp32 on the CPU), ``channels_last``
     (None: on CUDA) and ``compile`` are those of ``wrn train``; ``compile_mode`` is torch.compile's mode.
     ``rounds > 1`` alternates ours and the baseline in that many chunks of steps (see :func:`measure_sides`).
+    ``progress(label, phase, i, n)`` is told of every step (``wrn bench train`` shows :class:`Progress`).
     """
     check_counts(steps, warmup, batch_size, rounds)
     settings = resolve_settings(
@@ -420,10 +445,13 @@ def run(
     x, y = random_images(n, info["in_channels"], image_size, info["num_classes"], seed)
 
     classes, device = info["num_classes"], settings.device
-    makers = [maker(ours_runner, device, model, settings, x, y, batch_size, classes, seed)]
+    makers = [
+        maker(ours_runner, device, model, settings, x, y, batch_size, classes, seed, label=f"ours {model}")
+    ]
     if baseline:
-        makers.append(maker(baseline_runner, device, model, device, x, y, batch_size, classes, workers, seed))
-    sides = measure_sides(makers, warmup, steps, rounds if baseline else 1)
+        makers.append(maker(baseline_runner, device, model, device, x, y, batch_size, classes, workers, seed,
+                            label=f"baseline {model}"))  # fmt: skip
+    sides = measure_sides(makers, warmup, steps, rounds if baseline else 1, progress)
     for side in sides:
         side.update(summarize(side["step_ms"], batch_size, info["train_flops_per_image"]))
     ours = sides[0]
@@ -488,6 +516,10 @@ def format_report(result: dict[str, Any]) -> str:
             f"{r['tflops']:>9.3f} {_bytes(r['peak_memory_bytes']):>12}"
         )
     lines.append(f"peak memory: {result['ours']['memory_kind']}")
+    for label, r in rows:
+        why = unreliable(r["ms_min"], r["ms_max"], r["steps"])
+        if why:
+            lines.append(f"UNRELIABLE: {label}'s figures: {why}")
     if result["baseline"]:
         b = result["baseline"]["loader"]
         lines.append(
