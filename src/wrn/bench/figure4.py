@@ -321,6 +321,17 @@ def _ms_text(ms: float) -> str:
     return f"{ms:.0f}" if ms >= 10 or not math.isfinite(ms) else f"{ms:.1f}"
 
 
+def read(path: str | Path) -> dict[str, Any]:
+    """A figure4.json's content; an empty dict if it cannot be read or is not one."""
+    import json
+
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) and doc.get("format") == FORMAT else {}
+
+
 def write(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``figure4.json`` and ``figure4.png`` into ``out_dir``; return their paths."""
     import json

@@ -519,7 +519,7 @@ def format_report(result: dict[str, Any]) -> str:
     for label, r in rows:
         why = unreliable(r["ms_min"], r["ms_max"], r["steps"])
         if why:
-            lines.append(f"UNRELIABLE: {label}'s figures: {why}")
+            lines.append(f"UNRELIABLE ({label}): {why}")
     if result["baseline"]:
         b = result["baseline"]["loader"]
         lines.append(
