@@ -218,24 +218,32 @@ MIN_STEPS = 5
 MAX_SPREAD = 1.5
 
 
+def too_few(steps: int | None) -> str | None:
+    """Why ``steps`` timed steps are too few to measure a step; None when they are enough."""
+    if isinstance(steps, int) and steps < MIN_STEPS:
+        return f"only {steps} timed step{'s' if steps != 1 else ''} (give --steps {MIN_STEPS} or more)"
+    return None
+
+
+def spread(ms_min: float | None, ms_max: float | None) -> float | None:
+    """The slowest timed step over the fastest, when that is more than MAX_SPREAD; else None."""
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (ms_min, ms_max)) or ms_min <= 0:
+        return None
+    return ms_max / ms_min if ms_max / ms_min > MAX_SPREAD else None
+
+
+SPREAD_WHY = f"more than {MAX_SPREAD}x apart: a busy machine or too short a warm-up; time it on an idle machine, with more --warmup"
+
+
 def unreliable(ms_min: float | None, ms_max: float | None, steps: int | None) -> str | None:
     """Why timings with this min, max and number of steps cannot be trusted; None when they can."""
-    reasons = []
-    if isinstance(steps, int) and steps < MIN_STEPS:
+    reasons = [too_few(steps)]
+    apart = spread(ms_min, ms_max)
+    if apart is not None:
         reasons.append(
-            f"only {steps} timed step{'s' if steps != 1 else ''} (give --steps {MIN_STEPS} or more)"
+            f"its steps took {readable(ms_min)} to {readable(ms_max)} ms, {apart:.1f}x apart ({SPREAD_WHY})"
         )
-    if (
-        isinstance(ms_min, (int, float))
-        and isinstance(ms_max, (int, float))
-        and ms_min > 0
-        and ms_max / ms_min > MAX_SPREAD
-    ):
-        reasons.append(
-            f"its steps took {readable(ms_min)} to {readable(ms_max)} ms, {ms_max / ms_min:.1f}x apart (more than "
-            f"{MAX_SPREAD}x: a busy machine or too short a warm-up; run it on an idle machine, with more --warmup)"
-        )
-    return "; ".join(reasons) or None
+    return "; ".join(r for r in reasons if r) or None
 
 
 def readable(value: float) -> str:

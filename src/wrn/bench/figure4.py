@@ -205,21 +205,29 @@ def settings_text(result: dict[str, Any]) -> str:
 
 
 def unreliable(result: dict[str, Any]) -> list[str]:
-    """One sentence per model whose timing cannot be trusted (see :func:`wrn.bench.common.unreliable`)."""
-    from wrn.bench.common import unreliable as why_unreliable
+    """Sentences that say which figures of a figure4.json cannot be trusted, and why; empty when all can."""
+    from wrn.bench.common import MIN_STEPS, SPREAD_WHY, readable, spread, too_few
 
     steps = (result.get("settings") or {}).get("steps")
+    models = [e for e in result.get("models") or [] if isinstance(e.get("ms"), (int, float))]
     out = []
-    for e in result.get("models") or []:
-        why = why_unreliable(e.get("ms_min"), e.get("ms_max"), steps)
-        if why:
-            used = [
-                f"{r['slow']} / {r['fast']}"
-                for r in result.get("ratios") or []
-                if e.get("name") in (r["slow"], r["fast"])
-            ]
-            also = f"; so are the ratios {', '.join(used)}" if used else ""
-            out.append(f"{e.get('name')}'s time is unreliable: {why}{also}.")
+    few = too_few(steps)
+    if few and models:
+        out.append(
+            f"Every time is unreliable: too few timed steps per network ({steps}; give --steps {MIN_STEPS} or more)."
+        )
+    noisy = [(e, spread(e.get("ms_min"), e.get("ms_max"))) for e in models]
+    noisy = [(e, x) for e, x in noisy if x is not None]
+    if noisy:
+        shown = ", ".join(
+            f"{e['name']} {readable(e['ms_min'])}–{readable(e['ms_max'])} ms ({x:.1f}x)" for e, x in noisy
+        )
+        out.append(f"The timed steps of {shown} were {SPREAD_WHY}.")
+    bad = {e["name"] for e in models} if few else {e["name"] for e, _ in noisy}
+    used = [f"{r['slow']} / {r['fast']}" for r in result.get("ratios") or []
+            if r.get("ours") is not None and bad & {r["slow"], r["fast"]}]  # fmt: skip
+    if used:
+        out.append(f"The ratios {', '.join(used)} are unreliable with them.")
     return out
 
 
@@ -308,7 +316,8 @@ def draw(result: dict[str, Any], path: str | Path) -> Path:
     ax2.set_title("time ratios", fontsize=10)
     ax2.legend(fontsize=8, loc="upper right", ncol=2)
     ax2.grid(True, axis="y", alpha=0.3)
-    precision = f"amp {s.get('amp', '?')}, {'channels_last' if s.get('channels_last') else 'NCHW'}"
+    amp = s.get("amp", "?")
+    precision = f"{'fp32' if amp == 'off' else amp}, {'channels_last' if s.get('channels_last') else 'NCHW'}"
     fig.suptitle(
         f"Figure 4: training time per minibatch, thin deep vs wide networks ({precision}, "
         f"torch {m.get('torch', '?')})",

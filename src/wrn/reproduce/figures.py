@@ -31,7 +31,7 @@ def series(runs: list[RunInfo], key: str) -> tuple[list[int], list[float], list[
     )
 
 
-def title_of(main: str, scaled: Scaled | None, width: int = 80) -> str:
+def title_of(main: str, scaled: Scaled | None, width: int = 70) -> str:
     """A figure title; a scaled-down grid's says so, with what was changed, wrapped to fit the figure."""
     if scaled is None:
         return main
@@ -125,5 +125,5 @@ def table_figure(exp: Experiment, results: list[RowResult], scaled: Scaled | Non
         Line2D([], [], marker="D", color=COLOURS[0], linewidth=2.2, label="ours: median, min–max"),
     ]  # fmt: skip
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=9, frameon=False)
-    ax.set_title(title_of(f"{exp.title}: ours vs the paper", scaled), fontsize=11 if scaled is None else 10)
+    ax.set_title(title_of(f"{exp.title}: ours vs the paper", scaled, width=62), fontsize=11 if scaled is None else 9)
     return save_figure(fig, path)

@@ -302,7 +302,9 @@ def bench_section(path: Path | None, source: Path, out_dir: Path, stem: str) -> 
         section.intro.append(f"{path} is not a figure4.json of 'wrn bench figure4'.")
         return section
     section.intro += [figure4.ABOUT, f"Ours: {figure4.settings_text(doc)} (from {path})."]
-    section.warnings += figure4.unreliable(doc)
+    warning = " ".join(figure4.unreliable(doc))
+    if warning:
+        section.warnings.append(warning)
     section.tables += bench_tables(doc)
     section.figures.append(
         Figure("Figure 4: ours beside the paper", figure4.draw(doc, out_dir / f"{stem}.png"))
