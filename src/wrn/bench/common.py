@@ -204,6 +204,16 @@ def random_images(n: int, channels: int, size: int, num_classes: int, seed: int 
     return x, y
 
 
+def sample_count(num_samples: int | None, batch_size: int, image_size: int, channels: int = 3) -> int:
+    """``num_samples``, else :func:`default_num_samples`; at least one batch, or :class:`ConfigError`."""
+    n = num_samples if num_samples is not None else default_num_samples(batch_size, image_size, channels)
+    if n < batch_size:
+        raise ConfigError(
+            f"--num-samples {n} is fewer than one batch of {batch_size}; give at least {batch_size}"
+        )
+    return n
+
+
 def default_num_samples(batch_size: int, image_size: int, channels: int = 3) -> int:
     """CIFAR's 50,000 training images, fewer for large images (at most about 1 GiB of uint8), at least a batch."""
     cap = (1 << 30) // (channels * image_size * image_size)

@@ -79,20 +79,15 @@ def run(
     falls on every model alike. ``progress(name, entry)`` is called after each model's figures, if given, and
     ``step_progress(label, phase, i, n)`` after each step (see :class:`wrn.bench.common.Progress`).
     """
-    import torch
-
     from wrn.bench.common import (
         check_counts,
-        default_num_samples,
         machine_info,
         prepare_device,
         random_images,
         resolve_settings,
-        summarize,
+        sample_count,
     )
     from wrn.bench.train import maker, measure_sides, ours_runner
-    from wrn.models import create_model
-    from wrn.models.complexity import count_parameters
 
     names = parse_models(models) if not isinstance(models, list) else parse_models(",".join(models))
     check_counts(steps, warmup, batch_size, rounds)
@@ -106,49 +101,22 @@ def run(
         batch_size=batch_size,
     )
     prepare_device(settings.device)
-    n = num_samples if num_samples is not None else default_num_samples(batch_size, 32)
-    if n < batch_size:
-        raise ConfigError(
-            f"--num-samples {n} is fewer than one batch of {batch_size}; give at least {batch_size}"
-        )
+    n = sample_count(num_samples, batch_size, 32)
     x, y = random_images(n, 3, 32, 10, seed)
     device = settings.device
     makers = [
-        maker(
-            ours_runner,
-            device,
-            name,
-            settings,
-            x,
-            y,
-            batch_size,
-            10,
-            seed,
-            label=f"{name} ({i} of {len(names)})",
-        )
+        maker(ours_runner, device, name, settings, x, y, batch_size, 10, seed, label=f"{name} ({i} of {len(names)})")
         for i, name in enumerate(names, 1)
-    ]
+    ]  # fmt: skip
     if rounds > 1:
         sides = measure_sides(makers, warmup, steps, rounds, step_progress)
     else:  # one at a time, so that progress shows as each model finishes
         sides = (measure_sides([make], warmup, steps, 1, step_progress)[0] for make in makers)
     entries = []
     for name, measured in zip(names, sides, strict=True):
-        with torch.device("meta"):
-            params = count_parameters(create_model(name))
-        s = summarize(measured["step_ms"], batch_size, None)
-        entry = {
-            "name": name,
-            "paper_ms": PAPER_MS[name],
-            "ms": s["ms"],
-            "ms_min": s["ms_min"],
-            "ms_max": s["ms_max"],
-            "params": params,
-            "images_per_s": s["images_per_s"],
-        }
-        entries.append(entry)
+        entries.append(_entry(name, measured["step_ms"], batch_size))
         if progress is not None:
-            progress(name, entry)
+            progress(name, entries[-1])
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -165,6 +133,22 @@ def run(
         "models": entries,
         "ratios": ratios(entries),
     }
+
+
+def _entry(name: str, step_ms: list[float], batch_size: int) -> dict[str, Any]:
+    """One model's line of figure4.json: the paper's ms, ours (median, min, max), parameters, images/s."""
+    import torch
+
+    from wrn.bench.common import summarize
+    from wrn.models import create_model
+    from wrn.models.complexity import count_parameters
+
+    with torch.device("meta"):
+        params = count_parameters(create_model(name))
+    s = summarize(step_ms, batch_size, None)
+    keys = ("ms", "ms_min", "ms_max")
+    return {"name": name, "paper_ms": PAPER_MS[name], **{k: s[k] for k in keys}, "params": params,
+            "images_per_s": s["images_per_s"]}  # fmt: skip
 
 
 def ratios(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -30,13 +30,13 @@ from wrn.bench.common import (
     TRAIN_FLOPS_PER_MAC,
     StepTimer,
     check_counts,
-    default_num_samples,
     machine_info,
     peak_memory,
     prepare_device,
     random_images,
     reset_peak_memory,
     resolve_settings,
+    sample_count,
     summarize,
     unreliable,
 )
@@ -383,6 +383,18 @@ def model_flops(name: str, image_size: int) -> dict[str, Any]:
     }
 
 
+def _image_size(model: str, image_size: int | None) -> int:
+    """The side to time: the given one, else the model's own; large enough for a crop with 4-pixel padding."""
+    from wrn.models import model_info
+
+    image_size = image_size or int(model_info(model)["input_size"])
+    if image_size <= 4:
+        raise ConfigError(
+            f"--image-size {image_size} is too small for a crop with 4-pixel padding; use 5 or more"
+        )
+    return image_size
+
+
 def run(
     model: str = "wrn-28-10",
     *,
@@ -405,7 +417,7 @@ def run(
     """Time ``steps`` training steps of ``model`` after ``warmup`` (and the baseline's, if asked); every figure.
 
     ``amp`` (None: as ``wrn train`` resolves it, bf16 on CUDA and fp32 on the CPU), ``channels_last``
-    (None: on CUDA) and ``compile`` are those of ``wrn train``; ``compile_mode`` is torch.compile's mode.
+    (None: as ``wrn train``, on for CUDA and the CPU) and ``compile`` are those of ``wrn train``; ``compile_mode`` is torch.compile's mode.
     ``rounds > 1`` alternates ours and the baseline in that many chunks of steps (see :func:`measure_sides`).
     ``progress(label, phase, i, n)`` is told of every step (``wrn bench train`` shows :class:`Progress`).
     """
@@ -419,28 +431,14 @@ def run(
         compile_mode=compile_mode,
         batch_size=batch_size,
     )
-    from wrn.models import model_info
-
-    image_size = image_size or int(model_info(model)["input_size"])
-    if image_size <= 4:
-        raise ConfigError(
-            f"--image-size {image_size} is too small for a crop with 4-pixel padding; use 5 or more"
-        )
+    image_size = _image_size(model, image_size)
     info = model_flops(model, image_size)
     workers = default_workers() if baseline_workers is None else int(baseline_workers)
     if workers < 0:
         raise ConfigError(
             f"--baseline-workers {workers} is negative; give 0 (load in the main process) or more"
         )
-    n = (
-        num_samples
-        if num_samples is not None
-        else default_num_samples(batch_size, image_size, info["in_channels"])
-    )
-    if n < batch_size:
-        raise ConfigError(
-            f"--num-samples {n} is fewer than one batch of {batch_size}; give at least {batch_size}"
-        )
+    n = sample_count(num_samples, batch_size, image_size, info["in_channels"])
     prepare_device(settings.device)
     x, y = random_images(n, info["in_channels"], image_size, info["num_classes"], seed)
 
