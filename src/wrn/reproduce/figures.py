@@ -125,5 +125,7 @@ def table_figure(exp: Experiment, results: list[RowResult], scaled: Scaled | Non
         Line2D([], [], marker="D", color=COLOURS[0], linewidth=2.2, label="ours: median, min–max"),
     ]  # fmt: skip
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=9, frameon=False)
-    ax.set_title(title_of(f"{exp.title}: ours vs the paper", scaled, width=62), fontsize=11 if scaled is None else 9)
+    ax.set_title(
+        title_of(f"{exp.title}: ours vs the paper", scaled, width=62), fontsize=11 if scaled is None else 9
+    )
     return save_figure(fig, path)
