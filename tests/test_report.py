@@ -214,6 +214,31 @@ def test_on_a_phone_every_cell_carries_its_column_name_and_names_do_not_break(tm
     assert "<script" not in page and "http://" not in page and "https://" not in page
 
 
+def test_before_any_run_has_started_the_differences_come_from_the_grids_overrides(tmp_path, capsys):
+    from wrn.reproduce import grid as G
+
+    out = tmp_path / "t3"
+    over = G.Overrides(("--dataset", "digits", "--epochs", "2"), {"dataset.name": "digits", "schedule.epochs": 2},
+                       {"dataset": "digits", "data_dir": None, "epochs": 2, "image_size": None, "set": []})  # fmt: skip
+    plan = G.make_plan("table3", out, 1, over)
+    G.write_experiment(plan, None)
+    assert wrn_main(["report", str(out), "--out", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    text = (tmp_path / "r" / "report.md").read_text()
+    asked = ", ".join(
+        plan.scaled
+    )  # what make_plan recorded, e.g. "dataset.name=digits, schedule.epochs=2, ..."
+    assert asked.startswith("dataset.name=digits, schedule.epochs=2")
+    expected = asked.replace("dataset.name=", "data set ").replace("schedule.epochs=", "epochs ")
+    expected = expected.replace("schedule.milestones=", "lr drops at epochs ")
+    assert (
+        f"differ from the paper's setting in: {expected} (from the grid's overrides: no run has written"
+        in text
+    )
+    _, rows = md_table(text, "Table 3")
+    assert [r[-1] for r in rows] == ["0 of 1 done, 1 missing"] * 4
+
+
 def figure4_doc(steps: int, spread: float) -> dict:
     models = [
         ("preact-resnet-164", 85.0, 700.0),

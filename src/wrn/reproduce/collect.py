@@ -120,11 +120,11 @@ class Difference:
     """One setting the runs changed from the paper's: its name and each (paper, ours) pair of values."""
 
     name: str
-    changes: tuple[tuple[str, str], ...]
+    changes: tuple[tuple[str | None, str], ...]  # (None, value): the paper's value is not known here
 
     @property
     def text(self) -> str:
-        return f"{self.name} " + ", ".join(f"{a} → {b}" for a, b in self.changes)
+        return f"{self.name} " + ", ".join(b if a is None else f"{a} → {b}" for a, b in self.changes)
 
 
 @dataclass
@@ -469,5 +469,5 @@ def scaled_of(data: dict, results: list[RowResult]) -> Scaled | None:
     asked = []
     for item in data.get("scaled_by") or []:
         key, _, value = str(item).partition("=")
-        asked.append(Difference(SETTING_NAMES.get(key, key), ((NONE, value),)))
+        asked.append(Difference(SETTING_NAMES.get(key.strip(), key.strip()), ((None, value.strip()),)))
     return Scaled(asked, "the grid's overrides: no run has written its config.yaml yet")
