@@ -229,8 +229,10 @@ def test_before_any_run_has_started_the_differences_come_from_the_grids_override
         plan.scaled
     )  # what make_plan recorded, e.g. "dataset.name=digits, schedule.epochs=2, ..."
     assert asked.startswith("dataset.name=digits, schedule.epochs=2")
-    expected = asked.replace("dataset.name=", "data set ").replace("schedule.epochs=", "epochs ")
-    expected = expected.replace("schedule.milestones=", "lr drops at epochs ")
+    drops = next(
+        yaml.safe_load(x.split("=", 1)[1]) for x in plan.scaled if x.startswith("schedule.milestones=")
+    )
+    expected = f"data set digits, epochs 2, lr drops at epochs {', '.join(map(str, drops)) or 'none'}"
     assert (
         f"differ from the paper's setting in: {expected} (from the grid's overrides: no run has written"
         in text

@@ -469,5 +469,9 @@ def scaled_of(data: dict, results: list[RowResult]) -> Scaled | None:
     asked = []
     for item in data.get("scaled_by") or []:
         key, _, value = str(item).partition("=")
-        asked.append(Difference(SETTING_NAMES.get(key.strip(), key.strip()), ((None, value.strip()),)))
+        try:
+            shown = setting_text(yaml.safe_load(value))
+        except yaml.YAMLError:
+            shown = value.strip()
+        asked.append(Difference(SETTING_NAMES.get(key.strip(), key.strip()), ((None, shown),)))
     return Scaled(asked, "the grid's overrides: no run has written its config.yaml yet")
