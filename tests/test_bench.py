@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections import Counter
 
 import pytest
@@ -40,72 +41,115 @@ def independent_train_flops(name: str, size: int = 32) -> int:
     return 3 * counter.get_total_flops()
 
 
-def check_side(side: dict, batch: int, steps: int, flops_per_image: int) -> None:
-    for key in ("ms", "ms_min", "ms_max", "ms_mean", "images_per_s", "tflops", "loss"):
-        assert isinstance(side[key], float) and math.isfinite(side[key]), (key, side[key])
-    for key in ("ms", "ms_min", "ms_max", "ms_mean", "images_per_s", "tflops"):
-        assert side[key] > 0, key
-    assert side["steps"] == steps and len(side["step_ms"]) == steps
-    assert all(math.isfinite(t) and t > 0 for t in side["step_ms"])
-    ordered = sorted(side["step_ms"])
-    median = (ordered[(steps - 1) // 2] + ordered[steps // 2]) / 2
-    assert side["ms"] == pytest.approx(median, rel=1e-12)
-    assert side["ms_min"] == min(side["step_ms"]) and side["ms_max"] == max(side["step_ms"])
-    assert side["ms_min"] <= side["ms"] <= side["ms_max"]
-    assert side["ms_mean"] == pytest.approx(sum(side["step_ms"]) / steps, rel=1e-12)
-    assert side["images_per_s"] == pytest.approx(batch / (side["ms"] / 1000), rel=1e-12)
-    assert side["tflops"] == pytest.approx(batch * flops_per_image / (side["ms"] / 1000) / 1e12, rel=1e-12)
+class ScriptedClock:
+    """Stands in for the bench's clock: time moves only when a network runs forward, by the scripted seconds.
+
+    The step times the bench must report are then known before it runs, independently of its code.
+    """
+
+    def __init__(self, seconds: list[float]):
+        self.now = 0.0
+        self.script = list(seconds)
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    process_time = staticmethod(time.process_time)
+    monotonic = staticmethod(time.monotonic)
+
+    def advance(self, *_) -> None:
+        self.now += self.script.pop(0)
+
+
+def check_side(side: dict, steps: list[float], expected: dict, flops: float) -> None:
+    """``side`` against figures worked out by hand from the scripted step times ``steps`` (ms)."""
+    assert side["step_ms"] == pytest.approx(steps, rel=1e-9)
+    for key, value in expected.items():
+        assert side[key] == pytest.approx(value, rel=1e-9), key
+    assert side["steps"] == len(steps)
+    assert side["tflops"] == pytest.approx(expected["images_per_s"] * flops / 1e12, rel=1e-9)
     assert isinstance(side["peak_memory_bytes"], int) and side["peak_memory_bytes"] > 0
     assert 0 < side["loss"] < 20  # a cross-entropy over 10 classes of a freshly initialised network
 
 
-def test_bench_train_cli_prints_and_writes_well_formed_figures(tmp_path):
+def test_bench_train_cli_prints_and_writes_the_figures_of_the_steps_it_timed(tmp_path, monkeypatch, capsys):
+    import wrn.bench.common as common
+
+    # Forward passes, in order: ours 1 warm-up + 3 timed, then the baseline's 1 + 3 (seconds each).
+    clock = ScriptedClock([0.5, 0.030, 0.010, 0.020, 0.7, 0.040, 0.080, 0.050])
+    monkeypatch.setattr(common, "time", clock)
+    real_build = bench_train.build_model
+
+    def build_model(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        model.register_forward_pre_hook(clock.advance)
+        return model
+
+    monkeypatch.setattr(bench_train, "build_model", build_model)
     out = tmp_path / "bench.json"
-    r = wrn_cli(
-        "bench", "train", "--model", TINY, "--batch-size", "8", "--steps", "2", "--warmup", "1",
+    rc = wrn_main([
+        "bench", "train", "--model", TINY, "--batch-size", "8", "--steps", "3", "--warmup", "1",
         "--device", "cpu", "--num-samples", "64", "--baseline", "--baseline-workers", "1", "--json", str(out),
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
+    ])  # fmt: skip
+    stdout, stderr = capsys.readouterr()
+    assert rc == 0, stderr
+    assert clock.script == []  # every scripted forward pass happened, and no other
     result = json.loads(out.read_text())
     assert result["format"] == "wrn-bench-train" and result["version"] == 1
     m = result["machine"]
     assert m["device"] == "cpu" and m["cuda"] is None and m["torch"] == torch.__version__
-    assert m["threads"] == 1 and m["device_name"]
+    assert m["threads"] == torch.get_num_threads() and m["device_name"]
     s = result["settings"]
     # The defaults `wrn train` resolves on a CPU: fp32, channels_last, eager.
     assert (s["amp"], s["channels_last"], s["compile"]) == ("off", True, False)
-    assert (s["batch_size"], s["steps"], s["warmup"], s["image_size"]) == (8, 2, 1, 32)
+    assert (s["batch_size"], s["steps"], s["warmup"], s["image_size"]) == (8, 3, 1, 32)
     flops = independent_train_flops(TINY)
     assert result["model"]["train_flops_per_image"] == flops
     assert result["model"]["params"] == sum(
         p.numel() for p in __import__("wrn").create_model(TINY).parameters()
     )
-    check_side(result["ours"], 8, 2, flops)
-    check_side(result["baseline"], 8, 2, flops)
-    assert result["speedup"] == pytest.approx(
-        result["ours"]["images_per_s"] / result["baseline"]["images_per_s"], rel=1e-12
-    )
+    # By hand: ours 30, 10, 20 ms -> median 20, 8 images / 0.020 s = 400/s; the baseline's median 50 -> 160/s.
+    ours = {"ms": 20.0, "ms_min": 10.0, "ms_max": 30.0, "ms_mean": 20.0, "images_per_s": 400.0}
+    base = {"ms": 50.0, "ms_min": 40.0, "ms_max": 80.0, "ms_mean": 170 / 3, "images_per_s": 160.0}
+    check_side(result["ours"], [30.0, 10.0, 20.0], ours, flops)
+    check_side(result["baseline"], [40.0, 80.0, 50.0], base, flops)
+    assert result["speedup"] == pytest.approx(2.5, rel=1e-9)
     loader = result["baseline"]["loader"]
     assert loader["transforms"] == ["RandomCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"]
-    assert loader["batches"] == 3 and loader["images"] == 24  # warm-up + timed steps, all from the DataLoader
+    assert loader["batches"] == 4 and loader["images"] == 32  # warm-up + timed steps, all from the DataLoader
 
-    # The printed table says what the JSON says.
+    # The printed table says the same figures.
     rows = {
-        m.group(1): [float(v.replace(",", "")) for v in m.groups()[1:]]
+        m.group(1): m.groups()[1:]
         for m in re.finditer(
-            r"^(ours|baseline)\s+([\d.]+)\s+([\d.]+) - ([\d.]+)\s+([\d,.]+)\s+([\d.]+)", r.stdout, re.M
+            r"^(ours|baseline)\s+([\d.]+)\s+([\d.]+) - ([\d.]+)\s+([\d,.]+)\s+([\d.]+)", stdout, re.M
         )
     }
-    assert set(rows) == {"ours", "baseline"}
-    for side, (ms, lo, hi, ips, tflops) in rows.items():
-        j = result[side]
-        assert ms == pytest.approx(j["ms"], abs=0.051) and lo == pytest.approx(j["ms_min"], abs=0.051)
-        assert hi == pytest.approx(j["ms_max"], abs=0.051)
-        assert ips == pytest.approx(j["images_per_s"], abs=0.051)
-        assert tflops == pytest.approx(j["tflops"], abs=0.0006)
-    ratio = re.search(r"ours / baseline: ([\d.]+)x", r.stdout)
-    assert ratio and float(ratio.group(1)) == pytest.approx(result["speedup"], abs=0.006)
-    assert "torch " + torch.__version__ in r.stdout and "peak memory" in r.stdout
+    assert rows["ours"][:4] == ("20.0", "10.0", "30.0", "400.0")
+    assert rows["baseline"][:4] == ("50.0", "40.0", "80.0", "160.0")
+    assert "ours / baseline: 2.50x the images/s" in stdout
+    assert "torch " + torch.__version__ in stdout and "peak memory" in stdout
+    # 3 timed steps, and spreads of 3x and 2x: both sides are called unreliable, with the reasons.
+    assert stdout.count("UNRELIABLE (") == 2
+    assert "UNRELIABLE (ours): only 3 timed steps (give --steps 5 or more)" in stdout
+    assert "its steps took 10.0 to 30.0 ms, 3.0x apart (more than 1.5x" in stdout
+    assert "its steps took 40.0 to 80.0 ms, 2.0x apart" in stdout
+    # Progress on stderr: which side, which phase, which step.
+    for line in ("ours wrn-16-1: warm-up step 1/1", "ours wrn-16-1: timed step 1/3", "ours wrn-16-1: timed step 3/3",
+                 "baseline wrn-16-1: timed step 3/3"):  # fmt: skip
+        assert f"  {line}\n" in stderr, stderr
+
+
+def test_steady_timings_are_not_called_unreliable():
+    from wrn.bench.common import readable, unreliable
+
+    assert unreliable(10.0, 15.0, 5) is None  # 1.5x is the limit, 5 steps the least
+    assert "1.6x apart" in unreliable(10.0, 16.0, 20)
+    assert unreliable(10.0, 11.0, 4) == "only 4 timed steps (give --steps 5 or more)"
+    # Small figures keep their digits; large ones lose the decimals they do not need.
+    assert [readable(v) for v in (0.04567, 0.3, 4.567, 45.67, 456.7, 45678.9)] == [
+        "0.0457", "0.3", "4.57", "45.7", "457", "45,679",
+    ]  # fmt: skip
 
 
 def test_baseline_runs_the_plain_path_and_ours_the_loops(monkeypatch):
@@ -188,7 +232,7 @@ def test_rounds_alternate_the_sides():
         def warm(self, k):
             order.append((self.name, "warm", k))
 
-        def timed(self, k):
+        def timed(self, k, total=None):
             order.append((self.name, "timed", k))
             self.step_ms += [1.0] * k
 
@@ -236,9 +280,55 @@ def test_figure4_cli_writes_json_and_png_in_the_agreed_format(tmp_path):
     png = (tmp_path / "figure4.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert "preact-resnet-164 / wrn-40-4" in r.stdout and "7.53      -" in r.stdout
+    # One timed step is no measurement: the figures say so, and the ratios made with them.
+    assert r.stdout.count("UNRELIABLE: ") == 2
+    assert (
+        "UNRELIABLE: Every time is unreliable: too few timed steps per network (1; give --steps 5 or more)."
+        in r.stdout
+    )
+    assert "UNRELIABLE: The ratios preact-resnet-164 / wrn-40-4 are unreliable with them." in r.stdout
+    # Progress on stderr: which network (of how many), which step.
+    assert "  preact-resnet-164 (1 of 2): timed step 1/1\n" in r.stderr
+    assert "  wrn-40-4 (2 of 2): timed step 1/1\n" in r.stderr
     # The report can redraw the figure from the JSON alone.
     again = figure4.draw(result, tmp_path / "again.png")
     assert again.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_reproduce_figure4_shows_the_benchmark_as_it_goes_and_says_when_it_is_unreliable(tmp_path):
+    from wrn.reproduce.runner import run_bench
+
+    said: list[str] = []
+    options = ["--models", "wrn-40-4", "--batch-size", "2", "--steps", "2", "--warmup", "1", "--device", "cpu",
+               "--num-samples", "2"]  # fmt: skip
+    summary = run_bench(tmp_path, options, say=said.append)
+    assert [o.status for o in summary.outcomes] == ["done"]
+    assert said[0].startswith("figure4: wrn bench figure4 --out ")
+    # The benchmark's own lines, as they came: its progress, then its table.
+    for line in ("wrn-40-4 (1 of 1): warm-up step 1/1", "wrn-40-4 (1 of 1): timed step 1/2",
+                 "wrn-40-4 (1 of 1): timed step 2/2"):  # fmt: skip
+        assert f"figure4: {line}" in said, said
+    assert any(line.startswith("figure4: Figure 4: forward + backward + update") for line in said)
+    assert said[-1] == (
+        "figure4: UNRELIABLE: Every time is unreliable: too few timed steps per network (2; give --steps 5 or more)."
+    )  # no ratio was measured: only one network ran
+    log = (tmp_path / "logs" / "figure4.log").read_text()
+    assert "wrn-40-4 (1 of 1): timed step 2/2" in log  # the log keeps everything too
+
+
+def test_reproduce_figure4_passes_warmup_to_the_benchmark(tmp_path, capsys):
+    out = tmp_path / "f4"
+    assert (
+        wrn_main(["reproduce", "figure4", "--steps", "3", "--warmup", "7", "--dry-run", "--out", str(out)])
+        == 0
+    )
+    assert (
+        capsys.readouterr().out
+        == f"# figure4: would run: wrn bench figure4 --out {out / 'bench'} --steps 3 --warmup 7\n"
+    )
+    assert wrn_main(["reproduce", "figure4", "--warmup", "-1", "--out", str(out)]) == 2
+    assert "--warmup -1 is negative" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_figure4_ratios_with_every_model_and_bad_names():

@@ -11,6 +11,7 @@ import math
 import os
 import resource
 import statistics
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from wrn.train.config import COMPILE_MODES  # the same choices as `wrn train --c
 from wrn.train.precision import amp_warning
 
 # Training FLOPs per image = TRAIN_FLOPS_PER_MAC * forward multiply-adds: a multiply-add is 2 FLOPs and a
-# training step (forward, backward for inputs, backward for weights) costs about 3x the forward (spec section 7).
+# training step (forward, backward for inputs, backward for weights) costs about 3x the forward (docs/benchmarks.md).
 TRAIN_FLOPS_PER_MAC = 6
 
 
@@ -205,7 +206,87 @@ def random_images(n: int, channels: int, size: int, num_classes: int, seed: int 
     return x, y
 
 
+def sample_count(num_samples: int | None, batch_size: int, image_size: int, channels: int = 3) -> int:
+    """``num_samples``, else :func:`default_num_samples`; at least one batch, or :class:`ConfigError`."""
+    n = num_samples if num_samples is not None else default_num_samples(batch_size, image_size, channels)
+    if n < batch_size:
+        raise ConfigError(
+            f"--num-samples {n} is fewer than one batch of {batch_size}; give at least {batch_size}"
+        )
+    return n
+
+
 def default_num_samples(batch_size: int, image_size: int, channels: int = 3) -> int:
     """CIFAR's 50,000 training images, fewer for large images (at most about 1 GiB of uint8), at least a batch."""
     cap = (1 << 30) // (channels * image_size * image_size)
     return max(batch_size, min(50_000, cap))
+
+
+# ---------------------------------------------------------------------------------------------- reading figures
+
+# A figure from fewer timed steps, or from steps whose slowest took more than MAX_SPREAD x the fastest, is not
+# a measurement of the step: the machine was busy, or the warm-up too short (allocator, cuDNN autotuning).
+MIN_STEPS = 5
+MAX_SPREAD = 1.5
+
+
+def too_few(steps: int | None) -> str | None:
+    """Why ``steps`` timed steps are too few to measure a step; None when they are enough."""
+    if isinstance(steps, int) and steps < MIN_STEPS:
+        return f"only {steps} timed step{'s' if steps != 1 else ''} (give --steps {MIN_STEPS} or more)"
+    return None
+
+
+def spread(ms_min: float | None, ms_max: float | None) -> float | None:
+    """The slowest timed step over the fastest, when that is more than MAX_SPREAD; else None."""
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (ms_min, ms_max)) or ms_min <= 0:
+        return None
+    return ms_max / ms_min if ms_max / ms_min > MAX_SPREAD else None
+
+
+SPREAD_WHY = f"more than {MAX_SPREAD}x apart: a busy machine or too short a warm-up; time it on an idle machine, with more --warmup"
+
+
+def unreliable(ms_min: float | None, ms_max: float | None, steps: int | None) -> str | None:
+    """Why timings with this min, max and number of steps cannot be trusted; None when they can."""
+    reasons = [too_few(steps)]
+    apart = spread(ms_min, ms_max)
+    if apart is not None:
+        reasons.append(
+            f"its steps took {readable(ms_min)} to {readable(ms_max)} ms, {apart:.1f}x apart ({SPREAD_WHY})"
+        )
+    return "; ".join(r for r in reasons if r) or None
+
+
+def readable(value: float) -> str:
+    """A figure rounded so that it stays readable: whole numbers from 100, 3 significant digits below."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return str(value)
+    size = abs(value)
+    if size >= 100:
+        return f"{value:,.0f}"
+    if size >= 10:
+        return f"{value:.1f}"
+    if size >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+class Progress:
+    """Progress of a long benchmark on stderr: which network, which step, at most one line every ``every`` s.
+
+    Called as ``progress(label, phase, i, n)`` after step ``i`` of ``n`` of a phase ("warm-up" or "timed");
+    the first and the last step of each phase always show. The check costs one clock read per step.
+    """
+
+    def __init__(self, every: float = 2.0, stream=None):
+        self.every = every
+        self.stream = stream if stream is not None else sys.stderr
+        self._last = -math.inf
+
+    def __call__(self, label: str, phase: str, i: int, n: int) -> None:
+        now = time.monotonic()
+        if i not in (1, n) and now - self._last < self.every:
+            return
+        self._last = now
+        print(f"  {label}: {phase} step {i}/{n}", file=self.stream, flush=True)

@@ -1,6 +1,6 @@
 """``wrn bench figure4``: the paper's Figure 4, training time of one minibatch for thin and wide networks.
 
-The paper timed forward + backward + update of one minibatch of 32 on a Titan X (spec section 7):
+The paper timed forward + backward + update of one minibatch of 32 on a Titan X (its Figure 4):
 pre-act ResNet-164 85 ms, ResNet-1001 512 ms, WRN-40-4 68 ms, WRN-16-10 164 ms, WRN-28-10 312 ms.
 Milliseconds do not carry over to other hardware; the ratios do: WRN-40-4 trains 512/68 = 7.5x faster than
 ResNet-1001 at similar accuracy, WRN-28-10 512/312 = 1.64x faster and more accurate, and WRN-40-4 85/68 =
@@ -70,27 +70,24 @@ def run(
     rounds: int = 1,
     seed: int = 0,
     progress=None,
+    step_progress=None,
 ) -> dict[str, Any]:
     """Time each model's training step; the ``figure4.json`` dict (see docs/benchmarks.md).
 
     With ``rounds == 1`` the models run one after the other; with ``rounds > 1`` all are built and warmed up
     first and their timed steps alternate in that many chunks, so that a passing load on a shared machine
-    falls on every model alike. ``progress(name, entry)`` is called after each model's figures, if given.
+    falls on every model alike. ``progress(name, entry)`` is called after each model's figures, if given, and
+    ``step_progress(label, phase, i, n)`` after each step (see :class:`wrn.bench.common.Progress`).
     """
-    import torch
-
     from wrn.bench.common import (
         check_counts,
-        default_num_samples,
         machine_info,
         prepare_device,
         random_images,
         resolve_settings,
-        summarize,
+        sample_count,
     )
     from wrn.bench.train import maker, measure_sides, ours_runner
-    from wrn.models import create_model
-    from wrn.models.complexity import count_parameters
 
     names = parse_models(models) if not isinstance(models, list) else parse_models(",".join(models))
     check_counts(steps, warmup, batch_size, rounds)
@@ -104,35 +101,22 @@ def run(
         batch_size=batch_size,
     )
     prepare_device(settings.device)
-    n = num_samples if num_samples is not None else default_num_samples(batch_size, 32)
-    if n < batch_size:
-        raise ConfigError(
-            f"--num-samples {n} is fewer than one batch of {batch_size}; give at least {batch_size}"
-        )
+    n = sample_count(num_samples, batch_size, 32)
     x, y = random_images(n, 3, 32, 10, seed)
     device = settings.device
-    makers = [maker(ours_runner, device, name, settings, x, y, batch_size, 10, seed) for name in names]
+    makers = [
+        maker(ours_runner, device, name, settings, x, y, batch_size, 10, seed, label=f"{name} ({i} of {len(names)})")
+        for i, name in enumerate(names, 1)
+    ]  # fmt: skip
     if rounds > 1:
-        sides = measure_sides(makers, warmup, steps, rounds)
+        sides = measure_sides(makers, warmup, steps, rounds, step_progress)
     else:  # one at a time, so that progress shows as each model finishes
-        sides = (measure_sides([make], warmup, steps)[0] for make in makers)
+        sides = (measure_sides([make], warmup, steps, 1, step_progress)[0] for make in makers)
     entries = []
     for name, measured in zip(names, sides, strict=True):
-        with torch.device("meta"):
-            params = count_parameters(create_model(name))
-        s = summarize(measured["step_ms"], batch_size, None)
-        entry = {
-            "name": name,
-            "paper_ms": PAPER_MS[name],
-            "ms": s["ms"],
-            "ms_min": s["ms_min"],
-            "ms_max": s["ms_max"],
-            "params": params,
-            "images_per_s": s["images_per_s"],
-        }
-        entries.append(entry)
+        entries.append(_entry(name, measured["step_ms"], batch_size))
         if progress is not None:
-            progress(name, entry)
+            progress(name, entries[-1])
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -151,6 +135,22 @@ def run(
     }
 
 
+def _entry(name: str, step_ms: list[float], batch_size: int) -> dict[str, Any]:
+    """One model's line of figure4.json: the paper's ms, ours (median, min, max), parameters, images/s."""
+    import torch
+
+    from wrn.bench.common import summarize
+    from wrn.models import create_model
+    from wrn.models.complexity import count_parameters
+
+    with torch.device("meta"):
+        params = count_parameters(create_model(name))
+    s = summarize(step_ms, batch_size, None)
+    keys = ("ms", "ms_min", "ms_max")
+    return {"name": name, "paper_ms": PAPER_MS[name], **{k: s[k] for k in keys}, "params": params,
+            "images_per_s": s["images_per_s"]}  # fmt: skip
+
+
 def ratios(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The paper's three speed ratios (slow model's ms / fast model's ms), ours None where a model was not run."""
     ms = {e["name"]: e["ms"] for e in entries}
@@ -161,7 +161,63 @@ def ratios(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+ABOUT = (
+    "Time of forward + backward + update of one minibatch, as in the paper's Figure 4 (a Titan X). What carries "
+    "over to other hardware is the ratios, not the milliseconds."
+)
+
+
+def settings_text(result: dict[str, Any]) -> str:
+    """The machine and the settings of a figure4.json, in words."""
+    m, s = result.get("machine") or {}, result.get("settings") or {}
+    parts = [str(m.get("device_name") or m.get("device") or "unknown device")]
+    parts += [f"{k} {m[v]}" for k, v in (("torch", "torch"), ("CUDA", "cuda")) if m.get(v)]
+    if m.get("threads"):
+        parts.append(f"{m['threads']} threads")
+    if s.get("batch_size"):
+        parts.append(f"minibatch of {s['batch_size']}")
+    if s.get("steps"):
+        parts.append(f"median of {s['steps']} timed steps after {s.get('warmup', '?')} warm-up")
+    amp = s.get("amp")
+    if amp:
+        parts.append("fp32" if amp == "off" else f"{amp} autocast")
+    if "channels_last" in s:
+        parts.append("channels_last memory format" if s["channels_last"] else "NCHW memory format")
+    if "compile" in s:
+        parts.append("torch.compile" if s["compile"] else "eager")
+    return ", ".join(parts)
+
+
+def unreliable(result: dict[str, Any]) -> list[str]:
+    """Sentences that say which figures of a figure4.json cannot be trusted, and why; empty when all can."""
+    from wrn.bench.common import MIN_STEPS, SPREAD_WHY, readable, spread, too_few
+
+    steps = (result.get("settings") or {}).get("steps")
+    models = [e for e in result.get("models") or [] if isinstance(e.get("ms"), (int, float))]
+    out = []
+    few = too_few(steps)
+    if few and models:
+        out.append(
+            f"Every time is unreliable: too few timed steps per network ({steps}; give --steps {MIN_STEPS} or more)."
+        )
+    noisy = [(e, spread(e.get("ms_min"), e.get("ms_max"))) for e in models]
+    noisy = [(e, x) for e, x in noisy if x is not None]
+    if noisy:
+        shown = ", ".join(
+            f"{e['name']} {readable(e['ms_min'])}–{readable(e['ms_max'])} ms ({x:.1f}x)" for e, x in noisy
+        )
+        out.append(f"The timed steps of {shown} were {SPREAD_WHY}.")
+    bad = {e["name"] for e in models} if few else {e["name"] for e, _ in noisy}
+    used = [f"{r['slow']} / {r['fast']}" for r in result.get("ratios") or []
+            if r.get("ours") is not None and bad & {r["slow"], r["fast"]}]  # fmt: skip
+    if used:
+        out.append(f"The ratios {', '.join(used)} are unreliable with them.")
+    return out
+
+
 def format_table(result: dict[str, Any]) -> str:
+    from wrn.bench.common import readable
+
     m, s = result["machine"], result["settings"]
     cuda = f", CUDA {m['cuda']}" if m["cuda"] else ""
     lines = [
@@ -175,12 +231,15 @@ def format_table(result: dict[str, Any]) -> str:
     for e in result["models"]:
         lines.append(
             f"{e['name']:<20} {e['params']:>11,} {e['paper_ms']:>9.0f} {e['ms']:>10.1f} "
-            f"{e['ms_min']:>10.1f} - {e['ms_max']:<8.1f} {e['images_per_s']:>10,.1f}"
+            f"{e['ms_min']:>10.1f} - {e['ms_max']:<8.1f} {readable(e['images_per_s']):>10}"
         )
     lines += ["", f"{'speed ratio (ms / ms)':<42} {'paper':>6} {'ours':>6}"]
     for r in result["ratios"]:
         ours = "-" if r["ours"] is None else f"{r['ours']:.2f}"
         lines.append(f"{r['slow'] + ' / ' + r['fast']:<42} {r['paper']:>6.2f} {ours:>6}")
+    notes = unreliable(result)
+    if notes:
+        lines += ["", *(f"UNRELIABLE: {n}" for n in notes)]
     return "\n".join(lines)
 
 
@@ -241,7 +300,8 @@ def draw(result: dict[str, Any], path: str | Path) -> Path:
     ax2.set_title("time ratios", fontsize=10)
     ax2.legend(fontsize=8, loc="upper right", ncol=2)
     ax2.grid(True, axis="y", alpha=0.3)
-    precision = f"amp {s.get('amp', '?')}, {'channels_last' if s.get('channels_last') else 'NCHW'}"
+    amp = s.get("amp", "?")
+    precision = f"{'fp32' if amp == 'off' else amp}, {'channels_last' if s.get('channels_last') else 'NCHW'}"
     fig.suptitle(
         f"Figure 4: training time per minibatch, thin deep vs wide networks ({precision}, "
         f"torch {m.get('torch', '?')})",
@@ -252,6 +312,17 @@ def draw(result: dict[str, Any], path: str | Path) -> Path:
 
 def _ms_text(ms: float) -> str:
     return f"{ms:.0f}" if ms >= 10 or not math.isfinite(ms) else f"{ms:.1f}"
+
+
+def read(path: str | Path) -> dict[str, Any]:
+    """A figure4.json's content; an empty dict if it cannot be read or is not one."""
+    import json
+
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) and doc.get("format") == FORMAT else {}
 
 
 def write(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:

@@ -30,14 +30,15 @@ from wrn.bench.common import (
     TRAIN_FLOPS_PER_MAC,
     StepTimer,
     check_counts,
-    default_num_samples,
     machine_info,
     peak_memory,
     prepare_device,
     random_images,
     reset_peak_memory,
     resolve_settings,
+    sample_count,
     summarize,
+    unreliable,
 )
 from wrn.errors import ConfigError
 
@@ -103,19 +104,30 @@ class Runner:
         self.step_ms: list[float] = []
         self.cpu_s = 0.0  # CPU time of this process over the timed steps
         self._loss = None
+        self.label = ""
+        self.progress = None  # progress(label, phase, i, n) after each step, if set (see common.Progress)
+        self._timed = 0  # timed steps taken so far (over all chunks)
+
+    def _tell(self, phase: str, i: int, n: int) -> None:
+        if self.progress is not None:
+            self.progress(self.label, phase, i, n)
 
     def warm(self, n: int) -> None:
-        for _ in range(n):
+        for i in range(n):
             images, labels = next(self.batches)
             self._loss = self.step(images, labels)
+            self._tell("warm-up", i + 1, n)
 
-    def timed(self, n: int) -> None:
+    def timed(self, n: int, total: int | None = None) -> None:
+        """``n`` timed steps, of ``total`` in all (the progress shown; default ``n``)."""
         timer = StepTimer(self.device)
         timer.start()
         for _ in range(n):
             images, labels = next(self.batches)
             self._loss = self.step(images, labels)
             timer.lap()
+            self._timed += 1
+            self._tell("timed", self._timed, total or n)
         self.step_ms += timer.finish()
         self.cpu_s += timer.cpu_s
 
@@ -139,19 +151,22 @@ def chunks(steps: int, rounds: int) -> list[int]:
     return [steps // rounds + (1 if i < steps % rounds else 0) for i in range(rounds)]
 
 
-def measure_sides(make_runners: list, warmup: int, steps: int, rounds: int = 1) -> list[dict[str, Any]]:
+def measure_sides(
+    make_runners: list, warmup: int, steps: int, rounds: int = 1, progress=None
+) -> list[dict[str, Any]]:
     """Time each side (``make_runners``: functions that build a :class:`Runner`); one result dict per side.
 
     With ``rounds == 1`` the sides run one after the other, each alone in memory, and the peak memory is each
     side's own. With ``rounds > 1`` all sides are built and warmed up first, then their timed steps alternate
     in ``rounds`` chunks (A B A B ...), so that a load that comes and goes on a shared machine falls on every
-    side alike; the peak memory is then that of all sides together.
+    side alike; the peak memory is then that of all sides together. ``progress(label, phase, i, n)`` is told
+    of every step (each maker's ``label`` names its side).
     """
     out = []
     if rounds <= 1:
         for make in make_runners:
             reset_peak_memory(_device_of(make))
-            runner = make()
+            runner = _built(make, progress)
             device = runner.device
             runner.warm(warmup)
             runner.timed(steps)
@@ -163,12 +178,12 @@ def measure_sides(make_runners: list, warmup: int, steps: int, rounds: int = 1) 
     reset_peak_memory(_device_of(make_runners[0]))
     runners = []
     for make in make_runners:
-        runner = make()
+        runner = _built(make, progress)
         runner.warm(warmup)
         runners.append(runner)
     for n in chunks(steps, rounds):
         for runner in runners:
-            runner.timed(n)
+            runner.timed(n, steps)
     memory, kind = peak_memory(runners[0].device)
     kind += f" (all {len(runners)} models alive: --rounds {rounds})"
     out = [_side(r, memory, kind) for r in runners]
@@ -176,6 +191,12 @@ def measure_sides(make_runners: list, warmup: int, steps: int, rounds: int = 1) 
     del runners
     release(device)
     return out
+
+
+def _built(make, progress) -> Runner:
+    runner = make()
+    runner.label, runner.progress = getattr(make, "label", ""), progress
+    return runner
 
 
 def _device_of(make) -> torch.device:
@@ -204,13 +225,15 @@ def measure_ours(
     )[0]
 
 
-def maker(fn, device: torch.device, *args):
-    """A function that builds a runner, knowing its device before it is called (to reset the memory peak)."""
+def maker(fn, device: torch.device, *args, label: str = ""):
+    """A function that builds a runner, knowing its device before it is called (to reset the memory peak) and
+    the ``label`` its progress shows."""
 
     def make():
         return fn(*args)
 
     make.device = device
+    make.label = label
     return make
 
 
@@ -278,7 +301,7 @@ def baseline_runner(
     from wrn.train.config import OptimSection
 
     model = build_model(name, num_classes, device, seed)
-    paper = OptimSection()  # the paper's SGD hyper-parameters, as ours uses (spec section 4)
+    paper = OptimSection()  # the paper's SGD hyper-parameters, as ours uses (the paper, section 4)
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=paper.lr,
@@ -348,6 +371,18 @@ def model_flops(name: str, image_size: int) -> dict[str, Any]:
     }
 
 
+def _image_size(model: str, image_size: int | None) -> int:
+    """The side to time: the given one, else the model's own; large enough for a crop with 4-pixel padding."""
+    from wrn.models import model_info
+
+    image_size = image_size or int(model_info(model)["input_size"])
+    if image_size <= 4:
+        raise ConfigError(
+            f"--image-size {image_size} is too small for a crop with 4-pixel padding; use 5 or more"
+        )
+    return image_size
+
+
 def run(
     model: str = "wrn-28-10",
     *,
@@ -365,12 +400,14 @@ def run(
     num_samples: int | None = None,
     rounds: int = 1,
     seed: int = 0,
+    progress=None,
 ) -> dict[str, Any]:
     """Time ``steps`` training steps of ``model`` after ``warmup`` (and the baseline's, if asked); every figure.
 
     ``amp`` (None: as ``wrn train`` resolves it, bf16 on CUDA and fp32 on the CPU), ``channels_last``
-    (None: on CUDA) and ``compile`` are those of ``wrn train``; ``compile_mode`` is torch.compile's mode.
+    (None: as ``wrn train``, on for CUDA and the CPU) and ``compile`` are those of ``wrn train``; ``compile_mode`` is torch.compile's mode.
     ``rounds > 1`` alternates ours and the baseline in that many chunks of steps (see :func:`measure_sides`).
+    ``progress(label, phase, i, n)`` is told of every step (``wrn bench train`` shows :class:`Progress`).
     """
     check_counts(steps, warmup, batch_size, rounds)
     settings = resolve_settings(
@@ -382,36 +419,25 @@ def run(
         compile_mode=compile_mode,
         batch_size=batch_size,
     )
-    from wrn.models import model_info
-
-    image_size = image_size or int(model_info(model)["input_size"])
-    if image_size <= 4:
-        raise ConfigError(
-            f"--image-size {image_size} is too small for a crop with 4-pixel padding; use 5 or more"
-        )
+    image_size = _image_size(model, image_size)
     info = model_flops(model, image_size)
     workers = default_workers() if baseline_workers is None else int(baseline_workers)
     if workers < 0:
         raise ConfigError(
             f"--baseline-workers {workers} is negative; give 0 (load in the main process) or more"
         )
-    n = (
-        num_samples
-        if num_samples is not None
-        else default_num_samples(batch_size, image_size, info["in_channels"])
-    )
-    if n < batch_size:
-        raise ConfigError(
-            f"--num-samples {n} is fewer than one batch of {batch_size}; give at least {batch_size}"
-        )
+    n = sample_count(num_samples, batch_size, image_size, info["in_channels"])
     prepare_device(settings.device)
     x, y = random_images(n, info["in_channels"], image_size, info["num_classes"], seed)
 
     classes, device = info["num_classes"], settings.device
-    makers = [maker(ours_runner, device, model, settings, x, y, batch_size, classes, seed)]
+    makers = [
+        maker(ours_runner, device, model, settings, x, y, batch_size, classes, seed, label=f"ours {model}")
+    ]
     if baseline:
-        makers.append(maker(baseline_runner, device, model, device, x, y, batch_size, classes, workers, seed))
-    sides = measure_sides(makers, warmup, steps, rounds if baseline else 1)
+        makers.append(maker(baseline_runner, device, model, device, x, y, batch_size, classes, workers, seed,
+                            label=f"baseline {model}"))  # fmt: skip
+    sides = measure_sides(makers, warmup, steps, rounds if baseline else 1, progress)
     for side in sides:
         side.update(summarize(side["step_ms"], batch_size, info["train_flops_per_image"]))
     ours = sides[0]
@@ -476,6 +502,10 @@ def format_report(result: dict[str, Any]) -> str:
             f"{r['tflops']:>9.3f} {_bytes(r['peak_memory_bytes']):>12}"
         )
     lines.append(f"peak memory: {result['ours']['memory_kind']}")
+    for label, r in rows:
+        why = unreliable(r["ms_min"], r["ms_max"], r["steps"])
+        if why:
+            lines.append(f"UNRELIABLE ({label}): {why}")
     if result["baseline"]:
         b = result["baseline"]["loader"]
         lines.append(

@@ -31,7 +31,7 @@ def _run_options(p: argparse.ArgumentParser, *, batch_size: int, steps: int, war
         "--channels-last",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="channels_last memory format (default: as `wrn train`, on for CUDA)",
+        help="channels_last memory format (default: as `wrn train`, on for CUDA and the CPU)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the model, as `wrn train --compile`")
     p.add_argument(
@@ -158,6 +158,7 @@ def _amp(text: str) -> str | None:
 
 def run_train(args: argparse.Namespace) -> int:
     from wrn.bench import train
+    from wrn.bench.common import Progress
 
     result = train.run(
         args.model,
@@ -174,6 +175,7 @@ def run_train(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         num_samples=args.num_samples,
         rounds=args.rounds,
+        progress=Progress(),
     )
     print(train.format_report(result), flush=True)
     _write_json(args.json, result)
@@ -182,9 +184,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_figure4(args: argparse.Namespace) -> int:
     from wrn.bench import figure4
+    from wrn.bench.common import Progress, readable
 
     def progress(name: str, entry: dict) -> None:
-        print(f"  {name}: {entry['ms']:.1f} ms per minibatch", file=sys.stderr, flush=True)
+        print(f"  {name}: {readable(entry['ms'])} ms per minibatch", file=sys.stderr, flush=True)
 
     result = figure4.run(
         batch_size=args.batch_size,
@@ -199,6 +202,7 @@ def run_figure4(args: argparse.Namespace) -> int:
         num_samples=args.num_samples,
         rounds=args.rounds,
         progress=progress,
+        step_progress=Progress(),
     )
     print(figure4.format_table(result), flush=True)
     json_path, png_path = figure4.write(result, args.out)

@@ -81,6 +81,7 @@ def register(subparsers) -> None:
     f = p.add_argument_group("figure4 (the speed benchmark) and list")
     f.add_argument("--device", help="figure4: the device to time (default: the GPU if there is one)")
     f.add_argument("--steps", type=int, metavar="N", help="figure4: timed steps per network")
+    f.add_argument("--warmup", type=int, metavar="N", help="figure4: untimed steps per network first")
     f.add_argument(
         "--bench",
         metavar="FIGURE4.json",
@@ -137,9 +138,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else _default_out(exp.name)
     if exp.kind == "bench":
         return run_figure4(args, exp, out)
-    if args.device is not None or args.steps is not None:
+    if args.device is not None or args.steps is not None or args.warmup is not None:
         raise ConfigError(
-            "--device and --steps apply to figure4 only; for training runs use --set run.device=..."
+            "--device, --steps and --warmup apply to figure4 only; for training runs use --set run.device=..."
         )
     return run_grid(args, exp, out)
 
@@ -223,16 +224,21 @@ def run_figure4(args: argparse.Namespace, exp, out: Path) -> int:
         raise ConfigError(
             f"figure4 is a speed benchmark on synthetic data, so {', '.join(given)} "
             f"{'does' if len(given) == 1 else 'do'} not apply; "
-            "it takes --device and --steps"
+            "it takes --device, --steps and --warmup"
         )
     if args.steps is not None and args.steps < 1:
         raise ConfigError(f"--steps {args.steps} is not a positive number of steps")
+    if args.warmup is not None and args.warmup < 0:
+        raise ConfigError(f"--warmup {args.warmup} is negative; give 0 or more warm-up steps")
     options: list[str] = []
     if args.device:
         options += ["--device", args.device]
     if args.steps is not None:
         options += ["--steps", str(args.steps)]
     record = {"device": args.device, "steps": args.steps}
+    if args.warmup is not None:  # recorded only when given: grids written before --warmup existed still match
+        options += ["--warmup", str(args.warmup)]
+        record["warmup"] = args.warmup
     plan = G.make_plan(exp.name, out, 1, G.Overrides(tuple(options), {}, record))
     if args.dry_run:
         G.check_out(plan)

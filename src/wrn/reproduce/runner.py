@@ -466,7 +466,10 @@ def run_grid(
 def run_bench(
     out: Path, options: list[str], download: bool = False, say: Callable[[str], None] = print
 ) -> Summary:
-    """Figure 4: ``wrn bench figure4 --out OUT/bench`` once (retried once), unless its JSON is there."""
+    """Figure 4: ``wrn bench figure4 --out OUT/bench`` once (retried once), unless its JSON is there; its
+    output shows as it comes (which network, which step), and noisy timings are called unreliable."""
+    from wrn.bench import figure4
+
     bench_dir = out / G.BENCH_DIR
     key = "figure4"
     summary = Summary()
@@ -490,11 +493,23 @@ def run_bench(
             with open(log, "ab") as f:
                 f.write(f"=== wrn reproduce: attempt {attempt}: wrn {' '.join(args)}\n".encode())
                 f.flush()
-                rc = subprocess.run(
-                    cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=child_env({})
-                ).returncode
+                with subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    env=child_env({}),
+                ) as proc:
+                    for raw in proc.stdout:  # its progress (which network, which step) shows as it comes
+                        f.write(raw)
+                        f.flush()
+                        if raw.strip():
+                            say(f"figure4: {raw.decode(errors='replace').strip()}")
+                rc = proc.returncode
             if rc == 0 and (bench_dir / G.BENCH_FILE).is_file():
                 summary.outcomes.append(Outcome(key, "done", attempt, time.monotonic() - start, 0))
+                for sentence in figure4.unreliable(figure4.read(bench_dir / G.BENCH_FILE)):
+                    say(f"figure4: UNRELIABLE: {sentence}")
                 return summary
             if rc in (130, 143, -2, -15):
                 summary.interrupted = signal.SIGINT
