@@ -324,8 +324,11 @@ def test_kill_9_of_the_orchestrator_loses_nothing(killed_grid):
     assert config["run"]["seed"] == 1 and config["schedule"]["epochs"] == 2
     assert f": wrn train --config {path} --out {second} --no-progress\n" in log
     saved = flat(yaml.safe_load((second / "config.yaml").read_text()))
-    # config.yaml is the file as wrn train resolved it: only what the file leaves open is filled in
-    given = {k: v for k, v in flat(config).items() if v is not None and not k.startswith("provenance.")}
+    # config.yaml is the file as wrn train resolved it: only what the file leaves open (None, auto) is filled
+    # in, for this machine
+    given = {
+        k: v for k, v in flat(config).items() if v not in (None, "auto") and not k.startswith("provenance.")
+    }
     assert {k: saved[k] for k in given} == {**given, "run.progress": False}  # --no-progress
 
 
