@@ -214,7 +214,8 @@ def _base_root(base: str) -> str:
 
 
 def _run_config(exp: Experiment, row: Row, seed: int, root: str) -> dict[str, Any]:
-    """The mapping of a run's config file: the shared recipe (extends) plus the row's model and data."""
+    """A run's own layer: the shared recipe (extends) plus the row's model and data (its config file is this
+    with the grid's overrides merged in)."""
     paper = f"{row.paper_error}%" if row.paper_error is not None else "no figure"
     desc = f"{exp.title}, {row.label}, {row.dataset} (paper: {paper}), seed {seed}"
     data = row.config(seed, description=desc)
