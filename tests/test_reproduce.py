@@ -123,6 +123,17 @@ def epochs_logged(run_dir: Path) -> int:
         return 0
 
 
+def flat(data: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def pids_with(text: str) -> list[int]:
     """Live processes whose command line mentions ``text`` (zombies excluded)."""
     found = []
@@ -294,17 +305,31 @@ def test_kill_9_of_the_orchestrator_loses_nothing(killed_grid):
     assert [(r["row"], r["seed"]) for r in exp["runs"]] == [
         (f"cifar10-wrn-40-2-l{n}-zca", s) for n in (1, 2, 3, 4) for s in (0, 1)
     ]
-    # Each run is an ordinary wrn train run directory made from a shipped recipe.
-    config = yaml.safe_load((out / "configs" / f"{ROW}-seed-1.yaml").read_text())
-    assert (
-        config["extends"] == "_cifar"
-        and config["model"] == {"name": "wrn-40-2-l1"}
-        and config["run"] == {"seed": 1}
-    )
-    assert "preset" not in config
-    saved = yaml.safe_load((second / "config.yaml").read_text())
-    assert saved["model"]["name"] == "wrn-40-2-l1" and saved["dataset"]["name"] == "digits"
-    assert saved["run"]["seed"] == 1 and saved["schedule"]["epochs"] == 2
+    # Each run is an ordinary wrn train run directory. Its config file is its whole config, the grid's
+    # overrides merged in, and its command line names only that file and the run's folder.
+    path = out / "configs" / f"{ROW}-seed-1.yaml"
+    config = yaml.safe_load(path.read_text())
+    assert list(config) == [
+        "preset",
+        "description",
+        "model",
+        "dataset",
+        "optim",
+        "schedule",
+        "run",
+        "provenance",
+    ]
+    assert config["preset"] is None and config["model"]["name"] == "wrn-40-2-l1"
+    assert config["dataset"]["name"] == "digits" and config["dataset"]["normalization"] is None  # digits' own
+    assert config["run"]["seed"] == 1 and config["schedule"]["epochs"] == 2
+    assert f": wrn train --config {path} --out {second} --no-progress\n" in log
+    saved = flat(yaml.safe_load((second / "config.yaml").read_text()))
+    # config.yaml is the file as wrn train resolved it: only what the file leaves open (None, auto) is filled
+    # in, for this machine
+    given = {
+        k: v for k, v in flat(config).items() if v not in (None, "auto") and not k.startswith("provenance.")
+    }
+    assert {k: saved[k] for k in given} == {**given, "run.progress": False}  # --no-progress
 
 
 def test_running_again_skips_finished_runs_and_touches_nothing(killed_grid):
@@ -447,7 +472,7 @@ def test_a_run_locked_by_another_process_is_waited_for(tmp_path):
     threading.Timer(1.5, the_other_process_finishes).start()
     said: list[str] = []
     start = time.monotonic()
-    summary = run_local([spec], (), jobs=1, gpus=[], say=said.append)
+    summary = run_local([spec], jobs=1, gpus=[], say=said.append)
     assert time.monotonic() - start >= 1.4
     assert said == [f"waiting for 1 run(s) that another process is training: {ROW}/seed-0"]
     assert [o.status for o in summary.outcomes] == ["skipped"]

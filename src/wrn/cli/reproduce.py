@@ -181,8 +181,8 @@ def dry_run(plan) -> int:
         elif state == "partial":
             what = f"would resume: wrn train --resume {spec.dir}"
         else:
-            what = f"wrn train --config {spec.config_path} --out {spec.dir} " + " ".join(plan.overrides.argv)
-        print(f"\n# {spec.key}: {what.rstrip()}")
+            what = f"wrn train --config {spec.config_path} --out {spec.dir}"
+        print(f"\n# {spec.key}: {what}")
         print(dump_yaml(plan.resolved[spec.key]).rstrip())
     print(
         f"\n# {len(plan.todo)} runs; the config files above are written to {plan.out / G.CONFIGS_DIR} when the grid starts"

@@ -5,7 +5,7 @@ Layout of ``OUT``::
     experiment.yaml                    the grid's identity: experiment, overrides, seeds, runs (atomic writes)
     <row>/seed-<s>/                    an ordinary `wrn train` run directory
     <row>/.seed-<s>.lock               held (fcntl.flock) by whoever trains that run, child process included
-    configs/<row>-seed-<s>.yaml        the config the run was started from (`extends` a shipped recipe)
+    configs/<row>-seed-<s>.yaml        the run's full config, overrides merged in: `wrn train --config F` runs it
     logs/<row>-seed-<s>.log            everything the run printed, all attempts appended
     logs/<row>-seed-<s>.failed.json    why the last attempt failed (removed when the run succeeds)
 
@@ -61,8 +61,9 @@ class GridError(ConfigError):
 class Overrides:
     """The `wrn train` options given to every run of a grid, in three forms.
 
-    ``argv``: as passed to each `wrn train` (paths made absolute); ``values``: the dotted config keys they set
-    (``wrn.cli.train.collect_overrides``); ``record``: as written in experiment.yaml and compared with it.
+    ``values``: the dotted config keys they set (``wrn.cli.train.collect_overrides``), merged into each run's
+    config file, so no run gets them on its command line; ``record``: as written in experiment.yaml and
+    compared with it; ``argv``: as they were given (paths made absolute), for reading only.
     """
 
     argv: tuple[str, ...] = ()
@@ -199,7 +200,7 @@ class Plan:
     overrides: Overrides
     runs: list[RunSpec]  # every run of what was asked for
     todo: list[RunSpec]  # the runs this command may train (--rows)
-    configs: dict[str, str]  # run key -> the YAML text of its config file
+    configs: dict[str, str]  # run key -> the YAML text of its config file (``resolved`` written out)
     resolved: dict[str, Any]  # run key -> TrainConfig (defaults and overrides applied)
     scaled: list[str]  # "key=value" of every recipe value the overrides change; empty: the paper's recipe
     datasets: dict[str, str]  # data set -> root it is read from, for the runs of this command
@@ -213,7 +214,8 @@ def _base_root(base: str) -> str:
 
 
 def _run_config(exp: Experiment, row: Row, seed: int, root: str) -> dict[str, Any]:
-    """The mapping of a run's config file: the shared recipe (extends) plus the row's model and data."""
+    """A run's own layer: the shared recipe (extends) plus the row's model and data (its config file is this
+    with the grid's overrides merged in)."""
     paper = f"{row.paper_error}%" if row.paper_error is not None else "no figure"
     desc = f"{exp.title}, {row.label}, {row.dataset} (paper: {paper}), seed {seed}"
     data = row.config(seed, description=desc)
@@ -221,12 +223,15 @@ def _run_config(exp: Experiment, row: Row, seed: int, root: str) -> dict[str, An
     return data
 
 
-def _config_text(exp: Experiment, row: Row, seed: int, data: dict[str, Any]) -> str:
+def _config_text(exp: Experiment, row: Row, seed: int, cfg: Any) -> str:
+    """The run's config file: its whole config (``cfg``, a TrainConfig), what `wrn train --config` reads."""
+    from wrn.train.config import dump_yaml
+
     head = (
-        f"# Written by `wrn reproduce {exp.name}`: row {row.name}, seed {seed}. The shared recipe (extends)\n"
-        "# plus the row's model and data; the grid's overrides are on each run's command line.\n"
+        f"# Written by `wrn reproduce {exp.name}`: row {row.name}, seed {seed}. The shared recipe, the row's\n"
+        "# model and data, and the grid's overrides, merged: the run trains exactly this.\n"
     )
-    return head + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+    return head + dump_yaml(cfg)
 
 
 def _scaling(plain: dict[str, Any], scaled: dict[str, Any]) -> list[str]:
@@ -295,7 +300,7 @@ def make_plan(
             root_cache[row.base] = _base_root(row.base)
         data = _run_config(base, row, spec.seed, root_cache[row.base])
         cfg = build_config(None, data, dict(overrides.values))
-        configs[spec.key] = _config_text(base, row, spec.seed, data)
+        configs[spec.key] = _config_text(base, row, spec.seed, cfg)
         resolved[spec.key] = cfg
         if spec.seed == seeds[0]:
             plain = build_config(None, data).to_dict()

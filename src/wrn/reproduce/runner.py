@@ -1,5 +1,11 @@
 """Running a grid: every run is an ordinary `wrn train` child process, on this machine or as Ray tasks.
 
+One function trains one run: :func:`execute` takes the run's lock, starts or resumes its `wrn train` and
+returns an :class:`Outcome`. Locally a thread pool runs it, ``--jobs`` runs at once, each on the lowest free
+slot of a queue of GPU ids; on Ray, ``ray.remote(execute)`` runs it as a task. Both hand every outcome to one
+:class:`Tally`, which counts the runs, prints how each ended, asks for one retry of a failed run and records
+its failure.
+
 The orchestrator never initialises CUDA and holds no GPU: it only starts, watches and restarts processes.
 Each run is started through :mod:`wrn.reproduce.child`, so it gets SIGTERM (checkpoint, then exit) when
 whoever started it dies; and it holds its run's lock (:class:`wrn.reproduce.grid.RunLock`) until it exits, so
@@ -8,16 +14,19 @@ no two processes ever train one run, whatever was killed in between.
 
 from __future__ import annotations
 
+import heapq
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -58,14 +67,21 @@ class Summary:
 # --------------------------------------------------------------------------------------------- one run
 
 
-def train_args(spec: G.RunSpec, argv: tuple[str, ...] | list[str]) -> tuple[list[str], str]:
-    """The `wrn train` arguments that continue ``spec`` from where it stands, and what they do."""
-    state = G.run_state(spec.dir)
-    if state == "partial":
+def state_of(spec: G.RunSpec) -> str:
+    """Where a run stands (missing, unstarted, partial or done): the one place the runner asks its folder."""
+    return G.run_state(spec.dir)
+
+
+def train_args(spec: G.RunSpec) -> tuple[list[str], str]:
+    """The `wrn train` arguments that continue ``spec`` from where it stands, and what they do.
+
+    A new run trains its config file, which holds the grid's overrides already: nothing else is on its
+    command line, so the file is what runs.
+    """
+    if state_of(spec) == "partial":
         return ["train", "--resume", str(spec.dir), "--no-progress"], "resume"
     # missing, or killed before its first checkpoint: `wrn train --out` starts such a folder afresh
-    args = ["train", "--config", str(spec.config_path), "--out", str(spec.dir), "--no-progress", *argv]
-    return args, "start"
+    return ["train", "--config", str(spec.config_path), "--out", str(spec.dir), "--no-progress"], "start"
 
 
 def launch(
@@ -106,33 +122,99 @@ def last_error(spec: G.RunSpec) -> float | None:
     return value if isinstance(value, (int, float)) else None
 
 
-def execute(spec: G.RunSpec, argv: tuple[str, ...], extra_env: dict[str, str]) -> dict[str, Any]:
-    """Train one run to its end in this process's child (a Ray task): lock, start or resume, wait."""
+# How execute() starts a child: launch()'s arguments; None when the grid is stopping and starts nothing.
+Launcher = Callable[[G.RunSpec, list[str], dict[str, str], int, str], "subprocess.Popen | None"]
+
+
+def execute(spec: G.RunSpec, env: dict[str, str] | None = None, start: Launcher = launch) -> Outcome:
+    """Train one run to its end in a child process: take its lock, start or resume it, wait for it.
+
+    ``env`` is added to the child's environment (its GPU, its threads). ``start`` launches the child: the local
+    runner's keeps it, to stop it on Ctrl-C. The outcome is ``busy`` (another process holds the run's lock),
+    ``skipped`` (done already), ``done``, ``failed`` or ``interrupted`` (not started: the grid is stopping);
+    counting the attempts is the caller's (:class:`Tally`). A Ray task runs this function as it is.
+    """
     lock = G.RunLock(spec.lock_path)
     if not lock.acquire():
-        return {"status": "busy"}
+        return Outcome(spec.key, "busy")
     try:
-        if G.run_state(spec.dir) == "done":
-            return {"status": "skipped"}
-        args, what = train_args(spec, argv)
-        start = time.monotonic()
-        proc = launch(spec, args, child_env(extra_env), lock.fd, what)
+        if state_of(spec) == "done":
+            return Outcome(spec.key, "skipped")
+        args, what = train_args(spec)
+        begin = time.monotonic()
+        proc = start(spec, args, child_env(env or {}), lock.fd, what)
+        if proc is None:
+            return Outcome(spec.key, "interrupted")
         try:
             rc = proc.wait()
-        except BaseException:
+        except BaseException:  # a cancelled Ray task (KeyboardInterrupt): the run checkpoints and stops
             proc.terminate()
             proc.wait()
             raise
-        ok = rc == 0 and G.run_state(spec.dir) == "done"
-        return {
-            "status": "done" if ok else "failed",
-            "returncode": rc,
-            "seconds": time.monotonic() - start,
-            "last_line": "" if ok else G.last_log_line(spec.log_path),
-            "what": what,
-        }
+        ok = rc == 0 and state_of(spec) == "done"
+        line = "" if ok else G.last_log_line(spec.log_path)
+        return Outcome(spec.key, "done" if ok else "failed", 0, time.monotonic() - begin, rc, line)
     finally:
         lock.release()
+
+
+class Tally:
+    """The one outcome handler of a grid, local or on Ray: it counts the runs, prints how each one ended,
+    asks for one retry of a failed run and records a failure. ``lock`` guards it (the local runner's
+    threads announce their starts through it)."""
+
+    def __init__(self, total: int, say: Callable[[str], None], exit_code_in_failure: bool = True):
+        self.total = total
+        self.say = say
+        self.summary = Summary()
+        self.attempts: Counter[str] = Counter()  # the tries of each run that have ended (done or failed)
+        self.finished = 0  # runs done, skipped, or failed for good
+        self.lock = threading.Lock()
+        self._exit_code_in_failure = exit_code_in_failure
+
+    def skip_if_done(self, spec: G.RunSpec) -> bool:
+        """A run this command has not tried that is done already: skipped, without taking its lock."""
+        if self.attempts[spec.key] or state_of(spec) != "done":
+            return False
+        self.handle(spec, Outcome(spec.key, "skipped"))
+        return True
+
+    def handle(self, spec: G.RunSpec, outcome: Outcome, stopping: bool = False) -> str | None:
+        """Account for what :func:`execute` returned: ``"busy"`` (look at the run again later), ``"retry"``
+        (train it once more now) or None (it is over). While the grid is ``stopping``, a failure is an
+        interruption: neither retried nor recorded."""
+        with self.lock:
+            if outcome.status == "busy":
+                return "busy"
+            if outcome.status in ("done", "failed"):
+                self.attempts[spec.key] += 1
+                outcome = replace(outcome, attempts=self.attempts[spec.key])
+            if outcome.status == "failed" and stopping:
+                outcome = replace(outcome, status="interrupted")
+            elif outcome.status == "failed" and outcome.attempts < ATTEMPTS:
+                rc, line = outcome.returncode, outcome.last_line
+                self.say(f"failed {spec.key} (exit {rc}): {line}; trying once more")
+                return "retry"
+            elif outcome.status != "interrupted":
+                outcome = self._ended(spec, outcome)
+            self.summary.outcomes.append(outcome)
+            return None
+
+    def _ended(self, spec: G.RunSpec, outcome: Outcome) -> Outcome:
+        """A run over for this command (skipped, done, or failed for good): counted and said."""
+        self.finished += 1
+        n = f"[{self.finished}/{self.total}]"
+        if outcome.status == "done":
+            G.clear_failure(spec)
+            err = last_error(spec)
+            text = f": test error {err:.2f}%" if err is not None else ""
+            self.say(f"{n} done {spec.key} in {outcome.seconds:.1f} s{text}")
+        elif outcome.status == "failed":
+            line = G.write_failure(spec, outcome.returncode, outcome.attempts) or outcome.last_line
+            code = f" (exit {outcome.returncode})" if self._exit_code_in_failure else ""
+            self.say(f"{n} FAILED {spec.key}{code} after {outcome.attempts} tries: {line}")
+            outcome = replace(outcome, last_line=line)
+        return outcome
 
 
 # --------------------------------------------------------------------------------------------- GPUs
@@ -161,138 +243,147 @@ def visible_gpus() -> list[str]:
 # --------------------------------------------------------------------------------------------- locally
 
 
-class _Active:
-    def __init__(self, spec, proc, lock, what, slot):
-        self.spec, self.proc, self.lock, self.what, self.slot = spec, proc, lock, what, slot
-        self.start = time.monotonic()
+class _LocalGrid:
+    """Runs :func:`execute` in a pool of ``jobs`` threads, each waiting on its run's child process.
+
+    Slot ``i`` (the lowest free one is taken) pins its run to GPU ``gpus[i % len(gpus)]``. SIGTERM or Ctrl-C
+    stops the grid: every running child is asked to checkpoint and stop, and waited for.
+    """
+
+    def __init__(self, specs: list[G.RunSpec], jobs: int, gpus: list[str], say: Callable[[str], None]):
+        self.tally = Tally(len(specs), say)
+        self.queue: deque[G.RunSpec] = deque(specs)
+        self.waiting: list[G.RunSpec] = []  # runs whose lock another process holds
+        self.slots = list(range(jobs))  # free slots, a heap
+        self.jobs, self.gpus = jobs, gpus
+        self.threads = None
+        if not gpus and jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+            self.threads = str(max(1, (os.cpu_count() or 1) // jobs))
+        self.futures: dict[Future, tuple[G.RunSpec, int]] = {}
+        self.children: dict[str, subprocess.Popen] = {}  # run key -> its running child (under tally.lock)
+        self.stop: list[int] = []  # the signal that stops the grid
+        self.last_busy_check = 0.0
+        self.told_waiting = False
+
+    def run(self) -> Summary:
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: self.stop.append(signum))
+        pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="wrn-run")
+        try:
+            try:
+                while (self.queue or self.futures or self.waiting) and not self.stop:
+                    self._start_ready(pool)
+                    self._collect()
+                    self._look_at_waiting()
+            except KeyboardInterrupt:
+                self.stop.append(signal.SIGINT)
+            finally:
+                signal.signal(signal.SIGTERM, previous)
+                if self.futures:
+                    self._stop_all()
+        finally:
+            pool.shutdown(wait=True)
+        if self.stop:
+            self.tally.summary.interrupted = self.stop[0]
+        return self.tally.summary
+
+    def _start_ready(self, pool: ThreadPoolExecutor) -> None:
+        while self.queue and self.slots and not self.stop:
+            spec = self.queue.popleft()
+            if self.tally.skip_if_done(spec):
+                continue
+            slot = heapq.heappop(self.slots)
+            env = {}
+            if self.gpus:
+                env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
+            if self.threads:
+                env["OMP_NUM_THREADS"] = self.threads
+            self.futures[pool.submit(execute, spec, env, self._launch)] = (spec, slot)
+
+    def _launch(self, spec, args, env, lock_fd, what) -> subprocess.Popen | None:
+        """execute()'s launcher, in a pool thread: start the child (unless stopping), keep it, say so."""
+        with self.tally.lock:
+            if self.stop:
+                return None
+            proc = launch(spec, args, env, lock_fd, what)
+            self.children[spec.key] = proc
+            t = self.tally
+            pin = f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if self.gpus else ""
+            retry = " (retry)" if t.attempts[spec.key] else ""
+            n = t.finished + len(self.children)
+            t.say(f"[{n}/{t.total}] {what}{retry} {spec.key}{pin}: log {spec.log_path}")
+            return proc
+
+    def _collect(self, stopping: bool = False) -> None:
+        """Hand every run that has ended to the tally (waiting up to POLL_S for one)."""
+        if not self.futures:
+            if self.waiting:
+                time.sleep(POLL_S)
+            return
+        ended, _ = wait(self.futures, timeout=None if stopping else POLL_S, return_when=FIRST_COMPLETED)
+        for future in sorted(ended, key=lambda f: self.futures[f][1]):
+            spec, slot = self.futures.pop(future)
+            heapq.heappush(self.slots, slot)
+            with self.tally.lock:
+                self.children.pop(spec.key, None)
+            if stopping and future.exception() is not None:
+                outcome = Outcome(spec.key, "interrupted")
+            else:
+                outcome = future.result()
+            action = self.tally.handle(spec, outcome, stopping=stopping or bool(self.stop))
+            if action == "busy":
+                self.waiting.append(spec)
+            elif action == "retry":
+                self.queue.appendleft(spec)
+
+    def _look_at_waiting(self) -> None:
+        """Every BUSY_RETRY_S, try the runs another process holds again (saying so once, when nothing else
+        is left), once every run in flight has got past its lock."""
+        if not self.waiting or time.monotonic() - self.last_busy_check < BUSY_RETRY_S:
+            return
+        with self.tally.lock:
+            if len(self.futures) > len(self.children):
+                return
+        if not self.futures and not self.queue and not self.told_waiting:
+            names = ", ".join(s.key for s in self.waiting)
+            self.tally.say(
+                f"waiting for {len(self.waiting)} run(s) that another process is training: {names}"
+            )
+            self.told_waiting = True
+        self.last_busy_check = time.monotonic()
+        self.queue.extend(self.waiting)
+        self.waiting.clear()
+
+    def _stop_all(self) -> None:
+        """Ask every running child to checkpoint and stop (SIGTERM), and wait for them; Ctrl-C kills them."""
+        with self.tally.lock:
+            self.stop = self.stop or [signal.SIGINT]  # no new child starts from now on
+            running = list(self.children.values())
+        if running:
+            self.tally.say(
+                f"stopping {len(running)} run(s): each saves a checkpoint first (Ctrl-C again to kill them now)"
+            )
+        self._signal_children(signal.SIGTERM)
+        try:
+            wait(self.futures)
+        except KeyboardInterrupt:
+            self._signal_children(signal.SIGKILL)
+            wait(self.futures)
+        while self.futures:
+            self._collect(stopping=True)
+
+    def _signal_children(self, signum: int) -> None:
+        with self.tally.lock:
+            running = list(self.children.values())
+        for proc in running:
+            if proc.poll() is None:
+                proc.send_signal(signum)
 
 
 def run_local(
-    specs: list[G.RunSpec],
-    argv: tuple[str, ...],
-    jobs: int,
-    gpus: list[str],
-    say: Callable[[str], None] = print,
+    specs: list[G.RunSpec], jobs: int, gpus: list[str], say: Callable[[str], None] = print
 ) -> Summary:
     """Train ``specs`` with ``jobs`` children at once, child i pinned to GPU ``gpus[i % len(gpus)]``."""
-    summary = Summary()
-    total = len(specs)
-    queue: deque[G.RunSpec] = deque(specs)
-    waiting: list[G.RunSpec] = []
-    attempts: Counter[str] = Counter()
-    active: dict[int, _Active] = {}
-    free = list(range(jobs))
-    stop: list[int] = []
-    threads = None
-    if not gpus and jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
-        threads = str(max(1, (os.cpu_count() or 1) // jobs))
-    done_count = 0
-    last_busy_check = 0.0
-    told_waiting = False
-
-    def on_term(signum, frame):
-        stop.append(signum)
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        while (queue or active or waiting) and not stop:
-            while queue and free and not stop:
-                spec = queue.popleft()
-                if G.run_state(spec.dir) == "done" and attempts[spec.key] == 0:
-                    summary.outcomes.append(Outcome(spec.key, "skipped"))
-                    done_count += 1
-                    continue
-                lock = G.RunLock(spec.lock_path)
-                if not lock.acquire():
-                    waiting.append(spec)
-                    continue
-                if G.run_state(spec.dir) == "done":  # finished by another process meanwhile
-                    lock.release()
-                    summary.outcomes.append(Outcome(spec.key, "skipped"))
-                    done_count += 1
-                    continue
-                slot = free.pop(0)
-                extra = {}
-                if gpus:
-                    extra["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
-                if threads:
-                    extra["OMP_NUM_THREADS"] = threads
-                args, what = train_args(spec, argv)
-                proc = launch(spec, args, child_env(extra), lock.fd, what)
-                attempts[spec.key] += 1
-                active[slot] = _Active(spec, proc, lock, what, slot)
-                pin = f" on GPU {extra['CUDA_VISIBLE_DEVICES']}" if gpus else ""
-                retry = " (retry)" if attempts[spec.key] > 1 else ""
-                say(
-                    f"[{done_count + len(active)}/{total}] {what}{retry} {spec.key}{pin}: log {spec.log_path}"
-                )
-            for slot, run in list(active.items()):
-                rc = run.proc.poll()
-                if rc is None:
-                    continue
-                del active[slot]
-                run.lock.release()
-                free.append(slot)
-                free.sort()
-                seconds = time.monotonic() - run.start
-                key = run.spec.key
-                if rc == 0 and G.run_state(run.spec.dir) == "done":
-                    G.clear_failure(run.spec)
-                    done_count += 1
-                    err = last_error(run.spec)
-                    text = f": test error {err:.2f}%" if err is not None else ""
-                    say(f"[{done_count}/{total}] done {key} in {seconds:.1f} s{text}")
-                    summary.outcomes.append(Outcome(key, "done", attempts[key], seconds, rc))
-                elif stop:
-                    summary.outcomes.append(Outcome(key, "interrupted", attempts[key], seconds, rc))
-                elif attempts[key] < ATTEMPTS:
-                    say(f"failed {key} (exit {rc}): {G.last_log_line(run.spec.log_path)}; trying once more")
-                    queue.appendleft(run.spec)
-                else:
-                    line = G.write_failure(run.spec, rc, attempts[key])
-                    done_count += 1
-                    say(
-                        f"[{done_count}/{total}] FAILED {key} (exit {rc}) after {attempts[key]} tries: {line}"
-                    )
-                    summary.outcomes.append(Outcome(key, "failed", attempts[key], seconds, rc, line))
-            if waiting and time.monotonic() - last_busy_check >= BUSY_RETRY_S:
-                if not active and not queue and not told_waiting:
-                    names = ", ".join(s.key for s in waiting)
-                    say(f"waiting for {len(waiting)} run(s) that another process is training: {names}")
-                    told_waiting = True
-                last_busy_check = time.monotonic()
-                queue.extend(waiting)
-                waiting.clear()
-            if active or waiting:
-                time.sleep(POLL_S)
-    except KeyboardInterrupt:
-        stop.append(signal.SIGINT)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if active:
-            _stop_children(active, summary, say)
-    if stop:
-        summary.interrupted = stop[0]
-    return summary
-
-
-def _stop_children(active: dict[int, _Active], summary: Summary, say) -> None:
-    """Ask every running child to checkpoint and stop (SIGTERM), and wait for them."""
-    say(f"stopping {len(active)} run(s): each saves a checkpoint first (Ctrl-C again to kill them now)")
-    for run in active.values():
-        if run.proc.poll() is None:
-            run.proc.send_signal(signal.SIGTERM)
-    try:
-        for run in active.values():
-            run.proc.wait()
-    except KeyboardInterrupt:
-        for run in active.values():
-            if run.proc.poll() is None:
-                run.proc.kill()
-                run.proc.wait()
-    for run in active.values():
-        run.lock.release()
-        summary.outcomes.append(Outcome(run.spec.key, "interrupted", 1, time.monotonic() - run.start))
+    return _LocalGrid(specs, jobs, gpus, say).run()
 
 
 # --------------------------------------------------------------------------------------------- on Ray
@@ -345,10 +436,17 @@ def connect_ray(address: str):
     return ray
 
 
+def _ray_outcome(ray, ref, spec: G.RunSpec) -> Outcome:
+    try:
+        return ray.get(ref)
+    except Exception as exc:  # the worker died twice, or the task could not run
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        return Outcome(spec.key, "failed", last_line=reason)
+
+
 def run_ray(
     ray,
     specs: list[G.RunSpec],
-    argv: tuple[str, ...],
     gpus_per_run: float | None,
     cpus_per_run: float,
     jobs: int | None,
@@ -357,69 +455,37 @@ def run_ray(
     """One Ray task per run (a worker that dies has its task retried by Ray); results on a shared disk."""
     if gpus_per_run is None:
         gpus_per_run = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    extra = {"OMP_NUM_THREADS": str(max(1, int(cpus_per_run)))}
+    env = {"OMP_NUM_THREADS": str(max(1, int(cpus_per_run)))}
     task = ray.remote(execute).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=1)
-    summary = Summary()
-    total = len(specs)
+    tally = Tally(len(specs), say, exit_code_in_failure=False)
     queue: deque[G.RunSpec] = deque(specs)
-    attempts: Counter[str] = Counter()
-    in_flight: dict[Any, tuple[G.RunSpec, float]] = {}
-    limit = jobs or total
-    finished = 0
+    in_flight: dict[Any, G.RunSpec] = {}
+    limit = jobs or len(specs)
     try:
         while queue or in_flight:
             while queue and len(in_flight) < limit:
                 spec = queue.popleft()
-                if G.run_state(spec.dir) == "done" and attempts[spec.key] == 0:
-                    summary.outcomes.append(Outcome(spec.key, "skipped"))
-                    finished += 1
+                if tally.skip_if_done(spec):
                     continue
-                attempts[spec.key] += 1
-                in_flight[task.remote(spec, tuple(argv), extra)] = (spec, time.monotonic())
-                retry = " (retry)" if attempts[spec.key] > 1 else ""
-                say(f"[{finished + len(in_flight)}/{total}] submitted{retry} {spec.key}: log {spec.log_path}")
+                in_flight[task.remote(spec, env)] = spec
+                retry = " (retry)" if tally.attempts[spec.key] else ""
+                n = tally.finished + len(in_flight)
+                say(f"[{n}/{tally.total}] submitted{retry} {spec.key}: log {spec.log_path}")
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
             for ref in ready:
-                spec, start = in_flight.pop(ref)
-                key = spec.key
-                try:
-                    result = ray.get(ref)
-                except Exception as exc:  # the worker died twice, or the task could not run
-                    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-                    result = {"status": "failed", "returncode": None, "last_line": reason}
-                status = result["status"]
-                if status == "busy":
-                    attempts[key] -= 1
+                spec = in_flight.pop(ref)
+                action = tally.handle(spec, _ray_outcome(ray, ref, spec))
+                if action == "busy":
                     time.sleep(BUSY_RETRY_S)
                     queue.append(spec)
-                elif status == "skipped":
-                    finished += 1
-                    summary.outcomes.append(Outcome(key, "skipped"))
-                elif status == "done":
-                    G.clear_failure(spec)
-                    finished += 1
-                    err = last_error(spec)
-                    text = f": test error {err:.2f}%" if err is not None else ""
-                    say(f"[{finished}/{total}] done {key} in {result['seconds']:.1f} s{text}")
-                    summary.outcomes.append(Outcome(key, "done", attempts[key], result["seconds"], 0))
-                elif attempts[key] < ATTEMPTS:
-                    say(
-                        f"failed {key} (exit {result.get('returncode')}): {result.get('last_line')}; trying once more"
-                    )
+                elif action == "retry":
                     queue.appendleft(spec)
-                else:
-                    line = G.write_failure(spec, result.get("returncode"), attempts[key])
-                    line = line or str(result.get("last_line") or "")
-                    finished += 1
-                    say(f"[{finished}/{total}] FAILED {key} after {attempts[key]} tries: {line}")
-                    rc = result.get("returncode")
-                    summary.outcomes.append(Outcome(key, "failed", attempts[key], 0.0, rc, line))
     except KeyboardInterrupt:
         say(f"stopping {len(in_flight)} Ray task(s): their runs save a checkpoint and stop")
         for ref in in_flight:
             ray.cancel(ref)
-        summary.interrupted = signal.SIGINT
-    return summary
+        tally.summary.interrupted = signal.SIGINT
+    return tally.summary
 
 
 # --------------------------------------------------------------------------------------------- a grid
@@ -443,8 +509,7 @@ def run_grid(
         G.write_experiment(plan, existing)
         for spec in plan.todo:
             G.write_config(plan, spec)
-        argv = plan.overrides.argv
-        done = sum(G.run_state(s.dir) == "done" for s in plan.todo)
+        done = sum(state_of(s) == "done" for s in plan.todo)
         what = plan.experiment.name + (
             f" (runs of {plan.base.name})" if plan.base is not plan.experiment else ""
         )
@@ -456,8 +521,8 @@ def run_grid(
         scaled = f"; scaled down ({', '.join(plan.scaled)})" if plan.scaled else ""
         say(f"{what}: {len(plan.todo)} runs in {plan.out}, {done} already done, {where}{scaled}")
         if ray is None:
-            return run_local(plan.todo, argv, jobs, gpus, say)
-        return run_ray(ray, plan.todo, argv, gpus_per_run, cpus_per_run, jobs, say)
+            return run_local(plan.todo, jobs, gpus, say)
+        return run_ray(ray, plan.todo, gpus_per_run, cpus_per_run, jobs, say)
     finally:
         if ray is not None:
             ray.shutdown()
