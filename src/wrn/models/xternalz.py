@@ -107,7 +107,7 @@ def _foreign_format(params: dict[str, torch.Tensor]) -> str | None:
 
     fmt, what = closest_format(params)
     if fmt in ("usb", "dm", "robustness"):
-        return f"{what}: use `wrn convert {fmt}`"
+        return f"what looks like {what}: use `wrn convert {fmt}`"
     if "block1.layer.0.conv1.weight" in params:
         return None
     if "conv0" in params and "group0.block0.conv0" in params:
