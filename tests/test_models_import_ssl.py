@@ -15,10 +15,10 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import calibrate_bn_, rel_diff
 from torch import nn
 
 import wrn.cli
+from conftest import calibrate_bn_, rel_diff
 from wrn.errors import CheckpointError
 from wrn.models import count_parameters, create_model, load_model, load_xternalz
 from wrn.models.imports import load_fixmatch, load_usb
