@@ -97,8 +97,9 @@ def network_evidence(params: dict[str, torch.Tensor]) -> str:
     return "fixmatch" if any(not _untouched(params, p) for p in bns) else "unknown"
 
 
-def check_not_semi_supervised(obj: Any, source: str, model: nn.Module | None = None) -> None:
-    """Refuse, as an xternalz file, one that FixMatch's or USB's code wrote: same key names, another network."""
+def check_other_formats(obj: Any, source: str, model: nn.Module | None = None) -> None:
+    """Refuse, as an xternalz file, one that FixMatch's or USB's code wrote (same key names, another network)
+    or the robustness code's wrapper; with ``model`` (the xternalz reading built), what its weights show."""
     if _is_fixmatch_file(obj) and model is None:
         marks = ", ".join(k for k in _FIXMATCH_MARKS if k in obj)
         raise CheckpointError(
@@ -109,6 +110,11 @@ def check_not_semi_supervised(obj: Any, source: str, model: nn.Module | None = N
     if _is_usb_file(obj) and model is None:
         raise CheckpointError(
             f"{source} looks like a USB checkpoint ('model' and 'ema_model'): use `wrn convert usb`"
+        )
+    if isinstance(obj, dict) and "model_state_dict" in obj and model is None:
+        raise CheckpointError(
+            f"{source} holds 'model_state_dict', the wrapper of the robustness training code (DM-Improves-AT, "
+            "adversarial_robustness_pytorch): use `wrn convert robustness`"
         )
     if model is None:
         return

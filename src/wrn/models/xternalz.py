@@ -140,10 +140,10 @@ def load_xternalz(path_or_dict: str | os.PathLike | dict[str, Any], dropout: flo
     mode without dropout; ``wrn.save_model`` writes it as a model directory. A file that FixMatch's or USB's
     code wrote (their WRN has the same key names but another network) is refused with the format to use.
     """
-    from wrn.models.imports import check_not_semi_supervised
+    from wrn.models.imports import check_other_formats
 
     obj, source = _read(path_or_dict)
-    check_not_semi_supervised(obj, source)
+    check_other_formats(obj, source)
     params = _state_dict(obj, source)
     foreign = _foreign_format(params)
     if foreign is not None:
@@ -151,7 +151,7 @@ def load_xternalz(path_or_dict: str | os.PathLike | dict[str, Any], dropout: flo
             f"{source} is not a WideResNet state dict in the xternalz format: it holds {foreign}."
         )
     model = build_from_xternalz_keys(params, source, dropout=dropout)
-    check_not_semi_supervised(params, source, model)
+    check_other_formats(params, source, model)
     return model
 
 
