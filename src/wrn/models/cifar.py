@@ -259,6 +259,39 @@ class _CifarResNet(nn.Module):
         self.config = {**self.config, "num_classes": num_classes}
 
 
+def _check_wrn(depth, width, kernels, blocks_per_group, dropout) -> int:
+    """The WRN's own arguments checked; the number of blocks per group."""
+    if blocks_per_group is None:
+        if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
+            raise ConfigError(
+                f"CIFAR WRN depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 34, 40, ...), got {depth!r}."
+            )
+        blocks_per_group = (depth - 4) // 6
+    if not isinstance(blocks_per_group, int) or blocks_per_group < 1:
+        raise ConfigError(f"blocks_per_group must be a positive integer, got {blocks_per_group!r}.")
+    if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
+        raise ConfigError(f"the widening factor k must be a positive integer, got {width!r}.")
+    if not kernels or any(not isinstance(k, int) or k < 1 or k % 2 == 0 for k in kernels):
+        raise ConfigError(
+            f"block kernels must be odd positive sizes such as (3, 3) or (1, 3, 1), got {kernels!r}."
+        )
+    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}.")
+    return blocks_per_group
+
+
+def _check_variants(preact_first, head_bn_eps) -> tuple[int, ...]:
+    """The other projects' options checked; the sorted groups whose first block pre-activates its input."""
+    preact_first = tuple(sorted(int(g) for g in preact_first))
+    if any(g not in (1, 2, 3) for g in preact_first) or len(set(preact_first)) != len(preact_first):
+        raise ConfigError(f"preact_first lists groups among 1, 2, 3 (FixMatch: (1,)), got {preact_first!r}.")
+    if isinstance(head_bn_eps, bool) or not isinstance(head_bn_eps, (int, float)) or head_bn_eps <= 0:
+        raise ConfigError(
+            f"head_bn_eps must be a positive number (PyTorch's 1e-5, USB's 1e-3), got {head_bn_eps!r}."
+        )
+    return preact_first
+
+
 class WideResNet(_CifarResNet):
     """WRN-d-k with block type B(kernels) for CIFAR and SVHN (any input of at least 8x8).
 
@@ -275,6 +308,17 @@ class WideResNet(_CifarResNet):
         init: ``"paper"`` (the authors' initialisation, default) or ``"pytorch"`` (PyTorch's defaults).
         act: ``"relu"`` (the paper), ``"leaky_relu"`` (slope 0.1, FixMatch) or ``"silu"`` (robustness WRNs).
         bn_momentum: momentum of every BN (PyTorch's convention; 0.1 default, FixMatch 0.001).
+
+    The options of other projects' WRNs, all off by default (the paper's network), none adding a tensor
+    to the state dict but ``stem_bias``:
+
+        preact_first: the groups whose first block feeds its pre-activated input to ``conv1`` and the
+            projection (default all three; FixMatch and USB: ``(1,)``, their first blocks of groups 2 and 3
+            take the raw input and leave their ``bn1`` unused).
+        same_padding: stride-2 convs pad (0, 1, 0, 1), TensorFlow's 'SAME' (DeepMind's WRN).
+        stem_bias: a bias on the stem conv (USB). head_bn_eps: the head BN's eps (USB: 1e-3).
+        input_mean, input_std: per-channel ``(x - mean) / std`` inside the forward, for networks that take
+            pixels in [0, 1] (DeepMind's WRN and the robustness models); recorded in ``model.config``.
     """
 
     def __init__(
@@ -298,31 +342,8 @@ class WideResNet(_CifarResNet):
     ) -> None:
         super().__init__()
         kernels = tuple(kernels)
-        preact_first = tuple(sorted(int(g) for g in preact_first))
-        if any(g not in (1, 2, 3) for g in preact_first) or len(set(preact_first)) != len(preact_first):
-            raise ConfigError(
-                f"preact_first lists groups among 1, 2, 3 (FixMatch: (1,)), got {preact_first!r}."
-            )
-        if isinstance(head_bn_eps, bool) or not isinstance(head_bn_eps, (int, float)) or head_bn_eps <= 0:
-            raise ConfigError(
-                f"head_bn_eps must be a positive number (PyTorch's 1e-5, USB's 1e-3), got {head_bn_eps!r}."
-            )
-        if blocks_per_group is None:
-            if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
-                raise ConfigError(
-                    f"CIFAR WRN depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 34, 40, ...), got {depth!r}."
-                )
-            blocks_per_group = (depth - 4) // 6
-        if not isinstance(blocks_per_group, int) or blocks_per_group < 1:
-            raise ConfigError(f"blocks_per_group must be a positive integer, got {blocks_per_group!r}.")
-        if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
-            raise ConfigError(f"the widening factor k must be a positive integer, got {width!r}.")
-        if not kernels or any(not isinstance(k, int) or k < 1 or k % 2 == 0 for k in kernels):
-            raise ConfigError(
-                f"block kernels must be odd positive sizes such as (3, 3) or (1, 3, 1), got {kernels!r}."
-            )
-        if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}.")
+        blocks_per_group = _check_wrn(depth, width, kernels, blocks_per_group, dropout)
+        preact_first = _check_variants(preact_first, head_bn_eps)
         _check_common(num_classes, in_channels, init, act, bn_momentum)
 
         widths = (16 * width, 32 * width, 64 * width)
