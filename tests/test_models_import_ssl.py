@@ -244,3 +244,18 @@ def test_fixmatch_named_models_are_that_network():
     ours.load_state_dict(load_fixmatch(ref.state_dict()).state_dict())
     assert rel_diff(logits(ours, X), logits(ref, X)) <= 1e-5
     assert count_parameters(create_model("wrn-28-2")) == 1_467_610  # the paper's wrn-28-2 stays as it was
+
+
+def test_docs_fixmatch_table_is_what_the_models_count():
+    from pathlib import Path
+
+    from wrn.models.table import shipped_rows
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    rows = shipped_rows()
+    for name in ("wrn-28-2-fixmatch", "wrn-28-8-fixmatch"):
+        line = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[1] == f"{rows[name]['params']:,}" and cells[2] == f"{rows[name]['macs'] / 1e9:.3f} G"
+    at_100 = count_parameters(create_model("wrn-28-8-fixmatch", num_classes=100))
+    assert f"({at_100:,} parameters at 100 classes)" in text
