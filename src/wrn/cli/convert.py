@@ -48,8 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--act",
         choices=("silu", "relu"),
-        default="silu",
-        help="dm/robustness: the activation of DeepMind's WRN, which its files do not hold (default: silu = swish)",
+        default=None,
+        help="dm/robustness: the activation of DeepMind's WRN, which its files do not hold (default: silu = "
+        "swish, with a note)",
     )
     p.add_argument(
         "--force", action="store_true", help="replace the model files of an existing OUT_DIR (never a run's)"

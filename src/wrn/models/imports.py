@@ -222,8 +222,14 @@ def _compose(outer, inner):
     ]
 
 
-def _build_dm(params: dict[str, torch.Tensor], source: str, act: str, outer=None) -> nn.Module:
+def _build_dm(params: dict[str, torch.Tensor], source: str, act: str | None, outer=None) -> nn.Module:
     """Our WRN with 'SAME' padding and the input normalisation from DeepMind-named ``params``."""
+    if act is None:
+        act = "silu"
+        _note(
+            f"{source} does not hold its activation: built with swish (SiLU), as the top RobustBench entries; "
+            "--act relu builds DeepMind's ReLU WRN"
+        )
     from wrn.models.io import load_state_dict_checked
     from wrn.models.registry import create_model
 
@@ -269,10 +275,10 @@ def _build_dm(params: dict[str, torch.Tensor], source: str, act: str, outer=None
     return model.eval()
 
 
-def load_dm(path_or_dict: str | os.PathLike | dict[str, Any], act: str = "silu") -> nn.Module:
+def load_dm(path_or_dict: str | os.PathLike | dict[str, Any], act: str | None = None) -> nn.Module:
     """DeepMind's WRN (RobustBench's ``DMWideResNet``) in eval mode, from its state dict (bare or under
-    ``'state_dict'``/``'model_state_dict'``). ``act``: its activation (not in the file): ``"silu"`` (swish,
-    the top RobustBench entries) or ``"relu"``."""
+    ``'state_dict'``/``'model_state_dict'``). ``act``: its activation, which the file does not hold:
+    ``"silu"`` (swish, the top RobustBench entries; the default, with a note) or ``"relu"``."""
     obj, source = _read(path_or_dict)
     if isinstance(obj, dict) and isinstance(obj.get("model_state_dict"), dict):
         obj = obj["model_state_dict"]
@@ -287,7 +293,7 @@ def load_dm(path_or_dict: str | os.PathLike | dict[str, Any], act: str = "silu")
 
 
 def load_robustness(
-    path_or_dict: str | os.PathLike | dict[str, Any], weights: str | None = None, act: str = "silu"
+    path_or_dict: str | os.PathLike | dict[str, Any], weights: str | None = None, act: str | None = None
 ) -> nn.Module:
     """A WRN saved by DM-Improves-AT or adversarial_robustness_pytorch: ``model_state_dict`` (the averaged
     weights they evaluate) by default, ``weights="model"`` for ``unaveraged_model_state_dict``; the
@@ -301,10 +307,11 @@ def load_robustness(
     if isinstance(obj, list):
         raise CheckpointError(f"{source} holds an ensemble of {len(obj)} networks; wrn imports one network")
     params = _state_dict(obj, source)
-    outer = None
-    if any(k.startswith("1.") for k in params):  # Sequential(Normalization, WRN): the layer has no tensors
+    layer = any(
+        k.startswith("1.") for k in params
+    )  # Sequential(Normalization, WRN): the layer has no tensors
+    if layer:
         params = {k[2:]: v for k, v in params.items() if k.startswith("1.")}
-        outer = "sequential"
     elif all(k.startswith("0.") for k in params):
         params = {k[2:]: v for k, v in params.items()}
     buffers = _norm_from(params, ("mu", "sigma"))
@@ -316,7 +323,8 @@ def load_robustness(
 
         raise CheckpointError(f"{source} is not a robustness WRN state dict: {resemblance(params)}")
     classes = params[head].shape[0]
-    if outer is not None:
+    outer = None
+    if layer:
         outer = AT_NORM[100 if classes == 100 else 10]
         _note(
             f"{source} has a normalisation layer whose constants the file does not hold: used the code's "

@@ -71,12 +71,10 @@ def preprocessing(weights: Any) -> dict[str, Any]:
     }
 
 
-def load_pretrained(model: nn.Module, name: str, pretrained: bool | str) -> nn.Module:
-    """Fill ``model`` (built by name, 1000 classes) with torchvision's weights, strictly; one sentence on
-    every way getting them can fail."""
+def fetch(name: str, pretrained: bool | str) -> tuple[Any, dict]:
+    """torchvision's weights entry and its state dict (downloaded, hash-checked and cached by torchvision),
+    with one sentence on every way getting them can fail."""
     import torch.hub
-
-    from wrn.models.io import load_state_dict_checked
 
     weights = weights_for(name, pretrained)
     file_name = Path(weights.url).name
@@ -89,6 +87,16 @@ def load_pretrained(model: nn.Module, name: str, pretrained: bool | str) -> nn.M
             f"could not get torchvision's {weights.name} weights of {name} ({type(exc).__name__}: {reason}); "
             f"without network, download {weights.url} elsewhere and put it at {cache / file_name}"
         ) from None
-    load_state_dict_checked(model, state, source=f"torchvision's {weights.name} weights ({file_name})")
+    return weights, state
+
+
+def load_into(model: nn.Module, weights: Any, state: dict) -> nn.Module:
+    """``model`` (built by name, 1000 classes) with torchvision's ``state`` loaded strictly and the weights'
+    preprocessing kept as ``model.wrn_metadata``; in eval mode."""
+    from wrn.models.io import load_state_dict_checked
+
+    load_state_dict_checked(
+        model, state, source=f"torchvision's {weights.name} weights ({Path(weights.url).name})"
+    )
     model.wrn_metadata = preprocessing(weights)
     return model.eval()

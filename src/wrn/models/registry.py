@@ -235,20 +235,19 @@ def create_model(
     if out_indices is not None and not features_only:
         raise ConfigError("out_indices only applies with features_only=True.")
     if pretrained is not False:
-        from wrn.models.pretrained import weights_for
+        from wrn.models import pretrained as tv
 
-        weights_for(name, pretrained)  # the name and the choice first, before building anything
+        tv.weights_for(name, pretrained)  # the name and the choice first, before anything is fetched
         if num_classes not in (None, default_classes) or overrides:
             raise ConfigError(
                 f"pretrained weights fit {name} as published ({default_classes} classes, no options); build it "
                 "with pretrained=..., then reset_classifier(n) for another number of classes."
             )
+        weights, state = tv.fetch(name, pretrained)
     model = cls(**fixed, num_classes=default_classes if num_classes is None else num_classes, **overrides)
     model.config = {"name": name.strip().lower(), **model.config}
     if pretrained is not False:
-        from wrn.models.pretrained import load_pretrained
-
-        load_pretrained(model, name, pretrained)
+        tv.load_into(model, weights, state)
     if not features_only:
         return model
     net = FeatureNet(model, out_indices)
