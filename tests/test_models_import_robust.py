@@ -240,3 +240,37 @@ def test_mu_sigma_buffers_are_read_as_the_normalisation():
     model = load_robustness(state)
     assert rel_diff(out(model), out(net, (X - mu) / sigma)) <= 1e-5
     assert model.config["input_mean"] == pytest.approx([0.5, 0.4, 0.3])
+
+
+def write_cifar10(root, test_images: torch.Tensor, test_labels: list[int]) -> dict[str, str]:
+    """CIFAR-10's python layout: pickled batches of uint8 rows (1024 R, 1024 G, 1024 B values); returns the
+    md5 of each member, as the data set's table holds them."""
+    import hashlib
+    import pickle
+
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    rows = test_images.reshape(len(test_images), -1).numpy()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data, labels = (rows, test_labels) if name == "test_batch" else (rows[:2], [0, 1])
+        with open(base / name, "wb") as f:
+            pickle.dump({b"batch_label": name.encode(), b"data": data, b"labels": labels}, f, protocol=2)
+    return {f"cifar-10-batches-py/{p.name}": hashlib.md5(p.read_bytes()).hexdigest() for p in base.iterdir()}
+
+
+def test_eval_applies_the_normalisation_recorded_for_a_converted_dm_model(tmp_path, capsys, monkeypatch):
+    from wrn.data import registry
+
+    ref = calibrated(DMWRN(10, 2, 10), seed=6)
+    torch.save(ref.state_dict(), tmp_path / "dm.pt")
+    assert wrn.cli.main(["convert", "dm", str(tmp_path / "dm.pt"), str(tmp_path / "m")]) == 0
+    images = (
+        (torch.rand(20, 3, 32, 32, generator=torch.Generator().manual_seed(7)) * 255).round().to(torch.uint8)
+    )
+    predicted = out(ref, images.float() / 255).argmax(1).tolist()
+    labels = predicted[:13] + [(c + 1) % 10 for c in predicted[13:]]  # 13 of 20 right for the reference
+    monkeypatch.setitem(registry.MEMBER_MD5, "cifar10", write_cifar10(tmp_path / "data", images, labels))
+    capsys.readouterr()
+    assert wrn.cli.main(["eval", str(tmp_path / "m"), "--data-dir", str(tmp_path / "data"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["n"] == 20 and result["acc"] == pytest.approx(65.0)

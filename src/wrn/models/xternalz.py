@@ -17,7 +17,9 @@ theirs                                                 ours
 
 Read: a bare state dict, or one under ``'state_dict'`` or ``'model'``; with or without the ``module.`` prefix
 of DataParallel/DDP; with the unused ``sub_block1.*`` of the TRADES variant (dropped, with one warning line).
-Depth (from the number of blocks), width, classes and input channels come from the tensors' shapes.
+Depth (from the number of blocks), width, classes and input channels come from the tensors' shapes. FixMatch's
+and USB's WRNs share these key names but are other networks: their files are refused with the format to use
+(:mod:`wrn.models.imports`), by their wrappers or, for a bare state dict, by the BNs that never trained.
 Files are opened with ``torch.load(weights_only=True)``: tensors and plain containers only, never code.
 """
 
