@@ -83,6 +83,13 @@ def test_convert_names_the_real_problem_with_its_paths(src, tmp_path, capsys):
     assert wrn.cli.main(["convert", "xternalz", str(tmp_path / "nope.pt"), str(tmp_path / "o")]) == 2
     assert "nope.pt does not exist" in one_line_error(capsys)
     assert not (tmp_path / "o").exists()
+    for flag, words in (
+        (["--act", "relu"], "--act applies to DeepMind's WRN"),
+        (["--weights", "ema"], "--weights applies"),
+    ):
+        assert wrn.cli.main(["convert", "xternalz", str(src), str(tmp_path / "o"), *flag]) == 2
+        assert words in one_line_error(capsys)
+    assert not (tmp_path / "o").exists()
 
 
 def test_convert_into_a_read_only_directory(src, tmp_path, capsys):

@@ -101,6 +101,10 @@ def load(fmt: str, src: str, weights: str | None, act: str):
         raise ConfigError(
             f"--weights applies to files holding two sets of weights (fixmatch, usb, robustness), not {fmt}"
         )
+    if act is not None and fmt not in ("dm", "robustness"):
+        raise ConfigError(
+            f"--act applies to DeepMind's WRN (dm, robustness), whose files do not hold it, not {fmt}"
+        )
     if fmt == "xternalz":
         from wrn.models.xternalz import load_xternalz
 
