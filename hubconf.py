@@ -1,8 +1,10 @@
 """torch.hub entry points: ``torch.hub.load(REPO_DIR, "create_model", "wrn-28-10", source="local")``.
 
 Every registered name is also an entry point with '-' and '.' turned into '_', e.g. ``wrn_28_10``,
-``imagenet_wrn_18_1_5``. Models come freshly initialised (no pretrained weights are published); load your own
-with ``wrn.load_model`` or ``wrn.load_official``.
+``imagenet_wrn_18_1_5``. Models come freshly initialised; ``pretrained=True`` (or ``"IMAGENET1K_V1"``,
+``"IMAGENET1K_V2"``) loads torchvision's ImageNet weights of ``wrn_50_2``, ``wrn_101_2`` and the ResNets
+through torchvision's weights API. The CIFAR networks have no published weights: load your own with
+``wrn.load_model``, ``wrn.load_official`` or ``wrn convert``.
 """
 
 import os
@@ -17,15 +19,7 @@ from wrn.models import create_model, list_models, load_model, load_official  # n
 
 def _entry(name):
     def build(pretrained=False, **kwargs):
-        if pretrained:
-            from wrn.errors import ConfigError
-
-            raise ConfigError(
-                f"no pretrained weights of {name} are published yet; call it with pretrained=False (the "
-                "default) and options such as num_classes=100, dropout=0.3, in_channels=1, or load your own "
-                "weights with wrn.load_model(DIR)"
-            )
-        return create_model(name, **kwargs)
+        return create_model(name, pretrained=pretrained, **kwargs)
 
     build.__name__ = name.replace("-", "_").replace(".", "_")
     build.__doc__ = f"{name} (see wrn.create_model for the keyword arguments)."

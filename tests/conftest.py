@@ -72,3 +72,25 @@ def start_wrn(*args: str, env: dict | None = None, **popen):
         text=True,
         **popen,
     )
+
+
+def calibrate_bn_(model: torch.nn.Module, gen: torch.Generator, skip=()) -> torch.nn.Module:
+    """A network as after training: random BN affine parameters (except the BNs named in ``skip``, left at
+    their initial 1 and 0 as a BN that never gets a gradient), then running statistics that are those of one
+    random batch, so that eval-mode activations keep a sane scale. Returns the model in eval mode."""
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                if name not in skip:
+                    m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                    m.bias.copy_((torch.rand(m.num_features, generator=gen) - 0.5) * 0.4)
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average: after one batch, exactly its statistics
+        model.train()
+        model(torch.rand(8, 3, 32, 32, generator=gen))
+    return model.eval()
+
+
+def rel_diff(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    """max |ours - reference| relative to max |reference|."""
+    return ((ours - reference).abs().max() / reference.abs().max()).item()

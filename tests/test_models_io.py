@@ -286,7 +286,7 @@ def test_torchscript_export_by_name(tmp_path):
 
 def test_torch_hub_loads_from_a_clone():
     model = torch.hub.load(str(REPO), "wrn_16_4", source="local", num_classes=100, pretrained=False)
-    with pytest.raises(ConfigError, match="no pretrained weights of wrn-28-10 are published yet"):
+    with pytest.raises(ConfigError, match="no pretrained weights exist for wrn-28-10"):
         torch.hub.load(str(REPO), "wrn_28_10", source="local", pretrained=True)
     with pytest.raises(ConfigError, match="the options are: num_classes, "):
         torch.hub.load(str(REPO), "wrn_28_10", source="local", num_class=100)

@@ -37,7 +37,9 @@ class WideBlock(nn.Module):
     """Pre-activation block B(M) with kernel list ``kernels`` = (m1, ..., ml), all convs ``planes`` wide.
 
     ``o1 = ReLU(BN(x))`` is shared by the first conv and the projection shortcut; the identity shortcut takes
-    the raw ``x``. Dropout (element-wise) sits after the BN-ReLU and before every conv but the first. The
+    the raw ``x``. With ``preact_input=False`` (FixMatch's first blocks of groups 2 and 3) a block with a
+    projection feeds the raw ``x`` to both instead, and its ``bn1`` goes unused. ``same_padding``: a stride-2
+    first conv pads (0, 1, 0, 1) as TensorFlow's 'SAME' (DeepMind's WRN) instead of 1 on every side. Dropout (element-wise) sits after the BN-ReLU and before every conv but the first. The
     stride sits on the first conv, whatever its kernel. No conv has a bias; there is no ReLU after the sum.
     """
 
@@ -50,17 +52,27 @@ class WideBlock(nn.Module):
         dropout: float = 0.0,
         act: str = "relu",
         bn_momentum: float = 0.1,
+        preact_input: bool = True,
+        same_padding: bool = False,
     ) -> None:
         super().__init__()
         self.kernels = tuple(int(k) for k in kernels)
         self.dropout_p = float(dropout)
         self.out_planes = planes
+        self.preact_input = bool(preact_input)
+        # TensorFlow's 'SAME' on even sizes: a stride-2 k x k conv pads (k-2)//2 before and the rest after
+        first = self.kernels[0]
+        self.same_pad = None
+        if same_padding and stride == 2:
+            before = max(first - 2, 0) // 2
+            self.same_pad = (before, max(first - 2, 0) - before) * 2
         for j, k in enumerate(self.kernels, start=1):
             c_in = in_planes if j == 1 else planes
+            pad = 0 if j == 1 and self.same_pad is not None else k // 2
             self.add_module(f"bn{j}", nn.BatchNorm2d(c_in, momentum=bn_momentum))
             self.add_module(
                 f"conv{j}",
-                nn.Conv2d(c_in, planes, k, stride=stride if j == 1 else 1, padding=k // 2, bias=False),
+                nn.Conv2d(c_in, planes, k, stride=stride if j == 1 else 1, padding=pad, bias=False),
             )
         self.dropout = nn.Dropout(self.dropout_p) if self.dropout_p > 0 else None
         self.shortcut = (
@@ -72,7 +84,9 @@ class WideBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         o1 = self.act(self.bn1(x))
-        h = self.conv1(o1)
+        if not self.preact_input and self.shortcut is not None:
+            o1 = x  # FixMatch's first blocks of groups 2 and 3: conv1 and the shortcut see the raw input
+        h = self.conv1(o1 if self.same_pad is None else F.pad(o1, self.same_pad))
         for j in range(2, len(self.kernels) + 1):
             h = self.act(getattr(self, f"bn{j}")(h))
             if self.dropout is not None:
@@ -175,12 +189,14 @@ class _CifarResNet(nn.Module):
         in_channels: int,
         act: str,
         bn_momentum: float,
+        stem_bias: bool = False,
+        head_bn_eps: float = 1e-5,
     ) -> None:
-        self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=stem_bias)
         self.layer1 = nn.Sequential(*groups[0])
         self.layer2 = nn.Sequential(*groups[1])
         self.layer3 = nn.Sequential(*groups[2])
-        self.bn = nn.BatchNorm2d(out_channels, momentum=bn_momentum)
+        self.bn = nn.BatchNorm2d(out_channels, eps=head_bn_eps, momentum=bn_momentum)
         self.act = make_act(act)
         self.num_features = out_channels
         self.fc = nn.Linear(out_channels, num_classes) if num_classes else nn.Identity()
@@ -193,8 +209,29 @@ class _CifarResNet(nn.Module):
             {"num_chs": out_channels, "reduction": 4, "module": "act"},
         ]
 
+    def set_input_normalization(self, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
+        """Normalise the input inside the forward, ``(x - mean) / std`` per channel (the robustness WRNs take
+        pixels in [0, 1] and carry their data set's constants); None for neither (the default)."""
+        if (mean is None) != (std is None):
+            raise ConfigError("input_mean and input_std go together: give both or neither.")
+        self.input_norm = mean is not None
+        if mean is None or std is None:
+            return
+        channels = self.conv1.in_channels
+        mean, std = [float(m) for m in mean], [float(s) for s in std]
+        if len(mean) != channels or len(std) != channels or any(s <= 0 for s in std):
+            raise ConfigError(
+                f"input_mean and input_std need {channels} values each (one per input channel), the stds "
+                f"positive; got {mean} and {std}."
+            )
+        # not persistent: the constants live in model.config, so the state dict keeps its keys
+        self.register_buffer("input_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("input_std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The 64k-channel feature map after the head's BN-ReLU (before pooling)."""
+        if getattr(self, "input_norm", False):
+            x = (x - self.input_mean) / self.input_std
         x = self.conv1(x)
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.act(self.bn(x))
@@ -222,6 +259,39 @@ class _CifarResNet(nn.Module):
         self.config = {**self.config, "num_classes": num_classes}
 
 
+def _check_wrn(depth, width, kernels, blocks_per_group, dropout) -> int:
+    """The WRN's own arguments checked; the number of blocks per group."""
+    if blocks_per_group is None:
+        if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
+            raise ConfigError(
+                f"CIFAR WRN depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 34, 40, ...), got {depth!r}."
+            )
+        blocks_per_group = (depth - 4) // 6
+    if not isinstance(blocks_per_group, int) or blocks_per_group < 1:
+        raise ConfigError(f"blocks_per_group must be a positive integer, got {blocks_per_group!r}.")
+    if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
+        raise ConfigError(f"the widening factor k must be a positive integer, got {width!r}.")
+    if not kernels or any(not isinstance(k, int) or k < 1 or k % 2 == 0 for k in kernels):
+        raise ConfigError(
+            f"block kernels must be odd positive sizes such as (3, 3) or (1, 3, 1), got {kernels!r}."
+        )
+    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}.")
+    return blocks_per_group
+
+
+def _check_variants(preact_first, head_bn_eps) -> tuple[int, ...]:
+    """The other projects' options checked; the sorted groups whose first block pre-activates its input."""
+    preact_first = tuple(sorted(int(g) for g in preact_first))
+    if any(g not in (1, 2, 3) for g in preact_first) or len(set(preact_first)) != len(preact_first):
+        raise ConfigError(f"preact_first lists groups among 1, 2, 3 (FixMatch: (1,)), got {preact_first!r}.")
+    if isinstance(head_bn_eps, bool) or not isinstance(head_bn_eps, (int, float)) or head_bn_eps <= 0:
+        raise ConfigError(
+            f"head_bn_eps must be a positive number (PyTorch's 1e-5, USB's 1e-3), got {head_bn_eps!r}."
+        )
+    return preact_first
+
+
 class WideResNet(_CifarResNet):
     """WRN-d-k with block type B(kernels) for CIFAR and SVHN (any input of at least 8x8).
 
@@ -238,6 +308,17 @@ class WideResNet(_CifarResNet):
         init: ``"paper"`` (the authors' initialisation, default) or ``"pytorch"`` (PyTorch's defaults).
         act: ``"relu"`` (the paper), ``"leaky_relu"`` (slope 0.1, FixMatch) or ``"silu"`` (robustness WRNs).
         bn_momentum: momentum of every BN (PyTorch's convention; 0.1 default, FixMatch 0.001).
+
+    The options of other projects' WRNs, all off by default (the paper's network), none adding a tensor
+    to the state dict but ``stem_bias``:
+
+        preact_first: the groups whose first block feeds its pre-activated input to ``conv1`` and the
+            projection (default all three; FixMatch and USB: ``(1,)``, their first blocks of groups 2 and 3
+            take the raw input and leave their ``bn1`` unused).
+        same_padding: stride-2 convs pad (0, 1, 0, 1), TensorFlow's 'SAME' (DeepMind's WRN).
+        stem_bias: a bias on the stem conv (USB). head_bn_eps: the head BN's eps (USB: 1e-3).
+        input_mean, input_std: per-channel ``(x - mean) / std`` inside the forward, for networks that take
+            pixels in [0, 1] (DeepMind's WRN and the robustness models); recorded in ``model.config``.
     """
 
     def __init__(
@@ -252,36 +333,43 @@ class WideResNet(_CifarResNet):
         init: str = "paper",
         act: str = "relu",
         bn_momentum: float = 0.1,
+        preact_first: Sequence[int] = (1, 2, 3),
+        same_padding: bool = False,
+        stem_bias: bool = False,
+        head_bn_eps: float = 1e-5,
+        input_mean: Sequence[float] | None = None,
+        input_std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         kernels = tuple(kernels)
-        if blocks_per_group is None:
-            if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
-                raise ConfigError(
-                    f"CIFAR WRN depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 34, 40, ...), got {depth!r}."
-                )
-            blocks_per_group = (depth - 4) // 6
-        if not isinstance(blocks_per_group, int) or blocks_per_group < 1:
-            raise ConfigError(f"blocks_per_group must be a positive integer, got {blocks_per_group!r}.")
-        if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
-            raise ConfigError(f"the widening factor k must be a positive integer, got {width!r}.")
-        if not kernels or any(not isinstance(k, int) or k < 1 or k % 2 == 0 for k in kernels):
-            raise ConfigError(
-                f"block kernels must be odd positive sizes such as (3, 3) or (1, 3, 1), got {kernels!r}."
-            )
-        if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}.")
+        blocks_per_group = _check_wrn(depth, width, kernels, blocks_per_group, dropout)
+        preact_first = _check_variants(preact_first, head_bn_eps)
         _check_common(num_classes, in_channels, init, act, bn_momentum)
 
         widths = (16 * width, 32 * width, 64 * width)
-        groups = _make_groups(
-            lambda c_in, planes, stride: WideBlock(c_in, planes, stride, kernels, dropout, act, bn_momentum),
-            widths,
-            blocks_per_group,
+        first_of = {16 * width * 2**g: g + 1 for g in range(3)}  # the group of a block's width
+
+        def block(c_in: int, planes: int, stride: int) -> WideBlock:
+            first = c_in != planes or stride != 1
+            preact = not first or first_of[planes] in preact_first
+            return WideBlock(
+                c_in, planes, stride, kernels, dropout, act, bn_momentum, preact, bool(same_padding)
+            )
+
+        groups = _make_groups(block, widths, blocks_per_group)
+        self._build(
+            groups,
+            widths[-1],
+            num_classes,
+            in_channels,
+            act,
+            bn_momentum,
+            bool(stem_bias),
+            float(head_bn_eps),
         )
-        self._build(groups, widths[-1], num_classes, in_channels, act, bn_momentum)
         if init == "paper":
             init_paper_(self)
+        self.set_input_normalization(input_mean, input_std)
         self.config = {
             "arch": "WideResNet",
             "depth": depth,
@@ -295,6 +383,16 @@ class WideResNet(_CifarResNet):
             "act": act,
             "bn_momentum": float(bn_momentum),
         }
+        # the variants of other projects, recorded only where they differ from the paper's network
+        variants = {
+            "preact_first": (list(preact_first), [1, 2, 3]),
+            "same_padding": (bool(same_padding), False),
+            "stem_bias": (bool(stem_bias), False),
+            "head_bn_eps": (float(head_bn_eps), 1e-5),
+            "input_mean": (None if input_mean is None else [float(m) for m in input_mean], None),
+            "input_std": (None if input_std is None else [float(v) for v in input_std], None),
+        }
+        self.config.update({k: v for k, (v, default) in variants.items() if v != default})
 
 
 class PreActResNet(_CifarResNet):

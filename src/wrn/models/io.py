@@ -97,8 +97,14 @@ def save_model(
     model: nn.Module, directory: str | os.PathLike, metadata: dict[str, Any] | None = None
 ) -> Path:
     """Write ``model.safetensors`` (weights and BN statistics) and ``model.json`` (architecture) into
-    ``directory``, each atomically. Returns the directory."""
+    ``directory``, each atomically. Returns the directory.
+
+    ``metadata`` defaults to what the model carries as ``model.wrn_metadata`` (the input record of
+    pretrained or converted weights: how its images are prepared), if anything; given keys win."""
     model = unwrap(model)
+    carried = getattr(model, "wrn_metadata", None)
+    if isinstance(carried, dict):
+        metadata = {**carried, **(metadata or {})}
     config = getattr(model, "config", None)
     if not isinstance(config, dict) or "arch" not in config:
         raise CheckpointError("save_model needs a model built by wrn (one that carries model.config).")

@@ -39,10 +39,32 @@ def _read(path_or_dict: str | os.PathLike | dict[str, Any]) -> tuple[dict[str, t
     if isinstance(obj, dict) and "params" in obj and isinstance(obj["params"], dict):
         obj = obj["params"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        _suggest_other_format(obj, source)
         raise CheckpointError(
             f"{source} is neither {{'params': {{name: tensor}}}} nor a flat dict of tensors as the official code saves."
         )
     return {k: v.detach() for k, v in obj.items()}, source
+
+
+def _suggest_other_format(obj: Any, source: str) -> None:
+    """Refuse a wrapped checkpoint of another known format with the format to use."""
+    from wrn.models.resemble import closest_format
+    from wrn.models.xternalz import _state_dict
+
+    try:
+        params = _state_dict(obj, source)
+    except CheckpointError:
+        if isinstance(obj, dict) and "model_state_dict" in obj:
+            raise CheckpointError(
+                f"{source} is not an official checkpoint; its 'model_state_dict' wrapper is the robustness "
+                "training code's: use `wrn convert robustness`"
+            ) from None
+        return
+    fmt, what = closest_format(params)
+    if fmt is not None and fmt != "official":
+        raise CheckpointError(
+            f"{source} is not an official checkpoint; it looks like {what}: use `wrn convert {fmt}`"
+        )
 
 
 def _blocks_per_group(params: dict[str, torch.Tensor]) -> dict[int, int]:
@@ -158,9 +180,15 @@ def load_official(path_or_dict: str | os.PathLike | dict[str, Any]) -> nn.Module
         elif "conv0" in params and "group0.block0.conv0" in params:
             model = _convert_cifar(params, source)
         else:
+            from wrn.models.resemble import closest_format
+
+            fmt, what = closest_format(params)
+            hint = f"; it looks like {what}: use `wrn convert {fmt}`" if fmt else ""
             raise CheckpointError(
                 f"{source} is not in a known official format (expected 'conv0' and 'group0.block0.conv0' for the CIFAR "
-                "port, or 'conv0.weight' and 'group3.block0.conv_dim.weight' for the folded WRN-50-2)."
+                "port, or 'conv0.weight' and 'group3.block0.conv_dim.weight' for the folded WRN-50-2)"
+                + hint
+                + "."
             )
     except KeyError as exc:
         raise CheckpointError(f"{source} lacks the key {exc.args[0]!r} that its format requires.") from None

@@ -5,6 +5,8 @@ Names (specification section 1-3):
 * ``wrn-D-K``: CIFAR/SVHN WRN of depth D = 6n+4 and width K, B(3,3) blocks;
 * ``wrn-D-K-bDIGITS``: block type B(M), M the kernel list (``b131`` = B(1,3,1)); N = (D-4)/6;
 * ``wrn-D-K-lL``: Table 3's all-3x3 block with L convs and N = (D-4)/(3L);
+* ``wrn-28-2-fixmatch``, ``wrn-28-8-fixmatch``: the WRNs of FixMatch and its successors (leaky ReLU, BN
+  momentum 0.001, raw input to the first blocks of groups 2 and 3);
 * ``preact-resnet-110`` (basic), ``preact-resnet-164``, ``preact-resnet-1001`` (bottleneck);
 * ImageNet, torchvision-compatible: ``resnet-18/34/50/101/152``, ``wrn-50-2``, ``wrn-101-2``,
   ``imagenet-wrn-18-{1.0,1.5,2.0,3.0}``, ``imagenet-wrn-34-{1.0,1.5,2.0,3.0}``.
@@ -67,6 +69,11 @@ _CIFAR_PAPER = {
     "wrn-40-2-l4": "2.2M (T3)",
 }
 
+# FixMatch's WRN (Sohn et al. 2020, and the ports that train it): leaky ReLU 0.1, BN momentum 0.001 (TensorFlow's
+# decay 0.999), and only group 1's first block feeds its pre-activated input to conv1 and the shortcut.
+FIXMATCH_OPTIONS: dict[str, Any] = {"act": "leaky_relu", "bn_momentum": 0.001, "preact_first": (1,)}
+_FIXMATCH_PAPER = {"wrn-28-2-fixmatch": "1.5M (FixMatch)", "wrn-28-8-fixmatch": "23.4M (FixMatch)"}
+
 _CIFAR_RE = re.compile(r"^wrn-(\d+)-(\d+)(?:-b(\d+)|-l(\d+))?$")
 
 
@@ -108,6 +115,9 @@ def _parse_cifar(name: str) -> dict[str, Any] | None:
 def _register_all() -> None:
     for name, paper in _CIFAR_PAPER.items():
         _NAMED[name] = (WideResNet, _parse_cifar(name), 32, 10, paper)
+    for name, paper in _FIXMATCH_PAPER.items():
+        base = _parse_cifar(name[: -len("-fixmatch")])
+        _NAMED[name] = (WideResNet, {**base, **FIXMATCH_OPTIONS}, 32, 10, paper)
     _NAMED["preact-resnet-110"] = (PreActResNet, {"depth": 110, "block": "basic"}, 32, 10, "1.7M")
     _NAMED["preact-resnet-164"] = (PreActResNet, {"depth": 164, "block": "bottleneck"}, 32, 10, "1.7M (T5)")
     _NAMED["preact-resnet-1001"] = (
@@ -190,6 +200,7 @@ def create_model(
     num_classes: int | None = None,
     features_only: bool = False,
     out_indices: int | tuple[int, ...] | None = None,
+    pretrained: bool | str = False,
     **overrides: Any,
 ) -> nn.Module:
     """Build a model by name.
@@ -202,6 +213,9 @@ def create_model(
             maps of the stem and of each group as a list (timm's convention), with ``feature_info``.
         out_indices: with ``features_only``, which maps: None (all), an int n (the last n) or indices,
             e.g. ``(1, 2, 3)`` for the three groups of a CIFAR WRN.
+        pretrained: torchvision's ImageNet weights for the ImageNet ResNets and ``wrn-50-2``/``wrn-101-2``
+            (True: torchvision's default, or ``"IMAGENET1K_V1"``/``"IMAGENET1K_V2"``), through torchvision's
+            weights API; see :mod:`wrn.models.pretrained`. No pretrained weights exist for the CIFAR networks.
         **overrides: constructor arguments that the name does not fix, e.g. ``dropout=0.3``,
             ``in_channels=1``, ``init="pytorch"``, ``act="silu"``, ``bn_momentum=0.001``.
 
@@ -220,9 +234,26 @@ def create_model(
             raise ConfigError(f"{cls.__name__} has no option {key!r}; the options are: {options}.")
     if out_indices is not None and not features_only:
         raise ConfigError("out_indices only applies with features_only=True.")
+    if pretrained is not False:
+        from wrn.models import pretrained as tv
+
+        tv.weights_for(name, pretrained)  # the name and the choice first, before anything is fetched
+        if num_classes not in (None, default_classes) or overrides:
+            raise ConfigError(
+                f"pretrained weights fit {name} as published ({default_classes} classes, no options); build it "
+                "with pretrained=..., then reset_classifier(n) for another number of classes."
+            )
+        weights, state = tv.fetch(name, pretrained)
     model = cls(**fixed, num_classes=default_classes if num_classes is None else num_classes, **overrides)
     model.config = {"name": name.strip().lower(), **model.config}
-    return FeatureNet(model, out_indices) if features_only else model
+    if pretrained is not False:
+        tv.load_into(model, weights, state)
+    if not features_only:
+        return model
+    net = FeatureNet(model, out_indices)
+    if hasattr(model, "wrn_metadata"):
+        net.wrn_metadata = model.wrn_metadata
+    return net
 
 
 def build_model(config: dict[str, Any]) -> nn.Module:

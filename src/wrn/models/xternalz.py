@@ -17,7 +17,9 @@ theirs                                                 ours
 
 Read: a bare state dict, or one under ``'state_dict'`` or ``'model'``; with or without the ``module.`` prefix
 of DataParallel/DDP; with the unused ``sub_block1.*`` of the TRADES variant (dropped, with one warning line).
-Depth (from the number of blocks), width, classes and input channels come from the tensors' shapes.
+Depth (from the number of blocks), width, classes and input channels come from the tensors' shapes. FixMatch's
+and USB's WRNs share these key names but are other networks: their files are refused with the format to use
+(:mod:`wrn.models.imports`), by their wrappers or, for a bare state dict, by the BNs that never trained.
 Files are opened with ``torch.load(weights_only=True)``: tensors and plain containers only, never code.
 """
 
@@ -61,7 +63,7 @@ def _their_key(ours: str) -> str:
         return f"block{g}.layer.{i}.{'convShortcut' if module == 'shortcut' else module}.{field}"
     if ours.startswith("bn."):
         return "bn1." + ours[len("bn.") :]
-    return ours  # conv1.weight, fc.weight, fc.bias
+    return ours  # conv1.weight (and conv1.bias), fc.weight, fc.bias
 
 
 def _read(path_or_dict: str | os.PathLike | dict[str, Any]) -> tuple[Any, str]:
@@ -103,6 +105,11 @@ def _state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
 
 def _foreign_format(params: dict[str, torch.Tensor]) -> str | None:
     """What a state dict that is not in the xternalz format looks like, or None if it is in it."""
+    from wrn.models.resemble import closest_format
+
+    fmt, what = closest_format(params)
+    if fmt in ("usb", "dm", "robustness"):
+        return f"what looks like {what}: use `wrn convert {fmt}`"
     if "block1.layer.0.conv1.weight" in params:
         return None
     if "conv0" in params and "group0.block0.conv0" in params:
@@ -132,22 +139,36 @@ def load_xternalz(path_or_dict: str | os.PathLike | dict[str, Any], dropout: flo
             is also what inference uses).
 
     The result computes the same function as the port fed the same state dict, in eval mode and in train
-    mode without dropout; ``wrn.save_model`` writes it as a model directory.
+    mode without dropout; ``wrn.save_model`` writes it as a model directory. A file that FixMatch's or USB's
+    code wrote (their WRN has the same key names but another network) is refused with the format to use.
     """
+    from wrn.models.imports import check_other_formats
+
     obj, source = _read(path_or_dict)
+    check_other_formats(obj, source)
     params = _state_dict(obj, source)
     foreign = _foreign_format(params)
     if foreign is not None:
         raise CheckpointError(
             f"{source} is not a WideResNet state dict in the xternalz format: it holds {foreign}."
         )
+    model = build_from_xternalz_keys(params, source, dropout=dropout)
+    check_other_formats(params, source, model)
+    return model
+
+
+def build_from_xternalz_keys(
+    params: dict[str, torch.Tensor], source: str, dropout: float = 0.0, **variant: Any
+) -> nn.Module:
+    """The WRN whose xternalz-named state dict is ``params`` (shapes give depth, width, classes, channels),
+    built with the constructor options ``variant`` (activation, BN momentum, block switch...), in eval mode."""
     unused = sorted(k for k in params if k.startswith(_UNUSED))
     if unused:
         warnings.warn(
             f"dropped {len(unused)} tensors of sub_block1.* from {source}: the TRADES variant's unused copy of "
             "block1, which its forward pass never runs.",
             ConversionWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
         params = {k: v for k, v in params.items() if not k.startswith(_UNUSED)}
 
@@ -173,7 +194,11 @@ def load_xternalz(path_or_dict: str | os.PathLike | dict[str, Any], dropout: flo
     num_classes = _shape(params, "fc.weight", source)[0]
     in_channels = _shape(params, "conv1.weight", source)[1]
     model = create_model(
-        f"wrn-{6 * n + 4}-{width}", num_classes=num_classes, in_channels=in_channels, dropout=dropout
+        f"wrn-{6 * n + 4}-{width}",
+        num_classes=num_classes,
+        in_channels=in_channels,
+        dropout=dropout,
+        **variant,
     )
 
     ours = model.state_dict()
