@@ -14,19 +14,14 @@ from collections import Counter
 import pytest
 import torch
 
+from conftest import WRN_ENV as ENV
+from conftest import run_wrn as wrn_cli
 from wrn.bench import figure4
 from wrn.bench import train as bench_train
 from wrn.bench.cifar_files import write_random_cifar10
 from wrn.cli import main as wrn_main
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TINY = "wrn-16-1"
-
-
-def wrn_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "wrn", *args], env=ENV, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def independent_train_flops(name: str, size: int = 32) -> int:

@@ -80,7 +80,17 @@ def test_predict_reads_images_as_the_test_set_and_names_the_classes(run, tmp_pat
     assert text.returncode == 0 and text.stdout.startswith(f"{paths[0]}: ") and "%" in text.stdout
     rgb = tmp_path / "big.png"  # any size and mode: converted to the model's channels and size
     Image.fromarray(np.repeat(np.kron(x[0, 0].numpy(), np.ones((4, 4), np.uint8))[..., None], 3, 2)).save(rgb)
-    assert wrn_cli("predict", str(run), str(rgb)).returncode == 0
+    proc = wrn_cli("predict", str(run), str(rgb), "--top-k", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    # the reference: PIL's grey conversion and bilinear resize to the training size, the run's constants
+    small = np.asarray(Image.open(rgb).convert("L").resize((8, 8), Image.BILINEAR), dtype=np.float32)
+    with torch.no_grad():
+        probs = torch.softmax(model((torch.from_numpy(small)[None, None] - 77.85) / 95.85), 1)[0]
+    (result,) = json.loads(proc.stdout)
+    assert [t["class"] for t in result["top"]] == probs.topk(3).indices.tolist()
+    np.testing.assert_allclose(
+        [t["probability"] for t in result["top"]], probs.topk(3).values.tolist(), atol=1e-5
+    )
 
 
 def test_onnx_export_of_a_run_takes_its_channels_and_any_size(run, tmp_path):

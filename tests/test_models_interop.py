@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,17 +17,9 @@ import yaml
 from torch import nn
 
 import wrn
+from conftest import run_wrn as run_cli
 from wrn.errors import CheckpointError, ConfigError
 from wrn.models import count_parameters, create_model, load_model, load_xternalz, save_model
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "wrn", *args], capture_output=True, text=True, timeout=timeout, env=ENV
-    )
-
 
 # ------------------------------------------------------------------------ the reference, in the port's key names
 

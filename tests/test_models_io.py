@@ -13,16 +13,11 @@ import torch
 import torch.nn.functional as F
 
 import wrn
+from conftest import run_wrn as run_cli
 from wrn.errors import CheckpointError, ConfigError
 from wrn.models import create_model, load_model, load_official, save_model
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "wrn", *args], capture_output=True, text=True, cwd=cwd, timeout=300
-    )
 
 
 def randomize_bn_(model: torch.nn.Module) -> torch.nn.Module:
@@ -56,7 +51,10 @@ def test_save_and_load_round_trip(tmp_path):
 def test_save_unwraps_compiled_models(tmp_path):
     model = create_model("wrn-10-1")
     save_model(torch.compile(model), tmp_path)
-    assert list(load_model(tmp_path).state_dict()) == list(model.state_dict())
+    loaded = load_model(tmp_path).state_dict()
+    assert list(loaded) == list(model.state_dict())  # no `_orig_mod.` prefixes
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded[key], value), key
 
 
 def test_mismatched_checkpoint_names_its_keys(tmp_path):

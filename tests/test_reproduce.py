@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from wrn.train.rundir import RunLock
+
 # One thread per process: the tests run several processes at once on small machines.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 ROW = "cifar10-wrn-40-2-l1-zca"  # Table 3, l=1: WRN-40-2 with one conv per block (2.2M parameters)
@@ -460,7 +462,7 @@ def test_a_run_locked_by_another_process_is_waited_for(tmp_path):
     from wrn.reproduce.runner import run_local
 
     spec = G.RunSpec(tmp_path, EXPERIMENTS["table3"].row(ROW), 0)
-    lock = G.RunLock(spec.lock_path)
+    lock = RunLock(spec.lock_path)
     assert lock.acquire()
 
     def the_other_process_finishes():

@@ -5,28 +5,14 @@ from __future__ import annotations
 import json
 import os
 import struct
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from conftest import run_wrn as wrn_cli
+
 # One thread per process: the tests run several at once on small machines.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def wrn_cli(
-    *args: str, timeout: float = 300, env: dict | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "wrn", *args],
-        env=env or ENV,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-    )
 
 
 # name -> (arguments, words the message must contain). "{tmp}" is a fresh directory per session.
@@ -213,7 +199,15 @@ def test_presets_lists_every_recipe():
 def test_full_demo_reaches_97_percent_in_under_two_minutes(tmp_path):
     """The documented first run: `wrn train --preset demo` (the short version above runs by default)."""
     run = tmp_path / "demo"
-    proc = wrn_cli("train", "--preset", "demo", "--out", str(run), timeout=600, env=dict(os.environ))
+    proc = wrn_cli(
+        "train",
+        "--preset",
+        "demo",
+        "--out",
+        str(run),
+        timeout=600,
+        env={"OMP_NUM_THREADS": str(os.cpu_count() or 1)},
+    )
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["test_acc"] >= 97.0

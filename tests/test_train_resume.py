@@ -17,12 +17,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import WRN_ENV as ENV
+from conftest import start_wrn as wrn_cli
 from wrn.errors import CheckpointError
 from wrn.train import checkpoint as ckpt
 from wrn.train.config import build_config
 from wrn.train.loop import Interrupted, NonFiniteLoss, resume, train
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 # A small CPU run that exercises every piece of state: dropout (torch RNG), crop augmentation (the loader's
 # generator), momentum buffers and their reset at the drops of epochs 2 and 3, BN statistics.
 RUN_ARGS = [
@@ -31,16 +32,6 @@ RUN_ARGS = [
     "--no-progress",
 ]  # fmt: skip
 TIME_KEYS = {"train_time", "test_time", "images_per_s"}
-
-
-def wrn_cli(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "wrn", *args],
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def metrics(run_dir: Path) -> list[dict]:

@@ -4,7 +4,6 @@ config.yaml with its provenance, runs killed before their first checkpoint, fini
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,14 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+from conftest import WRN_ENV as ENV
+from conftest import run_wrn as wrn_cli
+
 SMALL = ["--preset", "demo", "--model", "wrn-10-1", "--no-progress"]
-
-
-def wrn_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "wrn", *args], env=ENV, capture_output=True, text=True, timeout=300, cwd=cwd
-    )
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:

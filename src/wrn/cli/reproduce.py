@@ -8,6 +8,7 @@ from pathlib import Path
 
 from wrn.errors import ConfigError
 from wrn.train.options import BY_KEY, parse_value
+from wrn.train.rundir import RunDir
 
 # The `wrn train` options a grid passes to every one of its runs (they scale a grid down): name -> config key.
 TRAIN_OPTIONS = {
@@ -175,7 +176,7 @@ def dry_run(plan) -> int:
         f"# {plan.experiment.name}: {len(plan.todo)} runs in {plan.out}{scaled}; nothing is started (--dry-run)"
     )
     for spec in plan.todo:
-        state = G.run_state(spec.dir)
+        state = RunDir(spec.dir).state()
         if state == "done":
             what = "done: would be skipped"
         elif state == "partial":

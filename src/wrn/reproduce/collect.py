@@ -21,6 +21,7 @@ import yaml
 from wrn.errors import ConfigError
 from wrn.reproduce import grid as G
 from wrn.reproduce.experiments import DATASET_TITLES, Row
+from wrn.train.rundir import RunDir, lock_is_held
 
 DASH = "–"  # en dash for ranges
 NONE = "—"  # em dash for "no value"
@@ -231,7 +232,7 @@ def read_yaml(path: Path) -> dict:
 def read_run(spec: G.RunSpec) -> RunInfo:
     from wrn.train.logging import read_metrics
 
-    state = G.run_state(spec.dir)
+    state = RunDir(spec.dir).state()
     records: list[dict] = []
     if (spec.dir / "metrics.jsonl").is_file():
         try:
@@ -247,7 +248,7 @@ def read_run(spec: G.RunSpec) -> RunInfo:
             failure = {"last_line": "(unreadable failure record)"}
     if state == "done":
         status = "done"
-    elif G.lock_is_held(spec.lock_path):
+    elif lock_is_held(spec.lock_path):
         status = "running"
     elif failure is not None:
         status = "failed"

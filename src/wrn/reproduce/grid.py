@@ -16,8 +16,6 @@ repro/table5`` draws Figure 2 from an existing Table 5 grid, training only what 
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ import yaml
 from wrn.atomic import atomic_write_text
 from wrn.errors import ConfigError, DataError
 from wrn.reproduce.experiments import EXPERIMENTS, Experiment, Row, base_experiment, get_experiment
+from wrn.train.rundir import RunDir
 
 EXPERIMENT_FILE = "experiment.yaml"
 FORMAT = "wrn-reproduce"
@@ -101,7 +100,7 @@ class RunSpec:
 
     @property
     def lock_path(self) -> Path:
-        return self.out / self.row.name / f".seed-{self.seed}.lock"
+        return RunDir(self.dir).lock  # the lock `wrn train` itself takes on the run
 
     @property
     def config_path(self) -> Path:
@@ -114,63 +113,6 @@ class RunSpec:
     @property
     def failed_path(self) -> Path:
         return self.out / LOGS_DIR / f"{self.row.name}-seed-{self.seed}.failed.json"
-
-
-def run_state(run_dir: Path) -> str:
-    """``done`` (final weights written), ``partial`` (a checkpoint to resume), ``unstarted`` (created but
-    killed before its first checkpoint), or ``missing``."""
-    if (run_dir / "model.json").is_file() and (run_dir / "model.safetensors").is_file():
-        return "done"
-    if (run_dir / "checkpoint.pt").is_file():
-        return "partial"
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        return "unstarted"
-    return "missing"
-
-
-class RunLock:
-    """An exclusive ``flock`` on ``<row>/.seed-<s>.lock``: one process trains a run at a time.
-
-    The descriptor is handed to the `wrn train` child (``pass_fds``), so the lock is held until the child
-    has exited, even when the orchestrator that took it was killed first.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.fd: int | None = None
-
-    def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                return False
-            raise
-        self.fd = fd
-        return True
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-def lock_is_held(path: Path) -> bool:
-    """Whether another process holds the run's lock (it is training that run now). Creates nothing."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def last_log_line(path: Path) -> str:

@@ -8,7 +8,7 @@ its failure.
 
 The orchestrator never initialises CUDA and holds no GPU: it only starts, watches and restarts processes.
 Each run is started through :mod:`wrn.reproduce.child`, so it gets SIGTERM (checkpoint, then exit) when
-whoever started it dies; and it holds its run's lock (:class:`wrn.reproduce.grid.RunLock`) until it exits, so
+whoever started it dies; and it holds its run's lock (:class:`wrn.train.rundir.RunLock`) until it exits, so
 no two processes ever train one run, whatever was killed in between.
 """
 
@@ -33,7 +33,7 @@ from typing import Any
 
 from wrn.errors import ConfigError
 from wrn.reproduce import grid as G
-from wrn.train.rundir import LOCK_FD_ENV
+from wrn.train.rundir import LOCK_FD_ENV, RunDir, RunLock
 
 # A failed run is tried this many times in one command (the first try and one retry).
 ATTEMPTS = 2
@@ -69,7 +69,7 @@ class Summary:
 
 def state_of(spec: G.RunSpec) -> str:
     """Where a run stands (missing, unstarted, partial or done): the one place the runner asks its folder."""
-    return G.run_state(spec.dir)
+    return RunDir(spec.dir).state()
 
 
 def train_args(spec: G.RunSpec) -> tuple[list[str], str]:
@@ -134,7 +134,7 @@ def execute(spec: G.RunSpec, env: dict[str, str] | None = None, start: Launcher 
     ``skipped`` (done already), ``done``, ``failed`` or ``interrupted`` (not started: the grid is stopping);
     counting the attempts is the caller's (:class:`Tally`). A Ray task runs this function as it is.
     """
-    lock = G.RunLock(spec.lock_path)
+    lock = RunLock(spec.lock_path)
     if not lock.acquire():
         return Outcome(spec.key, "busy")
     try:
@@ -542,7 +542,7 @@ def run_bench(
         say(f"figure4: {bench_dir / G.BENCH_FILE} is there already; nothing to do")
         summary.outcomes.append(Outcome(key, "skipped"))
         return summary
-    lock = G.RunLock(out / ".figure4.lock")
+    lock = RunLock(out / ".figure4.lock")
     if not lock.acquire():
         raise ConfigError(f"another process is running the benchmark in {out}; wait for it to finish")
     log = out / G.LOGS_DIR / "figure4.log"
