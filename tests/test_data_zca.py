@@ -1,4 +1,4 @@
-"""GCN + ZCA whitening against a direct computation of spec section 4, and its on-disk cache."""
+"""GCN + ZCA whitening against a direct computation of the paper's preprocessing (docs/data.md), and its on-disk cache."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from wrn.data import zca
 
 
 def direct(x_train, x_test, bias=0.1):
-    """Spec section 4 written out plainly."""
+    """The preprocessing of docs/data.md written out plainly."""
 
     def gcn(x):
         x = x.reshape(len(x), -1).astype(np.float64)

@@ -118,11 +118,11 @@ def test_torchvision_state_dict_loads_strict_and_outputs_match(name):
         assert (ours(x) - tv(x)).abs().max().item() <= 1e-5
 
 
-# ---------------------------------------------------------------- an independent reference forward (spec section 1)
+# ---------------------------------------------------------------- an independent reference forward (docs/models.md)
 
 
 def reference_wrn_forward(model: WideResNet, x: torch.Tensor, train: bool) -> torch.Tensor:
-    """Spec section 1 written out with functional ops, reading the weights by their documented keys."""
+    """The paper's block (docs/models.md) written out with functional ops, reading the weights by their documented keys."""
     sd = dict(model.named_parameters()) | dict(model.named_buffers())
     cfg = model.config
 
@@ -210,7 +210,7 @@ def test_preact_resnet_110_is_the_k1_wrn_block():
 
 @pytest.mark.parametrize("name", ["preact-resnet-164", "preact-resnet-1001"])
 def test_thin_bottleneck_strides_on_its_first_1x1_conv(name):
-    """Spec section 2, pitfall 12: the authors' resnet-pre-act.lua halves the resolution in the first 1x1 conv
+    """The authors' resnet-pre-act.lua halves the resolution in the first 1x1 conv
     (and the projection), not in the 3x3. Parameter counts cannot tell; the shapes each conv sees can."""
     model = create_model(name).eval()
     seen = {}
@@ -391,7 +391,7 @@ def test_bad_constructor_values():
         WideResNet(depth=16, width=0)
     with pytest.raises(ConfigError, match="odd"):
         WideResNet(depth=16, width=1, kernels=(3, 2))
-    with pytest.raises(ConfigError, match="num_classes"):  # 0 is allowed: no classifier (issue 9)
+    with pytest.raises(ConfigError, match="num_classes"):  # 0 is allowed: no classifier
         create_model("wrn-16-4", num_classes=-1)
 
 
@@ -401,3 +401,15 @@ def test_model_config_rebuilds_the_model():
     assert again.config == model.config
     assert [v.shape for v in again.state_dict().values()] == [v.shape for v in model.state_dict().values()]
     assert model_info("wrn-28-10")["input_size"] == 32 and model_info("wrn-50-2")["input_size"] == 224
+
+
+def test_the_model_table_of_the_docs_is_what_wrn_models_prints(capsys):
+    """docs/models.md's table is `wrn models --format markdown` (parameters and multiply-adds from the code)."""
+    from pathlib import Path
+
+    from wrn.cli import main
+
+    assert main(["models", "--format", "markdown"]) == 0
+    table = capsys.readouterr().out.strip()
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    assert table in docs, "regenerate the table in docs/models.md with `wrn models --format markdown`"

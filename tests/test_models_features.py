@@ -1,4 +1,4 @@
-"""Issue 9: feature maps with timm's conventions, forward_features / forward_head, num_classes=0, and a detection
+"""feature maps with timm's conventions, forward_features / forward_head, num_classes=0, and a detection
 backbone that torchvision's FasterRCNN trains on."""
 
 from __future__ import annotations

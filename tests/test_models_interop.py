@@ -1,6 +1,6 @@
-"""Issue 9: the de facto WideResNet checkpoints, the activation / BN-momentum variants and the robustness sizes.
+"""the de facto WideResNet checkpoints, the activation / BN-momentum variants and the robustness sizes.
 
-The reference network below is spec section 1's B(3,3) WRN written out again, under the key names of the widely
+The reference network below is the paper's (docs/models.md) B(3,3) WRN written out again, under the key names of the widely
 copied PyTorch port (``conv1``, ``block{1,2,3}.layer.{i}.{bn1,conv1,bn2,conv2,convShortcut}``, ``bn1``, ``fc``),
 with its 8x8 average pool. Its state dicts are what such checkpoints hold.
 """
@@ -25,7 +25,7 @@ from wrn.models import count_parameters, create_model, load_model, load_xternalz
 
 
 class RefBlock(nn.Module):
-    """Spec section 1: o1 = ReLU(BN(x)); conv3x3(o1, stride) -> BN-ReLU -> dropout -> conv3x3; plus a 1x1
+    """The paper's block (docs/models.md): o1 = ReLU(BN(x)); conv3x3(o1, stride) -> BN-ReLU -> dropout -> conv3x3; plus a 1x1
     projection of o1 where the channel count changes, else x."""
 
     def __init__(self, c_in: int, c_out: int, stride: int, drop: float) -> None:
@@ -248,7 +248,7 @@ def test_xternalz_refuses_code_foreign_formats_and_wrong_keys(tmp_path):
 
 
 def closed_form_wrn_params(depth: int, k: int, classes: int) -> int:
-    """Spec section 1 counted by hand: stem, per block BN(c_in) + conv3x3 + BN + conv3x3 (+ 1x1 projection
+    """The paper's block (docs/models.md) counted by hand: stem, per block BN(c_in) + conv3x3 + BN + conv3x3 (+ 1x1 projection
     where the channel count changes), head BN + Linear."""
     n, total, c_in = (depth - 4) // 6, 3 * 16 * 9, 16
     for w in (16 * k, 32 * k, 64 * k):
@@ -261,7 +261,7 @@ def closed_form_wrn_params(depth: int, k: int, classes: int) -> int:
 @pytest.mark.parametrize(
     "name, classes, expected",
     [
-        ("wrn-34-10", 10, 46_160_474),  # spec section 1; "46.16 M" in the robustness literature
+        ("wrn-34-10", 10, 46_160_474),  # "46.16 M" in the robustness literature
         ("wrn-34-10", 100, 46_218_164),
         ("wrn-70-16", 10, 266_796_506),  # "266.8 M"
         ("wrn-70-16", 100, 266_888_756),
@@ -283,7 +283,7 @@ def test_robustness_sizes(name, classes, expected):
 
 
 def functional_wrn(model: nn.Module, x: torch.Tensor, act, momentum: float, train: bool) -> torch.Tensor:
-    """Spec section 1 with the activation ``act`` and BN momentum ``momentum``, read by our documented keys;
+    """The paper's block (docs/models.md) with the activation ``act`` and BN momentum ``momentum``, read by our documented keys;
     in train mode it updates copies of the running statistics, returned in ``model._ref_stats``."""
     sd = dict(model.named_parameters()) | dict(model.named_buffers())
     stats = {}

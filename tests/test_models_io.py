@@ -81,7 +81,7 @@ def test_corrupt_or_missing_files_are_clear(tmp_path):
         load_model(tmp_path)
 
 
-# ------------------------------------------------------------- the authors' CIFAR checkpoint (spec section 6)
+# ------------------------------------------------------------- the authors' CIFAR checkpoint (docs/models.md)
 
 
 def official_params(depth: int, width: int, classes: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -118,7 +118,7 @@ def official_params(depth: int, width: int, classes: int, gen: torch.Generator) 
 
 
 def official_forward(x: torch.Tensor, params: dict[str, torch.Tensor], train: bool, n: int) -> torch.Tensor:
-    """The official functional WRN forward, written from spec section 6 (stride on conv0, convdim on o1)."""
+    """The official functional WRN forward, written from the authors' code (docs/models.md) (stride on conv0, convdim on o1)."""
 
     def bn(h, base):
         return F.batch_norm(
@@ -230,7 +230,7 @@ def folded_wrn50_2_params(gen: torch.Generator) -> dict[str, torch.Tensor]:
 
 
 def folded_forward(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The authors' functional WRN-50-2 (spec section 6), pooling globally so a small test input works."""
+    """The authors' functional WRN-50-2 (docs/models.md), pooling globally so a small test input works."""
 
     def conv(h, base, stride=1, pad=0):
         return F.conv2d(h, params[base + ".weight"], params[base + ".bias"], stride, pad)

@@ -32,8 +32,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 ROW = "cifar10-wrn-40-2-l1-zca"  # Table 3, l=1: WRN-40-2 with one conv per block (2.2M parameters)
 GRID = ["reproduce", "table3", "--dataset", "digits", "--epochs", "2", "--runs", "2", "--rows", ROW]
 
-# Spec section 7, as the paper prints it: test error %, (top-1, top-5) for ImageNet.
-SPEC7 = {
+# The paper's tables, as it prints them: test error %, (top-1, top-5) for ImageNet.
+PAPER_TABLES = {
     "table2": {
         "cifar10-wrn-40-2-b131-zca": 6.06,
         "cifar10-wrn-40-2-b31-zca": 5.78,
@@ -171,19 +171,19 @@ def md_table(text: str, heading: str) -> tuple[list[str], list[list[str]]]:
 def test_experiments_hold_the_papers_numbers():
     from wrn.reproduce.experiments import EXPERIMENTS
 
-    for name, expected in SPEC7.items():
+    for name, expected in PAPER_TABLES.items():
         rows = EXPERIMENTS[name].rows
         got = {
             r.name: (r.paper_error, r.paper_top5) if r.paper_top5 is not None else r.paper_error for r in rows
         }
         assert got == expected, name
     # The figures are views of the tables' runs.
-    assert {r.name for r in EXPERIMENTS["figure2"].rows} <= set(SPEC7["table5"])
+    assert {r.name for r in EXPERIMENTS["figure2"].rows} <= set(PAPER_TABLES["table5"])
     assert {r.name for r in EXPERIMENTS["figure3"].rows} == {
-        n for n in SPEC7["table6"] if n.startswith("svhn")
+        n for n in PAPER_TABLES["table6"] if n.startswith("svhn")
     }
     # Table 4: the row without a CIFAR-100 figure is not run on CIFAR-100; Table 6: no WRN-28-10 on SVHN.
-    assert "cifar100-wrn-40-8-zca" not in SPEC7["table4"] and len(EXPERIMENTS["table4"].rows) == 19
+    assert "cifar100-wrn-40-8-zca" not in PAPER_TABLES["table4"] and len(EXPERIMENTS["table4"].rows) == 19
     # The recipes of the rows: ZCA for Tables 2-4, dropout 0.3 on CIFAR and 0.4 on SVHN.
     assert all(r.normalization == "zca" for n in ("table2", "table3", "table4") for r in EXPERIMENTS[n].rows)
     drop = {r.name: r.dropout for r in EXPERIMENTS["table6"].rows + EXPERIMENTS["table9"].rows}
@@ -394,7 +394,7 @@ def test_report_matches_the_runs_and_the_paper(killed_grid, tmp_path):
     ]  # fmt: skip (no difference)
     cells = {r[0]: dict(zip(header, r, strict=True)) for r in rows}
     assert list(cells) == ["l=1", "l=2", "l=3", "l=4"]
-    # The paper's figures (spec section 7), shown even for a scaled-down grid.
+    # The paper's figures (docs/benchmarks.md), shown even for a scaled-down grid.
     for n, paper in zip((1, 2, 3, 4), (6.69, 5.43, 5.65, 5.93), strict=True):
         assert float(cells[f"l={n}"]["paper (%)"]) == paper
         assert cells[f"l={n}"]["data set"] == "digits (paper: CIFAR-10)"

@@ -146,7 +146,7 @@ def test_demo_end_to_end_short(tmp_path):
     assert keys <= set(records[-1])
     assert records[-1]["test_acc"] >= 95.0
     assert records[-1]["test_error"] == pytest.approx(100 - records[-1]["test_acc"])
-    # WRN-16-4 (spec: 2,748,890 for RGB) with a 1-channel stem: 2 * 16 * 3 * 3 fewer weights.
+    # WRN-16-4 (2,748,890 for RGB, docs/models.md) with a 1-channel stem: 2 * 16 * 3 * 3 fewer weights.
     assert records[-1]["n_parameters"] == 2_748_890 - 2 * 16 * 9
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

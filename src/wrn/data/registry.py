@@ -183,7 +183,7 @@ _CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 _CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 _SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
 
-# The archive (or file) to download for each data set, and the md5 of every file read from it (spec section 5).
+# The archive (or file) to download for each data set, and the md5 of every file read from it (docs/data.md).
 ARCHIVES: dict[str, RemoteFile] = {
     "cifar10": RemoteFile(_CIFAR10_URL, "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),
     "cifar100": RemoteFile(_CIFAR100_URL, "cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),

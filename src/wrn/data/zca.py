@@ -1,4 +1,4 @@
-"""Global contrast normalisation + ZCA whitening, as the paper's Tables 2-4 used (spec section 4).
+"""Global contrast normalisation + ZCA whitening, as the paper's Tables 2-4 used (docs/training.md).
 
 Per image: subtract the image's mean, divide by its L2 norm, times 55. Then, fitted on the training set,
 ``cov = Xc^T Xc / n + 0.1 I``, ``P = E diag(1/sqrt(lambda)) E^T``, and ``(X - mean_train) P`` for train and

@@ -101,7 +101,7 @@ class PreActBottleneck(nn.Module):
     where the shape changes, else the raw input.
 
     The stride sits on the FIRST 1x1 conv, as in the authors' ``models/resnet-pre-act.lua`` and He et al.'s
-    code (spec section 2); torchvision's habit of striding the 3x3 has the same parameters but is another
+    code (models/resnet-pre-act.lua); torchvision's habit of striding the 3x3 has the same parameters but is another
     network."""
 
     expansion = 4

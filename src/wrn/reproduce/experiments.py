@@ -1,6 +1,6 @@
 """The paper's experiments as data: which runs each table and figure needs, and the paper's numbers.
 
-Every number here is the paper's, as listed in section 7 of the specification (test error in percent, CIFAR
+Every number here is the paper's, as its tables print them (test error in percent, CIFAR
 and SVHN medians of 5 runs; ImageNet single-crop top-1 / top-5; Table 9: best single runs). A :class:`Row` is
 one line of a paper table on one data set; it expands into one ``wrn train`` run per seed. Its name is the
 folder of its runs (``OUT/<row>/seed-<s>``) and follows the preset names (``<dataset>-<model>[-dropout][-zca]``).
@@ -17,7 +17,7 @@ from wrn.data.registry import DATASETS
 from wrn.errors import ConfigError
 from wrn.models.table import shipped_rows
 
-# Dropout rates of the paper (spec section 1): 0.3 on CIFAR, 0.4 on SVHN.
+# Dropout rates of the paper (docs/models.md): 0.3 on CIFAR, 0.4 on SVHN.
 CIFAR_DROPOUT = 0.3
 SVHN_DROPOUT = 0.4
 
@@ -361,7 +361,7 @@ def views_of(name: str) -> list[Experiment]:
 FORWARD_MACS = {name: row["macs"] for name, row in shipped_rows().items()}
 
 # The paper's own timings, as FLOP rates of its Titan X (a training step = 3 forward passes = 6 FLOPs per
-# multiply-add and image; spec section 7). Figure 4 (batch of 32): WRN-28-10 312 ms -> 3.23 TFLOP/s, WRN-40-4
+# multiply-add and image; docs/benchmarks.md). Figure 4 (batch of 32): WRN-28-10 312 ms -> 3.23 TFLOP/s, WRN-40-4
 # 68 ms -> 3.67; pre-act ResNet-164 85 ms -> 0.55 and -1001 512 ms -> 0.56. Table 2 (50,000 images per epoch):
 # the k=2 nets run at 0.73-0.95 TFLOP/s. Thin nets use a GPU far less well than wide ones: that is the
 # paper's point, and an estimate that ignored it would be 6x off for the pre-act ResNets.

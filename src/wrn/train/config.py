@@ -642,7 +642,7 @@ def resolve(cfg: TrainConfig, *, cuda_available: bool | None = None) -> TrainCon
         raise ConfigError(
             f"--sync-bn needs CUDA GPUs (SyncBatchNorm), but the device is {run.device!r}; drop --sync-bn"
         )
-    # Unset augmentation / normalisation: the data set's own defaults (spec section 4; CIFAR-100 uses the
+    # Unset augmentation / normalisation: the data set's own defaults (docs/training.md; CIFAR-100 uses the
     # CIFAR-10 constants, as the authors' code does).
     defaults = dataset_info(data.name)
     if data.image_size is None and data.name not in ("imagefolder",):
