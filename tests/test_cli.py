@@ -76,7 +76,7 @@ def test_print_config_shows_what_would_run_and_starts_nothing(capsys, tmp_path):
     argv = ["train", "--preset", "cifar10-wrn-28-10", "--epochs", "10", "--out", str(out), "--print-config"]
     assert main(argv) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["schedule"]["milestones"] == [3, 6, 8] and printed["model"]["dropout"] == 0.0
+    assert printed["schedule"]["milestones"] == [4, 7, 9] and printed["model"]["dropout"] == 0.0
     assert printed["run"]["device"] in ("cpu", "cuda") and printed["run"]["amp"] in ("off", "bf16")
     assert not out.exists()
 
@@ -125,7 +125,8 @@ def test_a_failed_download_from_the_command_line_leaves_no_folder(capsys, tmp_pa
 
 def test_convert_names_its_format_argument_alike_in_help_and_errors():
     helped = wrn_cli("convert", "--help")
-    assert "usage: wrn convert [-h] FORMAT SRC OUT_DIR" in helped.stdout
+    assert "usage: wrn convert [-h] [--weights {ema,model}] [--act {silu,relu}] [--force]\n" in helped.stdout
+    assert "FORMAT SRC OUT_DIR" in helped.stdout
     wrong = wrn_cli("convert", "keras", "a", "b")
     assert wrong.returncode == 2 and "argument FORMAT: invalid choice: 'keras'" in wrong.stderr
 

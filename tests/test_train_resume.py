@@ -23,6 +23,7 @@ from wrn.errors import CheckpointError
 from wrn.train import checkpoint as ckpt
 from wrn.train.config import build_config
 from wrn.train.loop import Interrupted, NonFiniteLoss, resume, train
+from wrn.train.step import TrainStep
 
 # A small CPU run that exercises every piece of state: dropout (torch RNG), crop augmentation (the loader's
 # generator), momentum buffers and their reset at the drops of epochs 2 and 3, BN statistics.
@@ -155,9 +156,9 @@ def _small_cfg(**overrides):
 def test_sigterm_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     straight = train(_small_cfg(), tmp_path / "straight")
 
-    from wrn.train import loop
+    from wrn.train.step import TrainStep
 
-    original = loop._Run.train_step
+    original = TrainStep.__call__
     calls = {"n": 0}
 
     def step_then_signal(self, images, labels):
@@ -167,7 +168,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(tmp_
             os.kill(os.getpid(), signal.SIGTERM)
         return out
 
-    monkeypatch.setattr(loop._Run, "train_step", step_then_signal)
+    monkeypatch.setattr(TrainStep, "__call__", step_then_signal)
     with pytest.raises(Interrupted, match="SIGTERM received: checkpoint saved at epoch 2, step 8") as info:
         train(_small_cfg(), tmp_path / "stopped")
     assert info.value.signum == signal.SIGTERM
@@ -291,7 +292,7 @@ def test_image_folder_run_resumes_mid_epoch_and_its_eval_agrees(tmp_path, monkey
     straight one, thanks to per-sample augmentation seeds; and `wrn eval` uses the test transform the run
     was evaluated with (resize 256/224 + centre crop)."""
     from test_data_loaders import write_folder
-    from wrn.train import evaluate_dir, loop
+    from wrn.train import evaluate_dir
 
     write_folder(
         tmp_path / "imagenet", sizes=(80, 96), classes=("n01", "n02"), per_class=6
@@ -312,7 +313,7 @@ def test_image_folder_run_resumes_mid_epoch_and_its_eval_agrees(tmp_path, monkey
     straight = train(build_config("demo", overrides=overrides), tmp_path / "straight")
     assert type(straight_loader_kind(overrides)).__name__ == "FolderLoader"
 
-    original = loop._Run.train_step
+    original = TrainStep.__call__
     calls = {"n": 0}
 
     def step_then_signal(self, images, labels):
@@ -322,7 +323,7 @@ def test_image_folder_run_resumes_mid_epoch_and_its_eval_agrees(tmp_path, monkey
             os.kill(os.getpid(), signal.SIGTERM)
         return out
 
-    monkeypatch.setattr(loop._Run, "train_step", step_then_signal)
+    monkeypatch.setattr(TrainStep, "__call__", step_then_signal)
     with pytest.raises(Interrupted, match="checkpoint saved at epoch 2, step 1"):
         train(build_config("demo", overrides=overrides), tmp_path / "stopped")
     monkeypatch.undo()

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from wrn.train import build_config, loop, train
+from wrn.train.step import TrainStep
 
 SYNC_CALLS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
 LOG_EVERY = 5
@@ -38,18 +39,18 @@ def test_one_read_back_every_log_every_steps_and_none_in_between(tmp_path, monke
 
         monkeypatch.setattr(torch.Tensor, name, counted)
     at_step: list[int] = []  # the count when each step starts
-    original_step = loop._Run.train_step
+    original_step = TrainStep.__call__
 
     def step(self, images, labels):
         at_step.append(count[0])
         return original_step(self, images, labels)
 
-    monkeypatch.setattr(loop._Run, "train_step", step)
+    monkeypatch.setattr(TrainStep, "__call__", step)
     result = train(_cfg(), tmp_path / "run")
 
     steps = len(at_step)
     assert steps == 44  # 1,437 digits // 32
-    # Between the start of step i and of step i+1: the step, the progress sums, the stop/checkpoint decision
+    # Between the start of step i and of step i+1: the step, the meter's sums, the stop/checkpoint decision
     # and the next batch. Only every LOG_EVERY-th step reads back, exactly once.
     per_step = [b - a for a, b in zip(at_step, at_step[1:], strict=False)]
     expected = [1 if (i + 1) % LOG_EVERY == 0 else 0 for i in range(steps - 1)]
@@ -74,14 +75,16 @@ def test_per_step_scalars_reach_tensorboard_every_log_every_steps(tmp_path):
 def test_a_nan_between_read_backs_still_stops_the_run_before_a_checkpoint(tmp_path, monkeypatch):
     from wrn.train import checkpoint as ckpt
 
-    original_step = loop._Run.train_step
+    original_step = TrainStep.__call__
+    calls = [0]
 
     def step(self, images, labels):
-        if self.global_step == 7:  # step 8 (between the read-backs after steps 5 and 10) turns NaN
+        calls[0] += 1
+        if calls[0] == 8:  # step 8 (between the read-backs after steps 5 and 10) turns NaN
             images = images * float("nan")
         return original_step(self, images, labels)
 
-    monkeypatch.setattr(loop._Run, "train_step", step)
+    monkeypatch.setattr(TrainStep, "__call__", step)
     with pytest.raises(loop.NonFiniteLoss, match="epoch 1, step 9"):
         train(_cfg(**{"run.checkpoint_every_steps": 9}), tmp_path / "run")
     # the checkpoint due after step 9 looked at the device flag first: not written; the first one stays
@@ -102,16 +105,16 @@ def test_no_host_sync_per_step_on_cuda(tmp_path, monkeypatch):
 
         return wrapped
 
-    monkeypatch.setattr(loop._Run, "train_step", strict(loop._Run.train_step))
+    from wrn.train.meter import EpochMeter
+    from wrn.train.policy import CheckpointPolicy
+    from wrn.train.recipe import Schedule
+
+    # every per-step piece of train_one_epoch; the read-back every LOG_EVERY steps syncs, by design
+    monkeypatch.setattr(TrainStep, "__call__", strict(TrainStep.__call__))
+    monkeypatch.setattr(EpochMeter, "update", strict(EpochMeter.update))
+    monkeypatch.setattr(CheckpointPolicy, "decide", strict(CheckpointPolicy.decide))
+    monkeypatch.setattr(Schedule, "apply", strict(Schedule.apply))
     monkeypatch.setattr(DeviceLoader, "_batch", strict(DeviceLoader._batch))
-    original_decide = loop._Run._decide
-
-    def decide(self, signals):
-        if self.global_step % LOG_EVERY == 0:
-            return original_decide(self, signals)  # the read-back every LOG_EVERY steps syncs, by design
-        return strict(original_decide)(self, signals)
-
-    monkeypatch.setattr(loop._Run, "_decide", decide)
     for amp in ("bf16", "fp16"):
         result = train(_cfg(**{"run.device": "cuda", "run.amp": amp}), tmp_path / amp)
         assert result.last["train_precision"] == amp and result.last["test_acc"] > 50
