@@ -27,8 +27,18 @@ _FULL_BELOW = 256 * 1024
 
 
 def mount_point(path: str | os.PathLike) -> Path:
-    """The mount point of the file system holding ``path`` (or its nearest existing ancestor)."""
-    path = Path(os.path.abspath(path))
+    """The mount point of the file system holding ``path`` (or its nearest existing ancestor): the longest
+    mount point above it in /proc/self/mounts (which also knows bind mounts), else the nearest ancestor on
+    another device."""
+    path = Path(os.path.realpath(path))
+    try:
+        with open("/proc/self/mounts") as f:
+            points = [Path(line.split()[1].replace("\\040", " ")) for line in f if line.strip()]
+        above = [p for p in points if p == path or p in path.parents]
+        if above:
+            return max(above, key=lambda p: len(p.parts))
+    except OSError:
+        pass
     while not path.exists():
         path = path.parent
     while not os.path.ismount(path):
@@ -130,8 +140,8 @@ def atomic_write(
         os.replace(tmp, path)
     except BaseException as exc:
         failed = _is_failed_write(exc, path)
-        if failed:
-            error = write_error(exc, path, needed)  # before the temporary file's space is given back
+        if failed:  # (named before the temporary file's space is given back)
+            error = exc if isinstance(exc, WriteError) else write_error(exc, path, needed)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if failed:
@@ -179,12 +189,25 @@ def default_umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data)
+def write_bytes(
+    tmp: str | os.PathLike, data: bytes | memoryview, path: str | os.PathLike | None = None
+) -> None:
+    """Write ``data`` to the file ``tmp``; a refused write is the :class:`WriteError` of ``path`` (the file
+    that ``tmp`` becomes), with the size it needed."""
+    with writing(path or tmp, needed=len(data)), open(tmp, "wb") as f:
+        f.write(data)
 
-    return atomic_write(path, write, needed=len(data))
+
+def check_free_space(path: str | os.PathLike, needed: int) -> None:
+    """Raise the "no space left" :class:`WriteError` before writing, if ``path``'s disk has less than
+    ``needed`` bytes free (some writers, as torch's zip writer, fail badly when the disk fills up)."""
+    free = _free_bytes(Path(path))
+    if free is not None and free < needed:
+        raise write_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path, needed)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return atomic_write(path, lambda tmp: write_bytes(tmp, data, path), needed=len(data))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -46,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
     from wrn.models.export import FORMATS, format_for
     from wrn.paths import check_input_dir, check_new_output_file
 
-    fmt = format_for(args.out)
     out = check_new_output_file(args.out, force=args.force, what="OUT")
+    fmt = format_for(args.out)
     if fmt == "onnx":
         _check_onnx_extra()
     path = Path(args.model)

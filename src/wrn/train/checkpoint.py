@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from wrn.atomic import atomic_write
+from wrn.atomic import atomic_write, check_free_space
 from wrn.atomic import remove_stale_temporaries as remove_temporaries
 from wrn.errors import CheckpointError
 
@@ -34,7 +34,9 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     which :func:`load` checks."""
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         obj = {**{k: v for k, v in obj.items() if k != DIGEST_KEY}, DIGEST_KEY: {"sha256": digest(obj)}}
-    atomic_write(path, lambda tmp: torch.save(obj, tmp), needed=_payload_bytes(obj))
+    needed = _payload_bytes(obj)
+    check_free_space(path, needed)  # torch's zip writer can abort the process on a full disk
+    atomic_write(path, lambda tmp: torch.save(obj, tmp), needed=needed)
 
 
 def remove_stale_temporaries(run_dir: str | Path) -> None:
