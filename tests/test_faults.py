@@ -348,3 +348,19 @@ def test_predict_on_nan_weights_says_the_outputs_are_not_finite(copy, capsys, im
 def test_atomic_write_of_a_missing_folder_names_it(tmp_path):
     with pytest.raises(WriteError, match=f"the directory {tmp_path / 'no'} does not exist"):
         atomic_write(tmp_path / "no" / "x", lambda tmp: None)
+
+
+def test_a_download_to_a_full_disk_names_the_disk_not_the_network(tmp_path, mounts, capsys, http_server):
+    from wrn.data import md5sum, registry
+    from wrn.data.registry import RemoteFile
+
+    served, base_url, _ = http_server
+    (served / "test_32x32.mat").write_bytes(os.urandom(2_000_000))
+    remote = RemoteFile(f"{base_url}/test_32x32.mat", "test_32x32.mat", md5sum(served / "test_32x32.mat"))
+    disk = small_tmpfs(tmp_path, mounts)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(registry.SVHN_FILES, "test", remote)
+        assert main(["data", "download", "svhn", "--root", str(disk), "--split", "test"]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]  # (after the progress bar)
+    assert f"cannot write {disk / 'test_32x32.mat'}: no space left on {disk}" in err and "network" not in err
+    assert os.listdir(disk) == []

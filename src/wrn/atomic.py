@@ -92,6 +92,14 @@ def write_error(exc: BaseException, path: str | os.PathLike, needed: int | None 
     )
 
 
+# The errors of a write the system refused (as opposed to a network or a format error).
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
+
+
+def is_refused_write(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS
+
+
 @contextlib.contextmanager
 def writing(path: str | os.PathLike, needed: int | None = None) -> Iterator[None]:
     """Turn an OSError raised inside the block into the :class:`WriteError` for ``path``."""

@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from wrn.atomic import atomic_write, atomic_write_text
+from wrn.atomic import atomic_write, atomic_write_text, writing
 from wrn.errors import CheckpointError
 from wrn.models.registry import build_model
 
@@ -107,7 +107,8 @@ def save_model(
     if not isinstance(config, dict) or "arch" not in config:
         raise CheckpointError("save_model needs a model built by wrn (one that carries model.config).")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    with writing(directory / WEIGHTS_FILE):
+        directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     digest: list[str] = []
 
