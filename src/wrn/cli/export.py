@@ -54,7 +54,10 @@ def run(args: argparse.Namespace) -> int:
     metadata = None
     if path.exists() or "/" in args.model or args.model.startswith("."):
         check_input_dir(
-            path, "RUN_DIR", "pass a directory written by `wrn train` or a model name such as wrn-28-10"
+            path,
+            "RUN_DIR",
+            "it is not a run or model directory: pass a directory written by `wrn train`, or a model name "
+            "such as wrn-28-10",
         )
         if args.num_classes is not None:
             raise ConfigError(
