@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from wrn.errors import WriteError
+from wrn.errors import WriteError, WRNError
 
 # mkstemp's names: ".NAME." + 8 random characters + ".tmp" (+ the target's suffix with keep_suffix).
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp(\.[^.]+)?$")
@@ -105,7 +105,7 @@ def writing(path: str | os.PathLike, needed: int | None = None) -> Iterator[None
     """Turn an OSError raised inside the block into the :class:`WriteError` for ``path``."""
     try:
         yield
-    except WriteError:
+    except WRNError:  # already one sentence
         raise
     except OSError as exc:
         raise write_error(exc, path, needed) from None
@@ -114,6 +114,8 @@ def writing(path: str | os.PathLike, needed: int | None = None) -> Iterator[None
 def _is_failed_write(exc: BaseException, path: Path) -> bool:
     """An OSError, or a writer's own report of a failed write: torch.save's PytorchStreamWriter raises a
     RuntimeError without an errno ("unexpected pos", "file write failed") when the disk fills up."""
+    if isinstance(exc, WRNError):  # the writer's own sentence (a DataError is an OSError too)
+        return False
     if isinstance(exc, OSError):
         return True
     if not isinstance(exc, RuntimeError):
@@ -149,7 +151,7 @@ def atomic_write(
     except BaseException as exc:
         failed = _is_failed_write(exc, path)
         if failed:  # (named before the temporary file's space is given back)
-            error = exc if isinstance(exc, WriteError) else write_error(exc, path, needed)
+            error = write_error(exc, path, needed)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if failed:
