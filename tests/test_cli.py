@@ -51,7 +51,9 @@ def test_wrn_alone_prints_the_help_and_version_prints_the_version():
 def test_unknown_options_get_their_command_s_usage_and_the_closest_option(argv, usage, hint):
     proc = wrn_cli(*argv)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.startswith(usage) and hint in proc.stderr.splitlines()[-1]
+    first, second = proc.stderr.splitlines()  # the sentence first, then one short usage line
+    assert first.startswith(usage.replace("usage: ", "") + ": error:") and hint in first
+    assert second.startswith(usage) and "--help" in second
     assert "usage: wrn [-h]" not in proc.stderr  # not the top-level usage
 
 

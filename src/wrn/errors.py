@@ -20,3 +20,25 @@ class CheckpointError(WRNError, ValueError):
 
 class DataError(WRNError, OSError):
     """A data set that is missing, corrupt, fails its checksum or cannot be downloaded."""
+
+
+class PathError(WRNError, ValueError):
+    """A path given on the command line that is missing, of the wrong kind (a file for a folder, or the other
+    way round) or not writable."""
+
+
+class WriteError(WRNError, OSError):
+    """A write that the system refused (no space left, read-only file system, no permission, ...).
+
+    ``problem`` names the path and the cause, ``fix`` what to do; a caller that knows better (the training loop:
+    "resume with wrn train --resume RUN") may replace ``fix`` before the message is shown. ``needed`` is the
+    number of bytes the write needed, where known."""
+
+    def __init__(
+        self, problem: str, fix: str, *, path: str, errno: int | None = None, needed: int | None = None
+    ):
+        super().__init__(problem)
+        self.problem, self.fix, self.path, self.errno, self.needed = problem, fix, path, errno, needed
+
+    def __str__(self) -> str:
+        return f"{self.problem}; {self.fix}"

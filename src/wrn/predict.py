@@ -8,7 +8,6 @@ from ``metadata.input`` of the model's model.json, which `wrn train` writes.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +34,28 @@ class Prediction:
 
 
 def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
-    """``metadata`` of a model directory's model.json (empty if it has none)."""
-    path = Path(directory) / "model.json"
+    """``metadata`` of a model directory's model.json (empty if it has none), checked against its schema."""
+    from wrn.models.io import read_model_doc
+
+    return dict(read_model_doc(directory).get("metadata") or {})
+
+
+def check_device(device: str) -> torch.device:
+    """``device`` as a torch.device if this machine has it; else one sentence naming the fix."""
     try:
-        return dict(json.loads(path.read_text()).get("metadata") or {})
-    except (OSError, ValueError, AttributeError, TypeError):
-        return {}
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device} was asked for but no CUDA GPU is visible; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), numbered from 0"
+            )
+    elif dev.type != "cpu":
+        raise ConfigError(f"--device {device} is not supported by predict; use cpu, cuda or cuda:N")
+    return dev
 
 
 def image_transform(record: dict[str, Any]):
@@ -83,6 +98,8 @@ def input_record(directory: Path, image_size: int | None = None) -> dict[str, An
             "stored with the model; predict supports mean/std normalisation only"
         )
     if image_size is not None:
+        if isinstance(image_size, bool) or int(image_size) != image_size or image_size < 1:
+            raise ConfigError(f"--image-size must be a positive whole number of pixels, not {image_size}")
         record["size"] = int(image_size)
     return record
 
@@ -98,25 +115,30 @@ def predict(
     ``directory`` (a finished run or a model directory with a record of its input)."""
     import wrn
     from wrn.data.folder import load_image
+    from wrn.paths import check_input_dir, check_input_file
 
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise CheckpointError(f"{directory} is not a directory; pass a run directory written by `wrn train`")
+    directory = check_input_dir(directory, "the run directory", "pass a run directory written by `wrn train`")
     if top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, not {top_k}")
+    paths = [str(check_input_file(p, "the image", "pass image files (PNG, JPEG, ...)")) for p in images]
+    dev = check_device(str(device))
     record = input_record(directory, image_size)
     classes = read_metadata(directory).get("classes")
-    model = wrn.load_model(directory, map_location=device)
+    model = wrn.load_model(directory, map_location=dev)
     transform = image_transform(record)
     results: list[Prediction] = []
-    for start in range(0, len(images), BATCH):
-        chunk = [str(p) for p in images[start : start + BATCH]]
-        for path in chunk:
-            if not Path(path).is_file():
-                raise ConfigError(f"{path} is not a file; pass image files (PNG, JPEG, ...)")
-        batch = torch.stack([transform(load_image(path, mode=None)) for path in chunk]).to(device)
+    for start in range(0, len(paths), BATCH):
+        chunk = paths[start : start + BATCH]
+        batch = torch.stack([transform(load_image(path, mode=None)) for path in chunk]).to(dev)
         with torch.inference_mode():
-            probs = torch.softmax(model(batch).float(), dim=1)
+            logits = model(batch).float()
+        if not torch.isfinite(logits).all():
+            raise CheckpointError(
+                f"the model's outputs are not finite (NaN or infinite) for {chunk[0]}"
+                + (f" and {len(chunk) - 1} more" if len(chunk) > 1 else "")
+                + f": the weights in {directory} are broken (a diverged run?); retrain or use another model"
+            )
+        probs = torch.softmax(logits, dim=1)
         k = min(top_k, probs.shape[1])
         values, indices = probs.topk(k, dim=1)
         for path, vals, idxs in zip(chunk, values.tolist(), indices.tolist(), strict=True):

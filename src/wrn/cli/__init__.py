@@ -30,6 +30,10 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
+    def error(self, message: str):
+        """The mistake first, in one sentence, then one short usage line (not the whole usage block)."""
+        self.exit(2, f"{self.prog}: error: {message}\nusage: {self.prog} ... (see {self.prog} --help)\n")
+
     def unknown(self, extras: list[str]) -> None:
         """Exit with this parser's usage and the unknown arguments, suggesting the closest options."""
         options = [o for action in self._actions for o in action.option_strings if o.startswith("--")]

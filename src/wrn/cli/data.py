@@ -38,26 +38,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     info.set_defaults(func=run_list)
 
 
+def _first_missing(name: str, root, files):
+    """The first file of ``name`` that is not under ``root`` (None if all are there)."""
+    from wrn.data.registry import ARCHIVES, MEMBER_MD5, SVHN_FILES
+
+    if name in ARCHIVES:
+        wanted = [root / m for m in (files or MEMBER_MD5[name])]
+    else:
+        wanted = [root / SVHN_FILES[split].filename for split in (files or SVHN_FILES)]
+    return next((path for path in wanted if not path.is_file()), None)
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from wrn.data import ensure_files
     from wrn.data.arrays import made_for_download
-    from wrn.errors import ConfigError
+    from wrn.errors import ConfigError, DataError
+    from wrn.paths import check_input_dir, check_output_dir
 
     if args.split and args.name != "svhn":
         raise ConfigError(f"--split applies to svhn only; {args.name} comes as one archive.")
     root = Path(args.root).expanduser()
+    fetch = f"run `wrn data download {args.name} --root {root}` first"
     if args.action == "download":
+        check_output_dir(root, "--root")
         with made_for_download(root):
             paths = ensure_files(args.name, root, download=True, verify=args.verify, files=args.split or None)
-    elif not root.is_dir():
-        from wrn.errors import DataError
-
-        raise DataError(
-            f"data root {root} does not exist: run `wrn data download {args.name} --root {root}` first."
-        )
     else:
+        check_input_dir(root, "--root", fetch)
+        missing = _first_missing(args.name, root, args.split)
+        if missing is not None:
+            raise DataError(f"{missing} is missing: {fetch}, or put a hand-downloaded copy there")
         paths = ensure_files(args.name, root, download=False, verify=args.verify, files=args.split or None)
     state = "verified" if args.verify else "present (not verified)"
     for path in paths:

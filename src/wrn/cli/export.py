@@ -27,17 +27,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _check_onnx_extra() -> None:
+    """ONNX export needs the packages of the ``onnx`` extra; say which is missing and how to install it."""
+    from wrn.errors import ConfigError
+
+    for module in ("onnx", "onnxscript"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise ConfigError(
+                f"exporting to ONNX needs the package {module}, which is not installed; install the onnx "
+                "extra with pip install 'wrn[onnx]', or export to .pt2 or .ts"
+            ) from None
+
+
 def run(args: argparse.Namespace) -> int:
     from wrn.errors import ConfigError
     from wrn.models.export import FORMATS, format_for
+    from wrn.paths import check_input_dir, check_new_output_file
 
+    out = check_new_output_file(args.out, force=args.force, what="OUT")
     fmt = format_for(args.out)
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise ConfigError(f"{out} already exists; pass --force to replace it, or choose another OUT")
+    if fmt == "onnx":
+        _check_onnx_extra()
     path = Path(args.model)
     metadata = None
-    if path.is_dir():
+    if path.exists() or "/" in args.model or args.model.startswith("."):
+        check_input_dir(
+            path,
+            "RUN_DIR",
+            "it is not a run or model directory: pass a directory written by `wrn train`, or a model name "
+            "such as wrn-28-10",
+        )
         if args.num_classes is not None:
             raise ConfigError(
                 f"--num-classes applies to a model name only; {path} is a trained model with its own classes"
@@ -45,14 +66,8 @@ def run(args: argparse.Namespace) -> int:
         from wrn.models.io import load_model
         from wrn.predict import read_metadata
 
-        model = load_model(path)
         metadata = {k: v for k, v in read_metadata(path).items() if k in ("input", "classes", "dataset")}
-    elif path.exists() or "/" in args.model or args.model.startswith("."):
-        raise ConfigError(
-            f"{args.model} is not a run or model directory (it "
-            + ("is a file" if path.exists() else "does not exist")
-            + "); pass a directory written by `wrn train` or a model name such as wrn-28-10"
-        )
+        model = load_model(path)
     else:
         from wrn.models.registry import create_model
 

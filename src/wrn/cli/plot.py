@@ -32,25 +32,21 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from wrn.paths import check_input_dir, check_input_file, check_new_output_file
     from wrn.train.logging import METRICS_FILE
     from wrn.train.plot import DEFAULT_NAME, FORMATS, plot_run, plot_runs
 
+    fix = f"pass run directories written by `wrn train` (each holds {METRICS_FILE})"
     for run_dir in args.runs:
-        if not (run_dir / METRICS_FILE).is_file():
-            if not run_dir.exists():
-                what = "does not exist"
-            elif not run_dir.is_dir():
-                what = "is not a directory"
-            else:
-                what = f"has no {METRICS_FILE}"
-            raise ConfigError(
-                f"{run_dir} {what}; pass run directories written by `wrn train` (each holds {METRICS_FILE})"
-            )
+        check_input_dir(run_dir, "the run", fix)
+        check_input_file(run_dir / METRICS_FILE, "the metrics file", fix)
     if args.out is not None and args.out.suffix.lower() not in FORMATS:
         raise ConfigError(f"--out {args.out}: give a file name ending in {', '.join(FORMATS)}")
+    default = args.runs[0] / DEFAULT_NAME if len(args.runs) == 1 else Path(DEFAULT_NAME)
+    out = check_new_output_file(args.out or default, force=True, what="--out" if args.out else "the figure")
     if len(args.runs) == 1:
-        path = plot_run(args.runs[0], out=args.out)
+        path = plot_run(args.runs[0], out=out)
     else:
-        path = plot_runs(args.runs, out=args.out if args.out is not None else Path(DEFAULT_NAME))
+        path = plot_runs(args.runs, out=out)
     print(path)
     return 0

@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from wrn.atomic import atomic_write
+from wrn.atomic import atomic_write, is_refused_write, write_error, writing
 from wrn.errors import DataError
 
 _CHUNK = 1 << 20
@@ -57,7 +57,8 @@ def download_file(
     from tqdm.auto import tqdm
 
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    with writing(dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
 
     def fetch(tmp: str) -> None:
         digest, size = hashlib.md5(), 0
@@ -73,6 +74,8 @@ def download_file(
                         size += len(chunk)
                         bar.update(len(chunk))
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+            if is_refused_write(exc):  # the disk, not the network
+                raise write_error(exc, dest) from None
             reason = getattr(exc, "reason", None) or exc
             raise DataError(
                 f"could not download {url} ({reason}): check the network, or download it by hand and put it "
@@ -97,7 +100,8 @@ def download_file(
 def extract_tar(archive: str | os.PathLike, into: str | os.PathLike) -> None:
     """Extract a tar archive into ``into``: safely (no paths outside it) and all-or-nothing per file."""
     archive, into = Path(archive), Path(into)
-    into.mkdir(parents=True, exist_ok=True)
+    with writing(into):
+        into.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".extract-", dir=into) as tmp:
         try:
             with tarfile.open(archive) as tar:
@@ -113,12 +117,15 @@ def extract_tar(archive: str | os.PathLike, into: str | os.PathLike) -> None:
         except (tarfile.TarError, EOFError, OSError) as exc:
             if isinstance(exc, DataError):
                 raise
+            if is_refused_write(exc):  # the disk, not the archive
+                raise write_error(exc, into) from None
             raise DataError(
                 f"{archive} cannot be extracted ({exc}): it is truncated or not a tar archive, so delete it "
                 f"and download it again."
             ) from None
-        for dirpath, _dirnames, filenames in os.walk(tmp):
-            rel = Path(dirpath).relative_to(tmp)
-            (into / rel).mkdir(parents=True, exist_ok=True)
-            for name in filenames:
-                os.replace(Path(dirpath) / name, into / rel / name)
+        with writing(into):
+            for dirpath, _dirnames, filenames in os.walk(tmp):
+                rel = Path(dirpath).relative_to(tmp)
+                (into / rel).mkdir(parents=True, exist_ok=True)
+                for name in filenames:
+                    os.replace(Path(dirpath) / name, into / rel / name)

@@ -9,6 +9,7 @@ in .pt2 and TorchScript archives.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import warnings
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from wrn.atomic import atomic_write
+from wrn.atomic import atomic_write, write_bytes
 from wrn.errors import ConfigError
 from wrn.models.io import unwrap
 from wrn.models.registry import model_info
@@ -101,8 +102,12 @@ def export_model(
                 program.save(tmp, external_data=False)
             elif fmt == "export":
                 program = torch.export.export(model, (x,), dynamic_shapes=(dims,))
-                torch.export.save(program, tmp, extra_files={"wrn.json": info})
+                buffer = io.BytesIO()  # torch's zip writer aborts the process on a full disk: write it here
+                torch.export.save(program, buffer, extra_files={"wrn.json": info})
+                write_bytes(tmp, buffer.getbuffer(), out)
             else:
-                torch.jit.save(torch.jit.trace(model, x), tmp, _extra_files={"wrn.json": info})
+                buffer = io.BytesIO()
+                torch.jit.save(torch.jit.trace(model, x), buffer, _extra_files={"wrn.json": info})
+                write_bytes(tmp, buffer.getbuffer(), out)
 
     return atomic_write(out, write, keep_suffix=True)

@@ -6,23 +6,27 @@ safetensors holds only tensors, so loading a weights file can never run code; th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from wrn.atomic import atomic_write, atomic_write_text
+from wrn.atomic import atomic_write, atomic_write_text, writing
 from wrn.errors import CheckpointError
 from wrn.models.registry import build_model
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model.json"
 FORMAT_VERSION = 1
+# The most classifier outputs a model.json may declare (ImageNet-21k has 21,843).
+MAX_CLASSES = 1_000_000
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -109,13 +113,22 @@ def save_model(
     if not isinstance(config, dict) or "arch" not in config:
         raise CheckpointError("save_model needs a model built by wrn (one that carries model.config).")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    with writing(directory / WEIGHTS_FILE):
+        directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    digest: list[str] = []
+
+    def write_weights(tmp: str) -> None:
+        save_file(tensors, tmp, metadata={"format": "pt"})
+        digest.append(sha256_file(tmp))  # of the bytes written, before they get the final name
+
+    needed = sum(t.numel() * t.element_size() for t in tensors.values())
+    atomic_write(directory / WEIGHTS_FILE, write_weights, needed=needed)
     doc = {
         "format_version": FORMAT_VERSION,
         "config": config,
         "n_parameters": sum(p.numel() for p in model.parameters()),
+        "weights_sha256": digest[0],
         **({"metadata": metadata} if metadata else {}),
     }
 
@@ -123,20 +136,93 @@ def save_model(
     return directory
 
 
-def read_model_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """The ``config`` dict stored in ``directory/model.json``."""
+def sha256_file(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class _ModelConfig(_Strict):
+    arch: str
+    num_classes: int = Field(default=10, ge=1, le=MAX_CLASSES)
+    in_channels: int = Field(default=3, ge=1, le=64)
+
+
+class _InputRecord(_Strict):
+    channels: int = Field(ge=1, le=64)
+    size: int | None = Field(default=None, ge=1, le=16384)
+    normalization: str | None = None
+    resize: str = "short-side"
+    mean: list[float] | None = None
+    std: list[Annotated[float, Field(gt=0)]] | None = None
+
+    @model_validator(mode="after")
+    def _mean_std(self):
+        if self.normalization == "zca":
+            return self
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if values is None:
+                raise ValueError(f"has no {key} (the normalisation of its input)")
+            if len(values) != self.channels:
+                raise ValueError(f"has {len(values)} {key} values for {self.channels} channels")
+        return self
+
+
+class _Metadata(_Strict):
+    input: _InputRecord | None = None
+    classes: list[str] | None = None
+    dataset: str | None = None
+
+
+class _ModelDoc(_Strict):
+    config: _ModelConfig
+    weights_sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
+    metadata: _Metadata | None = None
+
+
+def _first_problem(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(part) for part in err["loc"])
+    text = err["msg"].removeprefix("Value error, ")
+    return f"{where} {text}" + (f" (it is {err['input']!r})" if err["type"] != "value_error" else "")
+
+
+def read_model_doc(directory: str | os.PathLike) -> dict[str, Any]:
+    """``directory/model.json`` as a dict, checked against its schema: the config's ``num_classes`` and
+    ``in_channels``, the weights' sha256 and the record of the input (sizes, mean and std per channel)."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(
             f"{path} does not exist; point to a directory written by wrn.save_model or `wrn train`."
         )
     try:
-        doc = json.loads(path.read_text())
-        return dict(doc["config"])
-    except (ValueError, KeyError, TypeError) as exc:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        _ModelDoc.model_validate(doc)
+    except ValidationError as exc:
+        raise CheckpointError(
+            f"{path} is not a valid wrn model description: {_first_problem(exc)}; re-export the model or "
+            "repair that field"
+        ) from None
+    except (OSError, ValueError) as exc:
         raise CheckpointError(
             f"{path} is not a valid wrn model description ({exc}); re-export the model."
         ) from None
+    return doc
+
+
+def read_model_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The ``config`` dict stored in ``directory/model.json``."""
+    return dict(read_model_doc(directory)["config"])
 
 
 def load_model(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
@@ -146,11 +232,17 @@ def load_model(directory: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(
             f"{directory} is not a directory; point to a directory written by wrn.save_model."
         )
-    config = read_model_config(directory)
-    model = build_model(config)
+    doc = read_model_doc(directory)
+    model = build_model(dict(doc["config"]))
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{weights} does not exist; the model directory is incomplete.")
+    recorded = doc.get("weights_sha256")  # model.json files written before checksums were recorded have none
+    if recorded is not None and sha256_file(weights) != recorded:
+        raise CheckpointError(
+            f"{weights} is corrupt: its sha256 does not match the one recorded in {CONFIG_FILE} when it was "
+            "written; use a previous copy of the model or train it again"
+        )
     try:
         state = load_file(str(weights), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as exc:

@@ -112,12 +112,11 @@ def evaluate_dir(
     """
     import wrn
     from wrn.data import make_loaders
+    from wrn.paths import check_input_dir
     from wrn.train import checkpoint as ckpt
     from wrn.train.config import TrainConfig, resolve, validate
 
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"{str(path)!r} is not a directory; pass a run directory or a model directory")
+    path = check_input_dir(path, "the run", "pass a run directory or a model directory")
     has_model = (path / "model.json").is_file() and (path / "model.safetensors").is_file()
     has_ckpt = (path / ckpt.CHECKPOINT_NAME).is_file()
     if not has_model and not has_ckpt:
@@ -127,6 +126,10 @@ def evaluate_dir(
         )
     if batch_size <= 0:
         raise ConfigError(f"--batch-size must be a positive integer, not {batch_size}")
+    if has_model:
+        from wrn.models.io import read_model_doc
+
+        read_model_doc(path)  # a model.json out of its schema is named before any data is read
 
     saved = _read_run_data(path)
     settings = dict(saved)
@@ -141,6 +144,8 @@ def evaluate_dir(
         settings["normalization"] = None  # another data set: its own normalisation
     if dataset is not None and dataset != saved.get("name"):
         settings["augment"] = None  # (only used to pick the test transform of image folders)
+        if image_size is None:
+            settings.pop("image_size", None)  # the saved size was the other data set's
     if download:
         settings["download"] = True
     cfg = validate({"dataset": settings, "run": {"device": device, "amp": amp}})
@@ -170,12 +175,13 @@ def evaluate_dir(
         model = wrn.load_model(path, map_location=dev)
         source = "model"
     else:
+        from wrn.models.io import load_state_dict_checked
         from wrn.train.build import build_model
 
         state = ckpt.load(path)
         train_cfg: TrainConfig = validate(state["config"])
         model = build_model(train_cfg, info)
-        model.load_state_dict(state["model"])
+        load_state_dict_checked(model, state["model"], source=str(path / ckpt.CHECKPOINT_NAME))
         model = model.to(dev)
         source = f"checkpoint (epoch {state['epoch']}, step {state['step']})"
     out_features = _num_outputs(model)

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from wrn.atomic import atomic_write_text
+from wrn.atomic import atomic_write_text, writing
 from wrn.errors import ConfigError
 
 METRICS_FILE = "metrics.jsonl"
@@ -121,9 +121,10 @@ class RunLogger:
         self._closed = False
         if not self.enabled:
             return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._repair_metrics()
-        self._file = open(self.metrics_path, "a", encoding="utf-8")
+        with writing(self.metrics_path):
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._repair_metrics()
+            self._file = open(self.metrics_path, "a", encoding="utf-8")
 
     def _repair_metrics(self) -> None:
         """Drop a torn last line and, on resume, the epochs after ``resume_epoch`` (atomic rewrite)."""
@@ -155,9 +156,10 @@ class RunLogger:
             raise RuntimeError("RunLogger.log_epoch called after close()")
         record = {str(k): _plain(v) for k, v in record.items()}
         line = json.dumps(record)
-        self._file.write(line + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        with writing(self.metrics_path, needed=len(line) + 1):
+            self._file.write(line + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
 
         epoch = record.get("epoch")
         if not _is_number(epoch):

@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from wrn.atomic import atomic_write
+from wrn.atomic import atomic_write, writing
 from wrn.errors import ConfigError
 from wrn.train.logging import read_metrics
 
@@ -156,7 +156,8 @@ def save_figure(fig, out: Path) -> Path:
     suffix = out.suffix.lower()
     if suffix not in FORMATS:
         raise ConfigError(f"cannot draw {out}: give a file name ending in {', '.join(FORMATS)}")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    with writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(out, lambda tmp: fig.savefig(tmp, format=suffix[1:], dpi=DPI), keep_suffix=True)
 
 
