@@ -301,10 +301,10 @@ def test_out_names_what_is_wrong_with_the_path(tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("x")
     assert main(["train", "--preset", "demo", "--out", str(afile)]) == 2
-    assert "is a file, not a folder" in capsys.readouterr().err
+    assert f"--out {afile} is a file, not a directory" in capsys.readouterr().err
     assert main(["train", "--preset", "demo", "--out", str(afile / "sub")]) == 2
     err = capsys.readouterr().err
-    assert f"{str(afile)!r} is a file" in err and "Traceback" not in err
+    assert f"its parent {afile} is a file" in err and "Traceback" not in err
 
 
 def test_adding_an_option_is_one_marker_beside_its_field(capsys):

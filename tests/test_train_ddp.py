@@ -26,7 +26,9 @@ DRIVER = textwrap.dedent(
         "optim.batch_size": 64, "run.device": "cpu", "run.progress": False, "run.checkpoint_every_steps": 4,
     })
     if stop_at and os.environ["RANK"] == "1":  # SIGTERM reaches one rank only, mid-epoch
-        original, calls = loop._Run.train_step, [0]
+        from wrn.train.step import TrainStep
+
+        original, calls = TrainStep.__call__, [0]
 
         def step(self, images, labels):
             calls[0] += 1
@@ -34,7 +36,7 @@ DRIVER = textwrap.dedent(
                 os.kill(os.getpid(), signal.SIGTERM)
             return original(self, images, labels)
 
-        loop._Run.train_step = step
+        TrainStep.__call__ = step
     try:
         result = train(cfg, out, verbose=True)
     except loop.Interrupted as exc:

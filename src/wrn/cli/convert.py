@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from wrn.train.rundir import CHECKPOINT, CONFIG, METRICS
+
 FORMATS = {
     "official": "the authors' code: the CIFAR port's model.pt7 (or its params dict), or the BN-folded ImageNet "
     "WRN-50-2 export",
@@ -21,7 +23,7 @@ FORMATS = {
     "'unaveraged_model_state_dict'} with module.0./module.1. prefixes",
 }
 # files that only `wrn train` writes: a directory holding one is a run, never written into by convert
-RUN_FILES = ("config.yaml", "checkpoint.pt", "metrics.jsonl")
+RUN_FILES = (CONFIG, CHECKPOINT, METRICS)  # what makes a folder a run directory
 
 
 def register(sub: argparse._SubParsersAction) -> None:

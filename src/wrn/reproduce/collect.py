@@ -234,12 +234,12 @@ def read_run(spec: G.RunSpec) -> RunInfo:
 
     state = RunDir(spec.dir).state()
     records: list[dict] = []
-    if (spec.dir / "metrics.jsonl").is_file():
+    if RunDir(spec.dir).metrics.is_file():
         try:
             records = read_metrics(spec.dir)
         except ConfigError:
             records = []
-    config = read_yaml(spec.dir / "config.yaml")
+    config = read_yaml(RunDir(spec.dir).config)
     failure = None
     if spec.failed_path.is_file():
         try:

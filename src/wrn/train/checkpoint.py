@@ -19,8 +19,9 @@ import torch
 from wrn.atomic import atomic_write, check_free_space
 from wrn.atomic import remove_stale_temporaries as remove_temporaries
 from wrn.errors import CheckpointError
+from wrn.train.rundir import CHECKPOINT
 
-CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_NAME = CHECKPOINT
 FORMAT = "wrn-train-checkpoint"
 VERSION = 1
 # The entry that holds the checksum of the rest of the checkpoint.

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from wrn.errors import CheckpointError, ConfigError
 from wrn.train.distributed import DistInfo, all_reduce_sum
 from wrn.train.precision import autocast
+from wrn.train.rundir import RunDir
 
 
 def evaluate(
@@ -72,7 +73,7 @@ def _read_run_data(path: Path) -> dict[str, Any]:
 
     from wrn.train.config import validate
 
-    config_file = path / "config.yaml"
+    config_file = RunDir(path).config
     if config_file.is_file():
         try:
             data = yaml.safe_load(config_file.read_text())
@@ -80,7 +81,7 @@ def _read_run_data(path: Path) -> dict[str, Any]:
             data = None
         if isinstance(data, dict):
             return validate(data).dataset.model_dump()
-    model_file = path / "model.json"
+    model_file = RunDir(path).model_json
     if model_file.is_file():
         try:
             meta = json.loads(model_file.read_text()).get("metadata") or {}
@@ -110,50 +111,12 @@ def evaluate_dir(
     A directory with ``model.safetensors`` + ``model.json`` is loaded with :func:`wrn.load_model`; a run
     directory without them (an unfinished run) uses the weights of its ``checkpoint.pt``.
     """
-    import wrn
-    from wrn.data import make_loaders
-    from wrn.paths import check_input_dir
-    from wrn.train import checkpoint as ckpt
-    from wrn.train.config import TrainConfig, resolve, validate
+    from wrn.data import dataset_info, make_loaders
 
-    path = check_input_dir(path, "the run", "pass a run directory or a model directory")
-    has_model = (path / "model.json").is_file() and (path / "model.safetensors").is_file()
-    has_ckpt = (path / ckpt.CHECKPOINT_NAME).is_file()
-    if not has_model and not has_ckpt:
-        raise CheckpointError(
-            f"{str(path)!r} holds neither model.safetensors + model.json nor {ckpt.CHECKPOINT_NAME}; "
-            "pass a directory written by 'wrn train' or wrn.save_model"
-        )
-    if batch_size <= 0:
-        raise ConfigError(f"--batch-size must be a positive integer, not {batch_size}")
-    if has_model:
-        from wrn.models.io import read_model_doc
-
-        read_model_doc(path)  # a model.json out of its schema is named before any data is read
-
-    saved = _read_run_data(path)
-    settings = dict(saved)
-    for key, value in (("name", dataset), ("root", data_dir), ("normalization", normalization)):
-        if value is not None:
-            settings[key] = value
-    if image_size is not None:
-        settings["image_size"] = image_size
-    if "name" not in settings:
-        raise ConfigError(f"{str(path)!r} does not say which data set it was trained on; pass --dataset")
-    if dataset is not None and normalization is None and dataset != saved.get("name"):
-        settings["normalization"] = None  # another data set: its own normalisation
-    if dataset is not None and dataset != saved.get("name"):
-        settings["augment"] = None  # (only used to pick the test transform of image folders)
-        if image_size is None:
-            settings.pop("image_size", None)  # the saved size was the other data set's
-    if download:
-        settings["download"] = True
-    cfg = validate({"dataset": settings, "run": {"device": device, "amp": amp}})
-    cfg = resolve(cfg)
-    dev = torch.device(cfg.run.device)
-    data = cfg.dataset
-    from wrn.data import dataset_info
-
+    run_dir, has_model = _check_dir(path, batch_size)
+    given = {"name": dataset, "root": data_dir, "normalization": normalization, "image_size": image_size}
+    cfg = _data_config(run_dir, given, download, device, amp)
+    dev, data = torch.device(cfg.run.device), cfg.dataset
     splits = dataset_info(data.name).splits
     if split is not None and split not in splits:
         raise ConfigError(f"{data.name} has no split {split!r}; choose one of {', '.join(splits)}")
@@ -171,19 +134,73 @@ def evaluate_dir(
         eval_batch_size=batch_size,
         split_test=split,
     )
-    if has_model:
-        model = wrn.load_model(path, map_location=dev)
-        source = "model"
-    else:
-        from wrn.models.io import load_state_dict_checked
-        from wrn.train.build import build_model
+    model, source = _load_model(run_dir, has_model, info, dev)
+    _check_fits(model, info, data)
+    result = evaluate(model, test_loader, dev, amp=cfg.run.amp)
+    name = getattr(model, "config", {}).get("name", type(model).__name__)
+    split_name = split or dataset_info(data.name).test_split
+    return {"model": name, "dataset": data.name, "split": split_name, "source": source, **result}
 
-        state = ckpt.load(path)
-        train_cfg: TrainConfig = validate(state["config"])
-        model = build_model(train_cfg, info)
-        load_state_dict_checked(model, state["model"], source=str(path / ckpt.CHECKPOINT_NAME))
-        model = model.to(dev)
-        source = f"checkpoint (epoch {state['epoch']}, step {state['step']})"
+
+def _check_dir(path: str | Path, batch_size: int):
+    """The run or model directory, and whether it holds final weights; checked before any data is read."""
+    from wrn.paths import check_input_dir
+
+    run_dir = RunDir(check_input_dir(path, "the run", "pass a run directory or a model directory"))
+    has_model = run_dir.state() == "done"
+    if not has_model and not run_dir.checkpoint.is_file():
+        raise CheckpointError(
+            f"{str(run_dir)!r} holds neither model.safetensors + model.json nor {run_dir.checkpoint.name}; "
+            "pass a directory written by 'wrn train' or wrn.save_model"
+        )
+    if batch_size <= 0:
+        raise ConfigError(f"--batch-size must be a positive integer, not {batch_size}")
+    if has_model:
+        from wrn.models.io import read_model_doc
+
+        read_model_doc(run_dir.path)  # a model.json out of its schema is named before any data is read
+    return run_dir, has_model
+
+
+def _data_config(run_dir, given: dict[str, Any], download: bool, device: str, amp: str):
+    """The run's data settings with the given ones on top; another data set brings its own defaults."""
+    from wrn.train.config import resolve, validate
+
+    saved = _read_run_data(run_dir.path)
+    settings = {**saved, **{k: v for k, v in given.items() if v is not None}}
+    if "name" not in settings:
+        raise ConfigError(f"{str(run_dir)!r} does not say which data set it was trained on; pass --dataset")
+    dataset = given["name"]
+    if dataset is not None and dataset != saved.get("name"):
+        if given["normalization"] is None:
+            settings["normalization"] = None  # another data set: its own normalisation
+        settings["augment"] = None  # (only used to pick the test transform of image folders)
+        if given["image_size"] is None:
+            settings.pop("image_size", None)  # the saved size was the other data set's
+    if download:
+        settings["download"] = True
+    return resolve(validate({"dataset": settings, "run": {"device": device, "amp": amp}}))
+
+
+def _load_model(run_dir, has_model: bool, info, dev: torch.device):
+    """The final model, or the weights of an unfinished run's checkpoint; and which of the two."""
+    import wrn
+
+    if has_model:
+        return wrn.load_model(run_dir.path, map_location=dev), "model"
+    from wrn.models.io import load_state_dict_checked
+    from wrn.train import checkpoint as ckpt
+    from wrn.train.build import build_model
+    from wrn.train.config import validate
+
+    state = ckpt.load(run_dir.path)
+    model = build_model(validate(state["config"]), info)
+    load_state_dict_checked(model, state["model"], source=str(run_dir.checkpoint))
+    return model.to(dev), f"checkpoint (epoch {state['epoch']}, step {state['step']})"
+
+
+def _check_fits(model: torch.nn.Module, info, data) -> None:
+    """The model's outputs and input channels are the data set's."""
     out_features = _num_outputs(model)
     if out_features is not None and info.num_classes is not None and out_features != info.num_classes:
         raise ConfigError(
@@ -198,10 +215,6 @@ def evaluate_dir(
             f"{'at ' + str(data.root) + ' ' if data.name == 'imagefolder' else ''}gives "
             f"{kinds.get(info.in_channels, f'{info.in_channels}-channel')} ones; pass the --dataset it was trained on"
         )
-    result = evaluate(model, test_loader, dev, amp=cfg.run.amp)
-    name = getattr(model, "config", {}).get("name", type(model).__name__)
-    split_name = split or dataset_info(data.name).test_split
-    return {"model": name, "dataset": data.name, "split": split_name, "source": source, **result}
 
 
 def _num_outputs(model: torch.nn.Module) -> int | None:

@@ -17,9 +17,10 @@ from typing import Any
 
 from wrn.atomic import atomic_write_text, writing
 from wrn.errors import ConfigError
+from wrn.train.rundir import METRICS, TENSORBOARD
 
-METRICS_FILE = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
+METRICS_FILE = METRICS
+TENSORBOARD_DIR = TENSORBOARD
 # Per-step scalars go to their own TensorBoard run: TensorBoard purges events whose step goes backwards
 # within one run, so epoch numbers and iteration numbers must never share a writer.
 STEPS_SUBDIR = "steps"

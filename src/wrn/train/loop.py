@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from wrn.errors import ConfigError, WRNError
+from wrn.errors import ConfigError, WriteError, WRNError
 from wrn.train import checkpoint as ckpt
 from wrn.train import distributed as D
 from wrn.train import recipe
@@ -73,16 +73,12 @@ def default_out_dir(cfg: TrainConfig, root: str | Path = "runs") -> Path:
 def check_new_out_dir(out: Path) -> None:
     """A new run may go into a folder that does not exist, an empty one, or one killed before its first
     checkpoint; anything else is refused in one sentence."""
+    from wrn.paths import check_output_dir
+
     run_dir = RunDir(out)
-    for parent in out.parents:
-        if parent.exists() and not parent.is_dir():
-            raise ConfigError(
-                f"--out {str(out)!r} cannot be created: {str(parent)!r} is a file; choose another --out"
-            )
+    check_output_dir(out, "--out")  # a file, a path under a file, a read-only or unwritable place
     if run_dir.is_unstarted():
         return  # killed before its first checkpoint: it starts afresh
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"the output directory {str(out)!r} is a file, not a folder; choose another --out")
     if out.exists() and any(out.iterdir()):
         if run_dir.checkpoint.exists():
             raise ConfigError(
@@ -270,7 +266,12 @@ def _save(loop: Loop) -> None:
     _check_finite(loop)
     checkpoint = state.state_dict()
     if loop.dist.is_main:
-        ckpt.atomic_save(checkpoint, loop.run_dir.checkpoint)
+        try:
+            ckpt.atomic_save(checkpoint, loop.run_dir.checkpoint)
+        except WriteError as exc:
+            kept = "the last checkpoint is kept" if loop.run_dir.checkpoint.exists() else "nothing was saved"
+            exc.fix = f"{kept}; free space and continue with 'wrn train --resume {loop.run_dir}'"
+            raise
     loop.last_good = (state.epoch, state.step)
     loop.policy.saved()
 
@@ -499,7 +500,7 @@ def _decide_out_dir(cfg: TrainConfig, out: Path | None, dist_info: D.DistInfo) -
         out_dir = out if out is not None else default_out_dir(cfg)
         try:
             check_new_out_dir(out_dir)
-        except ConfigError as exc:
+        except WRNError as exc:  # said on every rank
             problem = str(exc)
     problem, out_dir = D.broadcast_object(dist_info, (problem, out_dir))
     if problem:
@@ -544,11 +545,11 @@ def _run(
     prepare_device(device, processes_here=dist_info.local_world_size, deterministic=cfg.run.deterministic)
     resumed = checkpoint is not None
     run_dir = RunDir(out) if resumed or fresh else _decide_out_dir(cfg, out, dist_info)
+    loop = _build(cfg, run_dir, dist_info, device, signals, verbose)  # bad data stops here, nothing written
     lock = _hold_lock(run_dir) if dist_info.is_main else None
     try:
         if dist_info.is_main and not resumed:
             check_new_out_dir(run_dir.path)  # again, now that the lock is ours
-        loop = _build(cfg, run_dir, dist_info, device, signals, verbose)
         if resumed:
             loop.state.load_state_dict(checkpoint)
             loop.last_good = (loop.state.epoch, loop.state.step)

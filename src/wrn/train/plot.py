@@ -18,10 +18,11 @@ from pathlib import Path
 from wrn.atomic import atomic_write, writing
 from wrn.errors import ConfigError
 from wrn.train.logging import read_metrics
+from wrn.train.rundir import CONFIG, CURVES
 
 DPI = 150
-CONFIG_FILE = "config.yaml"
-DEFAULT_NAME = "curves.png"
+CONFIG_FILE = CONFIG
+DEFAULT_NAME = CURVES
 FORMATS = (".png", ".svg", ".pdf")
 # Colour-blind friendly palette (Okabe-Ito), one colour per run.
 COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")

@@ -28,6 +28,8 @@ CONFIG = "config.yaml"
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
+# The model folder of wrn.save_model (the WEIGHTS_FILE and CONFIG_FILE of wrn.models.io, not imported so
+# that the light commands need no torch): the weights and what they are.
 WEIGHTS = "model.safetensors"
 MODEL_JSON = "model.json"
 CURVES = "curves.png"
