@@ -304,9 +304,11 @@ def test_reproduce_figure4_shows_the_benchmark_as_it_goes_and_says_when_it_is_un
                  "wrn-40-4 (1 of 1): timed step 2/2"):  # fmt: skip
         assert f"figure4: {line}" in said, said
     assert any(line.startswith("figure4: Figure 4: forward + backward + update") for line in said)
-    assert said[-1] == (
-        "figure4: UNRELIABLE: Every time is unreliable: too few timed steps per network (2; give --steps 5 or more)."
-    )  # no ratio was measured: only one network ran
+    few = "figure4: UNRELIABLE: Every time is unreliable: too few timed steps per network (2; give --steps 5 or more)."
+    # the last lines say so (no ratio was measured: only one network ran); a busy machine adds the spread
+    unreliable = [line for line in said if line.startswith("figure4: UNRELIABLE")]
+    assert unreliable[0] == few and said[-len(unreliable) :] == unreliable
+    assert all("were more than 1.5x apart" in line for line in unreliable[1:])
     log = (tmp_path / "logs" / "figure4.log").read_text()
     assert "wrn-40-4 (1 of 1): timed step 2/2" in log  # the log keeps everything too
 

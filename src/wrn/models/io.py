@@ -151,7 +151,7 @@ class _Strict(BaseModel):
 
 class _ModelConfig(_Strict):
     arch: str
-    num_classes: int = Field(default=10, ge=1, le=MAX_CLASSES)
+    num_classes: int = Field(default=10, ge=0, le=MAX_CLASSES)  # 0: no classifier (features, pre-logits)
     in_channels: int = Field(default=3, ge=1, le=64)
 
 
