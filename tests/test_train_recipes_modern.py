@@ -1,5 +1,5 @@
 """The recipes WRN-28-10 is trained with today, each an option that is off by default: Cutout (DeVries & Taylor
-2017), an average of the weights (EMA), label smoothing. Each against an independent computation, a run on
+2017), mixup and CutMix (torchvision's v2 arithmetic), an average of the weights (EMA), label smoothing. Each against an independent computation, a run on
 digits that trains with it, and a resume that is bitwise equal to a run never stopped."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from wrn.train.config import build_config, resolve
 from wrn.train.cutout import Cutout
 from wrn.train.ema import WeightEMA
 from wrn.train.loop import Interrupted, resume, train
+from wrn.train.mixing import Mixing
 from wrn.train.step import TrainStep
 
 TIME_KEYS = {"train_time", "test_time", "images_per_s"}
@@ -156,6 +157,76 @@ def test_a_bad_value_is_one_sentence_and_exit_2(flag, value, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+class _Beta:
+    """Stands in for torchvision's Beta distribution: gives the lam our mixer drew."""
+
+    def __init__(self, lam):
+        self.lam = lam
+
+    def sample(self, shape):
+        return torch.tensor([self.lam])
+
+
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_mixing_equals_torchvision_v2_on_the_same_draws(kind, monkeypatch):
+    from torchvision.transforms import v2
+
+    alpha, n, k, h, w = 0.7, 8, 5, 12, 10
+    kinds = []
+    for seed in range(30):
+        mixing = Mixing(alpha if kind == "mixup" else 0.0, alpha if kind == "cutmix" else 0.0, k, seed)
+        images = torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(seed))
+        labels = torch.randint(k, (n,), generator=torch.Generator().manual_seed(100 + seed))
+        ours, soft = mixing(images.clone(), labels)
+        stream = np.random.default_rng(seed)  # the same draws, read again: lam, then the box's centre
+        lam = float(stream.beta(alpha, alpha))  # _Beta gives it as float32, as torchvision's Beta does
+        reference = (
+            v2.MixUp(alpha=alpha, num_classes=k) if kind == "mixup" else v2.CutMix(alpha=alpha, num_classes=k)
+        )
+        reference._dist = _Beta(lam)
+        if kind == "cutmix":
+            centre = iter([int(stream.integers(w)), int(stream.integers(h))])
+            monkeypatch.setattr(torch, "randint", lambda high, size, it=centre: torch.tensor([next(it)]))
+        want_images, want_soft = reference(images.clone(), labels)
+        monkeypatch.undo()
+        assert torch.equal(ours, want_images), seed
+        assert torch.equal(soft, want_soft), seed
+        big = soft.max(1).indices
+        assert torch.equal(mixing.dominant[soft.max(1).values > 0.5], big[soft.max(1).values > 0.5])
+        kinds.append(not torch.equal(ours, images))
+    assert sum(kinds) >= 25  # the images really were mixed
+
+
+def test_both_on_take_mixup_or_cutmix_half_the_time_and_resume_the_stream():
+    mixing = Mixing(1.0, 1.0, 3, seed=0)
+    boxes = [mixing.draw(32, 32)[1] is not None for _ in range(2000)]
+    assert 900 < sum(boxes) < 1100
+    state = mixing.state_dict()
+    ahead = [mixing.draw(32, 32) for _ in range(5)]
+    mixing.load_state_dict(state)
+    assert [mixing.draw(32, 32) for _ in range(5)] == ahead
+
+
+def test_the_loss_is_taken_on_the_soft_labels():
+    cfg = resolve(
+        build_config(
+            "demo", overrides={"dataset.mixup": 1.0, "run.device": "cpu", "run.channels_last": False}
+        )
+    )
+    torch.manual_seed(0)
+    model = _Tiny()
+    model.config = {"num_classes": 3}
+    step = build_trainables(cfg, model, torch.device("cpu")).step
+    images, labels = torch.randn(6, 4), torch.tensor([0, 1, 2, 2, 1, 0])
+    state = step.mixing.state_dict()
+    loss, logits = step(images, labels)
+    step.mixing.load_state_dict(state)
+    _, soft = step.mixing(images, labels)
+    by_hand = -(soft.double() * logits.double().log_softmax(1)).sum(1).mean()
+    assert math.isclose(loss.item(), by_hand.item(), rel_tol=1e-6)
+    assert torch.equal(step.counted(labels), step.mixing.dominant)
+
+
 def _small(**overrides):
     base = {
         "model.name": "wrn-10-1",
@@ -171,6 +242,18 @@ def _small(**overrides):
 def _metrics(run_dir):
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [{k: v for k, v in json.loads(line).items() if k not in TIME_KEYS} for line in lines]
+
+
+def test_digits_with_mixup_and_cutmix_trains(tmp_path, capsys):
+    cfg = _small(**{"optim.batch_size": 128, "schedule.epochs": 6, "optim.ema_decay": 0.0, **ALL_ON})
+    cfg = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"cutout": 0})})
+    train(cfg, tmp_path / "run", verbose=True)
+    last = _metrics(tmp_path / "run")[-1]
+    assert last["test_acc"] >= 85.0 and "ema_test_acc" not in last
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 6 and all(
+        line.endswith("(train acc: of the mixed targets' larger part)") for line in lines
+    )
 
 
 def test_digits_with_cutout_and_ema_trains_and_saves_the_average(tmp_path):
@@ -194,8 +277,11 @@ def test_digits_with_cutout_and_ema_trains_and_saves_the_average(tmp_path):
     assert set(state["ranks"][0]) == {"rng", "loader", "sums", "cutout"}
 
 
-def test_resume_with_cutout_and_ema_on_is_bitwise_equal_to_a_straight_run(tmp_path, monkeypatch):
-    straight = train(_small(), tmp_path / "straight")
+ALL_ON = {"dataset.mixup": 0.4, "dataset.cutmix": 1.0}  # with _small's Cutout and EMA
+
+
+def test_resume_with_every_recipe_on_is_bitwise_equal_to_a_straight_run(tmp_path, monkeypatch):
+    straight = train(_small(**ALL_ON), tmp_path / "straight")
 
     original = TrainStep.__call__
     calls = {"n": 0}
@@ -209,10 +295,11 @@ def test_resume_with_cutout_and_ema_on_is_bitwise_equal_to_a_straight_run(tmp_pa
 
     monkeypatch.setattr(TrainStep, "__call__", step_then_signal)
     with pytest.raises(Interrupted, match="checkpoint saved at epoch 2, step 2"):
-        train(_small(), tmp_path / "stopped")
+        train(_small(**ALL_ON), tmp_path / "stopped")
     monkeypatch.undo()
     state = ckpt.load(tmp_path / "stopped")
-    assert (state["epoch"], state["step"]) == (1, 2) and "ema" in state and "cutout" in state["ranks"][0]
+    assert (state["epoch"], state["step"]) == (1, 2) and "ema" in state
+    assert {"cutout", "mixing"} <= set(state["ranks"][0])
 
     resumed = resume(tmp_path / "stopped")
     for (ka, a), (kb, b) in zip(

@@ -128,6 +128,19 @@ class DataSection(_Section):
         description="Cutout: the side in pixels of one square hole per training image (0: off; 16 on CIFAR-10)",
         json_schema_extra=option("--cutout"),
     )
+    # torchvision's v2.MixUp / v2.CutMix arithmetic, per batch on the device; both on: one of them per batch
+    mixup: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="mixup: alpha of the Beta distribution of the mixing weight, per batch (0: off; e.g. 1.0)",
+        json_schema_extra=option("--mixup"),
+    )
+    cutmix: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="CutMix: alpha of the Beta distribution of the pasted area, per batch (0: off; e.g. 1.0)",
+        json_schema_extra=option("--cutmix"),
+    )
     # md5 of every file; false only for re-packed copies (still safely unpickled)
     verify: bool = Field(
         default=True,

@@ -165,7 +165,7 @@ def train_one_epoch(loop: Loop) -> None:
         for images, labels in state.train_loader:
             loop.schedule.apply(state.optimizer, epoch, state.step)
             loss, logits = step_fn(images, labels)
-            meter.update(loss, logits, labels)
+            meter.update(loss, logits, step_fn.counted(labels))
             state.step += 1
             state.global_step += 1
             loop.policy.step()
@@ -244,7 +244,8 @@ def end_epoch(loop: Loop) -> dict[str, Any]:
     }
     state.last_record = record
     if loop.dist.is_main and loop.verbose:
-        print(format_epoch_summary(state.epoch, cfg.schedule.epochs, record), flush=True)
+        mixed = " (train acc: of the mixed targets' larger part)" if state.trainables.step.mixing else ""
+        print(format_epoch_summary(state.epoch, cfg.schedule.epochs, record) + mixed, flush=True)
     return record
 
 

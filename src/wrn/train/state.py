@@ -4,7 +4,7 @@ checkpoint (the PyTorch pattern: ``load_state_dict`` puts it back).
 The checkpoint holds the weights and BN statistics, the optimizer (momentum buffers), the grad scaler, the
 position (epochs done, steps of the current epoch done, steps in all), the epoch's metric sums, the last
 epoch's record, the average of the weights (EMA) when it is on, and for every process its RNG states (Cutout's
-generator among them when it is on) and its data loader's position. A run killed at any
+and mixing's generators among them when they are on) and its data loader's position. A run killed at any
 moment and resumed from its last checkpoint ends with the same weights, bit for bit, as one never stopped
 (on a CPU, or on a GPU with ``run.deterministic``).
 """
@@ -78,9 +78,9 @@ class RunState:
             "loader": self.train_loader.state_dict(),
             "sums": self.meter.state_dict(),
         }
-        cutout = self.trainables.step.cutout
-        if cutout is not None:
-            local["cutout"] = cutout.state_dict()
+        for name, recipe in self._batch_recipes().items():
+            if recipe is not None:
+                local[name] = recipe.state_dict()
         parts = D.gather_objects(self.dist, local)
         if not self.dist.is_main:
             return None
@@ -133,19 +133,19 @@ class RunState:
         ckpt.set_rng_state(mine["rng"])
 
     def _load_recipes(self, state: dict[str, Any]) -> None:
-        """The EMA and this rank's Cutout generator, where the run has them on."""
-        cutout, mine = self.trainables.step.cutout, state["ranks"][self.dist.rank]
-        missing = [
-            name
-            for name, on, saved in [("ema", self.ema, "ema" in state), ("cutout", cutout, "cutout" in mine)]
-            if on is not None and not saved
-        ]
+        """The EMA and this rank's Cutout and mixing generators, where the run has them on."""
+        mine = state["ranks"][self.dist.rank]
+        present = {"ema": (self.ema, state)} | {k: (v, mine) for k, v in self._batch_recipes().items()}
+        missing = [name for name, (on, saved) in present.items() if on is not None and name not in saved]
         if missing:
             raise CheckpointError(
                 f"the checkpoint holds no {' and no '.join(missing)} state although the run's config has it on; "
                 "the file is not this run's: restore it from a backup or start a new run"
             )
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
-        if cutout is not None:
-            cutout.load_state_dict(mine["cutout"])
+        for name, (on, saved) in present.items():
+            if on is not None:
+                on.load_state_dict(saved[name])
+
+    def _batch_recipes(self) -> dict[str, Any]:
+        step = self.trainables.step
+        return {"cutout": step.cutout, "mixing": step.mixing}
