@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -15,13 +15,14 @@ import torch
 from safetensors.torch import load_file
 
 import wrn.cli
+from conftest import start_wrn
 from wrn.errors import CheckpointError
 from wrn.train import checkpoint as ckpt
 from wrn.train.build import build_trainables
 from wrn.train.config import build_config, resolve
 from wrn.train.cutout import Cutout
 from wrn.train.ema import WeightEMA
-from wrn.train.loop import Interrupted, resume, train
+from wrn.train.loop import resume, train
 from wrn.train.mixing import Mixing
 from wrn.train.step import TrainStep
 
@@ -277,39 +278,48 @@ def test_digits_with_cutout_and_ema_trains_and_saves_the_average(tmp_path):
     assert set(state["ranks"][0]) == {"rng", "loader", "sums", "cutout"}
 
 
-ALL_ON = {"dataset.mixup": 0.4, "dataset.cutmix": 1.0}  # with _small's Cutout and EMA
+ALL_ON = {"dataset.mixup": 0.4, "dataset.cutmix": 1.0}  # mixup and CutMix, beside _small's Cutout and EMA
 
 
-def test_resume_with_every_recipe_on_is_bitwise_equal_to_a_straight_run(tmp_path, monkeypatch):
-    straight = train(_small(**ALL_ON), tmp_path / "straight")
+ALL_ON_ARGS = [
+    "train", "--preset", "demo", "--model", "wrn-10-1", "--batch-size", "128", "--epochs", "3",
+    "--cutout", "4", "--ema", "0.9", "--mixup", "0.4", "--cutmix", "1.0", "--label-smoothing", "0.1",
+    "--checkpoint-every", "1steps", "--no-progress",
+]  # fmt: skip
 
-    original = TrainStep.__call__
-    calls = {"n": 0}
 
-    def step_then_signal(self, images, labels):
-        out = original(self, images, labels)
-        calls["n"] += 1
-        if calls["n"] == 7:  # epoch 2 of 5 steps each
-            os.kill(os.getpid(), signal.SIGTERM)
-        return out
+def test_kill_9_twice_with_every_recipe_on_then_resume_is_bitwise(tmp_path):
+    assert wrn.cli.main([*ALL_ON_ARGS, "--out", str(tmp_path / "straight")]) == 0
+    killed = tmp_path / "killed"
+    args = [*ALL_ON_ARGS, "--out", str(killed)]
+    for target in (7, 19):  # of 3 x 11 steps: in epoch 1, then in epoch 2
+        proc = start_wrn(*args)
+        deadline = time.monotonic() + 120
+        while _checkpoint_step(killed) < target and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        state = ckpt.load(killed)  # never torn, and with every recipe's state
+        assert state["global_step"] >= target and "ema" in state
+        assert {"cutout", "mixing"} <= set(state["ranks"][0])
+        args = ["train", "--resume", str(killed), "--no-progress"]
+    proc = start_wrn(*args)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert _metrics(tmp_path / "straight") == _metrics(killed)
+    assert (tmp_path / "straight" / "model.safetensors").read_bytes() == (
+        killed / "model.safetensors"
+    ).read_bytes()
+    a, b = ckpt.load(tmp_path / "straight")["model"], ckpt.load(killed)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the plain weights too
 
-    monkeypatch.setattr(TrainStep, "__call__", step_then_signal)
-    with pytest.raises(Interrupted, match="checkpoint saved at epoch 2, step 2"):
-        train(_small(**ALL_ON), tmp_path / "stopped")
-    monkeypatch.undo()
-    state = ckpt.load(tmp_path / "stopped")
-    assert (state["epoch"], state["step"]) == (1, 2) and "ema" in state
-    assert {"cutout", "mixing"} <= set(state["ranks"][0])
 
-    resumed = resume(tmp_path / "stopped")
-    for (ka, a), (kb, b) in zip(
-        straight.model.state_dict().items(), resumed.model.state_dict().items(), strict=True
-    ):
-        assert ka == kb and torch.equal(a, b), ka
-    assert _metrics(tmp_path / "straight") == _metrics(tmp_path / "stopped")
-    assert "ema_test_acc" in _metrics(tmp_path / "stopped")[-1]
-    a = (tmp_path / "straight" / "model.safetensors").read_bytes()
-    assert a == (tmp_path / "stopped" / "model.safetensors").read_bytes()
+def _checkpoint_step(run_dir) -> int:
+    try:
+        return ckpt.load(run_dir)["global_step"]
+    except CheckpointError:  # not written yet
+        return -1
 
 
 def test_a_checkpoint_without_the_ema_state_is_refused_in_one_sentence(tmp_path):
