@@ -257,7 +257,7 @@ def test_digits_with_mixup_and_cutmix_trains(tmp_path, capsys):
     )
 
 
-def test_digits_with_cutout_and_ema_trains_and_saves_the_average(tmp_path):
+def test_digits_with_cutout_and_ema_trains_and_saves_the_average(tmp_path, capsys):
     cfg = _small(**{"optim.batch_size": 128, "schedule.epochs": 6})
     result = train(cfg, tmp_path / "run")
     records = _metrics(tmp_path / "run")
@@ -276,6 +276,12 @@ def test_digits_with_cutout_and_ema_trains_and_saves_the_average(tmp_path):
     plain = result.model.state_dict()
     assert not torch.equal(saved["fc.weight"], plain["fc.weight"].cpu())  # the average, not the last weights
     assert set(state["ranks"][0]) == {"rng", "loader", "sums", "cutout"}
+    assert wrn.cli.main(["train", "--resume", str(tmp_path / "run")]) == 0
+    said = capsys.readouterr().out
+    assert (
+        f"is complete: 6 of 6 epochs trained (the EMA weights' test error {last['ema_test_error']:.2f}%)"
+        in said
+    )
 
 
 ALL_ON = {"dataset.mixup": 0.4, "dataset.cutmix": 1.0}  # mixup and CutMix, beside _small's Cutout and EMA

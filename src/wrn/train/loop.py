@@ -472,7 +472,8 @@ def _already_complete(run_dir: RunDir, checkpoint: dict[str, Any], verbose: bool
     last = dict(checkpoint.get("last_record") or {})
     if not run_dir.curves.exists():
         _draw_curves(run_dir)
-    error = f" (test error {last['test_error']:.2f}%)" if isinstance(last.get("test_error"), float) else ""
+    key, whose = ("ema_test_error", "the EMA weights' ") if "ema_test_error" in last else ("test_error", "")
+    error = f" ({whose}test error {last[key]:.2f}%)" if isinstance(last.get(key), float) else ""
     _say(
         verbose,
         f"{run_dir} is complete: {epochs} of {recipe.epochs_text(epochs)} trained{error}; nothing to do. To train "
