@@ -65,6 +65,7 @@ def build_trainables(
     if cfg.run.compile:
         net = compile_net(net, cfg.run.compile_mode)
     optimizer = make_optimizer(model, cfg.optim)
+    cutout, mixing, ema = _batch_recipes(cfg, model, device, dist_info)
     step = TrainStep(
         net,
         optimizer,
@@ -72,8 +73,37 @@ def build_trainables(
         device=device,
         amp=cfg.run.amp,
         channels_last=bool(cfg.run.channels_last),
+        cutout=cutout,
+        mixing=mixing,
+        ema=ema,
     )
     return Trainables(model, net, optimizer, step)
+
+
+# Cutout's and mixing's generators: their own streams, apart from the global one (dropout) and the loader's;
+# one per process.
+_CUTOUT_STREAM = 0x9E3779B97F4A7C15
+_MIXING_STREAM = 0x6D6978
+
+
+def _batch_recipes(cfg: TrainConfig, model: torch.nn.Module, device: torch.device, dist_info: D.DistInfo):
+    """Cutout, mixup/CutMix and the average of the weights, each ``None`` when its option is off (nothing is
+    drawn then)."""
+    from wrn.train.cutout import Cutout
+    from wrn.train.ema import WeightEMA
+    from wrn.train.mixing import Mixing
+
+    cutout = None
+    if cfg.dataset.cutout:
+        seed = (cfg.run.seed + _CUTOUT_STREAM * (dist_info.rank + 1)) % 2**63
+        cutout = Cutout(cfg.dataset.cutout, device, seed)
+    mixing = None
+    if cfg.dataset.mixup or cfg.dataset.cutmix:
+        num_classes = int(model.config["num_classes"])
+        seed = [cfg.run.seed, _MIXING_STREAM, dist_info.rank]
+        mixing = Mixing(cfg.dataset.mixup, cfg.dataset.cutmix, num_classes, seed)
+    ema = WeightEMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay else None
+    return cutout, mixing, ema
 
 
 def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo):

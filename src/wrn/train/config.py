@@ -120,6 +120,27 @@ class DataSection(_Section):
         description="fetch a missing data set",
         json_schema_extra=option("--download", how=True),
     )
+    # Cutout (DeVries & Taylor 2017): 16 px on CIFAR-10, 8 on CIFAR-100 in their code; on the device, after
+    # normalisation, as their util/cutout.py
+    cutout: int = Field(
+        default=0,
+        ge=0,
+        description="Cutout: the side in pixels of one square hole per training image (0: off; 16 on CIFAR-10)",
+        json_schema_extra=option("--cutout"),
+    )
+    # torchvision's v2.MixUp / v2.CutMix arithmetic, per batch on the device; both on: one of them per batch
+    mixup: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="mixup: alpha of the Beta distribution of the mixing weight, per batch (0: off; e.g. 1.0)",
+        json_schema_extra=option("--mixup"),
+    )
+    cutmix: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="CutMix: alpha of the Beta distribution of the pasted area, per batch (0: off; e.g. 1.0)",
+        json_schema_extra=option("--cutmix"),
+    )
     # md5 of every file; false only for re-packed copies (still safely unpickled)
     verify: bool = Field(
         default=True,
@@ -162,6 +183,15 @@ class OptimSection(_Section):
         lt=1.0,
         description="label smoothing of the training loss",
         json_schema_extra=option("--label-smoothing"),
+    )
+    # torch.optim.swa_utils.AveragedModel(get_ema_multi_avg_fn(decay), use_buffers=True), after every step
+    ema_decay: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="decay of an average of the weights after every step, e.g. 0.999 (0: off); it is also "
+        "evaluated, and saved as the run's model",
+        json_schema_extra=option("--ema"),
     )
 
     @model_validator(mode="after")

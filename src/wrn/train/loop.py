@@ -161,7 +161,7 @@ def train_one_epoch(loop: Loop) -> None:
         for images, labels in state.train_loader:
             loop.schedule.apply(state.optimizer, epoch, state.step)
             loss, logits = step_fn(images, labels)
-            meter.update(loss, logits, labels)
+            meter.update(loss, logits, step_fn.counted(labels))
             state.step += 1
             state.global_step += 1
             loop.policy.step()
@@ -213,15 +213,8 @@ def end_epoch(loop: Loop) -> dict[str, Any]:
 
     state, cfg = loop.state, loop.cfg
     _check_finite(loop)  # an epoch that blew up is not evaluated nor logged
-    D.broadcast_buffers(loop.dist, state.model)
-    test = evaluate(
-        state.trainables.net,
-        loop.test_loader,
-        loop.device,
-        amp=cfg.run.eval_amp,
-        channels_last=cfg.run.channels_last,
-        dist_info=loop.dist,
-    )
+    test = _test(loop, state.model, state.trainables.net)
+    ema = _test(loop, state.ema.module) if state.ema is not None else None
     sums = loop.meter.totals()
     D.all_reduce_sum(loop.dist, sums)
     loss_total, correct_total, seen_total = sums.tolist()
@@ -237,6 +230,7 @@ def end_epoch(loop: Loop) -> dict[str, Any]:
         "test_acc": test["acc"],
         "test_error": test["error"],
         **({"test_top5": test["top5"], "test_top5_error": test["top5_error"]} if "top5" in test else {}),
+        **({f"ema_test_{k}": ema[k] for k in ("loss", "acc", "error")} if ema is not None else {}),
         "n_parameters": sum(p.numel() for p in state.model.parameters()),
         "train_time": train_time,
         "test_time": test["time"],
@@ -246,8 +240,23 @@ def end_epoch(loop: Loop) -> dict[str, Any]:
     }
     state.last_record = record
     if loop.dist.is_main and loop.verbose:
-        print(format_epoch_summary(state.epoch, cfg.schedule.epochs, record), flush=True)
+        mixed = " (train acc: of the mixed targets' larger part)" if state.trainables.step.mixing else ""
+        print(format_epoch_summary(state.epoch, cfg.schedule.epochs, record) + mixed, flush=True)
     return record
+
+
+def _test(loop: Loop, model: torch.nn.Module, net: torch.nn.Module | None = None) -> dict[str, Any]:
+    """The test pass of ``model`` (run through ``net``, its compiled form, if given), with rank 0's BN
+    statistics on every rank."""
+    D.broadcast_buffers(loop.dist, model)
+    return evaluate(
+        net if net is not None else model,
+        loop.test_loader,
+        loop.device,
+        amp=loop.cfg.run.eval_amp,
+        channels_last=loop.cfg.run.channels_last,
+        dist_info=loop.dist,
+    )
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
@@ -464,7 +473,8 @@ def _already_complete(run_dir: RunDir, checkpoint: dict[str, Any], verbose: bool
     last = dict(checkpoint.get("last_record") or {})
     if not run_dir.curves.exists():
         _draw_curves(run_dir)
-    error = f" (test error {last['test_error']:.2f}%)" if isinstance(last.get("test_error"), float) else ""
+    key, whose = ("ema_test_error", "the EMA weights' ") if "ema_test_error" in last else ("test_error", "")
+    error = f" ({whose}test error {last[key]:.2f}%)" if isinstance(last.get(key), float) else ""
     _say(
         verbose,
         f"{run_dir} is complete: {epochs} of {recipe.epochs_text(epochs)} trained{error}; nothing to do. To train "
@@ -656,14 +666,17 @@ def _finish(loop: Loop) -> None:
     from wrn.data.registry import preprocessing_record
 
     data, info, last = loop.cfg.dataset, loop.info, loop.state.last_record
+    ema = loop.state.ema  # when on, the average of the weights is the run's model
+    prefix = "ema_" if ema is not None else ""
     wrn.save_model(
-        loop.state.model,
+        ema.module if ema is not None else loop.state.model,
         loop.run_dir.path,
         metadata={
             "dataset": data.name,
             "normalization": data.normalization,
             "epochs": loop.state.epoch,
-            "test_error": last.get("test_error"),
+            **({"weights": "ema", "ema_decay": ema.decay} if ema is not None else {}),
+            "test_error": last.get(f"{prefix}test_error"),
             "input": preprocessing_record(info, data.normalization, data.augment),
             "classes": list(info.classes) if info.classes else None,
         },
@@ -672,7 +685,8 @@ def _finish(loop: Loop) -> None:
     if last:
         _say(
             loop.verbose,
-            f"done: test error {last['test_error']:.2f}% (accuracy {last['test_acc']:.2f}%) after "
+            f"done: {'the EMA weights: ' if prefix else ''}test error {last[f'{prefix}test_error']:.2f}% "
+            f"(accuracy {last[f'{prefix}test_acc']:.2f}%) after "
             f"{recipe.epochs_text(loop.state.epoch)}; model and curves in {loop.run_dir}",
         )
 

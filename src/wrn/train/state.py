@@ -3,7 +3,8 @@ checkpoint (the PyTorch pattern: ``load_state_dict`` puts it back).
 
 The checkpoint holds the weights and BN statistics, the optimizer (momentum buffers), the grad scaler, the
 position (epochs done, steps of the current epoch done, steps in all), the epoch's metric sums, the last
-epoch's record, and for every process its RNG states and its data loader's position. A run killed at any
+epoch's record, the average of the weights (EMA) when it is on, and for every process its RNG states (Cutout's
+and mixing's generators among them when they are on) and its data loader's position. A run killed at any
 moment and resumed from its last checkpoint ends with the same weights, bit for bit, as one never stopped
 (on a CPU, or on a GPU with ``run.deterministic``).
 """
@@ -57,6 +58,11 @@ class RunState:
     def optimizer(self) -> torch.optim.Optimizer:
         return self.trainables.optimizer
 
+    @property
+    def ema(self):
+        """The :class:`~wrn.train.ema.WeightEMA` of the run, or ``None`` when ``optim.ema_decay`` is 0."""
+        return self.trainables.step.ema
+
     def finite(self) -> torch.Tensor:
         """One device flag: every weight, buffer and optimizer state tensor of this process is finite."""
         tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]
@@ -72,6 +78,9 @@ class RunState:
             "loader": self.train_loader.state_dict(),
             "sums": self.meter.state_dict(),
         }
+        for name, recipe in self._batch_recipes().items():
+            if recipe is not None:
+                local[name] = recipe.state_dict()
         parts = D.gather_objects(self.dist, local)
         if not self.dist.is_main:
             return None
@@ -89,6 +98,7 @@ class RunState:
             "scaler": self.trainables.step.scaler.state_dict(),
             "ranks": parts,
             "last_record": dict(self.last_record),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -112,6 +122,7 @@ class RunState:
                 f"the checkpoint's weights do not fit the run's {self.cfg.model.name} ({reason[:200]}); "
                 "the file is not this run's: restore it from a backup or start a new run"
             ) from None
+        self._load_recipes(state)
         self.trainables.step.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.global_step = state["epoch"], state["step"], state["global_step"]
         self.last_record = dict(state.get("last_record") or {})
@@ -120,3 +131,21 @@ class RunState:
         self.train_loader.load_state_dict(mine["loader"])
         self.meter.load_state_dict(mine["sums"])
         ckpt.set_rng_state(mine["rng"])
+
+    def _load_recipes(self, state: dict[str, Any]) -> None:
+        """The EMA and this rank's Cutout and mixing generators, where the run has them on."""
+        mine = state["ranks"][self.dist.rank]
+        present = {"ema": (self.ema, state)} | {k: (v, mine) for k, v in self._batch_recipes().items()}
+        missing = [name for name, (on, saved) in present.items() if on is not None and name not in saved]
+        if missing:
+            raise CheckpointError(
+                f"the checkpoint holds no {' and no '.join(missing)} state although the run's config has it on; "
+                "the file is not this run's: restore it from a backup or start a new run"
+            )
+        for name, (on, saved) in present.items():
+            if on is not None:
+                on.load_state_dict(saved[name])
+
+    def _batch_recipes(self) -> dict[str, Any]:
+        step = self.trainables.step
+        return {"cutout": step.cutout, "mixing": step.mixing}

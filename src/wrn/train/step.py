@@ -1,4 +1,5 @@
-"""One training step: forward under autocast, cross-entropy, backward, update.
+"""One training step: the batch's own augmentation (Cutout, mixup/CutMix), forward under autocast, cross-entropy, backward,
+update, the average of the weights (EMA).
 
 The same :class:`TrainStep` runs inside ``wrn train`` and ``wrn bench train``, so the benchmark measures the
 step the training loop really takes. Nothing in it reads a value back to the host: the loss and logits it
@@ -7,7 +8,14 @@ returns stay on the device.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from wrn.train.cutout import Cutout
+    from wrn.train.ema import WeightEMA
+    from wrn.train.mixing import Mixing
 
 from wrn.train.precision import autocast
 
@@ -17,6 +25,9 @@ class TrainStep:
 
     ``amp`` is 'off', 'bf16' or 'fp16' (fp16 scales the loss with a grad scaler, ``self.scaler``);
     ``channels_last`` converts the images to that memory format (the model must be converted already).
+    ``cutout`` (a :class:`~wrn.train.cutout.Cutout`) cuts its holes into the batch first, then ``mixing`` (a
+    :class:`~wrn.train.mixing.Mixing`) mixes it and the loss is taken on its soft labels; ``ema`` (a
+    :class:`~wrn.train.ema.WeightEMA`) is updated after every optimizer step. All off (``None``) by default.
     The returned loss (the batch mean, float32) and logits (float32) are detached and stay on the device.
     """
 
@@ -29,6 +40,9 @@ class TrainStep:
         device: torch.device,
         amp: str = "off",
         channels_last: bool = False,
+        cutout: Cutout | None = None,
+        mixing: Mixing | None = None,
+        ema: WeightEMA | None = None,
     ) -> None:
         self.net = net
         self.optimizer = optimizer
@@ -37,14 +51,22 @@ class TrainStep:
         self.amp = amp
         self.channels_last = bool(channels_last)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
+        self.cutout = cutout
+        self.mixing = mixing
+        self.ema = ema
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cutout is not None:
+            images = self.cutout(images)
+        targets = labels
+        if self.mixing is not None:
+            images, targets = self.mixing(images, labels)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.amp):
             logits = self.net(images)
         logits = logits.float()
-        loss = self.criterion(logits, labels)
+        loss = self.criterion(logits, targets)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler.is_enabled():
             self.scaler.scale(loss).backward()
@@ -53,7 +75,14 @@ class TrainStep:
         else:
             loss.backward()
             self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update()
         return loss.detach(), logits.detach()
+
+    def counted(self, labels: torch.Tensor) -> torch.Tensor:
+        """The labels the training accuracy of the last step counts: the batch's own, or with mixup/CutMix the
+        larger part of each mixed target."""
+        return labels if self.mixing is None else self.mixing.dominant
 
 
 def compile_net(net: torch.nn.Module, mode: str = "default") -> torch.nn.Module:
