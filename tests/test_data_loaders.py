@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -283,3 +284,31 @@ def test_imagenet_evaluation_scales_the_short_side_then_crops_the_centre(tmp_pat
     scaled = img.resize((45, 32), Image.BICUBIC)  # 28 * 256/224 = 32; 70/50 * 32 = 44.8 -> 45
     expected = np.asarray(scaled.crop((9, 2, 37, 30))).transpose(2, 0, 1)  # ceil((45-28)/2) = 9, ceil(2) = 2
     assert np.array_equal(out.numpy(), expected)
+
+
+def test_scan_samples_honours_torchvision_s_make_dataset_contract(tmp_path):
+    """extensions and is_valid_file are used as torchvision's make_dataset uses them (never ignored)."""
+    from PIL import Image
+
+    from wrn.data.folder import CheckedImageFolder, scan_samples
+
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        Image.new("RGB", (4, 4)).save(tmp_path / cls / "a.png")
+        Image.new("RGB", (4, 4)).save(tmp_path / cls / "b.jpg")
+        (tmp_path / cls / "notes.txt").write_text("not an image")
+    index = {"cat": 0, "dog": 1}
+    names = lambda samples: [(Path(p).parent.name + "/" + Path(p).name, i) for p, i in samples]  # noqa: E731
+    assert names(scan_samples(tmp_path, index)) == [
+        ("cat/a.png", 0),
+        ("cat/b.jpg", 0),
+        ("dog/a.png", 1),
+        ("dog/b.jpg", 1),
+    ]
+    assert names(scan_samples(tmp_path, index, extensions=(".png",))) == [("cat/a.png", 0), ("dog/a.png", 1)]
+    chosen = scan_samples(tmp_path, index, is_valid_file=lambda p: p.endswith("b.jpg"))
+    assert names(chosen) == [("cat/b.jpg", 0), ("dog/b.jpg", 1)]
+    with pytest.raises(ValueError, match="not both"):
+        scan_samples(tmp_path, index, extensions=(".png",), is_valid_file=lambda p: True)
+    folder = CheckedImageFolder(tmp_path)
+    assert folder.classes == ["cat", "dog"] and len(folder) == len(folder.imgs) == 4

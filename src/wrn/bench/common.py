@@ -132,7 +132,6 @@ class StepTimer:
         self.cuda = device.type == "cuda"
         self.device = device
         self._marks: list[Any] = []
-        self.wall_s = 0.0
         self.cpu_s = 0.0  # CPU time of this process (all its threads) between start() and finish()
 
     def _mark(self):
@@ -144,7 +143,6 @@ class StepTimer:
 
     def start(self) -> None:
         synchronize(self.device)
-        self._wall = time.perf_counter()
         self._cpu = time.process_time()
         self._marks = [self._mark()]
 
@@ -153,7 +151,6 @@ class StepTimer:
 
     def finish(self) -> list[float]:
         synchronize(self.device)
-        self.wall_s = time.perf_counter() - self._wall
         self.cpu_s = time.process_time() - self._cpu
         m = self._marks
         if self.cuda:

@@ -56,15 +56,29 @@ def find_classes(directory: str | os.PathLike) -> tuple[list[str], dict[str, int
 
 
 def scan_samples(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
-    """(path, class index) of every image under ``directory/<class>/`` (recursively), sorted per class."""
+    """(path, class index) of every image under ``directory/<class>/`` (recursively), sorted per class.
+
+    torchvision's ``make_dataset`` contract: a file counts if its name ends with one of ``extensions``
+    (default: :data:`IMG_EXTENSIONS`) or, instead, if ``is_valid_file(path)`` says so; not both.
+    """
+    if extensions is not None and is_valid_file is not None:
+        raise ValueError("give extensions or is_valid_file, not both")
+    if is_valid_file is None:
+        suffixes = tuple(
+            e.lower()
+            for e in ((extensions,) if isinstance(extensions, str) else extensions or IMG_EXTENSIONS)
+        )
+
+        def is_valid_file(path: str) -> bool:
+            return path.lower().endswith(suffixes)
+
     samples = []
     for cls, idx in sorted(class_to_idx.items(), key=lambda kv: kv[1]):
         cdir = Path(directory) / cls
         found = []
         for dirpath, _dirs, files in sorted(os.walk(cdir, followlinks=True)):
-            found += [
-                (os.path.join(dirpath, f), idx) for f in sorted(files) if f.lower().endswith(IMG_EXTENSIONS)
-            ]
+            paths = [os.path.join(dirpath, f) for f in sorted(files)]
+            found += [(path, idx) for path in paths if is_valid_file(path)]
         if not found and not allow_empty:
             raise DataError(
                 f"class folder {cdir} holds no images (extensions {', '.join(IMG_EXTENSIONS)}): add images or "
@@ -90,14 +104,16 @@ class CheckedImageFolder(datasets.ImageFolder):
     """torchvision's ImageFolder whose empty class folders and undecodable images raise a clear DataError."""
 
     def __init__(self, root, transform=None):
-        super().__init__(str(root), transform=transform, loader=load_image)
+        # DatasetFolder's own constructor, so that make_dataset gets this package's image extensions
+        datasets.DatasetFolder.__init__(self, str(root), load_image, IMG_EXTENSIONS, transform=transform)
+        self.imgs = self.samples
 
     def find_classes(self, directory):
         return find_classes(directory)
 
     @staticmethod
     def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
-        return scan_samples(directory, class_to_idx, allow_empty=allow_empty)
+        return scan_samples(directory, class_to_idx, extensions, is_valid_file, allow_empty)
 
 
 def is_small_folder(root, split: str = "train", image_size: int | None = None) -> bool:

@@ -528,9 +528,7 @@ def run_grid(
             ray.shutdown()
 
 
-def run_bench(
-    out: Path, options: list[str], download: bool = False, say: Callable[[str], None] = print
-) -> Summary:
+def run_bench(out: Path, options: list[str], say: Callable[[str], None] = print) -> Summary:
     """Figure 4: ``wrn bench figure4 --out OUT/bench`` once (retried once), unless its JSON is there; its
     output shows as it comes (which network, which step), and noisy timings are called unreliable."""
     from wrn.bench import figure4
