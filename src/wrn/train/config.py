@@ -58,18 +58,22 @@ def option(flag: str | None = None, *, how: bool = False, volatile: bool = False
     return {"flag": flag, "how": how, "volatile": volatile, "on_resume": on_resume}
 
 
-class ModelSection(_Section):
-    name: str = Field(
-        default="wrn-28-10",
-        description="model name, e.g. wrn-28-10 (`wrn models` lists them)",
-        json_schema_extra=option("--model"),
+def flagged(
+    default, flag: str | None, description: str, *, how=False, volatile=False, on_resume=False, **constraints
+):
+    """A config field with its command-line side (:func:`option`): default, ``--flag``, help, constraints."""
+    return Field(
+        default=default,
+        description=description,
+        json_schema_extra=option(flag, how=how, volatile=volatile, on_resume=on_resume),
+        **constraints,
     )
-    dropout: float | None = Field(
-        default=None,
-        ge=0.0,
-        lt=1.0,
-        description="dropout rate in [0, 1) between the convs of a block",
-        json_schema_extra=option("--dropout"),
+
+
+class ModelSection(_Section):
+    name: str = flagged("wrn-28-10", "--model", "model name, e.g. wrn-28-10 (`wrn models` lists them)")
+    dropout: float | None = flagged(
+        None, "--dropout", "dropout rate in [0, 1) between the convs of a block", ge=0.0, lt=1.0
     )
     # None: the paper's ReLU and BN momentum 0.1. leaky_relu has slope 0.1 (FixMatch); FixMatch's BN: 0.001.
     act: Literal["relu", "leaky_relu", "silu"] | None = None
@@ -85,113 +89,73 @@ class ModelSection(_Section):
 
 
 class DataSection(_Section):
-    name: Literal["cifar10", "cifar100", "svhn", "imagenet", "imagefolder", "digits"] = Field(
-        default="cifar10", description="the data set", json_schema_extra=option("--dataset")
+    name: Literal["cifar10", "cifar100", "svhn", "imagenet", "imagefolder", "digits"] = flagged(
+        "cifar10", "--dataset", "the data set"
     )
-    root: str = Field(
-        default="data",
-        description="folder that holds (or will hold) the data set (default ./data)",
-        json_schema_extra=option("--data-dir", how=True),
+    root: str = flagged(
+        "data", "--data-dir", "folder that holds (or will hold) the data set (default ./data)", how=True
     )
-    augment: Literal["none", "crop", "flip-crop", "imagenet"] | None = Field(
-        default=None,
-        description="training augmentation (default: the data set's recipe)",
-        json_schema_extra=option("--augment"),
+    augment: Literal["none", "crop", "flip-crop", "imagenet"] | None = flagged(
+        None, "--augment", "training augmentation (default: the data set's recipe)"
     )
-    normalization: Literal["cifar10", "cifar100", "svhn", "digits", "imagenet", "zca", "none"] | None = Field(
-        default=None,
-        description="input normalisation (default: the data set's)",
-        json_schema_extra=option("--normalization"),
+    normalization: Literal["cifar10", "cifar100", "svhn", "digits", "imagenet", "zca", "none"] | None = (
+        flagged(None, "--normalization", "input normalisation (default: the data set's)")
     )
-    image_size: int | None = Field(
-        default=None,
-        gt=0,
-        description="training crop side (ImageNet / image folders)",
-        json_schema_extra=option("--image-size"),
+    image_size: int | None = flagged(
+        None, "--image-size", "training crop side (ImageNet / image folders)", gt=0
     )
-    workers: int = Field(
-        default=4,
-        ge=0,
-        description="data loading processes (image folders)",
-        json_schema_extra=option("--workers", how=True),
-    )
-    download: bool = Field(
-        default=False,
-        description="fetch a missing data set",
-        json_schema_extra=option("--download", how=True),
-    )
+    workers: int = flagged(4, "--workers", "data loading processes (image folders)", how=True, ge=0)
+    download: bool = flagged(False, "--download", "fetch a missing data set", how=True)
     # Cutout (DeVries & Taylor 2017): 16 px on CIFAR-10, 8 on CIFAR-100 in their code; on the device, after
     # normalisation, as their util/cutout.py
-    cutout: int = Field(
-        default=0,
+    cutout: int = flagged(
+        0,
+        "--cutout",
+        "Cutout: the side in pixels of one square hole per training image (0: off; 16 on CIFAR-10)",
         ge=0,
-        description="Cutout: the side in pixels of one square hole per training image (0: off; 16 on CIFAR-10)",
-        json_schema_extra=option("--cutout"),
     )
     # torchvision's v2.MixUp / v2.CutMix arithmetic, per batch on the device; both on: one of them per batch
-    mixup: float = Field(
-        default=0.0,
+    mixup: float = flagged(
+        0.0,
+        "--mixup",
+        "mixup: alpha of the Beta distribution of the mixing weight, per batch (0: off; e.g. 1.0)",
         ge=0.0,
-        description="mixup: alpha of the Beta distribution of the mixing weight, per batch (0: off; e.g. 1.0)",
-        json_schema_extra=option("--mixup"),
     )
-    cutmix: float = Field(
-        default=0.0,
+    cutmix: float = flagged(
+        0.0,
+        "--cutmix",
+        "CutMix: alpha of the Beta distribution of the pasted area, per batch (0: off; e.g. 1.0)",
         ge=0.0,
-        description="CutMix: alpha of the Beta distribution of the pasted area, per batch (0: off; e.g. 1.0)",
-        json_schema_extra=option("--cutmix"),
     )
     # md5 of every file; false only for re-packed copies (still safely unpickled)
-    verify: bool = Field(
-        default=True,
-        description="md5 checks of the data files (--no-verify: re-packed copies only; still safely unpickled)",
-        json_schema_extra=option("--verify", how=True),
+    verify: bool = flagged(
+        True,
+        "--verify",
+        "md5 checks of the data files (--no-verify: re-packed copies only; still safely unpickled)",
+        how=True,
     )
 
 
 class OptimSection(_Section):
-    lr: float = Field(
-        default=0.1, gt=0.0, description="initial learning rate", json_schema_extra=option("--lr")
+    lr: float = flagged(0.1, "--lr", "initial learning rate", gt=0.0)
+    momentum: float = flagged(0.9, "--momentum", "SGD momentum", ge=0.0, lt=1.0)
+    nesterov: bool = flagged(True, "--nesterov", "Nesterov momentum (the paper's)")
+    weight_decay: float = flagged(5e-4, "--weight-decay", "L2 weight decay on all parameters", ge=0.0)
+    batch_size: int = flagged(128, "--batch-size", "global batch size (split over processes)", gt=0)
+    eval_batch_size: int | None = flagged(
+        None, "--eval-batch-size", "batch size of evaluation (default twice the training batch)", gt=0
     )
-    momentum: float = Field(
-        default=0.9, ge=0.0, lt=1.0, description="SGD momentum", json_schema_extra=option("--momentum")
-    )
-    nesterov: bool = Field(
-        default=True, description="Nesterov momentum (the paper's)", json_schema_extra=option("--nesterov")
-    )
-    weight_decay: float = Field(
-        default=5e-4,
-        ge=0.0,
-        description="L2 weight decay on all parameters",
-        json_schema_extra=option("--weight-decay"),
-    )
-    batch_size: int = Field(
-        default=128,
-        gt=0,
-        description="global batch size (split over processes)",
-        json_schema_extra=option("--batch-size"),
-    )
-    eval_batch_size: int | None = Field(
-        default=None,
-        gt=0,
-        description="batch size of evaluation (default twice the training batch)",
-        json_schema_extra=option("--eval-batch-size"),
-    )
-    label_smoothing: float = Field(
-        default=0.0,
-        ge=0.0,
-        lt=1.0,
-        description="label smoothing of the training loss",
-        json_schema_extra=option("--label-smoothing"),
+    label_smoothing: float = flagged(
+        0.0, "--label-smoothing", "label smoothing of the training loss", ge=0.0, lt=1.0
     )
     # torch.optim.swa_utils.AveragedModel(get_ema_multi_avg_fn(decay), use_buffers=True), after every step
-    ema_decay: float = Field(
-        default=0.0,
+    ema_decay: float = flagged(
+        0.0,
+        "--ema",
+        "decay of an average of the weights after every step, e.g. 0.999 (0: off); it is also "
+        "evaluated, and saved as the run's model",
         ge=0.0,
         lt=1.0,
-        description="decay of an average of the weights after every step, e.g. 0.999 (0: off); it is also "
-        "evaluated, and saved as the run's model",
-        json_schema_extra=option("--ema"),
     )
 
     @model_validator(mode="after")
@@ -205,17 +169,18 @@ MAX_EPOCHS = 100_000
 
 
 class ScheduleSection(_Section):
-    name: Literal["multistep", "cosine"] = Field(
-        default="multistep",
-        description="the learning-rate schedule: the paper's multistep, or cosine (per step, to 0)",
-        json_schema_extra=option("--schedule"),
+    name: Literal["multistep", "cosine"] = flagged(
+        "multistep",
+        "--schedule",
+        "the learning-rate schedule: the paper's multistep, or cosine (per step, to 0)",
     )
-    epochs: int = Field(
-        default=200,
+    epochs: int = flagged(
+        200,
+        "--epochs",
+        "number of epochs (the recipe's lr drops move along)",
+        on_resume=True,
         gt=0,
         le=MAX_EPOCHS,
-        description="number of epochs (the recipe's lr drops move along)",
-        json_schema_extra=option("--epochs", on_resume=True),
     )
     # 1-indexed epochs that already run at the lowered rate (the paper's recipe: epoch 60 runs at 0.02).
     milestones: list[int] = Field(
@@ -226,18 +191,10 @@ class ScheduleSection(_Section):
     # Where the milestones came from: a recipe's ("recipe": they move with the number of epochs) or the user's
     # ("given": kept as they are). Filled in by build_config.
     milestones_from: Literal["recipe", "given"] = "recipe"
-    gamma: float = Field(
-        default=0.2,
-        gt=0.0,
-        le=1.0,
-        description="lr factor at each milestone (0.2 in the paper)",
-        json_schema_extra=option("--gamma"),
-    )
+    gamma: float = flagged(0.2, "--gamma", "lr factor at each milestone (0.2 in the paper)", gt=0.0, le=1.0)
     # The authors' code re-creates the optimizer at every drop, which clears the momentum buffers.
-    reset_momentum: bool = Field(
-        default=True,
-        description="clear momentum buffers at each lr drop, as the authors' code (default on)",
-        json_schema_extra=option("--reset-momentum"),
+    reset_momentum: bool = flagged(
+        True, "--reset-momentum", "clear momentum buffers at each lr drop, as the authors' code (default on)"
     )
 
     @field_validator("milestones")
@@ -253,59 +210,40 @@ class ScheduleSection(_Section):
 
 
 class RunSection(_Section):
-    seed: int = Field(
-        default=0, ge=0, le=2**32 - 1, description="random seed", json_schema_extra=option("--seed")
-    )
-    device: str = Field(
-        default="auto",
-        description="auto, cpu, cuda or cuda:N",
-        json_schema_extra=option("--device", how=True),
-    )
-    amp: Literal["auto", "bf16", "fp16", "off"] = Field(
-        default="auto",
-        description="mixed precision of training (fp16: CUDA only, with a grad scaler; auto: bf16 on CUDA)",
-        json_schema_extra=option("--amp", how=True),
+    seed: int = flagged(0, "--seed", "random seed", ge=0, le=2**32 - 1)
+    device: str = flagged("auto", "--device", "auto, cpu, cuda or cuda:N", how=True)
+    amp: Literal["auto", "bf16", "fp16", "off"] = flagged(
+        "auto",
+        "--amp",
+        "mixed precision of training (fp16: CUDA only, with a grad scaler; auto: bf16 on CUDA)",
+        how=True,
     )
     # The test pass is the paper's measure and cheap: full precision unless asked otherwise.
-    eval_amp: Literal["off", "bf16", "fp16"] = Field(
-        default="off",
-        description="mixed precision of the test pass (default off: fp32)",
-        json_schema_extra=option("--eval-amp", how=True),
+    eval_amp: Literal["off", "bf16", "fp16"] = flagged(
+        "off", "--eval-amp", "mixed precision of the test pass (default off: fp32)", how=True
     )
-    compile: bool = Field(
-        default=False, description="torch.compile", json_schema_extra=option("--compile", how=True)
-    )
+    compile: bool = flagged(False, "--compile", "torch.compile", how=True)
     # torch.compile's mode: "reduce-overhead" adds CUDA graphs; "max-autotune" also searches kernels.
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
-        default="default",
-        description="torch.compile's mode (reduce-overhead adds CUDA graphs)",
-        json_schema_extra=option("--compile-mode", how=True),
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
+        flagged(
+            "default", "--compile-mode", "torch.compile's mode (reduce-overhead adds CUDA graphs)", how=True
+        )
     )
-    channels_last: bool | None = Field(
-        default=None,
-        description="channels_last memory format (default on: CUDA and CPU)",
-        json_schema_extra=option("--channels-last", how=True),
+    channels_last: bool | None = flagged(
+        None, "--channels-last", "channels_last memory format (default on: CUDA and CPU)", how=True
     )
-    sync_bn: bool = Field(
-        default=False, description="SyncBatchNorm (DDP)", json_schema_extra=option("--sync-bn", how=True)
+    sync_bn: bool = flagged(False, "--sync-bn", "SyncBatchNorm (DDP)", how=True)
+    deterministic: bool = flagged(False, "--deterministic", "deterministic kernels", how=True)
+    checkpoint_every_minutes: float | None = flagged(
+        10.0, None, "", how=True, volatile=True, on_resume=True, gt=0
     )
-    deterministic: bool = Field(
-        default=False,
-        description="deterministic kernels",
-        json_schema_extra=option("--deterministic", how=True),
-    )
-    checkpoint_every_minutes: float | None = Field(
-        default=10.0, gt=0, json_schema_extra=option(how=True, volatile=True, on_resume=True)
-    )
-    checkpoint_every_steps: int | None = Field(
-        default=None, gt=0, json_schema_extra=option(how=True, volatile=True, on_resume=True)
+    checkpoint_every_steps: int | None = flagged(
+        None, None, "", how=True, volatile=True, on_resume=True, gt=0
     )
     # Every this many steps: the NaN check and the per-step TensorBoard scalars (one host sync each).
-    log_every_steps: int = Field(default=50, gt=0, json_schema_extra=option(how=True))
-    progress: bool = Field(
-        default=True,
-        description="a progress bar or progress lines",
-        json_schema_extra=option("--progress", how=True, volatile=True, on_resume=True),
+    log_every_steps: int = flagged(50, None, "", how=True, gt=0)
+    progress: bool = flagged(
+        True, "--progress", "a progress bar or progress lines", how=True, volatile=True, on_resume=True
     )
 
     @field_validator("device")
