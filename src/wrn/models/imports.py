@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from wrn.errors import CheckpointError
+from wrn.models.formats import _is_fixmatch_file, _is_usb_file
 from wrn.models.registry import FIXMATCH_OPTIONS
 from wrn.models.xternalz import (
     ConversionWarning,
@@ -52,7 +53,6 @@ AT_NORM = {  # DM-Improves-AT's and adversarial_robustness_pytorch's data descri
     100: ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 WEIGHTS = ("ema", "model")
-_FIXMATCH_MARKS = ("ema_state_dict", "best_acc", "scheduler")
 _DM_BLOCK = re.compile(
     r"^layer\.([012])\.block\.(\d+)\.(batchnorm_0|conv_0|batchnorm_1|conv_1|shortcut)\.(\w+)$"
 )
@@ -67,71 +67,6 @@ _DM_NAMES = {
 
 def _note(text: str) -> None:
     warnings.warn(text, ConversionWarning, stacklevel=3)
-
-
-def _is_fixmatch_file(obj: Any) -> bool:
-    return isinstance(obj, dict) and "state_dict" in obj and any(k in obj for k in _FIXMATCH_MARKS)
-
-
-def _is_usb_file(obj: Any) -> bool:
-    return isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "ema_model" in obj
-
-
-def _untouched(params: dict[str, torch.Tensor], prefix: str) -> bool:
-    """True if the BN ``prefix`` still holds one weight for every channel and a zero bias, as a BN that never
-    got a gradient (its EMA moves the weight by rounding only, never apart)."""
-    w, b = params.get(prefix + "weight"), params.get(prefix + "bias")
-    if w is None or b is None or w.numel() == 0:
-        return False
-    return bool((w == w.flatten()[0]).all()) and bool((b == 0).all())
-
-
-def network_evidence(params: dict[str, torch.Tensor]) -> str:
-    """What an xternalz-named state dict's BN weights say of its network: ``"fixmatch"`` (the first BNs of
-    groups 2 and 3 never trained, as FixMatch's network never uses them, while others did), ``"xternalz"``
-    (they trained) or ``"unknown"`` (no BN trained at all)."""
-    skipped = ("block2.layer.0.bn1.", "block3.layer.0.bn1.")
-    if not all(_untouched(params, p) for p in skipped):
-        return "xternalz"
-    bns = {k[: -len("running_mean")] for k in params if k.endswith("running_mean")} - set(skipped)
-    return "fixmatch" if any(not _untouched(params, p) for p in bns) else "unknown"
-
-
-def check_other_formats(obj: Any, source: str, model: nn.Module | None = None) -> None:
-    """Refuse, as an xternalz file, one that FixMatch's or USB's code wrote (same key names, another network)
-    or the robustness code's wrapper; with ``model`` (the xternalz reading built), what its weights show."""
-    if _is_fixmatch_file(obj) and model is None:
-        marks = ", ".join(k for k in _FIXMATCH_MARKS if k in obj)
-        raise CheckpointError(
-            f"{source} was written by FixMatch's training code (it holds {marks}), whose WRN feeds the raw input "
-            "to the first blocks of groups 2 and 3 and gives other logits than xternalz's: convert it with "
-            "`wrn convert fixmatch`"
-        )
-    if _is_usb_file(obj) and model is None:
-        raise CheckpointError(
-            f"{source} looks like a USB checkpoint ('model' and 'ema_model'): use `wrn convert usb`"
-        )
-    if isinstance(obj, dict) and "model_state_dict" in obj and model is None:
-        raise CheckpointError(
-            f"{source} holds 'model_state_dict', the wrapper of the robustness training code (DM-Improves-AT, "
-            "adversarial_robustness_pytorch): use `wrn convert robustness`"
-        )
-    if model is None:
-        return
-    evidence = network_evidence(obj)
-    if evidence == "fixmatch":
-        raise CheckpointError(
-            f"{source} holds FixMatch's WRN, not xternalz's: the BNs of the first blocks of groups 2 and 3 never "
-            "trained (weights all equal, biases 0), as in FixMatch's network, which never uses them; convert it "
-            "with `wrn convert fixmatch`"
-        )
-    if evidence == "unknown":
-        raise CheckpointError(
-            f"{source} cannot be told apart between xternalz's WRN and FixMatch's (no BN in it has trained, so "
-            "its weights do not show which network wrote them, and the two give other logits): choose "
-            "`wrn convert fixmatch` or `wrn convert usb` if semi-supervised code wrote it; an untrained "
-            "xternalz network is wrn.create_model('wrn-D-K')"
-        )
 
 
 def _choose(obj: dict[str, Any], source: str, keys: dict[str, str], weights: str | None) -> Any:
@@ -230,7 +165,7 @@ def _build_dm(params: dict[str, torch.Tensor], source: str, act: str | None, out
             f"{source} does not hold its activation: built with swish (SiLU), as the top RobustBench entries; "
             "--act relu builds DeepMind's ReLU WRN"
         )
-    from wrn.models.io import load_state_dict_checked
+    from wrn.models.checked import load_state_dict_checked
     from wrn.models.registry import create_model
 
     norm = _norm_from(params, ("mean", "std"))

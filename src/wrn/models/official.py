@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from wrn.errors import CheckpointError
-from wrn.models.io import load_state_dict_checked, read_torch_file
+from wrn.models.checked import load_state_dict_checked
+from wrn.models.io import read_torch_file
 from wrn.models.registry import create_model
 
 _BLOCK_RE = re.compile(r"^group(\d+)\.block(\d+)\.")

@@ -93,7 +93,7 @@ def fetch(name: str, pretrained: bool | str) -> tuple[Any, dict]:
 def load_into(model: nn.Module, weights: Any, state: dict) -> nn.Module:
     """``model`` (built by name, 1000 classes) with torchvision's ``state`` loaded strictly and the weights'
     preprocessing kept as ``model.wrn_metadata``; in eval mode."""
-    from wrn.models.io import load_state_dict_checked
+    from wrn.models.checked import load_state_dict_checked
 
     load_state_dict_checked(
         model, state, source=f"torchvision's {weights.name} weights ({Path(weights.url).name})"

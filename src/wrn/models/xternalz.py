@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from wrn.errors import CheckpointError
+from wrn.models.formats import check_other_formats
 from wrn.models.io import read_torch_file
 from wrn.models.registry import create_model
 
@@ -142,8 +143,6 @@ def load_xternalz(path_or_dict: str | os.PathLike | dict[str, Any], dropout: flo
     mode without dropout; ``wrn.save_model`` writes it as a model directory. A file that FixMatch's or USB's
     code wrote (their WRN has the same key names but another network) is refused with the format to use.
     """
-    from wrn.models.imports import check_other_formats
-
     obj, source = _read(path_or_dict)
     check_other_formats(obj, source)
     params = _state_dict(obj, source)

@@ -188,7 +188,7 @@ def _load_model(run_dir, has_model: bool, info, dev: torch.device):
 
     if has_model:
         return wrn.load_model(run_dir.path, map_location=dev), "model"
-    from wrn.models.io import load_state_dict_checked
+    from wrn.models.checked import load_state_dict_checked
     from wrn.train import checkpoint as ckpt
     from wrn.train.build import build_model
     from wrn.train.config import validate
