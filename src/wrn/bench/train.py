@@ -440,27 +440,36 @@ def run(
     sides = measure_sides(makers, warmup, steps, rounds if baseline else 1, progress)
     for side in sides:
         side.update(summarize(side["step_ms"], batch_size, info["train_flops_per_image"]))
-    ours = sides[0]
-    base = None
-    if baseline:
-        base = sides[1]
+    ours, base = sides[0], (sides[1] if baseline else None)
+    if base is not None:
         base.update({"amp": "off", "channels_last": False, "compile": False})
+    run_settings = {
+        "model": model,
+        "batch_size": batch_size,
+        "image_size": image_size,
+        "steps": steps,
+        "warmup": warmup,
+        "rounds": rounds if baseline else 1,
+        "num_samples": n,
+    }
+    return _result(settings, run_settings, info, ours, base)
+
+
+def _result(settings, run_settings: dict[str, Any], info, ours, base) -> dict[str, Any]:
+    """The JSON record of a ``wrn bench train`` run."""
     return {
         "format": FORMAT,
         "version": VERSION,
         "machine": machine_info(settings.device),
         "settings": {
-            "model": model,
-            "batch_size": batch_size,
-            "image_size": image_size,
-            "steps": steps,
-            "warmup": warmup,
-            "rounds": rounds if baseline else 1,
+            **{
+                k: run_settings[k] for k in ("model", "batch_size", "image_size", "steps", "warmup", "rounds")
+            },
             "amp": settings.amp,
             "channels_last": settings.channels_last,
             "compile": settings.compile,
             "compile_mode": settings.compile_mode if settings.compile else None,
-            "num_samples": n,
+            "num_samples": run_settings["num_samples"],
             "data": "random uint8 images on the device, flip-crop + normalisation (DeviceLoader)",
         },
         "model": info,

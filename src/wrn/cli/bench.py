@@ -67,7 +67,12 @@ def register(subparsers) -> None:
         ),
     )
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    _register_train(actions)
+    _register_figure4(actions)
+    _register_data(actions)
 
+
+def _register_train(actions) -> None:
     t = actions.add_parser(
         "train",
         help="time the training step of one model (and a plain baseline with --baseline)",
@@ -97,6 +102,8 @@ def register(subparsers) -> None:
     t.add_argument("--json", type=Path, metavar="FILE", help="write every figure to FILE (JSON)")
     t.set_defaults(func=run_train)
 
+
+def _register_figure4(actions) -> None:
     f = actions.add_parser(
         "figure4",
         help="the paper's Figure 4: ms per minibatch of ResNet-164/1001 and WRN-40-4/16-10/28-10",
@@ -115,6 +122,8 @@ def register(subparsers) -> None:
     f.add_argument("--out", type=Path, default=Path("."), metavar="DIR", help="where to write (default .)")
     f.set_defaults(func=run_figure4)
 
+
+def _register_data(actions) -> None:
     d = actions.add_parser(
         "data",
         help="time the device-resident data loader alone",
