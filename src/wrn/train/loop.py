@@ -269,10 +269,11 @@ def _check_finite(loop: Loop) -> None:
         _stop_non_finite(loop, weights=bool(weights_bad) and not loss_bad)
 
 
-def _save(loop: Loop) -> None:
+def _save(loop: Loop, checked: bool = False) -> None:
     """Write the checkpoint; never one whose weights or optimizer state are not finite."""
     state = loop.state
-    _check_finite(loop)
+    if not checked:  # checked=True: the caller has just checked, and no step ran since
+        _check_finite(loop)
     checkpoint = state.state_dict()
     if loop.dist.is_main:
         try:
@@ -647,7 +648,7 @@ def _epochs(loop: Loop, resumed: bool) -> None:
         train_one_epoch(loop)
         record = end_epoch(loop)
         loop.logger.log_epoch(record)
-        _save(loop)
+        _save(loop, checked=True)
         if loop.policy.stop_everywhere() and state.epoch < loop.cfg.schedule.epochs:
             _interrupted(loop)  # saved just above
 
