@@ -4,6 +4,10 @@ The whole data set lives on the training device once. Every epoch draws, from on
 and each sample's augmentation (horizontal flip, crop offsets from a reflection pad, or the ImageNet-style
 parameters), and every batch is then assembled by one gather on the device: the crop and flip of each sample
 are folded into the indices, so there is no per-sample Python work.
+
+With a per-image policy or random erasing on (:class:`~wrn.data.policies.PerImage`), each batch's crop and
+flip (the same plan) is gathered from a CPU copy of the uint8 data instead, transformed image by image in
+DataLoader workers, and moved to the device to be normalised (and erased) there.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wrn.data.policies import PerImage, batch_seed, erase_, transform_batch
 from wrn.data.protocol import EpochLoader
 from wrn.data.registry import AUGMENT_CHOICES
 from wrn.errors import ConfigError
@@ -49,6 +54,9 @@ class DeviceLoader(EpochLoader):
     loaders (``train=False``) keep the order, do not augment and keep every sample (an uneven shard per rank:
     sum the per-rank counts).
 
+    ``per_image`` (training only): a policy and/or random erasing applied per image after the crop and flip,
+    in ``workers`` DataLoader processes (0: in this one); with it off nothing is drawn or done differently.
+
     The order and augmentation of an epoch depend only on ``seed`` and the epoch index, whatever the device;
     :meth:`state_dict` / :meth:`load_state_dict` save and restore the epoch, the position in it and the
     generator, so a resumed run sees exactly the batches an uninterrupted one would.
@@ -70,6 +78,8 @@ class DeviceLoader(EpochLoader):
         dtype: torch.dtype = torch.float32,
         pad: int = 4,
         image_size: int | None = None,
+        per_image: PerImage | None = None,
+        workers: int = 0,
     ):
         if augment not in AUGMENT_CHOICES:
             raise ConfigError(f"unknown augment {augment!r}: choose one of {', '.join(AUGMENT_CHOICES)}.")
@@ -88,12 +98,19 @@ class DeviceLoader(EpochLoader):
         self.augment = augment if train else "none"
         self.pad = int(pad)
         self.image_size = int(image_size or h)
-        self._x_flat = self.x.view(-1)
         self._ar_c = torch.arange(c, device=self.device).view(1, c, 1, 1) * (h * w)
         self._ar_h = torch.arange(h, device=self.device)
         self._ar_w = torch.arange(w, device=self.device)
         last = self._shard_size * world_size if train else n
         self._positions = torch.arange(rank, last, world_size)
+        self.per_image = per_image if train and per_image is not None and per_image.active else None
+        self.workers = int(workers)
+        if self.per_image is not None:
+            self._check_per_image(x)
+            self._x_cpu = x.to(
+                "cpu"
+            ).contiguous()  # the batches of the per-image stage are gathered on the CPU
+            self._transform = self.per_image.transform()
         self._generator = torch.Generator().manual_seed(self.seed)
         self._epoch_start_state = self._generator.get_state()
         self._plan = None
@@ -102,9 +119,10 @@ class DeviceLoader(EpochLoader):
 
     def __iter__(self):
         plan = self._epoch_plan()
+        transformed = self._per_image_batches(plan) if self.per_image is not None else None
         for b in range(self.position, len(self)):
             sel = slice(b * self.batch_size, min((b + 1) * self.batch_size, self._shard_size))
-            images = self._batch(plan, sel)
+            images = self._batch(plan, sel) if transformed is None else self._finish(*next(transformed))
             labels = self.y[plan["index"][sel]]
             self.position = b + 1
             yield images, labels
@@ -165,21 +183,94 @@ class DeviceLoader(EpochLoader):
         return self._normalize_(out)
 
     def _crop_flip(self, idx, offset, flip) -> torch.Tensor:
-        _, c, h, w = self.x.shape
-        rows = reflect_index(offset[:, 0:1] + self._ar_h - self.pad, h)  # [B, H]
-        cols_ar = self._ar_w
-        cols = offset[:, 1:2] + cols_ar - self.pad  # [B, W]
-        if flip is not None:
-            flipped = offset[:, 1:2] + (w - 1 - cols_ar) - self.pad
-            cols = torch.where(flip[:, None], flipped, cols)
-        cols = reflect_index(cols, w)
-        lin = (
-            (idx * (c * h * w)).view(-1, 1, 1, 1)
-            + self._ar_c
-            + (rows * w).view(-1, 1, h, 1)
-            + cols.view(-1, 1, 1, w)
+        return crop_flip(self.x, idx, offset, flip, self.pad, (self._ar_c, self._ar_h, self._ar_w))
+
+    # ------------------------------------------------------------------------------------------ per image
+
+    def _check_per_image(self, x: torch.Tensor) -> None:
+        what = self.per_image.describe()
+        if self.augment == "imagenet":
+            raise ConfigError(
+                f"{what} works after the crop and flip of augment none, crop or flip-crop, not after the "
+                "imagenet augmentation: drop --policy / --random-erasing or choose another --augment."
+            )
+        if x.dtype != torch.uint8:
+            raise ConfigError(
+                f"{what} needs the uint8 images, but these are {x.dtype} (ZCA-whitened?): use another "
+                "--normalization or drop --policy / --random-erasing."
+            )
+
+    def _per_image_batches(self, plan: dict):
+        """The remaining batches of the epoch as (uint8 images, erasing boxes), from DataLoader workers."""
+        from torch.utils.data import DataLoader
+
+        cpu_plan = {k: v.cpu() for k, v in plan.items()}
+        batches = _PerImageBatches(self, cpu_plan)
+        loader = DataLoader(
+            batches,
+            batch_size=None,
+            sampler=range(self.position, len(self)),
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            # the workers' base seed from a generator of its own: the global one (dropout's) is left alone,
+            # and every batch seeds itself anyway
+            generator=torch.Generator().manual_seed(self.seed),
         )
-        return self._x_flat[lin]
+        return iter(loader)
+
+    def _finish(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """A transformed uint8 batch on the device, normalised, then its erasing boxes set to 0."""
+        non_blocking = self.device.type == "cuda"
+        out = self._normalize_(images.to(self.device, non_blocking=non_blocking).to(self.dtype))
+        return erase_(out, boxes) if self.per_image.erasing > 0 else out
+
+
+class _PerImageBatches(torch.utils.data.Dataset):
+    """Item ``b``: batch ``b`` of the loader's epoch, crop-flipped from the CPU copy of the data (the epoch's
+    plan) and put through the per-image stage with its own seed (:func:`~wrn.data.policies.batch_seed`)."""
+
+    def __init__(self, loader: DeviceLoader, plan: dict):
+        self.x, self.plan, self.augment, self.pad = loader._x_cpu, plan, loader.augment, loader.pad
+        self.batch_size, self.shard_size, self.batches = loader.batch_size, loader._shard_size, len(loader)
+        self.per_image, self.transform = loader.per_image, loader._transform
+        self.seed, self.epoch, self.rank = loader.seed, loader.epoch, loader.rank
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __getitem__(self, b: int):
+        sel = slice(b * self.batch_size, min((b + 1) * self.batch_size, self.shard_size))
+        idx = self.plan["index"][sel]
+        if self.augment in ("crop", "flip-crop"):
+            flip = self.plan["flip"][sel] if "flip" in self.plan else None
+            images = crop_flip(self.x, idx, self.plan["offset"][sel], flip, self.pad)
+        else:
+            images = self.x[idx]
+        seed = batch_seed(self.seed, self.epoch, self.rank, b)
+        return transform_batch(images, self.per_image, self.transform, seed)
+
+
+def crop_flip(x: torch.Tensor, idx, offset, flip, pad: int, aranges=None) -> torch.Tensor:
+    """Samples ``idx`` of ``x`` [N, C, H, W], each cropped at ``offset`` (rows, cols) from the image
+    reflection-padded by ``pad`` and flipped where ``flip``: one gather. ``aranges``: (channel offsets, rows,
+    columns) made once, or None."""
+    _, c, h, w = x.shape
+    if aranges is None:
+        aranges = (
+            torch.arange(c, device=x.device).view(1, c, 1, 1) * (h * w),
+            torch.arange(h, device=x.device),
+            torch.arange(w, device=x.device),
+        )
+    ar_c, ar_h, cols_ar = aranges
+    rows = reflect_index(offset[:, 0:1] + ar_h - pad, h)  # [B, H]
+    cols = offset[:, 1:2] + cols_ar - pad  # [B, W]
+    if flip is not None:
+        flipped = offset[:, 1:2] + (w - 1 - cols_ar) - pad
+        cols = torch.where(flip[:, None], flipped, cols)
+    cols = reflect_index(cols, w)
+    lin = (idx * (c * h * w)).view(-1, 1, 1, 1) + ar_c + (rows * w).view(-1, 1, h, 1) + cols.view(-1, 1, 1, w)
+    return x.view(-1)[lin]
 
 
 # ---------------------------------------------------------------------------------------------- ImageNet-style

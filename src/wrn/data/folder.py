@@ -17,8 +17,9 @@ import torch
 from torchvision import datasets, transforms
 
 from wrn.data.device_loader import IMAGENET_EIGVAL, IMAGENET_EIGVEC
+from wrn.data.policies import ERASING_RATIO, ERASING_SCALE, Normalize255, PerImage
 from wrn.data.protocol import EpochLoader
-from wrn.errors import DataError
+from wrn.errors import ConfigError, DataError
 
 IMG_EXTENSIONS = tuple(datasets.folder.IMG_EXTENSIONS)
 SMALL_MAX_IMAGES = 100_000
@@ -308,13 +309,21 @@ def _grayscale(img: torch.Tensor) -> torch.Tensor:
     return (0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2]).unsqueeze(0)
 
 
-def folder_transform(train: bool, augment: str, size: int, pad: int = 4):
+def folder_transform(
+    train: bool, augment: str, size: int, pad: int = 4, per_image: PerImage | None = None, normalize=None
+):
     """The per-image transform of the DataLoader path; produces uint8 (float 0..255 for ``imagenet``).
 
     ``imagenet`` follows fb.resnet.torch, which the paper's ImageNet runs used: training RandomSizedCrop,
     ColorJitter(0.4, 0.4, 0.4) in random order without clamping, PCA lighting 0.1 and a flip; evaluation the
     short side scaled to 256/224 of ``size`` (bicubic) and the centre crop.
+
+    ``per_image`` (training): its policy runs on the uint8 image after the crop and flip; with random erasing
+    the images are normalised here with ``normalize=(mean, std)`` on the 0..255 scale (or left on it) and end
+    with ``RandomErasing(p, value=0)``, torchvision's order; the result is then float.
     """
+    if train and per_image is not None and per_image.active:
+        return _with_per_image(folder_transform(True, augment, size, pad), augment, per_image, normalize)
     to_tensor = transforms.PILToTensor()
     if not train:
         if augment == "imagenet":
@@ -342,6 +351,24 @@ def folder_transform(train: bool, augment: str, size: int, pad: int = 4):
     if augment in ("crop", "flip-crop"):
         steps += [transforms.Pad(pad, padding_mode="reflect"), transforms.RandomCrop(size)]
     return transforms.Compose([*steps, to_tensor])
+
+
+def _with_per_image(base: transforms.Compose, augment: str, per_image: PerImage, normalize):
+    policy = per_image.transform()
+    if policy is not None and augment == "imagenet":
+        raise ConfigError(
+            f"{per_image.describe()} works after the crop and flip of augment none, crop or flip-crop, not after "
+            "the imagenet augmentation: drop --policy or choose another --augment."
+        )
+    steps = [*base.transforms, *([policy] if policy is not None else [])]
+    if per_image.erasing > 0:
+        steps.append(Normalize255(*normalize) if normalize is not None else transforms.Lambda(_to_float))
+        steps.append(transforms.RandomErasing(per_image.erasing, ERASING_SCALE, ERASING_RATIO, value=0))
+    return transforms.Compose(steps)
+
+
+def _to_float(img: torch.Tensor) -> torch.Tensor:
+    return img.to(torch.float32)
 
 
 # ---------------------------------------------------------------------------------------------- loader

@@ -16,6 +16,7 @@ from wrn.data.folder import (
     read_folder_arrays,
 )
 from wrn.data.folder import split_dir as folder_split_dir
+from wrn.data.policies import PerImage
 from wrn.data.registry import AUGMENT_CHOICES, NORMALIZATION_CHOICES, dataset_info, normalization_for
 from wrn.data.zca import zca_whiten
 from wrn.errors import ConfigError, DataError
@@ -41,6 +42,7 @@ def make_loaders(
     split_train: str | None = None,
     split_test: str | None = None,
     eval_batch_size: int | None = None,
+    per_image: PerImage | None = None,
 ):
     """Build ``(train_loader, test_loader, info)`` for ``dataset`` under ``root``.
 
@@ -50,6 +52,9 @@ def make_loaders(
     under ``root/wrn-cache``). ``info`` is the :class:`DatasetInfo` with ``num_classes``, ``in_channels`` and
     ``image_size`` of the data actually loaded. ``seed`` drives the order and augmentation; the digits'
     train/test split stays fixed whatever it is.
+
+    ``per_image`` (:class:`~wrn.data.policies.PerImage`): a policy and random erasing for the training images,
+    applied image by image in ``workers`` processes, whichever loader it is.
     """
     info = dataset_info(dataset)
     augment = augment or info.augment
@@ -78,7 +83,7 @@ def make_loaders(
         if not use_arrays:
             return _folder_loaders(
                 info, root, augment, normalization, seed, image_size, workers, split_train, split_test,
-                batch_size, eval_batch_size, common,
+                batch_size, eval_batch_size, common, per_image,
             )  # fmt: skip
         x_tr, y_tr, classes = read_folder_arrays(root, split_train, image_size)
         x_te, y_te, _ = read_folder_arrays(
@@ -94,7 +99,7 @@ def make_loaders(
         normalize = normalization_for(normalization, int(x_tr.shape[1]))
     train = DeviceLoader(
         x_tr, y_tr, batch_size, train=True, augment=augment, normalize=normalize, seed=seed, drop_last=info.drop_last,
-        image_size=image_size, **common,
+        image_size=image_size, per_image=per_image, workers=workers, **common,
     )  # fmt: skip
     test = DeviceLoader(x_te, y_te, eval_batch_size, train=False, normalize=normalize, seed=seed, **common)
     info = dataclasses.replace(info, in_channels=int(x_tr.shape[1]), image_size=int(x_tr.shape[-1]))
@@ -114,22 +119,25 @@ def _folder_loaders(
     bs,
     eval_bs,
     common,
+    per_image,
 ):
     if normalization == "zca":
         raise ConfigError(
             "normalization 'zca' needs the whole data set in memory: use it with small data sets."
         )
     size = image_size or info.image_size or 224
-    train_ds = CheckedImageFolder(folder_split_dir(root, split_train), folder_transform(True, augment, size))
+    normalize = normalization_for(normalization, 3)
+    erasing = per_image is not None and per_image.erasing > 0  # normalised in the workers, then erased
+    train_tf = folder_transform(True, augment, size, per_image=per_image, normalize=normalize)
+    train_ds = CheckedImageFolder(folder_split_dir(root, split_train), train_tf)
     test_ds = CheckedImageFolder(folder_split_dir(root, split_test), folder_transform(False, augment, size))
     if test_ds.classes != train_ds.classes:
         raise DataError(
             f"{folder_split_dir(root, split_test)} has {len(test_ds.classes)} class folders that differ from the "
             f"{len(train_ds.classes)} of {folder_split_dir(root, split_train)}: both splits need the same classes."
         )
-    normalize = normalization_for(normalization, 3)
     train = FolderLoader(
-        train_ds, bs, train=True, normalize=normalize, seed=seed, drop_last=info.drop_last, workers=workers,
+        train_ds, bs, train=True, normalize=None if erasing else normalize, seed=seed, drop_last=info.drop_last, workers=workers,
         **common,
     )  # fmt: skip
     test = FolderLoader(

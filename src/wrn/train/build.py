@@ -108,6 +108,7 @@ def _batch_recipes(cfg: TrainConfig, model: torch.nn.Module, device: torch.devic
 
 def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo):
     from wrn.data import make_loaders
+    from wrn.data.policies import PerImage
 
     if cfg.optim.batch_size % dist_info.world_size:
         raise ConfigError(
@@ -130,6 +131,7 @@ def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo)
         image_size=data.image_size,
         workers=data.workers,
         eval_batch_size=cfg.optim.eval_batch_size,
+        per_image=PerImage(data.policy, data.randaugment_n, data.randaugment_m, data.random_erasing),
     )
     if len(train_loader) == 0:
         raise ConfigError(

@@ -104,7 +104,9 @@ class DataSection(_Section):
     image_size: int | None = flagged(
         None, "--image-size", "training crop side (ImageNet / image folders)", gt=0
     )
-    workers: int = flagged(4, "--workers", "data loading processes (image folders)", how=True, ge=0)
+    workers: int = flagged(
+        4, "--workers", "data loading processes (image folders; the per-image policies)", how=True, ge=0
+    )
     download: bool = flagged(False, "--download", "fetch a missing data set", how=True)
     # Cutout (DeVries & Taylor 2017): 16 px on CIFAR-10, 8 on CIFAR-100 in their code; on the device, after
     # normalisation, as their util/cutout.py
@@ -126,6 +128,29 @@ class DataSection(_Section):
         "--cutmix",
         "CutMix: alpha of the Beta distribution of the pasted area, per batch (0: off; e.g. 1.0)",
         ge=0.0,
+    )
+    # torchvision's AutoAugment(CIFAR10 policy) / RandAugment / TrivialAugmentWide on each uint8 training image
+    # after the crop and flip, in the loader's worker processes (wrn.data.policies)
+    policy: Literal["none", "autoaugment", "randaugment", "trivialaugment"] = flagged(
+        "none",
+        "--policy",
+        "per-image augmentation policy after the crop and flip: AutoAugment's CIFAR-10 policy, RandAugment "
+        "(--randaugment-n, --randaugment-m) or TrivialAugmentWide (default none)",
+    )
+    randaugment_n: int = flagged(
+        2, "--randaugment-n", "RandAugment: number of operations per image (N, default 2)", ge=1, le=16
+    )
+    randaugment_m: int = flagged(
+        9, "--randaugment-m", "RandAugment: magnitude of the operations (M in 0..30, default 9)", ge=0, le=30
+    )
+    # torchvision's RandomErasing(p, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0) after normalisation
+    random_erasing: float = flagged(
+        0.0,
+        "--random-erasing",
+        "random erasing: the probability that a training image gets one box set to 0 after normalisation "
+        "(0: off; e.g. 0.5)",
+        ge=0.0,
+        le=1.0,
     )
     # md5 of every file; false only for re-packed copies (still safely unpickled)
     verify: bool = flagged(
