@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wrn.data.policies import PerImage, batch_seed, erase_, transform_batch
+from wrn.data.policies import PerImage, batch_seed, die_with_parent, erase_, transform_batch
 from wrn.data.protocol import EpochLoader
 from wrn.data.registry import AUGMENT_CHOICES
 from wrn.errors import ConfigError
@@ -216,6 +216,7 @@ class DeviceLoader(EpochLoader):
             # the workers' base seed from a generator of its own: the global one (dropout's) is left alone,
             # and every batch seeds itself anyway
             generator=torch.Generator().manual_seed(self.seed),
+            worker_init_fn=die_with_parent,
         )
         return iter(loader)
 

@@ -17,7 +17,7 @@ import torch
 from torchvision import datasets, transforms
 
 from wrn.data.device_loader import IMAGENET_EIGVAL, IMAGENET_EIGVEC
-from wrn.data.policies import ERASING_RATIO, ERASING_SCALE, Normalize255, PerImage
+from wrn.data.policies import ERASING_RATIO, ERASING_SCALE, Normalize255, PerImage, die_with_parent
 from wrn.data.protocol import EpochLoader
 from wrn.errors import ConfigError, DataError
 
@@ -455,6 +455,7 @@ class FolderLoader(EpochLoader):
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
+            worker_init_fn=die_with_parent,
         )
         non_blocking = self.device.type == "cuda"
         try:
