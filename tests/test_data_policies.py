@@ -5,6 +5,7 @@ same batches with any number of workers and after a restore; a run on digits tha
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -232,3 +233,76 @@ def test_the_bundled_digits_go_through_every_policy():
         loader = DeviceLoader(x[:64], y[:64], 32, normalize=((8.0,), (4.0,)), per_image=PerImage(policy))
         batches = _epochs(loader, 1)
         assert [tuple(b.shape) for b in batches] == [(32, 1, 8, 8)] * 2
+
+
+def test_bench_data_says_what_each_policy_costs_per_image(tmp_path, capsys):
+    out = tmp_path / "data.json"
+    args = ["bench", "data", "--data-dir", str(tmp_path / "none"), "--device", "cpu", "--num-samples", "256"]
+    more = [
+        "--epochs",
+        "1",
+        "--policy",
+        "all",
+        "--random-erasing",
+        "0.5",
+        "--workers",
+        "0",
+        "--json",
+        str(out),
+    ]
+    assert wrn.cli.main([*args, *more]) == 0
+    text = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    rows = result["per_image"]
+    assert [r["stage"] for r in rows] == [
+        "none",
+        "autoaugment (CIFAR-10 policy), random erasing p=0.5",
+        "randaugment (N=2, M=9), random erasing p=0.5",
+        "trivialaugment (wide), random erasing p=0.5",
+    ]
+    assert "us_per_image" not in rows[0] and all(r["us_per_image"] > 0 for r in rows[1:])
+    for r in rows:
+        assert math.isclose(r["batches_per_s_median"], r["images_per_s_median"] / 128)
+        assert f"{r['images_per_s_median']:,.0f}" in text
+    assert result["settings"]["policy"] == "all" and result["settings"]["workers"] == 0
+    assert wrn.cli.main([*args, "--policy", "autoaugment", "--workers", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--workers" in err and len(err.strip().splitlines()) == 1
+
+
+def test_loader_workers_die_with_a_killed_training_process():
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import torch, sys, time\n"
+        "from wrn.data import DeviceLoader\n"
+        "from wrn.data.policies import PerImage\n"
+        "x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)\n"
+        "it = iter(DeviceLoader(x, torch.zeros(64, dtype=torch.int64), 8, per_image=PerImage('autoaugment'),"
+        " workers=2))\n"
+        "next(it)\n"
+        "print(open(f'/proc/self/task/{__import__(\"os\").getpid()}/children').read(), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    children = [int(p) for p in proc.stdout.readline().split()]
+    assert len(children) == 2
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 2  # the DataLoader's own watchdog would take 5 s
+    while any(_alive(p) for p in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.stdout.close()
+    assert not any(_alive(p) for p in children)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -4,6 +4,10 @@ One pass over the training split with the data set's own augmentation and normal
 crop from a 4-pixel reflection pad, mean/std), batches assembled on the device. The data set's files are
 used when they are under the data root; otherwise random uint8 images of the data set's shape and size
 (CIFAR-10/100: 50,000; SVHN train+extra: 604,388) stand in, which times the same work, and the output says so.
+
+With ``--policy`` (AutoAugment, RandAugment, TrivialAugmentWide, or ``all`` of them in a table) and/or
+``--random-erasing``, it also says what the per-image stage costs: microseconds per image in one process,
+and the loader's images/s and batches/s with its ``--workers`` processes.
 """
 
 from __future__ import annotations
@@ -41,11 +45,17 @@ def run(
     num_samples: int | None = None,
     verify: bool = True,
     seed: int = 0,
+    policy: str = "none",
+    randaugment_n: int = 2,
+    randaugment_m: int = 9,
+    random_erasing: float = 0.0,
+    workers: int = 4,
 ) -> dict[str, Any]:
-    """Time ``epochs`` passes of the training loader after one warm-up pass; images/s of each pass."""
-    from wrn.bench.common import machine_info, prepare_device, random_images, resolve_settings, synchronize
-    from wrn.data import DeviceLoader, dataset_info, load_arrays
-    from wrn.data.registry import normalization_for
+    """Time ``epochs`` passes of the training loader after one warm-up pass; images/s of each pass. With a
+    per-image policy (``all``: each in turn) or random erasing, one row per policy with its cost per image."""
+    from wrn.bench.common import machine_info, prepare_device, resolve_settings
+    from wrn.data import dataset_info
+    from wrn.data.policies import POLICY_CHOICES, PerImage
 
     if dataset not in DATASETS:
         raise ConfigError(
@@ -53,43 +63,27 @@ def run(
         )
     if epochs < 1 or batch_size < 1:
         raise ConfigError("--epochs and --batch-size must be at least 1")
+    if workers < 0:
+        raise ConfigError(f"--workers is a number of processes, 0 or more, not {workers}")
+    policies = POLICY_CHOICES[1:] if policy == "all" else (policy,)
+    stages = [PerImage(p, randaugment_n, randaugment_m, random_erasing) for p in policies]  # checks them
     info = dataset_info(dataset)
     augment = augment or info.augment
     device_t = resolve_settings("wrn-16-1", device=device).device
     prepare_device(device_t)
-    root = Path(data_dir).expanduser()
-    if _files_present(dataset, root):
-        x, y = load_arrays(dataset, root, info.train_split, verify=verify)
-        source = "digits (bundled)" if dataset == "digits" else f"the {dataset} files under {root}"
-        random = False
-    else:
-        n = num_samples or info.train_size
-        x, y = random_images(n, info.in_channels, info.image_size, info.num_classes, seed)
-        source = (
-            f"random uint8 images of {dataset}'s shape ({n:,} x {info.in_channels}x{info.image_size}x"
-            f"{info.image_size}): its files are not under {root}"
-        )
-        random = True
-    if num_samples is not None and not random:
-        x, y = x[:num_samples], y[:num_samples]
+    x, y, source, random = _images(dataset, info, Path(data_dir).expanduser(), num_samples, verify, seed)
     if len(x) < batch_size:
         raise ConfigError(f"--batch-size {batch_size} is larger than the {len(x)} images; use a smaller one")
-    normalize = normalization_for(info.normalization, info.in_channels)
-    loader = DeviceLoader(
-        x, y, batch_size, train=True, augment=augment, normalize=normalize, device=device_t, seed=seed
-    )
-    for _ in loader:  # warm-up pass
-        pass
-    rates = []
-    for _ in range(epochs):
-        synchronize(device_t)
-        start = time.perf_counter()
-        n_images = 0
-        for images, _labels in loader:
-            n_images += len(images)
-        synchronize(device_t)
-        rates.append(n_images / (time.perf_counter() - start))
-    return {
+    timing = {
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "augment": augment,
+        "seed": seed,
+        "workers": workers,
+    }
+    rows = [_time_stage(x, y, info, device_t, stage, timing) for stage in stages]
+    plain = [_time_stage(x, y, info, device_t, PerImage(), timing)] if stages[0].active else []
+    result = {
         "format": FORMAT,
         "version": VERSION,
         "machine": machine_info(device_t),
@@ -100,23 +94,110 @@ def run(
             "augment": augment,
             "normalization": info.normalization,
             "num_samples": len(x),
+            "policy": policy,
+            "random_erasing": random_erasing,
+            "workers": workers,
         },
         "source": source,
         "random_data": random,
+        **{k: v for k, v in rows[0].items() if k != "stage"},
+    }
+    if plain:
+        result["per_image"] = plain + rows  # the loader without the stage first, to compare with
+    return result
+
+
+def _images(dataset: str, info, root: Path, num_samples: int | None, verify: bool, seed: int):
+    """The data set's training images (its files, or random images of its shape), what they are, and whether
+    they are random."""
+    from wrn.bench.common import random_images
+    from wrn.data import load_arrays
+
+    if _files_present(dataset, root):
+        x, y = load_arrays(dataset, root, info.train_split, verify=verify)
+        if num_samples is not None:
+            x, y = x[:num_samples], y[:num_samples]
+        source = "digits (bundled)" if dataset == "digits" else f"the {dataset} files under {root}"
+        return x, y, source, False
+    n = num_samples or info.train_size
+    x, y = random_images(n, info.in_channels, info.image_size, info.num_classes, seed)
+    source = (
+        f"random uint8 images of {dataset}'s shape ({n:,} x {info.in_channels}x{info.image_size}x"
+        f"{info.image_size}): its files are not under {root}"
+    )
+    return x, y, source, True
+
+
+def _time_stage(x, y, info, device, stage, timing: dict) -> dict[str, Any]:
+    """One loader's passes (after a warm-up pass) with the per-image ``stage``, and the stage alone per image."""
+    from wrn.bench.common import synchronize
+    from wrn.data import DeviceLoader
+    from wrn.data.registry import normalization_for
+
+    normalize = normalization_for(info.normalization, info.in_channels)
+    loader = DeviceLoader(
+        x, y, timing["batch_size"], train=True, augment=timing["augment"], normalize=normalize, device=device,
+        seed=timing["seed"], per_image=stage, workers=timing["workers"],
+    )  # fmt: skip
+    for _ in loader:  # warm-up pass
+        pass
+    rates = []
+    for _ in range(timing["epochs"]):
+        synchronize(device)
+        start = time.perf_counter()
+        n_images = 0
+        for images, _labels in loader:
+            n_images += len(images)
+        synchronize(device)
+        rates.append(n_images / (time.perf_counter() - start))
+    row = {
+        "stage": stage.describe() or "none",
         "images_per_s": rates,
         "images_per_s_best": max(rates),
         "images_per_s_median": statistics.median(rates),
+        "batches_per_s_median": statistics.median(rates) / timing["batch_size"],
     }
+    if stage.active:
+        row["us_per_image"] = _us_per_image(x, stage)
+    return row
+
+
+def _us_per_image(x, stage, n: int = 1024) -> float:
+    """Microseconds per image of the per-image stage alone, in this process (one worker's cost)."""
+    from wrn.data.policies import transform_batch
+
+    images = x[: min(n, len(x))].contiguous()
+    transform = stage.transform()
+    transform_batch(images[:16], stage, transform, 0)  # warm-up
+    start = time.perf_counter()
+    for i in range(0, len(images), 128):
+        transform_batch(images[i : i + 128], stage, transform, i)
+    return (time.perf_counter() - start) / len(images) * 1e6
 
 
 def format_report(result: dict[str, Any]) -> str:
     m, s = result["machine"], result["settings"]
-    return "\n".join(
-        [
-            f"wrn bench data: DeviceLoader {s['dataset']} {s['augment']} + {s['normalization']} normalisation, "
-            f"batch {s['batch_size']}, on {m['device']} ({m['device_name']}, {m['threads']} threads)",
-            f"data: {result['source']}",
+    lines = [
+        f"wrn bench data: DeviceLoader {s['dataset']} {s['augment']} + {s['normalization']} normalisation, "
+        f"batch {s['batch_size']}, on {m['device']} ({m['device_name']}, {m['threads']} threads)",
+        f"data: {result['source']}",
+    ]
+    rows = result.get("per_image")
+    if not rows:
+        lines.append(
             f"{result['images_per_s_best']:,.0f} images/s best, {result['images_per_s_median']:,.0f} median "
-            f"over {s['epochs']} passes of {s['num_samples']:,} images (after one warm-up pass)",
-        ]
+            f"over {s['epochs']} passes of {s['num_samples']:,} images (after one warm-up pass)"
+        )
+        return "\n".join(lines)
+    lines.append(
+        f"per-image stage: microseconds per image in one process, and the loader with {s['workers']} workers "
+        f"(median of {s['epochs']} passes of {s['num_samples']:,} images after one warm-up pass)"
     )
+    width = max(len(r["stage"]) for r in rows)
+    lines.append(f"  {'stage':<{width}}  {'us/image':>9}  {'images/s':>9}  {'batches/s':>9}")
+    for r in rows:
+        cost = f"{r['us_per_image']:>9,.0f}" if "us_per_image" in r else f"{'-':>9}"
+        lines.append(
+            f"  {r['stage']:<{width}}  {cost}  {r['images_per_s_median']:>9,.0f}  {r['batches_per_s_median']:>9,.1f}"
+        )
+    return "\n".join(lines)

@@ -143,6 +143,19 @@ def _register_data(actions) -> None:
     )
     d.add_argument("--num-samples", type=_int, default=None, help="use only this many images")
     d.add_argument(
+        "--policy",
+        default="none",
+        choices=("none", "autoaugment", "randaugment", "trivialaugment", "all"),
+        help="also time a per-image policy, or all of them in a table: microseconds per image in one process "
+        "and the loader with --workers (default none)",
+    )
+    d.add_argument("--randaugment-n", type=_int, default=2, help="RandAugment's N (default 2)")
+    d.add_argument("--randaugment-m", type=_int, default=9, help="RandAugment's M, 0..30 (default 9)")
+    d.add_argument(
+        "--random-erasing", type=float, default=0.0, help="random erasing's probability (default 0: off)"
+    )
+    d.add_argument("--workers", type=int, default=4, help="the loader's worker processes (default 4)")
+    d.add_argument(
         "--no-verify", dest="verify", action="store_false", help="skip the md5 checks of the files"
     )
     d.add_argument("--json", type=Path, metavar="FILE", help="write the figures to FILE (JSON)")
@@ -231,6 +244,11 @@ def run_data(args: argparse.Namespace) -> int:
         augment=args.augment,
         num_samples=args.num_samples,
         verify=args.verify,
+        policy=args.policy,
+        randaugment_n=args.randaugment_n,
+        randaugment_m=args.randaugment_m,
+        random_erasing=args.random_erasing,
+        workers=args.workers,
     )
     print(data.format_report(result), flush=True)
     _write_json(args.json, result)

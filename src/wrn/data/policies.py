@@ -42,6 +42,10 @@ class PerImage:
             raise ConfigError(f"unknown policy {self.policy!r}: choose one of {', '.join(POLICY_CHOICES)}.")
         if not 0.0 <= self.erasing <= 1.0:
             raise ConfigError(f"random erasing is a probability in [0, 1], not {self.erasing}.")
+        if self.n < 1 or not 0 <= self.m <= 30:
+            raise ConfigError(
+                f"RandAugment needs N >= 1 operations and a magnitude M in 0..30, not N={self.n}, M={self.m}."
+            )
 
     @property
     def active(self) -> bool:
