@@ -306,3 +306,26 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_an_image_folder_with_erasing_is_the_plain_loader_with_boxes_of_zeros(tmp_path):
+    from wrn.data import make_loaders
+
+    g = torch.Generator().manual_seed(1)
+    for cls in ("a", "b"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        (tmp_path / "val" / cls).mkdir(parents=True)
+        for i in range(4):
+            pixels = torch.randint(0, 256, (72, 72, 3), generator=g, dtype=torch.uint8).numpy()
+            Image.fromarray(pixels).save(tmp_path / "train" / cls / f"{i}.png")
+        Image.fromarray(pixels).save(tmp_path / "val" / cls / "0.png")
+    common = {"batch_size": 4, "image_size": 72, "workers": 0, "seed": 3}
+    plain, _, _ = make_loaders("imagefolder", tmp_path, **common)
+    erased, _, _ = make_loaders("imagefolder", tmp_path, per_image=PerImage(erasing=1.0), **common)
+    assert type(erased).__name__ == "FolderLoader"
+    ours, want = _epochs(erased, 2), _epochs(plain, 2)
+    assert len(ours) == len(want) == 4
+    for a, b in zip(ours, want, strict=True):
+        box = (a == 0).all(1)  # [B, H, W]: the erased pixels, every channel 0
+        assert box.flatten(1).any(1).all()  # p = 1: every image has its box
+        assert torch.equal(a, b.masked_fill(box[:, None], 0))  # and is the plain image elsewhere
