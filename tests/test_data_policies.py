@@ -329,3 +329,50 @@ def test_an_image_folder_with_erasing_is_the_plain_loader_with_boxes_of_zeros(tm
         box = (a == 0).all(1)  # [B, H, W]: the erased pixels, every channel 0
         assert box.flatten(1).any(1).all()  # p = 1: every image has its box
         assert torch.equal(a, b.masked_fill(box[:, None], 0))  # and is the plain image elsewhere
+
+
+POLICY_ARGS = [
+    "train", "--preset", "demo", "--model", "wrn-10-1", "--batch-size", "256", "--epochs", "3",
+    "--policy", "autoaugment", "--random-erasing", "0.5", "--workers", "2", "--checkpoint-every", "1steps",
+    "--no-progress",
+]  # fmt: skip
+
+
+def test_kill_9_mid_epoch_with_the_policy_in_workers_then_resume_is_bitwise(tmp_path):
+    # apart from the every-recipe kill test of test_train_recipes_modern.py, which this would make ~30 s slower
+    import signal
+    import time
+
+    from conftest import run_wrn, start_wrn
+    from wrn.errors import CheckpointError
+    from wrn.train import checkpoint as ckpt
+
+    assert run_wrn(*POLICY_ARGS, "--out", tmp_path / "straight").returncode == 0
+    killed = tmp_path / "killed"
+    proc = start_wrn(*POLICY_ARGS, "--out", killed)
+    step, deadline = -1, time.monotonic() + 120
+    while step < 8 and proc.poll() is None and time.monotonic() < deadline:  # of 3 x 5 steps: in epoch 2
+        time.sleep(0.02)
+        try:
+            step = ckpt.load(killed)["global_step"]
+        except CheckpointError:  # not written yet
+            pass
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    loader = ckpt.load(killed)["ranks"][0]["loader"]
+    assert loader["epoch"] == 1 and 0 < loader["position"] < 5  # killed mid-epoch, its workers with it
+    resumed = run_wrn("train", "--resume", killed, "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert _metrics(tmp_path / "straight") == _metrics(killed)
+    assert (tmp_path / "straight" / "model.safetensors").read_bytes() == (
+        killed / "model.safetensors"
+    ).read_bytes()
+
+
+TIME_KEYS = {"train_time", "test_time", "images_per_s"}
+
+
+def _metrics(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIME_KEYS} for line in lines]

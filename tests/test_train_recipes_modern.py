@@ -290,7 +290,6 @@ ALL_ON = {"dataset.mixup": 0.4, "dataset.cutmix": 1.0}  # mixup and CutMix, besi
 ALL_ON_ARGS = [
     "train", "--preset", "demo", "--model", "wrn-10-1", "--batch-size", "128", "--epochs", "3",
     "--cutout", "4", "--ema", "0.9", "--mixup", "0.4", "--cutmix", "1.0", "--label-smoothing", "0.1",
-    "--policy", "autoaugment", "--random-erasing", "0.5", "--workers", "2",
     "--checkpoint-every", "1steps", "--no-progress",
 ]  # fmt: skip
 
