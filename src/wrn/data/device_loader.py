@@ -107,9 +107,8 @@ class DeviceLoader(EpochLoader):
         self.workers = int(workers)
         if self.per_image is not None:
             self._check_per_image(x)
-            self._x_cpu = x.to(
-                "cpu"
-            ).contiguous()  # the batches of the per-image stage are gathered on the CPU
+            # the batches of the per-image stage are gathered on the CPU (the same tensor when x is there)
+            self._x_cpu = x.to("cpu").contiguous()
             self._transform = self.per_image.transform()
         self._generator = torch.Generator().manual_seed(self.seed)
         self._epoch_start_state = self._generator.get_state()
