@@ -401,6 +401,7 @@ def run(
     rounds: int = 1,
     seed: int = 0,
     progress=None,
+    sam: float = 0.0,
 ) -> dict[str, Any]:
     """Time ``steps`` training steps of ``model`` after ``warmup`` (and the baseline's, if asked); every figure.
 
@@ -408,6 +409,7 @@ def run(
     (None: as ``wrn train``, on for CUDA and the CPU) and ``compile`` are those of ``wrn train``; ``compile_mode`` is torch.compile's mode.
     ``rounds > 1`` alternates ours and the baseline in that many chunks of steps (see :func:`measure_sides`).
     ``progress(label, phase, i, n)`` is told of every step (``wrn bench train`` shows :class:`Progress`).
+    ``sam`` > 0 times the SAM step of that rho (``wrn train --sam``: two forward-backward passes per step).
     """
     check_counts(steps, warmup, batch_size, rounds)
     settings = resolve_settings(
@@ -419,6 +421,7 @@ def run(
         compile_mode=compile_mode,
         batch_size=batch_size,
     )
+    settings = _with_sam(settings, sam)
     image_size = _image_size(model, image_size)
     info = model_flops(model, image_size)
     workers = default_workers() if baseline_workers is None else int(baseline_workers)
@@ -455,6 +458,18 @@ def run(
     return _result(settings, run_settings, info, ours, base)
 
 
+def _with_sam(settings, sam: float):
+    """``settings`` whose config trains with SAM of radius ``sam`` (0: unchanged)."""
+    import dataclasses
+
+    if not sam:
+        return settings
+    if not sam > 0:
+        raise ConfigError(f"--sam {sam} is not a radius; give a positive rho such as 0.05")
+    optim = settings.cfg.optim.model_copy(update={"sam_rho": float(sam)})
+    return dataclasses.replace(settings, cfg=settings.cfg.model_copy(update={"optim": optim}))
+
+
 def _result(settings, run_settings: dict[str, Any], info, ours, base) -> dict[str, Any]:
     """The JSON record of a ``wrn bench train`` run."""
     return {
@@ -469,6 +484,7 @@ def _result(settings, run_settings: dict[str, Any], info, ours, base) -> dict[st
             "channels_last": settings.channels_last,
             "compile": settings.compile,
             "compile_mode": settings.compile_mode if settings.compile else None,
+            "sam_rho": settings.cfg.optim.sam_rho,
             "num_samples": run_settings["num_samples"],
             "data": "random uint8 images on the device, flip-crop + normalisation (DeviceLoader)",
         },
@@ -492,6 +508,8 @@ def format_report(result: dict[str, Any]) -> str:
     m, s, info = result["machine"], result["settings"], result["model"]
     cuda = f", CUDA {m['cuda']}" if m["cuda"] else ""
     compile_text = f"compile {s['compile_mode']}" if s["compile"] else "eager"
+    if s.get("sam_rho"):
+        compile_text += f", SAM rho {s['sam_rho']:g} (two passes per step)"
     lines = [
         f"wrn bench train: {s['model']}, batch {s['batch_size']}, {s['image_size']}x{s['image_size']} images, "
         f"amp {s['amp']}, {'channels_last' if s['channels_last'] else 'NCHW'}, {compile_text}; "

@@ -99,6 +99,13 @@ def _register_train(actions) -> None:
         default=None,
         help="DataLoader worker processes of the baseline (default min(4, CPU cores))",
     )
+    t.add_argument(
+        "--sam",
+        type=float,
+        default=0.0,
+        metavar="RHO",
+        help="time the SAM step of radius RHO, as `wrn train --sam` (two forward-backward passes; default off)",
+    )
     t.add_argument("--json", type=Path, metavar="FILE", help="write every figure to FILE (JSON)")
     t.set_defaults(func=run_train)
 
@@ -185,6 +192,7 @@ def run_train(args: argparse.Namespace) -> int:
         num_samples=args.num_samples,
         rounds=args.rounds,
         progress=Progress(),
+        sam=args.sam,
     )
     print(train.format_report(result), flush=True)
     _write_json(args.json, result)
