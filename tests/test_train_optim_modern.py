@@ -368,7 +368,14 @@ def test_digits_with_sam_and_warmup_cosine_trains_and_the_header_says_so(tmp_pat
 def test_bench_train_times_the_sam_step(tmp_path, capsys):
     record = tmp_path / "bench.json"
     args = ["bench", "train", "--model", "wrn-10-1", "--device", "cpu", "--batch-size", "8", "--steps", "2",
-            "--warmup", "1", "--num-samples", "32", "--sam", "0.05", "--json", str(record)]  # fmt: skip
+            "--warmup", "1", "--num-samples", "32", "--sam", "0.05", "--grad-clip", "5", "--vs-plain",
+            "--rounds", "2", "--json", str(record)]  # fmt: skip
     assert wrn.cli.main(args) == 0
-    assert "SAM rho 0.05 (two passes per step)" in capsys.readouterr().out
-    assert json.loads(record.read_text())["settings"]["sam_rho"] == 0.05
+    out = capsys.readouterr().out
+    assert "SAM rho 0.05 (two passes per step)" in out and "optim.grad_clip=5" in out
+    assert "ours / plain (the same step without the options, interleaved):" in out
+    result = json.loads(record.read_text())
+    assert result["settings"]["sam_rho"] == 0.05
+    assert result["options"] == {"optim.sam_rho": 0.05, "optim.grad_clip": 5}
+    assert len(result["ours"]["step_ms"]) == len(result["plain"]["step_ms"]) == 2
+    assert result["cost_vs_plain"] == pytest.approx(result["ours"]["ms"] / result["plain"]["ms"])

@@ -401,7 +401,8 @@ def run(
     rounds: int = 1,
     seed: int = 0,
     progress=None,
-    sam: float = 0.0,
+    options: dict[str, Any] | None = None,
+    vs_plain: bool = False,
 ) -> dict[str, Any]:
     """Time ``steps`` training steps of ``model`` after ``warmup`` (and the baseline's, if asked); every figure.
 
@@ -409,7 +410,9 @@ def run(
     (None: as ``wrn train``, on for CUDA and the CPU) and ``compile`` are those of ``wrn train``; ``compile_mode`` is torch.compile's mode.
     ``rounds > 1`` alternates ours and the baseline in that many chunks of steps (see :func:`measure_sides`).
     ``progress(label, phase, i, n)`` is told of every step (``wrn bench train`` shows :class:`Progress`).
-    ``sam`` > 0 times the SAM step of that rho (``wrn train --sam``: two forward-backward passes per step).
+    ``options`` are ``wrn train``'s optimizer options as dotted keys (``{"optim.sam_rho": 0.05}``: the SAM
+    step, two forward-backward passes); ``vs_plain`` also times the step without them, interleaved in
+    ``rounds`` chunks, and gives the cost ratio.
     """
     check_counts(steps, warmup, batch_size, rounds)
     settings = resolve_settings(
@@ -421,7 +424,7 @@ def run(
         compile_mode=compile_mode,
         batch_size=batch_size,
     )
-    settings = _with_sam(settings, sam)
+    plain, settings = settings, _with_options(settings, options or {})
     image_size = _image_size(model, image_size)
     info = model_flops(model, image_size)
     workers = default_workers() if baseline_workers is None else int(baseline_workers)
@@ -437,13 +440,17 @@ def run(
     makers = [
         maker(ours_runner, device, model, settings, x, y, batch_size, classes, seed, label=f"ours {model}")
     ]
+    if vs_plain:
+        makers.append(maker(ours_runner, device, model, plain, x, y, batch_size, classes, seed,
+                            label=f"plain {model}"))  # fmt: skip
     if baseline:
         makers.append(maker(baseline_runner, device, model, device, x, y, batch_size, classes, workers, seed,
                             label=f"baseline {model}"))  # fmt: skip
-    sides = measure_sides(makers, warmup, steps, rounds if baseline else 1, progress)
+    sides = measure_sides(makers, warmup, steps, rounds if len(makers) > 1 else 1, progress)
     for side in sides:
         side.update(summarize(side["step_ms"], batch_size, info["train_flops_per_image"]))
-    ours, base = sides[0], (sides[1] if baseline else None)
+    ours, base = sides[0], (sides[-1] if baseline else None)
+    plain_side = sides[1] if vs_plain else None
     if base is not None:
         base.update({"amp": "off", "channels_last": False, "compile": False})
     run_settings = {
@@ -452,22 +459,29 @@ def run(
         "image_size": image_size,
         "steps": steps,
         "warmup": warmup,
-        "rounds": rounds if baseline else 1,
+        "rounds": rounds if len(makers) > 1 else 1,
         "num_samples": n,
     }
-    return _result(settings, run_settings, info, ours, base)
+    result = _result(settings, run_settings, info, ours, base)
+    result["options"] = dict(options or {})
+    result["plain"] = plain_side
+    result["cost_vs_plain"] = ours["ms"] / plain_side["ms"] if plain_side else None
+    return result
 
 
-def _with_sam(settings, sam: float):
-    """``settings`` whose config trains with SAM of radius ``sam`` (0: unchanged)."""
+def _with_options(settings, options: dict[str, Any]):
+    """``settings`` whose config has ``options`` (dotted keys) set; a bad value is a :class:`ConfigError`."""
     import dataclasses
 
-    if not sam:
+    from wrn.train.config import validate
+
+    if not options:
         return settings
-    if not sam > 0:
-        raise ConfigError(f"--sam {sam} is not a radius; give a positive rho such as 0.05")
-    optim = settings.cfg.optim.model_copy(update={"sam_rho": float(sam)})
-    return dataclasses.replace(settings, cfg=settings.cfg.model_copy(update={"optim": optim}))
+    data = settings.cfg.to_dict()
+    for key, value in options.items():
+        section, name = key.split(".", 1)
+        data[section][name] = value
+    return dataclasses.replace(settings, cfg=validate(data))
 
 
 def _result(settings, run_settings: dict[str, Any], info, ours, base) -> dict[str, Any]:
@@ -510,6 +524,8 @@ def format_report(result: dict[str, Any]) -> str:
     compile_text = f"compile {s['compile_mode']}" if s["compile"] else "eager"
     if s.get("sam_rho"):
         compile_text += f", SAM rho {s['sam_rho']:g} (two passes per step)"
+    if result.get("options"):
+        compile_text += ", " + " ".join(f"{k}={v}" for k, v in result["options"].items())
     lines = [
         f"wrn bench train: {s['model']}, batch {s['batch_size']}, {s['image_size']}x{s['image_size']} images, "
         f"amp {s['amp']}, {'channels_last' if s['channels_last'] else 'NCHW'}, {compile_text}; "
@@ -521,6 +537,8 @@ def format_report(result: dict[str, Any]) -> str:
         f"{'':<10} {'ms/step':>10} {'min - max':>21} {'images/s':>10} {'TFLOP/s':>9} {'peak memory':>12}",
     ]
     rows = [("ours", result["ours"])]
+    if result.get("plain"):
+        rows.append(("plain", result["plain"]))
     if result["baseline"]:
         rows.append(("baseline", result["baseline"]))
     for label, r in rows:
@@ -540,4 +558,9 @@ def format_report(result: dict[str, Any]) -> str:
             f"({b['workers']} workers; {b['images']:,} images in {b['batches']} batches), plain SGD step"
         )
         lines.append(f"ours / baseline: {result['speedup']:.2f}x the images/s")
+    if result.get("plain"):
+        lines.append(
+            f"ours / plain (the same step without the options, interleaved): {result['cost_vs_plain']:.2f}x "
+            "the time per step"
+        )
     return "\n".join(lines)
