@@ -58,45 +58,54 @@ def _norm(tensors) -> torch.Tensor:
     return torch.sqrt(sum((t.double() ** 2).sum() for t in tensors)).float()
 
 
+def _loss_grads(net, at, buffers, x, y, decays):
+    """The gradient of google-research/sam's loss: the cross-entropy plus 0.5 * wd * ||w||^2 (over the
+    decayed parameters)."""
+    leaves = {k: v.clone().requires_grad_(True) for k, v in at.items()}
+    out = functional_call(net, (leaves, buffers), (x,))
+    loss = torch.nn.functional.cross_entropy(out, y)
+    loss = loss + 0.5 * sum(decays[k] * (v**2).sum() for k, v in leaves.items())
+    return dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values())), strict=True))
+
+
+def _sam_gradient(net, params, buffers, x, y, decays, rho, seed):
+    """Their get_sam_gradient: e = rho * g / ||g|| with g the gradient at w, then the gradient at w + e, with
+    one dropout mask for both; returns it and the first pass's BN statistics."""
+    torch.manual_seed(seed)
+    first = {k: v.clone() for k, v in buffers.items()}
+    g = _loss_grads(net, params, first, x, y, decays)  # (the BN statistics of `first` move, in place)
+    norm = _norm(g.values())
+    at = {k: params[k] + rho * g[k] / norm for k in params}
+    torch.manual_seed(seed)
+    return _loss_grads(net, at, {k: v.clone() for k, v in first.items()}, x, y, decays), first
+
+
+def _sgd_nesterov(params, momentum, grad, lr, mom):
+    """torch.optim.SGD with Nesterov momentum and dampening 0, the weight decay already in ``grad``."""
+    for k in params:
+        momentum[k] = grad[k].clone() if k not in momentum else mom * momentum[k] + grad[k]
+        params[k] = params[k] - lr * (grad[k] + mom * momentum[k])
+
+
 def _reference_steps(model, cfg, batches, seeds, *, rho: float, clip: float = 0.0):
     """SAM as google-research/sam's train_step (flax_training.py) computes it, then SGD with Nesterov momentum.
 
-    Their loss is the cross-entropy plus 0.5 * wd * ||w||^2 (over the decayed parameters); the ascent is
-    e = rho * g / ||g|| with g the gradient of that loss at w; the step's gradient is that loss's at w + e; the
-    BN statistics kept are the first pass's; both passes use one dropout mask. rho = 0 is plain SGD. Clipping
-    (torch's clip_grad_norm_) acts on the gradient without the weight-decay term taken at w.
+    The BN statistics kept are the first pass's. rho = 0 is plain SGD. Clipping (torch's clip_grad_norm_) acts
+    on the gradient without the weight-decay term taken at w.
     """
     net = copy.deepcopy(model).train()
     params = {k: v.detach().clone() for k, v in net.named_parameters()}
     buffers = {k: v.detach().clone() for k, v in net.named_buffers()}
     decays = _decays(cfg, params)
-    lr, mom = cfg.optim.lr, cfg.optim.momentum
     momentum: dict[str, torch.Tensor] = {}
-
-    def grads(at, bufs, x, y):
-        leaves = {k: v.clone().requires_grad_(True) for k, v in at.items()}
-        out = functional_call(net, (leaves, bufs), (x,))
-        loss = torch.nn.functional.cross_entropy(out, y)
-        loss = loss + 0.5 * sum(decays[k] * (v**2).sum() for k, v in leaves.items())
-        return dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values())), strict=True))
-
     for (x, y), seed in zip(batches, seeds, strict=True):
-        torch.manual_seed(seed)
-        first = {k: v.clone() for k, v in buffers.items()}
-        g = grads(params, first, x, y)  # (the BN running statistics of `first` move, in place)
-        norm = _norm(g.values())
-        at = {k: params[k] + rho * g[k] / norm for k in params}
-        torch.manual_seed(seed)  # the same dropout mask
-        g2 = grads(at, {k: v.clone() for k, v in first.items()}, x, y)
-        buffers = first
+        g2, buffers = _sam_gradient(net, params, buffers, x, y, decays, rho, seed)
         if clip:
             loss_grad = {k: g2[k] - decays[k] * params[k] for k in g2}
             total = _norm(loss_grad.values())
             coef = min(1.0, clip / (float(total) + 1e-6))
             g2 = {k: loss_grad[k] * coef + decays[k] * params[k] for k in g2}
-        for k in params:
-            momentum[k] = g2[k].clone() if k not in momentum else mom * momentum[k] + g2[k]
-            params[k] = params[k] - lr * (g2[k] + mom * momentum[k])
+        _sgd_nesterov(params, momentum, g2, cfg.optim.lr, cfg.optim.momentum)
     return params, buffers
 
 
@@ -379,3 +388,65 @@ def test_bench_train_times_the_sam_step(tmp_path, capsys):
     assert result["options"] == {"optim.sam_rho": 0.05, "optim.grad_clip": 5}
     assert len(result["ours"]["step_ms"]) == len(result["plain"]["step_ms"]) == 2
     assert result["cost_vs_plain"] == pytest.approx(result["ours"]["ms"] / result["plain"]["ms"])
+
+
+SAM_DDP_DRIVER = """
+import sys, torch
+sys.path.insert(0, sys.argv[2])
+from test_train_optim_modern import _Net, _batches, _cfg
+from wrn.train import distributed as D
+from wrn.train.build import build_trainables
+
+info = D.setup("cpu")
+torch.manual_seed(0)
+model = _Net()
+step = build_trainables(_cfg(**{"optim.sam_rho": 0.05}), model, torch.device("cpu"), info).step
+for x, y in _batches(2):
+    half = len(x) // 2
+    step(x[info.rank * half:(info.rank + 1) * half], y[info.rank * half:(info.rank + 1) * half])
+torch.save(dict(model.named_parameters()), f"{sys.argv[1]}/rank{info.rank}.pt")
+D.teardown()
+"""
+
+
+def _ddp_reference(cfg, *, per_process: bool):
+    """Two processes, each with half of every batch: their own ascent (per_process) or one from the mean
+    gradient; the step with the mean of the two second gradients (DDP's all-reduce)."""
+    torch.manual_seed(0)
+    net = _Net().train()
+    params = {k: v.detach().clone() for k, v in net.named_parameters()}
+    buffers = {k: v.detach().clone() for k, v in net.named_buffers()}
+    decays, rho, momentum = _decays(cfg, params), cfg.optim.sam_rho, {}
+    for x, y in _batches(2):
+        halves = [(x[:4], y[:4]), (x[4:], y[4:])]
+        if per_process:
+            g2s = [_sam_gradient(net, params, buffers, hx, hy, decays, rho, 0)[0] for hx, hy in halves]
+        else:
+            gs = [_loss_grads(net, params, dict(buffers), hx, hy, decays) for hx, hy in halves]
+            g = {k: (gs[0][k] + gs[1][k]) / 2 for k in params}
+            at = {k: params[k] + rho * g[k] / _norm(g.values()) for k in params}
+            g2s = [_loss_grads(net, at, dict(buffers), hx, hy, decays) for hx, hy in halves]
+        _sgd_nesterov(params, momentum, {k: (g2s[0][k] + g2s[1][k]) / 2 for k in params}, cfg.optim.lr,
+                      cfg.optim.momentum)  # fmt: skip
+    return params
+
+
+def test_sam_under_ddp_normalises_each_process_ascent_and_averages_the_second_gradient(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "driver.py"
+    script.write_text(SAM_DDP_DRIVER)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*torchrun, str(script), str(tmp_path), str(Path(__file__).parent)], env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    cfg = _cfg(**{"optim.sam_rho": 0.05})
+    _assert_close(rank0, _ddp_reference(cfg, per_process=True))
+    synced = _ddp_reference(cfg, per_process=False)
+    assert max((synced[k] - rank0[k]).abs().max().item() for k in synced) > 1e-5  # not one shared ascent

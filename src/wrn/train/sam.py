@@ -7,7 +7,8 @@ Generalization", ICLR 2021), as the authors' code does it (google-research/sam,
 2. ``e = rho * g / ||g||``, the norm over every parameter at once (``dual_vector``);
 3. the gradient at ``w + e``, again with the weight-decay term taken at ``w + e``;
 4. back to ``w`` and the optimizer's step with that second gradient. SGD adds ``weight_decay * w`` itself, so
-   the step adds only ``weight_decay * e`` to make it theirs.
+   the second loss adds only a term whose gradient is ``weight_decay * e``, to make it theirs (in the loss, so
+   that under DDP it is averaged over the processes as their ``pmean`` averages their whole gradient).
 
 Their BN statistics are those of the first pass (``get_sam_gradient`` returns the first pass's ``inner_state``
 and drops the second's): the buffers are put back after the second forward. Both passes use the same dropout
@@ -57,14 +58,12 @@ class SAM:
         optimizer.zero_grad(set_to_none=True)
         _set_rng_state(self.device, rng)
         second, _ = loss_fn()
-        second.backward()
+        (second + _decay_at_e(groups, saved_weights)).backward()
         with torch.no_grad():
             for b, kept in zip(buffers, saved_buffers, strict=True):
                 b.copy_(kept)  # the first pass's BN statistics
-            for (params, decay), kept in zip(groups, saved_weights, strict=True):
+            for (params, _), kept in zip(groups, saved_weights, strict=True):
                 for p, w in zip(params, kept, strict=True):
-                    if decay and p.grad is not None:
-                        p.grad.add_(p.detach() - w, alpha=decay)  # weight decay at w + e: SGD adds it at w
                     p.copy_(w)
         return loss, logits
 
@@ -88,6 +87,19 @@ class SAM:
                     p.add_(next(with_grad) * scale)
             saved.append(kept)
         return saved
+
+
+def _decay_at_e(groups, saved_weights) -> torch.Tensor | float:
+    """A term whose gradient is ``weight_decay * e``: with SGD's own ``weight_decay * w`` the step's gradient
+    then holds the decay at ``w + e``, as theirs; in the loss, so that DDP averages it with the rest."""
+    terms = [
+        decay * (p * (p.detach() - w)).sum()
+        for (params, decay), kept in zip(groups, saved_weights, strict=True)
+        if decay
+        for p, w in zip(params, kept, strict=True)
+        if p.requires_grad
+    ]
+    return torch.stack(terms).sum() if terms else 0.0
 
 
 def _groups(optimizer: torch.optim.Optimizer) -> list[tuple[list[torch.Tensor], float]]:
