@@ -415,7 +415,7 @@ def run(
     ``rounds`` chunks, and gives the cost ratio.
     """
     check_counts(steps, warmup, batch_size, rounds)
-    settings = resolve_settings(
+    plain = resolve_settings(
         model,
         device=device,
         amp=amp,
@@ -424,7 +424,7 @@ def run(
         compile_mode=compile_mode,
         batch_size=batch_size,
     )
-    plain, settings = settings, _with_options(settings, options or {})
+    settings = _with_options(plain, options or {})
     image_size = _image_size(model, image_size)
     info = model_flops(model, image_size)
     workers = default_workers() if baseline_workers is None else int(baseline_workers)
@@ -437,20 +437,19 @@ def run(
     x, y = random_images(n, info["in_channels"], image_size, info["num_classes"], seed)
 
     classes, device = info["num_classes"], settings.device
+    sides_of = {"ours": settings, "plain": plain if vs_plain else None}
     makers = [
-        maker(ours_runner, device, model, settings, x, y, batch_size, classes, seed, label=f"ours {model}")
+        maker(ours_runner, device, model, side, x, y, batch_size, classes, seed, label=f"{label} {model}")
+        for label, side in sides_of.items()
+        if side is not None
     ]
-    if vs_plain:
-        makers.append(maker(ours_runner, device, model, plain, x, y, batch_size, classes, seed,
-                            label=f"plain {model}"))  # fmt: skip
     if baseline:
         makers.append(maker(baseline_runner, device, model, device, x, y, batch_size, classes, workers, seed,
                             label=f"baseline {model}"))  # fmt: skip
     sides = measure_sides(makers, warmup, steps, rounds if len(makers) > 1 else 1, progress)
     for side in sides:
         side.update(summarize(side["step_ms"], batch_size, info["train_flops_per_image"]))
-    ours, base = sides[0], (sides[-1] if baseline else None)
-    plain_side = sides[1] if vs_plain else None
+    ours, plain_side, base = sides[0], (sides[1] if vs_plain else None), (sides[-1] if baseline else None)
     if base is not None:
         base.update({"amp": "off", "channels_last": False, "compile": False})
     run_settings = {
@@ -462,11 +461,13 @@ def run(
         "rounds": rounds if len(makers) > 1 else 1,
         "num_samples": n,
     }
-    result = _result(settings, run_settings, info, ours, base)
-    result["options"] = dict(options or {})
-    result["plain"] = plain_side
-    result["cost_vs_plain"] = ours["ms"] / plain_side["ms"] if plain_side else None
-    return result
+    return {**_result(settings, run_settings, info, ours, base), **_versus_plain(options, ours, plain_side)}
+
+
+def _versus_plain(options: dict[str, Any] | None, ours: dict[str, Any], plain: dict[str, Any] | None):
+    """The record's options and, with ``--vs-plain``, the plain side and the ratio of their step times."""
+    ratio = ours["ms"] / plain["ms"] if plain else None
+    return {"options": dict(options or {}), "plain": plain, "cost_vs_plain": ratio}
 
 
 def _with_options(settings, options: dict[str, Any]):
