@@ -344,6 +344,7 @@ def test_without_ema_the_record_is_as_before(tmp_path):
     "args,says",
     [
         (["--eval-models", "ema"], "--eval-models ema needs an average"),
+        (["--ema-warmup"], "--ema-warmup warms up an average of the weights, which is off"),
         (["--sam", "-0.1"], "sam"),
         (["--grad-clip", "-1"], "grad"),
         (["--warmup-epochs", "2", "--epochs", "2"], "warm-up"),

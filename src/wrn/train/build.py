@@ -90,6 +90,10 @@ def _check_optim(cfg: TrainConfig) -> None:
             "--sam does not run under --amp fp16 (the grad scaler would have to unscale its ascent gradient "
             "too); use --amp bf16 or --amp off with SAM"
         )
+    if cfg.optim.ema_warmup and not cfg.optim.ema_decay:
+        raise ConfigError(
+            "--ema-warmup warms up an average of the weights, which is off; add --ema DECAY (e.g. 0.999)"
+        )
     if cfg.run.eval_models != "both" and not cfg.optim.ema_decay:
         raise ConfigError(
             f"--eval-models {cfg.run.eval_models} needs an average of the weights to choose from; "
