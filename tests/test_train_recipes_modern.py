@@ -290,6 +290,7 @@ ALL_ON = {"dataset.mixup": 0.4, "dataset.cutmix": 1.0}  # mixup and CutMix, besi
 ALL_ON_ARGS = [
     "train", "--preset", "demo", "--model", "wrn-10-1", "--batch-size", "128", "--epochs", "3",
     "--cutout", "4", "--ema", "0.9", "--mixup", "0.4", "--cutmix", "1.0", "--label-smoothing", "0.1",
+    "--sam", "0.05", "--warmup-epochs", "1", "--grad-clip", "5", "--no-decay-norm-and-bias", "--ema-warmup",
     "--checkpoint-every", "1steps", "--no-progress",
 ]  # fmt: skip
 
@@ -309,6 +310,8 @@ def test_kill_9_twice_with_every_recipe_on_then_resume_is_bitwise(tmp_path):
         proc.communicate(timeout=30)
         state = ckpt.load(killed)  # never torn, and with every recipe's state
         assert state["global_step"] >= target and "ema" in state
+        assert int(state["ema"]["n_averaged"]) == state["global_step"]  # the EMA warm-up's count
+        assert len(state["optimizer"]["param_groups"]) == 2  # no weight decay on the 1-d parameters
         assert {"cutout", "mixing"} <= set(state["ranks"][0])
         args = ["train", "--resume", str(killed), "--no-progress"]
     proc = start_wrn(*args)

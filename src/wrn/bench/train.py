@@ -401,6 +401,8 @@ def run(
     rounds: int = 1,
     seed: int = 0,
     progress=None,
+    options: dict[str, Any] | None = None,
+    vs_plain: bool = False,
 ) -> dict[str, Any]:
     """Time ``steps`` training steps of ``model`` after ``warmup`` (and the baseline's, if asked); every figure.
 
@@ -408,9 +410,12 @@ def run(
     (None: as ``wrn train``, on for CUDA and the CPU) and ``compile`` are those of ``wrn train``; ``compile_mode`` is torch.compile's mode.
     ``rounds > 1`` alternates ours and the baseline in that many chunks of steps (see :func:`measure_sides`).
     ``progress(label, phase, i, n)`` is told of every step (``wrn bench train`` shows :class:`Progress`).
+    ``options`` are ``wrn train``'s optimizer options as dotted keys (``{"optim.sam_rho": 0.05}``: the SAM
+    step, two forward-backward passes); ``vs_plain`` also times the step without them, interleaved in
+    ``rounds`` chunks, and gives the cost ratio.
     """
     check_counts(steps, warmup, batch_size, rounds)
-    settings = resolve_settings(
+    plain = resolve_settings(
         model,
         device=device,
         amp=amp,
@@ -419,6 +424,7 @@ def run(
         compile_mode=compile_mode,
         batch_size=batch_size,
     )
+    settings = _with_options(plain, options or {})
     image_size = _image_size(model, image_size)
     info = model_flops(model, image_size)
     workers = default_workers() if baseline_workers is None else int(baseline_workers)
@@ -431,16 +437,19 @@ def run(
     x, y = random_images(n, info["in_channels"], image_size, info["num_classes"], seed)
 
     classes, device = info["num_classes"], settings.device
+    sides_of = {"ours": settings, "plain": plain if vs_plain else None}
     makers = [
-        maker(ours_runner, device, model, settings, x, y, batch_size, classes, seed, label=f"ours {model}")
+        maker(ours_runner, device, model, side, x, y, batch_size, classes, seed, label=f"{label} {model}")
+        for label, side in sides_of.items()
+        if side is not None
     ]
     if baseline:
         makers.append(maker(baseline_runner, device, model, device, x, y, batch_size, classes, workers, seed,
                             label=f"baseline {model}"))  # fmt: skip
-    sides = measure_sides(makers, warmup, steps, rounds if baseline else 1, progress)
+    sides = measure_sides(makers, warmup, steps, rounds if len(makers) > 1 else 1, progress)
     for side in sides:
         side.update(summarize(side["step_ms"], batch_size, info["train_flops_per_image"]))
-    ours, base = sides[0], (sides[1] if baseline else None)
+    ours, plain_side, base = sides[0], (sides[1] if vs_plain else None), (sides[-1] if baseline else None)
     if base is not None:
         base.update({"amp": "off", "channels_last": False, "compile": False})
     run_settings = {
@@ -449,10 +458,31 @@ def run(
         "image_size": image_size,
         "steps": steps,
         "warmup": warmup,
-        "rounds": rounds if baseline else 1,
+        "rounds": rounds if len(makers) > 1 else 1,
         "num_samples": n,
     }
-    return _result(settings, run_settings, info, ours, base)
+    return {**_result(settings, run_settings, info, ours, base), **_versus_plain(options, ours, plain_side)}
+
+
+def _versus_plain(options: dict[str, Any] | None, ours: dict[str, Any], plain: dict[str, Any] | None):
+    """The record's options and, with ``--vs-plain``, the plain side and the ratio of their step times."""
+    ratio = ours["ms"] / plain["ms"] if plain else None
+    return {"options": dict(options or {}), "plain": plain, "cost_vs_plain": ratio}
+
+
+def _with_options(settings, options: dict[str, Any]):
+    """``settings`` whose config has ``options`` (dotted keys) set; a bad value is a :class:`ConfigError`."""
+    import dataclasses
+
+    from wrn.train.config import validate
+
+    if not options:
+        return settings
+    data = settings.cfg.to_dict()
+    for key, value in options.items():
+        section, name = key.split(".", 1)
+        data[section][name] = value
+    return dataclasses.replace(settings, cfg=validate(data))
 
 
 def _result(settings, run_settings: dict[str, Any], info, ours, base) -> dict[str, Any]:
@@ -469,6 +499,7 @@ def _result(settings, run_settings: dict[str, Any], info, ours, base) -> dict[st
             "channels_last": settings.channels_last,
             "compile": settings.compile,
             "compile_mode": settings.compile_mode if settings.compile else None,
+            "sam_rho": settings.cfg.optim.sam_rho,
             "num_samples": run_settings["num_samples"],
             "data": "random uint8 images on the device, flip-crop + normalisation (DeviceLoader)",
         },
@@ -492,6 +523,10 @@ def format_report(result: dict[str, Any]) -> str:
     m, s, info = result["machine"], result["settings"], result["model"]
     cuda = f", CUDA {m['cuda']}" if m["cuda"] else ""
     compile_text = f"compile {s['compile_mode']}" if s["compile"] else "eager"
+    if s.get("sam_rho"):
+        compile_text += f", SAM rho {s['sam_rho']:g} (two passes per step)"
+    if result.get("options"):
+        compile_text += ", " + " ".join(f"{k}={v}" for k, v in result["options"].items())
     lines = [
         f"wrn bench train: {s['model']}, batch {s['batch_size']}, {s['image_size']}x{s['image_size']} images, "
         f"amp {s['amp']}, {'channels_last' if s['channels_last'] else 'NCHW'}, {compile_text}; "
@@ -503,6 +538,8 @@ def format_report(result: dict[str, Any]) -> str:
         f"{'':<10} {'ms/step':>10} {'min - max':>21} {'images/s':>10} {'TFLOP/s':>9} {'peak memory':>12}",
     ]
     rows = [("ours", result["ours"])]
+    if result.get("plain"):
+        rows.append(("plain", result["plain"]))
     if result["baseline"]:
         rows.append(("baseline", result["baseline"]))
     for label, r in rows:
@@ -522,4 +559,9 @@ def format_report(result: dict[str, Any]) -> str:
             f"({b['workers']} workers; {b['images']:,} images in {b['batches']} batches), plain SGD step"
         )
         lines.append(f"ours / baseline: {result['speedup']:.2f}x the images/s")
+    if result.get("plain"):
+        lines.append(
+            f"ours / plain (the same step without the options, interleaved): {result['cost_vs_plain']:.2f}x "
+            "the time per step"
+        )
     return "\n".join(lines)

@@ -72,7 +72,20 @@ def register(subparsers) -> None:
     _register_data(actions)
 
 
+# The optimizer options of `wrn train` that `wrn bench train` takes too (the step's cost depends on them).
+BENCH_OPTIM_KEYS = (
+    "optim.sam_rho",
+    "optim.grad_clip",
+    "optim.decay_norm_and_bias",
+    "optim.ema_decay",
+    "optim.ema_warmup",
+    "optim.label_smoothing",
+)
+
+
 def _register_train(actions) -> None:
+    from wrn.train.options import add_options
+
     t = actions.add_parser(
         "train",
         help="time the training step of one model (and a plain baseline with --baseline)",
@@ -98,6 +111,12 @@ def _register_train(actions) -> None:
         type=_int,
         default=None,
         help="DataLoader worker processes of the baseline (default min(4, CPU cores))",
+    )
+    add_options(t, BENCH_OPTIM_KEYS)  # --sam, --grad-clip, ...: as `wrn train` has them
+    t.add_argument(
+        "--vs-plain",
+        action="store_true",
+        help="also time the step without those options, interleaved over --rounds, and print the cost ratio",
     )
     t.add_argument("--json", type=Path, metavar="FILE", help="write every figure to FILE (JSON)")
     t.set_defaults(func=run_train)
@@ -181,6 +200,7 @@ def _amp(text: str) -> str | None:
 def run_train(args: argparse.Namespace) -> int:
     from wrn.bench import train
     from wrn.bench.common import Progress
+    from wrn.train.options import given
 
     result = train.run(
         args.model,
@@ -198,6 +218,8 @@ def run_train(args: argparse.Namespace) -> int:
         num_samples=args.num_samples,
         rounds=args.rounds,
         progress=Progress(),
+        options={k: v for k, v in given(args).items() if k in BENCH_OPTIM_KEYS},
+        vs_plain=args.vs_plain,
     )
     print(train.format_report(result), flush=True)
     _write_json(args.json, result)

@@ -52,6 +52,7 @@ def build_trainables(
     ``wrn train`` and by ``wrn bench``, so that the benchmark times the step the loop takes."""
     from wrn.train.recipe import make_optimizer
 
+    _check_optim(cfg)
     dist_info = dist_info or D.DistInfo()
     model = model.to(device)
     if cfg.run.channels_last:
@@ -65,7 +66,7 @@ def build_trainables(
     if cfg.run.compile:
         net = compile_net(net, cfg.run.compile_mode)
     optimizer = make_optimizer(model, cfg.optim)
-    cutout, mixing, ema = _batch_recipes(cfg, model, device, dist_info)
+    cutout, mixing, ema, sam = _batch_recipes(cfg, model, device, dist_info)
     step = TrainStep(
         net,
         optimizer,
@@ -76,8 +77,28 @@ def build_trainables(
         cutout=cutout,
         mixing=mixing,
         ema=ema,
+        sam=sam,
+        grad_clip=cfg.optim.grad_clip,
     )
     return Trainables(model, net, optimizer, step)
+
+
+def _check_optim(cfg: TrainConfig) -> None:
+    """Combinations of options that cannot train as asked, refused in one sentence."""
+    if cfg.optim.sam_rho and cfg.run.amp == "fp16":
+        raise ConfigError(
+            "--sam does not run under --amp fp16 (the grad scaler would have to unscale its ascent gradient "
+            "too); use --amp bf16 or --amp off with SAM"
+        )
+    if cfg.optim.ema_warmup and not cfg.optim.ema_decay:
+        raise ConfigError(
+            "--ema-warmup warms up an average of the weights, which is off; add --ema DECAY (e.g. 0.999)"
+        )
+    if cfg.run.eval_models != "both" and not cfg.optim.ema_decay:
+        raise ConfigError(
+            f"--eval-models {cfg.run.eval_models} needs an average of the weights to choose from; "
+            "add --ema DECAY (e.g. 0.999) or leave --eval-models out"
+        )
 
 
 # Cutout's and mixing's generators: their own streams, apart from the global one (dropout) and the loader's;
@@ -87,11 +108,12 @@ _MIXING_STREAM = 0x6D6978
 
 
 def _batch_recipes(cfg: TrainConfig, model: torch.nn.Module, device: torch.device, dist_info: D.DistInfo):
-    """Cutout, mixup/CutMix and the average of the weights, each ``None`` when its option is off (nothing is
-    drawn then)."""
+    """Cutout, mixup/CutMix, the average of the weights and SAM, each ``None`` when its option is off (nothing
+    is drawn then)."""
     from wrn.train.cutout import Cutout
     from wrn.train.ema import WeightEMA
     from wrn.train.mixing import Mixing
+    from wrn.train.sam import SAM
 
     cutout = None
     if cfg.dataset.cutout:
@@ -102,8 +124,10 @@ def _batch_recipes(cfg: TrainConfig, model: torch.nn.Module, device: torch.devic
         num_classes = int(model.config["num_classes"])
         seed = [cfg.run.seed, _MIXING_STREAM, dist_info.rank]
         mixing = Mixing(cfg.dataset.mixup, cfg.dataset.cutmix, num_classes, seed)
-    ema = WeightEMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay else None
-    return cutout, mixing, ema
+    optim = cfg.optim
+    ema = WeightEMA(model, optim.ema_decay, warmup=optim.ema_warmup) if optim.ema_decay else None
+    sam = SAM(optim.sam_rho, device) if optim.sam_rho else None
+    return cutout, mixing, ema, sam
 
 
 def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo):

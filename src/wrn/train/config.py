@@ -182,6 +182,23 @@ class OptimSection(_Section):
         ge=0.0,
         lt=1.0,
     )
+    # timm's ModelEmaV3 warm-up: the k-th update (k from 0) uses min(decay, 1 - (1 + k) ** (-2/3)).
+    ema_warmup: bool = flagged(
+        False, "--ema-warmup", "warm the EMA's decay up as timm's ModelEmaV3: min(decay, 1 - (1 + k)^(-2/3))"
+    )
+    # Sharpness-Aware Minimization (Foret et al., ICLR 2021; google-research/sam): 0 is off.
+    sam_rho: float = flagged(
+        0.0, "--sam", "SAM's neighbourhood radius rho, e.g. 0.05 (0: off; two passes per step)", ge=0.0
+    )
+    grad_clip: float = flagged(
+        0.0, "--grad-clip", "clip the gradient's global L2 norm to this value (0: off)", ge=0.0
+    )
+    # The paper (and its code) decays every parameter; off: no weight decay on 1-d ones (BN's and biases).
+    decay_norm_and_bias: bool = flagged(
+        True,
+        "--decay-norm-and-bias",
+        "weight decay on BN parameters and biases too (the paper's; default on)",
+    )
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> OptimSection:
@@ -221,6 +238,10 @@ class ScheduleSection(_Section):
     reset_momentum: bool = flagged(
         True, "--reset-momentum", "clear momentum buffers at each lr drop, as the authors' code (default on)"
     )
+    # Linear warm-up per step over round(warmup_epochs * steps per epoch) steps, then the schedule.
+    warmup_epochs: float = flagged(
+        0.0, "--warmup-epochs", "linear lr warm-up per step over this many epochs (0: none)", ge=0.0
+    )
 
     @field_validator("milestones")
     @classmethod
@@ -232,6 +253,14 @@ class ScheduleSection(_Section):
         if sorted(set(value)) != value:
             raise ValueError("milestones must be strictly increasing")
         return value
+
+    @model_validator(mode="after")
+    def _warmup_inside_the_run(self) -> ScheduleSection:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"the warm-up ({self.warmup_epochs:g} epochs) must be shorter than the run ({self.epochs} epochs)"
+            )
+        return self
 
 
 class RunSection(_Section):
@@ -269,6 +298,10 @@ class RunSection(_Section):
     log_every_steps: int = flagged(50, None, "", how=True, gt=0)
     progress: bool = flagged(
         True, "--progress", "a progress bar or progress lines", how=True, volatile=True, on_resume=True
+    )
+    # With an EMA of the weights: evaluate both, only the average, or only the plain model.
+    eval_models: Literal["both", "ema", "model"] = flagged(
+        "both", "--eval-models", "with --ema, which weights each epoch's test pass evaluates"
     )
 
     @field_validator("device")

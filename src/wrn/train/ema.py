@@ -2,6 +2,12 @@
 ``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn(decay)`` and ``use_buffers=True``, so that
 the BN running statistics are averaged with the weights (the average is evaluated as it is, with no BN pass
 of its own). The first update copies the model; each later one is ``ema = decay * ema + (1 - decay) * w``.
+
+With ``warmup`` the decay of the k-th update (k = 0, 1, ... the updates made before it) is timm's
+ModelEmaV3 warm-up (``timm/utils/model_ema.py``, ``get_decay`` with ``use_warmup=True``, ``warmup_gamma=1``,
+``warmup_power=2/3``, ``min_decay=0``, called with ``step = k + 1``): ``min(decay, 1 - (1 + k) ** (-2/3))``,
+which is 0 for the first update (a copy). Under fp16 an update after a step the grad scaler skipped leaves
+the average as it is (and does not count); this is decided on the device, with no host sync.
 """
 
 from __future__ import annotations
@@ -11,22 +17,57 @@ from typing import Any
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+WARMUP_POWER = 2 / 3  # timm ModelEmaV3's default warmup_power (warmup_gamma 1)
+
 
 class WeightEMA:
     """The average of ``model`` (the plain model, not a DDP or compile wrapper): :meth:`update` after each
     optimizer step; :attr:`module` is the averaged network (it carries the model's ``config``)."""
 
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+    def __init__(self, model: torch.nn.Module, decay: float, warmup: bool = False) -> None:
         self.model = model
         self.decay = float(decay)
+        self.warmup = bool(warmup)
         self.averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True)
 
     @property
     def module(self) -> torch.nn.Module:
         return self.averaged.module
 
-    def update(self) -> None:
-        self.averaged.update_parameters(self.model)
+    def update(self, skipped: torch.Tensor | None = None) -> None:
+        """One update; ``skipped`` (a device flag, fp16) true leaves the average unchanged."""
+        if skipped is None and not self.warmup:
+            self.averaged.update_parameters(self.model)  # AveragedModel's own update
+        else:
+            self._masked_update(skipped)
+
+    def current_decay(self, device: torch.device) -> torch.Tensor:
+        """The decay of the next update, a 0-d float32 tensor on ``device`` (0 for the first: a copy)."""
+        k = self.averaged.n_averaged.to(device=device, dtype=torch.float32)
+        if self.warmup:
+            return torch.clamp(1.0 - (1.0 + k) ** -WARMUP_POWER, min=0.0, max=self.decay)
+        return torch.where(k == 0, 0.0, self.decay)
+
+    @torch.no_grad()
+    def _masked_update(self, skipped: torch.Tensor | None) -> None:
+        averaged = [*self.averaged.module.parameters(), *self.averaged.module.buffers()]
+        current = [*self.model.parameters(), *self.model.buffers()]
+        device = current[0].device if current else torch.device("cpu")
+        decay = self.current_decay(device)
+        keep = torch.ones((), device=device) if skipped is None else (~skipped).float()
+        weight = (1.0 - decay) * keep  # 0: left as it is
+        for a, w in zip(averaged, current, strict=True):
+            w = w.detach()
+            if a.is_floating_point():
+                new = torch.lerp(a, w, weight.to(a.dtype))
+            else:  # an integer buffer (BN's batch count): AveragedModel's formula, truncated
+                new = (a * (1.0 - weight) + w * weight).to(a.dtype)
+            # a skipped step's weights are not taken in, not even as NaN * 0
+            a.copy_(new if skipped is None else torch.where(skipped, a, new))
+        n = self.averaged.n_averaged
+        if n.device != device:  # the count lives beside the weights: no host sync per step
+            self.averaged.n_averaged = n = n.to(device)
+        n.add_(keep.long())
 
     def state_dict(self) -> dict[str, Any]:
         return {k: v.detach().cpu() for k, v in self.averaged.state_dict().items()}

@@ -213,8 +213,9 @@ def end_epoch(loop: Loop) -> dict[str, Any]:
 
     state, cfg = loop.state, loop.cfg
     _check_finite(loop)  # an epoch that blew up is not evaluated nor logged
-    test = _test(loop, state.model, state.trainables.net)
-    ema = _test(loop, state.ema.module) if state.ema is not None else None
+    evaluated = _evaluated(cfg, state.ema is not None)
+    test = _test(loop, state.model, state.trainables.net) if "model" in evaluated else None
+    ema = _test(loop, state.ema.module) if "ema" in evaluated else None
     sums = loop.meter.totals()
     D.all_reduce_sum(loop.dist, sums)
     loss_total, correct_total, seen_total = sums.tolist()
@@ -226,14 +227,17 @@ def end_epoch(loop: Loop) -> dict[str, Any]:
         "lr": state.epoch_lr,
         "train_loss": loss_total / seen_total,
         "train_acc": 100.0 * correct_total / seen_total,
-        "test_loss": test["loss"],
-        "test_acc": test["acc"],
-        "test_error": test["error"],
-        **({"test_top5": test["top5"], "test_top5_error": test["top5_error"]} if "top5" in test else {}),
+        **({f"test_{k}": test[k] for k in ("loss", "acc", "error")} if test is not None else {}),
+        **(
+            {"test_top5": test["top5"], "test_top5_error": test["top5_error"]}
+            if test and "top5" in test
+            else {}
+        ),
         **({f"ema_test_{k}": ema[k] for k in ("loss", "acc", "error")} if ema is not None else {}),
+        **({"evaluated": list(evaluated)} if state.ema is not None else {}),
         "n_parameters": sum(p.numel() for p in state.model.parameters()),
         "train_time": train_time,
-        "test_time": test["time"],
+        "test_time": (test or ema)["time"],  # the plain model's test pass, or the EMA's alone
         "images_per_s": seen_total / train_time if train_time > 0 else None,
         "train_precision": PRECISION_NAMES[cfg.run.amp],
         "test_precision": PRECISION_NAMES[cfg.run.eval_amp],
@@ -243,6 +247,13 @@ def end_epoch(loop: Loop) -> dict[str, Any]:
         mixed = " (train acc: of the mixed targets' larger part)" if state.trainables.step.mixing else ""
         print(format_epoch_summary(state.epoch, cfg.schedule.epochs, record) + mixed, flush=True)
     return record
+
+
+def _evaluated(cfg: TrainConfig, ema_on: bool) -> tuple[str, ...]:
+    """What each epoch's test pass evaluates: the plain model, and with an EMA, as ``run.eval_models`` says."""
+    if not ema_on:
+        return ("model",)
+    return {"both": ("model", "ema"), "ema": ("ema",), "model": ("model",)}[cfg.run.eval_models]
 
 
 def _test(loop: Loop, model: torch.nn.Module, net: torch.nn.Module | None = None) -> dict[str, Any]:
@@ -619,7 +630,7 @@ def _header(loop: Loop, resumed: bool) -> None:
         f"{where}: {loop.run_dir}{at}\n"
         f"model {cfg.model.name} ({n_parameters:,} parameters) on {cfg.dataset.name}, "
         f"{recipe.epochs_text(cfg.schedule.epochs)} of {state.steps_per_epoch} steps, batch {cfg.optim.batch_size}, "
-        f"{recipe.describe(cfg.schedule, cfg.optim.lr)}, device {device}{threads}"
+        f"{recipe.describe(cfg.schedule, cfg.optim.lr)}{recipe.describe_optim(cfg.optim)}, device {device}{threads}"
         + (f" x {loop.dist.world_size} processes" if loop.dist.enabled else "")
         + f", amp {cfg.run.amp}",
     )
@@ -683,10 +694,14 @@ def _finish(loop: Loop) -> None:
         },
     )
     _draw_curves(loop.run_dir)
-    if last:
+    if prefix and "ema_test_error" not in last:  # --eval-models model: the average was never evaluated
+        prefix, whose = "", "the plain weights (the saved EMA was not evaluated): "
+    else:
+        whose = "the EMA weights: " if prefix else ""
+    if f"{prefix}test_error" in last:
         _say(
             loop.verbose,
-            f"done: {'the EMA weights: ' if prefix else ''}test error {last[f'{prefix}test_error']:.2f}% "
+            f"done: {whose}test error {last[f'{prefix}test_error']:.2f}% "
             f"(accuracy {last[f'{prefix}test_acc']:.2f}%) after "
             f"{recipe.epochs_text(loop.state.epoch)}; model and curves in {loop.run_dir}",
         )

@@ -3,8 +3,10 @@ checkpoint (the PyTorch pattern: ``load_state_dict`` puts it back).
 
 The checkpoint holds the weights and BN statistics, the optimizer (momentum buffers), the grad scaler, the
 position (epochs done, steps of the current epoch done, steps in all), the epoch's metric sums, the last
-epoch's record, the average of the weights (EMA) when it is on, and for every process its RNG states (Cutout's
-and mixing's generators among them when they are on) and its data loader's position. A run killed at any
+epoch's record, the average of the weights (EMA) when it is on (with its count of updates, which its warm-up
+reads), and for every process its RNG states (Cutout's and mixing's generators among them when they are on)
+and its data loader's position. SAM, the lr warm-up and gradient clipping keep no state of their own (the
+warm-up's rate follows from the step count). A run killed at any
 moment and resumed from its last checkpoint ends with the same weights, bit for bit, as one never stopped
 (on a CPU, or on a GPU with ``run.deterministic``).
 """

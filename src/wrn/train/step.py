@@ -1,5 +1,5 @@
-"""One training step: the batch's own augmentation (Cutout, mixup/CutMix), forward under autocast, cross-entropy, backward,
-update, the average of the weights (EMA).
+"""One training step: the batch's own augmentation (Cutout, mixup/CutMix), forward under autocast, cross-entropy, backward
+(twice with SAM, :mod:`wrn.train.sam`), gradient-norm clipping, update, the average of the weights (EMA).
 
 The same :class:`TrainStep` runs inside ``wrn train`` and ``wrn bench train``, so the benchmark measures the
 step the training loop really takes. Nothing in it reads a value back to the host: the loss and logits it
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from wrn.train.cutout import Cutout
     from wrn.train.ema import WeightEMA
     from wrn.train.mixing import Mixing
+    from wrn.train.sam import SAM
 
 from wrn.train.precision import autocast
 
@@ -27,8 +28,11 @@ class TrainStep:
     ``channels_last`` converts the images to that memory format (the model must be converted already).
     ``cutout`` (a :class:`~wrn.train.cutout.Cutout`) cuts its holes into the batch first, then ``mixing`` (a
     :class:`~wrn.train.mixing.Mixing`) mixes it and the loss is taken on its soft labels; ``ema`` (a
-    :class:`~wrn.train.ema.WeightEMA`) is updated after every optimizer step. All off (``None``) by default.
-    The returned loss (the batch mean, float32) and logits (float32) are detached and stay on the device.
+    :class:`~wrn.train.ema.WeightEMA`) is updated after every optimizer step (not after one the fp16 grad
+    scaler skipped). ``sam`` (a :class:`~wrn.train.sam.SAM`) takes the gradient at the SAM-perturbed weights;
+    ``grad_clip`` > 0 clips the gradient's global norm before the update. All off by default.
+    The returned loss (the batch mean, float32) and logits (float32) are detached and stay on the device;
+    with SAM they are the first pass's, at the weights before the step.
     """
 
     def __init__(
@@ -43,6 +47,8 @@ class TrainStep:
         cutout: Cutout | None = None,
         mixing: Mixing | None = None,
         ema: WeightEMA | None = None,
+        sam: SAM | None = None,
+        grad_clip: float = 0.0,
     ) -> None:
         self.net = net
         self.optimizer = optimizer
@@ -54,6 +60,8 @@ class TrainStep:
         self.cutout = cutout
         self.mixing = mixing
         self.ema = ema
+        self.sam = sam
+        self.grad_clip = float(grad_clip)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cutout is not None:
@@ -63,21 +71,46 @@ class TrainStep:
             images, targets = self.mixing(images, labels)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.amp):
-            logits = self.net(images)
-        logits = logits.float()
-        loss = self.criterion(logits, targets)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler.is_enabled():
-            self.scaler.scale(loss).backward()
+
+        def forward() -> tuple[torch.Tensor, torch.Tensor]:
+            with autocast(self.device, self.amp):
+                logits = self.net(images)
+            logits = logits.float()
+            return self.criterion(logits, targets), logits
+
+        if self.sam is not None:  # (never under fp16: build_trainables refuses it)
+            loss, logits = self.sam.gradient(self.net, self.optimizer, forward)
+        else:
+            loss, logits = forward()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler.is_enabled():
+                self.scaler.scale(loss).backward()
+            else:
+                loss.backward()
+        skipped = self._update()
+        if self.ema is not None:
+            self.ema.update(skipped)
+        return loss.detach(), logits.detach()
+
+    def _update(self) -> torch.Tensor | None:
+        """Clip (when asked) and step. Under fp16 returns a device flag, true when the grad scaler skipped the
+        step for an inf/NaN gradient (the EMA then stays as it is), read with no host sync; else ``None``."""
+        fp16 = self.scaler.is_enabled()
+        if fp16:
+            self.scaler.unscale_(self.optimizer)
+        norm = None
+        if self.grad_clip or (fp16 and self.ema is not None):
+            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            if self.grad_clip:
+                norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            else:
+                norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if fp16:
             self.scaler.step(self.optimizer)
             self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
-        if self.ema is not None:
-            self.ema.update()
-        return loss.detach(), logits.detach()
+            return None if norm is None else ~torch.isfinite(norm)
+        self.optimizer.step()
+        return None
 
     def counted(self, labels: torch.Tensor) -> torch.Tensor:
         """The labels the training accuracy of the last step counts: the batch's own, or with mixup/CutMix the
