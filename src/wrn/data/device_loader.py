@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from wrn.data.protocol import EpochLoader
-from wrn.data.registry import AUGMENT_CHOICES
+from wrn.data.registry import AUGMENT_CHOICES, CROP_PADDINGS
 from wrn.errors import ConfigError
 
 # PCA lighting of fb.resnet.torch (AlexNet-style), on the 0..1 RGB scale.
@@ -40,7 +40,8 @@ class DeviceLoader(EpochLoader):
     ``x`` is uint8 [N, C, H, W] on the 0..255 scale (or float, e.g. ZCA-whitened, with ``normalize=None``) and
     ``y`` int64 [N]. Training loaders (``train=True``) draw a fresh permutation every epoch and apply
     ``augment``: ``none``, ``crop`` (a random ``H x W`` crop of the image reflection-padded by ``pad``),
-    ``flip-crop`` (the paper's CIFAR: a random horizontal flip, then the crop), or ``imagenet`` (random
+    ``flip-crop`` (the paper's CIFAR: a random horizontal flip, then the crop; ``crop_padding="zeros"`` pads
+    with zeros instead, as torchvision's ``RandomCrop(padding=pad)``), or ``imagenet`` (random
     resized crop, flip, colour jitter 0.4 and PCA lighting 0.1, batched on the device; output side
     ``image_size`` or the native one). ``normalize=(mean, std)`` on the 0..255 scale gives (x - mean) / std.
 
@@ -70,6 +71,7 @@ class DeviceLoader(EpochLoader):
         dtype: torch.dtype = torch.float32,
         pad: int = 4,
         image_size: int | None = None,
+        crop_padding: str = "reflect",
     ):
         if augment not in AUGMENT_CHOICES:
             raise ConfigError(f"unknown augment {augment!r}: choose one of {', '.join(AUGMENT_CHOICES)}.")
@@ -80,6 +82,10 @@ class DeviceLoader(EpochLoader):
         n, c, h, w = x.shape
         if train and augment in ("crop", "flip-crop") and not 0 <= pad < min(h, w):
             raise ConfigError(f"pad must be in 0..{min(h, w) - 1} for {h}x{w} images, not {pad}.")
+        if crop_padding not in CROP_PADDINGS:
+            raise ConfigError(
+                f"unknown crop padding {crop_padding!r}: choose one of {', '.join(CROP_PADDINGS)}."
+            )
         self._setup_protocol(
             n, batch_size, train, drop_last, rank, world_size, seed, normalize, device, dtype, channels=c
         )
@@ -87,6 +93,7 @@ class DeviceLoader(EpochLoader):
         self.y = y.to(self.device, torch.int64)
         self.augment = augment if train else "none"
         self.pad = int(pad)
+        self.crop_padding = crop_padding
         self.image_size = int(image_size or h)
         self._x_flat = self.x.view(-1)
         self._ar_c = torch.arange(c, device=self.device).view(1, c, 1, 1) * (h * w)
@@ -166,20 +173,28 @@ class DeviceLoader(EpochLoader):
 
     def _crop_flip(self, idx, offset, flip) -> torch.Tensor:
         _, c, h, w = self.x.shape
-        rows = reflect_index(offset[:, 0:1] + self._ar_h - self.pad, h)  # [B, H]
+        rows = offset[:, 0:1] + self._ar_h - self.pad  # [B, H], in the image's coordinates
         cols_ar = self._ar_w
         cols = offset[:, 1:2] + cols_ar - self.pad  # [B, W]
         if flip is not None:
             flipped = offset[:, 1:2] + (w - 1 - cols_ar) - self.pad
             cols = torch.where(flip[:, None], flipped, cols)
-        cols = reflect_index(cols, w)
+        inside = None
+        if self.crop_padding == "zeros":  # torchvision's RandomCrop(padding=pad): the border is 0
+            inside = ((rows >= 0) & (rows < h)).view(-1, 1, h, 1) & ((cols >= 0) & (cols < w)).view(
+                -1, 1, 1, w
+            )
+            rows, cols = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
+        else:
+            rows, cols = reflect_index(rows, h), reflect_index(cols, w)
         lin = (
             (idx * (c * h * w)).view(-1, 1, 1, 1)
             + self._ar_c
             + (rows * w).view(-1, 1, h, 1)
             + cols.view(-1, 1, 1, w)
         )
-        return self._x_flat[lin]
+        out = self._x_flat[lin]
+        return out if inside is None else out.masked_fill_(~inside, 0)
 
 
 # ---------------------------------------------------------------------------------------------- ImageNet-style

@@ -308,7 +308,7 @@ def _grayscale(img: torch.Tensor) -> torch.Tensor:
     return (0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2]).unsqueeze(0)
 
 
-def folder_transform(train: bool, augment: str, size: int, pad: int = 4):
+def folder_transform(train: bool, augment: str, size: int, pad: int = 4, crop_padding: str = "reflect"):
     """The per-image transform of the DataLoader path; produces uint8 (float 0..255 for ``imagenet``).
 
     ``imagenet`` follows fb.resnet.torch, which the paper's ImageNet runs used: training RandomSizedCrop,
@@ -340,7 +340,8 @@ def folder_transform(train: bool, augment: str, size: int, pad: int = 4):
     if augment == "flip-crop":
         steps.append(transforms.RandomHorizontalFlip())
     if augment in ("crop", "flip-crop"):
-        steps += [transforms.Pad(pad, padding_mode="reflect"), transforms.RandomCrop(size)]
+        mode = "constant" if crop_padding == "zeros" else "reflect"
+        steps += [transforms.Pad(pad, padding_mode=mode), transforms.RandomCrop(size)]
     return transforms.Compose([*steps, to_tensor])
 
 

@@ -41,6 +41,7 @@ def make_loaders(
     split_train: str | None = None,
     split_test: str | None = None,
     eval_batch_size: int | None = None,
+    crop_padding: str = "reflect",
 ):
     """Build ``(train_loader, test_loader, info)`` for ``dataset`` under ``root``.
 
@@ -48,7 +49,8 @@ def make_loaders(
     large image folders use :class:`FolderLoader`. ``augment`` and ``normalization`` default to the data set's
     (``DATASETS[name]``); ``normalization='zca'`` whitens with GCN + ZCA fitted on the training split (cached
     under ``root/wrn-cache``). ``info`` is the :class:`DatasetInfo` with ``num_classes``, ``in_channels`` and
-    ``image_size`` of the data actually loaded. ``seed`` drives the order and augmentation; the digits'
+    ``image_size`` of the data actually loaded. ``crop_padding`` fills the border of the training crop:
+    ``reflect`` (the paper's) or ``zeros``. ``seed`` drives the order and augmentation; the digits'
     train/test split stays fixed whatever it is.
     """
     info = dataset_info(dataset)
@@ -78,7 +80,7 @@ def make_loaders(
         if not use_arrays:
             return _folder_loaders(
                 info, root, augment, normalization, seed, image_size, workers, split_train, split_test,
-                batch_size, eval_batch_size, common,
+                batch_size, eval_batch_size, common, crop_padding,
             )  # fmt: skip
         x_tr, y_tr, classes = read_folder_arrays(root, split_train, image_size)
         x_te, y_te, _ = read_folder_arrays(
@@ -94,7 +96,7 @@ def make_loaders(
         normalize = normalization_for(normalization, int(x_tr.shape[1]))
     train = DeviceLoader(
         x_tr, y_tr, batch_size, train=True, augment=augment, normalize=normalize, seed=seed, drop_last=info.drop_last,
-        image_size=image_size, **common,
+        image_size=image_size, crop_padding=crop_padding, **common,
     )  # fmt: skip
     test = DeviceLoader(x_te, y_te, eval_batch_size, train=False, normalize=normalize, seed=seed, **common)
     info = dataclasses.replace(info, in_channels=int(x_tr.shape[1]), image_size=int(x_tr.shape[-1]))
@@ -114,13 +116,16 @@ def _folder_loaders(
     bs,
     eval_bs,
     common,
+    crop_padding="reflect",
 ):
     if normalization == "zca":
         raise ConfigError(
             "normalization 'zca' needs the whole data set in memory: use it with small data sets."
         )
     size = image_size or info.image_size or 224
-    train_ds = CheckedImageFolder(folder_split_dir(root, split_train), folder_transform(True, augment, size))
+    train_ds = CheckedImageFolder(
+        folder_split_dir(root, split_train), folder_transform(True, augment, size, crop_padding=crop_padding)
+    )
     test_ds = CheckedImageFolder(folder_split_dir(root, split_test), folder_transform(False, augment, size))
     if test_ds.classes != train_ds.classes:
         raise DataError(

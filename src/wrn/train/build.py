@@ -130,6 +130,7 @@ def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo)
         image_size=data.image_size,
         workers=data.workers,
         eval_batch_size=cfg.optim.eval_batch_size,
+        crop_padding=data.crop_padding,
     )
     if len(train_loader) == 0:
         raise ConfigError(
