@@ -68,6 +68,41 @@ def test_crop_matches_torchvision_pad_reflect_random_crop(monkeypatch):
         assert torch.equal(out[k], tv(x[labels[k]]).float())
 
 
+@pytest.mark.parametrize("c", [1, 3])
+def test_zero_padded_flip_crop_matches_torchvision_random_crop_with_padding(monkeypatch, c):
+    """``crop_padding="zeros"``: torchvision's RandomCrop(32, padding=4) (fill 0) and a flip, as the Cutout and
+    AutoAugment code crop; also on ZCA-like float data, whose border is 0 too."""
+    x, y = data(64, c=c)
+    for images in (x, x.float() / 50 - 2):
+        loader = DeviceLoader(images, y, 32, augment="flip-crop", seed=5, crop_padding="zeros")
+        out, labels = next(iter(loader))
+        plan = loader._epoch_plan()
+        offsets, flips = plan["offset"][:32], plan["flip"][:32]
+        assert {0, 8} & {int(v) for v in offsets.flatten()}  # crops that reach the border
+        crop = transforms.RandomCrop(32, padding=4)  # fill=0, padding_mode="constant"
+        for k in range(32):
+            top, left = int(offsets[k, 0]), int(offsets[k, 1])
+            monkeypatch.setattr(
+                transforms.RandomCrop,
+                "get_params",
+                staticmethod(lambda i, s, t=top, lf=left: (t, lf, 32, 32)),
+            )
+            ref = crop(images[labels[k]])
+            ref = TF.hflip(ref) if flips[k] else ref
+            assert torch.equal(out[k], ref.float()), k
+    # The same draws as with reflection: only the border differs, and the inner crop is equal.
+    reflect = DeviceLoader(x, y, 32, augment="flip-crop", seed=5)
+    zeros = DeviceLoader(x, y, 32, augment="flip-crop", seed=5, crop_padding="zeros")
+    (a, la), (b, lb) = next(iter(reflect)), next(iter(zeros))
+    assert (
+        torch.equal(la, lb)
+        and torch.equal(a[:, :, 4:-4, 4:-4], b[:, :, 4:-4, 4:-4])
+        and not torch.equal(a, b)
+    )
+    with pytest.raises(ConfigError, match="unknown crop padding 'edge'"):
+        DeviceLoader(x, y, 32, crop_padding="edge")
+
+
 def test_every_sample_once_per_epoch_and_fresh_permutations():
     x, y = data(50)
     loader = DeviceLoader(x, y, batch_size=8, seed=0, drop_last=False)

@@ -38,24 +38,40 @@ def _data(n: int, c: int, side: int, seed: int = 0):
 
 
 def _crop_flipped(x, y, batch_size, seed, epochs, augment="flip-crop"):
-    """The crop-flipped uint8 batches of the plain loader (no policy, no normalisation), every epoch."""
+    """Every epoch's batches of the plain loader (no policy) as its plan draws them: per batch, the uncropped
+    uint8 images and each one's crop offset (rows, cols) and flip."""
     plain = DeviceLoader(x, y, batch_size, augment=augment, seed=seed, drop_last=False)
-    return [[b.to(torch.uint8) for b, _ in plain] for _ in range(epochs)]
+    out = []
+    for _ in range(epochs):
+        plan = {k: v.cpu() for k, v in plain._epoch_plan().items()}
+        out.append([
+            (x[plan["index"][sel]], plan["offset"][sel], plan["flip"][sel])
+            for sel in (slice(b * batch_size, (b + 1) * batch_size) for b in range(len(plain)))
+        ])  # fmt: skip
+        for _ in plain:  # on to the next epoch
+            pass
+    return out
 
 
 def _by_hand(crop_flipped, policy, erasing: float, mean, std, seed: int):
-    """torchvision's per-image pipeline on each crop-flipped image: policy (uint8) -> Normalize -> RandomErasing
-    (p, value=0), torch's generator seeded per batch as the loader documents."""
+    """torchvision's per-image pipeline in the AutoAugment code's order, on each image: policy (uint8) ->
+    4-pixel reflection pad and crop at the loader's offsets -> flip -> Normalize -> RandomErasing (p, value=0),
+    torch's generator seeded per batch as the loader documents."""
+    import torchvision.transforms.functional as TF
+
     mean = torch.tensor(mean).view(-1, 1, 1)
     std = torch.tensor(std).view(-1, 1, 1)
     erase = T.RandomErasing(p=erasing, value=0) if erasing else None
     out = []
     for epoch, batches in enumerate(crop_flipped):
-        for b, images in enumerate(batches):
+        for b, (images, offsets, flips) in enumerate(batches):
             torch.manual_seed(batch_seed(seed, epoch, 0, b))
             done = []
-            for img in images:
+            for img, (top, left), flip in zip(images, offsets.tolist(), flips.tolist(), strict=True):
                 img = policy(img) if policy is not None else img
+                side = img.shape[-1]
+                img = TF.crop(TF.pad(img, 4, padding_mode="reflect"), top, left, side, side)
+                img = TF.hflip(img) if flip else img
                 img = (img.to(torch.float32) - mean) / std
                 done.append(erase(img) if erase is not None else img)
             out.append(torch.stack(done))

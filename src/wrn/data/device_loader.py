@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from wrn.data.policies import PerImage, batch_seed, die_with_parent, erase_, transform_batch
 from wrn.data.protocol import EpochLoader
-from wrn.data.registry import AUGMENT_CHOICES
+from wrn.data.registry import AUGMENT_CHOICES, CROP_PADDINGS
 from wrn.errors import ConfigError
 
 # PCA lighting of fb.resnet.torch (AlexNet-style), on the 0..1 RGB scale.
@@ -45,7 +45,8 @@ class DeviceLoader(EpochLoader):
     ``x`` is uint8 [N, C, H, W] on the 0..255 scale (or float, e.g. ZCA-whitened, with ``normalize=None``) and
     ``y`` int64 [N]. Training loaders (``train=True``) draw a fresh permutation every epoch and apply
     ``augment``: ``none``, ``crop`` (a random ``H x W`` crop of the image reflection-padded by ``pad``),
-    ``flip-crop`` (the paper's CIFAR: a random horizontal flip, then the crop), or ``imagenet`` (random
+    ``flip-crop`` (the paper's CIFAR: a random horizontal flip, then the crop; ``crop_padding="zeros"`` pads
+    with zeros instead, as torchvision's ``RandomCrop(padding=pad)``), or ``imagenet`` (random
     resized crop, flip, colour jitter 0.4 and PCA lighting 0.1, batched on the device; output side
     ``image_size`` or the native one). ``normalize=(mean, std)`` on the 0..255 scale gives (x - mean) / std.
 
@@ -80,6 +81,7 @@ class DeviceLoader(EpochLoader):
         image_size: int | None = None,
         per_image: PerImage | None = None,
         workers: int = 0,
+        crop_padding: str = "reflect",
     ):
         if augment not in AUGMENT_CHOICES:
             raise ConfigError(f"unknown augment {augment!r}: choose one of {', '.join(AUGMENT_CHOICES)}.")
@@ -90,6 +92,10 @@ class DeviceLoader(EpochLoader):
         n, c, h, w = x.shape
         if train and augment in ("crop", "flip-crop") and not 0 <= pad < min(h, w):
             raise ConfigError(f"pad must be in 0..{min(h, w) - 1} for {h}x{w} images, not {pad}.")
+        if crop_padding not in CROP_PADDINGS:
+            raise ConfigError(
+                f"unknown crop padding {crop_padding!r}: choose one of {', '.join(CROP_PADDINGS)}."
+            )
         self._setup_protocol(
             n, batch_size, train, drop_last, rank, world_size, seed, normalize, device, dtype, channels=c
         )
@@ -97,6 +103,7 @@ class DeviceLoader(EpochLoader):
         self.y = y.to(self.device, torch.int64)
         self.augment = augment if train else "none"
         self.pad = int(pad)
+        self.crop_padding = crop_padding
         self.image_size = int(image_size or h)
         self._ar_c = torch.arange(c, device=self.device).view(1, c, 1, 1) * (h * w)
         self._ar_h = torch.arange(h, device=self.device)
@@ -182,7 +189,8 @@ class DeviceLoader(EpochLoader):
         return self._normalize_(out)
 
     def _crop_flip(self, idx, offset, flip) -> torch.Tensor:
-        return crop_flip(self.x, idx, offset, flip, self.pad, (self._ar_c, self._ar_h, self._ar_w))
+        aranges = (self._ar_c, self._ar_h, self._ar_w)
+        return crop_flip(self.x, idx, offset, flip, self.pad, aranges, zeros=self.crop_padding == "zeros")
 
     # ------------------------------------------------------------------------------------------ per image
 
@@ -232,6 +240,7 @@ class _PerImageBatches(torch.utils.data.Dataset):
 
     def __init__(self, loader: DeviceLoader, plan: dict):
         self.x, self.plan, self.augment, self.pad = loader._x_cpu, plan, loader.augment, loader.pad
+        self.zeros = loader.crop_padding == "zeros"
         self.batch_size, self.shard_size, self.batches = loader.batch_size, loader._shard_size, len(loader)
         self.per_image, self.transform = loader.per_image, loader._transform
         self.seed, self.epoch, self.rank = loader.seed, loader.epoch, loader.rank
@@ -241,20 +250,23 @@ class _PerImageBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, b: int):
         sel = slice(b * self.batch_size, min((b + 1) * self.batch_size, self.shard_size))
-        idx = self.plan["index"][sel]
+        seed = batch_seed(self.seed, self.epoch, self.rank, b)
+        # The policy first, on the whole image, then the crop and flip: the order of the AutoAugment and Fast
+        # AutoAugment / TrivialAugment code on CIFAR
+        images, boxes = transform_batch(self.x[self.plan["index"][sel]], self.per_image, self.transform, seed)
         if self.augment in ("crop", "flip-crop"):
             flip = self.plan["flip"][sel] if "flip" in self.plan else None
-            images = crop_flip(self.x, idx, self.plan["offset"][sel], flip, self.pad)
-        else:
-            images = self.x[idx]
-        seed = batch_seed(self.seed, self.epoch, self.rank, b)
-        return transform_batch(images, self.per_image, self.transform, seed)
+            at = torch.arange(len(images))
+            images = crop_flip(images, at, self.plan["offset"][sel], flip, self.pad, zeros=self.zeros)
+        return images, boxes
 
 
-def crop_flip(x: torch.Tensor, idx, offset, flip, pad: int, aranges=None) -> torch.Tensor:
-    """Samples ``idx`` of ``x`` [N, C, H, W], each cropped at ``offset`` (rows, cols) from the image
-    reflection-padded by ``pad`` and flipped where ``flip``: one gather. ``aranges``: (channel offsets, rows,
-    columns) made once, or None."""
+def crop_flip(
+    x: torch.Tensor, idx, offset, flip, pad: int, aranges=None, zeros: bool = False
+) -> torch.Tensor:
+    """Samples ``idx`` of ``x`` [N, C, H, W], each cropped at ``offset`` (rows, cols) from the image padded by
+    ``pad`` (reflection, or ``zeros``: torchvision's ``RandomCrop(padding=pad)``) and flipped where ``flip``:
+    one gather. ``aranges``: (channel offsets, rows, columns) made once, or None."""
     _, c, h, w = x.shape
     if aranges is None:
         aranges = (
@@ -263,14 +275,20 @@ def crop_flip(x: torch.Tensor, idx, offset, flip, pad: int, aranges=None) -> tor
             torch.arange(w, device=x.device),
         )
     ar_c, ar_h, cols_ar = aranges
-    rows = reflect_index(offset[:, 0:1] + ar_h - pad, h)  # [B, H]
+    rows = offset[:, 0:1] + ar_h - pad  # [B, H], in the image's coordinates
     cols = offset[:, 1:2] + cols_ar - pad  # [B, W]
     if flip is not None:
         flipped = offset[:, 1:2] + (w - 1 - cols_ar) - pad
         cols = torch.where(flip[:, None], flipped, cols)
-    cols = reflect_index(cols, w)
+    inside = None
+    if zeros:  # the border is 0
+        inside = ((rows >= 0) & (rows < h)).view(-1, 1, h, 1) & ((cols >= 0) & (cols < w)).view(-1, 1, 1, w)
+        rows, cols = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
+    else:
+        rows, cols = reflect_index(rows, h), reflect_index(cols, w)
     lin = (idx * (c * h * w)).view(-1, 1, 1, 1) + ar_c + (rows * w).view(-1, 1, h, 1) + cols.view(-1, 1, 1, w)
-    return x.view(-1)[lin]
+    out = x.view(-1)[lin]
+    return out if inside is None else out.masked_fill_(~inside, 0)
 
 
 # ---------------------------------------------------------------------------------------------- ImageNet-style

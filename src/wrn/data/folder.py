@@ -310,7 +310,13 @@ def _grayscale(img: torch.Tensor) -> torch.Tensor:
 
 
 def folder_transform(
-    train: bool, augment: str, size: int, pad: int = 4, per_image: PerImage | None = None, normalize=None
+    train: bool,
+    augment: str,
+    size: int,
+    pad: int = 4,
+    per_image: PerImage | None = None,
+    normalize=None,
+    crop_padding: str = "reflect",
 ):
     """The per-image transform of the DataLoader path; produces uint8 (float 0..255 for ``imagenet``).
 
@@ -349,7 +355,8 @@ def folder_transform(
     if augment == "flip-crop":
         steps.append(transforms.RandomHorizontalFlip())
     if augment in ("crop", "flip-crop"):
-        steps += [transforms.Pad(pad, padding_mode="reflect"), transforms.RandomCrop(size)]
+        mode = "constant" if crop_padding == "zeros" else "reflect"
+        steps += [transforms.Pad(pad, padding_mode=mode), transforms.RandomCrop(size)]
     return transforms.Compose([*steps, to_tensor])
 
 

@@ -43,6 +43,7 @@ def make_loaders(
     split_test: str | None = None,
     eval_batch_size: int | None = None,
     per_image: PerImage | None = None,
+    crop_padding: str = "reflect",
 ):
     """Build ``(train_loader, test_loader, info)`` for ``dataset`` under ``root``.
 
@@ -50,7 +51,8 @@ def make_loaders(
     large image folders use :class:`FolderLoader`. ``augment`` and ``normalization`` default to the data set's
     (``DATASETS[name]``); ``normalization='zca'`` whitens with GCN + ZCA fitted on the training split (cached
     under ``root/wrn-cache``). ``info`` is the :class:`DatasetInfo` with ``num_classes``, ``in_channels`` and
-    ``image_size`` of the data actually loaded. ``seed`` drives the order and augmentation; the digits'
+    ``image_size`` of the data actually loaded. ``crop_padding`` fills the border of the training crop:
+    ``reflect`` (the paper's) or ``zeros``. ``seed`` drives the order and augmentation; the digits'
     train/test split stays fixed whatever it is.
 
     ``per_image`` (:class:`~wrn.data.policies.PerImage`): a policy and random erasing for the training images,
@@ -83,7 +85,7 @@ def make_loaders(
         if not use_arrays:
             return _folder_loaders(
                 info, root, augment, normalization, seed, image_size, workers, split_train, split_test,
-                batch_size, eval_batch_size, common, per_image,
+                batch_size, eval_batch_size, common, per_image, crop_padding,
             )  # fmt: skip
         x_tr, y_tr, classes = read_folder_arrays(root, split_train, image_size)
         x_te, y_te, _ = read_folder_arrays(
@@ -99,7 +101,7 @@ def make_loaders(
         normalize = normalization_for(normalization, int(x_tr.shape[1]))
     train = DeviceLoader(
         x_tr, y_tr, batch_size, train=True, augment=augment, normalize=normalize, seed=seed, drop_last=info.drop_last,
-        image_size=image_size, per_image=per_image, workers=workers, **common,
+        image_size=image_size, per_image=per_image, workers=workers, crop_padding=crop_padding, **common,
     )  # fmt: skip
     test = DeviceLoader(x_te, y_te, eval_batch_size, train=False, normalize=normalize, seed=seed, **common)
     info = dataclasses.replace(info, in_channels=int(x_tr.shape[1]), image_size=int(x_tr.shape[-1]))
@@ -120,6 +122,7 @@ def _folder_loaders(
     eval_bs,
     common,
     per_image,
+    crop_padding="reflect",
 ):
     if normalization == "zca":
         raise ConfigError(
@@ -128,7 +131,9 @@ def _folder_loaders(
     size = image_size or info.image_size or 224
     normalize = normalization_for(normalization, 3)
     erasing = per_image is not None and per_image.erasing > 0  # normalised in the workers, then erased
-    train_tf = folder_transform(True, augment, size, per_image=per_image, normalize=normalize)
+    train_tf = folder_transform(
+        True, augment, size, per_image=per_image, normalize=normalize, crop_padding=crop_padding
+    )
     train_ds = CheckedImageFolder(folder_split_dir(root, split_train), train_tf)
     test_ds = CheckedImageFolder(folder_split_dir(root, split_test), folder_transform(False, augment, size))
     if test_ds.classes != train_ds.classes:

@@ -1,7 +1,9 @@
 """Per-image augmentation policies and random erasing, with torchvision's own implementations.
 
 - AutoAugment's CIFAR-10 policy (Cubuk et al. 2019), RandAugment(N, M) (Cubuk et al. 2020) and
-  TrivialAugmentWide (Müller & Hutter 2021) run on each uint8 image after the crop and flip;
+  TrivialAugmentWide (Müller & Hutter 2021) run on each uint8 image: for the device-resident data sets
+  before the crop and flip, the order of the AutoAugment and Fast AutoAugment / TrivialAugment code on CIFAR;
+  for image folders after the crop and flip, torchvision's reference order for ImageNet;
 - random erasing (Zhong et al. 2020) draws each image's box with ``RandomErasing.get_params`` (scale
   (0.02, 0.33), ratio (0.3, 3.3)) and the box is set to 0 after normalisation, torchvision's
   ``ToTensor -> Normalize -> RandomErasing(p, value=0)``.

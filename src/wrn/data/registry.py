@@ -143,6 +143,9 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 
 NORMALIZATION_CHOICES = (*NORMALIZATIONS, "zca")
 AUGMENT_CHOICES = ("none", "crop", "flip-crop", "imagenet")
+# How the crop of ``crop`` / ``flip-crop`` fills its border: the paper's reflection, or zeros (torchvision's
+# RandomCrop(padding=4), which the Cutout and AutoAugment code use)
+CROP_PADDINGS = ("reflect", "zeros")
 
 
 def normalization_constants(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

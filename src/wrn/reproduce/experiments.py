@@ -51,10 +51,15 @@ class Row:
     paper_top5: float | None = None  # ImageNet only
     paper_time: float | None = None  # Table 2: seconds per training epoch on the authors' GPU
     note: str = ""
+    # Rows of today's recipes: the shipped preset a run extends (its model, data and recipe), and dotted config
+    # keys set on top, e.g. (("optim.sam_rho", 0.0),) for the SGD twin of a SAM row. None: the paper's recipe
+    # of the data set (BASES).
+    preset: str | None = None
+    settings: tuple[tuple[str, object], ...] = ()
 
     @property
     def base(self) -> str:
-        return BASES[self.dataset]
+        return self.preset or BASES[self.dataset]
 
     def config(self, seed: int, description: str = "") -> dict:
         """The small config a run of this row starts from: the shared recipe plus model, data and seed."""
@@ -72,6 +77,9 @@ class Row:
         if description:
             out["description"] = description
         out.update({"model": model, "dataset": dataset, "run": {"seed": int(seed)}})
+        for key, value in self.settings:
+            section, name = key.split(".")
+            out.setdefault(section, {})[name] = value
         return out
 
 
@@ -86,6 +94,8 @@ class Experiment:
     kind: str = "table"  # table, curves or bench
     columns: tuple[str, ...] = field(default=())  # data sets in the paper's column order
     default_runs: int = 5  # seeds per row: the paper's CIFAR/SVHN figures are medians of 5 runs
+    # Where the reference figures come from when they are not the WRN paper's (today's recipes)
+    source: str = ""
 
     @property
     def runnable_rows(self) -> tuple[Row, ...]:
@@ -230,6 +240,53 @@ TABLE9 = (
 )  # fmt: skip
 
 
+# --------------------------------------------------------------------------------------------- today's recipes
+# WRN-28-10 as today's best-known training methods were shown on it; each row's preset holds the recipe of the
+# method's own code (docs/training.md, "Modern recipes"), and its reference figure is that paper's.
+
+CUTOUT_SOURCE = (
+    "Cutout (DeVries & Taylor 2017), the README of uoguelph-mlrg/Cutout: WRN-28-10 + dropout 0.3, test error %, "
+    "mean of 5 runs"
+)
+CUTOUT = tuple(
+    Row(name, label, "wrn-28-10", ds, err, 36.5, preset=f"{ds}-wrn-28-10-cutout", settings=settings)
+    for ds, px, base_err, cut_err in (("cifar10", 16, 3.87, 3.08), ("cifar100", 8, 18.8, 18.41))
+    for name, label, err, settings in (
+        (f"{ds}-wrn-28-10-cutout-baseline", "WRN-28-10 + dropout", base_err, (("dataset.cutout", 0),)),
+        (f"{ds}-wrn-28-10-cutout", f"WRN-28-10 + dropout + Cutout {px} px", cut_err, ()),
+    )
+)
+
+AUTOAUGMENT_SOURCE = (
+    "AutoAugment (Cubuk et al., CVPR 2019), Tables 2 and 3: WRN-28-10 with the CIFAR-10 policy and Cutout "
+    "16 px, test error % (2.6 ± 0.1 and 17.1 ± 0.3)"
+)
+AUTOAUGMENT = tuple(
+    Row(f"{ds}-wrn-28-10-autoaugment", "WRN-28-10 + AutoAugment + Cutout", "wrn-28-10", ds, err, 36.5,
+        preset=f"{ds}-wrn-28-10-autoaugment")
+    for ds, err in (("cifar10", 2.6), ("cifar100", 17.1))
+)  # fmt: skip
+
+SAM_SOURCE = (
+    "SAM (Foret et al., ICLR 2021), Table 1: WRN-28-10, 200 epochs, SAM and its SGD baseline with the same "
+    "recipe, test error %"
+)
+_SAM = (  # (augmentation label, preset suffix, CIFAR-10 SAM / SGD, CIFAR-100 SAM / SGD)
+    ("basic", "", (2.7, 3.5), (16.5, 18.8)),
+    ("Cutout", "-cutout", (2.3, 2.6), (14.9, 16.9)),
+    ("AutoAugment", "-autoaugment", (2.1, 2.3), (13.6, 15.8)),
+)
+SAM = tuple(
+    Row(f"{ds}-wrn-28-10-sam{suffix}{'-sgd' if sgd else ''}", f"{aug}, {'SGD' if sgd else 'SAM'}", "wrn-28-10",
+        ds, errors[ds][sgd], 36.5, preset=f"{ds}-wrn-28-10-sam{suffix}",
+        settings=(("optim.sam_rho", 0.0),) if sgd else ())
+    for ds in ("cifar10", "cifar100")
+    for aug, suffix, c10, c100 in _SAM
+    for errors in ({"cifar10": c10, "cifar100": c100},)
+    for sgd in (0, 1)
+)  # fmt: skip
+
+
 def _pick(rows: tuple[Row, ...], *names: str) -> tuple[Row, ...]:
     by_name = {r.name: r for r in rows}
     return tuple(by_name[n] for n in names)
@@ -321,6 +378,33 @@ EXPERIMENTS: dict[str, Experiment] = {
             columns=("svhn",),
         ),
         Experiment(
+            "cutout",
+            "Cutout",
+            "WRN-28-10 + dropout with and without Cutout (one 16 px hole on CIFAR-10, 8 px on CIFAR-100), "
+            "the recipe of uoguelph-mlrg/Cutout",
+            CUTOUT,
+            columns=("cifar10", "cifar100"),
+            source=CUTOUT_SOURCE,
+        ),
+        Experiment(
+            "autoaugment",
+            "AutoAugment",
+            "WRN-28-10 with the AutoAugment CIFAR-10 policy and Cutout, cosine lr, the recipe of "
+            "tensorflow/models research/autoaugment",
+            AUTOAUGMENT,
+            columns=("cifar10", "cifar100"),
+            source=AUTOAUGMENT_SOURCE,
+        ),
+        Experiment(
+            "sam",
+            "SAM",
+            "WRN-28-10 trained with SAM and with plain SGD, basic, Cutout and AutoAugment augmentation, the "
+            "recipe of google-research/sam",
+            SAM,
+            columns=("cifar10", "cifar100"),
+            source=SAM_SOURCE,
+        ),
+        Experiment(
             "figure4",
             "Figure 4",
             "time of forward + backward + update of a minibatch of 32 (`wrn bench figure4`): thin vs wide",
@@ -398,15 +482,28 @@ def family(model: str) -> str:
     return "wide"  # ImageNet nets: large feature maps keep a GPU busy
 
 
+@functools.cache
+def row_recipe(row: Row) -> tuple[int, int]:
+    """(epochs, forward-backward passes per training step) of ``row``'s recipe: 2 passes with SAM, else 1."""
+    if row.preset is None and not row.settings:
+        return recipe_epochs(row.dataset), 1
+    from wrn.train.config import build_config
+
+    cfg = build_config(None, row.config(0))
+    return cfg.schedule.epochs, 2 if cfg.optim.sam_rho else 1
+
+
 def run_flops(row: Row, epochs: int | None = None) -> float:
-    """FLOPs of one run of ``row`` with the paper's recipe: training steps plus one test pass per epoch."""
+    """FLOPs of one run of ``row`` with its recipe: training steps (twice the passes with SAM) plus one test
+    pass per epoch."""
     if row.model is None:
         return 0.0
     info = DATASETS[row.dataset]
     train, test = info.train_size, info.test_size
-    epochs = recipe_epochs(row.dataset) if epochs is None else epochs
+    recipe, passes = row_recipe(row)
+    epochs = recipe if epochs is None else epochs
     macs = FORWARD_MACS[row.model]
-    return epochs * (6 * macs * train + 2 * macs * test)
+    return epochs * (6 * macs * train * passes + 2 * macs * test)
 
 
 def gpu_hours(row: Row, tflops_wide: float = ASSUMED_TFLOPS_WIDE, efficiencies: dict | None = None) -> float:
@@ -440,4 +537,4 @@ def bench_rates(figure4: dict) -> tuple[float, dict[str, float]]:
 
 def total_epochs(exp: Experiment) -> int:
     """Epochs of one seed of the experiment with the paper's recipes."""
-    return sum(recipe_epochs(r.dataset) for r in exp.runnable_rows)
+    return sum(row_recipe(r)[0] for r in exp.runnable_rows)

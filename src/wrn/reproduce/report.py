@@ -47,7 +47,8 @@ __all__ = ["ReportError", "write_report", "collect_report"]
 TITLE = "Wide Residual Networks: our results beside the paper's"
 INTRO = (
     "Errors are test errors in percent of the last epoch (never the best one), medians over the finished "
-    "seeds; the paper's are medians of 5 runs (its Table 9: best single runs)."
+    "seeds; the paper's are medians of 5 runs (its Table 9: best single runs). The sections of today's "
+    "recipes (Cutout, AutoAugment, SAM) stand beside their own papers' figures, named in each."
 )
 
 
@@ -170,11 +171,12 @@ def _seeds_sentence(seeds: list) -> str:
 
 def table_section(out: Path, data: dict, exp: Experiment, results: list[RowResult]) -> Section:
     scaled = scaled_of(data, results)
-    intro = (
-        f"The paper's {exp.title}: {exp.description}."
-        if scaled
-        else f"{exp.description[0].upper()}{exp.description[1:]}."
-    )
+    if exp.source:
+        intro = f"{exp.title}: {exp.description}. The paper's figures: {exp.source}."
+    elif scaled:
+        intro = f"The paper's {exp.title}: {exp.description}."
+    else:
+        intro = f"{exp.description[0].upper()}{exp.description[1:]}."
     section = Section(exp.title, [intro, _seeds_sentence(list(data.get("seeds") or []))], out, scaled)
     section.tables.append(results_table(results, compared=scaled is None))
     for res in results:
@@ -212,6 +214,8 @@ def paper_order(name: str) -> tuple:
         return (int(exp.view_of.removeprefix("table")), 1)
     if name.startswith("table") and name[5:].isdigit():
         return (int(name[5:]), 0)
+    if exp is not None and exp.source:  # today's recipes: after the paper's, in the order they are listed
+        return (200 + list(EXPERIMENTS).index(name), 0)
     return (100, 0)
 
 

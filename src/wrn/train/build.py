@@ -156,6 +156,7 @@ def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo)
         workers=data.workers,
         eval_batch_size=cfg.optim.eval_batch_size,
         per_image=PerImage(data.policy, data.randaugment_n, data.randaugment_m, data.random_erasing),
+        crop_padding=data.crop_padding,
     )
     if len(train_loader) == 0:
         raise ConfigError(

@@ -101,6 +101,11 @@ class DataSection(_Section):
     normalization: Literal["cifar10", "cifar100", "svhn", "digits", "imagenet", "zca", "none"] | None = (
         flagged(None, "--normalization", "input normalisation (default: the data set's)")
     )
+    crop_padding: Literal["reflect", "zeros"] = flagged(
+        "reflect",
+        "--crop-padding",
+        "border of the training crop: reflect (the paper's) or zeros (torchvision's RandomCrop(padding=4))",
+    )
     image_size: int | None = flagged(
         None, "--image-size", "training crop side (ImageNet / image folders)", gt=0
     )
