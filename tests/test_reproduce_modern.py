@@ -16,7 +16,7 @@ import yaml
 from wrn.cli import main as wrn_main
 from wrn.reproduce import experiments as E
 from wrn.reproduce import grid as G
-from wrn.train.config import build_config, flatten, resolve
+from wrn.train.config import build_config, dump_yaml, flatten, resolve
 
 # What each method's code trains, in our config's keys (beside the WRN paper's CIFAR recipe where they agree).
 CUTOUT_CODE = {
@@ -27,7 +27,7 @@ CUTOUT_CODE = {
     "dataset.normalization": "cifar10", "dataset.policy": "none", "optim.sam_rho": 0.0,
 }  # fmt: skip
 AUTOAUGMENT_CODE = {
-    "model.name": "wrn-28-10", "model.dropout": None, "optim.lr": 0.1, "optim.momentum": 0.9,
+    "model.name": "wrn-28-10", "model.dropout": 0.0, "optim.lr": 0.1, "optim.momentum": 0.9,
     "optim.nesterov": True, "optim.weight_decay": 5e-4, "optim.decay_norm_and_bias": True,
     "optim.batch_size": 128, "optim.grad_clip": 5.0, "schedule.name": "cosine", "schedule.epochs": 200,
     "schedule.reset_momentum": False, "dataset.augment": "flip-crop", "dataset.crop_padding": "zeros",
@@ -135,7 +135,9 @@ def test_the_report_sets_ours_beside_each_papers_figure(tmp_path, capsys):
     for i, spec in enumerate(plan.runs):
         run = spec.dir
         run.mkdir(parents=True)
-        (run / "config.yaml").write_text(plan.configs[spec.key])
+        # what `wrn train --config` writes: the run's config file with the machine's choices filled in
+        cfg = resolve(build_config(None, yaml.safe_load(plan.configs[spec.key])), cuda_available=True)
+        (run / "config.yaml").write_text(dump_yaml(cfg))
         ours[spec.row.name] = err = 2.0 + i / 4
         lines = [{"epoch": e, "lr": 0.1, "train_loss": 1.0, "test_error": err, "train_time": 30.0,
                   "test_time": 3.0, "train_precision": "bf16"} for e in (1, 2)]  # fmt: skip

@@ -37,11 +37,22 @@ def test_every_preset_validates_resolves_and_has_a_description():
         model_part = (
             name.split("-", 1)[1].removesuffix("-zca").removesuffix("-dropout") if name != "demo" else None
         )
+        today = next((s for s in TODAYS_RECIPES if name.endswith(s)), None)
+        if today:  # today's recipes: <dataset>-<model>-<recipe>, the recipe's own options on
+            model_part = model_part.removesuffix(today)
+            assert ("sam" in today) == (cfg.optim.sam_rho > 0), name
+            assert ("cutout" in today or "autoaugment" in today) == (cfg.dataset.cutout > 0), name
+            assert ("autoaugment" in today) == (cfg.dataset.policy == "autoaugment"), name
         if model_part:
             assert cfg.model.name == model_part, name
             assert name.startswith(cfg.dataset.name + "-"), name
         assert (cfg.dataset.normalization == "zca") == name.endswith("-zca"), name
-        assert (cfg.model.dropout > 0) == name.endswith("-dropout"), name
+        if not today:  # the Cutout recipe keeps its code's dropout
+            assert (cfg.model.dropout > 0) == name.endswith("-dropout"), name
+
+
+# The suffixes of today's recipes (docs/training.md, "Modern recipes")
+TODAYS_RECIPES = ("-sam-autoaugment", "-sam-cutout", "-sam", "-autoaugment", "-cutout")
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])

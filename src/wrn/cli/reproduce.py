@@ -303,7 +303,8 @@ def run_list(args: argparse.Namespace) -> int:
             f"{exp.name:<11} {len(exp.rows):>4} {len(rows):>9} {E.total_epochs(exp):>11,} {hours:>8,.0f}  {data:<24} {what}"
         )
     print(
-        f"* estimated GPU-hours (no GPU was measured) of {seeds_text}: FLOPs of the paper's recipes at {how}, "
+        f"* estimated GPU-hours (no GPU was measured) of {seeds_text}: FLOPs of each row's recipe (SAM: two "
+        f"passes per step) at {how}, "
         "thin nets at the share of it the paper's own timings give them (docs/reproduce.md)"
     )
     return 0

@@ -378,6 +378,12 @@ EXPERIMENTS: dict[str, Experiment] = {
             columns=("svhn",),
         ),
         Experiment(
+            "figure4",
+            "Figure 4",
+            "time of forward + backward + update of a minibatch of 32 (`wrn bench figure4`): thin vs wide",
+            kind="bench",
+        ),
+        Experiment(
             "cutout",
             "Cutout",
             "WRN-28-10 + dropout with and without Cutout (one 16 px hole on CIFAR-10, 8 px on CIFAR-100), "
@@ -403,12 +409,6 @@ EXPERIMENTS: dict[str, Experiment] = {
             SAM,
             columns=("cifar10", "cifar100"),
             source=SAM_SOURCE,
-        ),
-        Experiment(
-            "figure4",
-            "Figure 4",
-            "time of forward + backward + update of a minibatch of 32 (`wrn bench figure4`): thin vs wide",
-            kind="bench",
         ),
     )
 }
