@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
 
@@ -291,8 +292,11 @@ ALL_ON_ARGS = [
     "train", "--preset", "demo", "--model", "wrn-10-1", "--batch-size", "128", "--epochs", "3",
     "--cutout", "4", "--ema", "0.9", "--mixup", "0.4", "--cutmix", "1.0", "--label-smoothing", "0.1",
     "--sam", "0.05", "--warmup-epochs", "1", "--grad-clip", "5", "--no-decay-norm-and-bias", "--ema-warmup",
-    "--checkpoint-every", "1steps", "--no-progress",
+    "--augment", "flip-crop", "--crop-padding", "zeros", "--policy", "autoaugment", "--random-erasing", "0.5",
+    "--workers", "2", "--checkpoint-every", "1steps", "--no-progress",
 ]  # fmt: skip
+# WRN_SLOW=1: a kill in epoch 1 and one in epoch 2; by default the one in epoch 2
+KILL_STEPS = (7, 19) if os.environ.get("WRN_SLOW") == "1" else (19,)
 
 
 def test_kill_9_twice_with_every_recipe_on_then_resume_is_bitwise(tmp_path):
@@ -300,7 +304,7 @@ def test_kill_9_twice_with_every_recipe_on_then_resume_is_bitwise(tmp_path):
     assert run_wrn(*ALL_ON_ARGS, "--out", tmp_path / "straight").returncode == 0
     killed = tmp_path / "killed"
     args = [*ALL_ON_ARGS, "--out", str(killed)]
-    for target in (7, 19):  # of 3 x 11 steps: in epoch 1, then in epoch 2
+    for target in KILL_STEPS:  # of 3 x 11 steps: in epoch 1, then in epoch 2
         proc = start_wrn(*args)
         deadline = time.monotonic() + 120
         while _checkpoint_step(killed) < target and proc.poll() is None and time.monotonic() < deadline:
@@ -313,6 +317,8 @@ def test_kill_9_twice_with_every_recipe_on_then_resume_is_bitwise(tmp_path):
         assert int(state["ema"]["n_averaged"]) == state["global_step"]  # the EMA warm-up's count
         assert len(state["optimizer"]["param_groups"]) == 2  # no weight decay on the 1-d parameters
         assert {"cutout", "mixing"} <= set(state["ranks"][0])
+        loader = state["ranks"][0]["loader"]  # mid-epoch: the policy's workers killed with the run
+        assert 0 < loader["position"] < 11
         args = ["train", "--resume", str(killed), "--no-progress"]
     proc = start_wrn(*args)
     out, err = proc.communicate(timeout=300)
