@@ -9,6 +9,7 @@ import math
 import os
 import signal
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -283,6 +284,23 @@ def test_digits_with_cutout_and_ema_trains_and_saves_the_average(tmp_path, capsy
         f"is complete: 6 of 6 epochs trained (the EMA weights' test error {last['ema_test_error']:.2f}%)"
         in said
     )
+
+
+def test_a_cutout_hole_as_large_as_the_images_is_warned_about(tmp_path, capsys):
+    """A recipe's 16 px on the 8x8 digits (a scaled-down grid of `wrn reproduce cutout`) leaves nothing to see."""
+    args = ["train", "--preset", "demo", "--model", "wrn-10-1", "--epochs", "1", "--batch-size", "256"]
+    for hole, warned in ((8, True), (4, False)):  # the boundary: a hole as large as the image
+        run = tmp_path / f"hole-{hole}"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert wrn.cli.main([*args, "--cutout", str(hole), "--no-progress", "--out", str(run)]) == 0
+        said = [str(w.message) for w in caught if "--cutout" in str(w.message)]
+        assert bool(said) == warned, said
+        if warned:
+            assert said == [
+                f"--cutout {hole} is not smaller than the 8x8 images: each hole covers most or all of its image; "
+                "give --cutout 4 or less (Cutout's 16 px is for 32x32 CIFAR-10)"
+            ]
 
 
 ALL_ON = {"dataset.mixup": 0.4, "dataset.cutmix": 1.0}  # mixup and CutMix, beside _small's Cutout and EMA

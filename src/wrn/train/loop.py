@@ -618,7 +618,8 @@ def _header(loop: Loop, resumed: bool) -> None:
     cfg, state, device = loop.cfg, loop.state, loop.device
     if not loop.dist.is_main:
         return
-    for text in [*recipe.warnings_for(cfg.schedule), amp_warning(device, cfg.run.amp), _busy_cpu(device)]:
+    hole = _cutout_warning(cfg.dataset.cutout, int(loop.info.image_size or 0))
+    for text in [*recipe.warnings_for(cfg.schedule), hole, amp_warning(device, cfg.run.amp), _busy_cpu(device)]:
         if text:
             _warn(text)
     where = "continuing" if resumed else "run directory"
@@ -633,6 +634,16 @@ def _header(loop: Loop, resumed: bool) -> None:
         f"{recipe.describe(cfg.schedule, cfg.optim.lr)}{recipe.describe_optim(cfg.optim)}, device {device}{threads}"
         + (f" x {loop.dist.world_size} processes" if loop.dist.enabled else "")
         + f", amp {cfg.run.amp}",
+    )
+
+
+def _cutout_warning(hole: int, side: int) -> str | None:
+    """A Cutout hole as large as the images (a recipe's 16 px on the 8x8 digits) leaves nothing to learn from."""
+    if not hole or not side or hole < side:
+        return None
+    return (
+        f"--cutout {hole} is not smaller than the {side}x{side} images: each hole covers most or all of its "
+        f"image; give --cutout {max(1, side // 2)} or less (Cutout's 16 px is for 32x32 CIFAR-10)"
     )
 
 
