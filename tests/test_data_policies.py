@@ -48,8 +48,7 @@ def _crop_flipped(x, y, batch_size, seed, epochs, augment="flip-crop"):
             (x[plan["index"][sel]], plan["offset"][sel], plan["flip"][sel])
             for sel in (slice(b * batch_size, (b + 1) * batch_size) for b in range(len(plain)))
         ])  # fmt: skip
-        for _ in plain:  # on to the next epoch
-            pass
+        assert sum(1 for _ in plain) == len(plain)  # on to the next epoch
     return out
 
 

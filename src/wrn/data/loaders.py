@@ -59,14 +59,7 @@ def make_loaders(
     applied image by image in ``workers`` processes, whichever loader it is.
     """
     info = dataset_info(dataset)
-    augment = augment or info.augment
-    normalization = normalization or info.normalization
-    if augment not in AUGMENT_CHOICES:
-        raise ConfigError(f"unknown augment {augment!r}: choose one of {', '.join(AUGMENT_CHOICES)}.")
-    if normalization not in NORMALIZATION_CHOICES:
-        raise ConfigError(
-            f"unknown normalization {normalization!r}: choose one of {', '.join(NORMALIZATION_CHOICES)}."
-        )
+    augment, normalization = _checked_choices(augment or info.augment, normalization or info.normalization)
     split_train = split_train or info.train_split
     split_test = split_test or info.test_split
     eval_batch_size = eval_batch_size or batch_size
@@ -106,6 +99,16 @@ def make_loaders(
     test = DeviceLoader(x_te, y_te, eval_batch_size, train=False, normalize=normalize, seed=seed, **common)
     info = dataclasses.replace(info, in_channels=int(x_tr.shape[1]), image_size=int(x_tr.shape[-1]))
     return train, test, info
+
+
+def _checked_choices(augment: str, normalization: str) -> tuple[str, str]:
+    if augment not in AUGMENT_CHOICES:
+        raise ConfigError(f"unknown augment {augment!r}: choose one of {', '.join(AUGMENT_CHOICES)}.")
+    if normalization not in NORMALIZATION_CHOICES:
+        raise ConfigError(
+            f"unknown normalization {normalization!r}: choose one of {', '.join(NORMALIZATION_CHOICES)}."
+        )
+    return augment, normalization
 
 
 def _folder_loaders(

@@ -619,7 +619,12 @@ def _header(loop: Loop, resumed: bool) -> None:
     if not loop.dist.is_main:
         return
     hole = _cutout_warning(cfg.dataset.cutout, int(loop.info.image_size or 0))
-    for text in [*recipe.warnings_for(cfg.schedule), hole, amp_warning(device, cfg.run.amp), _busy_cpu(device)]:
+    for text in [
+        *recipe.warnings_for(cfg.schedule),
+        hole,
+        amp_warning(device, cfg.run.amp),
+        _busy_cpu(device),
+    ]:
         if text:
             _warn(text)
     where = "continuing" if resumed else "run directory"
