@@ -55,8 +55,8 @@ class DeviceLoader(EpochLoader):
     loaders (``train=False``) keep the order, do not augment and keep every sample (an uneven shard per rank:
     sum the per-rank counts).
 
-    ``per_image`` (training only): a policy and/or random erasing applied per image after the crop and flip,
-    in ``workers`` DataLoader processes (0: in this one); with it off nothing is drawn or done differently.
+    ``per_image`` (training only): a policy applied per image before the crop and flip (the AutoAugment code's
+    order) and/or random erasing after normalisation, in ``workers`` DataLoader processes (0: in this one); with it off nothing is drawn or done differently.
 
     The order and augmentation of an epoch depend only on ``seed`` and the epoch index, whatever the device;
     :meth:`state_dict` / :meth:`load_state_dict` save and restore the epoch, the position in it and the
@@ -198,7 +198,7 @@ class DeviceLoader(EpochLoader):
         what = self.per_image.describe()
         if self.augment == "imagenet":
             raise ConfigError(
-                f"{what} works after the crop and flip of augment none, crop or flip-crop, not after the "
+                f"{what} works with the crop and flip of augment none, crop or flip-crop, not with the "
                 "imagenet augmentation: drop --policy / --random-erasing or choose another --augment."
             )
         if x.dtype != torch.uint8:

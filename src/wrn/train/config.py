@@ -135,12 +135,13 @@ class DataSection(_Section):
         ge=0.0,
     )
     # torchvision's AutoAugment(CIFAR10 policy) / RandAugment / TrivialAugmentWide on each uint8 training image
-    # after the crop and flip, in the loader's worker processes (wrn.data.policies)
+    # before the crop and flip (image folders: after), in the loader's worker processes (wrn.data.policies)
     policy: Literal["none", "autoaugment", "randaugment", "trivialaugment"] = flagged(
         "none",
         "--policy",
-        "per-image augmentation policy after the crop and flip: AutoAugment's CIFAR-10 policy, RandAugment "
-        "(--randaugment-n, --randaugment-m) or TrivialAugmentWide (default none)",
+        "per-image augmentation policy (before the crop and flip, as the AutoAugment code; image folders: "
+        "after): AutoAugment's CIFAR-10 policy, RandAugment (--randaugment-n, --randaugment-m) or "
+        "TrivialAugmentWide (default none)",
     )
     randaugment_n: int = flagged(
         2, "--randaugment-n", "RandAugment: number of operations per image (N, default 2)", ge=1, le=16
