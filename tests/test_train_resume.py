@@ -62,8 +62,10 @@ def test_kill_9_three_times_then_resume_gives_bitwise_identical_weights(tmp_path
 
     killed = tmp_path / "killed"
     rng = random.Random(1234)
-    # 3 epochs x 89 steps; one kill early in epoch 1, one around the first drop, one in epoch 3.
+    # 3 epochs x 89 steps; one kill early in epoch 1, one around the first drop, one in epoch 3 (WRN_SLOW=1);
+    # by default the one around the first drop
     targets = [rng.randint(5, 60), rng.randint(85, 150), rng.randint(180, 230)]
+    targets = targets if os.environ.get("WRN_SLOW") == "1" else targets[1:2]
     args = [*RUN_ARGS, "--out", str(killed)]
     for target in targets:
         proc = wrn_cli(*args)

@@ -131,9 +131,18 @@ def test_edits_to_config_yaml_are_named_ignored_and_kept_aside(tmp_path):
     assert [r["lr"] for r in records] == [0.1, 0.1]
 
 
-def test_eval_names_a_channel_mismatch_and_takes_a_split(finished, tmp_path):
+def test_eval_names_a_channel_mismatch_and_takes_a_split(finished, tmp_path, capsys):
     import numpy as np
     from PIL import Image
+
+    def wrn_eval(*args):  # the real command line, in this process (five start-ups of torch saved)
+        from types import SimpleNamespace
+
+        from wrn.cli import main
+
+        code = main(["eval", *map(str, args)])
+        out, err = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
 
     run, _ = finished
     rng = np.random.default_rng(0)
@@ -142,21 +151,21 @@ def test_eval_names_a_channel_mismatch_and_takes_a_split(finished, tmp_path):
             folder = tmp_path / "rgb" / split / f"class{c}"
             folder.mkdir(parents=True)
             Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / "0.png")
-    proc = wrn_cli("eval", str(run), "--dataset", "imagefolder", "--data-dir", str(tmp_path / "rgb"))
+    proc = wrn_eval(str(run), "--dataset", "imagefolder", "--data-dir", str(tmp_path / "rgb"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "takes grayscale (1 channel) images but imagefolder" in proc.stderr
     assert "gives RGB (3 channels) ones" in proc.stderr and proc.stderr.count("\n") == 1
 
-    test = json.loads(wrn_cli("eval", str(run), "--json").stdout)
-    on_train = json.loads(wrn_cli("eval", str(run), "--split", "train", "--json").stdout)
+    test = json.loads(wrn_eval(str(run), "--json").stdout)
+    on_train = json.loads(wrn_eval(str(run), "--split", "train", "--json").stdout)
     assert (test["split"], test["n"]) == ("test", 360) and (on_train["split"], on_train["n"]) == (
         "train",
         1437,
     )
-    fetched = wrn_cli("eval", str(run), "--download", "--data-dir", str(tmp_path / "d"), "--json")
+    fetched = wrn_eval(str(run), "--download", "--data-dir", str(tmp_path / "d"), "--json")
     assert fetched.returncode == 0, fetched.stderr  # the digits need no download: the flags are accepted
     assert json.loads(fetched.stdout)["acc"] == test["acc"]
-    bad = wrn_cli("eval", str(run), "--split", "extra")
+    bad = wrn_eval(str(run), "--split", "extra")
     assert bad.returncode == 2 and "digits has no split 'extra'; choose one of train, test" in bad.stderr
 
 
