@@ -383,3 +383,7 @@ def test_format_epoch_summary():
     assert format_epoch_summary(3, 90, {"test_error": 24.1, "test_top5_error": 7.25}) == (
         "epoch  3/90  test error 24.10% top-5 error 7.25%"
     )
+    # --ema: the average's error beside the plain one, or alone (--eval-models ema)
+    ema = {"test_error": 5.5, "ema_test_loss": 0.2, "ema_test_acc": 95.9, "ema_test_error": 4.1}
+    assert format_epoch_summary(2, 9, ema) == "epoch 2/9  test error 5.50%  EMA error 4.10%"
+    assert format_epoch_summary(2, 9, {"ema_test_error": 4.1}) == "epoch 2/9  EMA error 4.10%"

@@ -225,6 +225,8 @@ def format_epoch_summary(epoch: int, epochs: int, record: dict) -> str:
         test.append(f"top-5 error {v:.2f}%")
     if test:
         parts.append("test " + " ".join(test))
+    if (v := _get(record, "ema_test_error")) is not None:  # --ema: the average's test pass
+        parts.append(f"EMA error {v:.2f}%")
 
     if (v := _get(record, "images_per_s")) is not None:
         parts.append(f"{v:.0f} img/s")
