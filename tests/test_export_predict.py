@@ -130,7 +130,16 @@ def test_torch_export_and_torchscript_files_run_at_other_sizes(run, tmp_path):
     assert json.loads(extra["wrn.json"])["input"]["channels"] == 1
 
 
-def test_export_refuses_what_it_cannot_do(run, tmp_path):
+def test_export_refuses_what_it_cannot_do(run, tmp_path, capsys):
+    def wrn_cli(*args):  # the real command line, in this process (six start-ups of torch saved)
+        from types import SimpleNamespace
+
+        from wrn.cli import main
+
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
     cases = [
         ([str(run), str(tmp_path / "m.pt")], "cannot tell the export format"),
         ([str(run), str(tmp_path / "m.onnx"), "--num-classes", "5"], "--num-classes applies to a model name"),

@@ -4,14 +4,11 @@ config.yaml with its provenance, runs killed before their first checkpoint, fini
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import WRN_ENV as ENV
 from conftest import run_wrn as wrn_cli
 
 SMALL = ["--preset", "demo", "--model", "wrn-10-1", "--no-progress"]
@@ -83,13 +80,13 @@ def test_resume_of_a_finished_run_says_so_and_changes_nothing(finished):
     assert snapshot(run) == before
 
 
-def test_a_run_killed_before_its_first_checkpoint_starts_afresh(tmp_path):
+def test_a_run_killed_before_its_first_checkpoint_starts_afresh(tmp_path, capsys):
+    from wrn.cli import main
+
     run = tmp_path / "early"
     run.mkdir()
-    config = subprocess.run(
-        [sys.executable, "-m", "wrn", "presets", "demo"], capture_output=True, text=True, env=ENV
-    ).stdout
-    data = yaml.safe_load(config)
+    assert main(["presets", "demo"]) == 0
+    data = yaml.safe_load(capsys.readouterr().out)
     data["model"]["name"] = "wrn-10-1"
     data["schedule"]["epochs"] = 1
     data["run"]["progress"] = False
