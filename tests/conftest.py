@@ -60,6 +60,19 @@ def run_wrn(*args: str, cwd=None, env: dict | None = None, timeout: float = 300)
     )
 
 
+def wrn_here(capsys, *args: str):
+    """The real command line (``wrn.cli.main``) in this process, its output read with pytest's ``capsys``: an
+    object with ``returncode``, ``stdout`` and ``stderr`` as :func:`run_wrn` gives them, without the start-up
+    of a new Python and torch. For commands that need no process of their own."""
+    from types import SimpleNamespace
+
+    from wrn.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+
 def start_wrn(*args: str, env: dict | None = None, **popen):
     """``python -m wrn ARGS`` started in the background: the Popen (stdout and stderr piped, text)."""
     import subprocess

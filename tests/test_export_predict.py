@@ -14,6 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import wrn_here
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -58,11 +60,11 @@ def _digits_test_images(tmp: Path, n: int = 24) -> tuple[list[Path], torch.Tenso
     return paths, x[:n], y[:n]
 
 
-def test_predict_reads_images_as_the_test_set_and_names_the_classes(run, tmp_path):
+def test_predict_reads_images_as_the_test_set_and_names_the_classes(run, tmp_path, capsys):
     import wrn
 
     paths, x, y = _digits_test_images(tmp_path)
-    proc = wrn_cli("predict", str(run), *map(str, paths), "--top-k", "3", "--json")
+    proc = wrn_here(capsys, "predict", str(run), *map(str, paths), "--top-k", "3", "--json")
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
     assert [r["image"] for r in results] == [str(p) for p in paths]
@@ -76,11 +78,11 @@ def test_predict_reads_images_as_the_test_set_and_names_the_classes(run, tmp_pat
         np.testing.assert_allclose([t["probability"] for t in r["top"]], top.values.tolist(), atol=1e-5)
     right = sum(r["top"][0]["class"] == int(label) for r, label in zip(results, y, strict=True))
     assert right >= 0.8 * len(results)  # it really classifies digits
-    text = wrn_cli("predict", str(run), str(paths[0]))
+    text = wrn_here(capsys, "predict", str(run), str(paths[0]))
     assert text.returncode == 0 and text.stdout.startswith(f"{paths[0]}: ") and "%" in text.stdout
     rgb = tmp_path / "big.png"  # any size and mode: converted to the model's channels and size
     Image.fromarray(np.repeat(np.kron(x[0, 0].numpy(), np.ones((4, 4), np.uint8))[..., None], 3, 2)).save(rgb)
-    proc = wrn_cli("predict", str(run), str(rgb), "--top-k", "3", "--json")
+    proc = wrn_here(capsys, "predict", str(run), str(rgb), "--top-k", "3", "--json")
     assert proc.returncode == 0, proc.stderr
     # the reference: PIL's grey conversion and bilinear resize to the training size, the run's constants
     small = np.asarray(Image.open(rgb).convert("L").resize((8, 8), Image.BILINEAR), dtype=np.float32)
@@ -131,14 +133,8 @@ def test_torch_export_and_torchscript_files_run_at_other_sizes(run, tmp_path):
 
 
 def test_export_refuses_what_it_cannot_do(run, tmp_path, capsys):
-    def wrn_cli(*args):  # the real command line, in this process (six start-ups of torch saved)
-        from types import SimpleNamespace
-
-        from wrn.cli import main
-
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+    def wrn_cli(*args):  # in this process: six start-ups of torch saved
+        return wrn_here(capsys, *args)
 
     cases = [
         ([str(run), str(tmp_path / "m.pt")], "cannot tell the export format"),

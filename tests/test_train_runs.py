@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from conftest import run_wrn as wrn_cli
+from conftest import wrn_here
 
 SMALL = ["--preset", "demo", "--model", "wrn-10-1", "--no-progress"]
 
@@ -132,14 +133,8 @@ def test_eval_names_a_channel_mismatch_and_takes_a_split(finished, tmp_path, cap
     import numpy as np
     from PIL import Image
 
-    def wrn_eval(*args):  # the real command line, in this process (five start-ups of torch saved)
-        from types import SimpleNamespace
-
-        from wrn.cli import main
-
-        code = main(["eval", *map(str, args)])
-        out, err = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+    def wrn_eval(*args):  # in this process: five start-ups of torch saved
+        return wrn_here(capsys, "eval", *args)
 
     run, _ = finished
     rng = np.random.default_rng(0)
