@@ -12,7 +12,16 @@ import torch
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 
+# The files whose tests start real processes (trainings, grids, torchrun, Ray), the longest first: they are handed
+# out to the pytest-xdist workers before the quick ones, so that no worker waits idle at the end for the other.
+LONG_FILES = ("test_reproduce", "test_grid_runner", "test_train_runs", "test_train_resume", "test_train_cli",
+              "test_train_recipes_modern", "test_export_predict", "test_train_ddp", "test_train_faults",
+              "test_data_policies", "test_train_optim_modern")  # fmt: skip
+
+
 def pytest_collection_modifyitems(config, items):
+    order = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: order.get(item.path.stem, len(order)))  # stable: the order within a file kept
     if os.environ.get("WRN_SLOW") == "1":
         return
     skip = pytest.mark.skip(reason="long check: run with WRN_SLOW=1 (a short version runs by default)")
