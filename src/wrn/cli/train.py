@@ -115,21 +115,11 @@ def _run(args: argparse.Namespace) -> int:
             for text in recipe.warnings_for(resolved.schedule):
                 print(f"warning: {text}", file=sys.stderr)
             return 0
-        _say_per_image(cfg)
         train(cfg, args.out, verbose=True)
         return 0
     except Interrupted as exc:
         print(f"wrn train: {exc}", file=sys.stderr)
         return 128 + int(exc.signum) if exc.signum in (signal.SIGINT, signal.SIGTERM) else 1
-
-
-def _say_per_image(cfg) -> None:
-    """The header line of the per-image policies and random erasing, when they are on."""
-    from wrn.data.policies import describe_data
-
-    text = describe_data(cfg.dataset)
-    if text:
-        print(text, flush=True)
 
 
 def _check_resume_options(args: argparse.Namespace, overrides: dict[str, Any]) -> None:

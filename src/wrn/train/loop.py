@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from wrn.data.policies import describe_data
 from wrn.errors import ConfigError, WriteError, WRNError
 from wrn.train import checkpoint as ckpt
 from wrn.train import distributed as D
@@ -640,6 +641,9 @@ def _header(loop: Loop, resumed: bool) -> None:
         + (f" x {loop.dist.world_size} processes" if loop.dist.enabled else "")
         + f", amp {cfg.run.amp}",
     )
+    per_image = describe_data(cfg.dataset)  # the policies and random erasing, when on
+    if per_image:
+        _say(loop.verbose, per_image)
 
 
 def _cutout_warning(hole: int, side: int) -> str | None:
