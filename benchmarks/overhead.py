@@ -52,16 +52,17 @@ def timed_calls(durations: dict, cpu: dict):
     CPU seconds add up in ``cpu[label]``."""
     import wrn
     import wrn.train.checkpoint
+    import wrn.train.epoch
     import wrn.train.logging
-    import wrn.train.loop
     import wrn.train.plot
+    import wrn.train.run
     import wrn.train.step
 
     targets = [
         ("checkpoint writes", wrn.train.checkpoint, "atomic_save"),
-        ("evaluation", wrn.train.loop, "evaluate"),
-        ("read data files", wrn.train.loop, "build_loaders"),
-        ("build model", wrn.train.loop, "build_model"),
+        ("evaluation", wrn.train.epoch, "evaluate"),
+        ("read data files", wrn.train.run, "build_loaders"),
+        ("build model", wrn.train.run, "build_model"),
         ("logging", wrn.train.logging.RunLogger, "__init__"),
         ("logging", wrn.train.logging.RunLogger, "log_epoch"),
         ("logging", wrn.train.logging.RunLogger, "close"),
@@ -136,8 +137,8 @@ def main() -> int:
     from wrn.bench.cifar_files import write_random_cifar10
     from wrn.bench.common import machine_info, prepare_device, random_images, resolve_settings
     from wrn.bench.train import release
-    from wrn.train.config import build_config
-    from wrn.train.loop import train
+    from wrn.train.compose import build_config
+    from wrn.train.run import train
 
     settings = resolve_settings(
         args.model,

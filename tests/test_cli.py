@@ -174,4 +174,5 @@ def test_one_epoch_is_singular_and_top5_is_reported_for_many_classes(tmp_path):
     evaluated = wrn_cli("eval", str(run))
     assert evaluated.returncode == 0 and f"top-5 error {record['test_top5_error']:.2f}%" in evaluated.stdout
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["dataset"]["image_size"] == 8  # the size the folder's images were read at
+    # the size the folder's images were read at: what the data gave, in the provenance; the user's section as given
+    assert config["provenance"]["image_size"] == 8 and config["dataset"]["image_size"] is None

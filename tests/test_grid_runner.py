@@ -235,15 +235,15 @@ def test_a_run_killed_by_a_fault_is_retried_from_its_checkpoint(tmp_path, capsys
 def test_each_runs_config_file_is_its_whole_config(name, values, tmp_path):
     """What `wrn train --config FILE` builds from a run's config file is the config the grid validated."""
     from wrn.reproduce import grid as G
-    from wrn.train.config import build_config
+    from wrn.train.compose import build_config
 
     plan = G.make_plan(name, tmp_path / "out", 2, G.Overrides(values=values))
     assert len(plan.configs) == 2 * len(plan.experiment.runnable_rows)
     for spec in plan.runs:
         G.write_config(plan, spec)
         data = yaml.safe_load(spec.config_path.read_text())
-        assert set(data) == {"preset", "description", "model", "dataset", "optim", "schedule", "run",
-                             "provenance"}  # fmt: skip
+        assert set(data) == {"preset", "description", "model", "dataset", "optim", "schedule", "objective",
+                             "run", "provenance"}  # fmt: skip
         cfg = build_config(None, str(spec.config_path))
         assert cfg == plan.resolved[spec.key], spec.key
         assert cfg.run.seed == spec.seed and cfg.model.name == values.get("model.name", spec.row.model)

@@ -318,6 +318,7 @@ def test_kill_9_of_the_orchestrator_loses_nothing(killed_grid):
         "dataset",
         "optim",
         "schedule",
+        "objective",
         "run",
         "provenance",
     ]

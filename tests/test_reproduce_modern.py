@@ -16,7 +16,8 @@ import yaml
 from wrn.cli import main as wrn_main
 from wrn.reproduce import experiments as E
 from wrn.reproduce import grid as G
-from wrn.train.config import build_config, dump_yaml, flatten, resolve
+from wrn.train.compose import build_config, dump_yaml, flatten
+from wrn.train.resolve import resolve
 
 # What each method's code trains, in our config's keys (beside the WRN paper's CIFAR recipe where they agree).
 CUTOUT_CODE = {

@@ -61,9 +61,12 @@ MORE_BAD_INPUTS = {
     "presets-unknown": (["presets", "nope"], "unknown preset 'nope'"),
     "lr-boolean": (
         ["train", "--preset", "demo", "--lr", "true"],
-        "optim.lr = True is invalid: expected a number",
+        "optim.lr = 'true' is invalid: input should be a valid number, unable to parse string as a number",
     ),
-    "batch-size-boolean": (["train", "--preset", "demo", "--batch-size", "yes"], "optim.batch_size = True"),
+    "batch-size-boolean": (
+        ["train", "--preset", "demo", "--batch-size", "yes"],
+        "optim.batch_size = 'yes' is invalid: input should be a valid integer, unable to parse string as an integer",
+    ),
     "sync-bn-on-cpu": (["train", "--preset", "demo", "--sync-bn", "--device", "cpu"], "--sync-bn needs CUDA"),
 }
 
@@ -241,7 +244,7 @@ def test_a_repacked_cifar_copy_trains_only_with_no_verify(tmp_path):
 
 def test_resume_refuses_fewer_epochs_than_done_and_a_new_dataset_gets_its_own_defaults(tmp_path):
     from wrn.train import build_config, train
-    from wrn.train.config import resolve
+    from wrn.train.resolve import resolve
 
     run = tmp_path / "run"
     cfg = build_config(

@@ -8,7 +8,9 @@ import pytest
 import yaml
 
 from wrn.errors import ConfigError
-from wrn.train.config import TrainConfig, build_config, dump_yaml, list_presets, resolve, validate
+from wrn.train.compose import build_config, dump_yaml, list_presets
+from wrn.train.config import TrainConfig, validate
+from wrn.train.resolve import resolve
 
 PAPER_CIFAR = {
     "wrn-40-4": 0.0,
@@ -136,7 +138,7 @@ def test_epochs_move_the_recipe_s_drops_keeping_the_epochs_before_each(preset, e
 
 def test_given_milestones_are_kept_on_every_path(tmp_path, capsys):
     from wrn.cli import main
-    from wrn.train.config import with_epochs
+    from wrn.train.compose import with_epochs
 
     # the command line: --milestones with --epochs
     assert (
@@ -165,13 +167,15 @@ def test_given_milestones_are_kept_on_every_path(tmp_path, capsys):
 
 
 def test_only_given_milestones_are_warned_about():
-    from wrn.train import recipe
+    from wrn.train.resolve import config_warnings
 
     scaled = build_config("cifar10-wrn-28-10", overrides={"schedule.epochs": 2})
-    assert scaled.schedule.milestones == [2] and recipe.warnings_for(scaled.schedule) == []
+    assert scaled.schedule.milestones == [2] and config_warnings(scaled) == []
     given = build_config("demo", overrides={"schedule.epochs": 4, "schedule.milestones": [2, 4]})
-    (warning,) = recipe.warnings_for(given.schedule)
-    assert "milestone 4 at or past the last epoch (4)" in warning
+    assert config_warnings(given) == [
+        "lr milestone 4 at or past the last epoch (4): that drop changes at most the last epoch; give "
+        "--milestones inside the run, or leave them out and --epochs scales the recipe's"
+    ]
 
 
 def test_a_file_may_extend_a_preset(tmp_path):

@@ -18,7 +18,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 DRIVER = textwrap.dedent(
     """
     import os, signal, sys, torch
-    from wrn.train import build_config, loop, train
+    from wrn.errors import Interrupted
+    from wrn.train import build_config, train
 
     out, dump, stop_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
     cfg = build_config("demo", overrides={
@@ -39,7 +40,7 @@ DRIVER = textwrap.dedent(
         TrainStep.__call__ = step
     try:
         result = train(cfg, out, verbose=True)
-    except loop.Interrupted as exc:
+    except Interrupted as exc:
         print("interrupted:", exc)
         sys.exit(0)
     torch.save(result.model.state_dict(), os.path.join(dump, f"rank{os.environ['RANK']}.pt"))

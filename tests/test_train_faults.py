@@ -113,7 +113,7 @@ def test_a_failed_resume_changes_nothing(stopped, tmp_path, capsys):
 def test_an_invalid_config_yaml_of_a_started_run_is_kept_aside(stopped, tmp_path):
     run = shutil.copytree(stopped, tmp_path / "edited")
     (run / "config.yaml").write_text("model: [unclosed\n")
-    with pytest.warns(UserWarning, match="no longer valid YAML"):
+    with pytest.warns(UserWarning, match="no longer a valid config"):
         assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
     assert (run / "config.edited.yaml").read_text() == "model: [unclosed\n"
     assert "wrn-10-1" in (run / "config.yaml").read_text()

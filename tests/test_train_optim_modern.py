@@ -14,12 +14,15 @@ from torch.func import functional_call
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 import wrn.cli
+from conftest import wrn_here
 from wrn.errors import ConfigError
 from wrn.train import checkpoint as ckpt
 from wrn.train.build import build_trainables
-from wrn.train.config import build_config, resolve, validate
+from wrn.train.compose import build_config
+from wrn.train.config import validate
 from wrn.train.ema import WeightEMA
-from wrn.train.loop import train
+from wrn.train.resolve import resolve
+from wrn.train.run import train
 from wrn.train.step import TrainStep
 
 CPU = torch.device("cpu")
@@ -163,13 +166,18 @@ def test_sam_makes_one_optimizer_step_and_leaves_no_perturbation_behind():
         assert torch.allclose(v, before[k], rtol=0, atol=1e-9), k
 
 
-def test_sam_under_fp16_is_refused_in_one_sentence():
-    cfg = validate(
-        {"preset": None, **_cfg(**{"optim.sam_rho": 0.05}).to_dict(), "run": {"device": "cpu", "amp": "fp16"}}
-    )
+def test_sam_under_fp16_is_refused_in_one_sentence(capsys):
+    """By the config itself, so that --print-config refuses it as wrn train does."""
+    data = {
+        "preset": None,
+        **_cfg(**{"optim.sam_rho": 0.05}).to_dict(),
+        "run": {"device": "cpu", "amp": "fp16"},
+    }
     with pytest.raises(ConfigError, match="--sam does not run under --amp fp16") as info:
-        build_trainables(cfg, _Net(), CPU)
+        validate(data)
     assert "\n" not in str(info.value)
+    proc = wrn_here(capsys, "train", "--preset", "demo", "--sam", "0.05", "--amp", "fp16", "--print-config")
+    assert proc.returncode == 2 and proc.stderr == f"wrn train: error: {info.value}\n"
 
 
 @pytest.mark.parametrize("clip", [0.05, 1e3])

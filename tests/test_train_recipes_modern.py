@@ -21,11 +21,12 @@ from conftest import run_wrn, start_wrn
 from wrn.errors import CheckpointError
 from wrn.train import checkpoint as ckpt
 from wrn.train.build import build_trainables
-from wrn.train.config import build_config, resolve
+from wrn.train.compose import build_config
 from wrn.train.cutout import Cutout
 from wrn.train.ema import WeightEMA
-from wrn.train.loop import resume, train
 from wrn.train.mixing import Mixing
+from wrn.train.resolve import resolve
+from wrn.train.run import resume, train
 from wrn.train.step import TrainStep
 
 TIME_KEYS = {"train_time", "test_time", "images_per_s"}
@@ -221,13 +222,14 @@ def test_the_loss_is_taken_on_the_soft_labels():
     model.config = {"num_classes": 3}
     step = build_trainables(cfg, model, torch.device("cpu")).step
     images, labels = torch.randn(6, 4), torch.tensor([0, 1, 2, 2, 1, 0])
-    state = step.mixing.state_dict()
+    mixing = step.objective.mixing
+    state = mixing.state_dict()
     loss, logits = step(images, labels)
-    step.mixing.load_state_dict(state)
-    _, soft = step.mixing(images, labels)
+    mixing.load_state_dict(state)
+    _, soft = mixing(images, labels)
     by_hand = -(soft.double() * logits.double().log_softmax(1)).sum(1).mean()
     assert math.isclose(loss.item(), by_hand.item(), rel_tol=1e-6)
-    assert torch.equal(step.counted(labels), step.mixing.dominant)
+    assert torch.equal(step.counted, mixing.dominant)
 
 
 def _small(**overrides):
@@ -277,7 +279,8 @@ def test_digits_with_cutout_and_ema_trains_and_saves_the_average(tmp_path, capsy
     assert all(torch.equal(saved[k], averaged[k]) for k in saved)
     plain = result.model.state_dict()
     assert not torch.equal(saved["fc.weight"], plain["fc.weight"].cpu())  # the average, not the last weights
-    assert set(state["ranks"][0]) == {"rng", "loader", "sums", "cutout"}
+    assert set(state["ranks"][0]) == {"rng", "loader", "sums", "cutout", "objective"}
+    assert state["ranks"][0]["objective"] == {}  # plain cross-entropy keeps no state
     assert wrn.cli.main(["train", "--resume", str(tmp_path / "run")]) == 0
     said = capsys.readouterr().out
     assert (
@@ -334,7 +337,7 @@ def test_kill_9_twice_with_every_recipe_on_then_resume_is_bitwise(tmp_path):
         assert state["global_step"] >= target and "ema" in state
         assert int(state["ema"]["n_averaged"]) == state["global_step"]  # the EMA warm-up's count
         assert len(state["optimizer"]["param_groups"]) == 2  # no weight decay on the 1-d parameters
-        assert {"cutout", "mixing"} <= set(state["ranks"][0])
+        assert "cutout" in state["ranks"][0] and "mixing" in state["ranks"][0]["objective"]
         loader = state["ranks"][0]["loader"]  # mid-epoch: the policy's workers killed with the run
         assert 0 < loader["position"] < 11
         args = ["train", "--resume", str(killed), "--no-progress"]

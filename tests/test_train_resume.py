@@ -19,10 +19,10 @@ from safetensors.torch import load_file
 
 from conftest import WRN_ENV as ENV
 from conftest import start_wrn as wrn_cli
-from wrn.errors import CheckpointError
+from wrn.errors import CheckpointError, Interrupted, NonFiniteLoss
 from wrn.train import checkpoint as ckpt
-from wrn.train.config import build_config
-from wrn.train.loop import Interrupted, NonFiniteLoss, resume, train
+from wrn.train.compose import build_config
+from wrn.train.run import resume, train
 from wrn.train.step import TrainStep
 
 # A small CPU run that exercises every piece of state: dropout (torch RNG), crop augmentation (the loader's
@@ -198,7 +198,7 @@ def test_checkpoint_is_plain_and_loads_with_weights_only(tmp_path):
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in state["model"])
     assert isinstance(state["config"], dict) and state["config"]["model"]["name"] == "wrn-10-1"
     assert state["optimizer"]["param_groups"][0]["nesterov"] is True
-    assert set(state["ranks"][0]) == {"rng", "loader", "sums"}
+    assert set(state["ranks"][0]) == {"rng", "loader", "sums", "objective"}
     assert (state["epoch"], state["step"], state["world_size"]) == (1, 0, 1)
 
 
@@ -210,8 +210,6 @@ def test_resume_of_a_finished_run_can_extend_it(tmp_path):
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    from wrn.train import loop
-
     class PoisonedLoss(torch.nn.CrossEntropyLoss):
         calls = 0
 
@@ -220,7 +218,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
             loss = super().forward(logits, labels)
             return loss * float("nan") if PoisonedLoss.calls > 25 else loss
 
-    monkeypatch.setattr(loop.torch.nn, "CrossEntropyLoss", PoisonedLoss)
+    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", PoisonedLoss)
     with pytest.raises(NonFiniteLoss, match="NaN or infinite.*last good checkpoint .* is kept"):
         train(_small_cfg(**{"run.checkpoint_every_steps": 2}), tmp_path / "run")
     state = ckpt.load(tmp_path / "run")
@@ -231,10 +229,10 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
 
 
 def test_bf16_autocast_and_channels_last_on_cpu(tmp_path, monkeypatch):
-    from wrn.train import loop
+    from wrn.train import run
 
     seen = set()
-    build = loop.build_model
+    build = run.build_model
 
     def build_and_watch(cfg, info):
         model = build(cfg, info)
@@ -245,7 +243,7 @@ def test_bf16_autocast_and_channels_last_on_cpu(tmp_path, monkeypatch):
         )
         return model
 
-    monkeypatch.setattr(loop, "build_model", build_and_watch)
+    monkeypatch.setattr(run, "build_model", build_and_watch)
     cfg = _small_cfg(**{"schedule.epochs": 1, "run.amp": "bf16", "run.channels_last": True})
     from wrn.train.precision import cpu_bf16_slowdown
 

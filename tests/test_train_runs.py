@@ -93,11 +93,11 @@ def test_a_run_killed_before_its_first_checkpoint_starts_afresh(tmp_path, capsys
     data["run"]["progress"] = False
     (run / "config.yaml").write_text(yaml.safe_dump(data))
     (run / "tensorboard").mkdir()
-    (run / ".checkpoint.pt.abc123.tmp").write_bytes(b"torn")
+    (run / ".checkpoint.pt.abc12345.tmp").write_bytes(b"torn")
     resumed = wrn_cli("train", "--resume", str(run))
     assert resumed.returncode == 0, resumed.stderr
     assert "never reached its first checkpoint: starting it afresh" in resumed.stdout
-    assert (run / "model.safetensors").is_file() and not (run / ".checkpoint.pt.abc123.tmp").exists()
+    assert (run / "model.safetensors").is_file() and not (run / ".checkpoint.pt.abc12345.tmp").exists()
     assert yaml.safe_load((run / "config.yaml").read_text())["model"]["name"] == "wrn-10-1"
 
     again = tmp_path / "again"

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wrn.train import build_config, loop, train
+from wrn.errors import NonFiniteLoss
+from wrn.train import build_config, train
 from wrn.train.step import TrainStep
 
 SYNC_CALLS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
@@ -85,7 +86,7 @@ def test_a_nan_between_read_backs_still_stops_the_run_before_a_checkpoint(tmp_pa
         return original_step(self, images, labels)
 
     monkeypatch.setattr(TrainStep, "__call__", step)
-    with pytest.raises(loop.NonFiniteLoss, match="epoch 1, step 9"):
+    with pytest.raises(NonFiniteLoss, match="epoch 1, step 9"):
         train(_cfg(**{"run.checkpoint_every_steps": 9}), tmp_path / "run")
     # the checkpoint due after step 9 looked at the device flag first: not written; the first one stays
     assert ckpt.load(tmp_path / "run")["global_step"] == 0

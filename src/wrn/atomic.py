@@ -166,6 +166,11 @@ def atomic_write(
     return path
 
 
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of :func:`atomic_write`'s temporaries."""
+    return _TEMPORARY.match(name) is not None
+
+
 def remove_stale_temporaries(directory: str | os.PathLike, names: Iterable[str] | None = None) -> list[Path]:
     """Delete the temporary files that :func:`atomic_write` made in ``directory`` and a killed process left
     behind (for the target ``names`` only, or for every target); returns those removed.

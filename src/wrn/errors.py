@@ -42,3 +42,23 @@ class WriteError(WRNError, OSError):
 
     def __str__(self) -> str:
         return f"{self.problem}; {self.fix}"
+
+
+class RunStopped(Exception):
+    """A training run that stopped before its end, not through a mistake of the user's: a checkpoint was kept
+    and the message says how to go on. The command line prints the message and exits with ``exit_code``."""
+
+    exit_code = 2
+
+
+class NonFiniteLoss(RunStopped):
+    """The training loss, or the weights, became NaN or infinite."""
+
+
+class Interrupted(RunStopped):
+    """SIGINT or SIGTERM: a checkpoint was saved and the run stopped; ``signum`` tells which."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + int(signum)

@@ -51,11 +51,12 @@ def resolve_settings(
     compile_mode: str = "default",
     batch_size: int = 128,
 ) -> Settings:
-    """Fill in ``auto`` device, amp and channels_last with :func:`wrn.train.config.resolve`, as ``wrn train`` does.
+    """Fill in ``auto`` device, amp and channels_last with :func:`wrn.train.resolve.resolve`, as ``wrn train`` does.
 
     Unknown model names, fp16 on a CPU, a missing GPU and other impossible choices raise :class:`ConfigError`.
     """
-    from wrn.train.config import resolve, validate
+    from wrn.train.config import validate
+    from wrn.train.resolve import resolve
 
     if compile_mode not in COMPILE_MODES:
         raise ConfigError(

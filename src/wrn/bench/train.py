@@ -61,9 +61,9 @@ def make_step(model: nn.Module, settings, batch_size: int):
     """The training loop's step for ``model``: :func:`wrn.train.build.build_trainables` (channels_last,
     compile, the recipe's optimizer and loss), as ``wrn train`` builds it."""
     from wrn.train.build import build_trainables
+    from wrn.train.config import replace
 
-    cfg = settings.cfg.model_copy(deep=True)
-    cfg.optim.batch_size = batch_size
+    cfg = replace(settings.cfg, optim={"batch_size": batch_size})
     return build_trainables(cfg, model, settings.device).step
 
 

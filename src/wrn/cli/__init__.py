@@ -13,7 +13,7 @@ import difflib
 import importlib
 import sys
 
-from wrn.errors import WRNError
+from wrn.errors import RunStopped, WRNError
 
 # Modules of this package, in the order their commands appear in ``wrn --help``.
 COMMANDS = (
@@ -107,6 +107,9 @@ def _main(argv: list[str] | None) -> int:
     except WRNError as exc:
         print(f"wrn {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RunStopped as exc:  # a NaN, SIGINT or SIGTERM: what was kept and how to go on
+        print(f"wrn {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"wrn {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -72,19 +72,8 @@ def register(subparsers) -> None:
     _register_data(actions)
 
 
-# The optimizer options of `wrn train` that `wrn bench train` takes too (the step's cost depends on them).
-BENCH_OPTIM_KEYS = (
-    "optim.sam_rho",
-    "optim.grad_clip",
-    "optim.decay_norm_and_bias",
-    "optim.ema_decay",
-    "optim.ema_warmup",
-    "optim.label_smoothing",
-)
-
-
 def _register_train(actions) -> None:
-    from wrn.train.options import add_options
+    from wrn.train.options import add_options, command_keys
 
     t = actions.add_parser(
         "train",
@@ -112,7 +101,7 @@ def _register_train(actions) -> None:
         default=None,
         help="DataLoader worker processes of the baseline (default min(4, CPU cores))",
     )
-    add_options(t, BENCH_OPTIM_KEYS)  # --sam, --grad-clip, ...: as `wrn train` has them
+    add_options(t, command_keys("bench"))  # --sam, --grad-clip, ...: as `wrn train` has them
     t.add_argument(
         "--vs-plain",
         action="store_true",
@@ -218,7 +207,7 @@ def run_train(args: argparse.Namespace) -> int:
         num_samples=args.num_samples,
         rounds=args.rounds,
         progress=Progress(),
-        options={k: v for k, v in given(args).items() if k in BENCH_OPTIM_KEYS},
+        options=given(args),
         vs_plain=args.vs_plain,
     )
     print(train.format_report(result), flush=True)

@@ -16,7 +16,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wrn.train.config import build_config, dump_yaml, list_presets
+    from wrn.train.compose import build_config, dump_yaml, list_presets
 
     if args.name:
         print(dump_yaml(build_config(args.name)), end="")

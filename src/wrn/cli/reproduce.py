@@ -7,16 +7,12 @@ import sys
 from pathlib import Path
 
 from wrn.errors import ConfigError
-from wrn.train.options import BY_KEY, parse_value
+from wrn.train.options import BY_KEY, add_options, command_keys
 from wrn.train.rundir import RunDir
 
-# The `wrn train` options a grid passes to every one of its runs (they scale a grid down): name -> config key.
-TRAIN_OPTIONS = {
-    "dataset": "dataset.name",
-    "data_dir": "dataset.root",
-    "epochs": "schedule.epochs",
-    "image_size": "dataset.image_size",
-}
+# The `wrn train` options a grid passes to every one of its runs (the fields marked for `reproduce`), by the
+# name experiment.yaml records them under: --data-dir -> data_dir.
+TRAIN_OPTIONS = {BY_KEY[key].flag.lstrip("-").replace("-", "_"): key for key in command_keys("reproduce")}
 
 
 def register(subparsers) -> None:
@@ -68,9 +64,7 @@ def register(subparsers) -> None:
         "--cpus-per-run", type=float, default=None, metavar="C", help="Ray: CPUs per run (default 1)"
     )
     o = p.add_argument_group("scaling down: applied to every run, the grid is then marked as scaled down")
-    for name, key in TRAIN_OPTIONS.items():  # `wrn train`'s options of the same config fields
-        flag = BY_KEY[key].flag
-        o.add_argument(flag, dest=name, type=parse_value, metavar=name.upper(), help=BY_KEY[key].help)
+    add_options(p, tuple(TRAIN_OPTIONS.values()), group=o)  # `wrn train`'s options of the same fields
     o.add_argument("--download", action="store_true", help="fetch a missing data set first (once)")
     o.add_argument(
         "--set",
@@ -95,12 +89,10 @@ def _overrides(args: argparse.Namespace):
     from wrn.reproduce.grid import Overrides
     from wrn.train.options import overrides_from
 
-    if args.data_dir:
-        args.data_dir = str(Path(args.data_dir).expanduser().absolute())
-    given = {
-        key: getattr(args, name) for name, key in TRAIN_OPTIONS.items() if getattr(args, name) is not None
-    }
-    values = overrides_from(args, given)
+    root = BY_KEY["dataset.root"].dest
+    if getattr(args, root):
+        setattr(args, root, str(Path(getattr(args, root)).expanduser().absolute()))
+    values = overrides_from(args)
     argv: list[str] = []
     record: dict = {}
     for name, key in TRAIN_OPTIONS.items():
@@ -112,6 +104,10 @@ def _overrides(args: argparse.Namespace):
         argv += ["--set", item]
     record["set"] = list(args.set)
     return Overrides(tuple(argv), values, record)
+
+
+def _train_options_given(args: argparse.Namespace) -> list[str]:
+    return [BY_KEY[key].flag for key in TRAIN_OPTIONS.values() if getattr(args, BY_KEY[key].dest) is not None]
 
 
 def _default_out(name: str) -> Path:
@@ -168,7 +164,7 @@ def run_grid(args: argparse.Namespace, exp, out: Path) -> int:
 
 def dry_run(plan) -> int:
     from wrn.reproduce import grid as G
-    from wrn.train.config import dump_yaml
+    from wrn.train.compose import dump_yaml
 
     G.check_out(plan)
     scaled = f", scaled down ({', '.join(plan.scaled)})" if plan.scaled else ""
@@ -212,11 +208,9 @@ def run_figure4(args: argparse.Namespace, exp, out: Path) -> int:
     from wrn.reproduce import grid as G
     from wrn.reproduce.runner import run_bench
 
-    given = [
-        f"--{n.replace('_', '-')}"
-        for n in (*TRAIN_OPTIONS, "rows", "runs", "jobs", "ray")
-        if getattr(args, n)
-    ]
+    given = [f"--{n}" for n in ("rows", "runs", "jobs", "ray") if getattr(args, n)] + _train_options_given(
+        args
+    )
     if args.set:
         given.append("--set")
     if args.download:
@@ -262,11 +256,7 @@ def run_figure4(args: argparse.Namespace, exp, out: Path) -> int:
 def run_list(args: argparse.Namespace) -> int:
     from wrn.reproduce import experiments as E
 
-    unused = [
-        n
-        for n in ("out", "rows", "ray", "dataset", "data_dir", "epochs", "image_size", "device")
-        if getattr(args, n)
-    ]
+    unused = [n for n in ("out", "rows", "ray", "device") if getattr(args, n)] + _train_options_given(args)
     if unused or args.set or args.dry_run:
         raise ConfigError("'wrn reproduce list' takes no options but --bench FIGURE4.json")
     rate, eff, how = (

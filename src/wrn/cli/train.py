@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import re
-import signal
 import sys
 from typing import Any
 
 from wrn.errors import ConfigError
-from wrn.train.options import BY_KEY, OPTIONS, add_options, flag_of, overrides_from
+from wrn.train.options import BY_KEY, add_options, flag_of, keys, overrides_from
 
 
 def parse_checkpoint_every(text: str) -> dict[str, Any]:
@@ -80,55 +79,51 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from wrn.train.config import build_config
-    from wrn.train.loop import Interrupted, resume, train
+    """A stopped run (a signal, a NaN) raises :class:`wrn.errors.RunStopped`: the command line says what was
+    kept and exits with its code (130 for SIGINT, 143 for SIGTERM)."""
+    from wrn.train.compose import build_config
+    from wrn.train.run import resume, train
 
     overrides = overrides_from(args)
     if args.checkpoint_every is not None:
         overrides.update({f"run.{k}": v for k, v in parse_checkpoint_every(args.checkpoint_every).items()})
-    try:
-        if args.resume is not None:
-            _check_resume_options(args, overrides)
-            resume(
-                args.resume,
-                epochs=overrides.get("schedule.epochs"),
-                run={k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("run.")},
-                verbose=True,
-            )
-            return 0
-        if (
-            args.preset is None
-            and args.config is None
-            and not {"model.name", "dataset.name"} <= set(overrides)
-        ):
-            raise ConfigError(
-                "say what to train with --preset NAME (see 'wrn presets'), --config FILE.yaml, "
-                "or both --model and --dataset"
-            )
-        cfg = build_config(args.preset, args.config, overrides)
-        if args.print_config:
-            from wrn.train import recipe
-            from wrn.train.config import dump_yaml, resolve
-
-            resolved = resolve(cfg)
-            print(dump_yaml(resolved), end="")
-            for text in recipe.warnings_for(resolved.schedule):
-                print(f"warning: {text}", file=sys.stderr)
-            return 0
-        train(cfg, args.out, verbose=True)
+    if args.resume is not None:
+        _check_resume_options(args, overrides)
+        resume(
+            args.resume,
+            epochs=overrides.get("schedule.epochs"),
+            run={k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("run.")},
+            verbose=True,
+        )
         return 0
-    except Interrupted as exc:
-        print(f"wrn train: {exc}", file=sys.stderr)
-        return 128 + int(exc.signum) if exc.signum in (signal.SIGINT, signal.SIGTERM) else 1
+    if args.preset is None and args.config is None and not {"model.name", "dataset.name"} <= set(overrides):
+        raise ConfigError(
+            "say what to train with --preset NAME (see 'wrn presets'), --config FILE.yaml, "
+            "or both --model and --dataset"
+        )
+    cfg = build_config(args.preset, args.config, overrides)
+    if args.print_config:
+        from wrn.train.compose import dump_yaml
+        from wrn.train.resolve import config_warnings, resolve
+
+        resolved = resolve(cfg)
+        print(dump_yaml(resolved), end="")
+        for text in config_warnings(resolved):
+            print(f"warning: {text}", file=sys.stderr)
+        return 0
+    train(cfg, args.out, verbose=True)
+    return 0
 
 
 def _check_resume_options(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
     """--resume continues a run with its saved config: only the options that cannot change its result."""
-    extra = sorted(flag_of(k) for k in overrides if not (k in BY_KEY and BY_KEY[k].on_resume))
+    extra = sorted(flag_of(k) for k in overrides if k not in keys("on_resume"))
     names = ("preset", "config", "out", "set", "print_config")
     given = extra + [f"--{n.replace('_', '-')}" for n in names if getattr(args, n)]
     if given:
-        allowed = sorted({o.flag for o in OPTIONS if o.on_resume and o.flag} | {"--checkpoint-every"})
+        allowed = sorted(
+            {BY_KEY[k].flag for k in keys("on_resume") if BY_KEY[k].flag} | {"--checkpoint-every"}
+        )
         raise ConfigError(
             f"--resume continues a run with its saved config, so {', '.join(given)} cannot be used with it; "
             f"only {', '.join(allowed[:-1])} and {allowed[-1]} can"

@@ -443,7 +443,8 @@ _PAPER: dict[str, dict] = {}
 def paper_setting(row: Row) -> dict:
     """The flattened, resolved config of a run of ``row`` as the paper trained it (no override)."""
     if row.name not in _PAPER:
-        from wrn.train.config import build_config, flatten, resolve
+        from wrn.train.compose import build_config, flatten
+        from wrn.train.resolve import resolve
 
         cfg = resolve(build_config(None, row.config(0)), cuda_available=False)
         _PAPER[row.name] = flatten(cfg.to_dict())
@@ -452,7 +453,7 @@ def paper_setting(row: Row) -> dict:
 
 def differences(results: list[RowResult]) -> list[Difference]:
     """Every setting in which a run's own config.yaml differs from its row's paper setting, merged over runs."""
-    from wrn.train.config import flatten
+    from wrn.train.compose import flatten
 
     changes: dict[str, list[tuple[str, str]]] = {}
     for res in results:

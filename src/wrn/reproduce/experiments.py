@@ -28,7 +28,7 @@ BASES = {"cifar10": "_cifar", "cifar100": "_cifar", "svhn": "_svhn", "imagenet":
 @functools.cache
 def recipe_epochs(dataset: str) -> int:
     """Epochs of the paper's recipe for ``dataset``: those of its shared preset (docs/training.md)."""
-    from wrn.train.config import build_config
+    from wrn.train.compose import build_config
 
     return build_config(BASES[dataset]).schedule.epochs
 
@@ -487,7 +487,7 @@ def row_recipe(row: Row) -> tuple[int, int]:
     """(epochs, forward-backward passes per training step) of ``row``'s recipe: 2 passes with SAM, else 1."""
     if row.preset is None and not row.settings:
         return recipe_epochs(row.dataset), 1
-    from wrn.train.config import build_config
+    from wrn.train.compose import build_config
 
     cfg = build_config(None, row.config(0))
     return cfg.schedule.epochs, 2 if cfg.optim.sam_rho else 1

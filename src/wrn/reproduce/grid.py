@@ -38,16 +38,6 @@ LOGS_DIR = "logs"
 BENCH_DIR = "bench"  # Figure 4: the folder given to `wrn bench figure4 --out`
 BENCH_FILE = "figure4.json"
 
-# Config keys that say how or where a run trains, not what: changing them does not make a grid "scaled".
-_NOT_SCALING = (
-    "run.",
-    "dataset.root",
-    "dataset.workers",
-    "dataset.download",
-    "dataset.verify",
-    "description",
-)
-
 
 class GridError(ConfigError):
     """An OUT folder that belongs to another grid, or a grid that cannot be set up as asked."""
@@ -150,7 +140,7 @@ class Plan:
 
 def _base_root(base: str) -> str:
     """The data root a shipped recipe reads from, made absolute (runs may start in other folders)."""
-    from wrn.train.config import build_config
+    from wrn.train.compose import build_config
 
     return str(Path(build_config(base).dataset.root).expanduser().absolute())
 
@@ -167,7 +157,7 @@ def _run_config(exp: Experiment, row: Row, seed: int, root: str) -> dict[str, An
 
 def _config_text(exp: Experiment, row: Row, seed: int, cfg: Any) -> str:
     """The run's config file: its whole config (``cfg``, a TrainConfig), what `wrn train --config` reads."""
-    from wrn.train.config import dump_yaml
+    from wrn.train.compose import dump_yaml
 
     head = (
         f"# Written by `wrn reproduce {exp.name}`: row {row.name}, seed {seed}. The shared recipe, the row's\n"
@@ -177,12 +167,16 @@ def _config_text(exp: Experiment, row: Row, seed: int, cfg: Any) -> str:
 
 
 def _scaling(plain: dict[str, Any], scaled: dict[str, Any]) -> list[str]:
-    from wrn.train.config import flatten
+    """The settings in which a grid's run differs from its row's recipe, as ``key=value``, except those that
+    say how or where it trains (the fields marked ``how``)."""
+    from wrn.train.compose import flatten
+    from wrn.train.options import keys
 
     a, b = flatten(plain), flatten(scaled)
+    how = set(keys("how"))
     changed = []
     for key in sorted(set(a) | set(b)):
-        if key.startswith(_NOT_SCALING) or key == "preset":
+        if key in how:
             continue
         if a.get(key) != b.get(key) and b.get(key) is not None:  # None: the data set's own default
             changed.append(f"{key}={b.get(key)}")
@@ -215,7 +209,7 @@ def make_plan(
     rows: list[str] | None = None,
 ) -> Plan:
     """Expand an experiment into its runs and validate every run's config; writes nothing."""
-    from wrn.train.config import build_config
+    from wrn.train.compose import build_config
 
     exp = get_experiment(name)
     out_path = Path(out).expanduser().absolute()

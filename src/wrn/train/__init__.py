@@ -12,16 +12,16 @@ from wrn._lazy import lazy_attributes
 
 # public name -> the module that defines it (loaded on first use)
 _WHERE = {
-    "Interrupted": "wrn.train.loop",
-    "NonFiniteLoss": "wrn.train.loop",
+    "Interrupted": "wrn.errors",
+    "NonFiniteLoss": "wrn.errors",
     "TrainConfig": "wrn.train.config",
-    "TrainResult": "wrn.train.loop",
-    "build_config": "wrn.train.config",
+    "TrainResult": "wrn.train.run",
+    "build_config": "wrn.train.compose",
     "evaluate": "wrn.train.evaluate",
     "evaluate_dir": "wrn.train.evaluate",
-    "list_presets": "wrn.train.config",
-    "resume": "wrn.train.loop",
-    "train": "wrn.train.loop",
+    "list_presets": "wrn.train.compose",
+    "resume": "wrn.train.run",
+    "train": "wrn.train.run",
 }
 
 __all__ = [

@@ -15,6 +15,8 @@ from wrn.data.registry import DatasetInfo
 from wrn.errors import ConfigError
 from wrn.train import distributed as D
 from wrn.train.config import TrainConfig
+from wrn.train.objectives import objective_class
+from wrn.train.objectives.base import Context
 from wrn.train.step import TrainStep, compile_net
 
 
@@ -52,7 +54,6 @@ def build_trainables(
     ``wrn train`` and by ``wrn bench``, so that the benchmark times the step the loop takes."""
     from wrn.train.recipe import make_optimizer
 
-    _check_optim(cfg)
     dist_info = dist_info or D.DistInfo()
     model = model.to(device)
     if cfg.run.channels_last:
@@ -66,16 +67,17 @@ def build_trainables(
     if cfg.run.compile:
         net = compile_net(net, cfg.run.compile_mode)
     optimizer = make_optimizer(model, cfg.optim)
-    cutout, mixing, ema, sam = _batch_recipes(cfg, model, device, dist_info)
+    classes = getattr(model, "config", {}).get("num_classes")  # (a model not built by wrn may not say)
+    ctx = Context(cfg, classes, device, dist_info.rank, dist_info.world_size)
+    cutout, ema, sam = _step_recipes(ctx, model)
     step = TrainStep(
         net,
         optimizer,
-        torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
+        objective_class(cfg.objective.name)(ctx),
         device=device,
         amp=cfg.run.amp,
         channels_last=bool(cfg.run.channels_last),
         cutout=cutout,
-        mixing=mixing,
         ema=ema,
         sam=sam,
         grad_clip=cfg.optim.grad_clip,
@@ -83,51 +85,18 @@ def build_trainables(
     return Trainables(model, net, optimizer, step)
 
 
-def _check_optim(cfg: TrainConfig) -> None:
-    """Combinations of options that cannot train as asked, refused in one sentence."""
-    if cfg.optim.sam_rho and cfg.run.amp == "fp16":
-        raise ConfigError(
-            "--sam does not run under --amp fp16 (the grad scaler would have to unscale its ascent gradient "
-            "too); use --amp bf16 or --amp off with SAM"
-        )
-    if cfg.optim.ema_warmup and not cfg.optim.ema_decay:
-        raise ConfigError(
-            "--ema-warmup warms up an average of the weights, which is off; add --ema DECAY (e.g. 0.999)"
-        )
-    if cfg.run.eval_models != "both" and not cfg.optim.ema_decay:
-        raise ConfigError(
-            f"--eval-models {cfg.run.eval_models} needs an average of the weights to choose from; "
-            "add --ema DECAY (e.g. 0.999) or leave --eval-models out"
-        )
-
-
-# Cutout's and mixing's generators: their own streams, apart from the global one (dropout) and the loader's;
-# one per process.
-_CUTOUT_STREAM = 0x9E3779B97F4A7C15
-_MIXING_STREAM = 0x6D6978
-
-
-def _batch_recipes(cfg: TrainConfig, model: torch.nn.Module, device: torch.device, dist_info: D.DistInfo):
-    """Cutout, mixup/CutMix, the average of the weights and SAM, each ``None`` when its option is off (nothing
-    is drawn then)."""
+def _step_recipes(ctx: Context, model: torch.nn.Module):
+    """Cutout, the average of the weights and SAM, each ``None`` when its option is off (nothing is drawn
+    then); Cutout draws from its own stream, one per process."""
     from wrn.train.cutout import Cutout
     from wrn.train.ema import WeightEMA
-    from wrn.train.mixing import Mixing
     from wrn.train.sam import SAM
 
-    cutout = None
-    if cfg.dataset.cutout:
-        seed = (cfg.run.seed + _CUTOUT_STREAM * (dist_info.rank + 1)) % 2**63
-        cutout = Cutout(cfg.dataset.cutout, device, seed)
-    mixing = None
-    if cfg.dataset.mixup or cfg.dataset.cutmix:
-        num_classes = int(model.config["num_classes"])
-        seed = [cfg.run.seed, _MIXING_STREAM, dist_info.rank]
-        mixing = Mixing(cfg.dataset.mixup, cfg.dataset.cutmix, num_classes, seed)
-    optim = cfg.optim
+    data, optim = ctx.cfg.dataset, ctx.cfg.optim
+    cutout = Cutout(data.cutout, ctx.device, ctx.seed("cutout")) if data.cutout else None
     ema = WeightEMA(model, optim.ema_decay, warmup=optim.ema_warmup) if optim.ema_decay else None
-    sam = SAM(optim.sam_rho, device) if optim.sam_rho else None
-    return cutout, mixing, ema, sam
+    sam = SAM(optim.sam_rho, ctx.device) if optim.sam_rho else None
+    return cutout, ema, sam
 
 
 def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo):

@@ -1,76 +1,31 @@
-"""The training configuration: a validated tree of plain values, read from presets, YAML files and overrides.
+"""The training configuration: one validated, frozen tree of plain values.
 
-A run is described by one :class:`TrainConfig`. It is built by merging, in order: the defaults (the paper's
-CIFAR recipe), a shipped preset (``--preset``), a YAML file (``--config``) and command-line overrides. After
-:func:`resolve`, every ``auto`` / ``null`` choice that depends on the machine or the data set is filled in, so
-the ``config.yaml`` saved with a run says exactly what ran.
+A run is described by one :class:`TrainConfig`, built by :func:`wrn.train.compose.build_config` from the
+defaults (the paper's CIFAR recipe), a shipped preset, a YAML file and command-line overrides, and completed by
+:func:`wrn.train.resolve.resolve`. Each field carries its command-line marker (:func:`wrn.train.fields.option`):
+the flag, its help and choices, what ``--resume`` may change, what a grid counts as scaling, what an edit of
+config.yaml ignores and which other commands take it all come from these markers (:mod:`wrn.train.options`).
+
+Values are read by the field's type, never as YAML 1.1: a file with :func:`wrn.train.compose.read_yaml` (only
+``true``/``false`` are booleans, so ``amp: off`` stays the word ``off``), a command-line value with
+:func:`wrn.train.options.parse_text`.
 """
 
 from __future__ import annotations
 
-import copy
 import difflib
-import math
 import re
 import typing
-from importlib import resources
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
 from wrn.errors import ConfigError
+from wrn.train.fields import Section, flagged, option
+from wrn.train.objectives import OBJECTIVES
 
 
-class _Section(BaseModel):
-    # inf and nan are refused wherever a number is expected (an lr of inf trains nothing)
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        """``--lr true`` must not train at lr 1.0: a boolean is refused where a number is expected."""
-        if isinstance(value, bool):
-            annotation = cls.model_fields[info.field_name].annotation
-            kinds = typing.get_args(annotation) or (annotation,)
-            if any(k in (int, float) for k in kinds) and bool not in kinds:
-                raise ValueError("expected a number, not a boolean")
-        return value
-
-
-def option(flag: str | None = None, *, how: bool = False, volatile: bool = False, on_resume: bool = False):
-    """The command-line side of a config field, kept beside it (pydantic's ``json_schema_extra``).
-
-    ``flag``: the ``wrn train`` option that sets it (the field's description is its help, its choices are
-    listed from its type); ``how``: the field says how or where a run trains, not what it computes (a grid
-    changed only in such fields is not scaled down); ``volatile``: it changes nothing a run computes (a
-    config.yaml edited in it is no edit); ``on_resume``: ``--resume`` may change it.
-    """
-    return {"flag": flag, "how": how, "volatile": volatile, "on_resume": on_resume}
-
-
-def flagged(
-    default, flag: str | None, description: str, *, how=False, volatile=False, on_resume=False, **constraints
-):
-    """A config field with its command-line side (:func:`option`): default, ``--flag``, help, constraints."""
-    return Field(
-        default=default,
-        description=description,
-        json_schema_extra=option(flag, how=how, volatile=volatile, on_resume=on_resume),
-        **constraints,
-    )
-
-
-class ModelSection(_Section):
+class ModelSection(Section):
     name: str = flagged("wrn-28-10", "--model", "model name, e.g. wrn-28-10 (`wrn models` lists them)")
     dropout: float | None = flagged(
         None, "--dropout", "dropout rate in [0, 1) between the convs of a block", ge=0.0, lt=1.0
@@ -88,12 +43,16 @@ class ModelSection(_Section):
         return value
 
 
-class DataSection(_Section):
+class DataSection(Section):
     name: Literal["cifar10", "cifar100", "svhn", "imagenet", "imagefolder", "digits"] = flagged(
-        "cifar10", "--dataset", "the data set"
+        "cifar10", "--dataset", "the data set", commands=("reproduce",)
     )
     root: str = flagged(
-        "data", "--data-dir", "folder that holds (or will hold) the data set (default ./data)", how=True
+        "data",
+        "--data-dir",
+        "folder that holds (or will hold) the data set (default ./data)",
+        how=True,
+        commands=("reproduce",),
     )
     augment: Literal["none", "crop", "flip-crop", "imagenet"] | None = flagged(
         None, "--augment", "training augmentation (default: the data set's recipe)"
@@ -107,7 +66,7 @@ class DataSection(_Section):
         "border of the training crop: reflect (the paper's) or zeros (torchvision's RandomCrop(padding=4))",
     )
     image_size: int | None = flagged(
-        None, "--image-size", "training crop side (ImageNet / image folders)", gt=0
+        None, "--image-size", "training crop side (ImageNet / image folders)", gt=0, commands=("reproduce",)
     )
     workers: int = flagged(
         4, "--workers", "data loading processes (image folders; the per-image policies)", how=True, ge=0
@@ -167,7 +126,7 @@ class DataSection(_Section):
     )
 
 
-class OptimSection(_Section):
+class OptimSection(Section):
     lr: float = flagged(0.1, "--lr", "initial learning rate", gt=0.0)
     momentum: float = flagged(0.9, "--momentum", "SGD momentum", ge=0.0, lt=1.0)
     nesterov: bool = flagged(True, "--nesterov", "Nesterov momentum (the paper's)")
@@ -177,7 +136,7 @@ class OptimSection(_Section):
         None, "--eval-batch-size", "batch size of evaluation (default twice the training batch)", gt=0
     )
     label_smoothing: float = flagged(
-        0.0, "--label-smoothing", "label smoothing of the training loss", ge=0.0, lt=1.0
+        0.0, "--label-smoothing", "label smoothing of the training loss", ge=0.0, lt=1.0, commands=("bench",)
     )
     # torch.optim.swa_utils.AveragedModel(get_ema_multi_avg_fn(decay), use_buffers=True), after every step
     ema_decay: float = flagged(
@@ -185,25 +144,38 @@ class OptimSection(_Section):
         "--ema",
         "decay of an average of the weights after every step, e.g. 0.999 (0: off); it is also "
         "evaluated, and saved as the run's model",
+        commands=("bench",),
         ge=0.0,
         lt=1.0,
     )
     # timm's ModelEmaV3 warm-up: the k-th update (k from 0) uses min(decay, 1 - (1 + k) ** (-2/3)).
     ema_warmup: bool = flagged(
-        False, "--ema-warmup", "warm the EMA's decay up as timm's ModelEmaV3: min(decay, 1 - (1 + k)^(-2/3))"
+        False,
+        "--ema-warmup",
+        "warm the EMA's decay up as timm's ModelEmaV3: min(decay, 1 - (1 + k)^(-2/3))",
+        commands=("bench",),
     )
     # Sharpness-Aware Minimization (Foret et al., ICLR 2021; google-research/sam): 0 is off.
     sam_rho: float = flagged(
-        0.0, "--sam", "SAM's neighbourhood radius rho, e.g. 0.05 (0: off; two passes per step)", ge=0.0
+        0.0,
+        "--sam",
+        "SAM's neighbourhood radius rho, e.g. 0.05 (0: off; two passes per step)",
+        commands=("bench",),
+        ge=0.0,
     )
     grad_clip: float = flagged(
-        0.0, "--grad-clip", "clip the gradient's global L2 norm to this value (0: off)", ge=0.0
+        0.0,
+        "--grad-clip",
+        "clip the gradient's global L2 norm to this value (0: off)",
+        commands=("bench",),
+        ge=0.0,
     )
     # The paper (and its code) decays every parameter; off: no weight decay on 1-d ones (BN's and biases).
     decay_norm_and_bias: bool = flagged(
         True,
         "--decay-norm-and-bias",
         "weight decay on BN parameters and biases too (the paper's; default on)",
+        commands=("bench",),
     )
 
     @model_validator(mode="after")
@@ -216,7 +188,7 @@ class OptimSection(_Section):
 MAX_EPOCHS = 100_000
 
 
-class ScheduleSection(_Section):
+class ScheduleSection(Section):
     name: Literal["multistep", "cosine"] = flagged(
         "multistep",
         "--schedule",
@@ -227,6 +199,7 @@ class ScheduleSection(_Section):
         "--epochs",
         "number of epochs (the recipe's lr drops move along)",
         on_resume=True,
+        commands=("reproduce",),
         gt=0,
         le=MAX_EPOCHS,
     )
@@ -269,8 +242,8 @@ class ScheduleSection(_Section):
         return self
 
 
-class RunSection(_Section):
-    seed: int = flagged(0, "--seed", "random seed", ge=0, le=2**32 - 1)
+class RunSection(Section):
+    seed: int = flagged(0, "--seed", "random seed", how=True, ge=0, le=2**32 - 1)
     device: str = flagged("auto", "--device", "auto, cpu, cuda or cuda:N", how=True)
     amp: Literal["auto", "bf16", "fp16", "off"] = flagged(
         "auto",
@@ -294,14 +267,17 @@ class RunSection(_Section):
     )
     sync_bn: bool = flagged(False, "--sync-bn", "SyncBatchNorm (DDP)", how=True)
     deterministic: bool = flagged(False, "--deterministic", "deterministic kernels", how=True)
+    # Both set by --checkpoint-every (minutes, steps or off); at most one of them is set.
     checkpoint_every_minutes: float | None = flagged(
-        10.0, None, "", how=True, volatile=True, on_resume=True, gt=0
+        10.0, None, "minutes between mid-epoch checkpoints", how=True, volatile=True, on_resume=True, gt=0
     )
     checkpoint_every_steps: int | None = flagged(
-        None, None, "", how=True, volatile=True, on_resume=True, gt=0
+        None, None, "steps between mid-epoch checkpoints", how=True, volatile=True, on_resume=True, gt=0
     )
-    # Every this many steps: the NaN check and the per-step TensorBoard scalars (one host sync each).
-    log_every_steps: int = flagged(50, None, "", how=True, gt=0)
+    log_every_steps: int = flagged(
+        50, None, "steps between the NaN check and the per-step TensorBoard scalars (one host sync each)",
+        how=True, gt=0,
+    )  # fmt: skip
     progress: bool = flagged(
         True, "--progress", "a progress bar or progress lines", how=True, volatile=True, on_resume=True
     )
@@ -318,32 +294,101 @@ class RunSection(_Section):
         return value
 
 
-class ProvenanceSection(_Section):
-    """What ran the run (filled in by ``wrn train``; ignored when a run's config.yaml is reused)."""
+def _objective_section() -> type[Section]:
+    """``objective``: the name of the loss a step minimises (:mod:`wrn.train.objectives`) and one sub-section
+    per objective that has options, built from the registry's entries."""
+    models = {
+        key.replace("-", "_"): create_model(f"{key}_options", __base__=Section, **entry.options)
+        for key, entry in OBJECTIVES.items()
+        if entry.options
+    }
+    options = {key: (model, Field(default_factory=model)) for key, model in models.items()}
+    name = flagged(
+        "cross-entropy",
+        "--objective",
+        "the loss a training step minimises ("
+        + "; ".join(f"{k}: {e.summary}" for k, e in OBJECTIVES.items())
+        + ")",
+    )
+    return create_model(
+        "ObjectiveSection", __base__=Section, name=(typing.Literal[tuple(OBJECTIVES)], name), **options
+    )
+
+
+ObjectiveSection = _objective_section()
+
+
+class ProvenanceSection(Section):
+    """What ran the run, and what it found that no option sets: the versions and the command, and the values
+    that came from the machine and the data (the device with its index, the CPU threads, the processes, the
+    image side, classes and channels the data gave). Written by ``wrn train`` into config.yaml; ignored when a
+    config.yaml is reused, and never part of what a run computes."""
 
     wrn: str | None = None
     torch: str | None = None
     cuda: str | None = None
     python: str | None = None
     command: str | None = None
+    device: str | None = None
+    threads: int | None = None
+    processes: int | None = None
+    image_size: int | None = None
+    num_classes: int | None = None
+    in_channels: int | None = None
 
 
 COMPILE_MODES = typing.get_args(RunSection.model_fields["compile_mode"].annotation)
 
 
-class TrainConfig(_Section):
-    preset: str | None = None
-    description: str = ""
+class TrainConfig(Section):
+    preset: str | None = Field(default=None, json_schema_extra=option(how=True))
+    description: str = Field(default="", json_schema_extra=option(how=True))
     model: ModelSection = Field(default_factory=ModelSection)
     dataset: DataSection = Field(default_factory=DataSection)
     optim: OptimSection = Field(default_factory=OptimSection)
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
+    objective: ObjectiveSection = Field(default_factory=ObjectiveSection)
     run: RunSection = Field(default_factory=RunSection)
-    provenance: ProvenanceSection = Field(default_factory=ProvenanceSection)
+    provenance: ProvenanceSection = Field(
+        default_factory=ProvenanceSection, json_schema_extra=option(how=True, volatile=True)
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict of str/int/float/bool/None/list: safe in YAML and in a weights_only checkpoint."""
         return self.model_dump(mode="json")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        """Options that cannot train as asked, or that would do nothing, refused in one sentence."""
+        problem = consistency_problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+def consistency_problem(cfg: TrainConfig) -> str | None:
+    """The first combination of options that cannot train as asked, as one sentence; None if there is none."""
+    optim, run = cfg.optim, cfg.run
+    if optim.sam_rho and run.amp == "fp16":
+        return (
+            "--sam does not run under --amp fp16 (the grad scaler would have to unscale its ascent gradient "
+            "too); use --amp bf16 or --amp off with SAM"
+        )
+    if optim.ema_warmup and not optim.ema_decay:
+        return "--ema-warmup warms up an average of the weights, which is off; add --ema DECAY (e.g. 0.999)"
+    if run.eval_models != "both" and not optim.ema_decay:
+        return (
+            f"--eval-models {run.eval_models} needs an average of the weights to choose from; "
+            "add --ema DECAY (e.g. 0.999) or leave --eval-models out"
+        )
+    for key in type(cfg.objective).model_fields:
+        options = getattr(cfg.objective, key)
+        if key != "name" and key != cfg.objective.name.replace("-", "_") and options != type(options)():
+            return (
+                f"objective.{key} is set but the objective is {cfg.objective.name}; add --objective "
+                f"{key.replace('_', '-')} or leave its options out"
+            )
+    return None
 
 
 # --------------------------------------------------------------------------------------------- validation
@@ -359,6 +404,8 @@ def _error_sentence(exc: ValidationError) -> str:
         return f"unknown config key {where!r}{_closest_key(err['loc'])}; `wrn presets demo` shows every key"
     if err["type"] == "literal_error":
         return f"{where} = {err.get('input')!r} is not allowed: {msg}"
+    if not err["loc"]:  # a rule across fields (TrainConfig._consistent): its own sentence
+        return msg
     return f"{where} = {err.get('input')!r} is invalid: {msg}"
 
 
@@ -387,312 +434,11 @@ def validate(data: dict[str, Any]) -> TrainConfig:
         raise ConfigError(_error_sentence(exc)) from None
 
 
-# --------------------------------------------------------------------------------------------- presets
-
-
-def _presets_dir():
-    return resources.files("wrn.train") / "presets"
-
-
-def list_presets() -> dict[str, str]:
-    """Preset name -> one-line description, sorted by name (files starting with ``_`` are shared bases)."""
-    out = {}
-    for entry in _presets_dir().iterdir():
-        if entry.name.endswith(".yaml") and not entry.name.startswith("_"):
-            data = yaml.safe_load(entry.read_text()) or {}
-            out[entry.name[: -len(".yaml")]] = str(data.get("description", "")).strip()
-    return dict(sorted(out.items(), key=lambda item: _natural_key(item[0])))
-
-
-def _natural_key(name: str) -> tuple:
-    """``demo`` first, then by data set and numbers as numbers (wrn-16-4 before wrn-16-10)."""
-    parts = tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t)
-    return (name != "demo", parts)
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise ConfigError(f"the key {key!r} is given twice (line {key_node.start_mark.line + 1})")
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _read_yaml(text: str, source: str) -> dict[str, Any]:
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}; keep one of them") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{source} is not valid YAML{where}; fix the syntax and try again") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{source} must hold a YAML mapping of sections (model, dataset, optim, schedule, run)"
-        )
-    return data
-
-
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Return ``base`` updated recursively by ``update`` (neither is modified)."""
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-# One layer of a config: (the preset it is, or None for a file or overrides; its mapping without extends).
-_Layer = tuple[str | None, dict[str, Any]]
-
-
-def _parent_of(data: dict[str, Any], source: str) -> str | None:
-    """Pop the ``extends:`` key (``preset:`` means the same, as in a run's config.yaml) and return it."""
-    extends, preset = data.pop("extends", None), data.pop("preset", None)
-    if extends is not None and preset is not None and extends != preset:
-        raise ConfigError(
-            f"{source} has 'extends: {extends}' and 'preset: {preset}', two different recipes to start from; "
-            "keep one of them"
-        )
-    parent = extends if extends is not None else preset
-    if parent is not None and not isinstance(parent, str):
-        raise ConfigError(f"{source}: 'extends' must name a preset (see 'wrn presets'), not {parent!r}")
-    return parent
-
-
-def unknown_preset(name: str) -> ConfigError:
-    """The error for a preset name that does not exist, with the closest names as suggestions."""
-    close = difflib.get_close_matches(str(name), list(list_presets()), n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return ConfigError(f"unknown preset {name!r}{hint} ('wrn presets' lists them)")
-
-
-def _preset_chain(name: str, seen: tuple[str, ...] = ()) -> list[_Layer]:
-    """The layers of a shipped preset, from the root base it extends to the preset itself."""
-    entry = _presets_dir() / f"{name}.yaml"
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not entry.is_file():
-        raise unknown_preset(name)
-    data = _read_yaml(entry.read_text(), f"preset {name!r}")
-    parent = _parent_of(data, f"preset {name!r}")
-    if parent is None:
-        return [(name, data)]
-    if parent in seen or parent == name:
-        raise ConfigError(f"preset {name!r} extends itself through {parent!r}; remove the cycle")
-    return [*_preset_chain(parent, (*seen, name)), (name, data)]
-
-
-def _file_chain(path: str | Path | dict[str, Any]) -> list[_Layer]:
-    """The layers of a config file (or of a mapping read already): the presets it extends, then itself."""
-    if isinstance(path, dict):
-        data, source = copy.deepcopy(path), "the config"
-    else:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist; pass the path of a YAML file")
-        source = f"config file {str(path)!r}"
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise ConfigError(f"{source} is not a text file; pass a YAML config file") from None
-        data = _read_yaml(text, source)
-    parent = _parent_of(data, source)
-    return [*(_preset_chain(parent) if parent is not None else []), (None, data)]
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{'optim': {'lr': 0.1}}`` -> ``{'optim.lr': 0.1}``: every leaf under its dotted key."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            out.update(flatten(value, dotted))
-        else:
-            out[dotted] = value
-    return out
-
-
-def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``data['a']['b'] = value`` for ``key='a.b'``, creating sections as needed."""
-    parts = key.split(".")
-    node = data
-    for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = node[part] = {}
-        node = child
-    node[parts[-1]] = value
-
-
-def _forget_data_choices(data: dict[str, Any], new_name: str | None, given: set[str]) -> None:
-    """Drop the merged augmentation/normalisation when a later layer names another data set without them."""
-    section = data.get("dataset")
-    if new_name is None or not isinstance(section, dict) or new_name == section.get("name"):
-        return
-    for key in ("augment", "normalization"):
-        if key not in given:
-            section.pop(key, None)
-
-
-def scale_milestones(milestones: list[int], from_epochs: int, to_epochs: int) -> list[int]:
-    """A recipe's lr drops moved to a run of ``to_epochs``, keeping the share of the run spent before each.
-
-    A milestone ``m`` lowers the rate at the start of epoch ``m``, so ``m - 1`` epochs run before it; those are
-    what scale: ``m' = round((m - 1) * to / from) + 1``. The CIFAR recipe's 60, 120, 160 of 200 become 3, 5, 6
-    of 6 (2 of the 6 epochs at 0.1, as 59 of 200). Drops that land on the same epoch merge, a drop is never
-    before epoch 2, and drops past the end of the run are left out.
-    """
-    if from_epochs == to_epochs:
-        return list(milestones)
-    scaled = {max(2, math.floor((m - 1) * to_epochs / from_epochs + 0.5) + 1) for m in milestones}
-    return sorted(m for m in scaled if m <= to_epochs)
-
-
-def _schedule_of(data: dict[str, Any]) -> dict[str, Any]:
-    section = data.get("schedule")
-    return section if isinstance(section, dict) else {}
-
-
-def build_config(
-    preset: str | None = None,
-    config_file: str | Path | dict[str, Any] | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> TrainConfig:
-    """Merge defaults < preset < file < overrides (dotted keys such as ``optim.lr``) and validate.
-
-    ``config_file`` is a YAML file's path or the mapping such a file holds.
-
-    A file may start from a preset with ``extends: NAME`` (or ``preset: NAME``, as every run's config.yaml
-    has); together with ``preset`` it must name the same one. The result's ``preset`` is the shipped preset
-    the run started from.
-
-    A layer that switches to another data set without naming its augmentation or normalisation gets that
-    data set's own (``--preset demo --dataset cifar10`` trains with CIFAR's flip-crop and constants, not the
-    digits'), so a preset's data-specific choices never leak onto another data set.
-
-    One rule for the number of epochs: when a later layer changes it, a recipe's milestones (a shipped
-    preset's, or the defaults') move along so that the same share of the run passes before each drop
-    (:func:`scale_milestones`), and milestones the user gave (in a file or an option) are kept as they are.
-    ``schedule.milestones_from`` records which of the two the run has.
-    """
-    chain: list[_Layer] = _preset_chain(preset) if preset is not None else []
-    if config_file is not None:
-        file_chain = _file_chain(config_file)
-        named = file_chain[-2][0] if len(file_chain) > 1 else None
-        if preset is not None and named is not None:
-            if named != preset:
-                raise ConfigError(
-                    f"--preset {preset} and the config file's 'extends: {named}' name two different recipes to "
-                    f"start from; drop --preset, or make the file extend {preset}"
-                )
-            chain = file_chain
-        else:
-            chain += file_chain
-    layer: dict[str, Any] = {}
-    for key, value in (overrides or {}).items():
-        set_dotted(layer, key, value)
-    if layer:
-        chain.append((None, layer))
-
-    data: dict[str, Any] = {}
-    origin = {"epochs": ScheduleSection().epochs, "from": "recipe"}  # where the milestones in force came from
-    for name, layer in chain:
-        section = layer.get("dataset") if isinstance(layer.get("dataset"), dict) else {}
-        _forget_data_choices(data, section.get("name"), given=set(section))
-        data = deep_merge(data, layer)
-        schedule = _schedule_of(layer)
-        if "milestones" in schedule:
-            origin["epochs"] = _schedule_of(data).get("epochs", origin["epochs"])
-            # a shipped preset's milestones are a recipe's; a file's or an option's are the user's
-            origin["from"] = schedule.get("milestones_from", "recipe" if name is not None else "given")
-    public = [name for name, _ in chain if name is not None and not name.startswith("_")]
-    data["preset"] = public[-1] if public else None
-    data.setdefault("schedule", {})["milestones_from"] = origin["from"]
-    cfg = validate(data)
-    if isinstance(origin["epochs"], int) and origin["epochs"] != cfg.schedule.epochs:
-        cfg = _moved_to(cfg, origin["epochs"], cfg.schedule.epochs)
-    return cfg
-
-
-def _moved_to(cfg: TrainConfig, from_epochs: int, epochs: int) -> TrainConfig:
-    """The one rule for a changed number of epochs: a recipe's multistep milestones move to the same shares
-    of the run (:func:`scale_milestones`); milestones the user gave are kept as they are."""
-    data = cfg.to_dict()
-    schedule = data["schedule"]
-    if schedule["name"] == "multistep" and schedule["milestones_from"] == "recipe":
-        schedule["milestones"] = scale_milestones(schedule["milestones"], from_epochs, epochs)
-    schedule["epochs"] = epochs
-    return validate(data)
-
-
-def with_epochs(cfg: TrainConfig, epochs: int) -> TrainConfig:
-    """``cfg`` shortened or lengthened to ``epochs`` by the rule of ``--epochs`` (:func:`_moved_to`)."""
-    return _moved_to(cfg, cfg.schedule.epochs, epochs)
-
-
-# --------------------------------------------------------------------------------------------- resolution
-
-
-def resolve(cfg: TrainConfig, *, cuda_available: bool | None = None) -> TrainConfig:
-    """Fill in every machine- or data-dependent default; raise :class:`ConfigError` for impossible choices."""
-    import torch
-
-    from wrn.data.registry import dataset_info
-
-    if cuda_available is None:
-        cuda_available = torch.cuda.is_available()
-    cfg = cfg.model_copy(deep=True)
-    run, data = cfg.run, cfg.dataset
-    if run.device == "auto":
-        run.device = "cuda" if cuda_available else "cpu"
-    kind = run.device.split(":")[0]
-    if kind == "cuda" and not cuda_available:
-        raise ConfigError("device 'cuda' was asked for but no CUDA GPU is visible; use --device cpu")
-    if kind == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ConfigError("device 'mps' was asked for but is not available here; use --device cpu")
-    if run.amp == "auto":
-        run.amp = "bf16" if kind == "cuda" else "off"
-    for option, value in (("--amp", run.amp), ("--eval-amp", run.eval_amp)):
-        if value == "fp16" and kind != "cuda":
-            raise ConfigError(
-                f"{option} fp16 needs a CUDA GPU but the device is {run.device!r}; use {option} off (fp32: on "
-                "most CPUs bf16 is slower than fp32)"
-            )
-    if run.channels_last is None:
-        # on the GPU the tensor cores want it; on the CPU oneDNN's kernels measured 1.1-1.3x faster with it
-        run.channels_last = kind in ("cuda", "cpu")
-    if run.sync_bn and kind != "cuda":
-        raise ConfigError(
-            f"--sync-bn needs CUDA GPUs (SyncBatchNorm), but the device is {run.device!r}; drop --sync-bn"
-        )
-    # Unset augmentation / normalisation: the data set's own defaults (docs/training.md; CIFAR-100 uses the
-    # CIFAR-10 constants, as the authors' code does).
-    defaults = dataset_info(data.name)
-    if data.image_size is None and data.name not in ("imagefolder",):
-        data.image_size = defaults.image_size  # image folders: set from the images once they are read
-    if cfg.optim.eval_batch_size is None:
-        cfg.optim.eval_batch_size = 2 * cfg.optim.batch_size  # no activations kept: twice the batch fits
-    if cfg.model.dropout is None:
-        cfg.model.dropout = 0.0
-    if cfg.model.act is None:
-        cfg.model.act = "relu"  # the paper's
-    if cfg.model.bn_momentum is None:
-        cfg.model.bn_momentum = 0.1  # PyTorch's convention; Torch's 0.9 of the authors' code
-    if data.augment is None:
-        data.augment = defaults.augment
-    if data.normalization is None:
-        data.normalization = defaults.normalization
-    return cfg
-
-
-def dump_yaml(cfg: TrainConfig) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False)
+def replace(cfg: TrainConfig, **sections: dict[str, Any]) -> TrainConfig:
+    """``cfg`` with some values of its sections changed, e.g. ``replace(cfg, run={"progress": False})``, for
+    values the code derives from a valid config (the values are trusted, not validated again)."""
+    return cfg.model_copy(
+        update={
+            name: getattr(cfg, name).model_copy(update=values) for name, values in sections.items() if values
+        }
+    )

@@ -164,7 +164,8 @@ def _check_dir(path: str | Path, batch_size: int):
 
 def _data_config(run_dir, given: dict[str, Any], download: bool, device: str, amp: str):
     """The run's data settings with the given ones on top; another data set brings its own defaults."""
-    from wrn.train.config import resolve, validate
+    from wrn.train.config import validate
+    from wrn.train.resolve import resolve
 
     saved = _read_run_data(run_dir.path)
     settings = {**saved, **{k: v for k, v in given.items() if v is not None}}

@@ -139,19 +139,3 @@ def describe_optim(optim: OptimSection) -> str:
     if optim.ema_decay:
         parts.append(f"EMA {optim.ema_decay:g}" + (" with warm-up" if optim.ema_warmup else ""))
     return "".join(f", {p}" for p in parts)
-
-
-def warnings_for(schedule: ScheduleSection) -> list[str]:
-    """Milestones the user gave that will not act as intended: at the last epoch (one epoch at the lowered
-    rate) or past it. A recipe's milestones, moved to the run's length, are placed inside it already."""
-    if schedule.name != "multistep" or schedule.milestones_from != "given":
-        return []
-    late = [m for m in schedule.milestones if m >= schedule.epochs]
-    if not late:
-        return []
-    listed = ", ".join(str(m) for m in late)
-    return [
-        f"lr milestone{'s' if len(late) > 1 else ''} {listed} at or past the last epoch ({schedule.epochs}): "
-        "that drop changes at most the last epoch; give --milestones inside the run, or leave them out and "
-        "--epochs scales the recipe's"
-    ]

@@ -8,9 +8,10 @@ A run directory holds:
 - ``metrics.jsonl``: one record per epoch, and ``tensorboard/``: the same as TensorBoard events;
 - at the end ``model.safetensors`` + ``model.json`` (the final weights and what they are) and ``curves.png``.
 
-Its states: ``missing`` (no folder, or an empty one), ``unstarted`` (killed before its first checkpoint: a
-config.yaml and nothing worth keeping, so it starts afresh), ``partial`` (a checkpoint to resume from), and
-``done`` (the final weights are written). One process trains a run at a time: it holds :class:`RunLock`,
+Its states, one rule (:meth:`RunDir.state`) for every command: ``missing`` (no folder, or an empty one),
+``unstarted`` (killed before its first checkpoint: only what a run writes before it, so it starts afresh),
+``partial`` (a checkpoint to resume from), ``done`` (the final weights are written), and ``other`` (a folder
+holding something else: never written into). One process trains a run at a time: it holds :class:`RunLock`,
 an exclusive ``flock`` on ``.<name>.lock`` beside the folder (``wrn reproduce`` takes the same lock for
 the runs of a grid).
 """
@@ -37,7 +38,8 @@ EDITED_CONFIG = "config.edited.yaml"
 # Set by `wrn reproduce` for its `wrn train` child: the descriptor of the run's lock, which it holds already.
 LOCK_FD_ENV = "WRN_RUN_LOCK_FD"
 
-# What a run writes before its first checkpoint: a folder holding only these has nothing worth keeping.
+# What a run writes before its first checkpoint: a folder holding only these (and temporaries of atomic writes
+# a kill left) has nothing worth keeping.
 _BEFORE_FIRST_CHECKPOINT = (CONFIG, METRICS, TENSORBOARD)
 
 
@@ -62,35 +64,89 @@ class RunDir:
     lock = property(lambda self: self.path.parent / f".{self.path.name}.lock")
 
     def state(self) -> str:
-        """``done``, ``partial``, ``unstarted`` or ``missing`` (see the module's docstring)."""
+        """``done``, ``partial``, ``unstarted``, ``other`` or ``missing`` (see the module's docstring)."""
         if self.model_json.is_file() and self.weights.is_file():
             return "done"
         if self.checkpoint.is_file():
             return "partial"
-        if self.path.is_dir() and any(self.path.iterdir()):
-            return "unstarted"
-        return "missing"
-
-    def is_unstarted(self) -> bool:
-        """Killed before its first checkpoint: a config.yaml, no checkpoint.pt, and nothing else but an empty
-        metrics file, TensorBoard events or a torn checkpoint temporary."""
-        if not self.path.is_dir() or not self.config.is_file() or self.checkpoint.exists():
-            return False
-        for entry in self.path.iterdir():
-            if entry.name.startswith(f".{CHECKPOINT}.") and entry.name.endswith(".tmp"):
-                continue
-            if entry.name not in _BEFORE_FIRST_CHECKPOINT:
-                return False
-        return (
-            not self.metrics.exists()
-            or not self.metrics.read_text(encoding="utf-8", errors="replace").strip()
-        )
+        if not self.path.is_dir():
+            return "missing"
+        entries = list(self.path.iterdir())
+        if not entries:
+            return "missing"
+        return "unstarted" if all(_before_first_checkpoint(e) for e in entries) else "other"
 
     def clear_unstarted(self) -> None:
         """Remove what a run killed before its first checkpoint left, so that it starts afresh."""
-        if self.is_unstarted():
+        if self.state() == "unstarted":
             for entry in self.path.iterdir():
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+    def check_new(self) -> None:
+        """A new run may go into a folder that does not exist, an empty one, or one killed before its first
+        checkpoint; anything else is refused in one sentence. Writes nothing."""
+        from wrn.errors import ConfigError
+        from wrn.paths import check_output_dir
+
+        check_output_dir(self.path, "--out")  # a file, a path under a file, a read-only or unwritable place
+        state = self.state()
+        if state in ("partial", "done"):
+            raise ConfigError(
+                f"the output directory {str(self.path)!r} already exists and is a run directory; continue it with "
+                f"'wrn train --resume {self.path}' or choose another --out"
+            )
+        if state == "other":
+            raise ConfigError(
+                f"the output directory {str(self.path)!r} already exists and is not empty; choose another --out"
+            )
+
+    def hold_lock(self) -> RunLock:
+        """The run's lock, for this process's lifetime (one process trains a run at a time); a lock that
+        ``wrn reproduce`` took for this process (``WRN_RUN_LOCK_FD``) is adopted."""
+        from wrn.errors import ConfigError
+
+        lock = RunLock(self.lock)
+        inherited = os.environ.get(LOCK_FD_ENV, "")
+        if inherited.isdigit() and lock.adopt(int(inherited)):
+            return lock
+        try:
+            taken = lock.acquire()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the run's lock file {str(self.lock)!r} ({exc.strerror}); "
+                "train into a folder you can write to"
+            ) from None
+        if not taken:
+            pid = lock.holder()
+            who = f"process {pid}" if pid else "another process"
+            raise ConfigError(
+                f"{self} is being trained by {who} right now; wait for it to finish, or stop it first"
+                + (f" (kill {pid})" if pid else "")
+            )
+        return lock
+
+
+def _before_first_checkpoint(entry: Path) -> bool:
+    """Whether ``entry`` of a run folder is what a run writes before its first checkpoint: config.yaml, an
+    empty metrics.jsonl, TensorBoard events, or a temporary of an atomic write that a kill left."""
+    from wrn.atomic import is_temporary
+
+    if entry.name == METRICS:
+        return entry.is_file() and not entry.read_text(encoding="utf-8", errors="replace").strip()
+    return entry.name in _BEFORE_FIRST_CHECKPOINT or (entry.is_file() and is_temporary(entry.name))
+
+
+def default_out_dir(name: str, root: str | os.PathLike = "runs") -> Path:
+    """``runs/<name>-<timestamp>``, with ``-2``, ``-3``, ... if that exists already."""
+    from datetime import datetime
+
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(root) / f"{name}-{stamp}"
+    n = 2
+    while path.exists():
+        path = Path(root) / f"{name}-{stamp}-{n}"
+        n += 1
+    return path
 
 
 class RunLock:

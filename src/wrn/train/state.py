@@ -4,8 +4,8 @@ checkpoint (the PyTorch pattern: ``load_state_dict`` puts it back).
 The checkpoint holds the weights and BN statistics, the optimizer (momentum buffers), the grad scaler, the
 position (epochs done, steps of the current epoch done, steps in all), the epoch's metric sums, the last
 epoch's record, the average of the weights (EMA) when it is on (with its count of updates, which its warm-up
-reads), and for every process its RNG states (Cutout's and mixing's generators among them when they are on)
-and its data loader's position. SAM, the lr warm-up and gradient clipping keep no state of their own (the
+reads), and for every process its RNG states, Cutout's generator when it is on, its objective's state
+(mixup/CutMix's generator, ...) and its data loader's position. SAM, the lr warm-up and gradient clipping keep no state of their own (the
 warm-up's rate follows from the step count). A run killed at any
 moment and resumed from its last checkpoint ends with the same weights, bit for bit, as one never stopped
 (on a CPU, or on a GPU with ``run.deterministic``).
@@ -80,9 +80,10 @@ class RunState:
             "loader": self.train_loader.state_dict(),
             "sums": self.meter.state_dict(),
         }
-        for name, recipe in self._batch_recipes().items():
-            if recipe is not None:
-                local[name] = recipe.state_dict()
+        step = self.trainables.step
+        if step.cutout is not None:
+            local["cutout"] = step.cutout.state_dict()
+        local["objective"] = step.objective.state_dict()
         parts = D.gather_objects(self.dist, local)
         if not self.dist.is_main:
             return None
@@ -135,19 +136,28 @@ class RunState:
         ckpt.set_rng_state(mine["rng"])
 
     def _load_recipes(self, state: dict[str, Any]) -> None:
-        """The EMA and this rank's Cutout and mixing generators, where the run has them on."""
-        mine = state["ranks"][self.dist.rank]
-        present = {"ema": (self.ema, state)} | {k: (v, mine) for k, v in self._batch_recipes().items()}
-        missing = [name for name, (on, saved) in present.items() if on is not None and name not in saved]
+        """The EMA, this rank's Cutout generator and its objective's state, where the run has them."""
+        step, mine = self.trainables.step, state["ranks"][self.dist.rank]
+        missing = [
+            name
+            for name, on, saved in (("ema", self.ema, state), ("cutout", step.cutout, mine))
+            if on is not None and name not in saved
+        ]
         if missing:
             raise CheckpointError(
                 f"the checkpoint holds no {' and no '.join(missing)} state although the run's config has it on; "
                 "the file is not this run's: restore it from a backup or start a new run"
             )
-        for name, (on, saved) in present.items():
-            if on is not None:
-                on.load_state_dict(saved[name])
-
-    def _batch_recipes(self) -> dict[str, Any]:
-        step = self.trainables.step
-        return {"cutout": step.cutout, "mixing": step.mixing}
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        if step.cutout is not None:
+            step.cutout.load_state_dict(mine["cutout"])
+        # (checkpoints written before objectives kept mixup/CutMix's generator beside the others: "mixing")
+        objective_state = mine.get("objective", mine)
+        try:
+            step.objective.load_state_dict(objective_state)
+        except KeyError as exc:
+            raise CheckpointError(
+                f"the checkpoint holds no {exc.args[0]} state although the run's config has it on; the file is "
+                "not this run's: restore it from a backup or start a new run"
+            ) from None

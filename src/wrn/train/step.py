@@ -1,5 +1,6 @@
-"""One training step: the batch's own augmentation (Cutout, mixup/CutMix), forward under autocast, cross-entropy, backward
-(twice with SAM, :mod:`wrn.train.sam`), gradient-norm clipping, update, the average of the weights (EMA).
+"""One training step: Cutout's holes, the objective's batch and loss (:mod:`wrn.train.objectives`: the
+cross-entropy, mixup/CutMix's soft targets, ...), forward under autocast, backward (twice with SAM,
+:mod:`wrn.train.sam`, around any objective), gradient-norm clipping, update, the average of the weights (EMA).
 
 The same :class:`TrainStep` runs inside ``wrn train`` and ``wrn bench train``, so the benchmark measures the
 step the training loop really takes. Nothing in it reads a value back to the host: the loss and logits it
@@ -8,6 +9,8 @@ returns stay on the device.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -15,10 +18,28 @@ import torch
 if TYPE_CHECKING:
     from wrn.train.cutout import Cutout
     from wrn.train.ema import WeightEMA
-    from wrn.train.mixing import Mixing
     from wrn.train.sam import SAM
 
+from wrn.train.objectives.base import Criterion, Objective
 from wrn.train.precision import autocast
+
+
+@dataclass
+class Forward:
+    """The step's forward pass: ``forward(images)`` is ``net``'s float32 logits of ``images``, in channels_last
+    and under autocast as configured. What an objective calls (``forward.net``: the network, for its mode)."""
+
+    net: torch.nn.Module
+    device: torch.device
+    amp: str = "off"
+    channels_last: bool = False
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.amp):
+            logits = self.net(images)
+        return logits.float()
 
 
 class TrainStep:
@@ -26,8 +47,9 @@ class TrainStep:
 
     ``amp`` is 'off', 'bf16' or 'fp16' (fp16 scales the loss with a grad scaler, ``self.scaler``);
     ``channels_last`` converts the images to that memory format (the model must be converted already).
-    ``cutout`` (a :class:`~wrn.train.cutout.Cutout`) cuts its holes into the batch first, then ``mixing`` (a
-    :class:`~wrn.train.mixing.Mixing`) mixes it and the loss is taken on its soft labels; ``ema`` (a
+    ``cutout`` (a :class:`~wrn.train.cutout.Cutout`) cuts its holes into the batch first, then ``objective``
+    (a :class:`~wrn.train.objectives.base.Objective`, or a loss function such as ``nn.CrossEntropyLoss()``)
+    makes the batch it is trained on and its loss; ``ema`` (a
     :class:`~wrn.train.ema.WeightEMA`) is updated after every optimizer step (not after one the fp16 grad
     scaler skipped). ``sam`` (a :class:`~wrn.train.sam.SAM`) takes the gradient at the SAM-perturbed weights;
     ``grad_clip`` > 0 clips the gradient's global norm before the update. All off by default.
@@ -39,26 +61,26 @@ class TrainStep:
         self,
         net: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
-        criterion: torch.nn.Module,
+        objective: Objective | Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         *,
         device: torch.device,
         amp: str = "off",
         channels_last: bool = False,
         cutout: Cutout | None = None,
-        mixing: Mixing | None = None,
         ema: WeightEMA | None = None,
         sam: SAM | None = None,
         grad_clip: float = 0.0,
     ) -> None:
         self.net = net
         self.optimizer = optimizer
-        self.criterion = criterion
+        self.objective = objective if isinstance(objective, Objective) else Criterion(objective)
         self.device = torch.device(device)
         self.amp = amp
         self.channels_last = bool(channels_last)
+        self.forward = Forward(net, self.device, amp, self.channels_last)
+        self.counted: torch.Tensor | None = None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
         self.cutout = cutout
-        self.mixing = mixing
         self.ema = ema
         self.sam = sam
         self.grad_clip = float(grad_clip)
@@ -66,22 +88,16 @@ class TrainStep:
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cutout is not None:
             images = self.cutout(images)
-        targets = labels
-        if self.mixing is not None:
-            images, targets = self.mixing(images, labels)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        batch = self.objective.prepare(self.forward, images, labels)
+        self.counted = batch.labels  # what the training accuracy of this step counts
 
-        def forward() -> tuple[torch.Tensor, torch.Tensor]:
-            with autocast(self.device, self.amp):
-                logits = self.net(images)
-            logits = logits.float()
-            return self.criterion(logits, targets), logits
+        def loss_fn() -> tuple[torch.Tensor, torch.Tensor]:
+            return self.objective.loss(self.forward, batch)
 
-        if self.sam is not None:  # (never under fp16: build_trainables refuses it)
-            loss, logits = self.sam.gradient(self.net, self.optimizer, forward)
+        if self.sam is not None:  # (never under fp16: the config refuses it)
+            loss, logits = self.sam.gradient(self.net, self.optimizer, loss_fn)
         else:
-            loss, logits = forward()
+            loss, logits = loss_fn()
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler.is_enabled():
                 self.scaler.scale(loss).backward()
@@ -111,11 +127,6 @@ class TrainStep:
             return None if norm is None else ~torch.isfinite(norm)
         self.optimizer.step()
         return None
-
-    def counted(self, labels: torch.Tensor) -> torch.Tensor:
-        """The labels the training accuracy of the last step counts: the batch's own, or with mixup/CutMix the
-        larger part of each mixed target."""
-        return labels if self.mixing is None else self.mixing.dominant
 
 
 def compile_net(net: torch.nn.Module, mode: str = "default") -> torch.nn.Module:

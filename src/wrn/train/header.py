@@ -1,0 +1,62 @@
+"""What ``wrn train`` prints before its first step: the warnings of the config, the precision and the machine,
+then the run's header (where it trains, the model and data, the schedule and optimizer, the device) and the
+per-image augmentation line."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+from wrn.data.policies import describe_data
+from wrn.train import recipe
+from wrn.train.precision import amp_warning
+from wrn.train.resolve import config_warnings
+
+
+def warn(text: str) -> None:
+    """A warning: a :class:`UserWarning` (the command line shows it as one ``warning: ...`` line)."""
+    warnings.warn(text, UserWarning, stacklevel=3)
+
+
+def print_header(loop, resumed: bool) -> None:
+    """Rank 0: the warnings, then the header lines (printed when ``loop.verbose``)."""
+    cfg, state, device = loop.cfg, loop.state, loop.device
+    if not loop.dist.is_main:
+        return
+    side = int(loop.info.image_size or 0) or None
+    for text in [*config_warnings(cfg, side), amp_warning(device, cfg.run.amp), _busy_cpu(device)]:
+        if text:
+            warn(text)
+    if not loop.verbose:
+        return
+    where = "continuing" if resumed else "run directory"
+    at = f" at epoch {state.epoch + 1}, step {state.step}" if resumed else ""
+    n_parameters = sum(p.numel() for p in state.model.parameters())
+    threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
+    print(
+        f"{where}: {loop.run_dir}{at}\n"
+        f"model {cfg.model.name} ({n_parameters:,} parameters) on {cfg.dataset.name}, "
+        f"{recipe.epochs_text(cfg.schedule.epochs)} of {state.steps_per_epoch} steps, batch {cfg.optim.batch_size}, "
+        f"{recipe.describe(cfg.schedule, cfg.optim.lr)}{recipe.describe_optim(cfg.optim)}, device {device}{threads}"
+        + (f" x {loop.dist.world_size} processes" if loop.dist.enabled else "")
+        + f", amp {cfg.run.amp}",
+        flush=True,
+    )
+    per_image = describe_data(cfg.dataset)  # the policies and random erasing, when on
+    if per_image:
+        print(per_image, flush=True)
+
+
+def _busy_cpu(device: torch.device) -> str | None:
+    """A hint when other programs keep the CPU busy (a run then trains several times slower)."""
+    if device.type != "cpu" or not hasattr(os, "getloadavg"):
+        return None
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load < 2 * cores:  # (this run itself and a few short jobs keep the load near the cores)
+        return None
+    return (
+        f"the CPU is busy before this run starts (load {load:.1f} on {cores} cores): other programs share it, so "
+        "training will be slower than on an idle machine"
+    )

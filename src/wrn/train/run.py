@@ -1,0 +1,379 @@
+"""A training run's life: :func:`train` starts one from a config, :func:`resume` continues one; both are the
+whole of ``wrn train``.
+
+A run is checked before anything is written (the config, the output folder, the data, the model), takes its
+lock, writes its config.yaml and first checkpoint, trains its epochs (:mod:`wrn.train.epoch`) and finishes by
+writing the model and curves.png. What the run directory holds is :mod:`wrn.train.rundir`; what a checkpoint
+holds is :class:`~wrn.train.state.RunState`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wrn.errors import ConfigError, Interrupted, WRNError
+from wrn.seeds import stream_seed
+from wrn.train import checkpoint as ckpt
+from wrn.train import distributed as D
+from wrn.train import recipe
+from wrn.train.build import build_loaders, build_model, build_trainables, prepare_device
+from wrn.train.compose import dump_yaml, read_run_config, with_epochs
+from wrn.train.config import TrainConfig, replace, validate
+from wrn.train.epoch import Loop, end_epoch, interrupted, save, train_one_epoch
+from wrn.train.header import print_header, warn
+from wrn.train.meter import EpochMeter
+from wrn.train.policy import CheckpointPolicy
+from wrn.train.resolve import provenance, resolve
+from wrn.train.rundir import RunDir, default_out_dir
+from wrn.train.signals import Signals
+from wrn.train.state import RunState
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    model: torch.nn.Module  # the plain model (no DDP / compile wrapper), on the training device
+    last: dict[str, Any] = field(default_factory=dict)  # the last epoch's metrics record (empty if none)
+
+
+def _say(verbose: bool, text: str) -> None:
+    if verbose:
+        print(text, flush=True)
+
+
+def train(
+    cfg: TrainConfig | dict[str, Any],
+    out: str | Path | None = None,
+    *,
+    epochs: int | None = None,
+    verbose: bool = False,
+) -> TrainResult:
+    """Train a new run from ``cfg`` into ``out`` (a new directory; default ``runs/<preset>-<timestamp>``).
+
+    ``epochs`` changes the run's length by the rule of ``--epochs`` (a recipe's lr drops move along, given
+    ones are kept). ``verbose`` prints the header, one line per epoch and a progress display (the command
+    line's output); the returned model is in eval mode. Bad input raises a :class:`wrn.errors.WRNError`
+    before anything is written. Continue a stopped run with :func:`resume`.
+    """
+    if cfg is None:
+        raise ConfigError("train() needs a config; to continue a run, call resume(RUN_DIR)")
+    cfg = cfg if isinstance(cfg, TrainConfig) else validate(cfg)
+    if epochs is not None:
+        cfg = with_epochs(cfg, epochs)
+    cfg = resolve(replace(cfg, run={} if verbose else {"progress": False}))
+    return _launch(cfg, Path(out) if out is not None else None, None, verbose)
+
+
+def resume(
+    run_dir: str | Path,
+    *,
+    epochs: int | None = None,
+    run: dict[str, Any] | None = None,
+    verbose: bool = False,
+) -> TrainResult:
+    """Continue the run in ``run_dir`` from its checkpoint, bit for bit, with the config it started with.
+
+    ``epochs`` trains it longer (or up to that epoch); ``run`` may change what cannot change its result
+    (the fields marked ``on_resume``: ``progress``, ``checkpoint_every_minutes``, ``checkpoint_every_steps``).
+    A run directory that never reached its first checkpoint starts afresh from its config.yaml; a finished
+    run is left as it is (what it lacks, such as curves.png, is drawn).
+    """
+    run_dir = RunDir(run_dir)
+    updates = {**(run or {}), **({} if verbose else {"progress": False})}
+    if run_dir.state() == "unstarted":
+        if not run_dir.config.is_file():
+            raise ConfigError(
+                f"{run_dir} was stopped before it wrote its config.yaml, so there is nothing to continue; start "
+                f"it again with 'wrn train ... --out {run_dir}'"
+            )
+        cfg = read_run_config(run_dir.path)
+        if epochs is not None:
+            cfg = with_epochs(cfg, epochs)
+        _say(
+            verbose, f"{run_dir} never reached its first checkpoint: starting it afresh from its config.yaml"
+        )
+        return _launch(resolve(_with_run(cfg, updates)), run_dir.path, None, verbose, fresh=True)
+    checkpoint = ckpt.load(run_dir.path)
+    base = validate(checkpoint["config"])
+    if _is_complete(run_dir, checkpoint, base) and epochs in (None, base.schedule.epochs):
+        return _already_complete(run_dir, checkpoint, verbose)
+    if epochs is not None and epochs != base.schedule.epochs:
+        _check_extension(base, checkpoint, epochs)
+        base = validate({**base.to_dict(), "schedule": {**base.schedule.model_dump(), "epochs": epochs}})
+    if run_dir.metrics.exists():
+        from wrn.train.logging import read_metrics
+
+        read_metrics(run_dir.path)  # a corrupt metrics file is refused before anything is written
+    return _launch(resolve(_with_run(base, updates)), run_dir.path, checkpoint, verbose)
+
+
+def _with_run(cfg: TrainConfig, updates: dict[str, Any]) -> TrainConfig:
+    """``cfg`` with the run options a resume may change (given by the user: validated)."""
+    return validate({**cfg.to_dict(), "run": {**cfg.run.model_dump(), **updates}}) if updates else cfg
+
+
+def _is_complete(run_dir: RunDir, checkpoint: dict[str, Any], cfg: TrainConfig) -> bool:
+    # (killed after its last checkpoint but before writing the model: it still needs finishing)
+    done = int(checkpoint["epoch"]) >= cfg.schedule.epochs and not checkpoint["step"]
+    return done and run_dir.model_json.is_file()
+
+
+def _check_extension(cfg: TrainConfig, checkpoint: dict[str, Any], epochs: int) -> None:
+    done = int(checkpoint["epoch"])
+    if epochs < max(done, 1) or (epochs == done and checkpoint["step"]):
+        raise ConfigError(
+            f"--epochs {epochs} is fewer than the {done} epochs this run has already trained; "
+            f"give at least {max(done, 1)}"
+        )
+    if cfg.schedule.name == "cosine":
+        raise ConfigError(
+            "a cosine schedule cannot be extended on resume (its rate is already annealed towards 0); "
+            "start a new run with the longer schedule instead"
+        )
+
+
+def _config_edits(run_dir: RunDir, saved: dict[str, Any]) -> list[str]:
+    """Dotted keys where the run's config.yaml differs from the config its checkpoint was written with,
+    except those whose marker says they change nothing a run computes (``volatile``)."""
+    from wrn.train.compose import flatten
+    from wrn.train.options import keys
+
+    if not run_dir.config.exists():
+        return []
+    try:
+        on_disk = read_run_config(run_dir.path).to_dict()
+    except ConfigError:
+        return ["(the whole file: it is no longer a valid config)"]
+    ignored = set(keys("volatile"))
+    a, b = flatten(on_disk), flatten(validate(saved).to_dict())
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in ignored)
+
+
+def _keep_edited_config(run_dir: RunDir, saved: dict[str, Any]) -> None:
+    edits = _config_edits(run_dir, saved)
+    if edits:
+        os.replace(run_dir.config, run_dir.edited_config)
+        warn(
+            f"{run_dir.config} was edited ({', '.join(edits[:6])}); a run continues with the config it started "
+            f"with, so these edits are ignored (your file is kept as {run_dir.edited_config.name}); to train "
+            f"longer, use --resume {run_dir} --epochs N",
+        )
+
+
+def _already_complete(run_dir: RunDir, checkpoint: dict[str, Any], verbose: bool) -> TrainResult:
+    """``--resume`` of a finished run: say so, draw curves.png if a kill left it out, touch nothing else."""
+    import wrn
+
+    epochs = int(checkpoint["epoch"])
+    last = dict(checkpoint.get("last_record") or {})
+    if not run_dir.curves.exists():
+        _draw_curves(run_dir)
+    key, whose = ("ema_test_error", "the EMA weights' ") if "ema_test_error" in last else ("test_error", "")
+    error = f" ({whose}test error {last[key]:.2f}%)" if isinstance(last.get(key), float) else ""
+    _say(
+        verbose,
+        f"{run_dir} is complete: {epochs} of {recipe.epochs_text(epochs)} trained{error}; nothing to do. To train "
+        f"it longer: wrn train --resume {run_dir} --epochs N (N > {epochs})",
+    )
+    return TrainResult(out_dir=run_dir.path, model=wrn.load_model(run_dir.path), last=last)
+
+
+# --------------------------------------------------------------------------------------------- the processes
+
+
+def _launch(cfg, out, checkpoint, verbose: bool, fresh: bool = False) -> TrainResult:
+    """Start the processes' side (DDP under torchrun) and train; signals are caught from here on, so that a
+    SIGTERM during the start-up or the final write ends the same way as one during an epoch."""
+    dist_info = D.setup(cfg.run.device.split(":")[0])
+    try:
+        with Signals() as signals:
+            return _run(cfg, out, checkpoint, dist_info, verbose and dist_info.is_main, signals, fresh)
+    finally:
+        D.teardown()
+
+
+def _resolve_device(cfg: TrainConfig, dist_info: D.DistInfo) -> torch.device:
+    """The device with its index: torch.cuda.set_device refuses a bare "cuda"."""
+    if cfg.run.device == "cuda":
+        return torch.device(
+            "cuda", dist_info.local_rank if dist_info.enabled else torch.cuda.current_device()
+        )
+    return torch.device(cfg.run.device)
+
+
+def _decide_out_dir(cfg: TrainConfig, out: Path | None, dist_info: D.DistInfo) -> RunDir:
+    """A new run's directory, decided and checked on rank 0 before anything is built or written."""
+    problem, out_dir = None, None
+    if dist_info.is_main:
+        out_dir = (
+            out if out is not None else default_out_dir(cfg.preset or f"{cfg.dataset.name}-{cfg.model.name}")
+        )
+        try:
+            RunDir(out_dir).check_new()
+        except WRNError as exc:  # said on every rank
+            problem = str(exc)
+    problem, out_dir = D.broadcast_object(dist_info, (problem, out_dir))
+    if problem:
+        raise ConfigError(problem)
+    return RunDir(out_dir)
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_loop(cfg: TrainConfig, run_dir: RunDir, dist_info: D.DistInfo, device: torch.device, signals, verbose,
+               record: bool = True):  # fmt: skip
+    """Data, model and state, in the order that fixes every random number: data, then the model's weights
+    from the seed alone, then each process's own stream (dropout masks) under DDP. ``record``: the config
+    gains the provenance record of what ran it and what the machine and the data gave (a new run; a resumed
+    one keeps the record of its start)."""
+    _seed_all(cfg.run.seed)
+    train_loader, test_loader, info = build_loaders(cfg, device, dist_info)
+    _seed_all(cfg.run.seed)
+    model = build_model(cfg, info)
+    if dist_info.enabled:
+        _seed_all(stream_seed(cfg.run.seed, "process", dist_info.rank))
+    found = {
+        "device": str(device),
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "processes": dist_info.world_size,
+        "image_size": int(info.image_size) if info.image_size else None,
+        "num_classes": info.num_classes,
+        "in_channels": info.in_channels,
+    }
+    if record:
+        cfg = cfg.model_copy(update={"provenance": cfg.provenance.model_copy(update=provenance(**found))})
+    trainables = build_trainables(cfg, model, device, dist_info)
+    state = RunState(cfg, trainables, train_loader, EpochMeter(device), dist_info)
+    schedule = recipe.Schedule(cfg.schedule, cfg.optim.lr, state.steps_per_epoch)
+    policy = CheckpointPolicy(cfg.run, dist_info, device, signals)
+    return Loop(cfg, run_dir, dist_info, device, state, schedule, policy, test_loader, info, verbose=verbose)
+
+
+def _run(
+    cfg, out, checkpoint, dist_info: D.DistInfo, verbose: bool, signals: Signals, fresh: bool
+) -> TrainResult:
+    from wrn.train.logging import RunLogger
+
+    device = _resolve_device(cfg, dist_info)
+    prepare_device(device, processes_here=dist_info.local_world_size, deterministic=cfg.run.deterministic)
+    resumed = checkpoint is not None
+    run_dir = RunDir(out) if resumed or fresh else _decide_out_dir(cfg, out, dist_info)
+    # bad data stops here, before anything is written
+    loop = build_loop(cfg, run_dir, dist_info, device, signals, verbose, record=not resumed)
+    lock = run_dir.hold_lock() if dist_info.is_main else None
+    try:
+        if dist_info.is_main and not resumed:
+            run_dir.check_new()  # again, now that the lock is ours
+        if resumed:
+            loop.state.load_state_dict(checkpoint)
+            loop.last_good = (loop.state.epoch, loop.state.step)
+        if dist_info.is_main:
+            _write_start(loop, checkpoint)
+        loop.logger = RunLogger(
+            run_dir.path, enabled=dist_info.is_main, **({"resume_epoch": loop.state.epoch} if resumed else {})
+        )
+        try:
+            print_header(loop, resumed)
+            _epochs(loop, resumed)
+        finally:
+            loop.logger.close()
+        if dist_info.is_main:
+            _finish(loop)
+        if signals.signum is not None:
+            raise Interrupted(
+                f"{signal.Signals(signals.signum).name} received while the run finished: it is complete in "
+                f"{run_dir}",
+                signals.signum,
+            )
+        return TrainResult(out_dir=run_dir.path, model=loop.state.model.eval(), last=loop.state.last_record)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _write_start(loop: Loop, checkpoint: dict[str, Any] | None) -> None:
+    """Rank 0, once everything is checked and built: the folder, config.yaml (the edits of a resumed run's
+    copy kept aside)."""
+    from wrn.atomic import atomic_write_text, remove_stale_temporaries
+
+    run_dir = loop.run_dir
+    if checkpoint is None:
+        run_dir.clear_unstarted()
+    else:
+        _keep_edited_config(run_dir, checkpoint["config"])
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run_dir.path)  # what a killed write left (the checkpoint, the model, the figure)
+    atomic_write_text(run_dir.config, dump_yaml(loop.cfg))
+
+
+def _epochs(loop: Loop, resumed: bool) -> None:
+    state = loop.state
+    if not resumed:
+        save(loop)  # the run is resumable from its very first step
+    if loop.policy.stop_everywhere():
+        interrupted(loop)  # a signal during the start-up: what it built is saved
+    while state.epoch < loop.cfg.schedule.epochs:
+        train_one_epoch(loop)
+        record = end_epoch(loop)
+        loop.logger.log_epoch(record)
+        save(loop, checked=True)
+        if loop.policy.stop_everywhere() and state.epoch < loop.cfg.schedule.epochs:
+            interrupted(loop)  # saved just above
+
+
+def _draw_curves(run_dir: RunDir) -> None:
+    try:
+        from wrn.train.plot import plot_run
+
+        plot_run(run_dir.path)
+    except Exception as exc:  # the weights are saved; a figure is not worth failing the run for
+        warn(f"could not draw curves.png ({exc})")
+
+
+def _finish(loop: Loop) -> None:
+    import wrn
+    from wrn.data.registry import preprocessing_record
+
+    data, info, last = loop.cfg.dataset, loop.info, loop.state.last_record
+    ema = loop.state.ema  # when on, the average of the weights is the run's model
+    prefix = "ema_" if ema is not None else ""
+    wrn.save_model(
+        ema.module if ema is not None else loop.state.model,
+        loop.run_dir.path,
+        metadata={
+            "dataset": data.name,
+            "normalization": data.normalization,
+            "epochs": loop.state.epoch,
+            **({"weights": "ema", "ema_decay": ema.decay} if ema is not None else {}),
+            "test_error": last.get(f"{prefix}test_error"),
+            "input": preprocessing_record(info, data.normalization, data.augment),
+            "classes": list(info.classes) if info.classes else None,
+        },
+    )
+    _draw_curves(loop.run_dir)
+    if prefix and "ema_test_error" not in last:  # --eval-models model: the average was never evaluated
+        prefix, whose = "", "the plain weights (the saved EMA was not evaluated): "
+    else:
+        whose = "the EMA weights: " if prefix else ""
+    if f"{prefix}test_error" in last:
+        _say(
+            loop.verbose,
+            f"done: {whose}test error {last[f'{prefix}test_error']:.2f}% "
+            f"(accuracy {last[f'{prefix}test_acc']:.2f}%) after "
+            f"{recipe.epochs_text(loop.state.epoch)}; model and curves in {loop.run_dir}",
+        )
+
+
+__all__ = ["TrainResult", "train", "resume", "build_loop"]
