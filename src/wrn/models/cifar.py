@@ -12,7 +12,8 @@ State-dict keys are stable and torchvision-like: ``conv1`` (stem), ``layer{1,2,3
 
 Variants (defaults are the paper's): ``act`` (``"relu"``, ``"leaky_relu"`` with slope 0.1, ``"silu"``) replaces
 every ReLU, ``bn_momentum`` every BN's momentum; ``num_classes=0`` replaces the classifier by the identity, so
-the model returns the pooled ``64k`` features. Neither changes a state-dict key.
+the model returns the pooled ``64k`` features. Neither changes a state-dict key. ``init`` picks the
+initialisation (:data:`INITS`): the authors' (default), PyTorch's, or AutoAugment's (which SAM's code keeps).
 
 timm's interface: ``forward_features`` (the last map, after the head's BN-ReLU), ``forward_head``,
 ``feature_info`` (stem and the three groups) and ``reset_classifier``.
@@ -21,7 +22,7 @@ timm's interface: ``forward_features`` (the last map, after the head's BN-ReLU),
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,38 @@ from torch import nn
 from wrn.errors import ConfigError
 from wrn.models.layers import check_act, check_bn_momentum, check_num_classes, make_act
 
-INITS = ("paper", "pytorch")
+SHORTCUTS = ("conv", "pool_pad", "pool_pad_centred")
+
+
+def pool_pad(
+    x: torch.Tensor, stride: int, planes: int, centred: bool, ceil_mode: bool = False
+) -> torch.Tensor:
+    """``x`` average-pooled with window and stride ``stride``, then zero channels up to ``planes``: after the
+    input's, or split evenly before and after them (``centred``). ``ceil_mode`` keeps a partial last window,
+    for convs that pad 1 on every side (an odd side then gives ceil(n/2), not floor)."""
+    if stride > 1:
+        x = F.avg_pool2d(x, stride, ceil_mode=ceil_mode)
+    extra = planes - x.shape[1]
+    before = extra // 2 if centred else 0
+    return F.pad(x, (0, 0, 0, 0, before, extra - before)) if extra else x
+
+
+class PoolPadShortcut(nn.Module):
+    """The parameter-free shortcut of AutoAugment's and SAM's WRNs where a block changes the shape: average
+    pool of the block's stride, then zero channels, after the input's (SAM, ``_output_add`` of
+    sam_jax/models/wide_resnet.py) or split before and after them (AutoAugment, ``zero_pad`` of
+    research/autoaugment/custom_ops.py)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int, centred: bool, ceil_mode: bool) -> None:
+        super().__init__()
+        self.in_planes, self.planes, self.stride = in_planes, planes, stride
+        self.centred, self.ceil_mode = centred, ceil_mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pool_pad(x, self.stride, self.planes, self.centred, self.ceil_mode)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_planes}, {self.planes}, stride={self.stride}, centred={self.centred}"
 
 
 class WideBlock(nn.Module):
@@ -39,8 +71,14 @@ class WideBlock(nn.Module):
     ``o1 = ReLU(BN(x))`` is shared by the first conv and the projection shortcut; the identity shortcut takes
     the raw ``x``. With ``preact_input=False`` (FixMatch's first blocks of groups 2 and 3) a block with a
     projection feeds the raw ``x`` to both instead, and its ``bn1`` goes unused. ``same_padding``: a stride-2
-    first conv pads (0, 1, 0, 1) as TensorFlow's 'SAME' (DeepMind's WRN) instead of 1 on every side. Dropout (element-wise) sits after the BN-ReLU and before every conv but the first. The
-    stride sits on the first conv, whatever its kernel. No conv has a bias; there is no ReLU after the sum.
+    first conv pads (0, 1, 0, 1) as TensorFlow's 'SAME' (DeepMind's WRN) instead of 1 on every side. Dropout
+    (element-wise) sits after the BN-ReLU and before every conv but the first. The stride sits on the first
+    conv, whatever its kernel. No conv has a bias; there is no ReLU after the sum.
+
+    ``shortcut`` (where the shape changes): ``"conv"``, the 1x1 projection; ``"pool_pad"``, a
+    :class:`PoolPadShortcut` with the zeros after the channels (SAM); ``"pool_pad_centred"``, zeros before and
+    after (AutoAugment). ``shortcut_preact``: which input the shortcut (or the identity) takes, ``True`` ``o1``,
+    ``False`` the raw ``x``; None is the rule above.
     """
 
     def __init__(
@@ -54,6 +92,8 @@ class WideBlock(nn.Module):
         bn_momentum: float = 0.1,
         preact_input: bool = True,
         same_padding: bool = False,
+        shortcut: str = "conv",
+        shortcut_preact: bool | None = None,
     ) -> None:
         super().__init__()
         self.kernels = tuple(int(k) for k in kernels)
@@ -75,24 +115,31 @@ class WideBlock(nn.Module):
                 nn.Conv2d(c_in, planes, k, stride=stride if j == 1 else 1, padding=pad, bias=False),
             )
         self.dropout = nn.Dropout(self.dropout_p) if self.dropout_p > 0 else None
-        self.shortcut = (
-            nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
-            if in_planes != planes or stride != 1
-            else None
-        )
+        self.shortcut: nn.Module | None = None
+        if in_planes != planes or stride != 1:
+            if shortcut == "conv":
+                self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+            else:  # the conv pads 1 on every side unless 'SAME': its output side is ceil(n/2), not floor
+                centred, ceil_mode = shortcut == "pool_pad_centred", self.same_pad is None
+                self.shortcut = PoolPadShortcut(in_planes, planes, stride, centred, ceil_mode)
+        # FixMatch's first blocks of groups 2 and 3 feed the raw input to conv1 and the shortcut
+        self.conv_preact = self.preact_input or self.shortcut is None
+        if shortcut_preact is None:
+            shortcut_preact = self.shortcut is not None and self.conv_preact
+        self.shortcut_preact = bool(shortcut_preact)
         self.act = make_act(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         o1 = self.act(self.bn1(x))
-        if not self.preact_input and self.shortcut is not None:
-            o1 = x  # FixMatch's first blocks of groups 2 and 3: conv1 and the shortcut see the raw input
-        h = self.conv1(o1 if self.same_pad is None else F.pad(o1, self.same_pad))
+        h = o1 if self.conv_preact else x
+        h = self.conv1(h if self.same_pad is None else F.pad(h, self.same_pad))
         for j in range(2, len(self.kernels) + 1):
             h = self.act(getattr(self, f"bn{j}")(h))
             if self.dropout is not None:
                 h = self.dropout(h)
             h = getattr(self, f"conv{j}")(h)
-        return h + (self.shortcut(o1) if self.shortcut is not None else x)
+        skip = o1 if self.shortcut_preact else x
+        return h + (self.shortcut(skip) if self.shortcut is not None else skip)
 
 
 class PreActBottleneck(nn.Module):
@@ -149,6 +196,37 @@ def init_paper_(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def init_autoaugment_(model: nn.Module) -> None:
+    """AutoAugment's initialisation (``conv2d`` and ``fc`` of research/autoaugment/custom_ops.py, TensorFlow's
+    BN defaults), which SAM's code keeps (sam_jax/models/utils.py): conv ~ N(0, sqrt(2 / (k*k*C_out))), BN
+    gamma = 1 and beta = 0, Linear weight ~ U(-1/sqrt(outputs), 1/sqrt(outputs)) and bias = 0."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            bound = 1.0 / math.sqrt(m.out_features)
+            nn.init.uniform_(m.weight, -bound, bound)
+            nn.init.zeros_(m.bias)
+
+
+# init name -> what initialises a model (or one new module of it); None keeps PyTorch's defaults
+INITS: dict[str, Callable[[nn.Module], None] | None] = {
+    "paper": init_paper_,
+    "pytorch": None,
+    "autoaugment": init_autoaugment_,
+}
+
+
+def _initialise(module: nn.Module, init: str) -> None:
+    if INITS[init] is not None:
+        INITS[init](module)
+
+
 def _check_common(num_classes: int, in_channels: int, init: str, act: str, bn_momentum: float) -> None:
     check_num_classes(num_classes)
     if not isinstance(in_channels, int) or in_channels < 1:
@@ -179,11 +257,15 @@ class _CifarResNet(nn.Module):
 
     The children are registered in the order they run (``conv1``, ``layer1..3``, ``bn``, ``act``, ``fc``), so
     feature extractors that walk them (torchvision's ``IntermediateLayerGetter``, :class:`FeatureNet`) see
-    the network as it computes."""
+    the network as it computes, but in AutoAugment's WRN: its ``global_skip`` (the stride from the stem's map
+    to the last group's; 0: none) adds the stem's output past the groups, so they refuse that network."""
+
+    global_skip = 0
+    skip_ceil_mode = False
 
     def _build(
         self,
-        groups: list[list[nn.Module]],
+        groups: Sequence[Sequence[nn.Module]],
         out_channels: int,
         num_classes: int,
         in_channels: int,
@@ -193,9 +275,8 @@ class _CifarResNet(nn.Module):
         head_bn_eps: float = 1e-5,
     ) -> None:
         self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=stem_bias)
-        self.layer1 = nn.Sequential(*groups[0])
-        self.layer2 = nn.Sequential(*groups[1])
-        self.layer3 = nn.Sequential(*groups[2])
+        layers = [g if isinstance(g, nn.Sequential) else nn.Sequential(*g) for g in groups]
+        self.layer1, self.layer2, self.layer3 = layers
         self.bn = nn.BatchNorm2d(out_channels, eps=head_bn_eps, momentum=bn_momentum)
         self.act = make_act(act)
         self.num_features = out_channels
@@ -232,8 +313,10 @@ class _CifarResNet(nn.Module):
         """The 64k-channel feature map after the head's BN-ReLU (before pooling)."""
         if getattr(self, "input_norm", False):
             x = (x - self.input_mean) / self.input_std
-        x = self.conv1(x)
+        stem = x = self.conv1(x)
         x = self.layer3(self.layer2(self.layer1(x)))
+        if self.global_skip:  # AutoAugment's skip from the stem to the last group, centred as theirs
+            x = x + pool_pad(stem, self.global_skip, self.num_features, True, self.skip_ceil_mode)
         return self.act(self.bn(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -252,10 +335,7 @@ class _CifarResNet(nn.Module):
         """A fresh classifier with ``num_classes`` outputs (0: none, the model returns pooled features)."""
         check_num_classes(num_classes)
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-        if isinstance(self.fc, nn.Linear) and self.config.get("init", "paper") == "paper":
-            bound = 1.0 / math.sqrt(self.num_features)
-            nn.init.uniform_(self.fc.weight, -bound, bound)
-            nn.init.zeros_(self.fc.bias)
+        _initialise(self.fc, self.config.get("init", "paper"))
         self.config = {**self.config, "num_classes": num_classes}
 
 
@@ -280,16 +360,42 @@ def _check_wrn(depth, width, kernels, blocks_per_group, dropout) -> int:
     return blocks_per_group
 
 
-def _check_variants(preact_first, head_bn_eps) -> tuple[int, ...]:
+def _check_variants(preact_first, head_bn_eps, shortcut, group_skips) -> tuple[int, ...]:
     """The other projects' options checked; the sorted groups whose first block pre-activates its input."""
     preact_first = tuple(sorted(int(g) for g in preact_first))
     if any(g not in (1, 2, 3) for g in preact_first) or len(set(preact_first)) != len(preact_first):
         raise ConfigError(f"preact_first lists groups among 1, 2, 3 (FixMatch: (1,)), got {preact_first!r}.")
+    if shortcut not in SHORTCUTS:
+        raise ConfigError(
+            f"shortcut must be one of {', '.join(SHORTCUTS)} (the paper's 1x1 conv; SAM's and AutoAugment's "
+            f"average pool and zeros), got {shortcut!r}."
+        )
+    if not isinstance(group_skips, bool):
+        raise ConfigError(
+            f"group_skips must be true or false (AutoAugment's WRN: true), got {group_skips!r}."
+        )
     if isinstance(head_bn_eps, bool) or not isinstance(head_bn_eps, (int, float)) or head_bn_eps <= 0:
         raise ConfigError(
             f"head_bn_eps must be a positive number (PyTorch's 1e-5, USB's 1e-3), got {head_bn_eps!r}."
         )
     return preact_first
+
+
+class SkipGroup(nn.Sequential):
+    """A group of blocks whose output also adds the group's input, average-pooled by the group's stride and
+    zero-padded (centred) to its width: AutoAugment's skip around each group (``_res_add`` of
+    research/autoaugment/wrn.py). No parameter; the blocks keep their keys (``layer{g}.{i}``)."""
+
+    def __init__(self, blocks: Sequence[nn.Module], stride: int, ceil_mode: bool) -> None:
+        super().__init__(*blocks)
+        self.skip_stride, self.skip_ceil_mode = stride, ceil_mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return out + pool_pad(x, self.skip_stride, out.shape[1], True, self.skip_ceil_mode)
+
+    def extra_repr(self) -> str:
+        return f"skip: average pool {self.skip_stride}, centred zeros"
 
 
 class WideResNet(_CifarResNet):
@@ -305,17 +411,25 @@ class WideResNet(_CifarResNet):
         dropout: element-wise dropout rate between the convs of a block (0.3 CIFAR, 0.4 SVHN in the paper).
         num_classes, in_channels: classifier outputs (0: no classifier, the pooled features) and image
             channels (1 for grayscale).
-        init: ``"paper"`` (the authors' initialisation, default) or ``"pytorch"`` (PyTorch's defaults).
+        init: ``"paper"`` (the authors' initialisation, default), ``"pytorch"`` (PyTorch's defaults) or
+            ``"autoaugment"`` (AutoAugment's, which SAM's code keeps; see :data:`INITS`).
         act: ``"relu"`` (the paper), ``"leaky_relu"`` (slope 0.1, FixMatch) or ``"silu"`` (robustness WRNs).
         bn_momentum: momentum of every BN (PyTorch's convention; 0.1 default, FixMatch 0.001).
 
     The options of other projects' WRNs, all off by default (the paper's network), none adding a tensor
-    to the state dict but ``stem_bias``:
+    to the state dict but ``stem_bias`` (the pooled shortcuts remove the projections' tensors):
 
         preact_first: the groups whose first block feeds its pre-activated input to ``conv1`` and the
             projection (default all three; FixMatch and USB: ``(1,)``, their first blocks of groups 2 and 3
             take the raw input and leave their ``bn1`` unused).
-        same_padding: stride-2 convs pad (0, 1, 0, 1), TensorFlow's 'SAME' (DeepMind's WRN).
+        shortcut: ``"conv"`` (the paper's 1x1 projection where the shape changes), ``"pool_pad"`` (average
+            pool and zero channels after the input's, no parameter: SAM) or ``"pool_pad_centred"`` (the zeros
+            split before and after: AutoAugment). Both of the latter, as their code, take every block's raw
+            input but the network's first block's, which shares its BN-ReLU with the shortcut
+            (``activate_before_residual``).
+        group_skips: AutoAugment's extra skips: each group's output adds the group's input, and the last
+            group's output adds the stem's, each average-pooled and zero-padded (centred) to the shape.
+        same_padding: stride-2 convs pad (0, 1, 0, 1), TensorFlow's 'SAME' (DeepMind's WRN, SAM, AutoAugment).
         stem_bias: a bias on the stem conv (USB). head_bn_eps: the head BN's eps (USB: 1e-3).
         input_mean, input_std: per-channel ``(x - mean) / std`` inside the forward, for networks that take
             pixels in [0, 1] (DeepMind's WRN and the robustness models); recorded in ``model.config``.
@@ -339,24 +453,35 @@ class WideResNet(_CifarResNet):
         head_bn_eps: float = 1e-5,
         input_mean: Sequence[float] | None = None,
         input_std: Sequence[float] | None = None,
+        shortcut: str = "conv",
+        group_skips: bool = False,
     ) -> None:
         super().__init__()
         kernels = tuple(kernels)
         blocks_per_group = _check_wrn(depth, width, kernels, blocks_per_group, dropout)
-        preact_first = _check_variants(preact_first, head_bn_eps)
+        preact_first = _check_variants(preact_first, head_bn_eps, shortcut, group_skips)
         _check_common(num_classes, in_channels, init, act, bn_momentum)
 
         widths = (16 * width, 32 * width, 64 * width)
         first_of = {16 * width * 2**g: g + 1 for g in range(3)}  # the group of a block's width
+        common = dict(kernels=kernels, dropout=dropout, act=act, bn_momentum=bn_momentum, shortcut=shortcut)
+        common["same_padding"] = bool(same_padding)
+        made: list[WideBlock] = []
 
         def block(c_in: int, planes: int, stride: int) -> WideBlock:
             first = c_in != planes or stride != 1
             preact = not first or first_of[planes] in preact_first
-            return WideBlock(
-                c_in, planes, stride, kernels, dropout, act, bn_momentum, preact, bool(same_padding)
+            # the pooled shortcuts take the raw input, except in the network's first block (see above)
+            skip_preact = None if shortcut == "conv" else not made
+            made.append(
+                WideBlock(c_in, planes, stride, preact_input=preact, shortcut_preact=skip_preact, **common)
             )
+            return made[-1]
 
         groups = _make_groups(block, widths, blocks_per_group)
+        if group_skips:  # the pools of the skips must give the sides that the strided convs give
+            self.global_skip, self.skip_ceil_mode = 4, not same_padding  # 4: the strides of the groups
+            groups = [SkipGroup(g, 1 if i == 0 else 2, not same_padding) for i, g in enumerate(groups)]
         self._build(
             groups,
             widths[-1],
@@ -367,8 +492,7 @@ class WideResNet(_CifarResNet):
             bool(stem_bias),
             float(head_bn_eps),
         )
-        if init == "paper":
-            init_paper_(self)
+        _initialise(self, init)
         self.set_input_normalization(input_mean, input_std)
         self.config = {
             "arch": "WideResNet",
@@ -391,6 +515,8 @@ class WideResNet(_CifarResNet):
             "head_bn_eps": (float(head_bn_eps), 1e-5),
             "input_mean": (None if input_mean is None else [float(m) for m in input_mean], None),
             "input_std": (None if input_std is None else [float(v) for v in input_std], None),
+            "shortcut": (shortcut, "conv"),
+            "group_skips": (group_skips, False),
         }
         self.config.update({k: v for k, (v, default) in variants.items() if v != default})
 
@@ -437,8 +563,7 @@ class PreActResNet(_CifarResNet):
         else:
             raise ConfigError(f"block must be 'basic' or 'bottleneck', got {block!r}.")
         self._build(groups, out, num_classes, in_channels, act, bn_momentum)
-        if init == "paper":
-            init_paper_(self)
+        _initialise(self, init)
         self.config = {
             "arch": "PreActResNet",
             "depth": depth,

@@ -23,6 +23,7 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxP
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from wrn.errors import ConfigError
+from wrn.models.features import check_chained
 from wrn.models.io import unwrap
 from wrn.models.registry import create_model
 
@@ -100,6 +101,7 @@ def backbone(
     name = getattr(model, "config", {}).get("name", type(model).__name__)
     if not isinstance(info, list) or len(info) < 2:
         raise ConfigError(f"{name} has no feature_info; a detection backbone needs a model built by wrn.")
+    check_chained(model, name)
     n_stages = len(info)
     if isinstance(trainable_layers, bool) or not isinstance(trainable_layers, int):
         raise ConfigError(

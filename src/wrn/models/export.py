@@ -74,8 +74,10 @@ def export_model(
     record = (metadata or {}).get("input") or {}
     size = image_size or record.get("size")
     x = example_input(model, batch=2, image_size=size, in_channels=record.get("channels"))
-    # The smallest side that keeps the last feature map above 1x1 (the tracer specialises a size of 1).
-    side = 33 if getattr(model, "config", {}).get("arch") == "ImageNetResNet" else 5
+    # The smallest side that keeps the last feature map above 1x1 (the tracer specialises a size of 1); the
+    # CIFAR networks with TensorFlow's 'SAME' padding halve a side rounding down, the others rounding up.
+    config = getattr(model, "config", {})
+    side = 33 if config.get("arch") == "ImageNetResNet" else 8 if config.get("same_padding") else 5
     dims = {
         0: torch.export.Dim("batch", min=1),
         2: torch.export.Dim("height", min=side),

@@ -111,6 +111,17 @@ def resolve_out_indices(out_indices: int | Sequence[int] | None, n_maps: int, na
     return tuple(resolved)
 
 
+def check_chained(model: nn.Module, name: str) -> None:
+    """Refuse a model that its children, run in order, do not compute: AutoAugment's WRN adds the stem's
+    output past the groups (``global_skip``)."""
+    if getattr(model, "global_skip", 0):
+        raise ConfigError(
+            f"{name} adds its stem's output to its last group's (AutoAugment's global skip), which its groups "
+            "taken one by one cannot compute; use model.forward_features(x) for its last map instead of "
+            "features_only or a detection backbone."
+        )
+
+
 class FeatureNet(nn.Module):
     """The maps of the stem and the groups of a wrn model, as a list of tensors (timm's ``FeatureListNet``).
 
@@ -124,6 +135,7 @@ class FeatureNet(nn.Module):
         name = getattr(model, "config", {}).get("name", type(model).__name__)
         if not isinstance(info, list) or not info:
             raise ConfigError(f"{name} has no feature_info; features_only needs a model built by wrn.")
+        check_chained(model, name)
         chosen = resolve_out_indices(out_indices, len(info), name)
         self.feature_info = FeatureInfo(info, chosen)
         taps = {info[i]["module"]: i for i in chosen}

@@ -5,8 +5,12 @@ Names (specification section 1-3):
 * ``wrn-D-K``: CIFAR/SVHN WRN of depth D = 6n+4 and width K, B(3,3) blocks;
 * ``wrn-D-K-bDIGITS``: block type B(M), M the kernel list (``b131`` = B(1,3,1)); N = (D-4)/6;
 * ``wrn-D-K-lL``: Table 3's all-3x3 block with L convs and N = (D-4)/(3L);
-* ``wrn-28-2-fixmatch``, ``wrn-28-8-fixmatch``: the WRNs of FixMatch and its successors (leaky ReLU, BN
-  momentum 0.001, raw input to the first blocks of groups 2 and 3);
+* ``wrn-D-K-fixmatch`` (``wrn-28-2-fixmatch``, ``wrn-28-8-fixmatch``): the WRNs of FixMatch and its
+  successors (leaky ReLU, BN momentum 0.001, raw input to the first blocks of groups 2 and 3);
+* ``wrn-D-K-sam`` (``wrn-28-10-sam``): the WRN of SAM's code (average pool and zero-pad shortcuts, 'SAME'
+  padding, AutoAugment's initialisation);
+* ``wrn-D-K-aa`` (``wrn-28-10-aa``): the WRN of AutoAugment's code (the same with the zeros centred, plus a
+  skip around each group and one from the stem to the last group);
 * ``preact-resnet-110`` (basic), ``preact-resnet-164``, ``preact-resnet-1001`` (bottleneck);
 * ImageNet, torchvision-compatible: ``resnet-18/34/50/101/152``, ``wrn-50-2``, ``wrn-101-2``,
   ``imagenet-wrn-18-{1.0,1.5,2.0,3.0}``, ``imagenet-wrn-34-{1.0,1.5,2.0,3.0}``.
@@ -23,6 +27,7 @@ import difflib
 import fnmatch
 import inspect
 import re
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
@@ -38,8 +43,20 @@ ARCHS: dict[str, type[nn.Module]] = {
     "ImageNetResNet": ImageNetResNet,
 }
 
-# name -> (constructor class, the arguments the name fixes, native input size, default classes, paper's figure)
-_Entry = tuple[type[nn.Module], dict[str, Any], int, int, str]
+
+@dataclass(frozen=True)
+class _Entry:
+    """What a model name stands for."""
+
+    cls: type[nn.Module]
+    fixed: dict[str, Any]  # the constructor arguments the name fixes
+    input_size: int  # native input side
+    num_classes: int  # default classes
+    paper: str  # the paper's figure and where it appears
+    # the constructor arguments the name sets but a caller may override (the init of SAM's WRN)
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
 _NAMED: dict[str, _Entry] = {}
 
 _CIFAR_PAPER = {
@@ -72,16 +89,45 @@ _CIFAR_PAPER = {
 # FixMatch's WRN (Sohn et al. 2020, and the ports that train it): leaky ReLU 0.1, BN momentum 0.001 (TensorFlow's
 # decay 0.999), and only group 1's first block feeds its pre-activated input to conv1 and the shortcut.
 FIXMATCH_OPTIONS: dict[str, Any] = {"act": "leaky_relu", "bn_momentum": 0.001, "preact_first": (1,)}
-_FIXMATCH_PAPER = {"wrn-28-2-fixmatch": "1.5M (FixMatch)", "wrn-28-8-fixmatch": "23.4M (FixMatch)"}
+# SAM's WRN (google-research/sam, sam_jax/models/wide_resnet.py as models/load_model.py builds it; the
+# additional skips of its flag use_additional_skip_connections are off by default) and AutoAugment's
+# (tensorflow/models, research/autoaugment/wrn.py and custom_ops.py, built by train_cifar.py): parameter-free
+# shortcuts and TensorFlow's 'SAME' padding; AutoAugment's adds the skips around the groups.
+SAM_OPTIONS: dict[str, Any] = {"shortcut": "pool_pad", "same_padding": True}
+AUTOAUGMENT_OPTIONS: dict[str, Any] = {
+    "shortcut": "pool_pad_centred",
+    "same_padding": True,
+    "group_skips": True,
+}
+# wrn-D-K-<suffix>, any depth and width: the options the suffix fixes, and those it sets by default (a caller
+# may override them: create_model("wrn-28-10-sam", init="paper"))
+_FAMILIES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "fixmatch": (FIXMATCH_OPTIONS, {}),
+    "sam": (SAM_OPTIONS, {"init": "autoaugment"}),
+    "aa": (AUTOAUGMENT_OPTIONS, {"init": "autoaugment"}),
+}
+_FAMILY_PAPER = {
+    "wrn-28-2-fixmatch": "1.5M (FixMatch)",
+    "wrn-28-8-fixmatch": "23.4M (FixMatch)",
+    "wrn-28-10-sam": "- (SAM)",
+    "wrn-28-10-aa": "- (AutoAugment)",
+}
 
-_CIFAR_RE = re.compile(r"^wrn-(\d+)-(\d+)(?:-b(\d+)|-l(\d+))?$")
+_CIFAR_RE = re.compile(r"^wrn-(\d+)-(\d+)(?:-b(\d+)|-l(\d+)|-(" + "|".join(_FAMILIES) + r"))?$")
 
 
-def _parse_cifar(name: str) -> dict[str, Any] | None:
-    """The WideResNet arguments a ``wrn-D-K[-bM|-lL]`` name stands for, None if it is not of that form."""
+def _parse_cifar(name: str) -> _Entry | None:
+    """What a ``wrn-D-K[-bM|-lL|-FAMILY]`` name stands for, None if it is not of that form."""
     m = _CIFAR_RE.match(name)
     if m is None:
         return None
+    fixed, defaults = _FAMILIES.get(m.group(5), ({}, {}))
+    args = _cifar_args(name, m)
+    return _Entry(WideResNet, {**args, **fixed}, 32, 10, "-", dict(defaults))
+
+
+def _cifar_args(name: str, m: re.Match) -> dict[str, Any]:
+    """Depth, width, kernels (and blocks per group) of a ``wrn-D-K[-bM|-lL]`` match, checked."""
     depth, width = int(m.group(1)), int(m.group(2))
     if width <= 0:
         raise ConfigError(f"{name}: the widening factor k must be a positive integer.")
@@ -113,19 +159,14 @@ def _parse_cifar(name: str) -> dict[str, Any] | None:
 
 
 def _register_all() -> None:
-    for name, paper in _CIFAR_PAPER.items():
-        _NAMED[name] = (WideResNet, _parse_cifar(name), 32, 10, paper)
-    for name, paper in _FIXMATCH_PAPER.items():
-        base = _parse_cifar(name[: -len("-fixmatch")])
-        _NAMED[name] = (WideResNet, {**base, **FIXMATCH_OPTIONS}, 32, 10, paper)
-    _NAMED["preact-resnet-110"] = (PreActResNet, {"depth": 110, "block": "basic"}, 32, 10, "1.7M")
-    _NAMED["preact-resnet-164"] = (PreActResNet, {"depth": 164, "block": "bottleneck"}, 32, 10, "1.7M (T5)")
-    _NAMED["preact-resnet-1001"] = (
-        PreActResNet,
-        {"depth": 1001, "block": "bottleneck"},
-        32,
-        10,
-        "10.2M (T5)",
+    for name, paper in {**_CIFAR_PAPER, **_FAMILY_PAPER}.items():
+        _NAMED[name] = replace(_parse_cifar(name), paper=paper)
+    _NAMED["preact-resnet-110"] = _Entry(PreActResNet, {"depth": 110, "block": "basic"}, 32, 10, "1.7M")
+    _NAMED["preact-resnet-164"] = _Entry(
+        PreActResNet, {"depth": 164, "block": "bottleneck"}, 32, 10, "1.7M (T5)"
+    )
+    _NAMED["preact-resnet-1001"] = _Entry(
+        PreActResNet, {"depth": 1001, "block": "bottleneck"}, 32, 10, "10.2M (T5)"
     )
     imagenet = {
         "resnet-18": ("basic", (2, 2, 2, 2), 1.0, "11.7M (T7)"),
@@ -150,7 +191,9 @@ def _register_all() -> None:
         layers = (2, 2, 2, 2) if depth == 18 else (3, 4, 6, 3)
         imagenet[f"imagenet-wrn-{depth}-{w}"] = ("basic", layers, float(w), paper)
     for name, (block, layers, width, paper) in imagenet.items():
-        _NAMED[name] = (ImageNetResNet, {"block": block, "layers": layers, "width": width}, 224, 1000, paper)
+        _NAMED[name] = _Entry(
+            ImageNetResNet, {"block": block, "layers": layers, "width": width}, 224, 1000, paper
+        )
 
 
 _register_all()
@@ -173,9 +216,9 @@ def _resolve(name: str) -> _Entry:
         key = key[: -len("-b33")]
     if key in _NAMED:
         return _NAMED[key]
-    fixed = _parse_cifar(key)
-    if fixed is not None:
-        return (WideResNet, fixed, 32, 10, "-")
+    entry = _parse_cifar(key)
+    if entry is not None:
+        return entry
     close = difflib.get_close_matches(key, list_models(), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise ConfigError(
@@ -184,14 +227,16 @@ def _resolve(name: str) -> _Entry:
 
 
 def model_info(name: str) -> dict[str, Any]:
-    """Family facts of a name: its class, native input size, default number of classes and paper figure."""
-    cls, fixed, size, classes, paper = _resolve(name)
+    """Family facts of a name: its class, native input size, default number of classes, paper figure, the
+    arguments it fixes (``args``) and those it sets by default (``defaults``, which a caller may override)."""
+    entry = _resolve(name)
     return {
-        "arch": cls.__name__,
-        "input_size": size,
-        "num_classes": classes,
-        "paper": paper,
-        "args": dict(fixed),
+        "arch": entry.cls.__name__,
+        "input_size": entry.input_size,
+        "num_classes": entry.num_classes,
+        "paper": entry.paper,
+        "args": dict(entry.fixed),
+        "defaults": dict(entry.defaults),
     }
 
 
@@ -217,11 +262,13 @@ def create_model(
             (True: torchvision's default, or ``"IMAGENET1K_V1"``/``"IMAGENET1K_V2"``), through torchvision's
             weights API; see :mod:`wrn.models.pretrained`. No pretrained weights exist for the CIFAR networks.
         **overrides: constructor arguments that the name does not fix, e.g. ``dropout=0.3``,
-            ``in_channels=1``, ``init="pytorch"``, ``act="silu"``, ``bn_momentum=0.001``.
+            ``in_channels=1``, ``init="pytorch"``, ``act="silu"``, ``bn_momentum=0.001``; they win over the
+            name's defaults (``init="autoaugment"`` of ``wrn-D-K-sam`` and ``wrn-D-K-aa``).
 
     The model carries ``model.config``, a plain dict from which :func:`build_model` rebuilds it.
     """
-    cls, fixed, _size, default_classes, _paper = _resolve(name)
+    entry = _resolve(name)
+    cls, fixed, default_classes = entry.cls, entry.fixed, entry.num_classes
     params = inspect.signature(cls.__init__).parameters
     allowed = [p for p in params if p not in ("self", "num_classes", *fixed)]
     for key in overrides:
@@ -244,7 +291,8 @@ def create_model(
                 "with pretrained=..., then reset_classifier(n) for another number of classes."
             )
         weights, state = tv.fetch(name, pretrained)
-    model = cls(**fixed, num_classes=default_classes if num_classes is None else num_classes, **overrides)
+    classes = default_classes if num_classes is None else num_classes
+    model = cls(**fixed, num_classes=classes, **{**entry.defaults, **overrides})
     model.config = {"name": name.strip().lower(), **model.config}
     if pretrained is not False:
         tv.load_into(model, weights, state)
