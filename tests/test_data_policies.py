@@ -1,6 +1,7 @@
 """The per-image policies (AutoAugment's CIFAR-10 policy, RandAugment, TrivialAugmentWide) and random erasing:
 through the loaders, image for image equal to torchvision's transforms applied by hand on the same seeds; the
-same batches with any number of workers and after a restore; a run on digits that trains with one."""
+same batches with any number of workers and after a restore (AutoAugment as the AutoAugment and sam codes
+train it too: tests/test_data_autoaugment.py checks their images); a run on digits that trains with one."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from torchvision import transforms as T
 
 import wrn.cli
 from wrn.data import DeviceLoader, folder_transform, load_arrays
-from wrn.data.policies import PerImage, batch_seed
+from wrn.data.policies import POLICY_CHOICES, PerImage, batch_seed
 
 MEAN, STD = (125.3, 123.0, 113.9), (63.0, 62.1, 66.7)
 
@@ -104,28 +105,33 @@ def test_a_policy_through_the_loader_equals_torchvision_by_hand(policy, shape):
     assert changed >= 0.5 * epochs * len(x)
 
 
-def _loader(x, y, workers, **kw):
-    per_image = PerImage("autoaugment", erasing=0.5)
+AUTOAUGMENTS = ("autoaugment", "autoaugment-paper", "autoaugment-sam")
+
+
+def _loader(x, y, workers, policy="autoaugment", **kw):
+    per_image = PerImage(policy, erasing=0.5)
     return DeviceLoader(x, y, 8, normalize=(MEAN, STD), seed=11, per_image=per_image, workers=workers, **kw)
 
 
-def test_the_same_batches_with_0_and_2_workers_and_the_global_generator_untouched():
+@pytest.mark.parametrize("policy", AUTOAUGMENTS)
+def test_the_same_batches_with_0_and_2_workers_and_the_global_generator_untouched(policy):
     x, y = _data(36, 3, 32, seed=1)
     torch.manual_seed(5)
     before = torch.get_rng_state()
-    alone = _epochs(_loader(x, y, 0), 2)
+    alone = _epochs(_loader(x, y, 0, policy), 2)
     assert torch.equal(torch.get_rng_state(), before)  # dropout's generator sees nothing of the policy
-    two = _epochs(_loader(x, y, 2), 2)
+    two = _epochs(_loader(x, y, 2, policy), 2)
     assert len(alone) == len(two) == 2 * (36 // 8)
     assert all(torch.equal(a, b) for a, b in zip(alone, two, strict=True))
     assert not torch.equal(alone[0], alone[len(alone) // 2])  # epochs differ
 
 
+@pytest.mark.parametrize("policy", AUTOAUGMENTS)
 @pytest.mark.parametrize("workers", [0, 2])
-def test_a_loader_restored_mid_epoch_gives_the_same_remaining_batches(workers):
+def test_a_loader_restored_mid_epoch_gives_the_same_remaining_batches(workers, policy):
     x, y = _data(36, 3, 32, seed=2)
-    straight = _epochs(_loader(x, y, workers), 2)
-    first = _loader(x, y, workers)
+    straight = _epochs(_loader(x, y, workers, policy), 2)
+    first = _loader(x, y, workers, policy)
     seen = [images for images, _ in first]  # epoch 1
     for images, _ in first:  # three batches of epoch 2, then stop
         seen.append(images)
@@ -133,7 +139,7 @@ def test_a_loader_restored_mid_epoch_gives_the_same_remaining_batches(workers):
             break
     state = first.state_dict()
     assert (state["epoch"], state["position"]) == (1, 3)
-    restored = _loader(x, y, workers)
+    restored = _loader(x, y, workers, policy)
     restored.load_state_dict(torch.load(_saved(state), weights_only=True))
     seen += [images for images, _ in restored]
     assert len(seen) == len(straight)
@@ -244,7 +250,7 @@ def test_a_bad_value_is_one_sentence_and_exit_2(flags, tmp_path, capsys):
 
 def test_the_bundled_digits_go_through_every_policy():
     x, y = load_arrays("digits", None, "train")
-    for policy in ("autoaugment", "randaugment", "trivialaugment"):
+    for policy in POLICY_CHOICES[1:]:
         loader = DeviceLoader(x[:64], y[:64], 32, normalize=((8.0,), (4.0,)), per_image=PerImage(policy))
         batches = _epochs(loader, 1)
         assert [tuple(b.shape) for b in batches] == [(32, 1, 8, 8)] * 2
@@ -272,6 +278,8 @@ def test_bench_data_says_what_each_policy_costs_per_image(tmp_path, capsys):
     assert [r["stage"] for r in rows] == [
         "none",
         "autoaugment (CIFAR-10 policy), random erasing p=0.5",
+        "autoaugment-paper (95 sub-policies, the AutoAugment code's ops), random erasing p=0.5",
+        "autoaugment-sam (95 sub-policies, google-research/sam's ops), random erasing p=0.5",
         "randaugment (N=2, M=9), random erasing p=0.5",
         "trivialaugment (wide), random erasing p=0.5",
     ]

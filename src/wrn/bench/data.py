@@ -5,7 +5,7 @@ crop from a 4-pixel reflection pad, mean/std), batches assembled on the device. 
 used when they are under the data root; otherwise random uint8 images of the data set's shape and size
 (CIFAR-10/100: 50,000; SVHN train+extra: 604,388) stand in, which times the same work, and the output says so.
 
-With ``--policy`` (AutoAugment, RandAugment, TrivialAugmentWide, or ``all`` of them in a table) and/or
+With ``--policy`` (one of :data:`wrn.data.policies.POLICY_CHOICES`, or ``all`` of them in a table) and/or
 ``--random-erasing``, it also says what the per-image stage costs: microseconds per image in one process,
 and the loader's images/s and batches/s with its ``--workers`` processes.
 """
@@ -65,6 +65,8 @@ def run(
         raise ConfigError("--epochs and --batch-size must be at least 1")
     if workers < 0:
         raise ConfigError(f"--workers is a number of processes, 0 or more, not {workers}")
+    if policy != "all" and policy not in POLICY_CHOICES:
+        raise ConfigError(f"unknown --policy {policy!r}: choose one of {', '.join(POLICY_CHOICES)} or all")
     policies = POLICY_CHOICES[1:] if policy == "all" else (policy,)
     stages = [PerImage(p, randaugment_n, randaugment_m, random_erasing) for p in policies]  # checks them
     info = dataset_info(dataset)

@@ -153,9 +153,8 @@ def _register_data(actions) -> None:
     d.add_argument(
         "--policy",
         default="none",
-        choices=("none", "autoaugment", "randaugment", "trivialaugment", "all"),
-        help="also time a per-image policy, or all of them in a table: microseconds per image in one process "
-        "and the loader with --workers (default none)",
+        help="also time a per-image policy (a name of wrn train --policy), or all of them in a table: "
+        "microseconds per image in one process and the loader with --workers (default none)",
     )
     d.add_argument("--randaugment-n", type=_int, default=2, help="RandAugment's N (default 2)")
     d.add_argument("--randaugment-m", type=_int, default=9, help="RandAugment's M, 0..30 (default 9)")

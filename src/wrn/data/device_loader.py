@@ -116,7 +116,7 @@ class DeviceLoader(EpochLoader):
             self._check_per_image(x)
             # the batches of the per-image stage are gathered on the CPU (the same tensor when x is there)
             self._x_cpu = x.to("cpu").contiguous()
-            self._transform = self.per_image.transform()
+            self._transform = self.per_image.transform(mean=normalize[0] if normalize is not None else None)
         self._generator = torch.Generator().manual_seed(self.seed)
         self._epoch_start_state = self._generator.get_state()
         self._plan = None

@@ -361,7 +361,7 @@ def folder_transform(
 
 
 def _with_per_image(base: transforms.Compose, augment: str, per_image: PerImage, normalize):
-    policy = per_image.transform()
+    policy = per_image.transform(mean=normalize[0] if normalize is not None else None)
     if policy is not None and augment == "imagenet":
         raise ConfigError(
             f"{per_image.describe()} works after the crop and flip of augment none, crop or flip-crop, not after "

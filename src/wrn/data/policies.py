@@ -1,9 +1,11 @@
-"""Per-image augmentation policies and random erasing, with torchvision's own implementations.
+"""Per-image augmentation policies and random erasing.
 
 - AutoAugment's CIFAR-10 policy (Cubuk et al. 2019), RandAugment(N, M) (Cubuk et al. 2020) and
-  TrivialAugmentWide (Müller & Hutter 2021) run on each uint8 image: for the device-resident data sets
-  before the crop and flip, the order of the AutoAugment and Fast AutoAugment / TrivialAugment code on CIFAR;
-  for image folders after the crop and flip, torchvision's reference order for ImageNet;
+  TrivialAugmentWide (Müller & Hutter 2021), torchvision's, and AutoAugment's CIFAR policy as the
+  AutoAugment code and google-research/sam's code train it (``autoaugment-paper``, ``autoaugment-sam``:
+  :mod:`wrn.data.autoaugment`) run on each uint8 image: for the device-resident data sets before the crop
+  and flip, the order of the AutoAugment and Fast AutoAugment / TrivialAugment code on CIFAR; for image
+  folders after the crop and flip, torchvision's reference order for ImageNet;
 - random erasing (Zhong et al. 2020) draws each image's box with ``RandomErasing.get_params`` (scale
   (0.02, 0.33), ratio (0.3, 3.3)) and the box is set to 0 after normalisation, torchvision's
   ``ToTensor -> Normalize -> RandomErasing(p, value=0)``.
@@ -21,9 +23,17 @@ import numpy as np
 import torch
 from torchvision import transforms
 
+from wrn.data.autoaugment import PaperAutoAugment, SamAutoAugment
 from wrn.errors import ConfigError
 
-POLICY_CHOICES = ("none", "autoaugment", "randaugment", "trivialaugment")
+POLICY_CHOICES = (
+    "none",
+    "autoaugment",
+    "autoaugment-paper",
+    "autoaugment-sam",
+    "randaugment",
+    "trivialaugment",
+)
 ERASING_SCALE = (0.02, 0.33)
 ERASING_RATIO = (0.3, 3.3)
 _POLICY_STREAM = 0x706F6C696379  # the per-image stage's seeds, apart from every other stream of a run
@@ -53,10 +63,15 @@ class PerImage:
     def active(self) -> bool:
         return self.policy != "none" or self.erasing > 0
 
-    def transform(self):
-        """torchvision's transform of the policy, or None."""
+    def transform(self, mean=None):
+        """The policy's transform of a uint8 image, or None. ``mean``: the loader's normalisation mean on the
+        0..255 scale, the colour of the pixels that ``autoaugment-paper`` empties (None: its CIFAR-10 mean)."""
         if self.policy == "autoaugment":
             return transforms.AutoAugment(transforms.AutoAugmentPolicy.CIFAR10)
+        if self.policy == "autoaugment-paper":
+            return PaperAutoAugment(mean)
+        if self.policy == "autoaugment-sam":
+            return SamAutoAugment()
         if self.policy == "randaugment":
             return transforms.RandAugment(num_ops=self.n, magnitude=self.m)
         if self.policy == "trivialaugment":
@@ -68,6 +83,10 @@ class PerImage:
         parts = []
         if self.policy == "autoaugment":
             parts.append("autoaugment (CIFAR-10 policy)")
+        elif self.policy == "autoaugment-paper":
+            parts.append("autoaugment-paper (95 sub-policies, the AutoAugment code's ops)")
+        elif self.policy == "autoaugment-sam":
+            parts.append("autoaugment-sam (95 sub-policies, google-research/sam's ops)")
         elif self.policy == "randaugment":
             parts.append(f"randaugment (N={self.n}, M={self.m})")
         elif self.policy == "trivialaugment":
