@@ -266,9 +266,9 @@ def _detect_fixmatch(obj: Any) -> Claim | None:
     if evidence == "unknown":
         return Claim(
             SHARED,
-            "a WRN in which no BN has trained, so its weights do not show whether xternalz's WRN or "
-            "FixMatch's wrote it (the two give other logits): choose fixmatch or usb if semi-supervised "
-            "code wrote it; an untrained xternalz network is wrn.create_model('wrn-D-K')",
+            "a WRN in which no BN has trained, which cannot be told apart between xternalz's network and "
+            "FixMatch's (the weights do not show it, and the two give other logits): if FixMatch's code wrote "
+            "it, `wrn convert fixmatch` reads it; an untrained xternalz network is wrn.create_model('wrn-D-K')",
         )
     return None
 
@@ -427,7 +427,7 @@ def check_claims(fmt: str, obj: Any, source: str) -> None:
         params = tensors_in(obj, ("params", "state_dict", "model", "model_state_dict"))
         known = _not_a_format(params)
         if known is None and params is not None:
-            keys = sorted(params)
+            keys = list(params)
             known = "keys " + ", ".join(repr(k) for k in keys[:5]) + (
                 f" and {len(keys) - 5} more" if len(keys) > 5 else ""
             )

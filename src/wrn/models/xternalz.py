@@ -77,11 +77,6 @@ def read_xternalz(obj: Any, source: str, dropout: float = 0.0) -> nn.Module:
         model.wrn_metadata = checkpoints.input_record(
             model, "cifar10", *normalization_constants("cifar10"), dataset=dataset
         )
-        checkpoints.note(
-            f"recorded the input of the port's train.py for {source} (the paper's CIFAR constants); TRADES "
-            "and RobustBench models take pixels in [0, 1]: give them `--normalization pixels` in wrn eval "
-            "and predict"
-        )
     return model
 
 

@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from wrn.data.registry import NORMALIZATION_CHOICES
 from wrn.errors import ConfigError
 
 
@@ -98,7 +99,7 @@ class DataSection(_Section):
     augment: Literal["none", "crop", "flip-crop", "imagenet"] | None = flagged(
         None, "--augment", "training augmentation (default: the data set's recipe)"
     )
-    normalization: Literal["cifar10", "cifar100", "svhn", "digits", "imagenet", "zca", "none"] | None = (
+    normalization: Literal[NORMALIZATION_CHOICES] | None = (
         flagged(None, "--normalization", "input normalisation (default: the data set's)")
     )
     crop_padding: Literal["reflect", "zeros"] = flagged(
