@@ -101,4 +101,12 @@ def run(args: argparse.Namespace) -> int:
         f"{args.src} -> {args.out_dir}: {model.config['name']}, {model.config['num_classes']} classes, "
         f"{count_parameters(model):,} parameters (format {args.source})"
     )
+    record = (getattr(model, "wrn_metadata", None) or {}).get("input")
+    if record:
+        print(
+            f"input recorded for eval, predict and export: {record['size']}x{record['size']}, normalisation "
+            f"{record['normalization']} (their --normalization overrides it)"
+        )
+    else:
+        print("no input recorded: give `wrn predict` --normalization and --image-size, `wrn eval` --normalization")
     return 0

@@ -191,6 +191,15 @@ def state_dict(obj: Any, source: str, fmt: str, wrappers: tuple[str, ...] = ("st
     return {k: v.detach() for k, v in params.items()}
 
 
+def _holds_tensors(obj: Any, wrappers: tuple[str, ...]) -> bool:
+    import torch
+
+    if isinstance(obj, dict):
+        inner = next((obj[k] for k in wrappers if isinstance(obj.get(k), dict)), obj)
+        return isinstance(inner, dict) and any(isinstance(v, torch.Tensor) for v in inner.values())
+    return False
+
+
 def _has(params: dict | None, *names: str) -> bool:
     return params is not None and all(n in params for n in names)
 
@@ -201,7 +210,7 @@ def _untouched(params: dict, prefix: str) -> bool:
     import torch
 
     w, b = params.get(prefix + "weight"), params.get(prefix + "bias")
-    if not isinstance(w, torch.Tensor) or not isinstance(b, torch.Tensor) or w.numel() == 0:
+    if not all(isinstance(t, torch.Tensor) and t.layout == torch.strided and t.numel() for t in (w, b)):
         return False
     return bool((w == w.flatten()[0]).all()) and bool((b == 0).all())
 
@@ -424,7 +433,10 @@ def check_claims(fmt: str, obj: Any, source: str) -> None:
             f"{source} is not a {fmt} checkpoint: it looks like {best.what}; use `wrn convert {best_name}`"
         )
     if own is None:
-        params = tensors_in(obj, ("params", "state_dict", "model", "model_state_dict"))
+        wrappers = ("params", "state_dict", "model", "model_state_dict")
+        if _holds_tensors(obj, wrappers):  # a broken entry (an int key, a scalar, ...) is named first
+            state_dict(obj, source, fmt, wrappers)
+        params = tensors_in(obj, wrappers)
         known = _not_a_format(params)
         if known is None and params is not None:
             keys = list(params)
