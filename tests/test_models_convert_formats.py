@@ -54,7 +54,10 @@ def _robustness_file(seed: int) -> tuple[dict, nn.Module]:
     with torch.no_grad():
         for p in averaged_.parameters():
             p.mul_(0.98)
-    return {"model_state_dict": averaged_.state_dict(), "unaveraged_model_state_dict": net.state_dict()}, averaged_
+    return {
+        "model_state_dict": averaged_.state_dict(),
+        "unaveraged_model_state_dict": net.state_dict(),
+    }, averaged_
 
 
 AT_C10 = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
@@ -94,14 +97,20 @@ def _files() -> dict[str, tuple[str, object, nn.Module | None]]:
     xr = reference(14)
     robust, robust_ref = _robustness_file(15)
     dm = calibrate_bn_(DMWRN(10, 2, 10), _gen(16))
-    mu, sigma = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1), torch.tensor([0.25, 0.2, 0.3]).view(1, 3, 1, 1)
+    mu, sigma = (
+        torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1),
+        torch.tensor([0.25, 0.2, 0.3]).view(1, 3, 1, 1),
+    )
     xm = calibrate_bn_(XWRN(10, 1, 10), _gen(17))
     official = official_params(10, 1, 10, _gen(10))
     return {
         "official-cifar": ("official", {"params": official, "epoch": 9}, OfficialForward(official)),
         "official-imagenet-folded": ("official", _folded_tiny(), None),
-        "xternalz": ("xternalz", {"state_dict": {f"module.{k}": v for k, v in xternalz_state(14).items()},
-                                  "best_prec1": 80.0}, xr),  # fmt: skip
+        "xternalz": (
+            "xternalz",
+            {"state_dict": {f"module.{k}": v for k, v in xternalz_state(14).items()}, "best_prec1": 80.0},
+            xr,
+        ),  # fmt: skip
         "xternalz-bare": ("xternalz", xternalz_state(14), xr),
         "fixmatch": ("fixmatch", fixmatch_checkpoint(fm, fm_ema), fm_ema),
         "fixmatch-bare": ("fixmatch", fm.state_dict(), fm),
@@ -109,8 +118,11 @@ def _files() -> dict[str, tuple[str, object, nn.Module | None]]:
         "usb-bare": ("usb", usb_ema.state_dict(), usb_ema),
         "dm": ("dm", dm.state_dict(), dm),
         "robustness": ("robustness", robust, robust_ref),
-        "robustness-mu-sigma": ("robustness", {"mu": mu, "sigma": sigma, **xm.state_dict()},
-                                nn.Sequential(Normalization(mu.flatten().tolist(), sigma.flatten().tolist()), xm)),  # fmt: skip
+        "robustness-mu-sigma": (
+            "robustness",
+            {"mu": mu, "sigma": sigma, **xm.state_dict()},
+            nn.Sequential(Normalization(mu.flatten().tolist(), sigma.flatten().tolist()), xm),
+        ),  # fmt: skip
     }
 
 
@@ -143,7 +155,9 @@ def test_every_other_format_refuses_a_file_naming_its_format(name, files, tmp_pa
         err = proc.stderr.strip()
         assert proc.returncode == 2, (other, proc.stdout, err)
         assert "\n" not in err and "Traceback" not in err, err
-        assert f"is not a {other} checkpoint: it looks like " in err and err.endswith(f"use `wrn convert {fmt}`")
+        assert f"is not a {other} checkpoint: it looks like " in err and err.endswith(
+            f"use `wrn convert {fmt}`"
+        )
         assert not out.exists()
     if ref is None:
         return  # the folded export converts exactly in tests/test_models_io.py, at its full size
@@ -158,7 +172,10 @@ def test_an_untrained_xternalz_named_network_is_refused_as_ambiguous_and_read_as
     src = tmp_path / "fresh.pt"
     torch.save(SsWRN(10, 2, 10).state_dict(), src)
     proc = wrn_here(capsys, "convert", "xternalz", src, tmp_path / "x")
-    assert proc.returncode == 2 and "cannot be told apart between xternalz's network and FixMatch's" in proc.stderr
+    assert (
+        proc.returncode == 2
+        and "cannot be told apart between xternalz's network and FixMatch's" in proc.stderr
+    )
     assert wrn_here(capsys, "convert", "fixmatch", src, tmp_path / "f").returncode == 0
 
 
@@ -215,7 +232,9 @@ def test_converted_models_record_their_input_and_predict_reads_it(
     assert meta["input"]["size"] == 32 and meta["dataset"] == dataset and len(meta["classes"]) == 10
     assert meta["format"] == fmt and meta["code"] == checkpoints.FORMATS[fmt].code
     mean, std = normalization_for(normalization, 3)
-    assert meta["input"]["mean"] == pytest.approx(list(mean)) and meta["input"]["std"] == pytest.approx(list(std))
+    assert meta["input"]["mean"] == pytest.approx(list(mean)) and meta["input"]["std"] == pytest.approx(
+        list(std)
+    )
     proc = wrn_here(capsys, "predict", tmp_path / "m", _image(tmp_path))
     assert proc.returncode == 0, proc.stderr
     # what predict feeds: the recorded normalisation of the image's pixels
@@ -224,7 +243,9 @@ def test_converted_models_record_their_input_and_predict_reads_it(
     x = (pixels.float()[None] - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     expected = torch.softmax(logits(model, x), 1)[0]
     (pred,) = predict(tmp_path / "m", [tmp_path / "img.png"], top_k=1)
-    assert pred.top[0][0] == int(expected.argmax()) and pred.top[0][2] == pytest.approx(float(expected.max()), rel=1e-5)
+    assert pred.top[0][0] == int(expected.argmax()) and pred.top[0][2] == pytest.approx(
+        float(expected.max()), rel=1e-5
+    )
 
 
 def test_folded_wrn50_2_records_imagenet_at_224():
@@ -232,7 +253,11 @@ def test_folded_wrn50_2_records_imagenet_at_224():
 
     model = checkpoints.load("official", folded_wrn50_2_params(_gen(3)))
     meta = model.wrn_metadata
-    assert meta["input"]["size"] == 224 and meta["input"]["resize"] == "imagenet" and meta["dataset"] == "imagenet"
+    assert (
+        meta["input"]["size"] == 224
+        and meta["input"]["resize"] == "imagenet"
+        and meta["dataset"] == "imagenet"
+    )
     assert meta["normalization"] == "imagenet" and len(meta["classes"]) == 1000
 
 
@@ -242,7 +267,11 @@ def test_predict_takes_the_normalization_a_model_json_lacks(tmp_path, capsys):
     save_model(create_model("wrn-10-1"), tmp_path / "m")  # no metadata.input
     img = _image(tmp_path)
     proc = wrn_here(capsys, "predict", tmp_path / "m", img)
-    assert proc.returncode == 2 and "pass --normalization NAME" in proc.stderr and "\n" not in proc.stderr.strip()
+    assert (
+        proc.returncode == 2
+        and "pass --normalization NAME" in proc.stderr
+        and "\n" not in proc.stderr.strip()
+    )
     proc = wrn_here(capsys, "predict", tmp_path / "m", img, "--normalization", "pixels")
     assert proc.returncode == 0, proc.stderr
     proc = wrn_here(capsys, "predict", tmp_path / "m", img, "--normalization", "nope")
@@ -383,7 +412,18 @@ def test_force_killed_at_either_rename_keeps_a_whole_pair_and_the_next_convert_c
     assert wrn_here(capsys, "convert", "xternalz", old_src, out).returncode == 0
     old = logits(load_model(out), X)
     proc = subprocess.run(
-        [sys.executable, "-c", _KILLER, str(out), str(n), "convert", "xternalz", str(new_src), str(out), "--force"],
+        [
+            sys.executable,
+            "-c",
+            _KILLER,
+            str(out),
+            str(n),
+            "convert",
+            "xternalz",
+            str(new_src),
+            str(out),
+            "--force",
+        ],
         env={**os.environ, **WRN_ENV},
         capture_output=True,
         text=True,

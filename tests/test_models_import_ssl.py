@@ -184,14 +184,13 @@ def test_a_fixmatch_file_is_never_converted_silently_as_the_xternalz_network(tmp
         {f"module.{k}": v for k, v in ref.state_dict().items()},
     ):
         with pytest.raises(
-            CheckpointError, match=r"is not a xternalz checkpoint: it looks like FixMatch's WRN.*`wrn convert fixmatch`"
+            CheckpointError,
+            match=r"is not a xternalz checkpoint: it looks like FixMatch's WRN.*`wrn convert fixmatch`",
         ):
             load_xternalz(state)
     # an untrained network shows nothing either way: refused, naming the formats to choose from
     fresh = SsWRN(10, 2, 10).state_dict()
-    with pytest.raises(
-        CheckpointError, match=r"cannot be told apart .*use `wrn convert fixmatch`"
-    ):
+    with pytest.raises(CheckpointError, match=r"cannot be told apart .*use `wrn convert fixmatch`"):
         load_xternalz(fresh)
     # and the format asked for by name reads it
     assert tuple(load_fixmatch(fresh).config["preact_first"]) == (1,)

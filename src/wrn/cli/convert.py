@@ -108,5 +108,7 @@ def run(args: argparse.Namespace) -> int:
             f"{record['normalization']} (their --normalization overrides it)"
         )
     else:
-        print("no input recorded: give `wrn predict` --normalization and --image-size, `wrn eval` --normalization")
+        print(
+            "no input recorded: give `wrn predict` --normalization and --image-size, `wrn eval` --normalization"
+        )
     return 0

@@ -125,8 +125,10 @@ def _describe(obj: Any) -> str:
         if not obj:
             return "an empty dict"
         keys = [str(k) for k in obj]
-        return "a dict with keys " + ", ".join(repr(k) for k in keys[:5]) + (
-            f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+        return (
+            "a dict with keys "
+            + ", ".join(repr(k) for k in keys[:5])
+            + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
         )
     return f"a {type(obj).__name__}"
 
@@ -237,7 +239,9 @@ def _detect_official(obj: Any) -> Claim | None:
     score = WRAPPER if wrapped else KEYS
     if _has(params, "conv0", "group0.block0.conv0"):
         shown = "{'params': ...} with " if wrapped else ""
-        return Claim(score, f"a checkpoint of the authors' CIFAR code ({shown}`conv0`, `group0.block0.conv0`)")
+        return Claim(
+            score, f"a checkpoint of the authors' CIFAR code ({shown}`conv0`, `group0.block0.conv0`)"
+        )
     if _has(params, "conv0.weight", "group3.block0.conv_dim.weight"):
         return Claim(
             score,
@@ -308,7 +312,9 @@ def _detect_robustness(obj: Any) -> Claim | None:
         return None
     backbone = ("block1.layer.0.conv1.weight", "init_conv.weight")
     if any(f"{p}.{b}" in params for p in ("0", "1") for b in backbone):
-        return Claim(KEYS, "a robustness training WRN (a Sequential: `0.` normalisation or the WRN, `1.` the WRN)")
+        return Claim(
+            KEYS, "a robustness training WRN (a Sequential: `0.` normalisation or the WRN, `1.` the WRN)"
+        )
     if _has(params, "mu", "sigma") and any(b in params for b in backbone):
         return Claim(KEYS, "a robustness WRN with its input normalisation (`mu`, `sigma` beside the WRN)")
     return None
@@ -317,7 +323,9 @@ def _detect_robustness(obj: Any) -> Claim | None:
 def _not_a_format(params: dict | None) -> str | None:
     """What a state dict that no format claims is, where wrn knows it."""
     if _has(params, "layer1.0.conv1.weight", "layer4.0.conv1.weight"):
-        return "an ImageNet ResNet in torchvision's format (build it with wrn.create_model and load_state_dict)"
+        return (
+            "an ImageNet ResNet in torchvision's format (build it with wrn.create_model and load_state_dict)"
+        )
     if _has(params, "layer1.0.conv1.weight", "bn.weight"):
         return "a wrn CIFAR model's own state dict (load it with load_state_dict into wrn.create_model)"
     return None
@@ -440,8 +448,10 @@ def check_claims(fmt: str, obj: Any, source: str) -> None:
         known = _not_a_format(params)
         if known is None and params is not None:
             keys = list(params)
-            known = "keys " + ", ".join(repr(k) for k in keys[:5]) + (
-                f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+            known = (
+                "keys "
+                + ", ".join(repr(k) for k in keys[:5])
+                + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
             )
         raise CheckpointError(
             f"{source} is not in a known {fmt} format (expected {FORMATS[fmt].evidence}): it holds "
@@ -501,7 +511,13 @@ def create_checked(name: str, source: str, num_classes: int, in_channels: int, *
 
 
 def input_record(
-    model, normalization: str, mean, std, size: int = 32, resize: str = "short-side", dataset: str | None = None
+    model,
+    normalization: str,
+    mean,
+    std,
+    size: int = 32,
+    resize: str = "short-side",
+    dataset: str | None = None,
 ) -> dict[str, Any]:
     """The ``metadata`` of a converted model that inference needs: ``input`` (channels, size, the named
     normalisation with its mean and std on the 0..255 scale, how other sizes are brought to it) and the data
@@ -545,9 +561,7 @@ def markdown_table() -> str:
     ]
     for f in FORMATS.values():
         opts = ", ".join(f"`--{o}`" for o in f.options) or "none"
-        rows.append(
-            f"| `{f.name}` | {f.code} | {f.layout} | {f.evidence} | {opts} | `{f.function}` |"
-        )
+        rows.append(f"| `{f.name}` | {f.code} | {f.layout} | {f.evidence} | {opts} | `{f.function}` |")
     return "\n".join(rows)
 
 

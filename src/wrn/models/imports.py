@@ -195,7 +195,12 @@ def _build_dm(
             state[ours] = value
         elif key not in ("mean", "std"):
             extra.append(key)
-    if extra or "conv1.weight" not in state or "layer1.0.conv1.weight" not in state or "fc.weight" not in state:
+    if (
+        extra
+        or "conv1.weight" not in state
+        or "layer1.0.conv1.weight" not in state
+        or "fc.weight" not in state
+    ):
         raise CheckpointError(
             f"{source} is not DeepMind's WRN: unexpected keys {_few(extra or list(params))}"
         )
@@ -250,7 +255,9 @@ def read_robustness(
     if isinstance(obj, list):
         raise CheckpointError(f"{source} holds an ensemble of {len(obj)} networks; wrn imports one network")
     params = checkpoints.state_dict(obj, source, "the robustness training", wrappers=())
-    layer = any(k.startswith("1.") for k in params)  # Sequential(Normalization, WRN): the layer has no tensors
+    layer = any(
+        k.startswith("1.") for k in params
+    )  # Sequential(Normalization, WRN): the layer has no tensors
     if layer:
         params = {k[2:]: v for k, v in params.items() if k.startswith("1.")}
     elif all(k.startswith("0.") for k in params):
@@ -292,7 +299,9 @@ def _pixels_input(model: nn.Module, dataset: str | None, table) -> nn.Module:
     if dataset is None and classes == 10 and model.config.get("input_mean") is not None:
         inside = (model.config["input_mean"], model.config["input_std"])
         if all(
-            torch.allclose(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64), atol=1e-4)
+            torch.allclose(
+                torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64), atol=1e-4
+            )
             for a, b in zip(inside, table["cifar10"], strict=True)
         ):
             dataset = "cifar10"  # the constants are CIFAR-10's

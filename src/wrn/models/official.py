@@ -97,7 +97,10 @@ def _convert_imagenet_folded(params: dict[str, torch.Tensor], source: str) -> nn
     if layers != (3, 4, 6, 3):
         raise CheckpointError(f"{source}: a folded WRN-50-2 has 3, 4, 6, 3 blocks per group; found {layers}.")
     model = checkpoints.create_checked(
-        "wrn-50-2", source, num_classes=params["fc.weight"].shape[0], in_channels=params["conv0.weight"].shape[1]
+        "wrn-50-2",
+        source,
+        num_classes=params["fc.weight"].shape[0],
+        in_channels=params["conv0.weight"].shape[1],
     )
     if params["group0.block0.conv1.weight"].shape[0] != 128:
         raise CheckpointError(

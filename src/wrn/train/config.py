@@ -99,8 +99,8 @@ class DataSection(_Section):
     augment: Literal["none", "crop", "flip-crop", "imagenet"] | None = flagged(
         None, "--augment", "training augmentation (default: the data set's recipe)"
     )
-    normalization: Literal[NORMALIZATION_CHOICES] | None = (
-        flagged(None, "--normalization", "input normalisation (default: the data set's)")
+    normalization: Literal[NORMALIZATION_CHOICES] | None = flagged(
+        None, "--normalization", "input normalisation (default: the data set's)"
     )
     crop_padding: Literal["reflect", "zeros"] = flagged(
         "reflect",
