@@ -131,9 +131,13 @@ def save_model(
                 os.link(directory / WEIGHTS_FILE, previous)
             except OSError:  # a file system without hard links: a copy keeps them as well
                 shutil.copy2(directory / WEIGHTS_FILE, previous)
-        os.replace(weights_tmp, directory / WEIGHTS_FILE)
-        fsync_directory(directory)
-        os.replace(config_tmp, directory / CONFIG_FILE)  # the commit: the new pair is whole from here on
+        try:
+            os.replace(weights_tmp, directory / WEIGHTS_FILE)
+            fsync_directory(directory)
+            os.replace(config_tmp, directory / CONFIG_FILE)  # the commit: the new pair is whole from here on
+        except OSError:
+            recover_pair(directory)  # the previous pair back, the temporaries removed
+            raise
         fsync_directory(directory)
         with contextlib.suppress(FileNotFoundError):
             previous.unlink()
@@ -283,11 +287,11 @@ def load_model(directory: str | os.PathLike, map_location: str | torch.device = 
     if not weights.is_file():
         raise CheckpointError(f"{weights} does not exist; the model directory is incomplete.")
     recorded = doc.get("weights_sha256")  # model.json files written before checksums were recorded have none
-    if recorded is not None and sha256_file(weights) != recorded:
-        previous = directory / PREVIOUS_WEIGHTS
-        if previous.is_file() and sha256_file(previous) == recorded:
-            weights = previous  # a save was killed between its renames: the previous pair is whole
-    if recorded is not None and weights.name != PREVIOUS_WEIGHTS and sha256_file(weights) != recorded:
+    matches = recorded is None or sha256_file(weights) == recorded
+    previous = directory / PREVIOUS_WEIGHTS
+    if not matches and previous.is_file() and sha256_file(previous) == recorded:
+        weights, matches = previous, True  # a save was killed between its renames: the previous pair is whole
+    if not matches:
         raise CheckpointError(
             f"{weights} is corrupt: its sha256 does not match the one recorded in {CONFIG_FILE} when it was "
             "written; use a previous copy of the model or train it again"
