@@ -169,7 +169,7 @@ def state_dict(obj: Any, source: str, fmt: str, wrappers: tuple[str, ...] = ("st
                 break
     if not isinstance(inner, dict) or not inner:
         raise CheckpointError(
-            f"{source} holds {_describe(inner)}, not a state dict of tensors as {fmt}'s code saves it"
+            f"{source} holds {_describe(inner)}, not a state dict of tensors as `wrn convert {fmt}` reads"
         )
     for key, value in inner.items():
         where = f"{source}: the entry {key!r}"

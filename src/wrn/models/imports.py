@@ -112,7 +112,7 @@ def read_fixmatch(obj: Any, source: str, weights: str | None = None, dropout: fl
     """The reader of the ``fixmatch`` format."""
     if isinstance(obj, dict) and "ema_state_dict" in obj and "state_dict" in obj:
         obj = _choose(obj, source, {"ema": "ema_state_dict", "model": "state_dict"}, weights)
-    params = checkpoints.state_dict(obj, source, "FixMatch")
+    params = checkpoints.state_dict(obj, source, "fixmatch")
     model = build_from_xternalz_keys(params, source, dropout=dropout, **FIXMATCH_OPTIONS)
     _semi_supervised_input(model, source, FIXMATCH_INPUT, None)
     return model
@@ -124,7 +124,7 @@ def read_usb(
     """The reader of the ``usb`` format."""
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "ema_model" in obj:
         obj = _choose(obj, source, {"ema": "ema_model", "model": "model"}, weights)
-    params = checkpoints.state_dict(obj, source, "USB")
+    params = checkpoints.state_dict(obj, source, "usb")
     params = {
         ("fc." + k[len("classifier.") :] if k.startswith("classifier.") else k): v for k, v in params.items()
     }
@@ -236,7 +236,7 @@ def _build_dm(
 
 def read_dm(obj: Any, source: str, act: str | None = None, dataset: str | None = None) -> nn.Module:
     """The reader of the ``dm`` format: DeepMind's WRN as RobustBench's code builds it (BN momentum 0.1)."""
-    params = checkpoints.state_dict(obj, source, "DeepMind's WRN")
+    params = checkpoints.state_dict(obj, source, "dm")
     model = _build_dm(params, source, "dm", act, dataset)
     return _pixels_input(model, dataset, DM_NORM)
 
@@ -254,7 +254,7 @@ def read_robustness(
         )
     if isinstance(obj, list):
         raise CheckpointError(f"{source} holds an ensemble of {len(obj)} networks; wrn imports one network")
-    params = checkpoints.state_dict(obj, source, "the robustness training", wrappers=())
+    params = checkpoints.state_dict(obj, source, "robustness", wrappers=())
     layer = any(
         k.startswith("1.") for k in params
     )  # Sequential(Normalization, WRN): the layer has no tensors

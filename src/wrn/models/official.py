@@ -136,7 +136,7 @@ def _convert_imagenet_folded(params: dict[str, torch.Tensor], source: str) -> nn
 def read_official(obj: Any, source: str) -> nn.Module:
     """The reader of the ``official`` format: our model from the loaded file, with the input the authors' code
     fed it (the paper's CIFAR constants at 32x32; ImageNet's at 224)."""
-    params = checkpoints.state_dict(obj, source, "the authors'", ("params", "state_dict", "model"))
+    params = checkpoints.state_dict(obj, source, "official", ("params", "state_dict", "model"))
     try:
         if "conv0.weight" in params and "group3.block0.conv_dim.weight" in params:
             model = _convert_imagenet_folded(params, source)
