@@ -127,7 +127,9 @@ def test_a_failed_download_from_the_command_line_leaves_no_folder(capsys, tmp_pa
 
 def test_convert_names_its_format_argument_alike_in_help_and_errors():
     helped = wrn_cli("convert", "--help")
-    assert "usage: wrn convert [-h] [--weights {ema,model}] [--act {silu,relu}] [--force]\n" in helped.stdout
+    usage = " ".join(helped.stdout.split("\n\n")[0].split())
+    assert usage.startswith("usage: wrn convert [-h] [--weights {ema,model}] [--act {silu,relu}]")
+    assert "[--dataset {cifar10,cifar100,svhn}] [--dropout DROPOUT] [--force]" in usage
     assert "FORMAT SRC OUT_DIR" in helped.stdout
     wrong = wrn_cli("convert", "keras", "a", "b")
     assert wrong.returncode == 2 and "argument FORMAT: invalid choice: 'keras'" in wrong.stderr

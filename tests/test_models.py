@@ -13,7 +13,7 @@ import wrn
 from wrn.errors import ConfigError
 from wrn.models import PreActResNet, WideResNet, count_parameters, create_model, list_models, model_info
 
-# Specification section 1-3: name -> (params at 10 classes, params at 100 classes). ImageNet: 1000 classes.
+# The paper's networks (docs/models.md): name -> (params at 10 classes, params at 100 classes). ImageNet: 1000 classes.
 CIFAR_PARAMS = {
     "wrn-40-1": (563_930, 569_780),
     "wrn-40-2": (2_243_546, 2_255_156),

@@ -184,15 +184,16 @@ def test_a_fixmatch_file_is_never_converted_silently_as_the_xternalz_network(tmp
         {f"module.{k}": v for k, v in ref.state_dict().items()},
     ):
         with pytest.raises(
-            CheckpointError, match=r"holds FixMatch's WRN, not xternalz's.*`wrn convert fixmatch`"
+            CheckpointError,
+            match=r"is not a xternalz checkpoint: it looks like FixMatch's WRN.*`wrn convert fixmatch`",
         ):
             load_xternalz(state)
     # an untrained network shows nothing either way: refused, naming the formats to choose from
     fresh = SsWRN(10, 2, 10).state_dict()
-    with pytest.raises(
-        CheckpointError, match=r"cannot be told apart .*`wrn convert fixmatch` or `wrn convert usb`"
-    ):
+    with pytest.raises(CheckpointError, match=r"cannot be told apart .*use `wrn convert fixmatch`"):
         load_xternalz(fresh)
+    # and the format asked for by name reads it
+    assert tuple(load_fixmatch(fresh).config["preact_first"]) == (1,)
 
 
 def test_usb_checkpoint_imports_exactly_with_the_ema_by_default(tmp_path, capsys):
@@ -223,7 +224,7 @@ def test_usb_checkpoint_imports_exactly_with_the_ema_by_default(tmp_path, capsys
 
     for fmt, words in (
         ("xternalz", "USB checkpoint"),
-        ("fixmatch", "USB WideResNet (`classifier.*`, conv bias)"),
+        ("fixmatch", "USB checkpoint"),
     ):
         assert wrn.cli.main(["convert", fmt, str(src), str(tmp_path / fmt)]) == 2
         err = capsys.readouterr().err.strip()

@@ -125,16 +125,15 @@ def _is_failed_write(exc: BaseException, path: Path) -> bool:
     return "inline_container" in text or "write" in text or (free is not None and free < _FULL_BELOW)
 
 
-def atomic_write(
+def write_temporary(
     path: str | os.PathLike,
     write: Callable[[str], object],
-    keep_suffix: bool = False,
     needed: int | None = None,
-) -> Path:
-    """Call ``write(tmp_path)`` to produce the file, then move it onto ``path`` atomically.
-
-    ``keep_suffix``: the temporary name ends in ``path``'s extension too, for writers that check it.
-    ``needed``: about how many bytes the file takes, for the message when the disk is full."""
+    keep_suffix: bool = False,
+) -> str:
+    """Call ``write(tmp_path)`` to produce the content of ``path`` under a temporary name beside it
+    (``.NAME.XXXXXXXX.tmp``), fsync it, and return that name; the caller renames it onto ``path``. A write
+    the system refuses removes the temporary file and raises the :class:`WriteError` of ``path``."""
     path = Path(path)
     suffix = ".tmp" + (path.suffix if keep_suffix else "")
     with writing(path, needed):
@@ -147,7 +146,6 @@ def atomic_write(
         os.chmod(tmp, mode)  # again: some writers (safetensors) replace the file they are given
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException as exc:
         failed = _is_failed_write(exc, path)
         if failed:  # (named before the temporary file's space is given back)
@@ -157,12 +155,40 @@ def atomic_write(
         if failed:
             raise error from None
         raise
-    with writing(path):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+    return tmp
+
+
+def fsync_directory(directory: str | os.PathLike) -> None:
+    """fsync a directory, so that the renames in it survive a power cut."""
+    with writing(directory):
+        dir_fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def atomic_write(
+    path: str | os.PathLike,
+    write: Callable[[str], object],
+    keep_suffix: bool = False,
+    needed: int | None = None,
+) -> Path:
+    """Call ``write(tmp_path)`` to produce the file, then move it onto ``path`` atomically.
+
+    ``keep_suffix``: the temporary name ends in ``path``'s extension too, for writers that check it.
+    ``needed``: about how many bytes the file takes, for the message when the disk is full."""
+    path = Path(path)
+    tmp = write_temporary(path, write, needed, keep_suffix)
+    try:
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise write_error(exc, path, needed) from None
+        raise
+    fsync_directory(path.parent)
     return path
 
 

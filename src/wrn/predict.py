@@ -83,15 +83,41 @@ def image_transform(record: dict[str, Any]):
     )
 
 
-def input_record(directory: Path, image_size: int | None = None) -> dict[str, Any]:
-    """The run's input record, with ``image_size`` overriding its size."""
+def input_record(
+    directory: Path, image_size: int | None = None, normalization: str | None = None
+) -> dict[str, Any]:
+    """The run's input record, with ``image_size`` overriding its size and ``normalization`` (a name of
+    :data:`wrn.data.registry.NORMALIZATIONS`) its mean and std; where model.json has no record, those two
+    make one (the channels are the model's)."""
+    from wrn.data.registry import NORMALIZATION_CHOICES, normalization_for
+    from wrn.models.io import read_model_doc
+
     meta = read_metadata(directory)
     record = dict(meta.get("input") or {})
-    if not record:
+    if not record and normalization is None:
         raise CheckpointError(
-            f"{directory} has no record of how its images were prepared (model.json lacks metadata.input); "
-            "it was not written by this version of `wrn train`, so predict cannot prepare images for it"
+            f"{directory} has no record of how its images were prepared (model.json lacks metadata.input; it "
+            "was not written by this version): pass --normalization NAME (and --image-size N) to say how"
         )
+    if normalization is not None:
+        if normalization not in NORMALIZATION_CHOICES:
+            raise ConfigError(
+                f"--normalization {normalization!r} is unknown: choose one of {', '.join(NORMALIZATION_CHOICES)}"
+            )
+        config = read_model_doc(directory)["config"]
+        channels = int(record.get("channels") or config.get("in_channels", 3))
+        record.update(channels=channels, normalization=normalization)
+        if not record.get("size") and image_size is None:
+            from wrn.errors import WRNError
+            from wrn.models.registry import model_info
+
+            try:  # the native size of the model's family (32 for CIFAR's, 224 for ImageNet's)
+                record["size"] = model_info(str(config.get("name")))["input_size"]
+            except WRNError:
+                pass
+        if normalization != "zca":
+            mean, std = normalization_for(normalization, channels)
+            record.update(mean=list(mean), std=list(std))
     if record.get("normalization") == "zca":
         raise CheckpointError(
             f"{directory} was trained on ZCA-whitened images, and the whitening of its training set is not "
@@ -110,9 +136,11 @@ def predict(
     top_k: int = 5,
     device: str = "cpu",
     image_size: int | None = None,
+    normalization: str | None = None,
 ) -> list[Prediction]:
     """The ``top_k`` classes of each image file, with names and probabilities, from the model in
-    ``directory`` (a finished run or a model directory with a record of its input)."""
+    ``directory`` (a finished run or a model directory with a record of its input; ``normalization`` and
+    ``image_size`` say it where the record lacks it, or override it)."""
     import wrn
     from wrn.data.folder import load_image
     from wrn.paths import check_input_dir, check_input_file
@@ -122,7 +150,7 @@ def predict(
         raise ConfigError(f"--top-k must be at least 1, not {top_k}")
     paths = [str(check_input_file(p, "the image", "pass image files (PNG, JPEG, ...)")) for p in images]
     dev = check_device(str(device))
-    record = input_record(directory, image_size)
+    record = input_record(directory, image_size, normalization)
     classes = read_metadata(directory).get("classes")
     model = wrn.load_model(directory, map_location=dev)
     transform = image_transform(record)

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from wrn.data.registry import NORMALIZATION_CHOICES
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -24,7 +26,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--split", help="the split to evaluate on (default: the test split; e.g. train, or SVHN's extra)"
     )
-    p.add_argument("--normalization", help="cifar10, cifar100, svhn, digits, imagenet, zca or none")
+    p.add_argument("--normalization", help=", ".join(NORMALIZATION_CHOICES))
     p.add_argument("--image-size", type=int, help="evaluation crop side (ImageNet / image folders)")
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -135,6 +135,11 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "cifar100": ((129.3, 124.1, 112.4), (68.2, 65.4, 70.4)),
     # SVHN: pixels / 255 only.
     "svhn": ((0.0, 0.0, 0.0), (255.0, 255.0, 255.0)),
+    # Pixels in [0, 1] (pixels / 255), whatever the data set: what models that normalise inside their forward
+    # take (the robustness WRNs that `wrn convert` imports).
+    "pixels": ((0.0, 0.0, 0.0), (255.0, 255.0, 255.0)),
+    # SVHN's statistics (0.4380, 0.4440, 0.4730) / (0.1751, 0.1771, 0.1744) x 255, as USB normalises it.
+    "svhn-stats": ((111.69, 113.22, 120.615), (44.6505, 45.1605, 44.472)),
     "imagenet": ((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)),
     # The bundled 8x8 digits after scaling to 0..255 (statistics of all 1,797 images).
     "digits": ((77.85,), (95.85,)),

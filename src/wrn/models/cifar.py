@@ -1,6 +1,6 @@
 """CIFAR/SVHN networks: the wide residual networks WRN-d-k and the thin pre-activation ResNets.
 
-Built exactly as specification section 1 and 2 say (paper Table 1, the authors' code):
+Built exactly as the paper (Table 1) and the authors' code define them (docs/models.md):
 
 * stem: 3x3 conv, ``in_channels -> 16``, no bias, NOT followed by BN-ReLU;
 * three groups of pre-activation blocks at widths 16k, 32k, 64k, the first block of groups 2 and 3 with

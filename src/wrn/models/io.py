@@ -6,9 +6,11 @@ safetensors holds only tensors, so loading a weights file can never run code; th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,13 +20,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from wrn.atomic import atomic_write, atomic_write_text, writing
+from wrn.atomic import fsync_directory, remove_stale_temporaries, write_bytes, write_temporary, writing
 from wrn.errors import CheckpointError
 from wrn.models.checked import load_state_dict_checked
 from wrn.models.registry import build_model
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model.json"
+# the previous weights, kept while a save replaces the pair (see save_model)
+PREVIOUS_WEIGHTS = ".model.safetensors.prev"
 FORMAT_VERSION = 1
 # The most classifier outputs a model.json may declare (ImageNet-21k has 21,843).
 MAX_CLASSES = 1_000_000
@@ -69,10 +73,17 @@ def save_model(
     model: nn.Module, directory: str | os.PathLike, metadata: dict[str, Any] | None = None
 ) -> Path:
     """Write ``model.safetensors`` (weights and BN statistics) and ``model.json`` (architecture) into
-    ``directory``, each atomically. Returns the directory.
+    ``directory`` as one pair. Returns the directory.
 
     ``metadata`` defaults to what the model carries as ``model.wrn_metadata`` (the input record of
-    pretrained or converted weights: how its images are prepared), if anything; given keys win."""
+    pretrained or converted weights: how its images are prepared), if anything; given keys win. A description
+    that :func:`load_model` would refuse (a config out of its bounds) is refused before anything is written.
+
+    The pair is replaced safely: both files are written in full under temporary names first; the previous
+    weights stay linked as ``.model.safetensors.prev`` until the new model.json (which records the new
+    weights' sha256) has its name. A process killed in between leaves the previous model.json beside a
+    weights file that does not match it: :func:`load_model` then reads the previous weights, and the next
+    save puts them back and removes what the killed one left."""
     model = unwrap(model)
     carried = getattr(model, "wrn_metadata", None)
     if isinstance(carried, dict):
@@ -81,9 +92,18 @@ def save_model(
     if not isinstance(config, dict) or "arch" not in config:
         raise CheckpointError("save_model needs a model built by wrn (one that carries model.config).")
     directory = Path(directory)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    doc = {
+        "format_version": FORMAT_VERSION,
+        "config": config,
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "weights_sha256": "0" * 64,
+        **({"metadata": metadata} if metadata else {}),
+    }
+    _check_doc(doc, "the model")
     with writing(directory / WEIGHTS_FILE):
         directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    recover_pair(directory)
     digest: list[str] = []
 
     def write_weights(tmp: str) -> None:
@@ -91,17 +111,63 @@ def save_model(
         digest.append(sha256_file(tmp))  # of the bytes written, before they get the final name
 
     needed = sum(t.numel() * t.element_size() for t in tensors.values())
-    atomic_write(directory / WEIGHTS_FILE, write_weights, needed=needed)
-    doc = {
-        "format_version": FORMAT_VERSION,
-        "config": config,
-        "n_parameters": sum(p.numel() for p in model.parameters()),
-        "weights_sha256": digest[0],
-        **({"metadata": metadata} if metadata else {}),
-    }
-
-    atomic_write_text(directory / CONFIG_FILE, json.dumps(doc, indent=2) + "\n")
+    weights_tmp = write_temporary(directory / WEIGHTS_FILE, write_weights, needed=needed)
+    try:
+        doc["weights_sha256"] = digest[0]
+        text = (json.dumps(doc, indent=2) + "\n").encode("utf-8")
+        config_tmp = write_temporary(
+            directory / CONFIG_FILE, lambda tmp: write_bytes(tmp, text, directory / CONFIG_FILE), len(text)
+        )
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(weights_tmp)
+        raise
+    previous = directory / PREVIOUS_WEIGHTS
+    with writing(previous):
+        with contextlib.suppress(FileNotFoundError):
+            previous.unlink()
+        if (directory / WEIGHTS_FILE).is_file() and (directory / CONFIG_FILE).is_file():
+            try:
+                os.link(directory / WEIGHTS_FILE, previous)
+            except OSError:  # a file system without hard links: a copy keeps them as well
+                shutil.copy2(directory / WEIGHTS_FILE, previous)
+        try:
+            os.replace(weights_tmp, directory / WEIGHTS_FILE)
+            fsync_directory(directory)
+            os.replace(config_tmp, directory / CONFIG_FILE)  # the commit: the new pair is whole from here on
+        except OSError:
+            recover_pair(directory)  # the previous pair back, the temporaries removed
+            raise
+        fsync_directory(directory)
+        with contextlib.suppress(FileNotFoundError):
+            previous.unlink()
     return directory
+
+
+def recover_pair(directory: str | os.PathLike) -> None:
+    """Undo what a save killed between its renames left in ``directory``: the previous weights go back beside
+    the model.json that records them, and the temporary files of the killed save are removed."""
+    directory = Path(directory)
+    previous = directory / PREVIOUS_WEIGHTS
+    with writing(previous):
+        if previous.is_file():
+            recorded = _recorded_sha(directory)
+            weights = directory / WEIGHTS_FILE
+            current = sha256_file(weights) if weights.is_file() else None
+            if recorded is not None and current != recorded and sha256_file(previous) == recorded:
+                os.replace(previous, weights)
+                fsync_directory(directory)
+            else:
+                previous.unlink()
+        remove_stale_temporaries(directory, (WEIGHTS_FILE, CONFIG_FILE))
+
+
+def _recorded_sha(directory: Path) -> str | None:
+    try:
+        recorded = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8")).get("weights_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recorded if isinstance(recorded, str) else None
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -163,6 +229,21 @@ def _first_problem(exc: ValidationError) -> str:
     return f"{where} {text}" + (f" (it is {err['input']!r})" if err["type"] != "value_error" else "")
 
 
+def _check_doc(doc: dict[str, Any], source: str) -> None:
+    """Refuse a model description that :func:`read_model_doc` would refuse (one home for its bounds)."""
+    try:
+        _ModelDoc.model_validate(doc)
+    except ValidationError as exc:
+        raise CheckpointError(
+            f"{source} makes a model that wrn.load_model refuses: {_first_problem(exc)}"
+        ) from None
+
+
+def check_config(config: dict[str, Any], source: str) -> None:
+    """Refuse a model config out of the bounds that :func:`load_model` applies (classes, input channels)."""
+    _check_doc({"config": config}, source)
+
+
 def read_model_doc(directory: str | os.PathLike) -> dict[str, Any]:
     """``directory/model.json`` as a dict, checked against its schema: the config's ``num_classes`` and
     ``in_channels``, the weights' sha256 and the record of the input (sizes, mean and std per channel)."""
@@ -206,7 +287,11 @@ def load_model(directory: str | os.PathLike, map_location: str | torch.device = 
     if not weights.is_file():
         raise CheckpointError(f"{weights} does not exist; the model directory is incomplete.")
     recorded = doc.get("weights_sha256")  # model.json files written before checksums were recorded have none
-    if recorded is not None and sha256_file(weights) != recorded:
+    matches = recorded is None or sha256_file(weights) == recorded
+    previous = directory / PREVIOUS_WEIGHTS
+    if not matches and previous.is_file() and sha256_file(previous) == recorded:
+        weights, matches = previous, True  # a save was killed between its renames: the previous pair is whole
+    if not matches:
         raise CheckpointError(
             f"{weights} is corrupt: its sha256 does not match the one recorded in {CONFIG_FILE} when it was "
             "written; use a previous copy of the model or train it again"

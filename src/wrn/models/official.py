@@ -1,4 +1,5 @@
-"""Import checkpoints of the authors' code (specification section 6).
+"""Import checkpoints of the authors' code: the PyTorch port of their CIFAR training code and their BN-folded
+ImageNet WRN-50-2 export (the ``official`` entry of :mod:`wrn.models.checkpoints`).
 
 * The functional PyTorch port of the CIFAR WRNs: ``{'params': flat dict, 'epoch', 'optimizer'}`` (model.pt7)
   or the bare flat dict, keys ``conv0``, ``group{g}.block{i}.conv{0,1}``, ``...convdim``,
@@ -16,56 +17,16 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from wrn.errors import CheckpointError
+from wrn.models import checkpoints
 from wrn.models.checked import load_state_dict_checked
-from wrn.models.io import read_torch_file
-from wrn.models.registry import create_model
 
 _BLOCK_RE = re.compile(r"^group(\d+)\.block(\d+)\.")
-
-
-def _read(path_or_dict: str | os.PathLike | dict[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
-    if isinstance(path_or_dict, dict):
-        obj, source = path_or_dict, "the given dict"
-    else:
-        path = Path(path_or_dict)
-        obj = read_torch_file(path, "an official model.pt7 or .pt file")
-        source = str(path)
-    if isinstance(obj, dict) and "params" in obj and isinstance(obj["params"], dict):
-        obj = obj["params"]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        _suggest_other_format(obj, source)
-        raise CheckpointError(
-            f"{source} is neither {{'params': {{name: tensor}}}} nor a flat dict of tensors as the official code saves."
-        )
-    return {k: v.detach() for k, v in obj.items()}, source
-
-
-def _suggest_other_format(obj: Any, source: str) -> None:
-    """Refuse a wrapped checkpoint of another known format with the format to use."""
-    from wrn.models.resemble import closest_format
-    from wrn.models.xternalz import _state_dict
-
-    try:
-        params = _state_dict(obj, source)
-    except CheckpointError:
-        if isinstance(obj, dict) and "model_state_dict" in obj:
-            raise CheckpointError(
-                f"{source} is not an official checkpoint; its 'model_state_dict' wrapper is the robustness "
-                "training code's: use `wrn convert robustness`"
-            ) from None
-        return
-    fmt, what = closest_format(params)
-    if fmt is not None and fmt != "official":
-        raise CheckpointError(
-            f"{source} is not an official checkpoint; it looks like {what}: use `wrn convert {fmt}`"
-        )
 
 
 def _blocks_per_group(params: dict[str, torch.Tensor]) -> dict[int, int]:
@@ -96,7 +57,9 @@ def _convert_cifar(params: dict[str, torch.Tensor], source: str) -> nn.Module:
             f"{source}: group0 is {params['group0.block0.conv0'].shape[0]} wide, not a multiple of 16."
         )
     name = f"wrn-{6 * n + 4}-{width}"
-    model = create_model(name, num_classes=params["fc.weight"].shape[0], in_channels=params["conv0"].shape[1])
+    model = checkpoints.create_checked(
+        name, source, num_classes=params["fc.weight"].shape[0], in_channels=params["conv0"].shape[1]
+    )
     state: dict[str, torch.Tensor] = {"conv1.weight": params["conv0"]}
     used = {"conv0"}
     for g in range(3):
@@ -133,8 +96,11 @@ def _convert_imagenet_folded(params: dict[str, torch.Tensor], source: str) -> nn
     layers = tuple(counts.get(g, 0) for g in range(4))
     if layers != (3, 4, 6, 3):
         raise CheckpointError(f"{source}: a folded WRN-50-2 has 3, 4, 6, 3 blocks per group; found {layers}.")
-    model = create_model(
-        "wrn-50-2", num_classes=params["fc.weight"].shape[0], in_channels=params["conv0.weight"].shape[1]
+    model = checkpoints.create_checked(
+        "wrn-50-2",
+        source,
+        num_classes=params["fc.weight"].shape[0],
+        in_channels=params["conv0.weight"].shape[1],
     )
     if params["group0.block0.conv1.weight"].shape[0] != 128:
         raise CheckpointError(
@@ -167,6 +133,37 @@ def _convert_imagenet_folded(params: dict[str, torch.Tensor], source: str) -> nn
     return model
 
 
+def read_official(obj: Any, source: str) -> nn.Module:
+    """The reader of the ``official`` format: our model from the loaded file, with the input the authors' code
+    fed it (the paper's CIFAR constants at 32x32; ImageNet's at 224)."""
+    params = checkpoints.state_dict(obj, source, "official", ("params", "state_dict", "model"))
+    try:
+        if "conv0.weight" in params and "group3.block0.conv_dim.weight" in params:
+            model = _convert_imagenet_folded(params, source)
+            from wrn.data.registry import DATASETS, preprocessing_record
+
+            record = preprocessing_record(DATASETS["imagenet"], "imagenet", "imagenet")
+            model.wrn_metadata = {"normalization": "imagenet", "input": record, "dataset": "imagenet"}
+            if model.config["num_classes"] == 1000:  # ImageNet's classes in the order of their synsets
+                from torchvision.models import Wide_ResNet50_2_Weights
+
+                model.wrn_metadata["classes"] = list(Wide_ResNet50_2_Weights.IMAGENET1K_V1.meta["categories"])
+        else:
+            model = _convert_cifar(params, source)
+            classes = model.config["num_classes"]
+            dataset = {10: "cifar10", 100: "cifar100"}.get(classes)
+            if model.config["in_channels"] == 3:
+                from wrn.data.registry import normalization_constants
+
+                # the port's main.py normalises CIFAR-10 and CIFAR-100 alike, with the paper's constants
+                model.wrn_metadata = checkpoints.input_record(
+                    model, "cifar10", *normalization_constants("cifar10"), dataset=dataset
+                )
+    except KeyError as exc:
+        raise CheckpointError(f"{source} lacks the key {exc.args[0]!r} that its format requires.") from None
+    return model
+
+
 def load_official(path_or_dict: str | os.PathLike | dict[str, Any]) -> nn.Module:
     """Our model, in eval mode, from a checkpoint of the authors' code (a path or an already loaded dict).
 
@@ -174,23 +171,4 @@ def load_official(path_or_dict: str | os.PathLike | dict[str, Any]) -> nn.Module
     train and eval mode; the BN-folded ImageNet WRN-50-2 export becomes the torchvision-compatible
     ``wrn-50-2`` with the same outputs in eval mode.
     """
-    params, source = _read(path_or_dict)
-    try:
-        if "conv0.weight" in params and "group3.block0.conv_dim.weight" in params:
-            model = _convert_imagenet_folded(params, source)
-        elif "conv0" in params and "group0.block0.conv0" in params:
-            model = _convert_cifar(params, source)
-        else:
-            from wrn.models.resemble import closest_format
-
-            fmt, what = closest_format(params)
-            hint = f"; it looks like {what}: use `wrn convert {fmt}`" if fmt else ""
-            raise CheckpointError(
-                f"{source} is not in a known official format (expected 'conv0' and 'group0.block0.conv0' for the CIFAR "
-                "port, or 'conv0.weight' and 'group3.block0.conv_dim.weight' for the folded WRN-50-2)"
-                + hint
-                + "."
-            )
-    except KeyError as exc:
-        raise CheckpointError(f"{source} lacks the key {exc.args[0]!r} that its format requires.") from None
-    return model.eval()
+    return checkpoints.load("official", path_or_dict)

@@ -1,6 +1,6 @@
 """Model names -> constructors, and one ``create_model``.
 
-Names (specification section 1-3):
+Names (the paper's networks, docs/models.md):
 
 * ``wrn-D-K``: CIFAR/SVHN WRN of depth D = 6n+4 and width K, B(3,3) blocks;
 * ``wrn-D-K-bDIGITS``: block type B(M), M the kernel list (``b131`` = B(1,3,1)); N = (D-4)/6;

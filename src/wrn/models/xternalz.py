@@ -19,8 +19,8 @@ Read: a bare state dict, or one under ``'state_dict'`` or ``'model'``; with or w
 of DataParallel/DDP; with the unused ``sub_block1.*`` of the TRADES variant (dropped, with one warning line).
 Depth (from the number of blocks), width, classes and input channels come from the tensors' shapes. FixMatch's
 and USB's WRNs share these key names but are other networks: their files are refused with the format to use
-(:mod:`wrn.models.imports`), by their wrappers or, for a bare state dict, by the BNs that never trained.
-Files are opened with ``torch.load(weights_only=True)``: tensors and plain containers only, never code.
+(:mod:`wrn.models.imports`), by their wrappers or, for a bare state dict, by the BNs that never trained
+(:mod:`wrn.models.checkpoints` holds every format's detector). Files are opened with ``torch.load(weights_only=True)``: tensors and plain containers only, never code.
 """
 
 from __future__ import annotations
@@ -28,27 +28,20 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from wrn.errors import CheckpointError
-from wrn.models.formats import check_other_formats
-from wrn.models.io import read_torch_file
-from wrn.models.registry import create_model
+from wrn.models import checkpoints
+from wrn.models.checkpoints import ConversionWarning
+
+__all__ = ["ConversionWarning", "build_from_xternalz_keys", "load_xternalz", "read_xternalz"]
 
 _THEIR_BLOCK = re.compile(r"^block([123])\.layer\.(\d+)\.(bn1|conv1|bn2|conv2|convShortcut)\.(\w+)$")
 _OUR_BLOCK = re.compile(r"^layer([123])\.(\d+)\.(bn1|conv1|bn2|conv2|shortcut)\.(\w+)$")
-_WRAPPERS = ("state_dict", "model")
-_PREFIXES = ("module.", "_orig_mod.")
 _UNUSED = "sub_block1."
-_EXPECTED = "'conv1.weight', 'block1.layer.0.bn1.weight', ..., 'bn1.weight', 'fc.weight'"
-
-
-class ConversionWarning(UserWarning):
-    """Something a conversion left out on purpose (one line; ``wrn convert`` prints it as a note)."""
 
 
 def _few(keys: list[str], n: int = 5, quote: bool = True) -> str:
@@ -67,67 +60,24 @@ def _their_key(ours: str) -> str:
     return ours  # conv1.weight (and conv1.bias), fc.weight, fc.bias
 
 
-def _read(path_or_dict: str | os.PathLike | dict[str, Any]) -> tuple[Any, str]:
-    if isinstance(path_or_dict, dict):
-        return path_or_dict, "the given dict"
-    path = Path(path_or_dict)
-    obj = read_torch_file(path, "a WideResNet .pt/.pth/.tar checkpoint")
-    return obj, str(path)
-
-
-def _describe(obj: Any) -> str:
-    if isinstance(obj, dict):
-        return f"a dict with keys {_few([str(k) for k in obj])}" if obj else "an empty dict"
-    return f"a {type(obj).__name__}"
-
-
-def _state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
-    """The flat name -> tensor dict inside ``obj``, unwrapped and without DataParallel prefixes."""
-    if isinstance(obj, dict):
-        for key in _WRAPPERS:
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if (
-        not isinstance(obj, dict)
-        or not obj
-        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-    ):
-        raise CheckpointError(
-            f"{source} holds {_describe(obj)}, not a WideResNet state dict of tensors ({_EXPECTED}, bare or "
-            f"under 'state_dict' or 'model')."
-        )
-    params = dict(obj)
-    for prefix in _PREFIXES:
-        if all(k.startswith(prefix) for k in params):
-            params = {k[len(prefix) :]: v for k, v in params.items()}
-    return params
-
-
-def _foreign_format(params: dict[str, torch.Tensor]) -> str | None:
-    """What a state dict that is not in the xternalz format looks like, or None if it is in it."""
-    from wrn.models.resemble import closest_format
-
-    fmt, what = closest_format(params)
-    if fmt in ("usb", "dm", "robustness"):
-        return f"what looks like {what}: use `wrn convert {fmt}`"
-    if "block1.layer.0.conv1.weight" in params:
-        return None
-    if "conv0" in params and "group0.block0.conv0" in params:
-        return "a checkpoint of the authors' functional code (convert it with `wrn convert official`)"
-    if "layer1.0.conv1.weight" in params and "layer4.0.conv1.weight" in params:
-        return (
-            "an ImageNet ResNet in torchvision's format (build it with wrn.create_model and load_state_dict)"
-        )
-    if "layer1.0.conv1.weight" in params and "bn.weight" in params:
-        return "a wrn CIFAR model's own state dict (load it with load_state_dict into wrn.create_model)"
-    return f"keys {_few(list(params))}"
-
-
 def _shape(params: dict[str, torch.Tensor], key: str, source: str) -> tuple[int, ...]:
     if key not in params:
         raise CheckpointError(f"{source} lacks {key!r}, which a WideResNet state dict always has.")
     return tuple(params[key].shape)
+
+
+def read_xternalz(obj: Any, source: str, dropout: float = 0.0) -> nn.Module:
+    """The reader of the ``xternalz`` format, with the input of the port's train.py (the paper's CIFAR
+    constants, for CIFAR-10 and CIFAR-100 alike)."""
+    from wrn.data.registry import normalization_constants
+
+    model = build_from_xternalz_keys(checkpoints.state_dict(obj, source, "xternalz"), source, dropout=dropout)
+    if model.config["in_channels"] == 3:
+        dataset = {10: "cifar10", 100: "cifar100"}.get(model.config["num_classes"])
+        model.wrn_metadata = checkpoints.input_record(
+            model, "cifar10", *normalization_constants("cifar10"), dataset=dataset
+        )
+    return model
 
 
 def load_xternalz(path_or_dict: str | os.PathLike | dict[str, Any], dropout: float = 0.0) -> nn.Module:
@@ -143,17 +93,7 @@ def load_xternalz(path_or_dict: str | os.PathLike | dict[str, Any], dropout: flo
     mode without dropout; ``wrn.save_model`` writes it as a model directory. A file that FixMatch's or USB's
     code wrote (their WRN has the same key names but another network) is refused with the format to use.
     """
-    obj, source = _read(path_or_dict)
-    check_other_formats(obj, source)
-    params = _state_dict(obj, source)
-    foreign = _foreign_format(params)
-    if foreign is not None:
-        raise CheckpointError(
-            f"{source} is not a WideResNet state dict in the xternalz format: it holds {foreign}."
-        )
-    model = build_from_xternalz_keys(params, source, dropout=dropout)
-    check_other_formats(params, source, model)
-    return model
+    return checkpoints.load("xternalz", path_or_dict, dropout=dropout)
 
 
 def build_from_xternalz_keys(
@@ -161,6 +101,8 @@ def build_from_xternalz_keys(
 ) -> nn.Module:
     """The WRN whose xternalz-named state dict is ``params`` (shapes give depth, width, classes, channels),
     built with the constructor options ``variant`` (activation, BN momentum, block switch...), in eval mode."""
+    from wrn.models.registry import FIXMATCH_OPTIONS, list_models
+
     unused = sorted(k for k in params if k.startswith(_UNUSED))
     if unused:
         warnings.warn(
@@ -192,12 +134,13 @@ def build_from_xternalz_keys(
         )
     num_classes = _shape(params, "fc.weight", source)[0]
     in_channels = _shape(params, "conv1.weight", source)[1]
-    model = create_model(
-        f"wrn-{6 * n + 4}-{width}",
-        num_classes=num_classes,
-        in_channels=in_channels,
-        dropout=dropout,
-        **variant,
+    name = f"wrn-{6 * n + 4}-{width}"
+    if variant.get("preact_first") == (1,) and f"{name}-fixmatch" in list_models():
+        # FixMatch's network (and USB's, with its stem bias and head eps): named as the registry names it
+        name += "-fixmatch"
+        variant = {k: v for k, v in variant.items() if k not in FIXMATCH_OPTIONS}
+    model = checkpoints.create_checked(
+        name, source, num_classes=num_classes, in_channels=in_channels, dropout=dropout, **variant
     )
 
     ours = model.state_dict()

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
+from wrn.data.registry import NORMALIZATION_CHOICES
 from wrn.errors import ConfigError
 from wrn.train.fields import Section, flagged, option
 from wrn.train.objectives import OBJECTIVES
@@ -57,8 +58,8 @@ class DataSection(Section):
     augment: Literal["none", "crop", "flip-crop", "imagenet"] | None = flagged(
         None, "--augment", "training augmentation (default: the data set's recipe)"
     )
-    normalization: Literal["cifar10", "cifar100", "svhn", "digits", "imagenet", "zca", "none"] | None = (
-        flagged(None, "--normalization", "input normalisation (default: the data set's)")
+    normalization: Literal[NORMALIZATION_CHOICES] | None = flagged(
+        None, "--normalization", "input normalisation (default: the data set's)"
     )
     crop_padding: Literal["reflect", "zeros"] = flagged(
         "reflect",
