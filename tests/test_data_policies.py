@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -15,7 +16,8 @@ from torchvision import transforms as T
 
 import wrn.cli
 from wrn.data import DeviceLoader, folder_transform, load_arrays
-from wrn.data.policies import POLICY_CHOICES, PerImage, batch_seed
+from wrn.data.policies import PerImage, batch_seed
+from wrn.data.registry import POLICY_CHOICES
 
 MEAN, STD = (125.3, 123.0, 113.9), (63.0, 62.1, 66.7)
 
@@ -352,3 +354,38 @@ def test_an_image_folder_with_erasing_is_the_plain_loader_with_boxes_of_zeros(tm
         box = (a == 0).all(1)  # [B, H, W]: the erased pixels, every channel 0
         assert box.flatten(1).any(1).all()  # p = 1: every image has its box
         assert torch.equal(a, b.masked_fill(box[:, None], 0))  # and is the plain image elsewhere
+
+
+@pytest.mark.parametrize(
+    "per_image", [PerImage("randaugment", 2, 0), PerImage(erasing=1e-9)], ids=["policy", "erasing"]
+)
+def test_an_image_folder_with_a_per_image_stage_keeps_the_zero_padded_crop(tmp_path, per_image):
+    """--crop-padding zeros on an image folder whose training images also go through a policy (RandAugment at
+    magnitude 0 leaves a flat gray image as it is; AutoContrast may stretch a padded one) or random erasing:
+    the crop's border is 0, not reflected."""
+    from wrn.data import make_loaders
+
+    for cls in ("a", "b"):
+        for split in ("train", "val"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(np.full((72, 72, 3), 128, np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+    common = {
+        "batch_size": 4,
+        "image_size": 72,
+        "workers": 0,
+        "seed": 5,
+        "augment": "crop",
+        "per_image": per_image,
+    }
+    seen = {}
+    for padding in ("reflect", "zeros"):
+        train, _, _ = make_loaders(
+            "imagefolder", tmp_path, normalization="none", crop_padding=padding, **common
+        )
+        assert type(train).__name__ == "FolderLoader"
+        images = torch.cat([x for x, _ in train])
+        seen[padding] = (images == 0).all(1).flatten(1).any(1)  # which images show a border of zeros
+        if padding == "reflect":  # the reflected border is the image's own gray: the image stays flat
+            assert images.unique().tolist() == [128.0]
+    assert seen["zeros"].sum() >= 6  # 8 crops, each offset by 0..8 px per side: most show the padding

@@ -5,7 +5,7 @@ crop from a 4-pixel reflection pad, mean/std), batches assembled on the device. 
 used when they are under the data root; otherwise random uint8 images of the data set's shape and size
 (CIFAR-10/100: 50,000; SVHN train+extra: 604,388) stand in, which times the same work, and the output says so.
 
-With ``--policy`` (one of :data:`wrn.data.policies.POLICY_CHOICES`, or ``all`` of them in a table) and/or
+With ``--policy`` (one of :data:`wrn.data.registry.POLICY_CHOICES`, or ``all`` of them in a table) and/or
 ``--random-erasing``, it also says what the per-image stage costs: microseconds per image in one process,
 and the loader's images/s and batches/s with its ``--workers`` processes.
 """
@@ -55,7 +55,8 @@ def run(
     per-image policy (``all``: each in turn) or random erasing, one row per policy with its cost per image."""
     from wrn.bench.common import machine_info, prepare_device, resolve_settings
     from wrn.data import dataset_info
-    from wrn.data.policies import POLICY_CHOICES, PerImage
+    from wrn.data.policies import PerImage
+    from wrn.data.registry import POLICY_CHOICES
 
     if dataset not in DATASETS:
         raise ConfigError(

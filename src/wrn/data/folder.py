@@ -20,6 +20,7 @@ from wrn.data.device_loader import IMAGENET_EIGVAL, IMAGENET_EIGVEC
 from wrn.data.policies import ERASING_RATIO, ERASING_SCALE, Normalize255, PerImage, die_with_parent
 from wrn.data.protocol import EpochLoader
 from wrn.errors import ConfigError, DataError
+from wrn.seeds import stream_seed
 
 IMG_EXTENSIONS = tuple(datasets.folder.IMG_EXTENSIONS)
 SMALL_MAX_IMAGES = 100_000
@@ -329,7 +330,8 @@ def folder_transform(
     with ``RandomErasing(p, value=0)``, torchvision's order; the result is then float.
     """
     if train and per_image is not None and per_image.active:
-        return _with_per_image(folder_transform(True, augment, size, pad), augment, per_image, normalize)
+        base = folder_transform(True, augment, size, pad, crop_padding=crop_padding)
+        return _with_per_image(base, augment, per_image, normalize)
     to_tensor = transforms.PILToTensor()
     if not train:
         if augment == "imagenet":
@@ -450,7 +452,7 @@ class FolderLoader(EpochLoader):
         return [shard[i * bs : (i + 1) * bs] for i in range(len(self))]
 
     def _epoch_seed(self) -> int:
-        return (self.seed * 1_000_003 + self.epoch) % (2**63)
+        return stream_seed(self.seed, "folder", self.epoch)
 
     def __iter__(self):
         from torch.utils.data import DataLoader

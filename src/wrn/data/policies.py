@@ -19,45 +19,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torchvision import transforms
 
 from wrn.data.autoaugment import PaperAutoAugment, SamAutoAugment
-from wrn.errors import ConfigError
+from wrn.seeds import stream_seed
 
-POLICY_CHOICES = (
-    "none",
-    "autoaugment",
-    "autoaugment-paper",
-    "autoaugment-sam",
-    "randaugment",
-    "trivialaugment",
-)
 ERASING_SCALE = (0.02, 0.33)
 ERASING_RATIO = (0.3, 3.3)
-_POLICY_STREAM = 0x706F6C696379  # the per-image stage's seeds, apart from every other stream of a run
 
 
 @dataclass(frozen=True)
 class PerImage:
-    """The per-image stage of training: a policy (``none`` or one of :data:`POLICY_CHOICES`), RandAugment's
-    ``n`` operations of magnitude ``m``, and the probability ``erasing`` of random erasing."""
+    """The per-image stage of training: a policy (``none`` or one of
+    :data:`~wrn.data.registry.POLICY_CHOICES`), RandAugment's ``n`` operations of magnitude ``m``, and the
+    probability ``erasing`` of random erasing. The training config checks the values (``dataset.policy``,
+    ``randaugment_n``, ``randaugment_m``, ``random_erasing``)."""
 
     policy: str = "none"
     n: int = 2
     m: int = 9
     erasing: float = 0.0
-
-    def __post_init__(self):
-        if self.policy not in POLICY_CHOICES:
-            raise ConfigError(f"unknown policy {self.policy!r}: choose one of {', '.join(POLICY_CHOICES)}.")
-        if not 0.0 <= self.erasing <= 1.0:
-            raise ConfigError(f"random erasing is a probability in [0, 1], not {self.erasing}.")
-        if self.n < 1 or not 0 <= self.m <= 30:
-            raise ConfigError(
-                f"RandAugment needs N >= 1 operations and a magnitude M in 0..30, not N={self.n}, M={self.m}."
-            )
 
     @property
     def active(self) -> bool:
@@ -107,8 +89,7 @@ def describe_data(data) -> str:
 
 def batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
     """The seed of torch's generator while batch ``batch`` of ``epoch`` on ``rank`` is transformed."""
-    words = np.random.SeedSequence([_POLICY_STREAM, seed, epoch, rank, batch]).generate_state(2, np.uint32)
-    return (int(words[0]) << 31 | int(words[1]) >> 1) % 2**63
+    return stream_seed(seed, "policy", epoch, rank, batch)
 
 
 def transform_batch(images: torch.Tensor, per_image: PerImage, transform, seed: int):

@@ -148,6 +148,15 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 
 NORMALIZATION_CHOICES = (*NORMALIZATIONS, "zca")
 AUGMENT_CHOICES = ("none", "crop", "flip-crop", "imagenet")
+# The per-image policies of training (wrn.data.policies builds each one's transform)
+POLICY_CHOICES = (
+    "none",
+    "autoaugment",
+    "autoaugment-paper",
+    "autoaugment-sam",
+    "randaugment",
+    "trivialaugment",
+)
 # How the crop of ``crop`` / ``flip-crop`` fills its border: the paper's reflection, or zeros (torchvision's
 # RandomCrop(padding=4), which the Cutout and AutoAugment code use)
 CROP_PADDINGS = ("reflect", "zeros")

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
-from wrn.data.registry import NORMALIZATION_CHOICES
+from wrn.data.registry import AUGMENT_CHOICES, CROP_PADDINGS, DATASETS, NORMALIZATION_CHOICES, POLICY_CHOICES
 from wrn.errors import ConfigError
 from wrn.train.fields import Section, flagged, option
 from wrn.train.objectives import OBJECTIVES
@@ -45,9 +45,7 @@ class ModelSection(Section):
 
 
 class DataSection(Section):
-    name: Literal["cifar10", "cifar100", "svhn", "imagenet", "imagefolder", "digits"] = flagged(
-        "cifar10", "--dataset", "the data set", commands=("reproduce",)
-    )
+    name: Literal[tuple(DATASETS)] = flagged("cifar10", "--dataset", "the data set", commands=("reproduce",))
     root: str = flagged(
         "data",
         "--data-dir",
@@ -55,13 +53,13 @@ class DataSection(Section):
         how=True,
         commands=("reproduce",),
     )
-    augment: Literal["none", "crop", "flip-crop", "imagenet"] | None = flagged(
+    augment: Literal[AUGMENT_CHOICES] | None = flagged(
         None, "--augment", "training augmentation (default: the data set's recipe)"
     )
     normalization: Literal[NORMALIZATION_CHOICES] | None = flagged(
         None, "--normalization", "input normalisation (default: the data set's)"
     )
-    crop_padding: Literal["reflect", "zeros"] = flagged(
+    crop_padding: Literal[CROP_PADDINGS] = flagged(
         "reflect",
         "--crop-padding",
         "border of the training crop: reflect (the paper's) or zeros (torchvision's RandomCrop(padding=4))",
@@ -94,14 +92,17 @@ class DataSection(Section):
         "CutMix: alpha of the Beta distribution of the pasted area, per batch (0: off; e.g. 1.0)",
         ge=0.0,
     )
-    # torchvision's AutoAugment(CIFAR10 policy) / RandAugment / TrivialAugmentWide on each uint8 training image
-    # before the crop and flip (image folders: after), in the loader's worker processes (wrn.data.policies)
-    policy: Literal["none", "autoaugment", "randaugment", "trivialaugment"] = flagged(
+    # torchvision's AutoAugment(CIFAR10 policy) / RandAugment / TrivialAugmentWide, or AutoAugment's 95 CIFAR
+    # sub-policies with the ops of the AutoAugment code (autoaugment-paper) or of google-research/sam's
+    # (autoaugment-sam), on each uint8 training image before the crop and flip (image folders: after), in the
+    # loader's worker processes (wrn.data.policies, wrn.data.autoaugment)
+    policy: Literal[POLICY_CHOICES] = flagged(
         "none",
         "--policy",
         "per-image augmentation policy (before the crop and flip, as the AutoAugment code; image folders: "
-        "after): AutoAugment's CIFAR-10 policy, RandAugment (--randaugment-n, --randaugment-m) or "
-        "TrivialAugmentWide (default none)",
+        "after): torchvision's AutoAugment CIFAR-10 policy, AutoAugment's 95 sub-policies as the AutoAugment "
+        "code (autoaugment-paper) or google-research/sam (autoaugment-sam) applies them, RandAugment "
+        "(--randaugment-n, --randaugment-m) or TrivialAugmentWide (default none)",
     )
     randaugment_n: int = flagged(
         2, "--randaugment-n", "RandAugment: number of operations per image (N, default 2)", ge=1, le=16
