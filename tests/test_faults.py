@@ -19,12 +19,13 @@ import torch
 from PIL import Image
 
 import wrn
-from wrn.atomic import atomic_write, atomic_write_bytes
+from wrn.atomic import atomic_write, atomic_write_bytes, remove_stale_temporaries
 from wrn.cli import main
 from wrn.errors import CheckpointError, WriteError
 from wrn.models.io import sha256_file
 from wrn.train import checkpoint as ckpt
 from wrn.train.logging import RunLogger
+from wrn.train.rundir import CHECKPOINT
 
 
 def one_error(capsys, argv: list[str]) -> str:
@@ -181,19 +182,19 @@ def test_a_full_disk_is_one_sentence_and_the_old_file_survives(tmp_path, mounts,
     assert old.read_bytes() == b"the previous export" and os.listdir(disk) == ["m.ts"]
 
     state = {"model": {"w": torch.ones(400_000)}}  # 1.6 MB of tensors
-    atomic_write_bytes(disk / ckpt.CHECKPOINT_NAME, b"the previous checkpoint")
+    atomic_write_bytes(disk / CHECKPOINT, b"the previous checkpoint")
     with pytest.raises(WriteError) as caught:
-        ckpt.atomic_save(state, disk / ckpt.CHECKPOINT_NAME)
+        ckpt.atomic_save(state, disk / CHECKPOINT)
     assert str(caught.value) == (
-        f"cannot write {disk / ckpt.CHECKPOINT_NAME}: no space left on {disk} (needed about 1.6 MB); "
+        f"cannot write {disk / CHECKPOINT}: no space left on {disk} (needed about 1.6 MB); "
         "free space and try again"
     )
     with pytest.raises(WriteError, match=f"no space left on {disk}; free space"):  # torch.save's own failure
-        atomic_write(disk / ckpt.CHECKPOINT_NAME, lambda tmp: torch.save(state, tmp))
+        atomic_write(disk / CHECKPOINT, lambda tmp: torch.save(state, tmp))
     caught.value.fix = f"free space and resume with wrn train --resume {disk}"  # the hook the loop uses
     assert str(caught.value).endswith(f"resume with wrn train --resume {disk}")
-    assert (disk / ckpt.CHECKPOINT_NAME).read_bytes() == b"the previous checkpoint"
-    assert sorted(os.listdir(disk)) == [ckpt.CHECKPOINT_NAME, "m.ts"]
+    assert (disk / CHECKPOINT).read_bytes() == b"the previous checkpoint"
+    assert sorted(os.listdir(disk)) == [CHECKPOINT, "m.ts"]
 
     (disk / "run").mkdir()
     logger = RunLogger(disk / "run")
@@ -225,7 +226,7 @@ def test_a_read_only_file_system_is_one_sentence_and_changes_nothing(tmp_path, m
 def test_a_flipped_byte_in_the_checkpoint_tensors_is_named(copy, capsys):
     for name in ("model.safetensors", "model.json"):
         (copy / name).unlink()  # eval falls back to the checkpoint
-    path = copy / ckpt.CHECKPOINT_NAME
+    path = copy / CHECKPOINT
     state = ckpt.load(copy)
     assert state["digest"]["sha256"] == ckpt.digest(state)
     flip_byte(path, tensor_data_offset(path))
@@ -270,11 +271,11 @@ def test_a_checkpoint_with_the_marker_but_wrong_content_is_one_sentence(copy, ca
     for name in ("model.safetensors", "model.json"):
         (copy / name).unlink()
     state = ckpt.load(copy)
-    ckpt.atomic_save({**state, "epoch": "2"}, copy / ckpt.CHECKPOINT_NAME)
+    ckpt.atomic_save({**state, "epoch": "2"}, copy / CHECKPOINT)
     assert "'epoch' is '2', not a whole number" in one_error(capsys, ["eval", str(copy)])
     conv = next(k for k, v in state["model"].items() if v.dim() == 4)
     wrong = {**state["model"], conv: torch.zeros(3, 3, 3, 3)}
-    ckpt.atomic_save({**state, "model": wrong}, copy / ckpt.CHECKPOINT_NAME)
+    ckpt.atomic_save({**state, "model": wrong}, copy / CHECKPOINT)
     err = one_error(capsys, ["eval", str(copy)])
     assert "does not fit" in err and conv in err and "(3, 3, 3, 3)" in err
 
@@ -330,7 +331,7 @@ def test_temporaries_of_killed_writes_are_removed_and_nothing_else(copy):
     for kept in (".notes.tmp", "mine.tmp", ".model.safetensors.short.tmp"):
         (copy / kept).write_bytes(b"the user's")
     before = {p.name for p in copy.iterdir()} - set(left) - {".checkpoint.pt.abcd_123.tmp"}
-    ckpt.remove_stale_temporaries(copy)
+    remove_stale_temporaries(copy)
     assert {p.name for p in copy.iterdir()} == before
     assert wrn.load_model(copy) is not None  # the finished files are as they were
 

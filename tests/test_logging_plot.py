@@ -15,10 +15,11 @@ import torch
 
 import wrn.train.progress
 from wrn.errors import ConfigError
-from wrn.train.logging import METRICS_FILE, RunLogger, read_metrics
+from wrn.train.logging import RunLogger, read_metrics
 from wrn.train.meter import EpochMeter
 from wrn.train.plot import lr_drop_epochs, plot_run, plot_runs
 from wrn.train.progress import EpochProgress, format_epoch_summary
+from wrn.train.rundir import METRICS
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -53,7 +54,7 @@ def make_run(run_dir: Path, epochs: int = 200, model: str | None = None, offset:
     lines = [
         json.dumps(record(e, error=30.0 * math.exp(-e / 20) + 4.0 + offset)) for e in range(1, epochs + 1)
     ]
-    (run_dir / METRICS_FILE).write_text("\n".join(lines) + "\n")
+    (run_dir / METRICS).write_text("\n".join(lines) + "\n")
     return run_dir
 
 
@@ -66,12 +67,12 @@ def test_metrics_round_trip(tmp_path):
         # Values may come straight from the device: 0-d tensors are written as plain numbers.
         log.log_epoch({**records[2], "train_loss": torch.tensor(records[2]["train_loss"])})
         # Each line is complete on disk as soon as log_epoch returns.
-        assert (tmp_path / "run" / METRICS_FILE).read_text().count("\n") == 3
+        assert (tmp_path / "run" / METRICS).read_text().count("\n") == 3
     back = read_metrics(tmp_path / "run")
     assert [r["epoch"] for r in back] == [1, 2, 3]
     assert back[:2] == records[:2]
     assert back[2]["train_loss"] == pytest.approx(records[2]["train_loss"])
-    assert read_metrics(tmp_path / "run" / METRICS_FILE) == back
+    assert read_metrics(tmp_path / "run" / METRICS) == back
 
 
 def test_resume_drops_later_epochs_and_torn_line(tmp_path):
@@ -79,7 +80,7 @@ def test_resume_drops_later_epochs_and_torn_line(tmp_path):
     with RunLogger(run) as log:
         for e in range(1, 6):
             log.log_epoch(record(e))
-    with open(run / METRICS_FILE, "a") as f:
+    with open(run / METRICS, "a") as f:
         f.write('{"epoch": 6, "lr": 0.1, "train_lo')  # killed mid-write
     assert [r["epoch"] for r in read_metrics(run)] == [1, 2, 3, 4, 5]
 
@@ -89,14 +90,14 @@ def test_resume_drops_later_epochs_and_torn_line(tmp_path):
     back = read_metrics(run)
     assert [r["epoch"] for r in back] == [1, 2, 3, 4]
     assert back[3]["test_error"] == 9.5
-    assert all(json.loads(line) for line in (run / METRICS_FILE).read_text().splitlines())
+    assert all(json.loads(line) for line in (run / METRICS).read_text().splitlines())
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_torn_line_repaired_before_appending(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / METRICS_FILE).write_text(json.dumps(record(1)) + '\n{"epoch": 2, "lr')
+    (run / METRICS).write_text(json.dumps(record(1)) + '\n{"epoch": 2, "lr')
     with RunLogger(run) as log:
         log.log_epoch(record(2))
     assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
@@ -105,7 +106,7 @@ def test_torn_line_repaired_before_appending(tmp_path):
 def test_read_metrics_errors(tmp_path):
     with pytest.raises(ConfigError, match="no metrics file at .*nothing"):
         read_metrics(tmp_path / "nothing")
-    (tmp_path / METRICS_FILE).write_text('{"epoch": 1}\nnot json\n{"epoch": 3}\n')
+    (tmp_path / METRICS).write_text('{"epoch": 1}\nnot json\n{"epoch": 3}\n')
     with pytest.raises(ConfigError, match="line 2"):
         read_metrics(tmp_path)
 
@@ -175,7 +176,7 @@ def test_plot_run_writes_png(tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()
     rows = [{k: v for k, v in record(e).items() if k != "test_error"} for e in range(1, 30)]
-    (bare / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (bare / METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows))
     _assert_png(plot_run(bare, out=tmp_path / "out" / "bare.png"))
 
 
@@ -185,7 +186,7 @@ def test_plot_runs_and_empty_run(tmp_path):
     _assert_png(plot_runs([thin, wide], tmp_path / "both.png"))
     empty = tmp_path / "empty"
     empty.mkdir()
-    (empty / METRICS_FILE).write_text("")
+    (empty / METRICS).write_text("")
     with pytest.raises(ConfigError, match="no epochs yet"):
         plot_run(empty)
 
@@ -202,7 +203,7 @@ def test_figures_read_well_for_one_run_and_several(tmp_path):
     from wrn.train.plot import COLOURS, draw_run, draw_runs
 
     short = make_run(tmp_path / "short", epochs=3, model="wrn-16-4")
-    (short / METRICS_FILE).write_text(
+    (short / METRICS).write_text(
         "".join(json.dumps(record(e, lr=0.1 if e < 3 else 0.02)) + "\n" for e in (1, 2, 3))
     )
     long = make_run(tmp_path / "long", epochs=200, model="wrn-28-10")

@@ -574,6 +574,11 @@ def test_dry_run_prints_every_runs_config_and_starts_nothing(tmp_path):
     docs = re.split(r"\n(?=# \S+/seed-\d+: )", proc.stdout)[1:]
     assert len(docs) == 16 * 2
     by_key = {d.split(":", 1)[0][2:]: yaml.safe_load(d) for d in docs}
+    t6, row = tmp_path / "t6", "svhn-wrn-16-4-dropout"  # the command the runner would give (train_args)
+    assert (
+        f"# {row}/seed-1: would start: wrn train --config {t6}/configs/{row}-seed-1.yaml --out {t6}/{row}/seed-1 "
+        "--no-progress\n"
+    ) in proc.stdout
     cfg = by_key["svhn-wrn-16-4-dropout/seed-1"]
     assert (cfg["model"]["name"], cfg["model"]["dropout"]) == ("wrn-16-4", 0.4)
     assert cfg["dataset"]["name"] == "svhn" and cfg["run"]["seed"] == 1

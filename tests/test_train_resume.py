@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from conftest import WRN_ENV as ENV
 from conftest import start_wrn as wrn_cli
+from wrn.atomic import remove_stale_temporaries
 from wrn.errors import CheckpointError, Interrupted, NonFiniteLoss
 from wrn.train import checkpoint as ckpt
 from wrn.train.compose import build_config
@@ -128,7 +129,7 @@ def test_kill_during_checkpoint_write_leaves_the_previous_checkpoint_usable(tmp_
         assert state["counter"] > last
         assert state["payload"].shape == (4_000_000,)
         last = state["counter"]
-    ckpt.remove_stale_temporaries(tmp_path)
+    remove_stale_temporaries(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 

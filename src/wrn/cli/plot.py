@@ -33,13 +33,13 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from wrn.paths import check_input_dir, check_input_file, check_new_output_file
-    from wrn.train.logging import METRICS_FILE
     from wrn.train.plot import DEFAULT_NAME, FORMATS, plot_run, plot_runs
+    from wrn.train.rundir import METRICS
 
-    fix = f"pass run directories written by `wrn train` (each holds {METRICS_FILE})"
+    fix = f"pass run directories written by `wrn train` (each holds {METRICS})"
     for run_dir in args.runs:
         check_input_dir(run_dir, "the run", fix)
-        check_input_file(run_dir / METRICS_FILE, "the metrics file", fix)
+        check_input_file(run_dir / METRICS, "the metrics file", fix)
     if args.out is not None and args.out.suffix.lower() not in FORMATS:
         raise ConfigError(f"--out {args.out}: give a file name ending in {', '.join(FORMATS)}")
     default = args.runs[0] / DEFAULT_NAME if len(args.runs) == 1 else Path(DEFAULT_NAME)

@@ -164,6 +164,7 @@ def run_grid(args: argparse.Namespace, exp, out: Path) -> int:
 
 def dry_run(plan) -> int:
     from wrn.reproduce import grid as G
+    from wrn.reproduce.runner import train_args
     from wrn.train.compose import dump_yaml
 
     G.check_out(plan)
@@ -172,13 +173,11 @@ def dry_run(plan) -> int:
         f"# {plan.experiment.name}: {len(plan.todo)} runs in {plan.out}{scaled}; nothing is started (--dry-run)"
     )
     for spec in plan.todo:
-        state = RunDir(spec.dir).state()
-        if state == "done":
+        if RunDir(spec.dir).state() == "done":
             what = "done: would be skipped"
-        elif state == "partial":
-            what = f"would resume: wrn train --resume {spec.dir}"
-        else:
-            what = f"wrn train --config {spec.config_path} --out {spec.dir}"
+        else:  # the command the grid would run, as the runner makes it
+            args, how = train_args(spec)
+            what = f"would {how}: wrn {' '.join(args)}"
         print(f"\n# {spec.key}: {what}")
         print(dump_yaml(plan.resolved[spec.key]).rstrip())
     print(

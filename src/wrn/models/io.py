@@ -269,11 +269,6 @@ def read_model_doc(directory: str | os.PathLike) -> dict[str, Any]:
     return doc
 
 
-def read_model_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """The ``config`` dict stored in ``directory/model.json``."""
-    return dict(read_model_doc(directory)["config"])
-
-
 def load_model(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model saved by :func:`save_model` in ``directory``, with its weights, in eval mode."""
     directory = Path(directory)

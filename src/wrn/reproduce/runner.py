@@ -67,18 +67,13 @@ class Summary:
 # --------------------------------------------------------------------------------------------- one run
 
 
-def state_of(spec: G.RunSpec) -> str:
-    """Where a run stands (missing, unstarted, partial or done): the one place the runner asks its folder."""
-    return RunDir(spec.dir).state()
-
-
 def train_args(spec: G.RunSpec) -> tuple[list[str], str]:
     """The `wrn train` arguments that continue ``spec`` from where it stands, and what they do.
 
     A new run trains its config file, which holds the grid's overrides already: nothing else is on its
     command line, so the file is what runs.
     """
-    if state_of(spec) == "partial":
+    if RunDir(spec.dir).state() == "partial":
         return ["train", "--resume", str(spec.dir), "--no-progress"], "resume"
     # missing, or killed before its first checkpoint: `wrn train --out` starts such a folder afresh
     return ["train", "--config", str(spec.config_path), "--out", str(spec.dir), "--no-progress"], "start"
@@ -138,7 +133,7 @@ def execute(spec: G.RunSpec, env: dict[str, str] | None = None, start: Launcher 
     if not lock.acquire():
         return Outcome(spec.key, "busy")
     try:
-        if state_of(spec) == "done":
+        if RunDir(spec.dir).state() == "done":
             return Outcome(spec.key, "skipped")
         args, what = train_args(spec)
         begin = time.monotonic()
@@ -151,7 +146,7 @@ def execute(spec: G.RunSpec, env: dict[str, str] | None = None, start: Launcher 
             proc.terminate()
             proc.wait()
             raise
-        ok = rc == 0 and state_of(spec) == "done"
+        ok = rc == 0 and RunDir(spec.dir).state() == "done"
         line = "" if ok else G.last_log_line(spec.log_path)
         return Outcome(spec.key, "done" if ok else "failed", 0, time.monotonic() - begin, rc, line)
     finally:
@@ -174,7 +169,7 @@ class Tally:
 
     def skip_if_done(self, spec: G.RunSpec) -> bool:
         """A run this command has not tried that is done already: skipped, without taking its lock."""
-        if self.attempts[spec.key] or state_of(spec) != "done":
+        if self.attempts[spec.key] or RunDir(spec.dir).state() != "done":
             return False
         self.handle(spec, Outcome(spec.key, "skipped"))
         return True
@@ -509,7 +504,7 @@ def run_grid(
         G.write_experiment(plan, existing)
         for spec in plan.todo:
             G.write_config(plan, spec)
-        done = sum(state_of(s) == "done" for s in plan.todo)
+        done = sum(RunDir(s.dir).state() == "done" for s in plan.todo)
         what = plan.experiment.name + (
             f" (runs of {plan.base.name})" if plan.base is not plan.experiment else ""
         )

@@ -17,11 +17,9 @@ import numpy as np
 import torch
 
 from wrn.atomic import atomic_write, check_free_space
-from wrn.atomic import remove_stale_temporaries as remove_temporaries
 from wrn.errors import CheckpointError
 from wrn.train.rundir import CHECKPOINT
 
-CHECKPOINT_NAME = CHECKPOINT
 FORMAT = "wrn-train-checkpoint"
 VERSION = 1
 # The entry that holds the checksum of the rest of the checkpoint.
@@ -38,12 +36,6 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     needed = _payload_bytes(obj)
     check_free_space(path, needed)  # torch's zip writer can abort the process on a full disk
     atomic_write(path, lambda tmp: torch.save(obj, tmp), needed=needed)
-
-
-def remove_stale_temporaries(run_dir: str | Path) -> None:
-    """Delete temporary files left in the run directory by a write that was killed half-way (the checkpoint,
-    the model, the metrics, the figure: every file the atomic writer makes)."""
-    remove_temporaries(run_dir)
 
 
 def _leaves(obj: Any, where: str = ""):
@@ -80,7 +72,7 @@ def _is_int(value: Any, least: int = 0) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
-def check_state(state: Any, path: str | Path = CHECKPOINT_NAME) -> dict[str, Any]:
+def check_state(state: Any, path: str | Path = CHECKPOINT) -> dict[str, Any]:
     """Raise :class:`CheckpointError` unless ``state`` has every entry a resume reads, each of its type:
     the model's and the optimizer's state, whole-number counters and one part per process."""
     problems = []
@@ -123,10 +115,10 @@ def load(run_dir: str | Path, map_location: str | torch.device = "cpu") -> dict[
         raise CheckpointError(
             f"{str(run_dir)!r} is not a directory; pass the run directory written by 'wrn train'"
         )
-    path = run_dir / CHECKPOINT_NAME
+    path = run_dir / CHECKPOINT
     if not path.is_file():
         raise CheckpointError(
-            f"{str(run_dir)!r} holds no {CHECKPOINT_NAME}; pass the run directory of a run started by 'wrn train'"
+            f"{str(run_dir)!r} holds no {CHECKPOINT}; pass the run directory of a run started by 'wrn train'"
         )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)

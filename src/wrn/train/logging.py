@@ -19,7 +19,6 @@ from wrn.atomic import atomic_write_text, writing
 from wrn.errors import ConfigError
 from wrn.train.rundir import METRICS, TENSORBOARD
 
-METRICS_FILE = METRICS
 TENSORBOARD_DIR = TENSORBOARD
 # Per-step scalars go to their own TensorBoard run: TensorBoard purges events whose step goes backwards
 # within one run, so epoch numbers and iteration numbers must never share a writer.
@@ -59,7 +58,7 @@ def _is_number(value: Any) -> bool:
 
 def _metrics_path(path_or_run_dir: str | os.PathLike) -> Path:
     path = Path(path_or_run_dir)
-    return path / METRICS_FILE if path.is_dir() else path
+    return path / METRICS if path.is_dir() else path
 
 
 def _parse_lines(text: str, path: Path) -> list[dict]:
@@ -94,7 +93,7 @@ def read_metrics(path_or_run_dir: str | os.PathLike) -> list[dict]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(
-            f"no metrics file at {path}; pass a run directory written by `wrn train` (it holds {METRICS_FILE})"
+            f"no metrics file at {path}; pass a run directory written by `wrn train` (it holds {METRICS})"
         ) from None
     except (IsADirectoryError, NotADirectoryError, PermissionError) as exc:
         raise ConfigError(
@@ -115,7 +114,7 @@ class RunLogger:
         self.out_dir = Path(out_dir)
         self.enabled = bool(enabled)
         self.resume_epoch = resume_epoch
-        self.metrics_path = self.out_dir / METRICS_FILE
+        self.metrics_path = self.out_dir / METRICS
         self._file = None
         self._writer = None
         self._step_writer = None
