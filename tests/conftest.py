@@ -117,3 +117,77 @@ def calibrate_bn_(model: torch.nn.Module, gen: torch.Generator, skip=()) -> torc
 def rel_diff(ours: torch.Tensor, reference: torch.Tensor) -> float:
     """max |ours - reference| relative to max |reference|."""
     return ((ours - reference).abs().max() / reference.abs().max()).item()
+
+
+# ------------------------------------------------------------------------------------------ run folders and pages
+TIMING_KEYS = ("train_time", "test_time", "images_per_s")  # what differs between two runs of the same steps
+
+
+def metrics(run_dir, timings: bool = True) -> list[dict]:
+    """The records of a run's metrics.jsonl (``timings=False``: without the wall-clock figures)."""
+    import json
+    from pathlib import Path
+
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    return records if timings else [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def snapshot(folder) -> dict[str, tuple[int, str]]:
+    """Every file under ``folder``: its path relative to it -> (mtime in ns, sha256 of its bytes). Equal
+    snapshots mean nothing was written, not even the same bytes again."""
+    import hashlib
+    from pathlib import Path
+
+    folder = Path(folder)
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def md_table(text: str, heading: str, which: int = 0) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of table ``which`` of the Markdown section whose heading starts with ``heading``."""
+    import re
+
+    section = re.split(r"\n(?=## )", text)
+    body = next(s for s in section if s.startswith(f"## {heading}"))
+    tables = re.findall(r"((?:^\|.*\|\n)+)", body + "\n", re.M)
+    lines = tables[which].strip().splitlines()
+    split = [[c.strip() for c in re.split(r"(?<!\\) \| ", ln.strip()[2:-2])] for ln in lines]
+    return split[0], split[2:]
+
+
+def randomize_bn_(model: torch.nn.Module) -> torch.nn.Module:
+    """BN running statistics and biases as after training (from torch's global generator), in place."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model
+
+
+def one_line_error(capsys, *argv: str) -> str:
+    """The real command line in this process refusing ``argv``: exit code 2 and one line ``wrn CMD: error:
+    ...`` on stderr, no traceback; returns the line."""
+    from wrn.cli import main
+
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(f"wrn {argv[0]}: error: ") and "Traceback" not in err, err
+    return err
+
+
+def forward_macs(name: str, size: int = 32) -> int:
+    """The multiply-adds of one image's forward pass through the model ``name`` (10 classes, 3 channels),
+    counted by torch's FLOP counter on a real model: independent of the model table's own count."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import wrn
+
+    model = wrn.create_model(name).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() // 2

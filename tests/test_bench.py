@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from conftest import WRN_ENV as ENV
+from conftest import forward_macs
 from conftest import run_wrn as wrn_cli
 from wrn.bench import figure4
 from wrn.bench import train as bench_train
@@ -22,18 +23,6 @@ from wrn.bench.cifar_files import write_random_cifar10
 from wrn.cli import main as wrn_main
 
 TINY = "wrn-16-1"
-
-
-def independent_train_flops(name: str, size: int = 32) -> int:
-    """6 x the forward multiply-adds, counted here with torch's FLOP counter on a real (CPU) model."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    import wrn
-
-    model = wrn.create_model(name).eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros(1, 3, size, size))
-    return 3 * counter.get_total_flops()
 
 
 class ScriptedClock:
@@ -98,7 +87,7 @@ def test_bench_train_cli_prints_and_writes_the_figures_of_the_steps_it_timed(tmp
     # The defaults `wrn train` resolves on a CPU: fp32, channels_last, eager.
     assert (s["amp"], s["channels_last"], s["compile"]) == ("off", True, False)
     assert (s["batch_size"], s["steps"], s["warmup"], s["image_size"]) == (8, 3, 1, 32)
-    flops = independent_train_flops(TINY)
+    flops = 6 * forward_macs(TINY)
     assert result["model"]["train_flops_per_image"] == flops
     assert result["model"]["params"] == sum(
         p.numel() for p in __import__("wrn").create_model(TINY).parameters()

@@ -14,15 +14,9 @@ import pytest
 import yaml
 from PIL import Image
 
+from conftest import one_line_error
 from conftest import run_wrn as wrn_cli
 from wrn.cli import main
-
-
-def one_line_error(capsys, argv: list[str]) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith(f"wrn {argv[0]}: error: "), err
-    return err
 
 
 def test_wrn_alone_prints_the_help_and_version_prints_the_version():
@@ -58,15 +52,15 @@ def test_unknown_options_get_their_command_s_usage_and_the_closest_option(argv, 
 
 
 def test_did_you_mean_for_presets_and_config_keys_by_similarity(capsys, tmp_path):
-    err = one_line_error(capsys, ["train", "--preset", "cifar100-wrn-28-1O"])
+    err = one_line_error(capsys, "train", "--preset", "cifar100-wrn-28-1O")
     assert "did you mean cifar100-wrn-28-10" in err
-    err = one_line_error(capsys, ["train", "--preset", "demo", "--set", "optim.wieght_decay=0"])
+    err = one_line_error(capsys, "train", "--preset", "demo", "--set", "optim.wieght_decay=0")
     assert "unknown config key 'optim.wieght_decay' (did you mean optim.weight_decay?)" in err
     assert "docs/" not in err and "src/" not in err  # pointers to what the user has, not to the source tree
 
 
 def test_set_and_its_option_together_are_refused_and_set_takes_lists(capsys, tmp_path):
-    err = one_line_error(capsys, ["train", "--preset", "demo", "--set", "optim.lr=0.05", "--lr", "0.2"])
+    err = one_line_error(capsys, "train", "--preset", "demo", "--set", "optim.lr=0.05", "--lr", "0.2")
     assert "--set optim.lr=... and --lr both set optim.lr" in err
     assert main(["train", "--preset", "demo", "--set", "schedule.milestones=5,10", "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
@@ -86,7 +80,7 @@ def test_print_config_shows_what_would_run_and_starts_nothing(capsys, tmp_path):
 def test_preset_and_extends_conflict_and_a_preset_key_acts_as_extends(capsys, tmp_path):
     other = tmp_path / "my.yaml"
     other.write_text("extends: demo\n")
-    err = one_line_error(capsys, ["train", "--preset", "cifar10-wrn-16-4", "--config", str(other)])
+    err = one_line_error(capsys, "train", "--preset", "cifar10-wrn-16-4", "--config", str(other))
     assert "--preset cifar10-wrn-16-4 and the config file's 'extends: demo' name two different recipes" in err
     keyed = tmp_path / "keyed.yaml"
     keyed.write_text("preset: demo\noptim:\n  lr: 0.05\n")
@@ -96,7 +90,7 @@ def test_preset_and_extends_conflict_and_a_preset_key_acts_as_extends(capsys, tm
 
 
 def test_fp16_on_a_cpu_suggests_off(capsys):
-    err = one_line_error(capsys, ["train", "--preset", "demo", "--amp", "fp16", "--device", "cpu"])
+    err = one_line_error(capsys, "train", "--preset", "demo", "--amp", "fp16", "--device", "cpu")
     assert err == (
         "wrn train: error: --amp fp16 needs a CUDA GPU but the device is 'cpu'; use --amp off (fp32: on most "
         "CPUs bf16 is slower than fp32)"
@@ -104,9 +98,7 @@ def test_fp16_on_a_cpu_suggests_off(capsys):
 
 
 def test_a_missing_data_set_says_download_as_the_command_line_spells_it(capsys, tmp_path):
-    err = one_line_error(
-        capsys, ["train", "--preset", "cifar10-wrn-16-4", "--data-dir", str(tmp_path / "no")]
-    )
+    err = one_line_error(capsys, "train", "--preset", "cifar10-wrn-16-4", "--data-dir", str(tmp_path / "no"))
     assert "--download" in err and "download=True in Python" in err
 
 

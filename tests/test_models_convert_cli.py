@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import wrn.cli
-from conftest import calibrate_bn_, rel_diff
+from conftest import calibrate_bn_, one_line_error, rel_diff
 from wrn.models import create_model, load_model, save_model
 
 
@@ -29,12 +29,6 @@ def digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "Traceback" not in err, err
-    return err
-
-
 @pytest.fixture
 def src(tmp_path):
     path = tmp_path / "model_best.pth.tar"
@@ -49,8 +43,9 @@ def test_convert_never_writes_into_a_run_directory(src, tmp_path, capsys):
     (run / "metrics.jsonl").write_text('{"epoch": 1}\n')
     before = {p.name: digest(p) for p in run.iterdir()}
     for extra in ([], ["--force"]):
-        assert wrn.cli.main(["convert", "xternalz", str(src), str(run), *extra]) == 2
-        assert "is a run directory of `wrn train`" in one_line_error(capsys)
+        assert "is a run directory of `wrn train`" in one_line_error(
+            capsys, "convert", "xternalz", str(src), str(run), *extra
+        )
     assert {p.name: digest(p) for p in run.iterdir()} == before
     assert load_model(run).config["name"] == "wrn-16-2"
 
@@ -62,8 +57,9 @@ def test_convert_refuses_an_existing_output_without_force(src, tmp_path, capsys)
     first = digest(out / "model.safetensors")
     other = tmp_path / "other.pt"
     torch.save(xternalz_state(seed=1), other)
-    assert wrn.cli.main(["convert", "xternalz", str(other), str(out)]) == 2
-    assert "already exists; pass --force" in one_line_error(capsys)
+    assert "already exists; pass --force" in one_line_error(
+        capsys, "convert", "xternalz", str(other), str(out)
+    )
     assert digest(out / "model.safetensors") == first
     assert wrn.cli.main(["convert", "xternalz", str(other), str(out), "--force"]) == 0
     assert digest(out / "model.safetensors") != first
@@ -75,20 +71,20 @@ def test_convert_names_the_real_problem_with_its_paths(src, tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("keep me\n")
     for out, words in ((afile, f"{afile} is a file"), (afile / "sub", f"{afile} is a file")):
-        assert wrn.cli.main(["convert", "xternalz", str(src), str(out)]) == 2
-        assert words in one_line_error(capsys)
+        assert words in one_line_error(capsys, "convert", "xternalz", str(src), str(out))
     assert afile.read_text() == "keep me\n"
-    assert wrn.cli.main(["convert", "xternalz", str(tmp_path), str(tmp_path / "o")]) == 2
-    assert f"{tmp_path} is a directory; give the checkpoint file itself" in one_line_error(capsys)
-    assert wrn.cli.main(["convert", "xternalz", str(tmp_path / "nope.pt"), str(tmp_path / "o")]) == 2
-    assert "nope.pt does not exist" in one_line_error(capsys)
+    assert f"{tmp_path} is a directory; give the checkpoint file itself" in one_line_error(
+        capsys, "convert", "xternalz", str(tmp_path), str(tmp_path / "o")
+    )
+    assert "nope.pt does not exist" in one_line_error(
+        capsys, "convert", "xternalz", str(tmp_path / "nope.pt"), str(tmp_path / "o")
+    )
     assert not (tmp_path / "o").exists()
     for flag, words in (
         (["--act", "relu"], "--act applies to DeepMind's WRN"),
         (["--weights", "ema"], "--weights applies"),
     ):
-        assert wrn.cli.main(["convert", "xternalz", str(src), str(tmp_path / "o"), *flag]) == 2
-        assert words in one_line_error(capsys)
+        assert words in one_line_error(capsys, "convert", "xternalz", str(src), str(tmp_path / "o"), *flag)
     assert not (tmp_path / "o").exists()
 
 
@@ -100,8 +96,9 @@ def test_convert_into_a_read_only_directory(src, tmp_path, capsys):
     try:
         if subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], capture_output=True).returncode != 0:
             pytest.skip("a read-only remount is refused here")
-        assert wrn.cli.main(["convert", "xternalz", str(src), str(ro / "m")]) == 2
-        assert f"{ro} is not writable" in one_line_error(capsys)
+        assert f"{ro} is not writable" in one_line_error(
+            capsys, "convert", "xternalz", str(src), str(ro / "m")
+        )
     finally:
         subprocess.run(["umount", str(ro)], capture_output=True)
 
@@ -114,8 +111,9 @@ def test_official_on_an_xternalz_file_suggests_xternalz(wrap, tmp_path, capsys):
         state if wrap == "bare" else {"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}
     )
     torch.save(obj, path)
-    assert wrn.cli.main(["convert", "official", str(path), str(tmp_path / "o")]) == 2
-    assert "looks like the xternalz WideResNet port" in (err := one_line_error(capsys))
+    assert "looks like the xternalz WideResNet port" in (
+        err := one_line_error(capsys, "convert", "official", str(path), str(tmp_path / "o"))
+    )
     assert "use `wrn convert xternalz`" in err
     assert wrn.cli.main(["convert", "xternalz", str(path), str(tmp_path / "o")]) == 0
     ref = reference(0)

@@ -12,6 +12,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 import wrn
+from conftest import randomize_bn_
 from wrn.errors import ConfigError
 from wrn.models import FeatureNet, ImageNetResNet, count_parameters, create_model, load_model, save_model
 from wrn.models.detection import backbone, freeze_batch_norm
@@ -24,15 +25,6 @@ FAMILIES = {
     "resnet-18": (64, [64, 64, 128, 256, 512], [2, 4, 8, 16, 32]),
     "resnet-50": (64, [64, 256, 512, 1024, 2048], [2, 4, 8, 16, 32]),
 }
-
-
-def randomize_bn_(model: nn.Module) -> nn.Module:
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-            m.bias.data.uniform_(-0.2, 0.2)
-    return model
 
 
 def group_outputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -13,20 +13,12 @@ import torch
 import torch.nn.functional as F
 
 import wrn
+from conftest import randomize_bn_
 from conftest import run_wrn as run_cli
 from wrn.errors import CheckpointError, ConfigError
 from wrn.models import create_model, load_model, load_official, save_model
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def randomize_bn_(model: torch.nn.Module) -> torch.nn.Module:
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-            m.bias.data.uniform_(-0.2, 0.2)
-    return model
 
 
 # --------------------------------------------------------------------------------------- save / load

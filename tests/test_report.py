@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from conftest import md_table
 from wrn.cli import main as wrn_main
 
 # The paper's CIFAR recipe (its section 4) with Table 4's ZCA, as a run's config.yaml spells it.
@@ -76,16 +77,6 @@ def table4_grid(out: Path) -> None:
     (out / "logs" / f"{WIDE10}-seed-1.failed.json").write_text(
         json.dumps({"attempts": 2, "last_line": "wrn train: error: <b>boom</b> | half"})
     )
-
-
-def md_table(text: str, heading: str, which: int = 0) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of table ``which`` of the section whose heading starts with ``heading``."""
-    section = re.split(r"\n(?=## )", text)
-    body = next(s for s in section if s.startswith(f"## {heading}"))
-    tables = re.findall(r"((?:^\|.*\|\n)+)", body + "\n", re.M)
-    lines = tables[which].strip().splitlines()
-    split = [[c.strip() for c in re.split(r"(?<!\\) \| ", ln.strip()[2:-2])] for ln in lines]
-    return split[0], split[2:]
 
 
 class Cells(HTMLParser):

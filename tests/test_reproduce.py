@@ -9,7 +9,6 @@ section 7, written out below independently of the package. A local Ray instance 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -25,6 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import md_table, metrics, snapshot
 from wrn.train.rundir import RunLock
 
 # One thread per process: the tests run several processes at once on small machines.
@@ -104,19 +104,6 @@ def wrn(*args: str, env: dict | None = None, timeout: float = 300, cwd=None) -> 
     )
 
 
-def snapshot(folder: Path) -> dict[Path, tuple[int, str]]:
-    """mtime and md5 of every file under ``folder``."""
-    return {
-        p: (p.stat().st_mtime_ns, hashlib.md5(p.read_bytes()).hexdigest())
-        for p in folder.rglob("*")
-        if p.is_file()
-    }
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-
 def epochs_logged(run_dir: Path) -> int:
     """Complete lines of a metrics file that a run may be writing right now."""
     try:
@@ -150,19 +137,6 @@ def pids_with(text: str) -> list[int]:
         if text in cmdline and state != "Z":
             found.append(int(entry))
     return found
-
-
-def md_table(text: str, heading: str) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the first Markdown table after a heading that starts with ``heading``."""
-    lines = text.splitlines()
-    start = next(i for i, ln in enumerate(lines) if ln.startswith(f"## {heading}"))
-    rows = []
-    for ln in lines[start + 1 :]:
-        if ln.startswith("## "):
-            break
-        if ln.startswith("|"):
-            rows.append([c.strip() for c in ln.strip().strip("|").split(" | ")])
-    return rows[0], [r for r in rows[2:]]
 
 
 # --------------------------------------------------------------------------------------------- the data

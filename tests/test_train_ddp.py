@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+
+from conftest import metrics
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -56,12 +56,6 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
     return proc
 
 
-def metrics(run: Path) -> list[dict]:
-    times = {"train_time", "test_time", "images_per_s"}
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in times} for line in lines]
-
-
 def test_two_process_gloo_run_and_a_mid_epoch_resume_end_bitwise_equal(tmp_path):
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
@@ -90,11 +84,13 @@ def test_two_process_gloo_run_and_a_mid_epoch_resume_end_bitwise_equal(tmp_path)
     stopped = tmp_path / "stopped"
     proc = torchrun(str(script), str(stopped), str(dump), "25")
     assert "SIGTERM received: checkpoint saved at epoch 2, step 8" in proc.stdout
-    assert not (stopped / "model.safetensors").exists() and len(metrics(stopped)) == 1
+    assert not (stopped / "model.safetensors").exists() and len(metrics(stopped, timings=False)) == 1
     torchrun("-m", "wrn", "train", "--resume", str(stopped), "--no-progress")
     final = load_file(str(stopped / "model.safetensors"))
     assert final.keys() == saved.keys()
     for key in saved:
         assert torch.equal(final[key], saved[key]), key
-    assert metrics(stopped) == metrics(straight) and [r["epoch"] for r in metrics(stopped)] == [1, 2]
+    assert metrics(stopped, timings=False) == metrics(straight, timings=False) and [
+        r["epoch"] for r in metrics(stopped, timings=False)
+    ] == [1, 2]
     assert (stopped / "curves.png").is_file()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import WRN_ENV, run_wrn, start_wrn
+from conftest import WRN_ENV, run_wrn, snapshot, start_wrn
 from wrn.cli import main
 from wrn.train.rundir import RunDir, RunLock
 
@@ -27,10 +27,6 @@ def stopped(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("faults") / "run"
     assert main(["train", *TINY, "--epochs", "1", "--out", str(run)]) == 0
     return run
-
-
-def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
 def test_a_second_process_on_a_run_is_refused_naming_the_holder(stopped, capsys):
@@ -48,11 +44,11 @@ def test_a_second_process_on_a_run_is_refused_naming_the_holder(stopped, capsys)
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        before = _snapshot(stopped)
+        before = snapshot(stopped)
         assert main(["train", "--resume", str(stopped), "--epochs", "2"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"is being trained by process {holder.pid}" in err[0], err
-        assert _snapshot(stopped) == before  # nothing written
+        assert snapshot(stopped) == before  # nothing written
     finally:
         holder.kill()
         holder.wait()
@@ -68,19 +64,22 @@ def test_a_lock_left_by_a_dead_process_never_blocks(stopped, tmp_path):
 
 
 def test_the_lock_is_held_for_the_run_s_lifetime(tmp_path):
+    """A run long enough to be caught training (100 epochs): while it trains the lock is its, and a SIGTERM
+    stops it with a checkpoint and releases the lock."""
     run = tmp_path / "run"
-    proc = start_wrn("train", *TINY, "--epochs", "2", "--out", run, "--checkpoint-every", "2steps")
+    proc = start_wrn("train", *TINY, "--epochs", "100", "--out", run, "--checkpoint-every", "2steps")
     try:
         deadline = time.monotonic() + 240
         while not RunDir(run).checkpoint.exists() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before its lock could be looked at"
         lock = RunLock(RunDir(run).lock)
-        if proc.poll() is None:  # still training: the lock is its
-            assert not lock.acquire()
-            assert lock.holder() == proc.pid
+        assert not lock.acquire()
+        assert lock.holder() == proc.pid
+        proc.send_signal(signal.SIGTERM)
     finally:
         out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 128 + signal.SIGTERM, err
     assert lock.acquire()  # released with the process
     lock.release()
 
@@ -103,11 +102,11 @@ def test_a_failed_resume_changes_nothing(stopped, tmp_path, capsys):
     run = shutil.copytree(stopped, tmp_path / "corrupt")
     (run / "model.json").unlink()  # not finished: resume would train
     (run / "metrics.jsonl").write_text('{"epoch": 1}\nnot json\n{"epoch": 1}\n')
-    before = _snapshot(run)
+    before = snapshot(run)
     assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
     err = capsys.readouterr().err
     assert "metrics.jsonl line 2 is not a JSON object" in err
-    assert _snapshot(run) == before  # config.yaml not rewritten with epochs: 2
+    assert snapshot(run) == before  # config.yaml not rewritten with epochs: 2
 
 
 def test_an_invalid_config_yaml_of_a_started_run_is_kept_aside(stopped, tmp_path):
@@ -145,7 +144,7 @@ def test_sigterm_during_the_start_up_saves_and_says_how_to_continue(tmp_path):
 def test_resume_of_a_complete_run_draws_missing_curves(stopped, tmp_path):
     run = shutil.copytree(stopped, tmp_path / "done")
     (run / "curves.png").unlink()  # a kill between model.json and curves.png
-    before = _snapshot(run)
+    before = snapshot(run)
     assert main(["train", "--resume", str(run)]) == 0
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert {k: v for k, v in _snapshot(run).items() if k != "curves.png"} == before
+    assert {k: v for k, v in snapshot(run).items() if k != "curves.png"} == before

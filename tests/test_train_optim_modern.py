@@ -14,7 +14,7 @@ from torch.func import functional_call
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 import wrn.cli
-from conftest import wrn_here
+from conftest import metrics, wrn_here
 from wrn.errors import ConfigError
 from wrn.train import checkpoint as ckpt
 from wrn.train.build import build_trainables
@@ -286,10 +286,6 @@ def _digits(**overrides):
     return build_config("demo", overrides={**base, **overrides})
 
 
-def _records(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 def _lr_of_every_step(cfg, out):
     seen = []
 
@@ -333,7 +329,7 @@ def test_warmup_then_multistep_gives_the_formula_at_every_step(tmp_path):
 def test_eval_models_evaluates_and_records_what_was_asked(which, tmp_path):
     cfg = _digits(**{"schedule.epochs": 1, "optim.ema_decay": 0.9, "run.eval_models": which})
     train(cfg, tmp_path / "run")
-    (record,) = _records(tmp_path / "run")
+    (record,) = metrics(tmp_path / "run")
     assert record["evaluated"] == {"both": ["model", "ema"], "ema": ["ema"], "model": ["model"]}[which]
     assert ("test_error" in record) == (which != "ema")
     assert ("ema_test_error" in record) == (which != "model")
@@ -344,7 +340,7 @@ def test_eval_models_evaluates_and_records_what_was_asked(which, tmp_path):
 
 def test_without_ema_the_record_is_as_before(tmp_path):
     train(_digits(**{"schedule.epochs": 1}), tmp_path / "run")
-    (record,) = _records(tmp_path / "run")
+    (record,) = metrics(tmp_path / "run")
     assert "evaluated" not in record and "ema_test_error" not in record and "test_error" in record
 
 
@@ -379,7 +375,7 @@ def test_digits_with_sam_and_warmup_cosine_trains_and_the_header_says_so(tmp_pat
     for words in ("linear warm-up over 1 epoch,", "cosine to 0", "SAM rho 0.05", "grad norm clipped to 5",
                   "no weight decay on BN and biases", "EMA 0.9 with warm-up"):  # fmt: skip
         assert words in header, (words, header)
-    last = _records(tmp_path / "run")[-1]
+    last = metrics(tmp_path / "run")[-1]
     assert last["test_acc"] >= 90.0 and last["ema_test_acc"] >= 90.0, last
 
 

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 import wrn.cli
-from conftest import run_wrn, start_wrn
+from conftest import metrics, run_wrn, start_wrn
 from wrn.errors import CheckpointError
 from wrn.train import checkpoint as ckpt
 from wrn.train.build import build_trainables
@@ -244,16 +244,11 @@ def _small(**overrides):
     return build_config("demo", overrides={**base, **overrides})
 
 
-def _metrics(run_dir):
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in TIME_KEYS} for line in lines]
-
-
 def test_digits_with_mixup_and_cutmix_trains(tmp_path, capsys):
     cfg = _small(**{"optim.batch_size": 128, "schedule.epochs": 6, "optim.ema_decay": 0.0, **ALL_ON})
     cfg = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"cutout": 0})})
     train(cfg, tmp_path / "run", verbose=True)
-    last = _metrics(tmp_path / "run")[-1]
+    last = metrics(tmp_path / "run", timings=False)[-1]
     assert last["test_acc"] >= 85.0 and "ema_test_acc" not in last
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
     assert len(lines) == 6 and all(
@@ -264,7 +259,7 @@ def test_digits_with_mixup_and_cutmix_trains(tmp_path, capsys):
 def test_digits_with_cutout_and_ema_trains_and_saves_the_average(tmp_path, capsys):
     cfg = _small(**{"optim.batch_size": 128, "schedule.epochs": 6})
     result = train(cfg, tmp_path / "run")
-    records = _metrics(tmp_path / "run")
+    records = metrics(tmp_path / "run", timings=False)
     assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5, 6]
     last = records[-1]
     assert last["ema_test_acc"] >= 90.0 and last["test_acc"] >= 90.0
@@ -344,7 +339,7 @@ def test_kill_9_twice_with_every_recipe_on_then_resume_is_bitwise(tmp_path):
     proc = start_wrn(*args)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert _metrics(tmp_path / "straight") == _metrics(killed)
+    assert metrics(tmp_path / "straight", timings=False) == metrics(killed, timings=False)
     assert (tmp_path / "straight" / "model.safetensors").read_bytes() == (
         killed / "model.safetensors"
     ).read_bytes()

@@ -4,23 +4,14 @@ config.yaml with its provenance, runs killed before their first checkpoint, fini
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import run_wrn as wrn_cli
-from conftest import wrn_here
+from conftest import snapshot, wrn_here
 
 SMALL = ["--preset", "demo", "--model", "wrn-10-1", "--no-progress"]
-
-
-def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
-    return {
-        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
-        for p in folder.rglob("*")
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +54,11 @@ def test_config_yaml_holds_every_value_that_ran_and_what_ran_it(finished):
 
     prov = config["provenance"]
     assert (prov["wrn"], prov["torch"]) == (wrn.__version__, torch.__version__)
-    assert prov["command"].startswith("wrn train --preset demo") or "wrn" in prov["command"]
-    assert "--epochs 2" in prov["command"]
+    # the fixture's command, as typed: python -m wrn train ...
+    assert (
+        prov["command"]
+        == f"python -m wrn train --preset demo --model wrn-10-1 --no-progress --epochs 2 --out {run}"
+    )
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {(r["train_precision"], r["test_precision"]) for r in records} == {("fp32", "fp32")}
     assert "test_top5" not in records[-1]  # 10 classes: top-1 only

@@ -87,6 +87,20 @@ def resolve(cfg: TrainConfig, *, cuda_available: bool | None = None) -> TrainCon
     )
 
 
+def _command() -> str | None:
+    """The command line that runs this process, as its user typed it: ``wrn train ...``, or ``python -m wrn
+    train ...`` (also under torchrun ``-m wrn``), where argv[0] is the package's __main__.py."""
+    if not sys.argv or not sys.argv[0]:
+        return None
+    program = Path(sys.argv[0])
+    head = (
+        ["python", "-m", "wrn"]
+        if program.name == "__main__.py" and program.parent.name == "wrn"
+        else [program.name]
+    )
+    return shlex.join([*head, *sys.argv[1:]])
+
+
 def provenance(**found: Any) -> dict[str, Any]:
     """The provenance record: the versions and the command, and ``found`` (what the machine and the data
     gave: ``device``, ``threads``, ``processes``, ``image_size``, ``num_classes``, ``in_channels``)."""
@@ -99,7 +113,7 @@ def provenance(**found: Any) -> dict[str, Any]:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
-        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else None,
+        "command": _command(),
         **found,
     }
 
