@@ -3,6 +3,7 @@ resume that must change nothing when it fails, a SIGTERM during the start-up, a 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -52,6 +53,46 @@ def test_a_second_process_on_a_run_is_refused_naming_the_holder(stopped, capsys)
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_run_named_by_another_path_is_the_same_run(stopped, tmp_path, capsys):
+    """The lock is a file inside the run folder: a second `wrn train --resume` is refused whether it names the
+    run by a symlink, by `.` from inside it, or through a bind mount."""
+    run = shutil.copytree(stopped, tmp_path / "LK")
+    (tmp_path / "LKlink").symlink_to(run)
+    trainer = start_wrn("train", "--resume", run, "--epochs", "100")
+    try:
+        deadline = time.monotonic() + 120
+        while RunLock(RunDir(run).lock).holder() != trainer.pid and time.monotonic() < deadline:
+            assert trainer.poll() is None, trainer.communicate()
+            time.sleep(0.05)
+        names = [tmp_path / "LKlink", Path(".")]
+        bind = tmp_path / "LKbind"
+        bind.mkdir()
+        if subprocess.run(["mount", "--bind", str(run), str(bind)], capture_output=True).returncode == 0:
+            names.append(bind)
+        here = os.getcwd()
+        try:
+            for name in names:
+                os.chdir(run if name == Path(".") else here)
+                assert main(["train", "--resume", str(name), "--epochs", "100"]) == 2
+                err = capsys.readouterr().err
+                assert err == (
+                    f"wrn train: error: {name} is being trained by process {trainer.pid} right now; wait for it "
+                    f"to finish, or stop it first (kill {trainer.pid})\n"
+                )
+        finally:
+            os.chdir(here)
+            subprocess.run(["umount", str(bind)], capture_output=True)
+        assert trainer.poll() is None  # the first one trained on, alone
+        trainer.send_signal(signal.SIGTERM)
+        trainer.communicate(timeout=120)
+    finally:
+        trainer.kill()
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, len(epochs) + 1))  # one process wrote them: no epoch twice
+    if len(names) < 3:
+        pytest.skip("bind mounts are refused here: the symlink and `.` were checked")
 
 
 def test_a_lock_left_by_a_dead_process_never_blocks(stopped, tmp_path):

@@ -4,7 +4,7 @@ Layout of ``OUT``::
 
     experiment.yaml                    the grid's identity: experiment, overrides, seeds, runs (atomic writes)
     <row>/seed-<s>/                    an ordinary `wrn train` run directory
-    <row>/.seed-<s>.lock               held (fcntl.flock) by whoever trains that run, child process included
+    <row>/seed-<s>/.lock               held (fcntl.flock) by whoever trains that run, child process included
     configs/<row>-seed-<s>.yaml        the run's full config, overrides merged in: `wrn train --config F` runs it
     logs/<row>-seed-<s>.log            everything the run printed, all attempts appended
     logs/<row>-seed-<s>.failed.json    why the last attempt failed (removed when the run succeeds)

@@ -12,8 +12,8 @@ Its states, one rule (:meth:`RunDir.state`) for every command: ``missing`` (no f
 ``unstarted`` (killed before its first checkpoint: only what a run writes before it, so it starts afresh),
 ``partial`` (a checkpoint to resume from), ``done`` (the final weights are written), and ``other`` (a folder
 holding something else: never written into). One process trains a run at a time: it holds :class:`RunLock`,
-an exclusive ``flock`` on ``.<name>.lock`` beside the folder (``wrn reproduce`` takes the same lock for
-the runs of a grid).
+an exclusive ``flock`` on the file ``.lock`` inside the folder, which has one inode whatever path names the
+folder (a symlink, ``.``, a bind mount); ``wrn reproduce`` takes the same lock for the runs of a grid.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ TENSORBOARD = "tensorboard"
 WEIGHTS = "model.safetensors"
 MODEL_JSON = "model.json"
 CURVES = "curves.png"
+LOCK = ".lock"  # inside the run folder: one file, however the folder is named
 EDITED_CONFIG = "config.edited.yaml"
 # Set by `wrn reproduce` for its `wrn train` child: the descriptor of the run's lock, which it holds already.
 LOCK_FD_ENV = "WRN_RUN_LOCK_FD"
@@ -61,7 +62,7 @@ class RunDir:
     model_json = property(lambda self: self.path / MODEL_JSON)
     curves = property(lambda self: self.path / CURVES)
     edited_config = property(lambda self: self.path / EDITED_CONFIG)
-    lock = property(lambda self: self.path.parent / f".{self.path.name}.lock")
+    lock = property(lambda self: self.path / LOCK)
 
     def state(self) -> str:
         """``done``, ``partial``, ``unstarted``, ``other`` or ``missing`` (see the module's docstring)."""
@@ -71,7 +72,7 @@ class RunDir:
             return "partial"
         if not self.path.is_dir():
             return "missing"
-        entries = list(self.path.iterdir())
+        entries = [e for e in self.path.iterdir() if e.name != LOCK]
         if not entries:
             return "missing"
         return "unstarted" if all(_before_first_checkpoint(e) for e in entries) else "other"
@@ -80,7 +81,8 @@ class RunDir:
         """Remove what a run killed before its first checkpoint left, so that it starts afresh."""
         if self.state() == "unstarted":
             for entry in self.path.iterdir():
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+                if entry.name != LOCK:  # held by this process: another would lock a new file
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
     def check_new(self) -> None:
         """A new run may go into a folder that does not exist, an empty one, or one killed before its first
