@@ -119,3 +119,33 @@ def test_a_tuple_nested_too_deep_to_hash_is_refused_not_a_crash(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc  # not -11, a segmentation fault
     assert "nests its values deeper than 16 levels" in proc.stdout
+
+
+# ------------------------------------------------------------------------------------------- tracebacks
+
+
+def test_a_name_too_long_for_the_file_system_is_one_sentence_for_every_command(run, capsys, image, tmp_path):
+    from wrn.reproduce import grid as G
+
+    long = tmp_path / ("x" * 256)
+    grid = tmp_path / "grid"
+    over = G.Overrides(("--dataset", "digits"), {"dataset.name": "digits"}, {"dataset": "digits"})
+    G.write_experiment(G.make_plan("table4", grid, 1, over), None)
+    commands = [
+        ["train", "--preset", "demo", "--epochs", "1", "--out", long],
+        ["export", run, long / "m.pt2"],
+        ["export", run, f"{long}.pt2"],
+        ["convert", "xternalz", run / "checkpoint.pt", long],
+        ["convert", "xternalz", f"{long}.pt", tmp_path / "converted"],
+        ["predict", run, f"{long}.png"],
+        ["eval", long],
+        ["plot", run, "--out", f"{long}.png"],
+        ["reproduce", "table4", "--dataset", "digits", "--dry-run", "--out", long],
+        ["report", grid, "--out", long],
+    ]
+    for command in commands:
+        err = one_error(capsys, *command)
+        assert (
+            "has a name of 2" in err and "bytes ('xxxxxxxxxxxxxxxxxxxxxxxx...'), longer than the 255" in err
+        ), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digit.png", "grid"]
