@@ -8,6 +8,8 @@ deadline, so that it fails rather than hangs."""
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import pickle
 import signal
 import subprocess
@@ -19,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import wrn_here
+from conftest import start_wrn, wrn_here
 from wrn.data.safe_pickle import UnsafePickleError, safe_load_pickle
 
 CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
@@ -76,6 +78,29 @@ def image(tmp_path) -> Path:
     return path
 
 
+def image_folder(root: Path, per_class: int = 4, bits: int = 8) -> Path:
+    """train/ and val/ of two classes of 8x8 grayscale digits, saved at 8 or 16 bits per pixel."""
+    from wrn.data import load_arrays
+
+    x, y = load_arrays("digits", None, "train")
+    for split in ("train", "val"):
+        for c in (0, 1):
+            folder = root / split / f"c{c}"
+            folder.mkdir(parents=True)
+            for i, index in enumerate(np.flatnonzero(y.numpy() == c)[:per_class]):
+                pixels = x[index, 0].numpy().astype(np.uint16) * (257 if bits == 16 else 1)
+                Image.fromarray(pixels if bits == 16 else pixels.astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def train_folder(capsys, root: Path, out: Path, *extra: str):
+    argv = ["train", "--dataset", "imagefolder", "--data-dir", root, "--model", "wrn-10-1", "--epochs", "1"]
+    with deadline(120):
+        return wrn_here(
+            capsys, *argv, "--augment", "none", "--batch-size", "2", "--out", out, "--no-progress", *extra
+        )
+
+
 # ------------------------------------------------------------------------------------------------ hangs
 
 
@@ -119,6 +144,81 @@ def test_a_tuple_nested_too_deep_to_hash_is_refused_not_a_crash(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc  # not -11, a segmentation fault
     assert "nests its values deeper than 16 levels" in proc.stdout
+
+
+def test_predict_and_an_image_folder_refuse_a_fifo_at_once(run, tmp_path, capsys):
+    fifo = tmp_path / "a-fifo.png"
+    os.mkfifo(fifo)
+    err = one_error(capsys, "predict", run, fifo, seconds=30)
+    assert (
+        err
+        == f"wrn predict: error: the image {fifo} is a FIFO, not a regular file; pass image files (PNG, JPEG, ...)"
+    )
+    root = image_folder(tmp_path / "folder")
+    os.mkfifo(root / "train" / "c0" / "zz.png")
+    out = tmp_path / "run"
+    args = ["--model", "wrn-10-1", "--dataset", "imagefolder", "--data-dir", root, "--out", out]
+    err = one_error(capsys, "train", *args, seconds=60)
+    assert f"{root / 'train' / 'c0' / 'zz.png'} is a FIFO, not an image file: remove it" in err
+    assert not out.exists()
+
+
+def test_sigterm_stops_predict_at_once_on_a_slow_input(run, tmp_path):
+    big = tmp_path / "big.png"  # 20,000 decodes of a 512x512 image: far longer than the 5 s it is given
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (512, 512), dtype=np.uint8)).save(big)
+    proc = start_wrn("predict", run, *[big] * 20_000)
+    time.sleep(3)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=5)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGTERM
+
+
+# ------------------------------------------------------------------------------------- silently misread
+
+
+def test_a_16_bit_image_is_read_as_its_8_bit_self_by_predict_and_an_image_folder(run, tmp_path, capsys):
+    from wrn.data import load_arrays
+
+    x, _ = load_arrays("digits", None, "test")
+    paths = {8: [], 16: []}
+    for i in range(8):
+        for bits, scale in ((8, 1), (16, 257)):
+            paths[bits].append(tmp_path / f"d{i}-{bits}.png")
+            pixels = x[i, 0].numpy().astype(np.uint16) * scale
+            Image.fromarray(pixels if bits == 16 else pixels.astype(np.uint8)).save(paths[bits][-1])
+    assert Image.open(paths[16][0]).mode == "I;16"
+    top = {}
+    for bits in (8, 16):
+        proc = wrn_here(capsys, "predict", run, *paths[bits], "--json", "--top-k", "10")
+        assert proc.returncode == 0, proc.stderr
+        top[bits] = [r["top"] for r in json.loads(proc.stdout)]
+    assert top[16] == top[8]  # clipped, 4 of the 8 digits had another top-1
+    losses = {}
+    for bits in (8, 16):
+        root = image_folder(tmp_path / f"folder{bits}", bits=bits)
+        proc = train_folder(capsys, root, tmp_path / f"run{bits}")
+        assert proc.returncode == 0, proc.stderr
+        losses[bits] = json.loads((tmp_path / f"run{bits}" / "metrics.jsonl").read_text())["train_loss"]
+    assert losses[16] == losses[8]
+
+
+def test_a_link_loop_in_a_class_folder_is_followed_once_and_said(tmp_path, capsys):
+    root = image_folder(tmp_path / "folder", per_class=6)
+    for split in ("train", "val"):
+        (root / split / "c0" / "loop").symlink_to(".")  # c0 read 41 times over: 246 images to c1's 6
+        (root / split / "c1" / "up").symlink_to("..")  # into c0's folder, and a loop
+    with pytest.warns(UserWarning) as said:  # (the command line prints them as "warning: ...")
+        proc = train_folder(capsys, root, tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 epoch of 6 steps, batch 2" in proc.stdout  # 12 images; 249 before
+    skipped = sorted({str(w.message) for w in said if "skipped" in str(w.message)})  # printed once each
+    assert skipped[0].startswith(f"{root / 'train'}: skipped 2 link(s) that loop, lead into another class's")
+    assert len(skipped) == 2 and skipped[1].startswith(f"{root / 'val'}: skipped 2"), skipped
 
 
 # ------------------------------------------------------------------------------------------- tracebacks
