@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+import wrn
 from conftest import start_wrn, wrn_here
 from wrn.data.safe_pickle import UnsafePickleError, safe_load_pickle
 
@@ -72,10 +75,21 @@ def run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def copy(run, tmp_path) -> Path:
+    return Path(shutil.copytree(run, tmp_path / "copy"))
+
+
+@pytest.fixture
 def image(tmp_path) -> Path:
     path = tmp_path / "digit.png"
     Image.new("L", (8, 8), 128).save(path)
     return path
+
+
+def edit_model_json(run: Path, edit) -> None:
+    doc = json.loads((run / "model.json").read_text())
+    edit(doc)
+    (run / "model.json").write_text(json.dumps(doc))
 
 
 def image_folder(root: Path, per_class: int = 4, bits: int = 8) -> Path:
@@ -163,6 +177,44 @@ def test_predict_and_an_image_folder_refuse_a_fifo_at_once(run, tmp_path, capsys
     assert not out.exists()
 
 
+def test_a_model_json_asking_for_a_huge_network_is_refused_before_anything_is_built(
+    copy, capsys, image, tmp_path
+):
+    edit_model_json(copy, lambda d: d["config"].update(depth=60_000_004))
+    err = one_error(capsys, "predict", copy, image, seconds=30)
+    assert "config.name 'wrn-10-1' has depth 10, but config.depth is 60000004" in err
+    edit_model_json(copy, lambda d: d["config"].update(name="wrn-60000004-1", blocks_per_group=10_000_000))
+    for command in (["predict", copy, image], ["eval", copy], ["export", copy, tmp_path / "m.pt2"]):
+        err = one_error(capsys, *command, seconds=30)
+        assert (
+            "not a valid wrn model description: the config asks for 60,000,004 layers, more than the 2,000"
+            in err
+        )
+    edit_model_json(
+        copy, lambda d: d["config"].update(name="wrn-1000-60", depth=1000, width=60, blocks_per_group=166)
+    )
+    assert "about 58 billion parameters, more than the 4 billion" in one_error(
+        capsys, "eval", copy, seconds=30
+    )
+    err = one_error(capsys, "export", "wrn-60000004-1", tmp_path / "m.onnx", seconds=30)
+    assert err.endswith(
+        "the model wrn-60000004-1 asks for 60,000,004 layers, more than the 2,000 a model may have."
+    )
+    assert not (tmp_path / "m.pt2").exists() and not (tmp_path / "m.onnx").exists()
+
+
+def test_the_bound_on_parameters_counts_what_every_named_model_holds():
+    from wrn.models.registry import _size, list_models
+
+    for name in list_models():
+        with torch.device("meta"):
+            model = wrn.create_model(name)
+        layers = (torch.nn.Conv2d, torch.nn.Linear)
+        held = sum(p.numel() for m in model.modules() if isinstance(m, layers) for p in m.parameters())
+        counted = _size(model.config)[1]
+        assert counted == 0 if name.startswith("preact") else abs(counted - held) <= 1e-3 * held, name
+
+
 def test_sigterm_stops_predict_at_once_on_a_slow_input(run, tmp_path):
     big = tmp_path / "big.png"  # 20,000 decodes of a 512x512 image: far longer than the 5 s it is given
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (512, 512), dtype=np.uint8)).save(big)
@@ -221,7 +273,31 @@ def test_a_link_loop_in_a_class_folder_is_followed_once_and_said(tmp_path, capsy
     assert len(skipped) == 2 and skipped[1].startswith(f"{root / 'val'}: skipped 2"), skipped
 
 
+# ------------------------------------------------------------------------------------------ printed raw
+
+
+def test_model_json_fields_are_checked_before_they_are_printed(copy, capsys, image):
+    edit_model_json(copy, lambda d: d["metadata"]["classes"].__setitem__(0, "\x1b]0;owned\x07\x1b[31mzero"))
+    err = one_error(capsys, "predict", copy, image)
+    assert "metadata.classes holds a control character in class 0 ('\\x1b]0;owned\\x07" in err
+    assert "\x1b" not in err and "\x07" not in err
+    edit_model_json(copy, lambda d: d["metadata"].update(classes=[str(i) for i in range(10)]))
+    edit_model_json(copy, lambda d: d["config"].update(name="../../../../etc/passwd"))
+    for command in (["predict", copy, image], ["eval", copy], ["export", copy, copy / "m.ts"]):
+        assert "config.name '../../../../etc/passwd' is not a model name" in one_error(capsys, *command)
+    edit_model_json(copy, lambda d: d["config"].update(name="resnet-50"))
+    assert "config.name 'resnet-50' names a ImageNetResNet, not the WideResNet" in one_error(
+        capsys, "eval", copy
+    )
+
+
 # ------------------------------------------------------------------------------------------- tracebacks
+
+
+def test_a_model_json_nested_thousands_deep_is_one_sentence(copy, capsys, image, tmp_path):
+    (copy / "model.json").write_text('{"config": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    for command in (["predict", copy, image], ["eval", copy], ["export", copy, tmp_path / "m.ts"]):
+        assert "its JSON nests thousands of levels deep" in one_error(capsys, *command)
 
 
 def test_a_name_too_long_for_the_file_system_is_one_sentence_for_every_command(run, capsys, image, tmp_path):

@@ -9,25 +9,29 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from wrn.atomic import atomic_write, atomic_write_text, writing
-from wrn.errors import CheckpointError
+from wrn.errors import CheckpointError, ConfigError
 from wrn.models.checked import load_state_dict_checked
-from wrn.models.registry import build_model
+from wrn.models.registry import MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIZE, build_model, check_config
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model.json"
 FORMAT_VERSION = 1
-# The most classifier outputs a model.json may declare (ImageNet-21k has 21,843).
-MAX_CLASSES = 1_000_000
+# The largest model.json read: ImageNet-21k's 21,843 class names take a few hundred kilobytes.
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+# Characters a printed field may not hold: the C0 and C1 controls and DEL, which drive a terminal (ANSI
+# colours, OSC titles and hyperlinks, a cursor moved over what was printed before).
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -119,15 +123,18 @@ class _Strict(BaseModel):
 
 class _ModelConfig(_Strict):
     arch: str
+    name: str | None = None
     num_classes: int = Field(default=10, ge=0, le=MAX_CLASSES)  # 0: no classifier (features, pre-logits)
-    in_channels: int = Field(default=3, ge=1, le=64)
+    in_channels: int = Field(default=3, ge=1, le=MAX_CHANNELS)
 
 
 class _InputRecord(_Strict):
-    channels: int = Field(ge=1, le=64)
-    size: int | None = Field(default=None, ge=1, le=16384)
+    channels: int = Field(ge=1, le=MAX_CHANNELS)
+    size: int | None = Field(default=None, ge=1, le=MAX_IMAGE_SIZE)
     normalization: str | None = None
-    resize: str = "short-side"
+    resize: Literal["short-side", "imagenet"] = "short-side"
+    resize_size: int | None = Field(default=None, ge=1, le=MAX_IMAGE_SIZE)  # torchvision's weights: 232, 256
+    interpolation: Literal["nearest", "bilinear", "bicubic"] | None = None
     mean: list[float] | None = None
     std: list[Annotated[float, Field(gt=0)]] | None = None
 
@@ -149,6 +156,17 @@ class _Metadata(_Strict):
     classes: list[str] | None = None
     dataset: str | None = None
 
+    @field_validator("classes")
+    @classmethod
+    def _printable(cls, classes):
+        for index, name in enumerate(classes or ()):
+            if _CONTROLS.search(name):
+                raise ValueError(
+                    f"holds a control character in class {index} ({name!r}), which would drive the terminal "
+                    "it is printed on"
+                )
+        return classes
+
 
 class _ModelDoc(_Strict):
     config: _ModelConfig
@@ -164,22 +182,39 @@ def _first_problem(exc: ValidationError) -> str:
 
 
 def read_model_doc(directory: str | os.PathLike) -> dict[str, Any]:
-    """``directory/model.json`` as a dict, checked against its schema: the config's ``num_classes`` and
-    ``in_channels``, the weights' sha256 and the record of the input (sizes, mean and std per channel)."""
+    """``directory/model.json`` as a dict, checked against its schema (the weights' sha256, the record of the
+    input: sizes, mean and std per channel; class names free of control characters) and its config by
+    :func:`wrn.models.registry.check_config` (a name that agrees with the fields, sizes within bounds), so that
+    nothing is built, printed or read for a file that asks too much."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(
             f"{path} does not exist; point to a directory written by wrn.save_model or `wrn train`."
         )
     try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ValueError(
+                f"it is larger than {MAX_CONFIG_BYTES >> 20} MiB, far more than a model description"
+            )
         doc = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(doc, dict):
             raise ValueError("not a JSON object")
         _ModelDoc.model_validate(doc)
+        check_config(doc["config"])
     except ValidationError as exc:
         raise CheckpointError(
             f"{path} is not a valid wrn model description: {_first_problem(exc)}; re-export the model or "
             "repair that field"
+        ) from None
+    except ConfigError as exc:
+        raise CheckpointError(
+            f"{path} is not a valid wrn model description: {str(exc).rstrip('.')}; re-export the model or "
+            "repair that field"
+        ) from None
+    except RecursionError:
+        raise CheckpointError(
+            f"{path} is not a valid wrn model description (its JSON nests thousands of levels deep, as no model "
+            "description does); re-export the model."
         ) from None
     except (OSError, ValueError) as exc:
         raise CheckpointError(
