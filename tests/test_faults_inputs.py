@@ -26,6 +26,7 @@ from PIL import Image
 import wrn
 from conftest import start_wrn, wrn_here
 from wrn.data.safe_pickle import UnsafePickleError, safe_load_pickle
+from wrn.errors import ConfigError
 
 CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 
@@ -300,6 +301,18 @@ def test_a_model_json_nested_thousands_deep_is_one_sentence(copy, capsys, image,
         assert "its JSON nests thousands of levels deep" in one_error(capsys, *command)
 
 
+def test_image_sizes_out_of_range_are_one_sentence(run, capsys, image, tmp_path):
+    for size in ("100000", "-3"):
+        err = one_error(capsys, "export", run, tmp_path / "m.pt2", "--image-size", size)
+        assert (
+            err
+            == f"wrn export: error: --image-size {size} is out of range: give a side from 5 to 4096 pixels"
+        )
+    err = one_error(capsys, "predict", run, image, "--image-size", "100000")
+    assert err == "wrn predict: error: --image-size 100000 is out of range: give a side from 1 to 4096 pixels"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digit.png"]
+
+
 def test_a_name_too_long_for_the_file_system_is_one_sentence_for_every_command(run, capsys, image, tmp_path):
     from wrn.reproduce import grid as G
 
@@ -325,3 +338,42 @@ def test_a_name_too_long_for_the_file_system_is_one_sentence_for_every_command(r
             "has a name of 2" in err and "bytes ('xxxxxxxxxxxxxxxxxxxxxxxx...'), longer than the 255" in err
         ), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digit.png", "grid"]
+
+
+# ------------------------------------------------------------------------------------- from a new user
+
+
+def same_padding_model(root: Path) -> Path:
+    """DeepMind's WRN as `wrn convert dm` makes it: 'SAME' padding, swish, pixels / 255 normalised inside."""
+    model = wrn.create_model(
+        "wrn-16-1", same_padding=True, act="silu", input_mean=[0.5] * 3, input_std=[0.25] * 3
+    )
+    record = {"channels": 3, "size": 32, "normalization": "svhn", "mean": [0.0] * 3, "std": [255.0] * 3}
+    return wrn.save_model(model.eval(), root, metadata={"input": record})
+
+
+def test_same_padding_models_export_in_sizes_of_four_and_refuse_odd_sizes(tmp_path, capsys):
+    root = same_padding_model(tmp_path / "dm")
+    model = wrn.load_model(root)
+    for out in ("m.pt2", "m.ts"):  # the .pt2 died with "Constraints violated (height, width)!"
+        proc = wrn_here(capsys, "export", root, tmp_path / out)
+        assert proc.returncode == 0, proc.stderr
+    program = torch.export.load(tmp_path / "m.pt2").module()
+    with torch.no_grad():
+        for side in (8, 36, 64):
+            x = torch.rand(2, 3, side, side)
+            torch.testing.assert_close(program(x), model(x), atol=1e-5, rtol=0)
+        with pytest.raises(Exception, match=r"% 4 == 0"):
+            program(torch.rand(1, 3, 33, 33))
+        with pytest.raises(ConfigError, match="multiples of 4, not 33x33"):
+            model(torch.rand(1, 3, 33, 33))  # was: "The size of tensor a (16) must match ... (17)"
+    err = one_error(capsys, "export", root, tmp_path / "o.pt2", "--image-size", "30")
+    assert (
+        "does not fit the model, which takes sides that are multiples of 4 (its 'SAME' padding); give e.g. 28"
+        in err
+    )
+    image = tmp_path / "cat.png"
+    Image.new("RGB", (40, 40), (200, 100, 50)).save(image)
+    err = one_error(capsys, "predict", root, image, "--image-size", "33")
+    assert "takes images whose height and width are multiples of 4, not 33x33" in err
+    assert wrn_here(capsys, "predict", root, image, "--image-size", "36").returncode == 0

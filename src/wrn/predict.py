@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from wrn.errors import CheckpointError, ConfigError
+from wrn.models.registry import check_image_size
 
 # Images per forward pass.
 BATCH = 64
@@ -98,9 +99,9 @@ def input_record(directory: Path, image_size: int | None = None) -> dict[str, An
             "stored with the model; predict supports mean/std normalisation only"
         )
     if image_size is not None:
-        if isinstance(image_size, bool) or int(image_size) != image_size or image_size < 1:
-            raise ConfigError(f"--image-size must be a positive whole number of pixels, not {image_size}")
-        record["size"] = int(image_size)
+        record["size"] = check_image_size(
+            image_size
+        )  # (odd sides for a 'SAME'-padding model: the model says)
     return record
 
 
