@@ -377,3 +377,44 @@ def test_same_padding_models_export_in_sizes_of_four_and_refuse_odd_sizes(tmp_pa
     err = one_error(capsys, "predict", root, image, "--image-size", "33")
     assert "takes images whose height and width are multiples of 4, not 33x33" in err
     assert wrn_here(capsys, "predict", root, image, "--image-size", "36").returncode == 0
+
+
+def test_predict_resizes_as_torchvision_where_the_weights_record_its_resize(tmp_path, capsys):
+    from torchvision.transforms._presets import ImageClassification
+
+    model = wrn.create_model("wrn-10-1")
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    record = {"channels": 3, "size": 16, "normalization": "imagenet", "mean": [m * 255 for m in mean],
+              "std": [s * 255 for s in std], "resize": "imagenet", "resize_size": 19, "interpolation": "bilinear"}  # fmt: skip
+    root = wrn.save_model(model.eval(), tmp_path / "v2", metadata={"input": record})
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (45, 60, 3), dtype=np.uint8)).save(image)
+    proc = wrn_here(capsys, "predict", root, image, "--json", "--top-k", "10")
+    assert proc.returncode == 0, proc.stderr
+    ours = {t["class"]: t["probability"] for t in json.loads(proc.stdout)[0]["top"]}
+    theirs = ImageClassification(crop_size=16, resize_size=19, mean=mean, std=std)(Image.open(image))
+    with torch.no_grad():
+        probs = torch.softmax(model(theirs[None]), dim=1)[0]
+    np.testing.assert_allclose([ours[c] for c in range(10)], probs.numpy(), atol=1e-5)  # 256/224 before
+
+
+def test_unfinished_runs_say_how_to_finish_and_eval_names_the_checkpoint_it_read(
+    copy, capsys, image, tmp_path
+):
+    (copy / "model.json").unlink()
+    (copy / "model.safetensors").unlink()
+    for command in (["predict", copy, image], ["export", copy, tmp_path / "m.pt2"]):
+        err = one_error(capsys, *command)
+        assert (
+            f"{copy} is an unfinished run of `wrn train` (it holds checkpoint.pt but no final model yet)"
+            in err
+        )
+        assert (
+            f"finish it with `wrn train --resume {copy}`, or evaluate its checkpoint with `wrn eval {copy}`"
+            in err
+        )
+    proc = wrn_here(capsys, "eval", copy)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(
+        "wrn-10-1 [checkpoint (epoch 1, step 0) of an unfinished run] on digits test"
+    )
