@@ -418,3 +418,16 @@ def test_unfinished_runs_say_how_to_finish_and_eval_names_the_checkpoint_it_read
     assert proc.stdout.startswith(
         "wrn-10-1 [checkpoint (epoch 1, step 0) of an unfinished run] on digits test"
     )
+
+
+def test_a_file_that_is_no_pytorch_checkpoint_is_named_as_what_it_is(run, capsys, tmp_path):
+    for out in ("m.onnx", "m.ts"):
+        assert wrn_here(capsys, "export", run, tmp_path / out).returncode == 0
+    err = one_error(capsys, "convert", "xternalz", tmp_path / "m.onnx", tmp_path / "a")
+    assert "m.onnx is an ONNX model (a graph for inference, exported from a PyTorch model), not a" in err
+    assert "pickled" not in err
+    err = one_error(capsys, "convert", "official", tmp_path / "m.ts", tmp_path / "b")
+    assert "m.ts is a TorchScript archive (a compiled model), not an official" in err and "pickled" not in err
+    err = one_error(capsys, "convert", "xternalz", run / "model.safetensors", tmp_path / "c")
+    assert "model.safetensors is a safetensors file (wrn.load_model reads it with its model.json)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.ts"]

@@ -49,15 +49,27 @@ def read_torch_file(path: str | os.PathLike, what: str = "a PyTorch checkpoint")
     """``torch.load(path, weights_only=True)`` on the CPU, with one sentence for every way it can fail.
 
     Only tensors and plain containers are read: a file that pickles anything else (a whole module, an
-    optimizer class, an argparse Namespace) is refused, never executed.
-    """
+    optimizer class, an argparse Namespace) is refused, never executed. A file that is no ``torch.save``
+    file at all (an ONNX model, safetensors weights, an image) is named as what it is."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist; give the path of {what}")
+    kind = foreign_kind(path)
+    if kind is not None:
+        raise CheckpointError(
+            f"{path} is {kind}, not {what} (which torch.save writes as a zip archive or a pickle); give the "
+            "PyTorch file that the weights were saved to"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # the unpickler raises many kinds (UnpicklingError, KeyError, EOFError, ...)
-        if "Weights only load failed" in str(exc) or "weights_only" in str(exc):
+        text = str(exc)
+        if "TorchScript" in text:
+            raise CheckpointError(
+                f"{path} is a TorchScript archive (a compiled model), not {what}; load it with torch.jit.load "
+                "in the code that made it and save its state_dict() with torch.save, then convert that"
+            ) from None
+        if "Unsupported global" in text or "GLOBAL" in text:
             raise CheckpointError(
                 f"{path} holds pickled Python objects besides tensors and plain containers (a whole model, a "
                 "class or a Namespace), which wrn never unpickles; load it in the code that wrote it and save "
@@ -67,6 +79,24 @@ def read_torch_file(path: str | os.PathLike, what: str = "a PyTorch checkpoint")
             f"{path} is not {what}: torch.load cannot read it ({type(exc).__name__}); is it truncated, or "
             "another kind of file?"
         ) from None
+
+
+def foreign_kind(path: str | os.PathLike) -> str | None:
+    """What a file is if its first bytes say it is a known kind that no ``torch.save`` writes (which
+    writes a zip archive, or a pickle of protocol 2 or more): "an ONNX model", "a safetensors file", "an
+    image"; None otherwise."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    size = os.path.getsize(path)
+    if len(head) >= 10 and head[8:10] == b'{"' and 8 + int.from_bytes(head[:8], "little") <= size:
+        return "a safetensors file (wrn.load_model reads it with its model.json)"
+    if head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        return None
+    if head.startswith((b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM")):
+        return "an image"
+    if Path(path).suffix.lower() == ".onnx" or head[:1] == b"\x08":  # ONNX's protobuf opens with ir_version
+        return "an ONNX model (a graph for inference, exported from a PyTorch model)"
+    return None  # torch.load names the rest: "cannot read it", truncated or of another kind
 
 
 def save_model(
