@@ -157,7 +157,7 @@ def test_predict_on_cuda_without_a_gpu(run, capsys, image):
 
 def test_messages_name_the_real_cause(run, capsys, image):
     err = one_error(capsys, ["predict", str(run), str(image), "--image-size", "0"])
-    assert "--image-size must be a positive whole number of pixels, not 0" in err
+    assert "--image-size 0 is out of range: give a side from 1 to 4096 pixels" in err
     err = one_error(capsys, ["eval", str(run), "--dataset", "cifar10"])  # no data root for CIFAR-10 here
     assert "image_size" not in err and "cifar10" in err
     with pytest.raises(SystemExit) as exit_:

@@ -52,12 +52,11 @@ def test_save_unwraps_compiled_models(tmp_path):
 def test_mismatched_checkpoint_names_its_keys(tmp_path):
     save_model(create_model("wrn-10-1"), tmp_path)
     doc = json.loads((tmp_path / "model.json").read_text())
-    doc["config"]["blocks_per_group"] = 2
-    doc["config"]["depth"] = 16
+    doc["config"].update(name="wrn-16-1", blocks_per_group=2, depth=16)  # (a name must agree with its fields)
     (tmp_path / "model.json").write_text(json.dumps(doc))
     with pytest.raises(CheckpointError, match=r"missing keys layer1\.1\.bn1\.weight"):
         load_model(tmp_path)
-    doc["config"].update(blocks_per_group=1, depth=10, num_classes=100)
+    doc["config"].update(name="wrn-10-1", blocks_per_group=1, depth=10, num_classes=100)
     (tmp_path / "model.json").write_text(json.dumps(doc))
     with pytest.raises(CheckpointError, match=r"mismatched shapes .*fc\.weight \(10, 64\) vs \(100, 64\)"):
         load_model(tmp_path)

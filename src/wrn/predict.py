@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from wrn.errors import CheckpointError, ConfigError
+from wrn.models.registry import check_image_size
 
 # Images per forward pass.
 BATCH = 64
@@ -59,7 +60,9 @@ def check_device(device: str) -> torch.device:
 
 
 def image_transform(record: dict[str, Any]):
-    """The transform from a PIL image to the model's input tensor, as the run's test transform."""
+    """The transform from a PIL image to the model's input tensor, as the run's test transform; for weights
+    that record torchvision's own (``resize_size``, ``interpolation``: its V1 and V2 ImageNet weights),
+    torchvision's: the short side to ``resize_size``, then the centre crop."""
     from torchvision import transforms
 
     from wrn.data.folder import folder_transform
@@ -70,14 +73,23 @@ def image_transform(record: dict[str, Any]):
             "the model's record of its input has no image size; pass --image-size with the size it was "
             "trained at"
         )
-    augment = "imagenet" if record.get("resize") == "imagenet" else "none"
+    if record.get("resize_size"):
+        how = transforms.InterpolationMode(record.get("interpolation") or "bilinear")
+        resize = [
+            transforms.Resize(int(record["resize_size"]), interpolation=how, antialias=True),
+            transforms.CenterCrop(int(size)),
+            transforms.PILToTensor(),
+        ]
+    else:
+        augment = "imagenet" if record.get("resize") == "imagenet" else "none"
+        resize = [folder_transform(False, augment, int(size))]
     mean = torch.tensor(record["mean"], dtype=torch.float32).view(-1, 1, 1)
     std = torch.tensor(record["std"], dtype=torch.float32).view(-1, 1, 1)
     mode = "L" if record["channels"] == 1 else "RGB"
     return transforms.Compose(
         [
             transforms.Lambda(lambda img: img.convert(mode)),
-            folder_transform(False, augment, int(size)),
+            *resize,
             transforms.Lambda(lambda x: (x.float() - mean) / std),
         ]
     )
@@ -124,10 +136,36 @@ def input_record(
             "stored with the model; predict supports mean/std normalisation only"
         )
     if image_size is not None:
-        if isinstance(image_size, bool) or int(image_size) != image_size or image_size < 1:
-            raise ConfigError(f"--image-size must be a positive whole number of pixels, not {image_size}")
-        record["size"] = int(image_size)
+        image_size = check_image_size(image_size)  # (odd sides for a 'SAME'-padding model: the model says)
+        if record.get("resize_size") and record.get("size"):  # torchvision's ratio of resize to crop kept
+            record["resize_size"] = round(record["resize_size"] * image_size / record["size"])
+        record["size"] = image_size
     return record
+
+
+def model_dir(
+    directory: str | os.PathLike,
+    what: str = "the run directory",
+    fix: str = "pass a run directory written by `wrn train`",
+) -> Path:
+    """``directory`` as a Path if it is a readable directory that is not an unfinished run: a run that
+    `wrn train` has not finished holds no model.json yet, and the sentence says how to finish it."""
+    from wrn.paths import check_input_dir
+    from wrn.train.rundir import RunDir
+
+    path = check_input_dir(directory, what, fix)
+    run = RunDir(path)
+    if run.state() == "partial":
+        raise CheckpointError(
+            f"{path} is an unfinished run of `wrn train` (it holds {run.checkpoint.name} but no final model "
+            f"yet): finish it with `wrn train --resume {path}`, or evaluate its checkpoint with `wrn eval {path}`"
+        )
+    if run.is_unstarted():
+        raise CheckpointError(
+            f"{path} is a run of `wrn train` stopped before its first checkpoint: start it again with "
+            f"`wrn train --resume {path}`"
+        )
+    return path
 
 
 def predict(
@@ -143,9 +181,9 @@ def predict(
     ``image_size`` say it where the record lacks it, or override it)."""
     import wrn
     from wrn.data.folder import load_image
-    from wrn.paths import check_input_dir, check_input_file
+    from wrn.paths import check_input_file
 
-    directory = check_input_dir(directory, "the run directory", "pass a run directory written by `wrn train`")
+    directory = model_dir(directory)
     if top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, not {top_k}")
     paths = [str(check_input_file(p, "the image", "pass image files (PNG, JPEG, ...)")) for p in images]

@@ -118,3 +118,11 @@ def _main(argv: list[str] | None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as exc:  # a path too long for the system that no check of wrn.paths saw: one sentence too
+        from wrn.paths import too_long
+
+        error = too_long(exc)
+        if error is None:
+            raise
+        print(f"wrn {args.command}: error: {error}", file=sys.stderr)
+        return 2

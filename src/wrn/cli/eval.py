@@ -54,8 +54,10 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         top5 = f"  top-5 error {result['top5_error']:.2f}%" if "top5_error" in result else ""
+        # the weights of an unfinished run come from its checkpoint: say which one
+        source = "" if result["source"] == "model" else f" [{result['source']} of an unfinished run]"
         print(
-            f"{result['model']} on {result['dataset']} {result['split']} ({result['n']} images): "
+            f"{result['model']}{source} on {result['dataset']} {result['split']} ({result['n']} images): "
             f"loss {result['loss']:.4f}  accuracy {result['acc']:.2f}%  error {result['error']:.2f}%{top5}"
         )
     return 0

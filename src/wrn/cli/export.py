@@ -44,7 +44,7 @@ def _check_onnx_extra() -> None:
 def run(args: argparse.Namespace) -> int:
     from wrn.errors import ConfigError
     from wrn.models.export import FORMATS, format_for
-    from wrn.paths import check_input_dir, check_new_output_file
+    from wrn.paths import check_length, check_new_output_file
 
     out = check_new_output_file(args.out, force=args.force, what="OUT")
     fmt = format_for(args.out)
@@ -52,8 +52,11 @@ def run(args: argparse.Namespace) -> int:
         _check_onnx_extra()
     path = Path(args.model)
     metadata = None
-    if path.exists() or "/" in args.model or args.model.startswith("."):
-        check_input_dir(
+    if check_length(path, "RUN_DIR").exists() or "/" in args.model or args.model.startswith("."):
+        from wrn.models.io import load_model
+        from wrn.predict import model_dir, read_metadata
+
+        model_dir(
             path,
             "RUN_DIR",
             "it is not a run or model directory: pass a directory written by `wrn train`, or a model name "
@@ -63,8 +66,6 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--num-classes applies to a model name only; {path} is a trained model with its own classes"
             )
-        from wrn.models.io import load_model
-        from wrn.predict import read_metadata
 
         metadata = {k: v for k, v in read_metadata(path).items() if k in ("input", "classes", "dataset")}
         model = load_model(path)

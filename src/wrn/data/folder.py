@@ -8,6 +8,7 @@ and then use the device-resident fast path.
 
 from __future__ import annotations
 
+import heapq
 import math
 import os
 from pathlib import Path
@@ -20,6 +21,7 @@ from wrn.data.device_loader import IMAGENET_EIGVAL, IMAGENET_EIGVEC
 from wrn.data.policies import ERASING_RATIO, ERASING_SCALE, Normalize255, PerImage, die_with_parent
 from wrn.data.protocol import EpochLoader
 from wrn.errors import ConfigError, DataError
+from wrn.paths import not_a_file
 from wrn.seeds import stream_seed
 
 IMG_EXTENSIONS = tuple(datasets.folder.IMG_EXTENSIONS)
@@ -61,7 +63,11 @@ def scan_samples(directory, class_to_idx, extensions=None, is_valid_file=None, a
     """(path, class index) of every image under ``directory/<class>/`` (recursively), sorted per class.
 
     torchvision's ``make_dataset`` contract: a file counts if its name ends with one of ``extensions``
-    (default: :data:`IMG_EXTENSIONS`) or, instead, if ``is_valid_file(path)`` says so; not both.
+    (default: :data:`IMG_EXTENSIONS`) or, instead, if ``is_valid_file(path)`` says so; not both. Links are
+    followed within a class folder and out of the split's folder, each folder and file once: a link that loops
+    (to a folder above), leads into another class's folder, or to a folder or image already read is skipped,
+    and a warning says how many were. A FIFO, socket, device or broken link named as an image (reading a FIFO
+    blocks until a writer comes) is a :class:`DataError`.
     """
     if extensions is not None and is_valid_file is not None:
         raise ValueError("give extensions or is_valid_file, not both")
@@ -74,32 +80,111 @@ def scan_samples(directory, class_to_idx, extensions=None, is_valid_file=None, a
         def is_valid_file(path: str) -> bool:
             return path.lower().endswith(suffixes)
 
-    samples = []
+    samples, skipped = [], []
     for cls, idx in sorted(class_to_idx.items(), key=lambda kv: kv[1]):
         cdir = Path(directory) / cls
-        found = []
-        for dirpath, _dirs, files in sorted(os.walk(cdir, followlinks=True)):
-            paths = [os.path.join(dirpath, f) for f in sorted(files)]
-            found += [(path, idx) for path in paths if is_valid_file(path)]
+        found = [(path, idx) for path in _class_files(cdir, is_valid_file, skipped)]
         if not found and not allow_empty:
             raise DataError(
                 f"class folder {cdir} holds no images (extensions {', '.join(IMG_EXTENSIONS)}): add images or "
                 f"remove the folder."
             )
         samples += found
+    if skipped:
+        import warnings
+
+        warnings.warn(
+            f"{directory}: skipped {len(skipped)} link(s) that loop, lead into another class's folder or to images "
+            f"already read, e.g. {skipped[0]}; each image counts once, in its own class",
+            UserWarning,
+            stacklevel=1,  # one place: shown once, however many times the folder is scanned
+        )
     return samples
 
 
+def _class_files(cdir: Path, is_valid_file, skipped: list[str]) -> list[str]:
+    """The image files under one class folder in ``os.walk``'s sorted order (folder, then name), each real
+    folder and file once; the links skipped (see :func:`_stays`) go to ``skipped``."""
+    tree, home = os.path.realpath(cdir.parent), os.path.realpath(cdir)
+    folders, seen, files = [str(cdir)], set(), []
+    while folders:
+        folder = heapq.heappop(folders)  # the smallest path first: a folder reached twice keeps that one
+        real = os.path.realpath(folder)
+        if real in seen or not _stays(real, home, tree):
+            skipped.append(folder)
+            continue
+        seen.add(real)
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir():
+                        heapq.heappush(folders, entry.path)
+                    elif is_valid_file(entry.path):
+                        # a link by its target, another file by its folder's real path (no system call)
+                        link = entry.is_symlink()
+                        key = os.path.realpath(entry.path) if link else os.path.join(real, entry.name)
+                        files.append((folder, entry.name, key, entry))
+        except OSError as exc:
+            raise DataError(
+                f"{folder} cannot be read ({exc.strerror}): make it readable or remove it."
+            ) from None
+    unique, taken = [], set()
+    for _folder, _name, key, entry in sorted(files, key=lambda f: f[:2]):
+        if key in taken or not _stays(key, home, tree):
+            skipped.append(entry.path)
+            continue
+        taken.add(key)
+        if not entry.is_file():  # from the directory entry: a system call only for a link
+            raise DataError(
+                f"{entry.path} is {not_a_file(entry.path)}, not an image file: remove it from the folder."
+            )
+        unique.append(entry.path)
+    return unique
+
+
+def _stays(real: str, home: str, tree: str) -> bool:
+    """Whether a real path found in the class folder ``home`` may be read: inside ``home``, or outside the
+    split's folder ``tree`` altogether (images kept elsewhere); not in another class's folder, and not a
+    folder above the class (a loop)."""
+    if real == home or real.startswith(home + os.sep):
+        return True
+    inside_tree = real == tree or real.startswith(tree + os.sep)
+    above = home.startswith(real.rstrip(os.sep) + os.sep)
+    return not inside_tree and not above
+
+
+# PIL's modes of one channel of more than 8 bits: 16-bit PNG and TIFF, and the 32-bit integers that older
+# Pillows give 16-bit PNGs. Their values are on the 0..65535 scale.
+_WIDE_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
 def load_image(path: str, mode: str | None = "RGB"):
-    """Open and decode an image with PIL (converted to ``mode`` unless None); a :class:`DataError` if it fails."""
+    """Open and decode an image with PIL, converted to ``mode`` unless None; a :class:`DataError` if it fails.
+
+    The one reader of image files (``wrn predict`` and image folders alike). A grayscale image of 16 bits per
+    pixel is scaled to 8 bits (``round(v / 257)``: 65535 is white), never clipped as PIL's ``convert`` does,
+    which makes every value above 255 white. A FIFO, socket or device is refused before it is opened."""
     from PIL import Image
 
+    kind = not_a_file(path)
+    if kind is not None:
+        raise DataError(f"{path} is {kind}, not an image file: pass an image file.")
     try:
         with Image.open(path) as img:
             img.load()
+            if img.mode in _WIDE_GRAY:
+                img = _to_8_bits(img)
             return img.convert(mode) if mode else img.copy()
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
         raise DataError(f"{path} cannot be decoded as an image ({exc}): replace or delete it.") from None
+
+
+def _to_8_bits(img):
+    """A 16-bit grayscale PIL image as an 8-bit one ("L"), each value v as round(v / 257)."""
+    from PIL import Image
+
+    wide = np.asarray(img).astype(np.int64).clip(0, 65535)
+    return Image.fromarray(((wide + 128) // 257).astype(np.uint8), mode="L")
 
 
 class CheckedImageFolder(datasets.ImageFolder):

@@ -503,10 +503,10 @@ def load(fmt: str, path_or_dict: str | os.PathLike | dict[str, Any], **options: 
 def create_checked(name: str, source: str, num_classes: int, in_channels: int, **kwargs: Any):
     """``create_model`` for a reader, after checking the sizes read off the file against the bounds that
     ``wrn.load_model`` applies (a model it would refuse is never built nor written)."""
-    from wrn.models.io import check_config
+    from wrn.models.io import check_loadable
     from wrn.models.registry import create_model
 
-    check_config({"arch": "WideResNet", "num_classes": num_classes, "in_channels": in_channels}, source)
+    check_loadable({"arch": "WideResNet", "num_classes": num_classes, "in_channels": in_channels}, source)
     return create_model(name, num_classes=num_classes, in_channels=in_channels, **kwargs)
 
 

@@ -309,8 +309,17 @@ class _CifarResNet(nn.Module):
         self.register_buffer("input_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("input_std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
+    # The sides of the images the network takes are multiples of this (WideResNet with 'SAME' padding: 4).
+    size_multiple = 1
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The 64k-channel feature map after the head's BN-ReLU (before pooling)."""
+        if self.size_multiple > 1 and (x.shape[-2] % self.size_multiple or x.shape[-1] % self.size_multiple):
+            raise ConfigError(
+                f"this model pads as TensorFlow's 'SAME' on even sizes (DeepMind's WRN), so it takes images "
+                f"whose height and width are multiples of {self.size_multiple}, not {x.shape[-2]}x{x.shape[-1]}; "
+                "resize them (e.g. to 32x32)"
+            )
         if getattr(self, "input_norm", False):
             x = (x - self.input_mean) / self.input_std
         stem = x = self.conv1(x)
@@ -429,7 +438,9 @@ class WideResNet(_CifarResNet):
             (``activate_before_residual``).
         group_skips: AutoAugment's extra skips: each group's output adds the group's input, and the last
             group's output adds the stem's, each average-pooled and zero-padded (centred) to the shape.
-        same_padding: stride-2 convs pad (0, 1, 0, 1), TensorFlow's 'SAME' (DeepMind's WRN, SAM, AutoAugment).
+        same_padding: stride-2 convs pad (0, 1, 0, 1), TensorFlow's 'SAME' on even sizes (DeepMind's WRN,
+            whose code pads so at every size; SAM, AutoAugment): the model takes images whose sides are
+            multiples of 4 (``size_multiple``) and refuses others in one sentence.
         stem_bias: a bias on the stem conv (USB). head_bn_eps: the head BN's eps (USB: 1e-3).
         input_mean, input_std: per-channel ``(x - mean) / std`` inside the forward, for networks that take
             pixels in [0, 1] (DeepMind's WRN and the robustness models); recorded in ``model.config``.
@@ -494,6 +505,8 @@ class WideResNet(_CifarResNet):
         )
         _initialise(self, init)
         self.set_input_normalization(input_mean, input_std)
+        # each stride-2 block's fixed (0, 1, 0, 1) padding needs an even side: 2 of them, multiples of 4
+        self.size_multiple = 4 if same_padding else 1
         self.config = {
             "arch": "WideResNet",
             "depth": depth,

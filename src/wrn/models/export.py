@@ -1,8 +1,10 @@
 """Export a model for inference, in eval mode: ONNX, ``torch.export`` (.pt2) or TorchScript.
 
 The format follows the file's extension. Batch, height and width are dynamic: the networks are fully
-convolutional with global pooling, so one file serves any image size. The example input has the channels
-and size the model was trained on (``metadata["input"]`` of a trained model's model.json), and that record
+convolutional with global pooling, so one file serves any image size from a smallest side on (5 for the CIFAR
+families, 33 for the ImageNet ones); a WRN with 'SAME' padding (DeepMind's, the robustness models) takes
+multiples of 4 from 8 on, and its .pt2 and ONNX files say so (height and width ``4*k``). The example input
+has the channels and size the model was trained on (``metadata["input"]`` of a trained model's model.json), and that record
 (normalisation, class names) travels inside the file: ONNX ``metadata_props``, an extra ``wrn.json`` file
 in .pt2 and TorchScript archives.
 """
@@ -22,7 +24,7 @@ from torch import nn
 from wrn.atomic import atomic_write, write_bytes
 from wrn.errors import ConfigError
 from wrn.models.io import unwrap
-from wrn.models.registry import model_info
+from wrn.models.registry import check_image_size, model_info
 
 # file extension -> format
 FORMATS = {".onnx": "onnx", ".pt2": "export", ".ts": "torchscript"}
@@ -37,18 +39,43 @@ def format_for(path: str | os.PathLike) -> str:
     return FORMATS[suffix]
 
 
+def native_size(model: nn.Module) -> int:
+    """The side of the images a model's family is made for: 32, or 224 for the ImageNet networks."""
+    config = getattr(model, "config", {})
+    size = 224 if config.get("arch") == "ImageNetResNet" else 32
+    if "name" in config:
+        try:
+            size = model_info(config["name"])["input_size"]
+        except ConfigError:
+            pass
+    return size
+
+
+def input_sides(model: nn.Module) -> tuple[int, int]:
+    """The smallest side an exported file takes and the multiple its sides are: the smallest that keeps
+    the last feature map above 1x1 (the tracer specialises a size of 1), 5 for the CIFAR families and 33
+    for the ImageNet ones; 8 and multiples of 4 for a WRN with 'SAME' padding (``size_multiple``)."""
+    multiple = getattr(unwrap(model), "size_multiple", 1)
+    side = 33 if getattr(model, "config", {}).get("arch") == "ImageNetResNet" else 5
+    return -(-side // multiple) * multiple, multiple
+
+
+def _side_dims(side: int, multiple: int) -> dict[int, Any]:
+    """The dynamic height and width of an export: from ``side`` up, multiples of ``multiple``."""
+    if multiple == 1:
+        return {2: torch.export.Dim("height", min=side), 3: torch.export.Dim("width", min=side)}
+    return {
+        2: multiple * torch.export.Dim("height_blocks", min=side // multiple),
+        3: multiple * torch.export.Dim("width_blocks", min=side // multiple),
+    }
+
+
 def example_input(
     model: nn.Module, batch: int = 2, image_size: int | None = None, in_channels: int | None = None
 ) -> torch.Tensor:
     """A random batch of the model's input: ``image_size`` (default: the family's native 32 or 224)."""
     config = getattr(model, "config", {})
-    if image_size is None:
-        image_size = 224 if config.get("arch") == "ImageNetResNet" else 32
-        if "name" in config:
-            try:
-                image_size = model_info(config["name"])["input_size"]
-            except ConfigError:
-                pass
+    image_size = native_size(model) if image_size is None else image_size
     channels = in_channels or config.get("in_channels", 3)
     device = next(model.parameters()).device
     return torch.randn(batch, channels, image_size, image_size, device=device)
@@ -72,17 +99,14 @@ def export_model(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     record = (metadata or {}).get("input") or {}
-    size = image_size or record.get("size")
+    side, multiple = input_sides(model)
+    if image_size is not None:
+        size = check_image_size(image_size, side, multiple)
+    else:  # the training size, where the file can be traced at it
+        size = record.get("size") or native_size(model)
+        size = size if size >= side and size % multiple == 0 else side
     x = example_input(model, batch=2, image_size=size, in_channels=record.get("channels"))
-    # The smallest side that keeps the last feature map above 1x1 (the tracer specialises a size of 1); the
-    # CIFAR networks with TensorFlow's 'SAME' padding halve a side rounding down, the others rounding up.
-    config = getattr(model, "config", {})
-    side = 33 if config.get("arch") == "ImageNetResNet" else 8 if config.get("same_padding") else 5
-    dims = {
-        0: torch.export.Dim("batch", min=1),
-        2: torch.export.Dim("height", min=side),
-        3: torch.export.Dim("width", min=side),
-    }
+    dims = {0: torch.export.Dim("batch", min=1), **_side_dims(side, multiple)}
     info = json.dumps({"config": getattr(model, "config", {}), **(metadata or {})})
 
     def write(tmp: str) -> None:

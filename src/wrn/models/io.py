@@ -10,28 +10,38 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from wrn.atomic import fsync_directory, remove_stale_temporaries, write_bytes, write_temporary, writing
-from wrn.errors import CheckpointError
+from wrn.atomic import (
+    fsync_directory,
+    remove_stale_temporaries,
+    write_bytes,
+    write_temporary,
+    writing,
+)
+from wrn.errors import CheckpointError, ConfigError
 from wrn.models.checked import load_state_dict_checked
-from wrn.models.registry import build_model
+from wrn.models.registry import MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIZE, build_model, check_config
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model.json"
 # the previous weights, kept while a save replaces the pair (see save_model)
 PREVIOUS_WEIGHTS = ".model.safetensors.prev"
 FORMAT_VERSION = 1
-# The most classifier outputs a model.json may declare (ImageNet-21k has 21,843).
-MAX_CLASSES = 1_000_000
+# The largest model.json read: ImageNet-21k's 21,843 class names take a few hundred kilobytes.
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+# Characters a printed field may not hold: the C0 and C1 controls and DEL, which drive a terminal (ANSI
+# colours, OSC titles and hyperlinks, a cursor moved over what was printed before).
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -49,15 +59,27 @@ def read_torch_file(path: str | os.PathLike, what: str = "a PyTorch checkpoint")
     """``torch.load(path, weights_only=True)`` on the CPU, with one sentence for every way it can fail.
 
     Only tensors and plain containers are read: a file that pickles anything else (a whole module, an
-    optimizer class, an argparse Namespace) is refused, never executed.
-    """
+    optimizer class, an argparse Namespace) is refused, never executed. A file that is no ``torch.save``
+    file at all (an ONNX model, safetensors weights, an image) is named as what it is."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist; give the path of {what}")
+    kind = foreign_kind(path)
+    if kind is not None:
+        raise CheckpointError(
+            f"{path} is {kind}, not {what} (which torch.save writes as a zip archive or a pickle); give the "
+            "PyTorch file that the weights were saved to"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # the unpickler raises many kinds (UnpicklingError, KeyError, EOFError, ...)
-        if "Weights only load failed" in str(exc) or "weights_only" in str(exc):
+        text = str(exc)
+        if "TorchScript" in text:
+            raise CheckpointError(
+                f"{path} is a TorchScript archive (a compiled model), not {what}; load it with torch.jit.load "
+                "in the code that made it and save its state_dict() with torch.save, then convert that"
+            ) from None
+        if "Unsupported global" in text or "GLOBAL" in text:
             raise CheckpointError(
                 f"{path} holds pickled Python objects besides tensors and plain containers (a whole model, a "
                 "class or a Namespace), which wrn never unpickles; load it in the code that wrote it and save "
@@ -67,6 +89,24 @@ def read_torch_file(path: str | os.PathLike, what: str = "a PyTorch checkpoint")
             f"{path} is not {what}: torch.load cannot read it ({type(exc).__name__}); is it truncated, or "
             "another kind of file?"
         ) from None
+
+
+def foreign_kind(path: str | os.PathLike) -> str | None:
+    """What a file is if its first bytes say it is a known kind that no ``torch.save`` writes (which
+    writes a zip archive, or a pickle of protocol 2 or more): "an ONNX model", "a safetensors file", "an
+    image"; None otherwise."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    size = os.path.getsize(path)
+    if len(head) >= 10 and head[8:10] == b'{"' and 8 + int.from_bytes(head[:8], "little") <= size:
+        return "a safetensors file (wrn.load_model reads it with its model.json)"
+    if head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        return None
+    if head.startswith((b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM")):
+        return "an image"
+    if Path(path).suffix.lower() == ".onnx" or head[:1] == b"\x08":  # ONNX's protobuf opens with ir_version
+        return "an ONNX model (a graph for inference, exported from a PyTorch model)"
+    return None  # torch.load names the rest: "cannot read it", truncated or of another kind
 
 
 def save_model(
@@ -185,15 +225,18 @@ class _Strict(BaseModel):
 
 class _ModelConfig(_Strict):
     arch: str
+    name: str | None = None
     num_classes: int = Field(default=10, ge=0, le=MAX_CLASSES)  # 0: no classifier (features, pre-logits)
-    in_channels: int = Field(default=3, ge=1, le=64)
+    in_channels: int = Field(default=3, ge=1, le=MAX_CHANNELS)
 
 
 class _InputRecord(_Strict):
-    channels: int = Field(ge=1, le=64)
-    size: int | None = Field(default=None, ge=1, le=16384)
+    channels: int = Field(ge=1, le=MAX_CHANNELS)
+    size: int | None = Field(default=None, ge=1, le=MAX_IMAGE_SIZE)
     normalization: str | None = None
-    resize: str = "short-side"
+    resize: Literal["short-side", "imagenet"] = "short-side"
+    resize_size: int | None = Field(default=None, ge=1, le=MAX_IMAGE_SIZE)  # torchvision's weights: 232, 256
+    interpolation: Literal["nearest", "bilinear", "bicubic"] | None = None
     mean: list[float] | None = None
     std: list[Annotated[float, Field(gt=0)]] | None = None
 
@@ -214,6 +257,17 @@ class _Metadata(_Strict):
     input: _InputRecord | None = None
     classes: list[str] | None = None
     dataset: str | None = None
+
+    @field_validator("classes")
+    @classmethod
+    def _printable(cls, classes):
+        for index, name in enumerate(classes or ()):
+            if _CONTROLS.search(name):
+                raise ValueError(
+                    f"holds a control character in class {index} ({name!r}), which would drive the terminal "
+                    "it is printed on"
+                )
+        return classes
 
 
 class _ModelDoc(_Strict):
@@ -239,28 +293,46 @@ def _check_doc(doc: dict[str, Any], source: str) -> None:
         ) from None
 
 
-def check_config(config: dict[str, Any], source: str) -> None:
-    """Refuse a model config out of the bounds that :func:`load_model` applies (classes, input channels)."""
+def check_loadable(config: dict[str, Any], source: str) -> None:
+    """Refuse a model config out of the bounds that :func:`load_model` applies (classes, input channels), as
+    what ``source`` makes."""
     _check_doc({"config": config}, source)
 
 
 def read_model_doc(directory: str | os.PathLike) -> dict[str, Any]:
-    """``directory/model.json`` as a dict, checked against its schema: the config's ``num_classes`` and
-    ``in_channels``, the weights' sha256 and the record of the input (sizes, mean and std per channel)."""
+    """``directory/model.json`` as a dict, checked against its schema (the weights' sha256, the record of the
+    input: sizes, mean and std per channel; class names free of control characters) and its config by
+    :func:`wrn.models.registry.check_config` (a name that agrees with the fields, sizes within bounds), so that
+    nothing is built, printed or read for a file that asks too much."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(
             f"{path} does not exist; point to a directory written by wrn.save_model or `wrn train`."
         )
     try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ValueError(
+                f"it is larger than {MAX_CONFIG_BYTES >> 20} MiB, far more than a model description"
+            )
         doc = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(doc, dict):
             raise ValueError("not a JSON object")
         _ModelDoc.model_validate(doc)
+        check_config(doc["config"])
     except ValidationError as exc:
         raise CheckpointError(
             f"{path} is not a valid wrn model description: {_first_problem(exc)}; re-export the model or "
             "repair that field"
+        ) from None
+    except ConfigError as exc:
+        raise CheckpointError(
+            f"{path} is not a valid wrn model description: {str(exc).rstrip('.')}; re-export the model or "
+            "repair that field"
+        ) from None
+    except RecursionError:
+        raise CheckpointError(
+            f"{path} is not a valid wrn model description (its JSON nests thousands of levels deep, as no model "
+            "description does); re-export the model."
         ) from None
     except (OSError, ValueError) as exc:
         raise CheckpointError(

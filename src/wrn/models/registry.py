@@ -115,6 +115,18 @@ _FAMILY_PAPER = {
 
 _CIFAR_RE = re.compile(r"^wrn-(\d+)-(\d+)(?:-b(\d+)|-l(\d+)|-(" + "|".join(_FAMILIES) + r"))?$")
 
+# The largest sizes a model may ask for, far above every network of the paper and of today's literature
+# (preact-resnet-1001, wrn-70-16 with 267M parameters, ImageNet-21k's 21,843 classes, 224-pixel inputs):
+# checked by check_config before anything is built, for a name, a model.json and a checkpoint's config alike,
+# so that a file asking for a network of 60 million layers is one sentence, not a hang.
+MAX_DEPTH = 2_000  # layers (a bottleneck block counts 3, a basic block 2)
+MAX_WIDTH = 64  # widening factor k of a WRN, width multiplier of an ImageNet ResNet
+MAX_KERNEL = 7  # the side of a block's convs: B(M) uses 1 and 3
+MAX_PARAMETERS = 4_000_000_000  # 16 GB of float32 weights
+MAX_CLASSES = 1_000_000
+MAX_CHANNELS = 64  # image channels
+MAX_IMAGE_SIZE = 4_096  # the side of an input image (predict, export, model.json's input record)
+
 
 def _parse_cifar(name: str) -> _Entry | None:
     """What a ``wrn-D-K[-bM|-lL|-FAMILY]`` name stands for, None if it is not of that form."""
@@ -292,7 +304,9 @@ def create_model(
             )
         weights, state = tv.fetch(name, pretrained)
     classes = default_classes if num_classes is None else num_classes
-    model = cls(**fixed, num_classes=classes, **{**entry.defaults, **overrides})
+    arguments = {**entry.defaults, **overrides}
+    check_config({"arch": cls.__name__, **fixed, "num_classes": classes, **arguments}, name.strip().lower())
+    model = cls(**fixed, num_classes=classes, **arguments)
     model.config = {"name": name.strip().lower(), **model.config}
     if pretrained is not False:
         tv.load_into(model, weights, state)
@@ -305,11 +319,9 @@ def create_model(
 
 
 def build_model(config: dict[str, Any]) -> nn.Module:
-    """Rebuild a model from its ``model.config`` (the inverse of reading ``model.config``)."""
-    if not isinstance(config, dict) or config.get("arch") not in ARCHS:
-        raise ConfigError(
-            f"a model config needs an 'arch' among {', '.join(ARCHS)}; got {config.get('arch') if isinstance(config, dict) else config!r}."
-        )
+    """Rebuild a model from its ``model.config`` (the inverse of reading ``model.config``), once
+    :func:`check_config` has found nothing wrong with it."""
+    check_config(config)
     cls = ARCHS[config["arch"]]
     params = inspect.signature(cls.__init__).parameters
     kwargs = {k: v for k, v in config.items() if k not in ("arch", "name", "features_only", "out_indices")}
@@ -325,3 +337,136 @@ def build_model(config: dict[str, Any]) -> nn.Module:
     if config.get("features_only"):
         return FeatureNet(model, config.get("out_indices"))
     return model
+
+
+# ------------------------------------------------------------------------------------------- the one check
+
+
+def check_config(config: dict[str, Any], name: str | None = None) -> None:
+    """A model's config (``model.config``, the ``config`` of a model.json) checked before anything is built:
+    a known ``arch``; a ``name``, if any, that is a model name and agrees with the fields it fixes; and sizes
+    within the bounds above (layers, width, kernels, classes, channels, parameters). A
+    :class:`ConfigError` naming the field otherwise (``config.depth``; ``depth`` of the model ``name`` when
+    :func:`create_model` builds one by its name)."""
+    field = "{}" if name else "config.{}"
+    subject = f"the model {name}" if name else "the config"
+    if not isinstance(config, dict) or config.get("arch") not in ARCHS:
+        got = config.get("arch") if isinstance(config, dict) else config
+        raise ConfigError(f"a model config needs an 'arch' among {', '.join(ARCHS)}; got {_shown(got)}.")
+    if "name" in config:
+        _check_name(config)
+    for key, low, high in (("num_classes", 0, MAX_CLASSES), ("in_channels", 1, MAX_CHANNELS)):
+        value = config.get(key, low)
+        if _is_number(value) and not low <= value <= high:
+            raise ConfigError(f"{field.format(key)} is {value}; it must be between {low} and {high:,}.")
+    width = config.get("width", 1)
+    if _is_number(width) and width > MAX_WIDTH:
+        raise ConfigError(f"{field.format('width')} is {width}, wider than the {MAX_WIDTH} a model may be.")
+    kernels = config.get("kernels") or ()
+    if isinstance(kernels, (list, tuple)) and any(_is_number(k) and k > MAX_KERNEL for k in kernels):
+        raise ConfigError(
+            f"{field.format('kernels')} {_shown(kernels)} has a kernel larger than {MAX_KERNEL}."
+        )
+    layers, weights = _size(config)
+    if layers > MAX_DEPTH:
+        raise ConfigError(
+            f"{subject} asks for {layers:,} layers, more than the {MAX_DEPTH:,} a model may have."
+        )
+    if weights > MAX_PARAMETERS:
+        raise ConfigError(
+            f"{subject} asks for about {weights / 1e9:.0f} billion parameters, more than the "
+            f"{MAX_PARAMETERS / 1e9:.0f} billion a model may have."
+        )
+
+
+def check_image_size(image_size: Any, least: int = 1, multiple: int = 1) -> int:
+    """``--image-size`` as an int if it is a whole number of pixels from ``least`` to
+    :data:`~wrn.models.registry.MAX_IMAGE_SIZE` (and a multiple of ``multiple``); else one sentence."""
+    if isinstance(image_size, bool) or int(image_size) != image_size:
+        raise ConfigError(f"--image-size must be a whole number of pixels, not {image_size}")
+    if not least <= image_size <= MAX_IMAGE_SIZE:
+        raise ConfigError(
+            f"--image-size {image_size} is out of range: give a side from {least} to {MAX_IMAGE_SIZE} pixels"
+        )
+    if image_size % multiple:
+        raise ConfigError(
+            f"--image-size {image_size} does not fit the model, which takes sides that are multiples of "
+            f"{multiple} (its 'SAME' padding); give e.g. {image_size - image_size % multiple or multiple}"
+        )
+    return int(image_size)
+
+
+def _check_name(config: dict[str, Any]) -> None:
+    """``config["name"]`` is a model name of ``config["arch"]`` whose fixed fields the config has."""
+    name = config["name"]
+    try:
+        cls, fixed, *_ = _resolve(name)
+    except ConfigError:
+        raise ConfigError(
+            f"config.name {_shown(name)} is not a model name (`wrn models` lists them; any wrn-D-K works)."
+        ) from None
+    if cls.__name__ != config["arch"]:
+        raise ConfigError(
+            f"config.name {_shown(name)} names a {cls.__name__}, not the {config['arch']} of config.arch."
+        )
+    for key, value in fixed.items():
+        have = config.get(key)
+        if _plain(have) != _plain(value):
+            raise ConfigError(
+                f"config.name {_shown(name)} has {key} {_plain(value)}, but config.{key} is {_shown(have)}."
+            )
+
+
+def _size(config: dict[str, Any]) -> tuple[int, int]:
+    """The layers (a bottleneck block counts 3, a basic block 2) and about how many weights (conv and
+    Linear; BN's few left out) ``config`` stands for, from its fields alone; 0 for fields of the wrong type,
+    which the constructor then names."""
+    get = {k: v for k, v in config.items() if _is_number(v) or isinstance(v, (list, tuple))}
+    classes, c_in = get.get("num_classes", 10), get.get("in_channels", 3)
+    if config["arch"] == "ImageNetResNet":
+        layers, width = get.get("layers", (3, 4, 6, 3)), get.get("width", 1.0)
+        if not all(_is_number(n) for n in layers):
+            return 0, 0
+        bottleneck = config.get("block", "bottleneck") == "bottleneck"
+        weights, c = c_in * 64 * 49, 64
+        for planes, n in zip((64, 128, 256, 512), layers, strict=False):  # the constructor wants 4
+            inner = planes * width
+            out = 4 * planes if bottleneck else inner
+            weights += _resnet_block(c, inner, out, bottleneck) + c * out
+            weights += (n - 1) * _resnet_block(out, inner, out, bottleneck)
+            c = out
+        return (3 if bottleneck else 2) * int(sum(layers)) + 2, int(weights + c * classes)
+    depth = get.get("depth", 28)
+    if config["arch"] == "PreActResNet":  # 16 to 256 wide: its weights grow with its depth only
+        return int(depth), 0
+    kernels, width = get.get("kernels", (3, 3)), get.get("width", 10)
+    n = get.get("blocks_per_group", (depth - 4) // 6)
+    if not all(_is_number(k) for k in kernels):
+        return int(depth), 0
+    weights, c = c_in * 16 * 9, 16
+    for planes in (16 * width, 32 * width, 64 * width):
+        convs = [k * k * planes * planes for k in kernels]
+        weights += c * planes * (1 + kernels[0] ** 2) + sum(convs[1:]) + (n - 1) * sum(convs)
+        c = planes
+    return max(int(depth), 3 * int(n) * len(kernels) + 4), int(weights + c * classes)
+
+
+def _resnet_block(c_in: float, inner: float, out: float, bottleneck: bool) -> float:
+    """The weights of an ImageNet ResNet block without its shortcut."""
+    if bottleneck:
+        return c_in * inner + 9 * inner * inner + inner * out
+    return 9 * c_in * inner + 9 * inner * inner
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _shown(value: Any) -> str:
+    """``value`` as a short repr: control characters escaped, at most 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

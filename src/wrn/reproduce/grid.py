@@ -300,9 +300,9 @@ def read_experiment(out: Path) -> dict[str, Any] | None:
 
 def check_out(plan: Plan) -> dict[str, Any] | None:
     """Refuse an OUT that holds another grid (or other files); return its experiment.yaml if it is ours."""
-    out = plan.out
-    if out.exists() and not out.is_dir():
-        raise GridError(f"--out {out} is a file; give a folder for the grid")
+    from wrn.paths import check_output_dir
+
+    out = check_output_dir(plan.out, "--out")  # a file, a name too long, a read-only or unwritable place
     existing = read_experiment(out) if out.is_dir() else None
     if existing is None:
         if out.is_dir() and any(out.iterdir()):

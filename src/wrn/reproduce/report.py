@@ -360,15 +360,14 @@ def collect_report(paths: list[Path], out_dir: Path) -> Report:
 def write_report(paths: list[str | Path], out_dir: str | Path | None = None) -> Path:
     """Write report.md, report.html and the PNG figures of every grid found in ``paths``; returns the folder."""
     from wrn.atomic import atomic_write_text
+    from wrn.paths import check_output_dir
     from wrn.reproduce.render import render
 
     paths = [Path(p) for p in paths]
     find_sources(paths)  # nothing to report: say so before making any folder
     if out_dir is None:
         out_dir = (paths[0] / "report") if len(paths) == 1 and paths[0].is_dir() else Path("report")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ReportError(f"--out {out_dir} is a file; give a folder for the report")
+    out_dir = check_output_dir(out_dir, "--out")  # a file, a name too long, a read-only or unwritable place
     out_dir.mkdir(parents=True, exist_ok=True)
     report = collect_report(paths, out_dir)
     for name in ("report.md", "report.html"):
