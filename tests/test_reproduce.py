@@ -441,7 +441,7 @@ def test_a_run_locked_by_another_process_is_waited_for(tmp_path):
     assert lock.acquire()
 
     def the_other_process_finishes():
-        spec.dir.mkdir(parents=True)
+        spec.dir.mkdir(parents=True, exist_ok=True)  # (the lock is a file inside the run's folder)
         (spec.dir / "model.safetensors").write_bytes(b"")
         (spec.dir / "model.json").write_text("{}")
         lock.release()

@@ -160,7 +160,7 @@ def model_dir(
             f"{path} is an unfinished run of `wrn train` (it holds {run.checkpoint.name} but no final model "
             f"yet): finish it with `wrn train --resume {path}`, or evaluate its checkpoint with `wrn eval {path}`"
         )
-    if run.is_unstarted():
+    if run.state() == "unstarted":
         raise CheckpointError(
             f"{path} is a run of `wrn train` stopped before its first checkpoint: start it again with "
             f"`wrn train --resume {path}`"

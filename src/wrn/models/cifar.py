@@ -505,8 +505,9 @@ class WideResNet(_CifarResNet):
         )
         _initialise(self, init)
         self.set_input_normalization(input_mean, input_std)
-        # each stride-2 block's fixed (0, 1, 0, 1) padding needs an even side: 2 of them, multiples of 4
-        self.size_multiple = 4 if same_padding else 1
+        # each stride-2 block's fixed (0, 1, 0, 1) padding needs an even side where a 1x1 conv of stride 2 (which
+        # rounds up) meets it: 2 of them, multiples of 4; the pooled shortcuts (SAM, AutoAugment) round down too
+        self.size_multiple = 4 if same_padding and shortcut == "conv" else 1
         self.config = {
             "arch": "WideResNet",
             "depth": depth,

@@ -54,9 +54,12 @@ def native_size(model: nn.Module) -> int:
 def input_sides(model: nn.Module) -> tuple[int, int]:
     """The smallest side an exported file takes and the multiple its sides are: the smallest that keeps
     the last feature map above 1x1 (the tracer specialises a size of 1), 5 for the CIFAR families and 33
-    for the ImageNet ones; 8 and multiples of 4 for a WRN with 'SAME' padding (``size_multiple``)."""
+    for the ImageNet ones; 8 for a WRN with 'SAME' padding, and multiples of 4 for DeepMind's
+    (``size_multiple``)."""
     multiple = getattr(unwrap(model), "size_multiple", 1)
-    side = 33 if getattr(model, "config", {}).get("arch") == "ImageNetResNet" else 5
+    config = getattr(model, "config", {})
+    # 'SAME' padding halves a side rounding down, the others round up
+    side = 33 if config.get("arch") == "ImageNetResNet" else 8 if config.get("same_padding") else 5
     return -(-side // multiple) * multiple, multiple
 
 

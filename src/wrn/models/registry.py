@@ -400,16 +400,16 @@ def _check_name(config: dict[str, Any]) -> None:
     """``config["name"]`` is a model name of ``config["arch"]`` whose fixed fields the config has."""
     name = config["name"]
     try:
-        cls, fixed, *_ = _resolve(name)
+        entry = _resolve(name)
     except ConfigError:
         raise ConfigError(
             f"config.name {_shown(name)} is not a model name (`wrn models` lists them; any wrn-D-K works)."
         ) from None
-    if cls.__name__ != config["arch"]:
+    if entry.cls.__name__ != config["arch"]:
         raise ConfigError(
-            f"config.name {_shown(name)} names a {cls.__name__}, not the {config['arch']} of config.arch."
+            f"config.name {_shown(name)} names a {entry.cls.__name__}, not the {config['arch']} of config.arch."
         )
-    for key, value in fixed.items():
+    for key, value in entry.fixed.items():
         have = config.get(key)
         if _plain(have) != _plain(value):
             raise ConfigError(
@@ -443,10 +443,11 @@ def _size(config: dict[str, Any]) -> tuple[int, int]:
     n = get.get("blocks_per_group", (depth - 4) // 6)
     if not all(_is_number(k) for k in kernels):
         return int(depth), 0
+    projection = 1 if config.get("shortcut", "conv") == "conv" else 0  # the pooled shortcuts hold none
     weights, c = c_in * 16 * 9, 16
     for planes in (16 * width, 32 * width, 64 * width):
         convs = [k * k * planes * planes for k in kernels]
-        weights += c * planes * (1 + kernels[0] ** 2) + sum(convs[1:]) + (n - 1) * sum(convs)
+        weights += c * planes * (projection + kernels[0] ** 2) + sum(convs[1:]) + (n - 1) * sum(convs)
         c = planes
     return max(int(depth), 3 * int(n) * len(kernels) + 4), int(weights + c * classes)
 
