@@ -427,7 +427,10 @@ def test_a_file_that_is_no_pytorch_checkpoint_is_named_as_what_it_is(run, capsys
     assert "m.onnx is an ONNX model (a graph for inference, exported from a PyTorch model), not a" in err
     assert "pickled" not in err
     err = one_error(capsys, "convert", "official", tmp_path / "m.ts", tmp_path / "b")
-    assert "m.ts is a TorchScript archive (a compiled model), not a checkpoint file" in err and "pickled" not in err
+    assert (
+        "m.ts is a TorchScript archive (a compiled model), not a checkpoint file" in err
+        and "pickled" not in err
+    )
     err = one_error(capsys, "convert", "xternalz", run / "model.safetensors", tmp_path / "c")
     assert "model.safetensors is a safetensors file (wrn.load_model reads it with its model.json)" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.ts"]
