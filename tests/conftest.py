@@ -135,7 +135,8 @@ def metrics(run_dir, timings: bool = True) -> list[dict]:
 
 def snapshot(folder) -> dict[str, tuple[int, str]]:
     """Every file under ``folder``: its path relative to it -> (mtime in ns, sha256 of its bytes). Equal
-    snapshots mean nothing was written, not even the same bytes again."""
+    snapshots mean nothing was written, not even the same bytes again. A run's ``.lock`` is left out: it says
+    which process holds the run, and each one that takes it writes its PID there."""
     import hashlib
     from pathlib import Path
 
@@ -143,7 +144,7 @@ def snapshot(folder) -> dict[str, tuple[int, str]]:
     return {
         str(p.relative_to(folder)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
         for p in sorted(folder.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != ".lock"
     }
 
 
@@ -191,3 +192,40 @@ def forward_macs(name: str, size: int = 32) -> int:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.zeros(1, 3, size, size))
     return counter.get_total_flops() // 2
+
+
+# A `python -m wrn` that kills itself (SIGKILL) at the N-th call of os.replace/os.rename ("rename") or os.fsync
+# ("fsync"): a kill at an exact point of the writes, as `strace -e inject=rename:signal=SIGKILL:when=N` makes
+# it. With N = 0 it runs to its end and prints "calls rename=R fsync=F" last on stderr.
+_KILL_AT = """
+import atexit, os, signal, sys
+kind, at = sys.argv[1], int(sys.argv[2])
+counts = {"rename": 0, "fsync": 0}
+def counted(name, real):
+    def call(*args, **kwargs):
+        counts[name] += 1
+        if name == kind and counts[name] == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    return call
+os.replace, os.rename = counted("rename", os.replace), counted("rename", os.rename)
+os.fsync = counted("fsync", os.fsync)
+atexit.register(lambda: print(f"calls rename={counts['rename']} fsync={counts['fsync']}", file=sys.stderr))
+from wrn.cli import main
+sys.argv = ["wrn", *sys.argv[3:]]
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def run_wrn_killed_at(kind: str, n: int, *args: str, timeout: float = 300):
+    """``wrn ARGS`` in a new process killed at the ``n``-th ``kind`` call ("rename" or "fsync"; 0: never)."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-c", _KILL_AT, kind, str(n), *map(str, args)],
+        env=WRN_ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -145,7 +145,7 @@ def test_a_run_another_process_holds_is_waited_for_then_resumed(stopped, capsys,
     out = stopped
     run = out / ROW / "seed-0"
     trained = epochs_of(run)
-    with open(out / ROW / ".seed-0.lock", "w") as lock:
+    with open(run / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process is training the run
         threading.Timer(1.5, lambda: fcntl.flock(lock, fcntl.LOCK_UN)).start()
         start = time.monotonic()

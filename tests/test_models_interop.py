@@ -387,7 +387,7 @@ def test_imagenet_variants_keep_torchvision_keys():
         ({"act": "gelu"}, "act must be one of relu, leaky_relu, silu"),
         ({"bn_momentum": 0.0}, r"bn_momentum must be in \(0, 1\]"),
         ({"bn_momentum": 0.999}, None),  # allowed (a very fast average), just not FixMatch's convention
-        ({"num_classes": -1}, "num_classes must be a positive integer"),
+        ({"num_classes": -1}, "num_classes is -1; it must be between 0 and 1,000,000"),
     ],
 )
 def test_bad_variant_values(kwargs, words):

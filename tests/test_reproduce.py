@@ -420,7 +420,7 @@ def test_report_shows_stopped_running_and_failed_runs(killed_grid, tmp_path):
         return dict(zip(header, rows[0], strict=True))["status"]
 
     assert status() == f"1 of 2 done, 1 stopped, seed 1 at epoch 1/2: {epoch1:.2f}%"
-    with open(out / ROW / ".seed-1.lock") as lock:
+    with open(out / ROW / "seed-1" / ".lock") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         assert status() == f"1 of 2 done, 1 running, seed 1 at epoch 1/2: {epoch1:.2f}%"
     (out / "logs" / f"{ROW}-seed-1.failed.json").write_text(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,9 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from conftest import WRN_ENV, run_wrn, snapshot, start_wrn
+from conftest import WRN_ENV, metrics, run_wrn, run_wrn_killed_at, snapshot, start_wrn
 from wrn.cli import main
+from wrn.train import checkpoint as ckpt
 from wrn.train.rundir import RunDir, RunLock
 
 TINY = ["--preset", "demo", "--model", "wrn-10-1", "--batch-size", "256", "--no-progress"]
@@ -182,10 +185,114 @@ def test_sigterm_during_the_start_up_saves_and_says_how_to_continue(tmp_path):
     assert RunDir(run).state() == "done"
 
 
+@pytest.mark.parametrize("kind", ["rename", pytest.param("fsync", marks=pytest.mark.slow)])
+def test_a_kill_at_any_write_of_a_longer_resume_is_finished_from_the_checkpoint(
+    stopped, tmp_path, capsys, kind
+):
+    """`wrn train --resume R --epochs 2` on a finished 1-epoch run, killed (SIGKILL) at its writes (with
+    WRN_SLOW=1 at each rename and each fsync; by default at the model pair's renames): the next resume ends
+    with model files that hold the checkpoint's epoch-2 weights, and only then says the run is complete
+    (before: the epoch-1 model beside an epoch-2 checkpoint was called complete)."""
+    args = ("train", "--resume", "{run}", "--epochs", "2", "--no-progress")
+    probe_run = shutil.copytree(stopped, tmp_path / "probe")
+    probe = run_wrn_killed_at(kind, 0, *(a.format(run=probe_run) for a in args))
+    assert probe.returncode == 0, probe.stderr
+    total = int(re.search(rf"\b{kind}=(\d+)", probe.stderr.splitlines()[-1]).group(1))
+    assert total >= (5 if kind == "rename" else 8)  # config, checkpoint, the model pair, curves.png
+    # every call with WRN_SLOW=1; by default the model pair's two renames (the last but curves.png's)
+    every = os.environ.get("WRN_SLOW") == "1"
+    for n in range(1, total + 1) if every else (total - 2, total - 1):
+        run = shutil.copytree(stopped, tmp_path / f"{kind}-{n}")
+        killed = run_wrn_killed_at(kind, n, *(a.format(run=run) for a in args))
+        assert killed.returncode == -signal.SIGKILL, (n, killed.stderr)
+        assert main([a.format(run=run) for a in args]) == 0, n
+        capsys.readouterr()
+        state = ckpt.load(run)
+        weights = load_file(str(run / "model.safetensors"))
+        assert (
+            state["epoch"] == 2 and json.loads((run / "model.json").read_text())["metadata"]["epochs"] == 2
+        ), n
+        assert all(torch.equal(weights[k], v) for k, v in state["model"].items()), n
+        assert [r["epoch"] for r in metrics(run)] == [1, 2], n
+        assert main([a.format(run=run) for a in args]) == 0
+        assert "is complete: 2 of 2 epochs trained" in capsys.readouterr().out, n
+
+
+def test_a_finished_run_whose_weights_were_deleted_is_written_again_from_its_checkpoint(
+    stopped, tmp_path, capsys
+):
+    run = shutil.copytree(stopped, tmp_path / "lost")
+    (run / "model.safetensors").unlink()
+    assert RunDir(run).state() == "partial"  # a grid resumes it rather than skip it as done
+    assert main(["train", "--resume", str(run)]) == 0
+    state, weights = ckpt.load(run), load_file(str(run / "model.safetensors"))
+    assert all(torch.equal(weights[k], v) for k, v in state["model"].items())
+    assert RunDir(run).state() == "done" and snapshot(run).keys() == snapshot(stopped).keys()
+
+
+def test_a_resume_never_shortens_a_recipe_s_lr_drops_away(tmp_path, capsys, monkeypatch):
+    """A 30-epoch demo run (drops at 15, 22, 27) stopped in its first epoch: `--resume --epochs 3` is refused
+    in one sentence (before: all three epochs ran at lr 0.1, every drop lost), and nothing is written."""
+    from wrn.train.step import TrainStep
+
+    original, calls = TrainStep.__call__, [0]
+
+    def step(self, images, labels):
+        calls[0] += 1
+        if calls[0] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, images, labels)
+
+    monkeypatch.setattr(TrainStep, "__call__", step)
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "30", "--out", str(run)]) == 128 + signal.SIGTERM
+    monkeypatch.undo()
+    capsys.readouterr()
+    before = snapshot(run)
+    assert main(["train", "--resume", str(run), "--epochs", "3"]) == 2
+    assert capsys.readouterr().err == (
+        "wrn train: error: --epochs 3 would shorten this 30-epoch run, whose lr drops (at epochs 15, 22, 27) are "
+        "the recipe's for 30 epochs, where a 3-epoch run drops at 2, 3; start a new run with --epochs 3, or "
+        "resume with --epochs 30 or more\n"
+    )
+    assert snapshot(run) == before
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc to time the signal")
+def test_a_second_sigterm_stops_a_start_up_that_does_not_end(tmp_path):
+    """A start-up stuck in reading its data (a loader that never returns): the first SIGTERM is kept for the
+    save that start-up never reaches, the second stops the process at once, in one sentence."""
+    stuck = (
+        "import sys, time; import wrn.train.run as run; "
+        "run.build_loaders = lambda *a, **k: time.sleep(600); "
+        "from wrn.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", stuck, "train", *TINY, "--epochs", "1", "--out", str(tmp_path / "run")],
+        env=WRN_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not _catches_sigterm(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(1.0)  # into the loader
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert proc.poll() is None  # the first one waits for the save
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert (
+        err.strip().splitlines()[-1]
+        == "wrn train: SIGTERM received a second time: stopped at once, without saving"
+    )
+
+
 def test_resume_of_a_complete_run_draws_missing_curves(stopped, tmp_path):
     run = shutil.copytree(stopped, tmp_path / "done")
-    (run / "curves.png").unlink()  # a kill between model.json and curves.png
-    before = snapshot(run)
+    (run / "curves.png").rename(run / ".curves.png.Ab3dE9xZ.tmp.png")  # a kill while it was being written
+    (run / ".curves.png.Ab3dE9xZ.tmp.png").write_bytes(b"\x89PNG half")
+    before = {k: v for k, v in snapshot(run).items() if not k.startswith(".curves")}
     assert main(["train", "--resume", str(run)]) == 0
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (run / ".curves.png.Ab3dE9xZ.tmp.png").exists()  # the kill's leftover is gone
     assert {k: v for k, v in snapshot(run).items() if k != "curves.png"} == before

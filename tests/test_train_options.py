@@ -57,7 +57,11 @@ COMPANIONS = {
     ("optim.ema_warmup", True): {"optim.ema_decay": "0.99"},
     ("objective.focal.gamma", 1.5): {"objective.name": "focal"},
     ("run.checkpoint_every_steps", 100): {"run.checkpoint_every_minutes": "null"},
-}
+    ("dataset.randaugment_n", 3): {"dataset.policy": "randaugment"},
+    ("dataset.randaugment_m", 5): {"dataset.policy": "randaugment"},
+    **{("run.compile_mode", m): {"run.compile": "true"} for m in ("reduce-overhead", "max-autotune",
+                                                                   "max-autotune-no-cudagraphs")},
+}  # fmt: skip
 BOOLEAN_WORDS = {"true": True, "false": False, "on": True, "off": False, "yes": True, "no": False}
 SKIPPED = ("preset",)  # --preset, a run's starting point, not a value (test_train_config covers it)
 
@@ -175,7 +179,7 @@ def test_a_value_reads_the_same_through_every_path(capsys, tmp_path, key, text, 
     if key == "run.seed":
         return  # a grid's seeds come from --runs (test_reproduce)
     proc = wrn_here(
-        capsys, "reproduce", "table3", "--rows", "cifar10-wrn-40-2-l1-zca", "--runs", "1", "--dry-run",
+        capsys, "reproduce", "table5", "--rows", "cifar10-wrn-28-10", "--runs", "1", "--dry-run",
         "--out", str(tmp_path / "grid"), "--set", f"{key}={text}", *sets,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr

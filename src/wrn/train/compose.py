@@ -68,8 +68,13 @@ def read_yaml(text: str, source: str) -> dict[str, Any]:
 
 def read_yaml_file(path: str | Path, what: str = "config file") -> dict[str, Any]:
     """The mapping of a YAML file, every failure (missing, unreadable, not text, not YAML) one sentence."""
+    from wrn.paths import not_a_file
+
     path = Path(path)
     source = f"{what} {str(path)!r}"
+    kind = not_a_file(path)
+    if kind is not None:  # reading a FIFO would wait for a writer forever
+        raise ConfigError(f"{source} is {kind}, not a file; pass the path of a YAML file")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -208,12 +213,17 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+# What a recipe chose for its data set: forgotten when a later layer switches to another data set without them.
+_DATA_CHOICES = ("augment", "normalization", "crop_padding", "image_size")
+
+
 def _forget_data_choices(data: dict[str, Any], new_name: str | None, given: set[str]) -> None:
-    """Drop the merged augmentation/normalisation when a later layer names another data set without them."""
+    """Drop the merged data set choices (augmentation, normalisation, the crop's border, the image size) when
+    a later layer names another data set without them: ImageNet's 224 never reaches the 8x8 digits."""
     section = data.get("dataset")
     if new_name is None or not isinstance(section, dict) or new_name == section.get("name"):
         return
-    for key in ("augment", "normalization"):
+    for key in _DATA_CHOICES:
         if key not in given:
             section.pop(key, None)
 
@@ -297,8 +307,18 @@ def build_config(
     data.setdefault("schedule", {})["milestones_from"] = origin["from"]
     cfg = validate(data)
     if isinstance(origin["epochs"], int) and origin["epochs"] != cfg.schedule.epochs:
-        cfg = _moved_to(cfg, origin["epochs"])
+        cfg = _described(_moved_to(cfg, origin["epochs"]), origin["epochs"])
     return cfg
+
+
+def _described(cfg: TrainConfig, from_epochs: int) -> TrainConfig:
+    """A recipe's description that gives its number of epochs, told the run's (``200 epochs`` -> ``20 epochs
+    (the recipe's 200)``), so that --print-config and config.yaml do not say what does not run."""
+    old = f"{from_epochs} epochs"
+    if old not in cfg.description or from_epochs == cfg.schedule.epochs:
+        return cfg
+    new = f"{cfg.schedule.epochs} epoch{'s' * (cfg.schedule.epochs != 1)} (the recipe's {from_epochs})"
+    return cfg.model_copy(update={"description": cfg.description.replace(old, new)})
 
 
 def _moved_to(cfg: TrainConfig, from_epochs: int) -> TrainConfig:
@@ -320,4 +340,4 @@ def with_epochs(cfg: TrainConfig, epochs: int) -> TrainConfig:
         return cfg
     data = cfg.to_dict()
     data["schedule"]["epochs"] = epochs
-    return _moved_to(validate(data), cfg.schedule.epochs)
+    return _described(_moved_to(validate(data), cfg.schedule.epochs), cfg.schedule.epochs)

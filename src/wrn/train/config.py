@@ -62,13 +62,23 @@ class DataSection(Section):
     crop_padding: Literal[CROP_PADDINGS] = flagged(
         "reflect",
         "--crop-padding",
-        "border of the training crop: reflect (the paper's) or zeros (torchvision's RandomCrop(padding=4))",
+        "border of the training crop, the paper's reflection or the zeros of torchvision's RandomCrop(padding=4)",
     )
     image_size: int | None = flagged(
-        None, "--image-size", "training crop side (ImageNet / image folders)", gt=0, commands=("reproduce",)
+        None,
+        "--image-size",
+        "training crop side (ImageNet / image folders)",
+        gt=0,
+        le=4096,
+        commands=("reproduce",),
     )
     workers: int = flagged(
-        4, "--workers", "data loading processes (image folders; the per-image policies)", how=True, ge=0
+        4,
+        "--workers",
+        "data loading processes (image folders; the per-image policies)",
+        how=True,
+        ge=0,
+        le=1024,
     )
     download: bool = flagged(False, "--download", "fetch a missing data set", how=True)
     # Cutout (DeVries & Taylor 2017): 16 px on CIFAR-10, 8 on CIFAR-100 in their code; on the device, after
@@ -78,6 +88,7 @@ class DataSection(Section):
         "--cutout",
         "Cutout: the side in pixels of one square hole per training image (0: off; 16 on CIFAR-10)",
         ge=0,
+        le=4096,
     )
     # torchvision's v2.MixUp / v2.CutMix arithmetic, per batch on the device; both on: one of them per batch
     mixup: float = flagged(
@@ -85,12 +96,14 @@ class DataSection(Section):
         "--mixup",
         "mixup: alpha of the Beta distribution of the mixing weight, per batch (0: off; e.g. 1.0)",
         ge=0.0,
+        le=1e6,
     )
     cutmix: float = flagged(
         0.0,
         "--cutmix",
         "CutMix: alpha of the Beta distribution of the pasted area, per batch (0: off; e.g. 1.0)",
         ge=0.0,
+        le=1e6,
     )
     # torchvision's AutoAugment(CIFAR10 policy) / RandAugment / TrivialAugmentWide, or AutoAugment's 95 CIFAR
     # sub-policies with the ops of the AutoAugment code (autoaugment-paper) or of google-research/sam's
@@ -129,13 +142,17 @@ class DataSection(Section):
 
 
 class OptimSection(Section):
-    lr: float = flagged(0.1, "--lr", "initial learning rate", gt=0.0)
+    lr: float = flagged(0.1, "--lr", "initial learning rate", gt=0.0, le=1e6)
     momentum: float = flagged(0.9, "--momentum", "SGD momentum", ge=0.0, lt=1.0)
     nesterov: bool = flagged(True, "--nesterov", "Nesterov momentum (the paper's)")
-    weight_decay: float = flagged(5e-4, "--weight-decay", "L2 weight decay on all parameters", ge=0.0)
-    batch_size: int = flagged(128, "--batch-size", "global batch size (split over processes)", gt=0)
+    weight_decay: float = flagged(5e-4, "--weight-decay", "L2 weight decay on all parameters", ge=0.0, le=1e6)
+    batch_size: int = flagged(128, "--batch-size", "global batch size (split over processes)", gt=0, le=2**20)
     eval_batch_size: int | None = flagged(
-        None, "--eval-batch-size", "batch size of evaluation (default twice the training batch)", gt=0
+        None,
+        "--eval-batch-size",
+        "batch size of evaluation (default twice the training batch)",
+        gt=0,
+        le=2**20,
     )
     label_smoothing: float = flagged(
         0.0, "--label-smoothing", "label smoothing of the training loss", ge=0.0, lt=1.0, commands=("bench",)
@@ -164,6 +181,7 @@ class OptimSection(Section):
         "SAM's neighbourhood radius rho, e.g. 0.05 (0: off; two passes per step)",
         commands=("bench",),
         ge=0.0,
+        le=1e6,
     )
     grad_clip: float = flagged(
         0.0,
@@ -171,6 +189,7 @@ class OptimSection(Section):
         "clip the gradient's global L2 norm to this value (0: off)",
         commands=("bench",),
         ge=0.0,
+        le=1e6,
     )
     # The paper (and its code) decays every parameter; off: no weight decay on 1-d ones (BN's and biases).
     decay_norm_and_bias: bool = flagged(
@@ -183,7 +202,9 @@ class OptimSection(Section):
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> OptimSection:
         if self.nesterov and self.momentum == 0:
-            raise ValueError("Nesterov momentum needs momentum > 0; set optim.nesterov to false")
+            raise ValueError(
+                "--nesterov needs momentum above 0; add --no-nesterov, or give a --momentum above 0"
+            )
         return self
 
 
@@ -239,7 +260,8 @@ class ScheduleSection(Section):
     def _warmup_inside_the_run(self) -> ScheduleSection:
         if self.warmup_epochs >= self.epochs:
             raise ValueError(
-                f"the warm-up ({self.warmup_epochs:g} epochs) must be shorter than the run ({self.epochs} epochs)"
+                f"--warmup-epochs {self.warmup_epochs:g} must be shorter than the run (--epochs {self.epochs}); "
+                "give fewer warm-up epochs"
             )
         return self
 
@@ -383,6 +405,9 @@ def consistency_problem(cfg: TrainConfig) -> str | None:
             f"--eval-models {run.eval_models} needs an average of the weights to choose from; "
             "add --ema DECAY (e.g. 0.999) or leave --eval-models out"
         )
+    problem = _unused_option(cfg)
+    if problem:
+        return problem
     for key in type(cfg.objective).model_fields:
         options = getattr(cfg.objective, key)
         if key != "name" and key != cfg.objective.name.replace("-", "_") and options != type(options)():
@@ -390,6 +415,48 @@ def consistency_problem(cfg: TrainConfig) -> str | None:
                 f"objective.{key} is set but the objective is {cfg.objective.name}; add --objective "
                 f"{key.replace('_', '-')} or leave its options out"
             )
+    return None
+
+
+def _unused_option(cfg: TrainConfig) -> str | None:
+    """An option given a value that would change nothing (one rule for all: refused, not ignored)."""
+    from wrn.data.registry import dataset_info
+
+    data, run, schedule = cfg.dataset, cfg.run, cfg.schedule
+    info = dataset_info(data.name)
+    augment = data.augment or info.augment
+    defaults = DataSection()
+    if data.policy != "randaugment" and (data.randaugment_n, data.randaugment_m) != (
+        defaults.randaugment_n,
+        defaults.randaugment_m,
+    ):
+        return (
+            f"--randaugment-n and --randaugment-m set RandAugment, but the policy is {data.policy}; add "
+            "--policy randaugment or leave them out"
+        )
+    if data.crop_padding != defaults.crop_padding and augment not in ("crop", "flip-crop"):
+        return (
+            f"--crop-padding {data.crop_padding} fills the border of the training crop, but augment {augment} "
+            f"has no such crop; use --augment crop or flip-crop, or leave --crop-padding out"
+        )
+    if run.compile_mode != "default" and not run.compile:
+        return f"--compile-mode {run.compile_mode} is a mode of torch.compile, which is off; add --compile"
+    if schedule.name == "cosine" and schedule.milestones_from == "given":
+        return "--milestones are the lr drops of the multistep schedule; the cosine schedule has none: leave them out"
+    if (
+        data.image_size is not None
+        and info.name not in ("imagenet", "imagefolder")
+        and data.image_size != info.image_size
+    ):
+        return (
+            f"--image-size {data.image_size} applies to image folders and ImageNet; the {data.name} images are "
+            f"{info.image_size}x{info.image_size}: leave it out"
+        )
+    if data.policy != "none" and data.normalization == "zca":
+        return (
+            f"--policy {data.policy} works on the images' pixels, which ZCA whitening replaces; use another "
+            "--normalization or leave --policy out"
+        )
     return None
 
 
@@ -406,7 +473,7 @@ def _error_sentence(exc: ValidationError) -> str:
         return f"unknown config key {where!r}{_closest_key(err['loc'])}; `wrn presets demo` shows every key"
     if err["type"] == "literal_error":
         return f"{where} = {err.get('input')!r} is not allowed: {msg}"
-    if not err["loc"]:  # a rule across fields (TrainConfig._consistent): its own sentence
+    if not err["loc"] or isinstance(err.get("input"), dict):  # a rule across fields: its own sentence
         return msg
     return f"{where} = {err.get('input')!r} is invalid: {msg}"
 

@@ -34,12 +34,14 @@ def print_header(loop, resumed: bool) -> None:
     where = "continuing" if resumed else "run directory"
     at = f" at epoch {state.epoch + 1}, step {state.step}" if resumed else ""
     n_parameters = sum(p.numel() for p in state.model.parameters())
-    threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
+    count = torch.get_num_threads()
+    threads = f" ({count} thread{'s' * (count != 1)})" if device.type == "cpu" else ""
     print(
         f"{where}: {loop.run_dir}{at}\n"
         f"model {cfg.model.name} ({n_parameters:,} parameters) on {cfg.dataset.name}, "
         f"{recipe.epochs_text(cfg.schedule.epochs)} of {state.steps_per_epoch} steps, batch {cfg.optim.batch_size}, "
-        f"{recipe.describe(cfg.schedule, cfg.optim.lr)}{recipe.describe_optim(cfg.optim)}, device {device}{threads}"
+        f"{recipe.describe(cfg.schedule, cfg.optim.lr)}{recipe.describe_optim(cfg.optim)}{describe_recipes(cfg)}, "
+        f"device {device}{threads}"
         + (f" x {loop.dist.world_size} processes" if loop.dist.enabled else "")
         + f", amp {cfg.run.amp}",
         flush=True,
@@ -47,6 +49,33 @@ def print_header(loop, resumed: bool) -> None:
     per_image = describe_data(cfg.dataset)  # the policies and random erasing, when on
     if per_image:
         print(per_image, flush=True)
+
+
+def describe_recipes(cfg) -> str:
+    """The run's other active recipes in a few words, each after a comma ('' when none is on): dropout,
+    Cutout, mixup, CutMix, label smoothing, the objective, torch.compile."""
+    data, optim, run = cfg.dataset, cfg.optim, cfg.run
+    parts = [
+        f"dropout {cfg.model.dropout:g}" if cfg.model.dropout else "",
+        f"Cutout {data.cutout} px" if data.cutout else "",
+        f"mixup {data.mixup:g}" if data.mixup else "",
+        f"CutMix {data.cutmix:g}" if data.cutmix else "",
+        f"label smoothing {optim.label_smoothing:g}" if optim.label_smoothing else "",
+        _objective(cfg.objective),
+        f"torch.compile ({run.compile_mode})" if run.compile else "",
+    ]
+    return "".join(f", {p}" for p in parts if p)
+
+
+def _objective(objective) -> str:
+    """``objective focal (gamma 2)``, or '' for the paper's cross-entropy."""
+    if objective.name == "cross-entropy":
+        return ""
+    options = getattr(objective, objective.name.replace("-", "_"), None)
+    given = ", ".join(
+        f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in dict(options or {}).items()
+    )
+    return f"objective {objective.name}" + (f" ({given})" if given else "")
 
 
 def _busy_cpu(device: torch.device) -> str | None:

@@ -10,6 +10,7 @@ sections in ``provenance``.
 
 from __future__ import annotations
 
+import os
 import platform
 import shlex
 import sys
@@ -64,6 +65,12 @@ def resolve(cfg: TrainConfig, *, cuda_available: bool | None = None) -> TrainCon
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()
     data, model, optim = cfg.dataset, cfg.model, cfg.optim
+    cores = os.cpu_count() or 1
+    if data.workers > max(16, 8 * cores):  # each is a process with its own copy of the transforms
+        raise ConfigError(
+            f"--workers {data.workers} is more loader processes than this machine runs well ({cores} CPU cores); "
+            f"give at most {max(16, 8 * cores)}"
+        )
     defaults = dataset_info(data.name)
 
     def unset(value, default):

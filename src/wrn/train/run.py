@@ -121,22 +121,38 @@ def _with_run(cfg: TrainConfig, updates: dict[str, Any]) -> TrainConfig:
 
 
 def _is_complete(run_dir: RunDir, checkpoint: dict[str, Any], cfg: TrainConfig) -> bool:
-    # (killed after its last checkpoint but before writing the model: it still needs finishing)
+    """The checkpoint is the run's end and the model files hold its weights. A run killed after its last
+    checkpoint but before (or while) writing its model still needs finishing, from the checkpoint."""
     done = int(checkpoint["epoch"]) >= cfg.schedule.epochs and not checkpoint["step"]
-    return done and run_dir.model_json.is_file()
+    return done and run_dir.state() == "done" and run_dir.model_epochs() == int(checkpoint["epoch"])
 
 
 def _check_extension(cfg: TrainConfig, checkpoint: dict[str, Any], epochs: int) -> None:
-    done = int(checkpoint["epoch"])
+    """``--resume --epochs N``: longer runs keep their lr drops where they are; a shorter one is refused where
+    the rule of ``--epochs`` would move the recipe's drops (or a cosine's annealing) that the run already
+    follows; never fewer epochs than trained."""
+    from wrn.train.compose import scale_milestones
+
+    done, schedule, planned = int(checkpoint["epoch"]), cfg.schedule, cfg.schedule.epochs
     if epochs < max(done, 1) or (epochs == done and checkpoint["step"]):
         raise ConfigError(
-            f"--epochs {epochs} is fewer than the {done} epochs this run has already trained; "
-            f"give at least {max(done, 1)}"
+            f"--epochs {epochs} is fewer than the {done} epochs this run has already trained; to train it "
+            f"longer, give --epochs N with N > {done}"
         )
-    if cfg.schedule.name == "cosine":
+    if schedule.name == "cosine":
         raise ConfigError(
-            "a cosine schedule cannot be extended on resume (its rate is already annealed towards 0); "
-            "start a new run with the longer schedule instead"
+            f"a cosine schedule anneals over the run's {planned} epochs, so it cannot be lengthened or shortened "
+            f"on resume; start a new run with --epochs {epochs} instead"
+        )
+    kept = [m for m in schedule.milestones if m <= epochs]
+    moved = scale_milestones(schedule.milestones, planned, epochs)
+    if epochs < planned and schedule.milestones_from == "recipe" and moved != kept:
+        listed = ", ".join(map(str, schedule.milestones)) or "none"
+        raise ConfigError(
+            f"--epochs {epochs} would shorten this {planned}-epoch run, whose lr drops (at epochs {listed}) are "
+            f"the recipe's for {planned} epochs, where a {epochs}-epoch run drops at "
+            f"{', '.join(map(str, moved)) or 'none'}; start a new run with --epochs {epochs}, or resume with "
+            f"--epochs {planned} or more"
         )
 
 
@@ -169,13 +185,20 @@ def _keep_edited_config(run_dir: RunDir, saved: dict[str, Any]) -> None:
 
 
 def _already_complete(run_dir: RunDir, checkpoint: dict[str, Any], verbose: bool) -> TrainResult:
-    """``--resume`` of a finished run: say so, draw curves.png if a kill left it out, touch nothing else."""
+    """``--resume`` of a finished run: say so, draw curves.png if a kill left it out (removing what the kill
+    left of it), touch nothing else."""
     import wrn
+    from wrn.atomic import remove_stale_temporaries
 
     epochs = int(checkpoint["epoch"])
     last = dict(checkpoint.get("last_record") or {})
-    if not run_dir.curves.exists():
-        _draw_curves(run_dir)
+    lock = run_dir.hold_lock()  # what it writes (the figure), it writes alone
+    try:
+        remove_stale_temporaries(run_dir.path)  # e.g. curves.png's, if a kill cut its drawing short
+        if not run_dir.curves.exists():
+            _draw_curves(run_dir)
+    finally:
+        lock.release()
     key, whose = ("ema_test_error", "the EMA weights' ") if "ema_test_error" in last else ("test_error", "")
     error = f" ({whose}test error {last[key]:.2f}%)" if isinstance(last.get(key), float) else ""
     _say(

@@ -65,8 +65,14 @@ class RunDir:
     lock = property(lambda self: self.path / LOCK)
 
     def state(self) -> str:
-        """``done``, ``partial``, ``unstarted``, ``other`` or ``missing`` (see the module's docstring)."""
-        if self.model_json.is_file() and self.weights.is_file():
+        """``done``, ``partial``, ``unstarted``, ``other`` or ``missing`` (see the module's docstring).
+
+        ``done`` means the model files are those of the run's end: model.json records the epochs its weights
+        trained, and they are the config's (a run killed while a longer ``--resume`` wrote its model still
+        holds the shorter run's model beside a later checkpoint: it is ``partial``, and a resume finishes it
+        from the checkpoint)."""
+        finished = self.model_json.is_file() and self.weights.is_file()
+        if finished and (not self.checkpoint.is_file() or self._model_is_the_last()):
             return "done"
         if self.checkpoint.is_file():
             return "partial"
@@ -76,6 +82,29 @@ class RunDir:
         if not entries:
             return "missing"
         return "unstarted" if all(_before_first_checkpoint(e) for e in entries) else "other"
+
+    def model_epochs(self) -> int | None:
+        """The epochs the weights of model.json trained (its ``metadata.epochs``), None if it does not say."""
+        import json
+
+        try:
+            epochs = json.loads(self.model_json.read_text(encoding="utf-8"))["metadata"]["epochs"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+
+    def _model_is_the_last(self) -> bool:
+        """Whether model.json holds the weights of the run's last epoch (the config's number of epochs);
+        true where either cannot be read (a model written by other code, a config edited beyond reading)."""
+        from wrn.errors import ConfigError
+        from wrn.train.compose import read_run_config
+
+        epochs = self.model_epochs()
+        try:
+            wanted = read_run_config(self.path).schedule.epochs if self.config.is_file() else None
+        except ConfigError:
+            wanted = None
+        return epochs is None or wanted is None or epochs == wanted
 
     def clear_unstarted(self) -> None:
         """Remove what a run killed before its first checkpoint left, so that it starts afresh."""

@@ -1,7 +1,9 @@
 """SIGINT and SIGTERM during a run: a flag the loop reads between steps, so that what was trained is saved.
 
 :func:`catch_early` is called first thing by ``wrn train`` (this module imports nothing heavy), so that a
-signal during the start-up (imports, data loading, building) is kept until the run can save and stop.
+signal during the start-up (imports, data loading, building) is kept until the run can save and stop. A
+second signal, of either kind, stops the process at once (``timeout -s TERM``'s repeat, a second Ctrl-C): a
+start-up that does not end is never beyond a signal's reach.
 """
 
 from __future__ import annotations
@@ -14,9 +16,17 @@ _pending: list[int] = []  # signals caught before a run's Signals took over
 _original: dict[int, Any] = {}  # the handlers catch_early replaced
 
 
+def _at_once(signum: int) -> None:
+    """The second signal: stop now (the CLI exits with 128 + its number, as the first would have)."""
+    from wrn.errors import Interrupted
+
+    name = signal.Signals(signum).name
+    raise Interrupted(f"{name} received a second time: stopped at once, without saving", signum)
+
+
 def _early(signum, frame) -> None:
-    if signum == signal.SIGINT and _pending:
-        raise KeyboardInterrupt
+    if _pending:
+        _at_once(signum)
     _pending.append(signum)
 
 
@@ -39,15 +49,15 @@ def release_early() -> None:
 
 
 class Signals:
-    """SIGINT / SIGTERM set a flag that the loop reads between steps; a second SIGINT stops at once."""
+    """SIGINT / SIGTERM set a flag that the loop reads between steps; a second signal stops at once."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
     def _handler(self, signum, frame) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        if self.signum is not None:
+            _at_once(signum)
         self.signum = signum
 
     def __enter__(self) -> Signals:
