@@ -21,6 +21,7 @@ SAMPLES = {
     "model.name": ("wrn-10-1", "wrn-10-1"),
     "model.dropout": ("0.3", 0.3),
     "model.bn_momentum": ("0.01", 0.01),
+    "model.init_from": ("runs/mine", "runs/mine"),
     "dataset.root": ("somewhere", "somewhere"),
     "dataset.image_size": ("32", 32),
     "dataset.workers": ("0", 0),

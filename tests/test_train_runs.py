@@ -8,8 +8,8 @@ import json
 import pytest
 import yaml
 
+from conftest import metrics, one_line_error, snapshot, wrn_here
 from conftest import run_wrn as wrn_cli
-from conftest import snapshot, wrn_here
 
 SMALL = ["--preset", "demo", "--model", "wrn-10-1", "--no-progress"]
 
@@ -168,3 +168,45 @@ def test_extending_a_run_keeps_the_milestones_it_started_with(tmp_path):
     assert (config["epochs"], config["milestones"]) == (5, [2, 3])  # not moved to 0.5, 0.73, 0.9 of 5
     lrs = [json.loads(line)["lr"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert lrs == pytest.approx([0.1, 0.02, 0.004, 0.004, 0.004])
+
+
+def test_init_from_starts_a_run_from_a_finished_run_s_weights(finished, tmp_path, capsys):
+    """--init-from: a fine-tuning run at a negligible lr starts where the finished run ended (its first epoch's
+    training loss is the finished run's last, not a fresh network's 2.3), and says so in its config."""
+    from wrn.cli import main
+
+    done, _ = finished
+    first = metrics(done)[-1]
+    out = tmp_path / "tuned"
+    args = ["train", *SMALL, "--epochs", "1", "--lr", "1e-9", "--init-from", str(done), "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    (tuned,) = metrics(out)
+    assert tuned["train_loss"] < 0.6  # a fresh network's first epoch: about 2 (the finished run's own, below)
+    assert metrics(done)[0]["train_loss"] > 1.0
+    assert abs(tuned["test_error"] - first["test_error"]) < 3.0, (tuned, first)
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"]["init_from"] == str(done)
+
+
+def test_init_from_keeps_the_network_and_replaces_the_classifier_for_other_classes(finished, capsys):
+    import torch
+
+    import wrn
+    from wrn.train.build import load_initial_weights
+    from wrn.train.compose import build_config
+
+    done, _ = finished
+    cfg = build_config("demo", overrides={"model.name": "wrn-10-1", "model.init_from": str(done)})
+    model = wrn.create_model("wrn-10-1", num_classes=3, in_channels=1)
+    head = model.fc.weight.detach().clone()
+    load_initial_weights(model, cfg)
+    theirs = wrn.load_model(done).state_dict()
+    ours = model.state_dict()
+    assert all(torch.equal(ours[k], v) for k, v in theirs.items() if not k.startswith("fc."))
+    assert ours["fc.weight"].shape == (3, 64) and torch.equal(ours["fc.weight"], head)  # its own, fresh
+    err = one_line_error(
+        capsys, "train", *SMALL, "--model", "wrn-16-1", "--init-from", done, "--out", done.parent / "x"
+    )
+    assert err == (
+        f"wrn train: error: --init-from {done} holds a wrn-10-1 (blocks_per_group 1, depth 10), not this run's "
+        "wrn-16-1 (blocks_per_group 2, depth 16); give --model wrn-10-1 or weights of a wrn-16-1"
+    )

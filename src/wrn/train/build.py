@@ -149,3 +149,43 @@ def build_model(cfg: TrainConfig, info: DatasetInfo) -> torch.nn.Module:
     if cfg.model.bn_momentum is not None:
         overrides["bn_momentum"] = cfg.model.bn_momentum
     return wrn.create_model(cfg.model.name, num_classes=info.num_classes, **overrides)
+
+
+# What may differ between a network and the weights it starts from: the classifier's size, and what changes
+# how it trains, not what it computes (dropout, BN momentum, the initialisation the weights replace).
+_FREE_FOR_INIT = ("name", "num_classes", "dropout", "bn_momentum", "init")
+
+
+def load_initial_weights(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    """``--init-from``: the weights of a finished run or a model directory into ``model``, which must be the
+    same network (one sentence names what differs); where the classes differ, ``model`` keeps its new
+    classifier. Called for a new run only (a resumed one has its own weights in its checkpoint)."""
+    from pathlib import Path
+
+    import wrn
+    from wrn.models.checked import load_state_dict_checked
+    from wrn.train.rundir import RunDir
+
+    source = cfg.model.init_from
+    if not source:
+        return
+    if RunDir(Path(source)).state() == "partial":
+        raise ConfigError(
+            f"--init-from {source} is an unfinished run; finish it with 'wrn train --resume {source}', or give "
+            "a finished run or a model directory"
+        )
+    theirs = wrn.load_model(source)
+    ours = {k: v for k, v in model.config.items() if k not in _FREE_FOR_INIT}
+    given = {k: v for k, v in theirs.config.items() if k not in _FREE_FOR_INIT}
+    if ours != given:
+        differ = sorted(k for k in set(ours) | set(given) if ours.get(k) != given.get(k))
+        raise ConfigError(
+            f"--init-from {source} holds a {theirs.config.get('name')} ({', '.join(f'{k} {given.get(k)}' for k in differ)}), "
+            f"not this run's {cfg.model.name} ({', '.join(f'{k} {ours.get(k)}' for k in differ)}); give "
+            f"--model {theirs.config.get('name')} or weights of a {cfg.model.name}"
+        )
+    state = theirs.state_dict()
+    head = theirs.config.get("num_classes") != model.config.get("num_classes")
+    if head:  # a new data set: its own classifier, as the model initialised it
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    load_state_dict_checked(model, {**model.state_dict(), **state}, source)  # (the new classifier kept)

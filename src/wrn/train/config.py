@@ -35,6 +35,14 @@ class ModelSection(Section):
     act: Literal["relu", "leaky_relu", "silu"] | None = None
     bn_momentum: float | None = Field(default=None, gt=0.0, le=1.0)
 
+    # Fine-tuning: the weights of a finished run or a model directory (wrn convert's, wrn.save_model's).
+    init_from: str | None = flagged(
+        None,
+        "--init-from",
+        "start from the weights of a finished run or a model directory (wrn train's, wrn convert's): the same "
+        "network; its classifier is replaced where the data set's classes differ",
+    )
+
     @field_validator("name")
     @classmethod
     def _known_model(cls, value: str) -> str:

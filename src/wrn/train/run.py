@@ -24,7 +24,7 @@ from wrn.seeds import stream_seed
 from wrn.train import checkpoint as ckpt
 from wrn.train import distributed as D
 from wrn.train import recipe
-from wrn.train.build import build_loaders, build_model, build_trainables, prepare_device
+from wrn.train.build import build_loaders, build_model, build_trainables, load_initial_weights, prepare_device
 from wrn.train.compose import dump_yaml, read_run_config, with_epochs
 from wrn.train.config import TrainConfig, replace, validate
 from wrn.train.epoch import Loop, end_epoch, interrupted, save, train_one_epoch
@@ -265,6 +265,8 @@ def build_loop(cfg: TrainConfig, run_dir: RunDir, dist_info: D.DistInfo, device:
     train_loader, test_loader, info = build_loaders(cfg, device, dist_info)
     _seed_all(cfg.run.seed)
     model = build_model(cfg, info)
+    if record:  # a new run: --init-from's weights (a resumed run has its own in its checkpoint)
+        load_initial_weights(model, cfg)
     if dist_info.enabled:
         _seed_all(stream_seed(cfg.run.seed, "process", dist_info.rank))
     found = {
