@@ -88,8 +88,10 @@ class RunDir:
         import json
 
         try:
+            if self.model_json.stat().st_size > 1 << 24:  # (no model description is that large: unread)
+                return None
             epochs = json.loads(self.model_json.read_text(encoding="utf-8"))["metadata"]["epochs"]
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             return None
         return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
 
