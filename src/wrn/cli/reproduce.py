@@ -117,6 +117,13 @@ def _default_out(name: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from wrn.reproduce.runner import ctrl_c_interrupts
+
+    with ctrl_c_interrupts():  # from the start: a Ctrl-C while the grid is planned stops it too
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from wrn.reproduce.experiments import get_experiment
 
     if args.experiment == "list":
