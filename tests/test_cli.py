@@ -117,6 +117,22 @@ def test_a_failed_download_from_the_command_line_leaves_no_folder(capsys, tmp_pa
     assert not (tmp_path / "deep").exists()
 
 
+def test_the_help_lists_every_experiment_and_every_checkpoint_format(capsys):
+    """The lists come from their registries: an experiment or a format added shows in the help."""
+    from wrn.models.checkpoints import FORMATS
+    from wrn.reproduce.experiments import EXPERIMENTS
+
+    def helped(*argv: str) -> str:
+        with pytest.raises(SystemExit) as done:
+            main([*argv, "--help"])
+        assert done.value.code == 0
+        return " ".join(capsys.readouterr().out.split())
+
+    assert "robustness" in FORMATS and {"cutout", "autoaugment", "sam"} <= set(EXPERIMENTS)
+    assert f"convert import a checkpoint of other code: {', '.join(FORMATS)}" in helped()
+    assert f"EXPERIMENT {', '.join(EXPERIMENTS)}, or list (which describes them)" in helped("reproduce")
+
+
 def test_convert_names_its_format_argument_alike_in_help_and_errors():
     helped = wrn_cli("convert", "--help")
     usage = " ".join(helped.stdout.split("\n\n")[0].split())
