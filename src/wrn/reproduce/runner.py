@@ -82,9 +82,11 @@ def train_args(spec: G.RunSpec) -> tuple[list[str], str]:
 
 
 def launch(
-    spec: G.RunSpec, args: list[str], env: dict[str, str], lock_fd: int, what: str
+    spec: G.RunSpec, args: list[str], env: dict[str, str], lock_fd: int, what: str, session: bool = False
 ) -> subprocess.Popen:
-    """Start ``python -m wrn ARGS`` for ``spec``, output appended to its log, dying with this process."""
+    """Start ``python -m wrn ARGS`` for ``spec``, output appended to its log, dying with this process (SIGTERM:
+    a checkpoint, then exit). ``session``: in a session and process group of its own, out of reach of what
+    kills this process's group."""
     spec.log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "wrn.reproduce.child", str(os.getpid()), "-m", "wrn", *args]
     gpu = env.get("CUDA_VISIBLE_DEVICES")
@@ -100,7 +102,18 @@ def launch(
             stderr=subprocess.STDOUT,
             env={**env, LOCK_FD_ENV: str(lock_fd)},  # the child trains under the lock taken here
             pass_fds=(lock_fd,),
+            start_new_session=session,
         )
+
+
+def launch_for_ray(
+    spec: G.RunSpec, args: list[str], env: dict[str, str], lock_fd: int, what: str
+) -> subprocess.Popen:
+    """:func:`launch` in a Ray task: when its worker dies, Ray kills the worker's process group at once
+    (SIGKILL, a fraction of a second after), which would lose the run's work since its last checkpoint; in a
+    session of its own the run gets its SIGTERM from the worker's death, saves a checkpoint and exits, and the
+    retried task resumes it."""
+    return launch(spec, args, env, lock_fd, what, session=True)
 
 
 def child_env(extra: dict[str, str]) -> dict[str, str]:
@@ -494,7 +507,7 @@ def run_ray(
                 spec = queue.popleft()
                 if tally.skip_if_done(spec):
                     continue
-                in_flight[task.remote(spec, env)] = spec
+                in_flight[task.remote(spec, env, launch_for_ray)] = spec
                 retry = " (retry)" if tally.attempts[spec.key] else ""
                 n = tally.finished + len(in_flight)
                 say(f"[{n}/{tally.total}] submitted{retry} {spec.key}: log {spec.log_path}")
