@@ -64,7 +64,7 @@ def curves_figure(
     view: Experiment, panel: str, results: list[RowResult], scaled: Scaled | None, path: Path
 ) -> Path | None:
     """One panel of Figure 2 or 3: per row, median test error (solid) and train loss (dashed), min-max bands."""
-    from matplotlib.ticker import FormatStrFormatter
+    from matplotlib.ticker import LogFormatter
 
     from wrn.train.plot import (
         COLOURS,
@@ -101,7 +101,7 @@ def curves_figure(
     mark_lr_drops(ax_loss, drops)
     finish_axes(ax_loss, ax_err, all_err, [float(e) for e in all_ep])
     for ticks in (ax_loss.yaxis.set_major_formatter, ax_loss.yaxis.set_minor_formatter):
-        ticks(FormatStrFormatter("%g"))  # 2.25, not 2.25 x 10^0, on a loss axis that spans less than a decade
+        ticks(LogFormatter(labelOnlyBase=False))  # 2.25, not 2.25 x 10^0; matplotlib's choice of ticks
     if drops:
         handles.append(lr_drop_handle())
     # below the axes: inside, it covers the curves of whichever corner it takes
