@@ -111,9 +111,11 @@ def test_bench_train_cli_prints_and_writes_the_figures_of_the_steps_it_timed(tmp
     }
     assert rows["ours"][:4] == ("20.0", "10.0", "30.0", "400.0")
     assert rows["baseline"][:4] == ("50.0", "40.0", "80.0", "160.0")
-    assert "ours / baseline: 2.50x the images/s" in stdout
     assert "torch " + torch.__version__ in stdout and "peak memory" in stdout
-    # 3 timed steps, and spreads of 3x and 2x: both sides are called unreliable, with the reasons.
+    # 3 timed steps, and spreads of 3x and 2x: both sides are called unreliable, with the reasons, and the
+    # ratio of the two is withheld (the JSON keeps it)
+    assert "ours / baseline: withheld: the timings of ours and baseline are unreliable (above)" in stdout
+    assert "2.50x" not in stdout
     assert stdout.count("UNRELIABLE (") == 2
     assert "UNRELIABLE (ours): only 3 timed steps (give --steps 5 or more)" in stdout
     assert "its steps took 10.0 to 30.0 ms, 3.0x apart (more than 1.5x" in stdout
@@ -122,6 +124,29 @@ def test_bench_train_cli_prints_and_writes_the_figures_of_the_steps_it_timed(tmp
     for line in ("ours wrn-16-1: warm-up step 1/1", "ours wrn-16-1: timed step 1/3", "ours wrn-16-1: timed step 3/3",
                  "baseline wrn-16-1: timed step 3/3"):  # fmt: skip
         assert f"  {line}\n" in stderr, stderr
+
+
+def test_the_ratio_of_steady_timings_is_printed(tmp_path, monkeypatch, capsys):
+    import wrn.bench.common as common
+
+    # ours 1 warm-up + 5 steady timed steps of 20 ms, then the baseline's 1 + 5 of 50 ms: 2.5x the images/s
+    clock = ScriptedClock([0.5, *[0.020] * 5, 0.7, *[0.050] * 5])
+    monkeypatch.setattr(common, "time", clock)
+    real_build = bench_train.build_model
+
+    def build_model(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        model.register_forward_pre_hook(clock.advance)
+        return model
+
+    monkeypatch.setattr(bench_train, "build_model", build_model)
+    rc = wrn_main([
+        "bench", "train", "--model", TINY, "--batch-size", "8", "--steps", "5", "--warmup", "1",
+        "--device", "cpu", "--num-samples", "64", "--baseline", "--baseline-workers", "0",
+    ])  # fmt: skip
+    stdout, stderr = capsys.readouterr()
+    assert rc == 0 and clock.script == [], stderr
+    assert "UNRELIABLE" not in stdout and "ours / baseline: 2.50x the images/s" in stdout
 
 
 def test_steady_timings_are_not_called_unreliable():

@@ -117,6 +117,43 @@ def test_a_failed_download_from_the_command_line_leaves_no_folder(capsys, tmp_pa
     assert not (tmp_path / "deep").exists()
 
 
+def test_the_help_lists_every_experiment_and_every_checkpoint_format(capsys):
+    """The lists come from their registries: an experiment or a format added shows in the help."""
+    from wrn.models.checkpoints import FORMATS
+    from wrn.reproduce.experiments import EXPERIMENTS
+
+    def helped(*argv: str) -> str:
+        with pytest.raises(SystemExit) as done:
+            main([*argv, "--help"])
+        assert done.value.code == 0
+        return " ".join(capsys.readouterr().out.split())
+
+    assert "robustness" in FORMATS and {"cutout", "autoaugment", "sam"} <= set(EXPERIMENTS)
+    assert f"convert import a checkpoint of other code: {', '.join(FORMATS)}" in helped()
+    assert f"EXPERIMENT {', '.join(EXPERIMENTS)}, or list (which describes them)" in helped("reproduce")
+
+
+def test_a_warning_of_torch_shows_once_however_often_it_is_given(tmp_path):
+    """More loader workers than cores: torch warns from two places of each DataLoader (and builds one per
+    epoch for the per-image policy); `wrn train` shows it on one line, once."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import WRN_ENV
+
+    one_core = min(os.sched_getaffinity(0))
+    done = subprocess.run(
+        [sys.executable, "-m", "wrn", "train", "--preset", "demo", "--model", "wrn-10-1", "--epochs", "2",
+         "--policy", "autoaugment", "--workers", "2", "--no-progress", "--out", str(tmp_path / "run")],
+        env=WRN_ENV, capture_output=True, text=True, timeout=300,
+        preexec_fn=lambda: os.sched_setaffinity(0, {one_core}),  # 2 workers for 1 core
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = [ln for ln in done.stderr.splitlines() if "This DataLoader will create 2 worker processes" in ln]
+    assert len(lines) == 1 and lines[0].startswith("warning: "), done.stderr
+
+
 def test_convert_names_its_format_argument_alike_in_help_and_errors():
     helped = wrn_cli("convert", "--help")
     usage = " ".join(helped.stdout.split("\n\n")[0].split())

@@ -78,11 +78,20 @@ def child_of_this_process(run: Path) -> int | None:
     return None
 
 
-def stop_a_grid(out: Path, signum: int) -> tuple[int, str, str]:
-    """Start the grid as a real process and send it ``signum`` once its run has trained an epoch."""
+def ignore_sigint() -> None:
+    """What a shell script does to the jobs it starts in the background: SIGINT ignored, inherited."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def stop_a_grid(out: Path, signum: int, sigint_ignored: bool = False) -> tuple[int, str, str]:
+    """Start the grid as a real process and send it ``signum`` once its run has trained an epoch;
+    ``sigint_ignored``: started as a background job of a script starts it, with SIGINT ignored."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "wrn", *grid(out)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=ignore_sigint if sigint_ignored else None,
+    )  # fmt: skip
     start = time.monotonic()
     while not epochs_of(out / ROW / "seed-0"):
         assert proc.poll() is None, proc.communicate()
@@ -133,9 +142,12 @@ def test_sigterm_stops_the_grid_and_its_run_saves_a_checkpoint(sigterm):
     assert_stopped(out, signal.SIGTERM, result)
 
 
-def test_ctrl_c_stops_the_grid_the_same_way(tmp_path):
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+def test_ctrl_c_stops_the_grid_the_same_way(tmp_path, inherited):
+    # "ignored": a grid started in the background by a script gets SIGINT ignored; its runs stop on Ctrl-C
+    # whatever they inherit, so the grid must too (it once trained on to the end and exited 0)
     out = tmp_path / "t3"
-    assert_stopped(out, signal.SIGINT, stop_a_grid(out, signal.SIGINT))
+    assert_stopped(out, signal.SIGINT, stop_a_grid(out, signal.SIGINT, sigint_ignored=inherited == "ignored"))
 
 
 # --------------------------------------------------------------------------------------------- outcomes

@@ -14,6 +14,7 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import md_table
@@ -290,3 +291,156 @@ def test_steady_speed_figures_carry_no_warning(tmp_path, capsys):
     assert wrn_main(["report", str(bench), "--out", str(tmp_path / "r")]) == 0
     capsys.readouterr()
     assert "nreliable" not in (tmp_path / "r" / "report.md").read_text()
+
+
+# --------------------------------------------------------------------------------------------- figures
+
+
+def digits_overrides(epochs: int):
+    from wrn.reproduce import grid as G
+
+    return G.Overrides(("--dataset", "digits", "--epochs", str(epochs)),
+                       {"dataset.name": "digits", "schedule.epochs": epochs},
+                       {"dataset": "digits", "data_dir": None, "epochs": epochs, "image_size": None, "set": []})  # fmt: skip
+
+
+def digits_grid(out: Path, experiment: str, errors: dict[str, list[list[float]]]) -> None:
+    """A grid of ``experiment`` on digits whose rows have run: row name -> each seed's test error per epoch."""
+    from wrn.reproduce import grid as G
+    from wrn.reproduce.experiments import EXPERIMENTS
+
+    epochs = max(len(e) for seeds in errors.values() for e in seeds)
+    runs = max(len(seeds) for seeds in errors.values())
+    G.write_experiment(G.make_plan(experiment, out, runs, digits_overrides(epochs)), None)
+    rows = {r.name: r for e in EXPERIMENTS.values() for r in e.rows}
+    for name, seeds in errors.items():
+        for seed, errs in enumerate(seeds):
+            cfg = scaled_config(rows[name].model, rows[name].dataset, seed)
+            cfg["schedule"].update(epochs=epochs, milestones=[])
+            write_run(out / name / f"seed-{seed}", cfg, errs, 1.0, len(errs) == epochs)
+
+
+@pytest.fixture
+def drawn(monkeypatch) -> dict:
+    """The matplotlib figures that `wrn report` saves (each still written), by file name, drawn."""
+    import wrn.train.plot as plot
+
+    figures: dict = {}
+    save = plot.save_figure
+
+    def keep(fig, out):
+        written = save(fig, out)
+        figures[Path(out).name] = fig
+        return written
+
+    monkeypatch.setattr(plot, "save_figure", keep)
+    return figures
+
+
+def laid_out(fig):
+    """The figure drawn as it was saved (its layout done): the renderer that measures its parts."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def data_lines(fig) -> list:
+    """Every line of the figure's axes that draws data (not the dotted lr drops), with its axes."""
+    return [
+        (ax, ln)
+        for ax in fig.axes
+        for ln in ax.get_lines()
+        if len(ln.get_xdata()) and ln.get_linestyle() != ":"
+    ]
+
+
+F3_THIN, F3_WIDE = ("svhn-wrn-52-1", "svhn-wrn-52-1-dropout"), ("svhn-wrn-16-4", "svhn-wrn-16-4-dropout")
+
+
+def test_runs_of_one_epoch_are_drawn_as_points_with_their_range(tmp_path, capsys, drawn):
+    out = tmp_path / "t6"
+    digits_grid(out, "figure3", {name: [[80.0], [70.0]] for name in F3_THIN + F3_WIDE})
+    assert wrn_main(["report", str(out), "--out", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    fig = drawn["figure3-svhn-thin-wrn-52-1.png"]
+    lines = data_lines(fig)
+    assert len(lines) >= 4  # test error and training loss of both rows
+    for _, line in lines:  # a line through one point draws nothing: each such point has a marker
+        assert len(line.get_xdata()) > 1 or line.get_marker() not in (None, "None", "", " "), line
+    ax_err = fig.axes[1]
+    whiskers = [seg for c in ax_err.collections for seg in c.get_segments()]
+    assert sorted((round(s[:, 1].min()), round(s[:, 1].max())) for s in whiskers) == [(70, 80), (70, 80)]
+
+
+def test_the_legend_of_the_curves_covers_none_of_them(tmp_path, capsys, drawn):
+    out = tmp_path / "t6"
+    high = [[88.0, 89.0, 90.0, 90.0], [86.0, 88.0, 89.0, 90.0]]  # the curves run along the top right
+    digits_grid(out, "figure3", {name: high for name in F3_THIN + F3_WIDE})
+    assert wrn_main(["report", str(out), "--out", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    for name in ("figure3-svhn-thin-wrn-52-1.png", "figure3-svhn-wide-wrn-16-4.png"):
+        fig = drawn[name]
+        renderer = laid_out(fig)
+        legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+        assert len(legends) == 1
+        box = legends[0].get_window_extent(renderer)
+        for _, line in data_lines(fig):
+            xy = line.get_xydata()
+            dense = [
+                a + (b - a) * t / 20 for a, b in zip(xy[:-1], xy[1:], strict=True) for t in range(21)
+            ] or list(xy)
+            shown = line.get_transform().transform(dense)
+            assert not any(box.contains(x, y) for x, y in shown), (name, line.get_label())
+
+
+def cutout_chart(tmp_path: Path, capsys, drawn):
+    """The chart of a Cutout grid scaled to digits, as `wrn report` drew it: its CIFAR-10 and CIFAR-100 rows
+    both trained on digits."""
+    out = tmp_path / "cutout"
+    digits_grid(out, "cutout", {
+        "cifar10-wrn-28-10-cutout-baseline": [[30.0, 20.0]], "cifar10-wrn-28-10-cutout": [[25.0, 15.0]],
+        "cifar100-wrn-28-10-cutout-baseline": [[32.0, 21.0]], "cifar100-wrn-28-10-cutout": [[26.0, 16.0]],
+    })  # fmt: skip
+    assert wrn_main(["report", str(out), "--out", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    return drawn["cutout-vs-paper.png"]
+
+
+def test_the_chart_of_a_scaled_grid_names_each_row_once(tmp_path, capsys, drawn):
+    (ax,) = cutout_chart(tmp_path, capsys, drawn).axes
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert len(set(labels)) == 4, labels
+    assert "WRN-28-10 + dropout (CIFAR-100 → digits)" in labels
+
+
+def test_the_title_of_a_chart_fits_its_figure(tmp_path, capsys, drawn):
+    fig = cutout_chart(tmp_path, capsys, drawn)
+    renderer = laid_out(fig)
+    titles = [t for t in (fig._suptitle, fig.axes[0].title) if t is not None and t.get_text()]
+    assert len(titles) == 1 and "SCALED DOWN" in titles[0].get_text()
+    box = titles[0].get_window_extent(renderer)
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height  # nothing cut off
+
+
+def test_two_grids_of_one_experiment_get_headings_that_tell_them_apart(tmp_path, capsys):
+    for name, errors in (("short", [[80.0]]), ("long", [[80.0, 60.0, 40.0]])):
+        digits_grid(tmp_path / name, "figure3", {row: errors for row in F3_THIN + F3_WIDE})
+    assert (
+        wrn_main(["report", str(tmp_path / "short"), str(tmp_path / "long"), "--out", str(tmp_path / "r")])
+        == 0
+    )
+    capsys.readouterr()
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert re.findall(r"^## .*$", text, re.M) == [  # each grid's figure right after its table
+        "## Table 6 (the runs of figure3) in short — scaled down",
+        "## Figure 3 in short — scaled down",
+        "## Table 6 (the runs of figure3) in long — scaled down",
+        "## Figure 3 in long — scaled down",
+    ]
+    one = tmp_path / "only"
+    digits_grid(one, "figure3", {row: [[80.0]] for row in F3_THIN + F3_WIDE})
+    assert wrn_main(["report", str(one), "--out", str(tmp_path / "r1")]) == 0
+    capsys.readouterr()  # a grid alone keeps the plain heading
+    assert "## Table 6 (the runs of figure3) — scaled down" in (tmp_path / "r1" / "report.md").read_text()

@@ -670,13 +670,15 @@ def test_a_local_ray_instance_runs_a_grid_two_runs_at_once(tmp_path):
     assert not pids_with(str(out))  # Ray's workers are gone, and their runs with them
 
 
-@pytest.mark.slow
-def test_a_ray_worker_that_dies_has_its_run_retried_and_resumed(tmp_path):
+def kill_a_ray_worker(tmp_path: Path, epochs: int, *options: str) -> tuple[Path, str]:
+    """A Table 3 run on Ray whose worker is killed (SIGKILL) once the run has trained an epoch: the run's folder
+    and log, after the grid's command ended well. Before the kill, the run leads a process group of its own:
+    Ray kills a dead worker's group at once (SIGKILL), before a run there could save a checkpoint."""
     pytest.importorskip("ray")
     out = tmp_path / "ray"
     run = out / ROW / "seed-0"
-    args = ["reproduce", "table3", "--dataset", "digits", "--epochs", "3", "--runs", "1", "--rows", ROW,
-            "--ray", "local", "--out", str(out)]  # fmt: skip
+    args = ["reproduce", "table3", "--dataset", "digits", "--epochs", str(epochs), "--runs", "1", "--rows", ROW,
+            *options, "--ray", "local", "--out", str(out)]  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "wrn", *args], env=ENV, stdout=subprocess.PIPE, text=True)
     start = time.monotonic()
     while epochs_logged(run) < 1:
@@ -684,10 +686,25 @@ def test_a_ray_worker_that_dies_has_its_run_retried_and_resumed(tmp_path):
         time.sleep(0.05)
     (child,) = pids_with(str(run))
     worker = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert os.getpgid(child) == child != os.getpgid(worker)
     os.kill(worker, signal.SIGKILL)  # the Ray worker that runs the task, not the run itself
-    stdout, _ = proc.communicate(timeout=300)
+    stdout, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, stdout
     assert "1 of 1 runs done (1 trained now, 0 before), 0 failed" in stdout
     log = (out / "logs" / f"{ROW}-seed-0.log").read_text()
+    # the run got the SIGTERM of its parent's death, saved a checkpoint, and the retried task resumed it
     assert "SIGTERM received: checkpoint saved" in log and "=== wrn reproduce: resume" in log
-    assert [r["epoch"] for r in metrics(run)] == [1, 2, 3]
+    assert [r["epoch"] for r in metrics(run)] == list(range(1, epochs + 1))
+    assert f"epoch 1/{epochs} " not in log.split("=== wrn reproduce: resume")[1]  # not trained again
+    return run, log
+
+
+def test_a_ray_worker_that_dies_has_its_run_retried_and_resumed(tmp_path):
+    kill_a_ray_worker(tmp_path, 8, "--set", "model.name=wrn-10-1")  # 8 epochs of about 0.4 s
+
+
+@pytest.mark.slow
+def test_a_ray_worker_that_dies_during_long_steps_loses_no_epoch(tmp_path):
+    # WRN-40-2-l1 steps take seconds: Ray's kill of the worker's group came first, the checkpoint of the
+    # epoch was never written and the retry trained the run from its start again
+    kill_a_ray_worker(tmp_path, 2)

@@ -159,3 +159,78 @@ def test_the_report_sets_ours_beside_each_papers_figure(tmp_path, capsys):
         c = cells[(row.label, title)]
         assert (float(c[2]), float(c[3])) == (row.paper_error, ours[row.name])
         assert c[6] == f"{ours[row.name] - row.paper_error:+.2f}"
+
+
+# --------------------------------------------------------------------------------------------- scaled down
+
+RECIPE_HOLES = {"cutout": {"cifar10": 16, "cifar100": 8}, "autoaugment": {"cifar10": 16, "cifar100": 16},
+                "sam": {"cifar10": 16, "cifar100": 16}}  # fmt: skip
+
+
+def dry_run_configs(capsys, *args: str) -> tuple[str, dict[str, dict]]:
+    """`wrn reproduce ... --dry-run` in this process: its first line and each run's config as printed."""
+    from conftest import wrn_here
+
+    done = wrn_here(capsys, "reproduce", *args, "--dry-run")
+    assert done.returncode == 0, done.stderr
+    parts = re.split(r"^# (\S+)/seed-\d+: .*$", done.stdout, flags=re.M)
+    return parts[0].strip(), {
+        row: yaml.safe_load(text) for row, text in zip(parts[1::2], parts[2::2], strict=True)
+    }
+
+
+@pytest.mark.parametrize("name", ["cutout", "autoaugment", "sam"])
+def test_a_grid_scaled_to_the_digits_keeps_cutouts_share_of_the_image(name, tmp_path, capsys):
+    head, configs = dry_run_configs(capsys, name, "--dataset", "digits", "--out", str(tmp_path / name))
+    assert set(configs) == {r.name for r in E.get_experiment(name).runnable_rows}
+    for row in E.get_experiment(name).runnable_rows:
+        data = configs[row.name]["dataset"]
+        recipe = build_config(None, row.config(0)).dataset
+        # 16 px of a 32 px side is 4 of the digits' 8, 8 px is 2; no hole stays none; the policy is kept
+        assert data["cutout"] == (RECIPE_HOLES[name][row.dataset] // 4 if recipe.cutout else 0), row.name
+        assert (data["name"], data["policy"]) == ("digits", recipe.policy)
+    holes = sorted({f"dataset.cutout={h // 4}" for h in RECIPE_HOLES[name].values()})
+    assert all(f"{h}" in head for h in holes) and head.startswith(f"# {name}: ") and "scaled down (" in head
+    # A hole the user gives is theirs: kept as given, on every row
+    _, configs = dry_run_configs(capsys, name, "--dataset", "digits", "--set", "dataset.cutout=3",
+                                 "--out", str(tmp_path / f"{name}-3"))  # fmt: skip
+    assert {c["dataset"]["cutout"] for c in configs.values()} == {3}
+    # The recipe's own images: nothing moves
+    _, configs = dry_run_configs(capsys, name, "--epochs", "2", "--out", str(tmp_path / f"{name}-cifar"))
+    assert {r: c["dataset"]["cutout"] for r, c in configs.items()} == {
+        r.name: build_config(None, r.config(0)).dataset.cutout for r in E.get_experiment(name).runnable_rows
+    }
+
+
+def train_scaled_sam(tmp_path, rows: list[str]) -> dict[str, float]:
+    """`wrn reproduce sam --dataset digits --epochs 2 --runs 1` of ``rows`` with WRN-10-1 in a real process,
+    then its report: each row's test error, and the report's list of what was scaled."""
+    from conftest import run_wrn
+
+    out = tmp_path / "sam"
+    done = run_wrn("reproduce", "sam", "--dataset", "digits", "--epochs", "2", "--runs", "1", "--rows",
+                   ",".join(rows), "--set", "model.name=wrn-10-1", "--set", "dataset.workers=0", "--out", out,
+                   timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    errors = {}
+    for row in rows:
+        records = [json.loads(x) for x in (out / row / "seed-0" / "metrics.jsonl").read_text().splitlines()]
+        errors[row] = records[-1]["test_error"]
+    report = run_wrn("report", out, "--out", tmp_path / "r")
+    assert report.returncode == 0, report.stderr
+    assert "Cutout (px) 16 → 4" in (tmp_path / "r" / "report.md").read_text()
+    return errors
+
+
+def test_a_scaled_grid_of_cutout_and_autoaugment_rows_trains_above_chance(tmp_path):
+    # chance on the digits is 90% error; with the recipe's 16 px hole on the 8x8 images these ended at 90.28%
+    rows = ["cifar10-wrn-28-10-sam-cutout", "cifar100-wrn-28-10-sam-autoaugment-sgd"]
+    errors = train_scaled_sam(tmp_path, rows)
+    assert all(err < 60 for err in errors.values()), errors
+
+
+@pytest.mark.slow
+def test_every_row_of_the_scaled_sam_grid_trains_above_chance(tmp_path):
+    rows = [r.name for r in E.get_experiment("sam").runnable_rows]
+    errors = train_scaled_sam(tmp_path, rows)
+    assert all(err < 60 for err in errors.values()), errors

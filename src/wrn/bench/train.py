@@ -548,20 +548,39 @@ def format_report(result: dict[str, Any]) -> str:
             f"{r['tflops']:>9.3f} {_bytes(r['peak_memory_bytes']):>12}"
         )
     lines.append(f"peak memory: {result['ours']['memory_kind']}")
+    flagged = []
     for label, r in rows:
         why = unreliable(r["ms_min"], r["ms_max"], r["steps"])
         if why:
             lines.append(f"UNRELIABLE ({label}): {why}")
+            flagged.append(label)
     if result["baseline"]:
         b = result["baseline"]["loader"]
         lines.append(
             f"baseline: eager fp32 NCHW, {' + '.join(b['transforms'])} per sample through a DataLoader "
             f"({b['workers']} workers; {b['images']:,} images in {b['batches']} batches), plain SGD step"
         )
-        lines.append(f"ours / baseline: {result['speedup']:.2f}x the images/s")
+        lines.append(
+            ratio_line("ours / baseline", f"{result['speedup']:.2f}x the images/s", "baseline", flagged)
+        )
     if result.get("plain"):
         lines.append(
-            f"ours / plain (the same step without the options, interleaved): {result['cost_vs_plain']:.2f}x "
-            "the time per step"
+            ratio_line(
+                "ours / plain (the same step without the options, interleaved)",
+                f"{result['cost_vs_plain']:.2f}x the time per step",
+                "plain",
+                flagged,
+            )
         )
     return "\n".join(lines)
+
+
+def ratio_line(name: str, value: str, other: str, flagged: list[str]) -> str:
+    """``name: value``, or why the ratio is withheld: a side whose timings are unreliable makes it so too."""
+    bad = [side for side in ("ours", other) if side in flagged]
+    if not bad:
+        return f"{name}: {value}"
+    return (
+        f"{name}: withheld: the timings of {' and '.join(bad)} are unreliable (above), so their ratio would be "
+        "too; time it again on an idle machine"
+    )

@@ -77,15 +77,30 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
+def _once(show):
+    """``warnings.showwarning`` that shows each text once per command, whatever line it came from: torch's
+    DataLoader gives its warning of too many workers from two places of each loader."""
+    seen: set[str] = set()
+
+    def show_once(message, category, filename, lineno, file=None, line=None):
+        text = f"{category.__name__}: {message}"
+        if text not in seen:
+            seen.add(text)
+            show(message, category, filename, lineno, file, line)
+
+    return show_once
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
-    shown = warnings.formatwarning
+    formatted, shown = warnings.formatwarning, warnings.showwarning
     warnings.formatwarning = _one_line_warning
+    warnings.showwarning = _once(shown)
     try:
         return _main(argv)
     finally:
-        warnings.formatwarning = shown
+        warnings.formatwarning, warnings.showwarning = formatted, shown
 
 
 def _main(argv: list[str] | None) -> int:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from wrn.errors import ConfigError
+from wrn.reproduce.experiments import EXPERIMENTS
 from wrn.train.options import BY_KEY, add_options, command_keys
 from wrn.train.rundir import RunDir
 
@@ -20,7 +21,8 @@ def register(subparsers) -> None:
         "reproduce",
         help="run a table or figure of the paper as a resumable grid of runs (locally or on Ray)",
         description=(
-            "Run one of the paper's experiments (`wrn reproduce list` shows them) as a grid of ordinary "
+            "Run one of the paper's experiments, or one of today's recipes beside its paper (`wrn reproduce "
+            "list` shows them), as a grid of ordinary "
             "`wrn train` runs in OUT/<row>/seed-<s>. Running the same command again skips finished runs, "
             "resumes partial ones and retries failed ones once. `wrn report OUT` sets the results beside the "
             "paper's. Figures 2 and 3 are drawn from the runs of Tables 5 and 6: by default they use the same "
@@ -28,7 +30,9 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument(
-        "experiment", metavar="EXPERIMENT", help="table2 ... table9, figure2, figure3, figure4, or list"
+        "experiment",
+        metavar="EXPERIMENT",
+        help=f"{', '.join(EXPERIMENTS)}, or list (which describes them)",
     )
     g = p.add_argument_group("the grid")
     g.add_argument(
@@ -117,6 +121,13 @@ def _default_out(name: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from wrn.reproduce.runner import ctrl_c_interrupts
+
+    with ctrl_c_interrupts():  # from the start: a Ctrl-C while the grid is planned stops it too
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from wrn.reproduce.experiments import get_experiment
 
     if args.experiment == "list":

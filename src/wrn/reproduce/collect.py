@@ -161,10 +161,15 @@ class Section:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # figures that are not to be trusted, and why
     order: tuple = (0,)  # the paper's order: tables by number, each figure after the table it is drawn from
+    where: str = ""  # the grid's folder, where two grids of one experiment would give the same heading
 
     @property
     def heading(self) -> str:
-        return self.title + (" — scaled down" if self.scaled else "")
+        return (
+            self.title
+            + (f" in {self.where}" if self.where else "")
+            + (" — scaled down" if self.scaled else "")
+        )
 
 
 @dataclass
@@ -348,6 +353,14 @@ class RowResult:
     def dataset_title(self) -> str:
         trained = self.trained_dataset or self.row.dataset
         return DATASET_TITLES.get(trained, trained)
+
+    @property
+    def dataset_label(self) -> str:
+        """The data set the runs trained on, after the paper's where a scaled grid changed it: "CIFAR-100 →
+        digits", so that the rows of two data sets scaled to one stay apart."""
+        paper = DATASET_TITLES.get(self.row.dataset, self.row.dataset)
+        trained = self.dataset_title
+        return paper if trained == paper else f"{paper} → {trained}"
 
     @property
     def params(self) -> int | None:

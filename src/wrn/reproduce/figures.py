@@ -41,10 +41,31 @@ def title_of(main: str, scaled: Scaled | None, width: int = 70) -> str:
     return f"{main}, SCALED DOWN\n{details}"
 
 
+def _draw_series(ax, x, median, lo, hi, colour: str, style: dict, band_alpha: float = 0.18):
+    """A median as a line and its min-max as a band; where the runs have one epoch, a marker with a min-max
+    whisker (a line through one point draws nothing). Returns the legend's handle of the median."""
+    if len(x) > 1:
+        (handle,) = ax.plot(x, median, color=colour, **style)
+        if lo != hi:
+            ax.fill_between(x, lo, hi, color=colour, alpha=band_alpha, linewidth=0)
+        return handle
+    point = {k: v for k, v in style.items() if k != "linestyle"} | {"marker": "o", "markersize": 7}
+    if lo == hi:
+        (handle,) = ax.plot(x, median, color=colour, **point)
+        return handle
+    whisker = [
+        [m - a for m, a in zip(median, lo, strict=True)],
+        [b - m for m, b in zip(median, hi, strict=True)],
+    ]
+    return ax.errorbar(x, median, yerr=whisker, color=colour, capsize=4, **point)
+
+
 def curves_figure(
     view: Experiment, panel: str, results: list[RowResult], scaled: Scaled | None, path: Path
 ) -> Path | None:
     """One panel of Figure 2 or 3: per row, median test error (solid) and train loss (dashed), min-max bands."""
+    from matplotlib.ticker import LogFormatter
+
     from wrn.train.plot import (
         COLOURS,
         finish_axes,
@@ -68,24 +89,24 @@ def curves_figure(
             continue
         colour = COLOURS[i % len(COLOURS)]
         ep, med, lo, hi = series(runs, "test_error")
-        lep, lmed, llo, lhi = series(runs, "train_loss")
         final = f"{med[-1]:.2f}%" if med else ""
         label = f"{res.row.label}: {final} (n={len(runs)})"
-        (h,) = ax_err.plot(ep, med, color=colour, linewidth=1.8, label=label)
-        if len(runs) > 1:
-            ax_err.fill_between(ep, lo, hi, color=colour, alpha=0.18, linewidth=0)
-            ax_loss.fill_between(lep, llo, lhi, color=colour, alpha=0.10, linewidth=0)
-        ax_loss.plot(lep, lmed, color=colour, linewidth=1.3, linestyle="--", alpha=0.9)
-        handles.append(h)
+        handles.append(_draw_series(ax_err, ep, med, lo, hi, colour, dict(linewidth=1.8, label=label)))
+        lep, lmed, llo, lhi = series(runs, "train_loss")
+        loss_style = dict(linewidth=1.3, linestyle="--", alpha=0.9, markerfacecolor="none")
+        _draw_series(ax_loss, lep, lmed, llo, lhi, colour, loss_style, band_alpha=0.10)
         all_err += hi
         all_ep += ep
         drops += lr_drop_epochs(runs[0].records)
     mark_lr_drops(ax_loss, drops)
     finish_axes(ax_loss, ax_err, all_err, [float(e) for e in all_ep])
+    for ticks in (ax_loss.yaxis.set_major_formatter, ax_loss.yaxis.set_minor_formatter):
+        ticks(LogFormatter(labelOnlyBase=False))  # 2.25, not 2.25 x 10^0; matplotlib's choice of ticks
     if drops:
         handles.append(lr_drop_handle())
-    ax_err.legend(handles=handles, loc="upper right", fontsize=9, framealpha=0.9,
-                  title="median test error (band: min–max)", title_fontsize=9)  # fmt: skip
+    # below the axes: inside, it covers the curves of whichever corner it takes
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(3, len(handles)), fontsize=9,
+               frameon=False, title="median test error (band: min–max)", title_fontsize=9)  # fmt: skip
     return save_figure(fig, path)
 
 
@@ -98,13 +119,13 @@ def table_figure(exp: Experiment, results: list[RowResult], scaled: Scaled | Non
     shown = [r for r in results if r.row.paper_error is not None or r.errors]
     if not any(r.errors for r in shown):
         return None
+    labels = [f"{res.row.label} ({res.dataset_label})" for res in shown]  # the data set trained, scaled too
     height = 1.8 + 0.32 * len(shown)
-    fig = MplFigure(figsize=(6.4, height), dpi=DPI, layout="constrained")
+    width = max(6.4, 4.0 + 0.07 * max(map(len, labels)))  # long labels leave the axes at least 4 inches
+    fig = MplFigure(figsize=(width, height), dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
-    labels = []
     for i, res in enumerate(shown):
         y = len(shown) - 1 - i
-        labels.append(f"{res.row.label} ({res.dataset_title})")  # the data set trained, a scaled grid's too
         if res.row.paper_error is not None:
             ax.plot(res.row.paper_error, y, marker="o", markersize=7, markerfacecolor="none",
                     markeredgecolor=COLOURS[1], markeredgewidth=1.6, linestyle="none")  # fmt: skip
@@ -125,7 +146,8 @@ def table_figure(exp: Experiment, results: list[RowResult], scaled: Scaled | Non
         Line2D([], [], marker="D", color=COLOURS[0], linewidth=2.2, label="ours: median, min–max"),
     ]  # fmt: skip
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=9, frameon=False)
-    ax.set_title(
+    # over the whole figure, not the axes: long row labels leave the axes too narrow for a scaled grid's title
+    fig.suptitle(
         title_of(f"{exp.title}: ours vs the paper", scaled, width=62), fontsize=11 if scaled is None else 9
     )
     return save_figure(fig, path)

@@ -166,6 +166,26 @@ def _config_text(exp: Experiment, row: Row, seed: int, cfg: Any) -> str:
     return head + dump_yaml(cfg)
 
 
+def fit_to_images(row: Row, cfg: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's settings in pixels moved to the side of the images a run trains on, as dotted keys: a
+    Cutout hole keeps its share of the side (16 of 32 becomes 4 of 8; a 16 px hole covers the 8x8 digits and
+    the runs train at chance). Values the grid's overrides ``given`` set are kept as they are, and nothing
+    changes where the side is the recipe's or not known.
+
+    The per-image policies are kept: measured on the digits (docs/reproduce.md, *Scaling down*), each of the
+    recipes' three trains as well on 8x8 images as without a policy, so a scaled grid runs the recipe's code.
+    The crop's padding needs nothing: a data set of another side brings its own augmentation, and the
+    digits' has no crop."""
+    from wrn.data.registry import dataset_info
+
+    recipe = dataset_info(row.dataset).image_size
+    side = cfg.dataset.image_size or dataset_info(cfg.dataset.name).image_size
+    hole = cfg.dataset.cutout
+    if not hole or "dataset.cutout" in given or not recipe or not side or side == recipe:
+        return {}
+    return {"dataset.cutout": max(1, round(hole * side / recipe))}
+
+
 def _scaling(plain: dict[str, Any], scaled: dict[str, Any]) -> list[str]:
     """The settings in which a grid's run differs from its row's recipe, as ``key=value``, except those that
     say how or where it trains (the fields marked ``how``)."""
@@ -236,6 +256,9 @@ def make_plan(
             root_cache[row.base] = _base_root(row.base)
         data = _run_config(base, row, spec.seed, root_cache[row.base])
         cfg = build_config(None, data, dict(overrides.values))
+        fitted = fit_to_images(row, cfg, overrides.values)
+        if fitted:
+            cfg = build_config(None, data, {**fitted, **overrides.values})
         configs[spec.key] = _config_text(base, row, spec.seed, cfg)
         resolved[spec.key] = cfg
         if spec.seed == seeds[0]:

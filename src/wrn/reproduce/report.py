@@ -352,9 +352,27 @@ def collect_report(paths: list[Path], out_dir: Path) -> Report:
             sections += grid_sections(src, out_dir, used)
         else:
             sections.append(bench_section(src, src.parent, out_dir, _unique("figure4", used)))
-    sections.sort(key=lambda s: s.order)  # stable: grids of one experiment keep the order given
+    # the paper's order; two grids of one experiment in the order given, each with its figures after it
+    given = {src: i for i, src in enumerate(dict.fromkeys(s.source for s in sections))}
+    sections.sort(key=lambda s: (s.order[0], given[s.source], s.order[1:]))
+    name_the_grids(sections)
     stamp = datetime.now().strftime("%Y-%m-%d %H:%M")
     return Report(TITLE, f"Written by wrn report on {stamp}. {INTRO}", sections)
+
+
+def name_the_grids(sections: list[Section]) -> None:
+    """Sections that would read the same (two grids of Table 6, say) get their grid's folder in the heading:
+    its name, or its whole path where two folders have the same name."""
+    same: dict[str, list[Section]] = {}
+    for section in sections:
+        same.setdefault(section.heading, []).append(section)
+    for group in same.values():
+        folders = {s.source for s in group}
+        if len(folders) < 2:
+            continue
+        names = {s.source.name for s in group}
+        for section in group:
+            section.where = section.source.name if len(names) == len(folders) else str(section.source)
 
 
 def write_report(paths: list[str | Path], out_dir: str | Path | None = None) -> Path:

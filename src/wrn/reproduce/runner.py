@@ -14,6 +14,7 @@ no two processes ever train one run, whatever was killed in between.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import os
 import shutil
@@ -24,7 +25,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -39,6 +40,7 @@ from wrn.train.rundir import LOCK_FD_ENV, RunDir, RunLock
 ATTEMPTS = 2
 POLL_S = 0.05  # how often running children are checked: the orchestrator adds at most this per run
 BUSY_RETRY_S = 1.0  # how often a run locked by another process is looked at again
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # either one stops a grid: each run checkpoints and stops
 
 
 @dataclass
@@ -80,9 +82,11 @@ def train_args(spec: G.RunSpec) -> tuple[list[str], str]:
 
 
 def launch(
-    spec: G.RunSpec, args: list[str], env: dict[str, str], lock_fd: int, what: str
+    spec: G.RunSpec, args: list[str], env: dict[str, str], lock_fd: int, what: str, session: bool = False
 ) -> subprocess.Popen:
-    """Start ``python -m wrn ARGS`` for ``spec``, output appended to its log, dying with this process."""
+    """Start ``python -m wrn ARGS`` for ``spec``, output appended to its log, dying with this process (SIGTERM:
+    a checkpoint, then exit). ``session``: in a session and process group of its own, out of reach of what
+    kills this process's group."""
     spec.log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "wrn.reproduce.child", str(os.getpid()), "-m", "wrn", *args]
     gpu = env.get("CUDA_VISIBLE_DEVICES")
@@ -98,7 +102,18 @@ def launch(
             stderr=subprocess.STDOUT,
             env={**env, LOCK_FD_ENV: str(lock_fd)},  # the child trains under the lock taken here
             pass_fds=(lock_fd,),
+            start_new_session=session,
         )
+
+
+def launch_for_ray(
+    spec: G.RunSpec, args: list[str], env: dict[str, str], lock_fd: int, what: str
+) -> subprocess.Popen:
+    """:func:`launch` in a Ray task: when its worker dies, Ray kills the worker's process group at once
+    (SIGKILL, a fraction of a second after), which would lose the run's work since its last checkpoint; in a
+    session of its own the run gets its SIGTERM from the worker's death, saves a checkpoint and exits, and the
+    retried task resumes it."""
+    return launch(spec, args, env, lock_fd, what, session=True)
 
 
 def child_env(extra: dict[str, str]) -> dict[str, str]:
@@ -238,6 +253,37 @@ def visible_gpus() -> list[str]:
 # --------------------------------------------------------------------------------------------- locally
 
 
+@contextlib.contextmanager
+def signals_to(record: Callable[[int], None]) -> Iterator[None]:
+    """While the grid runs, SIGINT and SIGTERM are handed to ``record`` (the loop reads what it holds between
+    its checks), whatever this process inherited: a command started with SIGINT ignored (a background job of
+    a shell script) stops on Ctrl-C as its runs do, and no signal arrives as an exception in the middle of
+    the bookkeeping. The handlers it replaced are put back at the end."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, lambda signum, frame: record(signum)) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+@contextlib.contextmanager
+def ctrl_c_interrupts() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt for as long as the command runs, even when it was started with SIGINT
+    ignored: `wrn train` stops on it whatever it inherited, so the command that starts the runs must too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+
+
 class _LocalGrid:
     """Runs :func:`execute` in a pool of ``jobs`` threads, each waiting on its run's child process.
 
@@ -261,20 +307,17 @@ class _LocalGrid:
         self.told_waiting = False
 
     def run(self) -> Summary:
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: self.stop.append(signum))
         pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="wrn-run")
         try:
-            try:
-                while (self.queue or self.futures or self.waiting) and not self.stop:
-                    self._start_ready(pool)
-                    self._collect()
-                    self._look_at_waiting()
-            except KeyboardInterrupt:
-                self.stop.append(signal.SIGINT)
-            finally:
-                signal.signal(signal.SIGTERM, previous)
-                if self.futures:
-                    self._stop_all()
+            with signals_to(self.stop.append):
+                try:
+                    while (self.queue or self.futures or self.waiting) and not self.stop:
+                        self._start_ready(pool)
+                        self._collect()
+                        self._look_at_waiting()
+                finally:
+                    if self.futures:
+                        self._stop_all()
         finally:
             pool.shutdown(wait=True)
         if self.stop:
@@ -314,7 +357,7 @@ class _LocalGrid:
             if self.waiting:
                 time.sleep(POLL_S)
             return
-        ended, _ = wait(self.futures, timeout=None if stopping else POLL_S, return_when=FIRST_COMPLETED)
+        ended, _ = wait(self.futures, timeout=POLL_S, return_when=FIRST_COMPLETED)
         for future in sorted(ended, key=lambda f: self.futures[f][1]):
             spec, slot = self.futures.pop(future)
             heapq.heappush(self.slots, slot)
@@ -349,21 +392,23 @@ class _LocalGrid:
         self.waiting.clear()
 
     def _stop_all(self) -> None:
-        """Ask every running child to checkpoint and stop (SIGTERM), and wait for them; Ctrl-C kills them."""
+        """Ask every running child to checkpoint and stop (SIGTERM), and wait for them; a Ctrl-C meanwhile
+        kills them."""
         with self.tally.lock:
-            self.stop = self.stop or [signal.SIGINT]  # no new child starts from now on
+            if not self.stop:  # an error in the loop: no new child starts from now on
+                self.stop.append(signal.SIGINT)
             running = list(self.children.values())
         if running:
             self.tally.say(
                 f"stopping {len(running)} run(s): each saves a checkpoint first (Ctrl-C again to kill them now)"
             )
         self._signal_children(signal.SIGTERM)
-        try:
-            wait(self.futures)
-        except KeyboardInterrupt:
-            self._signal_children(signal.SIGKILL)
-            wait(self.futures)
+        asked = len(self.stop)
+        killed = False
         while self.futures:
+            if not killed and signal.SIGINT in self.stop[asked:]:
+                self._signal_children(signal.SIGKILL)
+                killed = True
             self._collect(stopping=True)
 
     def _signal_children(self, signum: int) -> None:
@@ -462,7 +507,7 @@ def run_ray(
                 spec = queue.popleft()
                 if tally.skip_if_done(spec):
                     continue
-                in_flight[task.remote(spec, env)] = spec
+                in_flight[task.remote(spec, env, launch_for_ray)] = spec
                 retry = " (retry)" if tally.attempts[spec.key] else ""
                 n = tally.finished + len(in_flight)
                 say(f"[{n}/{tally.total}] submitted{retry} {spec.key}: log {spec.log_path}")
