@@ -297,7 +297,7 @@ def test_a_cutout_hole_as_large_as_the_images_is_warned_about(tmp_path, capsys):
         if warned:
             assert said == [
                 f"--cutout {hole} is not smaller than the 8x8 images: each hole covers most or all of its image; "
-                "give --cutout 4 or less (Cutout's 16 px is for 32x32 CIFAR-10)"
+                "give --cutout 2, the same share of the side (Cutout's 8 px is for 32x32 CIFAR)"
             ]
 
 

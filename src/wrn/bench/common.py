@@ -73,8 +73,14 @@ def resolve_settings(
     if channels_last is not None:
         run["channels_last"] = bool(channels_last)
     cfg = resolve(validate({"model": {"name": model}, "optim": {"batch_size": batch_size}, "run": run}))
-    warning = amp_warning(torch.device(cfg.run.device), cfg.run.amp)
-    if warning:  # the same one-line warning as `wrn train` (bf16 on most CPUs)
+    warning = None
+    if cfg.run.amp == "bf16" and cfg.run.device == "cpu":  # the same one-line warning as `wrn train`
+        from wrn.models import create_model
+
+        net = create_model(model)
+        example = torch.randn(min(16, batch_size), 3, 32, 32)
+        warning = amp_warning(torch.device("cpu"), "bf16", net, example)
+    if warning:
         warnings.warn(warning, UserWarning, stacklevel=2)
     return Settings(
         device=torch.device(cfg.run.device),

@@ -26,7 +26,13 @@ def print_header(loop, resumed: bool) -> None:
     if not loop.dist.is_main:
         return
     side = int(loop.info.image_size or 0) or None
-    for text in [*config_warnings(cfg, side), amp_warning(device, cfg.run.amp), _busy_cpu(device)]:
+    probe = (
+        _example(state.model, loop.info, cfg, device)
+        if cfg.run.amp == "bf16" and device.type == "cpu"
+        else None
+    )
+    timed = amp_warning(device, cfg.run.amp, state.model, probe) if probe is not None else None
+    for text in [*config_warnings(cfg, side), timed, _busy_cpu(device)]:
         if text:
             warn(text)
     if not loop.verbose:
@@ -65,6 +71,13 @@ def describe_recipes(cfg) -> str:
         f"torch.compile ({run.compile_mode})" if run.compile else "",
     ]
     return "".join(f", {p}" for p in parts if p)
+
+
+def _example(model, info, cfg, device) -> torch.Tensor:
+    """A few random images of the run's shape and memory format, for timing its model."""
+    side = int(info.image_size or 32)
+    x = torch.randn(min(16, cfg.optim.batch_size), int(info.in_channels), side, side, device=device)
+    return x.contiguous(memory_format=torch.channels_last) if cfg.run.channels_last else x
 
 
 def _objective(objective) -> str:

@@ -146,6 +146,7 @@ def config_warnings(cfg: TrainConfig, image_side: int | None = None) -> list[str
     if hole and side and hole >= side:
         out.append(
             f"--cutout {hole} is not smaller than the {side}x{side} images: each hole covers most or all of its "
-            f"image; give --cutout {max(1, side // 2)} or less (Cutout's 16 px is for 32x32 CIFAR-10)"
+            f"image; give --cutout {max(1, round(hole * side / 32))}, the same share of the side (Cutout's "
+            f"{hole} px is for 32x32 CIFAR)"
         )
     return out
