@@ -312,3 +312,28 @@ def test_scan_samples_honours_torchvision_s_make_dataset_contract(tmp_path):
         scan_samples(tmp_path, index, extensions=(".png",), is_valid_file=lambda p: True)
     folder = CheckedImageFolder(tmp_path)
     assert folder.classes == ["cat", "dog"] and len(folder) == len(folder.imgs) == 4
+
+
+def test_the_crop_of_small_images_pads_the_same_share_of_their_side(tmp_path):
+    """8x8 images get a 1-pixel crop padding (4 of 32); before, 4 pixels emptied half of an 8x8 image."""
+    import numpy as np
+    from PIL import Image
+
+    from wrn.data import make_loaders
+    from wrn.data.registry import crop_pad
+
+    assert [crop_pad(s) for s in (8, 16, 32, 224)] == [1, 2, 4, 4]
+    for cls in ("a", "b"):
+        for split in ("train", "val"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(16):
+                Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+    train, _, info = make_loaders(
+        "imagefolder", tmp_path, batch_size=32, augment="crop", crop_padding="zeros", normalization="none",
+        workers=0, seed=1,
+    )  # fmt: skip
+    assert info.image_size == 8
+    images = torch.cat([x for x, _ in train])
+    zero_rows = (images == 0).all(1).all(-1).sum(-1)  # per image: rows of padding
+    zero_cols = (images == 0).all(1).all(-2).sum(-1)
+    assert int(zero_rows.max()) == 1 and int(zero_cols.max()) == 1  # offsets 0..2 of 1 pixel of padding

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import one_line_error, wrn_here
 from conftest import run_wrn as wrn_cli
 
 # One thread per process: the tests run several at once on small machines.
@@ -261,3 +262,77 @@ def test_resume_refuses_fewer_epochs_than_done_and_a_new_dataset_gets_its_own_de
     (tmp_path / "c.yaml").write_text("dataset:\n  name: cifar10\n")
     from_file = resolve(build_config("demo", tmp_path / "c.yaml"))
     assert (from_file.dataset.augment, from_file.dataset.normalization) == ("flip-crop", "cifar10")
+
+
+def test_values_that_overflowed_and_machines_overrun_are_one_sentence(capsys, tmp_path):
+    """Each printed a traceback or forked until memory ran out: now --print-config and wrn train refuse them."""
+    cases = {
+        ("--lr", "4e38"): "optim.lr = 4e+38 is invalid: input should be less than or equal to 1000000",
+        ("--weight-decay", "1e308"): "optim.weight_decay = 1e+308 is invalid: input should be less than or equal "
+        "to 1000000",
+        ("--cutout", "99999999999999999999999"): "dataset.cutout = 99999999999999999999999 is invalid: input "
+        "should be less than or equal to 4096",
+        ("--workers", "100000"): "dataset.workers = 100000 is invalid: input should be less than or equal to 1024",
+    }  # fmt: skip
+    for argv, said in cases.items():
+        err = one_line_error(capsys, "train", "--preset", "demo", *argv, "--print-config")
+        assert err == f"wrn train: error: {said}"
+    import os
+
+    cores, many = os.cpu_count() or 1, max(16, 8 * (os.cpu_count() or 1)) + 1
+    if many <= 1024:
+        err = one_line_error(capsys, "train", "--preset", "demo", "--workers", str(many), "--print-config")
+        assert err == (
+            f"wrn train: error: --workers {many} is more loader processes than this machine runs well "
+            f"({cores} CPU cores); give at most {many - 1}"
+        )
+    listed = tmp_path / "list-key.yaml"
+    listed.write_text("extends: demo\n? [a, b]\n: 1\n")
+    err = one_line_error(capsys, "train", "--config", listed, "--print-config")
+    assert (
+        err == f"wrn train: error: config file {str(listed)!r}: the key ['a', 'b'] (line 2) is not a name; "
+        "write each key as a word"
+    )
+
+
+def test_a_switch_to_a_data_set_of_its_own_size_forgets_the_recipe_s_image_size(capsys, tmp_path):
+    """ImageNet's 224 no longer reaches the 8x8 digits: neither wrn train nor a grid start what then fails."""
+    import yaml
+
+    proc = wrn_here(capsys, "train", "--preset", "imagenet-wrn-50-2", "--dataset", "digits", "--print-config")
+    assert proc.returncode == 0 and yaml.safe_load(proc.stdout)["dataset"]["image_size"] == 8
+    proc = wrn_here(
+        capsys, "reproduce", "table7", "--dataset", "digits", "--dry-run", "--out", tmp_path / "t7"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "image_size: null" in proc.stdout and "image_size: 224" not in proc.stdout
+    err = one_line_error(capsys, "train", "--preset", "demo", "--image-size", "224", "--print-config")
+    assert err == (
+        "wrn train: error: --image-size 224 applies to image folders and ImageNet; the digits images are 8x8: "
+        "leave it out"
+    )
+
+
+def test_a_run_folder_killed_while_its_config_was_written_starts_afresh(capsys, tmp_path):
+    """Only a temporary of config.yaml: 'unstarted' for every command, so wrn train --out takes it (before:
+    the grid called it unstarted, wrn train refused it as not empty, and the grid could not continue)."""
+    from wrn.train.rundir import RunDir
+
+    run = tmp_path / "killed"
+    run.mkdir()
+    (run / ".config.yaml.a1B2c3D4.tmp").write_text("preset: de")
+    assert RunDir(run).state() == "unstarted"
+    args = [
+        "train",
+        "--preset",
+        "demo",
+        "--model",
+        "wrn-10-1",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--out",
+        run,
+    ]
+    assert wrn_here(capsys, *args).returncode == 0
+    assert RunDir(run).state() == "done" and not (run / ".config.yaml.a1B2c3D4.tmp").exists()

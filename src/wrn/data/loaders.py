@@ -17,7 +17,13 @@ from wrn.data.folder import (
 )
 from wrn.data.folder import split_dir as folder_split_dir
 from wrn.data.policies import PerImage
-from wrn.data.registry import AUGMENT_CHOICES, NORMALIZATION_CHOICES, dataset_info, normalization_for
+from wrn.data.registry import (
+    AUGMENT_CHOICES,
+    NORMALIZATION_CHOICES,
+    crop_pad,
+    dataset_info,
+    normalization_for,
+)
 from wrn.data.zca import zca_whiten
 from wrn.errors import ConfigError, DataError
 
@@ -95,6 +101,7 @@ def make_loaders(
     train = DeviceLoader(
         x_tr, y_tr, batch_size, train=True, augment=augment, normalize=normalize, seed=seed, drop_last=info.drop_last,
         image_size=image_size, per_image=per_image, workers=workers, crop_padding=crop_padding, **common,
+        pad=crop_pad(min(x_tr.shape[-2:])),
     )  # fmt: skip
     test = DeviceLoader(x_te, y_te, eval_batch_size, train=False, normalize=normalize, seed=seed, **common)
     info = dataclasses.replace(info, in_channels=int(x_tr.shape[1]), image_size=int(x_tr.shape[-1]))

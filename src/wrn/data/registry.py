@@ -157,6 +157,16 @@ POLICY_CHOICES = (
     "randaugment",
     "trivialaugment",
 )
+# The crop of ``crop`` / ``flip-crop``: 4 pixels on each side of a 32x32 image (the paper's); smaller images
+# keep that share of their side (1 pixel on the 8x8 digits), as a grid keeps Cutout's.
+CROP_PAD = 4
+
+
+def crop_pad(side: int) -> int:
+    """The padding of the training crop of images ``side`` pixels wide: 4 from 32 up, the same share below."""
+    return CROP_PAD if side >= 32 else max(1, round(CROP_PAD * side / 32))
+
+
 # How the crop of ``crop`` / ``flip-crop`` fills its border: the paper's reflection, or zeros (torchvision's
 # RandomCrop(padding=4), which the Cutout and AutoAugment code use)
 CROP_PADDINGS = ("reflect", "zeros")

@@ -28,7 +28,7 @@ class _Loader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
+            key = self.construct_object(key_node, deep=True)  # (a list key whole, for the message)
             line = key_node.start_mark.line + 1
             if not isinstance(key, str):
                 raise ConfigError(f"the key {key!r} (line {line}) is not a name; write each key as a word")
