@@ -229,3 +229,34 @@ def run_wrn_killed_at(kind: str, n: int, *args: str, timeout: float = 300):
         text=True,
         timeout=timeout,
     )
+
+
+# ------------------------------------------------------------------------------------------ a finished run
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A finished one-epoch digits run (wrn-10-1, 1-channel 8x8 images), one per test module."""
+    from wrn.cli import main
+
+    out = tmp_path_factory.mktemp("digits") / "digits"
+    argv = ["train", "--preset", "demo", "--model", "wrn-10-1", "--epochs", "1", "--no-progress"]
+    assert main([*argv, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def copy(run, tmp_path):
+    """A copy of the module's run, to damage."""
+    import shutil
+    from pathlib import Path
+
+    return Path(shutil.copytree(run, tmp_path / "copy"))
+
+
+@pytest.fixture
+def image(tmp_path):
+    """An 8x8 gray image file, the digits' size."""
+    from PIL import Image
+
+    path = tmp_path / "digit.png"
+    Image.new("L", (8, 8), 128).save(path)
+    return path

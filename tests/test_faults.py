@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 import wrn
 from wrn.atomic import atomic_write, atomic_write_bytes, remove_stale_temporaries
@@ -34,28 +32,6 @@ def one_error(capsys, argv: list[str]) -> str:
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     return err
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    """A finished one-epoch digits run (wrn-10-1, 1-channel 8x8 images)."""
-    out = tmp_path_factory.mktemp("faults") / "digits"
-    argv = ["train", "--preset", "demo", "--model", "wrn-10-1", "--epochs", "1", "--no-progress"]
-    assert main([*argv, "--out", str(out)]) == 0
-    return out
-
-
-@pytest.fixture
-def copy(run, tmp_path) -> Path:
-    """A copy of the run to damage."""
-    return Path(shutil.copytree(run, tmp_path / "copy"))
-
-
-@pytest.fixture
-def image(tmp_path) -> Path:
-    path = tmp_path / "digit.png"
-    Image.new("L", (8, 8), 128).save(path)
-    return path
 
 
 def mounted(tmp_path: Path, *args: str) -> Path:

@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import pickle
-import shutil
 import signal
 import subprocess
 import sys
@@ -62,29 +61,6 @@ def one_error(capsys, *args, seconds: float = 60) -> str:
     assert all(line.startswith("warning: ") for line in lines[:-1]), proc.stderr
     assert proc.stdout == ""
     return lines[-1]
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    """A finished one-epoch digits run (wrn-10-1, 1-channel 8x8 images)."""
-    from wrn.cli import main
-
-    out = tmp_path_factory.mktemp("inputs") / "digits"
-    argv = ["train", "--preset", "demo", "--model", "wrn-10-1", "--epochs", "1", "--no-progress"]
-    assert main([*argv, "--out", str(out)]) == 0
-    return out
-
-
-@pytest.fixture
-def copy(run, tmp_path) -> Path:
-    return Path(shutil.copytree(run, tmp_path / "copy"))
-
-
-@pytest.fixture
-def image(tmp_path) -> Path:
-    path = tmp_path / "digit.png"
-    Image.new("L", (8, 8), 128).save(path)
-    return path
 
 
 def edit_model_json(run: Path, edit) -> None:

@@ -33,8 +33,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from wrn.paths import check_input_dir, check_input_file, check_new_output_file
-    from wrn.train.plot import DEFAULT_NAME, FORMATS, plot_run, plot_runs
-    from wrn.train.rundir import METRICS
+    from wrn.train.plot import FORMATS, plot_run, plot_runs
+    from wrn.train.rundir import CURVES, METRICS
 
     fix = f"pass run directories written by `wrn train` (each holds {METRICS})"
     for run_dir in args.runs:
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         check_input_file(run_dir / METRICS, "the metrics file", fix)
     if args.out is not None and args.out.suffix.lower() not in FORMATS:
         raise ConfigError(f"--out {args.out}: give a file name ending in {', '.join(FORMATS)}")
-    default = args.runs[0] / DEFAULT_NAME if len(args.runs) == 1 else Path(DEFAULT_NAME)
+    default = args.runs[0] / CURVES if len(args.runs) == 1 else Path(CURVES)
     out = check_new_output_file(args.out or default, force=True, what="--out" if args.out else "the figure")
     if len(args.runs) == 1:
         path = plot_run(args.runs[0], out=out)

@@ -407,6 +407,27 @@ class SkipGroup(nn.Sequential):
         return f"skip: average pool {self.skip_stride}, centred zeros"
 
 
+def _wide_groups(
+    widths: tuple[int, int, int], blocks_per_group: int, preact_first: tuple[int, ...], common: dict
+) -> list[list[WideBlock]]:
+    """The blocks of the three groups. The first block of a group listed in ``preact_first`` (or one that keeps
+    the shape) feeds its pre-activated input to its first conv; the pooled shortcuts take the raw input,
+    except in the network's first block (``WideResNet``'s ``shortcut``)."""
+    first_of = {w: g + 1 for g, w in enumerate(widths)}  # the group of a block's width
+    made: list[WideBlock] = []
+
+    def block(c_in: int, planes: int, stride: int) -> WideBlock:
+        first = c_in != planes or stride != 1
+        preact = not first or first_of[planes] in preact_first
+        skip_preact = None if common["shortcut"] == "conv" else not made
+        made.append(
+            WideBlock(c_in, planes, stride, preact_input=preact, shortcut_preact=skip_preact, **common)
+        )
+        return made[-1]
+
+    return _make_groups(block, widths, blocks_per_group)
+
+
 class WideResNet(_CifarResNet):
     """WRN-d-k with block type B(kernels) for CIFAR and SVHN (any input of at least 8x8).
 
@@ -474,22 +495,9 @@ class WideResNet(_CifarResNet):
         _check_common(num_classes, in_channels, init, act, bn_momentum)
 
         widths = (16 * width, 32 * width, 64 * width)
-        first_of = {16 * width * 2**g: g + 1 for g in range(3)}  # the group of a block's width
         common = dict(kernels=kernels, dropout=dropout, act=act, bn_momentum=bn_momentum, shortcut=shortcut)
         common["same_padding"] = bool(same_padding)
-        made: list[WideBlock] = []
-
-        def block(c_in: int, planes: int, stride: int) -> WideBlock:
-            first = c_in != planes or stride != 1
-            preact = not first or first_of[planes] in preact_first
-            # the pooled shortcuts take the raw input, except in the network's first block (see above)
-            skip_preact = None if shortcut == "conv" else not made
-            made.append(
-                WideBlock(c_in, planes, stride, preact_input=preact, shortcut_preact=skip_preact, **common)
-            )
-            return made[-1]
-
-        groups = _make_groups(block, widths, blocks_per_group)
+        groups = _wide_groups(widths, blocks_per_group, preact_first, common)
         if group_skips:  # the pools of the skips must give the sides that the strided convs give
             self.global_skip, self.skip_ceil_mode = 4, not same_padding  # 4: the strides of the groups
             groups = [SkipGroup(g, 1 if i == 0 else 2, not same_padding) for i, g in enumerate(groups)]

@@ -226,14 +226,6 @@ class RunInfo:
         return {"off": "fp32", "bf16": "bf16", "fp16": "fp16"}.get(amp) if isinstance(amp, str) else None
 
 
-def read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def read_run(spec: G.RunSpec) -> RunInfo:
     from wrn.train.logging import read_metrics
 
@@ -244,7 +236,10 @@ def read_run(spec: G.RunSpec) -> RunInfo:
             records = read_metrics(spec.dir)
         except ConfigError:
             records = []
-    config = read_yaml(RunDir(spec.dir).config)
+    try:
+        config = RunDir(spec.dir).read_config().to_dict()
+    except ConfigError:  # not written yet, or not readable: the run shows without its settings
+        config = {}
     failure = None
     if spec.failed_path.is_file():
         try:

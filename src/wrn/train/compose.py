@@ -88,19 +88,6 @@ def read_yaml_file(path: str | Path, what: str = "config file") -> dict[str, Any
     return read_yaml(text, source)
 
 
-def read_run_config(run_dir: str | Path) -> TrainConfig:
-    """The config.yaml of a run directory, validated: the one reader of a run's config. Every failure is a
-    :class:`ConfigError` naming the file; a caller for which the config is optional catches it."""
-    from wrn.train.rundir import RunDir
-
-    path = RunDir(run_dir).config
-    data = read_yaml_file(path, "the run's config")
-    try:
-        return validate(data)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-
-
 def dump_yaml(cfg: TrainConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False)
 

@@ -69,23 +69,15 @@ def evaluate(
 
 def _read_run_data(path: Path) -> dict[str, Any]:
     """Data settings from a run's config.yaml, else from model.json's metadata, else nothing."""
-    import yaml
-
-    from wrn.train.config import validate
-
-    config_file = RunDir(path).config
-    if config_file.is_file():
-        try:
-            data = yaml.safe_load(config_file.read_text())
-        except yaml.YAMLError:
-            data = None
-        if isinstance(data, dict):
-            return validate(data).dataset.model_dump()
+    try:
+        return RunDir(path).read_config().dataset.model_dump()
+    except ConfigError:  # no run's config (a converted model), or one that cannot be read: model.json's
+        pass
     model_file = RunDir(path).model_json
     if model_file.is_file():
         try:
             meta = json.loads(model_file.read_text()).get("metadata") or {}
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             meta = {}
         found = {"name": meta.get("dataset"), "normalization": meta.get("normalization")}
         return {k: v for k, v in found.items() if v}

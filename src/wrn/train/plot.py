@@ -18,11 +18,9 @@ from pathlib import Path
 from wrn.atomic import atomic_write, writing
 from wrn.errors import ConfigError
 from wrn.train.logging import read_metrics
-from wrn.train.rundir import CONFIG, CURVES
+from wrn.train.rundir import CURVES, RunDir
 
 DPI = 150
-CONFIG_FILE = CONFIG
-DEFAULT_NAME = CURVES
 FORMATS = (".png", ".svg", ".pdf")
 # Colour-blind friendly palette (Okabe-Ito), one colour per run.
 COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
@@ -70,16 +68,11 @@ def _final(values: Sequence[float]) -> float:
 
 
 def _read_config(run_dir: Path) -> dict:
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
-        return {}
+    """The run's config as a dict, {} where it has none that reads (a label is not worth failing a plot for)."""
     try:
-        import yaml
-
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except Exception:  # a label is not worth failing the plot for
+        return RunDir(run_dir).read_config().to_dict()
+    except ConfigError:
         return {}
-    return config if isinstance(config, dict) else {}
 
 
 def _name(value) -> str | None:
@@ -171,7 +164,7 @@ def lr_drop_handle(label: str = "lr drop"):
 def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Plot one run's curves to ``out`` (default ``RUN/curves.png``); returns the path written."""
     run_dir = Path(run_dir)
-    return save_figure(draw_run(run_dir), Path(out) if out is not None else run_dir / DEFAULT_NAME)
+    return save_figure(draw_run(run_dir), Path(out) if out is not None else run_dir / CURVES)
 
 
 def plot_runs(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:

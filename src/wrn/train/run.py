@@ -25,7 +25,7 @@ from wrn.train import checkpoint as ckpt
 from wrn.train import distributed as D
 from wrn.train import recipe
 from wrn.train.build import build_loaders, build_model, build_trainables, load_initial_weights, prepare_device
-from wrn.train.compose import dump_yaml, read_run_config, with_epochs
+from wrn.train.compose import dump_yaml, with_epochs
 from wrn.train.config import TrainConfig, replace, validate
 from wrn.train.epoch import Loop, end_epoch, interrupted, save, train_one_epoch
 from wrn.train.header import print_header, warn
@@ -94,7 +94,7 @@ def resume(
                 f"{run_dir} was stopped before it wrote its config.yaml, so there is nothing to continue; start "
                 f"it again with 'wrn train ... --out {run_dir}'"
             )
-        cfg = read_run_config(run_dir.path)
+        cfg = run_dir.read_config()
         if epochs is not None:
             cfg = with_epochs(cfg, epochs)
         _say(
@@ -165,7 +165,7 @@ def _config_edits(run_dir: RunDir, saved: dict[str, Any]) -> list[str]:
     if not run_dir.config.exists():
         return []
     try:
-        on_disk = read_run_config(run_dir.path).to_dict()
+        on_disk = run_dir.read_config().to_dict()
     except ConfigError:
         return ["(the whole file: it is no longer a valid config)"]
     ignored = set(keys("volatile"))

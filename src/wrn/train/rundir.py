@@ -83,6 +83,20 @@ class RunDir:
             return "missing"
         return "unstarted" if all(_before_first_checkpoint(e) for e in entries) else "other"
 
+    def read_config(self):
+        """The run's config.yaml, validated (a :class:`~wrn.train.config.TrainConfig`): the one reader of a run's
+        config. Every failure (missing, unreadable, not YAML, not a valid config) is a ConfigError naming the
+        file; a caller for which the config is optional catches it."""
+        from wrn.errors import ConfigError
+        from wrn.train.compose import read_yaml_file
+        from wrn.train.config import validate
+
+        data = read_yaml_file(self.config, "the run's config")
+        try:
+            return validate(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{self.config}: {exc}") from None
+
     def model_epochs(self) -> int | None:
         """The epochs the weights of model.json trained (its ``metadata.epochs``), None if it does not say."""
         import json
@@ -99,11 +113,10 @@ class RunDir:
         """Whether model.json holds the weights of the run's last epoch (the config's number of epochs);
         true where either cannot be read (a model written by other code, a config edited beyond reading)."""
         from wrn.errors import ConfigError
-        from wrn.train.compose import read_run_config
 
         epochs = self.model_epochs()
         try:
-            wanted = read_run_config(self.path).schedule.epochs if self.config.is_file() else None
+            wanted = self.read_config().schedule.epochs if self.config.is_file() else None
         except ConfigError:
             wanted = None
         return epochs is None or wanted is None or epochs == wanted
