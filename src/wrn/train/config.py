@@ -18,12 +18,13 @@ import re
 import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from wrn.data.registry import AUGMENT_CHOICES, CROP_PADDINGS, DATASETS, NORMALIZATION_CHOICES, POLICY_CHOICES
 from wrn.errors import ConfigError
 from wrn.train.fields import Section, flagged, option
-from wrn.train.objectives import OBJECTIVES
+from wrn.train.objectives import objective_section
+from wrn.train.rules import consistency_problem
 
 
 class ModelSection(Section):
@@ -326,28 +327,7 @@ class RunSection(Section):
         return value
 
 
-def _objective_section() -> type[Section]:
-    """``objective``: the name of the loss a step minimises (:mod:`wrn.train.objectives`) and one sub-section
-    per objective that has options, built from the registry's entries."""
-    models = {
-        key.replace("-", "_"): create_model(f"{key}_options", __base__=Section, **entry.options)
-        for key, entry in OBJECTIVES.items()
-        if entry.options
-    }
-    options = {key: (model, Field(default_factory=model)) for key, model in models.items()}
-    name = flagged(
-        "cross-entropy",
-        "--objective",
-        "the loss a training step minimises ("
-        + "; ".join(f"{k}: {e.summary}" for k, e in OBJECTIVES.items())
-        + ")",
-    )
-    return create_model(
-        "ObjectiveSection", __base__=Section, name=(typing.Literal[tuple(OBJECTIVES)], name), **options
-    )
-
-
-ObjectiveSection = _objective_section()
+ObjectiveSection = objective_section()
 
 
 class ProvenanceSection(Section):
@@ -396,76 +376,6 @@ class TrainConfig(Section):
         if problem:
             raise ValueError(problem)
         return self
-
-
-def consistency_problem(cfg: TrainConfig) -> str | None:
-    """The first combination of options that cannot train as asked, as one sentence; None if there is none."""
-    optim, run = cfg.optim, cfg.run
-    if optim.sam_rho and run.amp == "fp16":
-        return (
-            "--sam does not run under --amp fp16 (the grad scaler would have to unscale its ascent gradient "
-            "too); use --amp bf16 or --amp off with SAM"
-        )
-    if optim.ema_warmup and not optim.ema_decay:
-        return "--ema-warmup warms up an average of the weights, which is off; add --ema DECAY (e.g. 0.999)"
-    if run.eval_models != "both" and not optim.ema_decay:
-        return (
-            f"--eval-models {run.eval_models} needs an average of the weights to choose from; "
-            "add --ema DECAY (e.g. 0.999) or leave --eval-models out"
-        )
-    problem = _unused_option(cfg)
-    if problem:
-        return problem
-    for key in type(cfg.objective).model_fields:
-        options = getattr(cfg.objective, key)
-        if key != "name" and key != cfg.objective.name.replace("-", "_") and options != type(options)():
-            return (
-                f"objective.{key} is set but the objective is {cfg.objective.name}; add --objective "
-                f"{key.replace('_', '-')} or leave its options out"
-            )
-    return None
-
-
-def _unused_option(cfg: TrainConfig) -> str | None:
-    """An option given a value that would change nothing (one rule for all: refused, not ignored)."""
-    from wrn.data.registry import dataset_info
-
-    data, run, schedule = cfg.dataset, cfg.run, cfg.schedule
-    info = dataset_info(data.name)
-    augment = data.augment or info.augment
-    defaults = DataSection()
-    if data.policy != "randaugment" and (data.randaugment_n, data.randaugment_m) != (
-        defaults.randaugment_n,
-        defaults.randaugment_m,
-    ):
-        return (
-            f"--randaugment-n and --randaugment-m set RandAugment, but the policy is {data.policy}; add "
-            "--policy randaugment or leave them out"
-        )
-    if data.crop_padding != defaults.crop_padding and augment not in ("crop", "flip-crop"):
-        return (
-            f"--crop-padding {data.crop_padding} fills the border of the training crop, but augment {augment} "
-            f"has no such crop; use --augment crop or flip-crop, or leave --crop-padding out"
-        )
-    if run.compile_mode != "default" and not run.compile:
-        return f"--compile-mode {run.compile_mode} is a mode of torch.compile, which is off; add --compile"
-    if schedule.name == "cosine" and schedule.milestones_from == "given":
-        return "--milestones are the lr drops of the multistep schedule; the cosine schedule has none: leave them out"
-    if (
-        data.image_size is not None
-        and info.name not in ("imagenet", "imagefolder")
-        and data.image_size != info.image_size
-    ):
-        return (
-            f"--image-size {data.image_size} applies to image folders and ImageNet; the {data.name} images are "
-            f"{info.image_size}x{info.image_size}: leave it out"
-        )
-    if data.policy != "none" and data.normalization == "zca":
-        return (
-            f"--policy {data.policy} works on the images' pixels, which ZCA whitening replaces; use another "
-            "--normalization or leave --policy out"
-        )
-    return None
 
 
 # --------------------------------------------------------------------------------------------- validation

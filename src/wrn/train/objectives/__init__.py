@@ -12,10 +12,13 @@ the config can list the names; the class is imported when a run builds it.
 from __future__ import annotations
 
 import importlib
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from wrn.train.fields import flagged
+from pydantic import Field, create_model
+
+from wrn.train.fields import Section, flagged
 
 
 @dataclass(frozen=True)
@@ -44,4 +47,25 @@ def objective_class(name: str) -> type:
     return getattr(importlib.import_module(module), attr)
 
 
-__all__ = ["Entry", "OBJECTIVES", "objective_class"]
+def objective_section() -> type:
+    """``objective``: the name of the loss a step minimises (:mod:`wrn.train.objectives`) and one sub-section
+    per objective that has options, built from the registry's entries."""
+    models = {
+        key.replace("-", "_"): create_model(f"{key}_options", __base__=Section, **entry.options)
+        for key, entry in OBJECTIVES.items()
+        if entry.options
+    }
+    options = {key: (model, Field(default_factory=model)) for key, model in models.items()}
+    name = flagged(
+        "cross-entropy",
+        "--objective",
+        "the loss a training step minimises ("
+        + "; ".join(f"{k}: {e.summary}" for k, e in OBJECTIVES.items())
+        + ")",
+    )
+    return create_model(
+        "ObjectiveSection", __base__=Section, name=(typing.Literal[tuple(OBJECTIVES)], name), **options
+    )
+
+
+__all__ = ["Entry", "OBJECTIVES", "objective_class", "objective_section"]

@@ -1,0 +1,75 @@
+"""The rules across the fields of a training config (``TrainConfig`` validates with them, so that ``wrn train
+--print-config`` refuses what ``wrn train`` refuses): options that cannot train together, and options given a
+value that would change nothing. Each broken rule is one sentence naming the options and the fix."""
+
+from __future__ import annotations
+
+
+def consistency_problem(cfg) -> str | None:
+    """The first combination of options that cannot train as asked, as one sentence; None if there is none."""
+    optim, run = cfg.optim, cfg.run
+    if optim.sam_rho and run.amp == "fp16":
+        return (
+            "--sam does not run under --amp fp16 (the grad scaler would have to unscale its ascent gradient "
+            "too); use --amp bf16 or --amp off with SAM"
+        )
+    if optim.ema_warmup and not optim.ema_decay:
+        return "--ema-warmup warms up an average of the weights, which is off; add --ema DECAY (e.g. 0.999)"
+    if run.eval_models != "both" and not optim.ema_decay:
+        return (
+            f"--eval-models {run.eval_models} needs an average of the weights to choose from; "
+            "add --ema DECAY (e.g. 0.999) or leave --eval-models out"
+        )
+    problem = _unused_option(cfg)
+    if problem:
+        return problem
+    for key in type(cfg.objective).model_fields:
+        options = getattr(cfg.objective, key)
+        if key != "name" and key != cfg.objective.name.replace("-", "_") and options != type(options)():
+            return (
+                f"objective.{key} is set but the objective is {cfg.objective.name}; add --objective "
+                f"{key.replace('_', '-')} or leave its options out"
+            )
+    return None
+
+
+def _unused_option(cfg) -> str | None:
+    """An option given a value that would change nothing (one rule for all: refused, not ignored)."""
+    from wrn.data.registry import dataset_info
+
+    data, run, schedule = cfg.dataset, cfg.run, cfg.schedule
+    info = dataset_info(data.name)
+    augment = data.augment or info.augment
+    defaults = type(data)()  # the dataset section's defaults
+    if data.policy != "randaugment" and (data.randaugment_n, data.randaugment_m) != (
+        defaults.randaugment_n,
+        defaults.randaugment_m,
+    ):
+        return (
+            f"--randaugment-n and --randaugment-m set RandAugment, but the policy is {data.policy}; add "
+            "--policy randaugment or leave them out"
+        )
+    if data.crop_padding != defaults.crop_padding and augment not in ("crop", "flip-crop"):
+        return (
+            f"--crop-padding {data.crop_padding} fills the border of the training crop, but augment {augment} "
+            f"has no such crop; use --augment crop or flip-crop, or leave --crop-padding out"
+        )
+    if run.compile_mode != "default" and not run.compile:
+        return f"--compile-mode {run.compile_mode} is a mode of torch.compile, which is off; add --compile"
+    if schedule.name == "cosine" and schedule.milestones_from == "given":
+        return "--milestones are the lr drops of the multistep schedule; the cosine schedule has none: leave them out"
+    if (
+        data.image_size is not None
+        and info.name not in ("imagenet", "imagefolder")
+        and data.image_size != info.image_size
+    ):
+        return (
+            f"--image-size {data.image_size} applies to image folders and ImageNet; the {data.name} images are "
+            f"{info.image_size}x{info.image_size}: leave it out"
+        )
+    if data.policy != "none" and data.normalization == "zca":
+        return (
+            f"--policy {data.policy} works on the images' pixels, which ZCA whitening replaces; use another "
+            "--normalization or leave --policy out"
+        )
+    return None
