@@ -45,6 +45,24 @@ class ScriptedClock:
         self.now += self.script.pop(0)
 
 
+def scripted_steps(monkeypatch, seconds: list[float]) -> ScriptedClock:
+    """The bench's clock replaced by one that moves only when a network it builds runs forward, by
+    ``seconds`` in turn."""
+    import wrn.bench.common as common
+
+    clock = ScriptedClock(seconds)
+    monkeypatch.setattr(common, "time", clock)
+    real_build = bench_train.build_model
+
+    def build_model(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        model.register_forward_pre_hook(clock.advance)
+        return model
+
+    monkeypatch.setattr(bench_train, "build_model", build_model)
+    return clock
+
+
 def check_side(side: dict, steps: list[float], expected: dict, flops: float) -> None:
     """``side`` against figures worked out by hand from the scripted step times ``steps`` (ms)."""
     assert side["step_ms"] == pytest.approx(steps, rel=1e-9)
@@ -57,19 +75,9 @@ def check_side(side: dict, steps: list[float], expected: dict, flops: float) -> 
 
 
 def test_bench_train_cli_prints_and_writes_the_figures_of_the_steps_it_timed(tmp_path, monkeypatch, capsys):
-    import wrn.bench.common as common
 
     # Forward passes, in order: ours 1 warm-up + 3 timed, then the baseline's 1 + 3 (seconds each).
-    clock = ScriptedClock([0.5, 0.030, 0.010, 0.020, 0.7, 0.040, 0.080, 0.050])
-    monkeypatch.setattr(common, "time", clock)
-    real_build = bench_train.build_model
-
-    def build_model(*args, **kwargs):
-        model = real_build(*args, **kwargs)
-        model.register_forward_pre_hook(clock.advance)
-        return model
-
-    monkeypatch.setattr(bench_train, "build_model", build_model)
+    clock = scripted_steps(monkeypatch, [0.5, 0.030, 0.010, 0.020, 0.7, 0.040, 0.080, 0.050])
     out = tmp_path / "bench.json"
     rc = wrn_main([
         "bench", "train", "--model", TINY, "--batch-size", "8", "--steps", "3", "--warmup", "1",
@@ -127,19 +135,9 @@ def test_bench_train_cli_prints_and_writes_the_figures_of_the_steps_it_timed(tmp
 
 
 def test_the_ratio_of_steady_timings_is_printed(tmp_path, monkeypatch, capsys):
-    import wrn.bench.common as common
 
     # ours 1 warm-up + 5 steady timed steps of 20 ms, then the baseline's 1 + 5 of 50 ms: 2.5x the images/s
-    clock = ScriptedClock([0.5, *[0.020] * 5, 0.7, *[0.050] * 5])
-    monkeypatch.setattr(common, "time", clock)
-    real_build = bench_train.build_model
-
-    def build_model(*args, **kwargs):
-        model = real_build(*args, **kwargs)
-        model.register_forward_pre_hook(clock.advance)
-        return model
-
-    monkeypatch.setattr(bench_train, "build_model", build_model)
+    clock = scripted_steps(monkeypatch, [0.5, *[0.020] * 5, 0.7, *[0.050] * 5])
     rc = wrn_main([
         "bench", "train", "--model", TINY, "--batch-size", "8", "--steps", "5", "--warmup", "1",
         "--device", "cpu", "--num-samples", "64", "--baseline", "--baseline-workers", "0",
