@@ -34,6 +34,14 @@ class ModelSection(Section):
     # None: the paper's ReLU and BN momentum 0.1. leaky_relu has slope 0.1 (FixMatch); FixMatch's BN: 0.001.
     act: Literal["relu", "leaky_relu", "silu"] | None = None
     bn_momentum: float | None = Field(default=None, gt=0.0, le=1.0)
+    # The weights' initialisation, wrn.models.cifar.INITS (tests keep the two lists equal). None: the network's
+    # own (the paper's WRNs: the authors'; wrn-D-K-sam and wrn-D-K-aa: AutoAugment's, as their codes)
+    init: Literal["paper", "pytorch", "autoaugment"] | None = flagged(
+        None,
+        "--init",
+        "the weights' initialisation: the authors' (paper), PyTorch's defaults, or AutoAugment's, which SAM's "
+        "code keeps (default: the network's own)",
+    )
 
     # Fine-tuning: the weights of a finished run or a model directory (wrn convert's, wrn.save_model's).
     init_from: str | None = flagged(
@@ -97,6 +105,14 @@ class DataSection(Section):
         "Cutout: the side in pixels of one square hole per training image (0: off; 16 on CIFAR-10)",
         ge=0,
         le=4096,
+    )
+    # google-research/sam cuts one hole at one place into every image of a batch (augmentation.cutout, after
+    # normalisation, on each host's batch): "batch", one place per step and process
+    cutout_per: Literal["image", "batch"] = flagged(
+        "image",
+        "--cutout-per",
+        "Cutout: a place of its own for each image's hole (Cutout's code), or one place for every image of the "
+        "batch (google-research/sam's batch-level cutout)",
     )
     # torchvision's v2.MixUp / v2.CutMix arithmetic, per batch on the device; both on: one of them per batch
     mixup: float = flagged(
@@ -190,6 +206,18 @@ class OptimSection(Section):
         commands=("bench",),
         ge=0.0,
         le=1e6,
+    )
+    # google-research/sam trains the batch of 256 on 8 accelerators: each takes 32 images, normalises BN over
+    # them and (with SAM) takes its own ascent (m-sharpness, the paper's Section 4.1); the gradients are averaged
+    replica_batch: int = flagged(
+        0,
+        "--replica-batch",
+        "split each process's batch into slices of this many images, as on that many accelerators: each slice "
+        "has its own BN statistics and, with --sam, its own ascent (SAM's m-sharpness); the step takes the mean "
+        "of their gradients (0: the whole batch)",
+        commands=("bench",),
+        ge=0,
+        le=2**20,
     )
     grad_clip: float = flagged(
         0.0,
@@ -413,6 +441,11 @@ def consistency_problem(cfg: TrainConfig) -> str | None:
             f"--eval-models {run.eval_models} needs an average of the weights to choose from; "
             "add --ema DECAY (e.g. 0.999) or leave --eval-models out"
         )
+    if optim.replica_batch and optim.batch_size % optim.replica_batch:
+        return (
+            f"--replica-batch {optim.replica_batch} does not divide the batch of {optim.batch_size} into equal "
+            "slices; give a divisor of --batch-size (e.g. 32 of 256) or leave --replica-batch out"
+        )
     problem = _unused_option(cfg)
     if problem:
         return problem
@@ -446,6 +479,10 @@ def _unused_option(cfg: TrainConfig) -> str | None:
         return (
             f"--crop-padding {data.crop_padding} fills the border of the training crop, but augment {augment} "
             f"has no such crop; use --augment crop or flip-crop, or leave --crop-padding out"
+        )
+    if data.cutout_per != defaults.cutout_per and not data.cutout:
+        return (
+            f"--cutout-per {data.cutout_per} places Cutout's holes, which are off; add --cutout L (e.g. 16)"
         )
     if run.compile_mode != "default" and not run.compile:
         return f"--compile-mode {run.compile_mode} is a mode of torch.compile, which is off; add --compile"
