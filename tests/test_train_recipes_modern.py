@@ -352,8 +352,8 @@ ALL_ON = {"dataset.mixup": 0.4, "dataset.cutmix": 1.0}  # mixup and CutMix, besi
 
 ALL_ON_ARGS = [
     "train", "--preset", "demo", "--model", "wrn-10-1", "--batch-size", "128", "--epochs", "3",
-    "--cutout", "4", "--ema", "0.9", "--mixup", "0.4", "--cutmix", "1.0", "--label-smoothing", "0.1",
-    "--sam", "0.05", "--warmup-epochs", "1", "--grad-clip", "5", "--no-decay-norm-and-bias", "--ema-warmup",
+    "--cutout", "4", "--cutout-per", "batch", "--ema", "0.9", "--mixup", "0.4", "--cutmix", "1.0",
+    "--label-smoothing", "0.1", "--sam", "0.05", "--replica-batch", "32", "--warmup-epochs", "1", "--grad-clip", "5", "--no-decay-norm-and-bias", "--ema-warmup",
     "--augment", "flip-crop", "--crop-padding", "zeros", "--policy", "autoaugment", "--random-erasing", "0.5",
     "--workers", "2", "--checkpoint-every", "1steps", "--no-progress",
 ]  # fmt: skip
