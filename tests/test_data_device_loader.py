@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
@@ -101,6 +102,38 @@ def test_zero_padded_flip_crop_matches_torchvision_random_crop_with_padding(monk
     )
     with pytest.raises(ConfigError, match="unknown crop padding 'edge'"):
         DeviceLoader(x, y, 32, crop_padding="edge")
+
+
+def _their_zero_pad_and_crop(img, top: int, left: int, flip: bool, amount: int = 4):
+    """tensorflow/models research/autoaugment: augmentation_transforms.zero_pad_and_crop on the normalised HWC
+    image with its offsets given instead of drawn (np.random.randint(low=0, high=2 * amount)), then random_flip."""
+    padded_img = np.zeros((img.shape[0] + amount * 2, img.shape[1] + amount * 2, img.shape[2]))
+    padded_img[amount : img.shape[0] + amount, amount : img.shape[1] + amount, :] = img
+    new_img = padded_img[top : top + img.shape[0], left : left + img.shape[1], :]
+    return np.fliplr(new_img) if flip else new_img
+
+
+@pytest.mark.parametrize("per_image", [False, True], ids=["gather", "per-image-stage"])
+def test_mean_padding_is_the_autoaugment_codes_crop_image_for_image(per_image):
+    """``crop_padding="mean"``: the normalised image padded with 0 (the mean colour), offsets 0..7 of the 9, the
+    crop then the flip; through the one-gather path and the per-image stage's (a policy's loader)."""
+    from wrn.data.policies import PerImage
+
+    x, y = data(256)
+    mean, std = normalization_constants("cifar10")
+    stage = PerImage("none", erasing=1e-12) if per_image else None  # the stage on, nothing erased
+    loader = DeviceLoader(x, y, 128, augment="flip-crop", seed=2, normalize=(mean, std), per_image=stage,
+                          crop_padding="mean")  # fmt: skip
+    out, labels = next(iter(loader))
+    plan = loader._epoch_plan()  # the epoch's offsets and flips, as the batch drew them
+    m, s = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    for k in range(len(labels)):
+        normalised = ((x[labels[k]].float() - m) / s).permute(1, 2, 0).numpy()
+        top, left = (int(v) for v in plan["offset"][k])
+        want = _their_zero_pad_and_crop(normalised, top, left, bool(plan["flip"][k]))
+        assert torch.equal(out[k], torch.from_numpy(want.astype(np.float32)).permute(2, 0, 1)), k
+    assert {int(v) for v in plan["offset"].flatten()} == set(range(8))  # never 8: their randint(0, 8)
+    assert (out == 0).any() and not (out[:, :, 4:-4, 4:-4] == 0).all()
 
 
 def test_every_sample_once_per_epoch_and_fresh_permutations():

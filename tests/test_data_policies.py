@@ -389,3 +389,35 @@ def test_an_image_folder_with_a_per_image_stage_keeps_the_zero_padded_crop(tmp_p
         if padding == "reflect":  # the reflected border is the image's own gray: the image stays flat
             assert images.unique().tolist() == [128.0]
     assert seen["zeros"].sum() >= 6  # 8 crops, each offset by 0..8 px per side: most show the padding
+
+
+def test_an_image_folders_mean_padding_is_the_autoaugment_codes_crop(monkeypatch):
+    """--crop-padding mean on an image folder: their zero_pad_and_crop (the border the mean colour, here
+    rounded to whole gray levels on the uint8 image; offsets 0..7) and then their random_flip."""
+    mean = (125.3, 123.0, 113.9)
+    tf = folder_transform(True, "flip-crop", 16, 4, normalize=(mean, (63.0, 62.1, 66.7)), crop_padding="mean")
+    rng = np.random.default_rng(0)
+    picture = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    fill = np.array([125, 123, 114], np.uint8)
+    for top, left, flip in ((0, 0, False), (7, 7, True), (3, 6, True), (4, 4, False)):
+        monkeypatch.setattr(
+            T.RandomCrop, "get_params", staticmethod(lambda i, s, t=top, lf=left: (t, lf, 16, 16))
+        )
+        monkeypatch.setattr(
+            T.RandomHorizontalFlip, "forward", lambda self, img, f=flip: img.transpose(0) if f else img
+        )
+        padded = np.tile(fill, (24, 24, 1))
+        padded[4:20, 4:20] = picture
+        want = padded[top : top + 16, left : left + 16]
+        want = want[:, ::-1] if flip else want
+        got = tf(Image.fromarray(picture)).permute(1, 2, 0).numpy()
+        assert np.array_equal(got, want), (top, left, flip)
+    monkeypatch.undo()
+    flat = Image.fromarray(np.full((16, 16, 3), 200, np.uint8))
+    bottoms, tops = set(), set()
+    for seed in range(200):
+        torch.manual_seed(seed)
+        rows = (tf(flat) != 200).any(0).all(1)  # which rows are border from end to end
+        tops.add(int(rows[:4].sum()))
+        bottoms.add(int(rows[-4:].sum()))
+    assert max(tops) == 4 and max(bottoms) == 3  # offsets 0..7 of the 9: the last row of padding never shows

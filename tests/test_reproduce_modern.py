@@ -29,12 +29,23 @@ CUTOUT_CODE = {
     "dataset.normalization": "cifar10", "dataset.policy": "none", "optim.sam_rho": 0.0,
 }  # fmt: skip
 AUTOAUGMENT_CODE = {
-    "model.name": "wrn-28-10", "model.dropout": 0.0, "optim.lr": 0.1, "optim.momentum": 0.9,
-    "optim.nesterov": True, "optim.weight_decay": 5e-4, "optim.decay_norm_and_bias": True,
-    "optim.batch_size": 128, "optim.grad_clip": 5.0, "schedule.name": "cosine", "schedule.epochs": 200,
-    "schedule.reset_momentum": False, "dataset.augment": "flip-crop", "dataset.crop_padding": "zeros",
-    "dataset.policy": "autoaugment", "dataset.cutout": 16, "dataset.normalization": "cifar10",
+    "model.name": "wrn-28-10-aa", "model.init": "autoaugment", "model.dropout": 0.0, "optim.lr": 0.1,
+    "optim.momentum": 0.9, "optim.nesterov": True, "optim.weight_decay": 5e-4, "optim.decay_norm_and_bias": True,
+    "optim.batch_size": 128, "optim.grad_clip": 5.0, "optim.replica_batch": 0, "schedule.name": "cosine",
+    "schedule.epochs": 200, "schedule.reset_momentum": False, "schedule.warmup_epochs": 0.0,
+    "dataset.augment": "flip-crop", "dataset.crop_padding": "mean", "dataset.policy": "autoaugment-paper",
+    "dataset.cutout": 16, "dataset.cutout_per": "image", "dataset.normalization": "cifar10",
 }  # fmt: skip
+# SAM's paper (Appendix C.1, Table 6: batch 256 on 8 GPUs, lr 0.1, weight decay 5e-4, rho) and the rest from its
+# code's defaults (sam_jax/train.py, training_utils/flax_training.py, datasets/augmentation.py)
+SAM_CODE = {
+    "model.name": "wrn-28-10-sam", "model.init": "autoaugment", "model.dropout": 0.0, "optim.lr": 0.1,
+    "optim.momentum": 0.9, "optim.nesterov": True, "optim.weight_decay": 5e-4, "optim.decay_norm_and_bias": True,
+    "optim.batch_size": 256, "optim.replica_batch": 32, "optim.grad_clip": 5.0, "optim.label_smoothing": 0.0,
+    "optim.ema_decay": 0.0, "schedule.name": "cosine", "schedule.epochs": 200, "schedule.warmup_epochs": 0.0,
+    "schedule.reset_momentum": False, "dataset.augment": "flip-crop", "dataset.crop_padding": "reflect",
+}  # fmt: skip
+SAM_RHO = {"cifar10": 0.05, "cifar100": 0.1}  # Table 6
 
 PAPER_FIGURES = {  # test error %, each paper's, as docs/reproduce.md cites them
     "cutout": {"cifar10-wrn-28-10-cutout-baseline": 3.87, "cifar10-wrn-28-10-cutout": 3.08,
@@ -90,6 +101,19 @@ def test_the_autoaugment_runs_train_the_recipe_of_its_code(tmp_path):
         assert cfg["dataset.name"] == row.split("-")[0]
 
 
+def test_the_sam_runs_train_the_papers_settings_in_its_code(tmp_path):
+    for row, cfg in run_settings(plan_of("sam", tmp_path)).items():
+        dataset = row.split("-")[0]
+        assert {k: cfg[k] for k in SAM_CODE} == SAM_CODE, row
+        assert (cfg["dataset.name"], cfg["dataset.normalization"]) == (dataset, dataset)
+        assert cfg["optim.sam_rho"] == (0.0 if row.endswith("-sgd") else SAM_RHO[dataset])
+        augmented = "-cutout" in row or "-autoaugment" in row
+        assert (cfg["dataset.cutout"], cfg["dataset.cutout_per"]) == (
+            (16, "batch") if augmented else (0, "image")
+        )
+        assert cfg["dataset.policy"] == ("autoaugment-sam" if "-autoaugment" in row else "none")
+
+
 def test_each_sgd_row_of_sam_is_its_sam_row_with_rho_0(tmp_path):
     runs = run_settings(plan_of("sam", tmp_path))
     for row, cfg in runs.items():
@@ -102,20 +126,20 @@ def test_each_sgd_row_of_sam_is_its_sam_row_with_rho_0(tmp_path):
     augment = {r: (c["dataset.policy"], c["dataset.cutout"]) for r, c in runs.items()}
     assert augment["cifar10-wrn-28-10-sam"] == ("none", 0)
     assert augment["cifar100-wrn-28-10-sam-cutout"] == ("none", 16)
-    assert augment["cifar10-wrn-28-10-sam-autoaugment-sgd"] == ("autoaugment", 16)
+    assert augment["cifar10-wrn-28-10-sam-autoaugment-sgd"] == ("autoaugment-sam", 16)
 
 
 def test_gpu_hours_count_twice_the_training_passes_of_sam(tmp_path):
     """6 FLOPs per multiply-add and training image (x2 with SAM's second pass), 2 per test image; the
     multiply-adds counted by torch's FLOP counter, not read from the code's table."""
     sam = E.get_experiment("sam")
-    macs = forward_macs("wrn-28-10")
+    macs = forward_macs("wrn-28-10-sam")
     for row in sam.rows:
         epochs = build_config(None, row.config(0)).schedule.epochs
         passes = 1 if row.name.endswith("-sgd") else 2
         assert E.run_flops(row) == pytest.approx(epochs * (6 * macs * 50_000 * passes + 2 * macs * 10_000))
-    cut = E.get_experiment("cutout").rows[0]
-    assert E.run_flops(cut) == pytest.approx(200 * (6 * macs * 50_000 + 2 * macs * 10_000))
+    cut, paper = E.get_experiment("cutout").rows[0], forward_macs("wrn-28-10")
+    assert E.run_flops(cut) == pytest.approx(200 * (6 * paper * 50_000 + 2 * paper * 10_000))
 
 
 def test_reproduce_list_gives_the_new_experiments_with_their_gpu_hours(capsys):
@@ -152,6 +176,7 @@ def test_the_report_sets_ours_beside_each_papers_figure(tmp_path, capsys):
     text = (tmp_path / "r" / "report.md").read_text()
     assert re.findall(r"^## .*$", text, re.M) == ["## SAM"]
     assert E.SAM_SOURCE in text and "differ from the paper's setting" not in text
+    assert "the better of a 200- and a 400-epoch run" in text.split("| ")[0]  # said before the table
     table = [ln for ln in text.splitlines() if ln.startswith("| ") and ("SAM" in ln or "SGD" in ln)]
     cells = {(c[0], c[1]): c for c in ([x.strip() for x in ln.strip("|").split("|")] for ln in table)}
     for row in E.get_experiment("sam").rows:

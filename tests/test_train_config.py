@@ -44,7 +44,10 @@ def test_every_preset_validates_resolves_and_has_a_description():
             model_part = model_part.removesuffix(today)
             assert ("sam" in today) == (cfg.optim.sam_rho > 0), name
             assert ("cutout" in today or "autoaugment" in today) == (cfg.dataset.cutout > 0), name
-            assert ("autoaugment" in today) == (cfg.dataset.policy == "autoaugment"), name
+            assert ("autoaugment" in today) == cfg.dataset.policy.startswith("autoaugment"), name
+            # SAM's and AutoAugment's own networks (docs/models.md)
+            own = "-sam" if "sam" in today else "-aa" if "autoaugment" in today else ""
+            model_part += own
         if model_part:
             assert cfg.model.name == model_part, name
             assert name.startswith(cfg.dataset.name + "-"), name
@@ -339,3 +342,33 @@ def test_adding_an_option_is_one_marker_beside_its_field(capsys):
         "--nesterov, --no-nesterov\n                        Nesterov momentum (the paper's)"
         in capsys.readouterr().out
     )
+
+
+def test_the_init_option_offers_the_models_inits_and_reaches_the_network(tmp_path):
+    """model.init's choices are wrn.models.cifar.INITS; unset, a network keeps its own (the paper's for the
+    paper's WRNs, AutoAugment's for SAM's and AutoAugment's), set, it is the network's, and model.json says so."""
+    import typing
+
+    import torch
+
+    import wrn
+    from wrn.data.registry import dataset_info
+    from wrn.models.cifar import INITS
+    from wrn.train.build import build_model
+
+    field = TrainConfig.model_fields["model"].annotation.model_fields["init"]
+    assert set(typing.get_args(typing.get_args(field.annotation)[0])) == set(INITS)
+    digits = dataset_info("digits")
+    for name, init, want in (("wrn-10-1", None, "paper"), ("wrn-10-1-sam", None, "autoaugment"),
+                             ("wrn-10-1-aa", None, "autoaugment"), ("wrn-10-1-sam", "paper", "paper"),
+                             ("wrn-10-1", "pytorch", "pytorch")):  # fmt: skip
+        cfg = build_config("demo", overrides={"model.name": name, "model.init": init})
+        assert resolve(cfg, cuda_available=False).model.init == init  # resolve fills in no default
+        torch.manual_seed(0)
+        model = build_model(cfg, digits)
+        torch.manual_seed(0)
+        same = wrn.create_model(name, num_classes=10, in_channels=1, init=want)
+        assert model.config["init"] == want and all(
+            torch.equal(a, b)
+            for a, b in zip(model.state_dict().values(), same.state_dict().values(), strict=True)
+        ), (name, init)

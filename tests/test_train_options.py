@@ -39,6 +39,7 @@ SAMPLES = {
     "optim.label_smoothing": ("0.1", 0.1),
     "optim.ema_decay": ("0.99", 0.99),
     "optim.sam_rho": ("0.05", 0.05),
+    "optim.replica_batch": ("32", 32),
     "optim.grad_clip": ("5", 5.0),
     "schedule.epochs": ("6", 6),
     "schedule.milestones": ("3,5", [3, 5]),
@@ -58,6 +59,8 @@ COMPANIONS = {
     ("optim.ema_warmup", True): {"optim.ema_decay": "0.99"},
     ("objective.focal.gamma", 1.5): {"objective.name": "focal"},
     ("run.checkpoint_every_steps", 100): {"run.checkpoint_every_minutes": "null"},
+    ("dataset.cutout_per", "batch"): {"dataset.cutout": "4"},
+    ("dataset.crop_padding", "mean"): {"dataset.augment": "flip-crop"},
     ("dataset.randaugment_n", 3): {"dataset.policy": "randaugment"},
     ("dataset.randaugment_m", 5): {"dataset.policy": "randaugment"},
     **{("run.compile_mode", m): {"run.compile": "true"} for m in ("reduce-overhead", "max-autotune",
@@ -226,7 +229,7 @@ def test_the_lists_of_the_command_line_are_the_markers():
     }  # fmt: skip
     assert set(command_keys("bench")) == {
         "optim.label_smoothing", "optim.ema_decay", "optim.ema_warmup", "optim.sam_rho", "optim.grad_clip",
-        "optim.decay_norm_and_bias",
+        "optim.decay_norm_and_bias", "optim.replica_batch",
     }  # fmt: skip
     assert set(keys("volatile")) == {
         "run.checkpoint_every_minutes", "run.checkpoint_every_steps", "run.progress",

@@ -70,6 +70,52 @@ def test_cutout_holes_match_the_authors_code_over_many_seeds(length, h, w):
     assert {y for y, _ in centres} == set(range(h)) and {x for _, x in centres} == set(range(w))
 
 
+def _reference_sam_cutout(images: np.ndarray, length: int, cy: int, cx: int) -> np.ndarray:
+    """google-research/sam's augmentation.cutout (sam_jax/datasets/augmentation.py) on an NHWC batch, with the
+    centre given instead of drawn by tf.random.uniform: one mask, padded out of a block of zeros, for all."""
+    _, h, w, c = images.shape
+    lower_pad, upper_pad = max(0, cy - length // 2), max(0, h - cy - length // 2)
+    left_pad, right_pad = max(0, cx - length // 2), max(0, w - cx - length // 2)
+    shape = (h - (lower_pad + upper_pad), w - (left_pad + right_pad))
+    mask = np.pad(
+        np.zeros(shape, images.dtype), ((lower_pad, upper_pad), (left_pad, right_pad)), constant_values=1
+    )
+    mask = np.tile(mask[:, :, None], (1, 1, c))
+    patch = np.ones_like(images) * 0.0  # their `replace`: 0, after normalisation
+    return np.where(mask == 0, patch, images)
+
+
+@pytest.mark.parametrize("length,h,w", [(16, 32, 32), (5, 12, 9), (16, 8, 8)])
+def test_batch_cutout_matches_sams_code_one_place_for_the_whole_batch(length, h, w):
+    centres = set()
+    for seed in range(60):
+        cutout = Cutout(length, torch.device("cpu"), seed, per="batch")
+        images = torch.randn(6, 3, h, w, generator=torch.Generator().manual_seed(500 + seed))
+        out = cutout(images)
+        stream = torch.Generator().manual_seed(seed)  # two integers per batch: the row, then the column
+        cy, cx = (
+            torch.randint(h, (1,), generator=stream).item(),
+            torch.randint(w, (1,), generator=stream).item(),
+        )
+        want = _reference_sam_cutout(images.permute(0, 2, 3, 1).numpy(), length, cy, cx)
+        assert torch.equal(out, torch.from_numpy(want).permute(0, 3, 1, 2)), seed
+        assert torch.equal(cutout.generator.get_state(), stream.get_state())
+        holes = {tuple(m.nonzero().flatten().tolist()) for m in (out == 0).all(1).flatten(1)}
+        assert len(holes) == 1  # every image's hole at the same place
+        centres.add((cy, cx))
+    assert len({y for y, _ in centres}) > h // 2 and len({x for _, x in centres}) > w // 2
+
+
+def test_cutout_per_batch_needs_cutout_and_per_image_is_todays(capsys):
+    from conftest import one_line_error
+
+    err = one_line_error(capsys, "train", "--preset", "demo", "--cutout-per", "batch", "--print-config")
+    assert err.endswith("--cutout-per batch places Cutout's holes, which are off; add --cutout L (e.g. 16)")
+    images = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    today, named = Cutout(6, torch.device("cpu"), 3), Cutout(6, torch.device("cpu"), 3, per="image")
+    assert torch.equal(today(images), named(images))
+
+
 def test_cutout_zeroes_every_channel_of_its_hole_and_leaves_the_global_rng_alone():
     torch.manual_seed(7)
     before = torch.get_rng_state()
@@ -306,8 +352,8 @@ ALL_ON = {"dataset.mixup": 0.4, "dataset.cutmix": 1.0}  # mixup and CutMix, besi
 
 ALL_ON_ARGS = [
     "train", "--preset", "demo", "--model", "wrn-10-1", "--batch-size", "128", "--epochs", "3",
-    "--cutout", "4", "--ema", "0.9", "--mixup", "0.4", "--cutmix", "1.0", "--label-smoothing", "0.1",
-    "--sam", "0.05", "--warmup-epochs", "1", "--grad-clip", "5", "--no-decay-norm-and-bias", "--ema-warmup",
+    "--cutout", "4", "--cutout-per", "batch", "--ema", "0.9", "--mixup", "0.4", "--cutmix", "1.0",
+    "--label-smoothing", "0.1", "--sam", "0.05", "--replica-batch", "32", "--warmup-epochs", "1", "--grad-clip", "5", "--no-decay-norm-and-bias", "--ema-warmup",
     "--augment", "flip-crop", "--crop-padding", "zeros", "--policy", "autoaugment", "--random-erasing", "0.5",
     "--workers", "2", "--checkpoint-every", "1steps", "--no-progress",
 ]  # fmt: skip

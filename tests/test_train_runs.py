@@ -43,7 +43,8 @@ def test_config_yaml_holds_every_value_that_ran_and_what_ran_it(finished):
         for section, values in config.items()
         if isinstance(values, dict)
         for key, value in values.items()
-        if value is None and key not in ("checkpoint_every_steps", "init_from")  # None = "off" / "none" there
+        # None is a value there: "off", the network's own initialisation, no starting weights
+        if value is None and key not in ("checkpoint_every_steps", "init", "init_from")
     ]
     assert nulls == []
     assert config["model"]["dropout"] == 0.0

@@ -128,7 +128,9 @@ class DeviceLoader(EpochLoader):
         transformed = self._per_image_batches(plan) if self.per_image is not None else None
         for b in range(self.position, len(self)):
             sel = slice(b * self.batch_size, min((b + 1) * self.batch_size, self._shard_size))
-            images = self._batch(plan, sel) if transformed is None else self._finish(*next(transformed))
+            images = (
+                self._batch(plan, sel) if transformed is None else self._finish(*next(transformed), plan, sel)
+            )
             labels = self.y[plan["index"][sel]]
             self.position = b + 1
             yield images, labels
@@ -159,7 +161,9 @@ class DeviceLoader(EpochLoader):
         if self.train:
             order = torch.randperm(n, generator=g)
             if self.augment in ("crop", "flip-crop"):
-                plan["offset"] = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=g)
+                # the AutoAugment code's np.random.randint(0, 2 * pad) never takes the last offset
+                high = 2 * self.pad if self.crop_padding == "mean" else 2 * self.pad + 1
+                plan["offset"] = torch.randint(0, high, (n, 2), generator=g)
             if self.augment in ("flip-crop", "imagenet"):
                 plan["flip"] = torch.rand(n, generator=g) < 0.5
             if self.augment == "imagenet":
@@ -186,11 +190,21 @@ class DeviceLoader(EpochLoader):
             out = _imagenet_augment(
                 out, {k: v[sel] for k, v in plan.items() if k != "index"}, self.image_size
             )
-        return self._normalize_(out)
+        return self._mean_border_(self._normalize_(out), plan, sel)
+
+    def _mean_border_(self, out: torch.Tensor, plan: dict, sel: slice) -> torch.Tensor:
+        """``crop_padding="mean"``: the crop's border set to 0 after normalisation, the mean colour, as the
+        AutoAugment code pads its normalised image with zeros (the gather filled it with black)."""
+        if self.crop_padding != "mean" or self.augment not in ("crop", "flip-crop"):
+            return out
+        flip = plan["flip"][sel] if "flip" in plan else None
+        _, _, h, w = out.shape
+        rows, cols = crop_coordinates(plan["offset"][sel], flip, self.pad, self._ar_h, self._ar_w)
+        return out.masked_fill_(~_inside(rows, cols, h, w), 0)
 
     def _crop_flip(self, idx, offset, flip) -> torch.Tensor:
         aranges = (self._ar_c, self._ar_h, self._ar_w)
-        return crop_flip(self.x, idx, offset, flip, self.pad, aranges, zeros=self.crop_padding == "zeros")
+        return crop_flip(self.x, idx, offset, flip, self.pad, aranges, zeros=self.crop_padding != "reflect")
 
     # ------------------------------------------------------------------------------------------ per image
 
@@ -227,10 +241,11 @@ class DeviceLoader(EpochLoader):
         )
         return iter(loader)
 
-    def _finish(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    def _finish(self, images: torch.Tensor, boxes: torch.Tensor, plan: dict, sel: slice) -> torch.Tensor:
         """A transformed uint8 batch on the device, normalised, then its erasing boxes set to 0."""
         non_blocking = self.device.type == "cuda"
         out = self._normalize_(images.to(self.device, non_blocking=non_blocking).to(self.dtype))
+        out = self._mean_border_(out, plan, sel)
         return erase_(out, boxes) if self.per_image.erasing > 0 else out
 
 
@@ -240,7 +255,7 @@ class _PerImageBatches(torch.utils.data.Dataset):
 
     def __init__(self, loader: DeviceLoader, plan: dict):
         self.x, self.plan, self.augment, self.pad = loader._x_cpu, plan, loader.augment, loader.pad
-        self.zeros = loader.crop_padding == "zeros"
+        self.zeros = loader.crop_padding != "reflect"  # ("mean": black here, 0 after normalisation)
         self.batch_size, self.shard_size, self.batches = loader.batch_size, loader._shard_size, len(loader)
         self.per_image, self.transform = loader.per_image, loader._transform
         self.seed, self.epoch, self.rank = loader.seed, loader.epoch, loader.rank
@@ -275,20 +290,33 @@ def crop_flip(
             torch.arange(w, device=x.device),
         )
     ar_c, ar_h, cols_ar = aranges
-    rows = offset[:, 0:1] + ar_h - pad  # [B, H], in the image's coordinates
-    cols = offset[:, 1:2] + cols_ar - pad  # [B, W]
-    if flip is not None:
-        flipped = offset[:, 1:2] + (w - 1 - cols_ar) - pad
-        cols = torch.where(flip[:, None], flipped, cols)
+    rows, cols = crop_coordinates(offset, flip, pad, ar_h, cols_ar)
     inside = None
     if zeros:  # the border is 0
-        inside = ((rows >= 0) & (rows < h)).view(-1, 1, h, 1) & ((cols >= 0) & (cols < w)).view(-1, 1, 1, w)
+        inside = _inside(rows, cols, h, w)
         rows, cols = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
     else:
         rows, cols = reflect_index(rows, h), reflect_index(cols, w)
     lin = (idx * (c * h * w)).view(-1, 1, 1, 1) + ar_c + (rows * w).view(-1, 1, h, 1) + cols.view(-1, 1, 1, w)
     out = x.view(-1)[lin]
     return out if inside is None else out.masked_fill_(~inside, 0)
+
+
+def crop_coordinates(offset, flip, pad: int, rows_ar: torch.Tensor, cols_ar: torch.Tensor):
+    """``(rows [B, H], cols [B, W])``: where in the image (before padding) each pixel of the crops at ``offset``
+    comes from, the crop taken first and then flipped where ``flip`` (the AutoAugment code's order)."""
+    w = len(cols_ar)
+    rows = offset[:, 0:1] + rows_ar - pad  # [B, H], in the image's coordinates
+    cols = offset[:, 1:2] + cols_ar - pad  # [B, W]
+    if flip is not None:
+        flipped = offset[:, 1:2] + (w - 1 - cols_ar) - pad
+        cols = torch.where(flip[:, None], flipped, cols)
+    return rows, cols
+
+
+def _inside(rows: torch.Tensor, cols: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``[B, 1, H, W]``: which pixels of the crops come from the image, not from its padding."""
+    return ((rows >= 0) & (rows < h)).view(-1, 1, h, 1) & ((cols >= 0) & (cols < w)).view(-1, 1, 1, w)
 
 
 # ---------------------------------------------------------------------------------------------- ImageNet-style

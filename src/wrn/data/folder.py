@@ -415,7 +415,7 @@ def folder_transform(
     with ``RandomErasing(p, value=0)``, torchvision's order; the result is then float.
     """
     if train and per_image is not None and per_image.active:
-        base = folder_transform(True, augment, size, pad, crop_padding=crop_padding)
+        base = folder_transform(True, augment, size, pad, normalize=normalize, crop_padding=crop_padding)
         return _with_per_image(base, augment, per_image, normalize)
     to_tensor = transforms.PILToTensor()
     if not train:
@@ -439,12 +439,23 @@ def folder_transform(
             ]
         )
     steps = [transforms.Resize(size), transforms.CenterCrop(size)]
+    if augment in ("crop", "flip-crop") and crop_padding == "mean":
+        return transforms.Compose([*steps, *_mean_padded_crop(augment, size, pad, normalize), to_tensor])
     if augment == "flip-crop":
         steps.append(transforms.RandomHorizontalFlip())
     if augment in ("crop", "flip-crop"):
         mode = "constant" if crop_padding == "zeros" else "reflect"
         steps += [transforms.Pad(pad, padding_mode=mode), transforms.RandomCrop(size)]
     return transforms.Compose([*steps, to_tensor])
+
+
+def _mean_padded_crop(augment: str, size: int, pad: int, normalize) -> list:
+    """The AutoAugment code's crop (``zero_pad_and_crop``, then ``random_flip``): offsets 0..2*pad-1 (the pad's
+    last row and column are never reached: padded by pad - 1 on the right and bottom), the border the mean colour
+    (here rounded to whole gray levels, on the uint8 image), the flip after the crop."""
+    fill = tuple(round(m) for m in normalize[0]) if normalize is not None else 0
+    steps = [transforms.Pad((pad, pad, pad - 1, pad - 1), fill=fill), transforms.RandomCrop(size)]
+    return steps + ([transforms.RandomHorizontalFlip()] if augment == "flip-crop" else [])
 
 
 def _with_per_image(base: transforms.Compose, augment: str, per_image: PerImage, normalize):

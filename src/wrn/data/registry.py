@@ -167,9 +167,10 @@ def crop_pad(side: int) -> int:
     return CROP_PAD if side >= 32 else max(1, round(CROP_PAD * side / 32))
 
 
-# How the crop of ``crop`` / ``flip-crop`` fills its border: the paper's reflection, or zeros (torchvision's
-# RandomCrop(padding=4), which the Cutout and AutoAugment code use)
-CROP_PADDINGS = ("reflect", "zeros")
+# How the crop of ``crop`` / ``flip-crop`` fills its border: the paper's reflection, black (torchvision's
+# RandomCrop(padding=4), which the Cutout code uses), or the AutoAugment code's: the normalised image padded with 0,
+# the mean colour, at offsets 0..2*pad-1 (augmentation_transforms.py, zero_pad_and_crop)
+CROP_PADDINGS = ("reflect", "zeros", "mean")
 
 
 def normalization_constants(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

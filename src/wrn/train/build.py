@@ -55,6 +55,7 @@ def build_trainables(
     from wrn.train.recipe import make_optimizer
 
     dist_info = dist_info or D.DistInfo()
+    replicas = _replica_batch(cfg, dist_info)
     model = model.to(device)
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -81,8 +82,20 @@ def build_trainables(
         ema=ema,
         sam=sam,
         grad_clip=cfg.optim.grad_clip,
+        replica_batch=replicas,
     )
     return Trainables(model, net, optimizer, step)
+
+
+def _replica_batch(cfg: TrainConfig, dist_info: D.DistInfo) -> int:
+    """``optim.replica_batch``, checked against this process's share of the batch (0: the whole share)."""
+    size, share = cfg.optim.replica_batch, cfg.optim.batch_size // dist_info.world_size
+    if size and share % size:
+        raise ConfigError(
+            f"--replica-batch {size} does not divide each of the {dist_info.world_size} processes' {share} images "
+            f"into equal slices; give a divisor of {share}, or run fewer processes"
+        )
+    return size
 
 
 def _step_recipes(ctx: Context, model: torch.nn.Module):
@@ -93,7 +106,7 @@ def _step_recipes(ctx: Context, model: torch.nn.Module):
     from wrn.train.sam import SAM
 
     data, optim = ctx.cfg.dataset, ctx.cfg.optim
-    cutout = Cutout(data.cutout, ctx.device, ctx.seed("cutout")) if data.cutout else None
+    cutout = Cutout(data.cutout, ctx.device, ctx.seed("cutout"), per=data.cutout_per) if data.cutout else None
     ema = WeightEMA(model, optim.ema_decay, warmup=optim.ema_warmup) if optim.ema_decay else None
     sam = SAM(optim.sam_rho, ctx.device) if optim.sam_rho else None
     return cutout, ema, sam
@@ -148,6 +161,8 @@ def build_model(cfg: TrainConfig, info: DatasetInfo) -> torch.nn.Module:
         overrides["act"] = cfg.model.act
     if cfg.model.bn_momentum is not None:
         overrides["bn_momentum"] = cfg.model.bn_momentum
+    if cfg.model.init is not None:  # unset: the network's own (a named network's may differ from the paper's)
+        overrides["init"] = cfg.model.init
     return wrn.create_model(cfg.model.name, num_classes=info.num_classes, **overrides)
 
 

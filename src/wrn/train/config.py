@@ -35,6 +35,14 @@ class ModelSection(Section):
     # None: the paper's ReLU and BN momentum 0.1. leaky_relu has slope 0.1 (FixMatch); FixMatch's BN: 0.001.
     act: Literal["relu", "leaky_relu", "silu"] | None = None
     bn_momentum: float | None = Field(default=None, gt=0.0, le=1.0)
+    # The weights' initialisation, wrn.models.cifar.INITS (tests keep the two lists equal). None: the network's
+    # own (the paper's WRNs: the authors'; wrn-D-K-sam and wrn-D-K-aa: AutoAugment's, as their codes)
+    init: Literal["paper", "pytorch", "autoaugment"] | None = flagged(
+        None,
+        "--init",
+        "the weights' initialisation: the authors' (paper), PyTorch's defaults, or AutoAugment's, which SAM's "
+        "code keeps (default: the network's own)",
+    )
 
     # Fine-tuning: the weights of a finished run or a model directory (wrn convert's, wrn.save_model's).
     init_from: str | None = flagged(
@@ -98,6 +106,14 @@ class DataSection(Section):
         "Cutout: the side in pixels of one square hole per training image (0: off; 16 on CIFAR-10)",
         ge=0,
         le=4096,
+    )
+    # google-research/sam cuts one hole at one place into every image of a batch (augmentation.cutout, after
+    # normalisation, on each host's batch): "batch", one place per step and process
+    cutout_per: Literal["image", "batch"] = flagged(
+        "image",
+        "--cutout-per",
+        "Cutout: a place of its own for each image's hole (Cutout's code), or one place for every image of the "
+        "batch (google-research/sam's batch-level cutout)",
     )
     # torchvision's v2.MixUp / v2.CutMix arithmetic, per batch on the device; both on: one of them per batch
     mixup: float = flagged(
@@ -191,6 +207,18 @@ class OptimSection(Section):
         commands=("bench",),
         ge=0.0,
         le=1e6,
+    )
+    # google-research/sam trains the batch of 256 on 8 accelerators: each takes 32 images, normalises BN over
+    # them and (with SAM) takes its own ascent (m-sharpness, the paper's Section 4.1); the gradients are averaged
+    replica_batch: int = flagged(
+        0,
+        "--replica-batch",
+        "split each process's batch into slices of this many images, as on that many accelerators: each slice "
+        "has its own BN statistics and, with --sam, its own ascent (SAM's m-sharpness); the step takes the mean "
+        "of their gradients (0: the whole batch)",
+        commands=("bench",),
+        ge=0,
+        le=2**20,
     )
     grad_clip: float = flagged(
         0.0,

@@ -7,6 +7,10 @@ a hole near the border is clipped and an odd side ``L`` covers ``L - 1`` pixels.
 image at a time with numpy; :class:`Cutout` does the whole batch on the device at once, drawing the centres
 from its own ``torch.Generator``, whose state is part of the run's checkpoint (a resumed run draws the same
 holes as one never stopped).
+
+``per="batch"`` is google-research/sam's batch-level cutout (``sam_jax/datasets/augmentation.py``, ``cutout``):
+one centre for the whole batch, the same rule, every image's hole at that one place. Their pipeline cuts it
+into each host's batch after normalisation (``dataset_source.py``, ``get_train``), so here into each process's.
 """
 
 from __future__ import annotations
@@ -18,12 +22,16 @@ import torch
 
 class Cutout:
     """``cutout(images) -> images`` with one ``length`` x ``length`` hole per image of an ``(N, C, H, W)``
-    batch, on the batch's device. ``seed`` starts the generator (a ``device`` one)."""
+    batch, on the batch's device: each image's at a place of its own (``per="image"``), or all at one place
+    (``per="batch"``: 2 integers drawn per batch). ``seed`` starts the generator (a ``device`` one)."""
 
-    def __init__(self, length: int, device: torch.device, seed: int) -> None:
+    def __init__(self, length: int, device: torch.device, seed: int, per: str = "image") -> None:
         if length <= 0:
             raise ValueError("the cutout hole needs a side of at least 1 pixel")
+        if per not in ("image", "batch"):
+            raise ValueError(f"Cutout places its holes per image or per batch, not per {per!r}")
         self.length = int(length)
+        self.per = per
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(int(seed))
 
@@ -38,7 +46,8 @@ class Cutout:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         n, _, h, w = images.shape
-        return images * self.masks(n, h, w, images.device)[:, None].to(images.dtype)
+        masks = self.masks(n if self.per == "image" else 1, h, w, images.device)
+        return images * masks[:, None].to(images.dtype)
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}

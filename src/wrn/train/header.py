@@ -63,7 +63,9 @@ def describe_recipes(cfg) -> str:
     data, optim, run = cfg.dataset, cfg.optim, cfg.run
     parts = [
         f"dropout {cfg.model.dropout:g}" if cfg.model.dropout else "",
-        f"Cutout {data.cutout} px" if data.cutout else "",
+        f"Cutout {data.cutout} px" + (" (one place per batch)" if data.cutout_per == "batch" else "")
+        if data.cutout
+        else "",
         f"mixup {data.mixup:g}" if data.mixup else "",
         f"CutMix {data.cutmix:g}" if data.cutmix else "",
         f"label smoothing {optim.label_smoothing:g}" if optim.label_smoothing else "",

@@ -132,6 +132,9 @@ def describe_optim(optim: OptimSection) -> str:
     parts = []
     if optim.sam_rho:
         parts.append(f"SAM rho {optim.sam_rho:g}")
+    if optim.replica_batch:
+        sam = " and SAM's ascent" if optim.sam_rho else ""
+        parts.append(f"BN{sam} per {optim.replica_batch} images")
     if optim.grad_clip:
         parts.append(f"grad norm clipped to {optim.grad_clip:g}")
     if not optim.decay_norm_and_bias:

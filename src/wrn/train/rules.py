@@ -20,6 +20,11 @@ def consistency_problem(cfg) -> str | None:
             f"--eval-models {run.eval_models} needs an average of the weights to choose from; "
             "add --ema DECAY (e.g. 0.999) or leave --eval-models out"
         )
+    if optim.replica_batch and optim.batch_size % optim.replica_batch:
+        return (
+            f"--replica-batch {optim.replica_batch} does not divide the batch of {optim.batch_size} into equal "
+            "slices; give a divisor of --batch-size (e.g. 32 of 256) or leave --replica-batch out"
+        )
     problem = _unused_option(cfg)
     if problem:
         return problem
@@ -53,6 +58,10 @@ def _unused_option(cfg) -> str | None:
         return (
             f"--crop-padding {data.crop_padding} fills the border of the training crop, but augment {augment} "
             f"has no such crop; use --augment crop or flip-crop, or leave --crop-padding out"
+        )
+    if data.cutout_per != defaults.cutout_per and not data.cutout:
+        return (
+            f"--cutout-per {data.cutout_per} places Cutout's holes, which are off; add --cutout L (e.g. 16)"
         )
     if run.compile_mode != "default" and not run.compile:
         return f"--compile-mode {run.compile_mode} is a mode of torch.compile, which is off; add --compile"

@@ -18,6 +18,10 @@ Over several processes (DDP) ``g`` is each process's own (their default ``sync_p
 m-sharpness with m the per-process batch), so the first backward runs under ``no_sync()``; the second
 gradient is averaged over the processes as usual (their ``jax.lax.pmean(grad, 'batch')``), and clipping, if
 on, comes after that average, as in their code.
+
+m-sharpness in one process (``optim.replica_batch``, :mod:`wrn.train.replicas`): the batch split into slices
+of m images, as on their 8 accelerators of 32 images each; :meth:`SAM.add_gradient` takes one slice's SAM
+gradient, from its own ascent ``e_i = rho g_i / ||g_i||``, and adds it, weighted, to every ``.grad``.
 """
 
 from __future__ import annotations
@@ -51,42 +55,77 @@ class SAM:
             loss, logits = loss_fn()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-        groups = _groups(optimizer)
-        saved_weights = self._ascend(groups)
+        groups = param_groups(optimizer)
+        saved_weights = self._ascend(groups, [[p.grad for p in params] for params, _ in groups])
         buffers = [b for b in net.buffers()]
         saved_buffers = [b.detach().clone() for b in buffers]
         optimizer.zero_grad(set_to_none=True)
         _set_rng_state(self.device, rng)
         second, _ = loss_fn()
         (second + _decay_at_e(groups, saved_weights)).backward()
-        with torch.no_grad():
-            for b, kept in zip(buffers, saved_buffers, strict=True):
-                b.copy_(kept)  # the first pass's BN statistics
-            for (params, _), kept in zip(groups, saved_weights, strict=True):
-                for p, w in zip(params, kept, strict=True):
-                    p.copy_(w)
+        _put_back(buffers, saved_buffers, groups, saved_weights)  # the first pass's BN statistics
+        return loss, logits
+
+    def add_gradient(
+        self,
+        net: torch.nn.Module,
+        groups: list[tuple[list[torch.Tensor], float]],
+        loss_fn: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+        weight: float,
+        sync: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adds ``weight`` times the SAM gradient of ``loss_fn``'s batch (a slice of the step's) to every
+        ``.grad``; the ascent is this batch's own. Leaves the weights as they were and the BN buffers as the
+        first pass left them; returns the first pass's ``(loss, logits)``. ``sync``: the second backward
+        averages over the processes (DDP; the last slice's), else it runs under ``no_sync()``."""
+        rng = _rng_state(self.device)
+        no_sync = getattr(net, "no_sync", None)
+        with no_sync() if no_sync is not None else nullcontext():
+            loss, logits = loss_fn()
+            params = [p for params, _ in groups for p in params if p.requires_grad]
+            found = iter(torch.autograd.grad(loss, params, allow_unused=True))
+        grads = [[next(found) if p.requires_grad else None for p in params] for params, _ in groups]
+        saved_weights = self._ascend(groups, grads)
+        buffers = list(net.buffers())
+        saved_buffers = [b.detach().clone() for b in buffers]
+        _set_rng_state(self.device, rng)
+        with no_sync() if no_sync is not None and not sync else nullcontext():
+            second, _ = loss_fn()
+            ((second + _decay_at_e(groups, saved_weights)) * weight).backward()
+        _put_back(buffers, saved_buffers, groups, saved_weights)
         return loss, logits
 
     @torch.no_grad()
-    def _ascend(self, groups) -> list[list[torch.Tensor]]:
-        """``w += rho * g / ||g||`` with ``g`` the gradient plus weight decay; returns the weights ``w``."""
-        grads = [
-            [p.grad + decay * p if decay else p.grad for p in params if p.grad is not None]
-            for params, decay in groups
+    def _ascend(self, groups, grads) -> list[list[torch.Tensor]]:
+        """``w += rho * g / ||g||`` with ``g`` the gradient ``grads`` (one per parameter, None where it has
+        none) plus weight decay; returns the weights ``w``."""
+        moves = [
+            [g + decay * p if decay else g for p, g in zip(params, given, strict=True) if g is not None]
+            for (params, decay), given in zip(groups, grads, strict=True)
         ]
-        flat = [g for group in grads for g in group]
+        flat = [g for group in moves for g in group]
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in flat]))
         scale = self.rho / norm.clamp_min(1e-12)  # (an all-zero gradient: no step, not NaN)
         saved = []
-        for (params, _), group in zip(groups, grads, strict=True):
+        for (params, _), given, group in zip(groups, grads, moves, strict=True):
             kept = []
-            with_grad = iter(group)
-            for p in params:
+            move = iter(group)
+            for p, g in zip(params, given, strict=True):
                 kept.append(p.detach().clone())
-                if p.grad is not None:
-                    p.add_(next(with_grad) * scale)
+                if g is not None:
+                    p.add_(next(move) * scale)
             saved.append(kept)
         return saved
+
+
+def _put_back(buffers, saved_buffers, groups, saved_weights) -> None:
+    """The BN buffers as the first pass left them, and the weights ``w`` themselves (not ``w + e - e``)."""
+    with torch.no_grad():
+        for b, kept in zip(buffers, saved_buffers, strict=True):
+            b.copy_(kept)
+        for (params, _), kept in zip(groups, saved_weights, strict=True):
+            for p, w in zip(params, kept, strict=True):
+                p.copy_(w)
 
 
 def _decay_at_e(groups, saved_weights) -> torch.Tensor | float:
@@ -102,7 +141,7 @@ def _decay_at_e(groups, saved_weights) -> torch.Tensor | float:
     return torch.stack(terms).sum() if terms else 0.0
 
 
-def _groups(optimizer: torch.optim.Optimizer) -> list[tuple[list[torch.Tensor], float]]:
+def param_groups(optimizer: torch.optim.Optimizer) -> list[tuple[list[torch.Tensor], float]]:
     return [(list(g["params"]), float(g.get("weight_decay", 0.0))) for g in optimizer.param_groups]
 
 
@@ -119,4 +158,4 @@ def _set_rng_state(device: torch.device, state) -> None:
         torch.set_rng_state(state)
 
 
-__all__ = ["SAM"]
+__all__ = ["SAM", "param_groups"]

@@ -1,9 +1,11 @@
 """SIGINT and SIGTERM during a run: a flag the loop reads between steps, so that what was trained is saved.
 
 :func:`catch_early` is called first thing by ``wrn train`` (this module imports nothing heavy), so that a
-signal during the start-up (imports, data loading, building) is kept until the run can save and stop. A
-second signal, of either kind, stops the process at once (``timeout -s TERM``'s repeat, a second Ctrl-C): a
-start-up that does not end is never beyond a signal's reach.
+signal during the start-up (imports, data loading, building) is kept until the run can save and stop. During
+the start-up a second signal of either kind stops the process at once (nothing is trained yet, so nothing is
+lost): a start-up that does not end is never beyond a signal's reach. Once the run trains, a second SIGINT
+stops it at once; SIGTERM stays one flag however often it comes (a grid's run may get it twice: from its
+orchestrator and on the orchestrator's death), so that the run saves.
 """
 
 from __future__ import annotations
@@ -49,15 +51,15 @@ def release_early() -> None:
 
 
 class Signals:
-    """SIGINT / SIGTERM set a flag that the loop reads between steps; a second signal stops at once."""
+    """SIGINT / SIGTERM set a flag that the loop reads between steps; a second SIGINT stops at once."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
     def _handler(self, signum, frame) -> None:
-        if self.signum is not None:
-            _at_once(signum)
+        if self.signum is not None and signum == signal.SIGINT:
+            _at_once(signum)  # a second Ctrl-C; a repeated SIGTERM (a grid's child gets two) still saves
         self.signum = signum
 
     def __enter__(self) -> Signals:

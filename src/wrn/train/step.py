@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 from wrn.train.objectives.base import Criterion, Objective
 from wrn.train.precision import autocast
+from wrn.train.replicas import replica_gradient
 
 
 @dataclass
@@ -52,7 +53,9 @@ class TrainStep:
     makes the batch it is trained on and its loss; ``ema`` (a
     :class:`~wrn.train.ema.WeightEMA`) is updated after every optimizer step (not after one the fp16 grad
     scaler skipped). ``sam`` (a :class:`~wrn.train.sam.SAM`) takes the gradient at the SAM-perturbed weights;
-    ``grad_clip`` > 0 clips the gradient's global norm before the update. All off by default.
+    ``grad_clip`` > 0 clips the gradient's global norm before the update. ``replica_batch`` > 0 smaller than
+    the batch takes the gradient slice by slice, as on that many accelerators (:mod:`wrn.train.replicas`: BN
+    and SAM's ascent per slice, the mean of their gradients). All off by default.
     The returned loss (the batch mean, float32) and logits (float32) are detached and stay on the device;
     with SAM they are the first pass's, at the weights before the step.
     """
@@ -70,6 +73,7 @@ class TrainStep:
         ema: WeightEMA | None = None,
         sam: SAM | None = None,
         grad_clip: float = 0.0,
+        replica_batch: int = 0,
     ) -> None:
         self.net = net
         self.optimizer = optimizer
@@ -84,6 +88,7 @@ class TrainStep:
         self.ema = ema
         self.sam = sam
         self.grad_clip = float(grad_clip)
+        self.replica_batch = int(replica_batch)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cutout is not None:
@@ -94,7 +99,17 @@ class TrainStep:
         def loss_fn() -> tuple[torch.Tensor, torch.Tensor]:
             return self.objective.loss(self.forward, batch)
 
-        if self.sam is not None:  # (never under fp16: the config refuses it)
+        if 0 < self.replica_batch < len(batch.labels):  # slices with their own BN (and SAM ascent)
+            loss, logits = replica_gradient(
+                self.net,
+                self.optimizer,
+                lambda part: self.objective.loss(self.forward, part),
+                batch,
+                self.replica_batch,
+                sam=self.sam,
+                scaler=self.scaler,
+            )
+        elif self.sam is not None:  # (never under fp16: the config refuses it)
             loss, logits = self.sam.gradient(self.net, self.optimizer, loss_fn)
         else:
             loss, logits = loss_fn()
