@@ -298,6 +298,7 @@ def _run(
     # bad data stops here, before anything is written
     loop = build_loop(cfg, run_dir, dist_info, device, signals, verbose, record=not resumed)
     lock = run_dir.hold_lock() if dist_info.is_main else None
+    signals.writing = True  # the start-up is over: from here a repeated SIGTERM waits for the save
     try:
         if dist_info.is_main and not resumed:
             run_dir.check_new()  # again, now that the lock is ours

@@ -55,11 +55,14 @@ class Signals:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.writing = False  # set by the run once it starts writing its files: the start-up is over
         self._previous: dict[int, Any] = {}
 
     def _handler(self, signum, frame) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            _at_once(signum)  # a second Ctrl-C; a repeated SIGTERM (a grid's child gets two) still saves
+        # a second Ctrl-C; before the run writes anything, a second signal of either kind; once it has, a
+        # repeated SIGTERM (a grid's child gets two) stays one flag, so that the run saves
+        if self.signum is not None and (signum == signal.SIGINT or not self.writing):
+            _at_once(signum)
         self.signum = signum
 
     def __enter__(self) -> Signals:
