@@ -39,6 +39,21 @@ def reflect_index(i: torch.Tensor, size: int) -> torch.Tensor:
     return (size - 1) - ((size - 1) - i).abs()
 
 
+def _check_per_image(per_image: PerImage, augment: str, x: torch.Tensor) -> None:
+    """A per-image stage needs uint8 images and the crop and flip of augment none, crop or flip-crop."""
+    what = per_image.describe()
+    if augment == "imagenet":
+        raise ConfigError(
+            f"{what} works with the crop and flip of augment none, crop or flip-crop, not with the "
+            "imagenet augmentation: drop --policy / --random-erasing or choose another --augment."
+        )
+    if x.dtype != torch.uint8:
+        raise ConfigError(
+            f"{what} needs the uint8 images, but these are {x.dtype} (ZCA-whitened?): use another "
+            "--normalization or drop --policy / --random-erasing."
+        )
+
+
 class DeviceLoader(EpochLoader):
     """Batches of a whole data set kept on ``device``, augmented there; one ``for`` loop is one epoch.
 
@@ -113,7 +128,7 @@ class DeviceLoader(EpochLoader):
         self.per_image = per_image if train and per_image is not None and per_image.active else None
         self.workers = int(workers)
         if self.per_image is not None:
-            self._check_per_image(x)
+            _check_per_image(self.per_image, self.augment, x)
             # the batches of the per-image stage are gathered on the CPU (the same tensor when x is there)
             self._x_cpu = x.to("cpu").contiguous()
             self._transform = self.per_image.transform(mean=normalize[0] if normalize is not None else None)
@@ -207,19 +222,6 @@ class DeviceLoader(EpochLoader):
         return crop_flip(self.x, idx, offset, flip, self.pad, aranges, zeros=self.crop_padding != "reflect")
 
     # ------------------------------------------------------------------------------------------ per image
-
-    def _check_per_image(self, x: torch.Tensor) -> None:
-        what = self.per_image.describe()
-        if self.augment == "imagenet":
-            raise ConfigError(
-                f"{what} works with the crop and flip of augment none, crop or flip-crop, not with the "
-                "imagenet augmentation: drop --policy / --random-erasing or choose another --augment."
-            )
-        if x.dtype != torch.uint8:
-            raise ConfigError(
-                f"{what} needs the uint8 images, but these are {x.dtype} (ZCA-whitened?): use another "
-                "--normalization or drop --policy / --random-erasing."
-            )
 
     def _per_image_batches(self, plan: dict):
         """The remaining batches of the epoch as (uint8 images, erasing boxes), from DataLoader workers."""
