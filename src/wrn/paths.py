@@ -75,10 +75,6 @@ def not_a_file(path: str | os.PathLike) -> str | None:
     return "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
 
 
-def _kind(path: Path) -> str:
-    return "a directory" if path.is_dir() else "a file"
-
-
 def _blocking_parent(path: Path) -> Path | None:
     """The nearest ancestor of ``path`` that exists but is not a directory (so nothing can be made below it)."""
     for parent in path.parents:
