@@ -410,7 +410,8 @@ for x, y in _batches(2):
     half = len(x) // 2
     step(x[info.rank * half:(info.rank + 1) * half], y[info.rank * half:(info.rank + 1) * half])
 torch.save(dict(model.named_parameters()), f"{sys.argv[1]}/rank{info.rank}.pt")
-D.teardown()
+del step  # (its DDP wrapper goes before the group)
+D.finish(info)
 """
 
 

@@ -171,7 +171,8 @@ step = build_trainables(cfg, model, torch.device("cpu"), info).step
 for x, y in _batches16(2):
     step(x[info.rank * 8:(info.rank + 1) * 8], y[info.rank * 8:(info.rank + 1) * 8])
 torch.save(dict(model.named_parameters()), f"{sys.argv[1]}/rank{info.rank}.pt")
-D.teardown()
+del step  # (its DDP wrapper goes before the group)
+D.finish(info)
 """
 
 

@@ -58,6 +58,19 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
+def finish(info: DistInfo) -> None:
+    """Leave the group at a clean end: every rank finishes its collectives before any destroys the group (gloo
+    can abort a process whose peer tore the group down while its last messages were in flight: "terminate
+    called without an active exception"), and the DDP wrappers still held in reference cycles are freed first,
+    so that the group is not destroyed again at the interpreter's exit, by their destructors. After a failure
+    call :func:`teardown` alone: a barrier would wait for a rank that is gone."""
+    import gc
+
+    barrier(info)
+    gc.collect()
+    teardown()
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

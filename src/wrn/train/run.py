@@ -218,7 +218,9 @@ def _launch(cfg, out, checkpoint, verbose: bool, fresh: bool = False) -> TrainRe
     dist_info = D.setup(cfg.run.device.split(":")[0])
     try:
         with Signals() as signals:
-            return _run(cfg, out, checkpoint, dist_info, verbose and dist_info.is_main, signals, fresh)
+            result = _run(cfg, out, checkpoint, dist_info, verbose and dist_info.is_main, signals, fresh)
+        D.finish(dist_info)
+        return result
     finally:
         D.teardown()
 
