@@ -260,3 +260,44 @@ def image(tmp_path):
     path = tmp_path / "digit.png"
     Image.new("L", (8, 8), 128).save(path)
     return path
+
+
+def mounted(tmp_path, *args: str):
+    """``mount ARGS DIR`` on a new folder (unmounted at the end of the test), or skip where mount is refused."""
+    import subprocess
+
+    point = tmp_path / f"mnt{len(list(tmp_path.glob('mnt*')))}"
+    point.mkdir()
+    proc = subprocess.run(["mount", *args, str(point)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"mount {' '.join(args)} refused here ({proc.stderr.strip()}); run as root to test it")
+    return point
+
+
+@pytest.fixture
+def mounts():
+    """The mount points a test made: unmounted (lazily) at its end."""
+    points: list = []
+    yield points
+    import subprocess
+
+    for point in reversed(points):
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def small_tmpfs(tmp_path, mounts):
+    """A 1 MiB tmpfs (unmounted at the end of the test), or skip."""
+    point = mounted(tmp_path, "-t", "tmpfs", "-o", "size=1m", "tmpfs")
+    mounts.append(point)
+    return point
+
+
+def read_only(tmp_path, mounts, source):
+    """A read-only bind mount of the folder ``source`` (unmounted at the end of the test), or skip."""
+    import subprocess
+
+    point = mounted(tmp_path, "--bind", str(source))
+    mounts.append(point)
+    if subprocess.run(["mount", "-o", "remount,bind,ro", str(point)], capture_output=True).returncode:
+        pytest.skip("a read-only remount of a bind mount is refused here; run as root to test it")
+    return point

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import wrn
+from conftest import read_only, small_tmpfs
 from wrn.atomic import atomic_write, atomic_write_bytes, remove_stale_temporaries
 from wrn.cli import main
 from wrn.errors import CheckpointError, WriteError
@@ -32,38 +33,6 @@ def one_error(capsys, argv: list[str]) -> str:
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     return err
-
-
-def mounted(tmp_path: Path, *args: str) -> Path:
-    """``mount ARGS DIR`` on a new folder (unmounted at the end of the test), or skip where mount is refused."""
-    point = tmp_path / f"mnt{len(list(tmp_path.glob('mnt*')))}"
-    point.mkdir()
-    proc = subprocess.run(["mount", *args, str(point)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"mount {' '.join(args)} refused here ({proc.stderr.strip()}); run as root to test it")
-    return point
-
-
-@pytest.fixture
-def mounts():
-    points: list[Path] = []
-    yield points
-    for point in reversed(points):
-        subprocess.run(["umount", "-l", str(point)], capture_output=True)
-
-
-def small_tmpfs(tmp_path, mounts) -> Path:
-    point = mounted(tmp_path, "-t", "tmpfs", "-o", "size=1m", "tmpfs")
-    mounts.append(point)
-    return point
-
-
-def read_only(tmp_path, mounts, source: Path) -> Path:
-    point = mounted(tmp_path, "--bind", str(source))
-    mounts.append(point)
-    if subprocess.run(["mount", "-o", "remount,bind,ro", str(point)], capture_output=True).returncode:
-        pytest.skip("a read-only remount of a bind mount is refused here; run as root to test it")
-    return point
 
 
 def flip_byte(path: Path, offset: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,10 +104,52 @@ def evaluate_dir(
     A directory with ``model.safetensors`` + ``model.json`` is loaded with :func:`wrn.load_model`; a run
     directory without them (an unfinished run) uses the weights of its ``checkpoint.pt``.
     """
+    given = {"name": dataset, "root": data_dir, "normalization": normalization, "image_size": image_size}
+    found = load_for_eval(path, given, batch_size=batch_size, device=device, amp=amp, download=download,
+                          split=split)  # fmt: skip
+    result = evaluate(found.model, found.loader, found.device, amp=found.cfg.run.amp)
+    return {**found.record(), **result}
+
+
+@dataclass
+class Found:
+    """What :func:`load_for_eval` found: the model, the test loader, the run's resolved config (its data
+    settings with the given ones on top) and where the weights came from."""
+
+    model: torch.nn.Module
+    loader: Any
+    info: Any  # wrn.data.registry.DatasetInfo
+    cfg: Any  # wrn.train.config.TrainConfig
+    source: str  # "model", or the checkpoint of an unfinished run
+    split: str
+    run_dir: RunDir
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.cfg.run.device)
+
+    def record(self) -> dict[str, Any]:
+        name = getattr(self.model, "config", {}).get("name", type(self.model).__name__)
+        return {"model": name, "dataset": self.cfg.dataset.name, "split": self.split, "source": self.source}
+
+
+def load_for_eval(
+    path: str | Path,
+    given: dict[str, Any],
+    *,
+    batch_size: int = 256,
+    device: str = "auto",
+    amp: str = "off",
+    download: bool = False,
+    split: str | None = None,
+    loader_normalization: str | None = None,
+) -> Found:
+    """The model of a run or model directory and the test loader of its data set (``given``: data settings
+    that override the run's); ``loader_normalization`` makes the loader normalise otherwise than the run
+    (``pixels``: the images in [0, 1] that attacks act on). Everything is checked before any data is read."""
     from wrn.data import dataset_info, make_loaders
 
     run_dir, has_model = _check_dir(path, batch_size)
-    given = {"name": dataset, "root": data_dir, "normalization": normalization, "image_size": image_size}
     cfg = _data_config(run_dir, given, download, device, amp)
     dev, data = torch.device(cfg.run.device), cfg.dataset
     splits = dataset_info(data.name).splits
@@ -117,7 +160,7 @@ def evaluate_dir(
         data.root,
         batch_size=batch_size,
         augment=data.augment,  # the test loader never augments; image folders pick their test transform by it
-        normalization=data.normalization,
+        normalization=loader_normalization or data.normalization,
         device=dev,
         download=data.download,
         verify=data.verify,
@@ -128,10 +171,8 @@ def evaluate_dir(
     )
     model, source = _load_model(run_dir, has_model, info, dev)
     _check_fits(model, info, data)
-    result = evaluate(model, test_loader, dev, amp=cfg.run.amp)
-    name = getattr(model, "config", {}).get("name", type(model).__name__)
     split_name = split or dataset_info(data.name).test_split
-    return {"model": name, "dataset": data.name, "split": split_name, "source": source, **result}
+    return Found(model, test_loader, info, cfg, source, split_name, run_dir)
 
 
 def _check_dir(path: str | Path, batch_size: int):
