@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import one_line_error, wrn_here
-from wrn.attacks import PixelModel, fraction, pgd, trades_attack
+from wrn.attacks import PixelModel, pgd, trades_attack
+from wrn.train.fields import fraction
 from wrn.train.robust_eval import AttackSpec, robust_flags
 
 

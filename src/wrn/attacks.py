@@ -8,24 +8,12 @@ The sources each function follows, line by line, are named in its docstring and 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 NORMS = ("linf", "l2")
-_FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*/\s*([0-9]*\.?[0-9]+)\s*$")
-
-
-def fraction(value: object) -> object:
-    """``"8/255"`` as the float 8/255; any other value as it is (a number, or text for the caller to refuse)."""
-    if isinstance(value, str):
-        match = _FRACTION.match(value)
-        if match:
-            num, den = float(match.group(1)), float(match.group(2))
-            return num / den if den else value
-    return value
 
 
 class PixelModel(torch.nn.Module):
@@ -136,4 +124,4 @@ def trades_attack(
     return x_adv.clamp(0, 1).detach()
 
 
-__all__ = ["NORMS", "PixelModel", "fraction", "pgd", "trades_attack"]
+__all__ = ["NORMS", "PixelModel", "pgd", "trades_attack"]

@@ -3,7 +3,7 @@
 A run has one seed (``run.seed``). It seeds torch's global generator before the weights are drawn (so the
 weights depend on the seed alone) and the device-resident loader's order. Every other stream draws from a seed
 derived here, apart from each other and from those two: the per-image policies of each batch, the image
-folders' order and samples, Cutout's holes and mixup/CutMix's draws of each process, and each process's own
+folders' order and samples, Cutout's holes, mixup/CutMix's draws and the adversarial attack's starts of each process, and each process's own
 global stream (dropout) under several processes. :func:`stream_seed` mixes the run's seed, the stream's name
 and where the stream is (epoch, rank, batch, ...) through numpy's ``SeedSequence``, so that nearby seeds give
 unrelated streams.
@@ -20,6 +20,7 @@ STREAMS = {
     "cutout": 0x6375746F7574,  # Cutout's holes, per rank
     "mixing": 0x6D6978,  # mixup / CutMix, per rank
     "process": 0x70726F63,  # each process's global generator (dropout) under several processes, per rank
+    "adversary": 0x616476,  # the random starts of adversarial training's attack, per rank
 }
 
 

@@ -137,7 +137,7 @@ def run_attack(args: argparse.Namespace) -> int:
 
 
 def _number(text: str, flag: str) -> float:
-    from wrn.attacks import fraction
+    from wrn.train.fields import fraction
 
     value = fraction(text)
     try:

@@ -15,7 +15,7 @@ from wrn.data.registry import DatasetInfo
 from wrn.errors import ConfigError
 from wrn.train import distributed as D
 from wrn.train.config import TrainConfig
-from wrn.train.objectives import objective_class
+from wrn.train.objectives import adversary_class, objective_class
 from wrn.train.objectives.base import Context
 from wrn.train.step import TrainStep, compile_net
 
@@ -71,10 +71,13 @@ def build_trainables(
     classes = getattr(model, "config", {}).get("num_classes")  # (a model not built by wrn may not say)
     ctx = Context(cfg, classes, device, dist_info.rank, dist_info.world_size)
     cutout, ema, sam = _step_recipes(ctx, model)
+    objective = objective_class(cfg.objective.name)(ctx)
+    if cfg.adv.method != "none":  # adversarial training: the objective on the examples of its attack
+        objective = adversary_class(cfg.adv.method)(objective, ctx)
     step = TrainStep(
         net,
         optimizer,
-        objective_class(cfg.objective.name)(ctx),
+        objective,
         device=device,
         amp=cfg.run.amp,
         channels_last=bool(cfg.run.channels_last),

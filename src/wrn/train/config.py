@@ -22,8 +22,8 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from wrn.data.registry import AUGMENT_CHOICES, CROP_PADDINGS, DATASETS, NORMALIZATION_CHOICES, POLICY_CHOICES
 from wrn.errors import ConfigError
-from wrn.train.fields import Section, flagged, option
-from wrn.train.objectives import objective_section
+from wrn.train.fields import Section, flagged, fraction, option
+from wrn.train.objectives import ADVERSARIES, objective_section
 from wrn.train.rules import consistency_problem
 
 
@@ -380,6 +380,52 @@ class ProvenanceSection(Section):
 COMPILE_MODES = typing.get_args(RunSection.model_fields["compile_mode"].annotation)
 
 
+class AdvSection(Section):
+    """Adversarial training (``docs/robustness.md``): the method, and its attack's budget on pixels in [0, 1]
+    (unset: the method's own, ``wrn.train.objectives.ADVERSARIES``, filled in by resolve)."""
+
+    method: Literal[("none", *ADVERSARIES)] = flagged(
+        "none",
+        "--adv",
+        "adversarial training: "
+        + "; ".join(
+            f"{k}: {a.summary} (defaults eps {a.eps:.4g}, {a.steps} steps of {a.step_size:.4g})"
+            for k, a in ADVERSARIES.items()
+        ),
+        commands=("bench",),
+    )
+    eps: float | None = flagged(
+        None,
+        "--adv-eps",
+        "the attack's L-inf radius on pixels in [0, 1] (8/255 is accepted)",
+        gt=0.0,
+        le=1.0,
+        commands=("bench",),
+    )
+    steps: int | None = flagged(None, "--adv-steps", "the attack's steps", ge=1, le=1000, commands=("bench",))
+    step_size: float | None = flagged(
+        None,
+        "--adv-step-size",
+        "the attack's step on pixels in [0, 1] (2/255 is accepted)",
+        gt=0.0,
+        le=1.0,
+        commands=("bench",),
+    )
+    trades_beta: float = flagged(
+        6.0,
+        "--trades-beta",
+        "TRADES: the weight beta of the KL term (their 6.0)",
+        ge=0.0,
+        le=1e6,
+        commands=("bench",),
+    )
+
+    @field_validator("eps", "step_size", mode="before")
+    @classmethod
+    def _fraction(cls, value: Any) -> Any:
+        return fraction(value)
+
+
 class TrainConfig(Section):
     preset: str | None = Field(default=None, json_schema_extra=option(how=True))
     description: str = Field(default="", json_schema_extra=option(how=True))
@@ -388,6 +434,7 @@ class TrainConfig(Section):
     optim: OptimSection = Field(default_factory=OptimSection)
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
     objective: ObjectiveSection = Field(default_factory=ObjectiveSection)
+    adv: AdvSection = Field(default_factory=AdvSection)
     run: RunSection = Field(default_factory=RunSection)
     provenance: ProvenanceSection = Field(
         default_factory=ProvenanceSection, json_schema_extra=option(how=True, volatile=True)

@@ -3,6 +3,7 @@ each field (:func:`option`), from which :mod:`wrn.train.options` derives every o
 
 from __future__ import annotations
 
+import re
 import typing
 from typing import Any
 
@@ -26,6 +27,19 @@ class Section(BaseModel):
             if any(k in (int, float) for k in kinds) and bool not in kinds:
                 raise ValueError("expected a number, not a boolean")
         return value
+
+
+_FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*/\s*([0-9]*\.?[0-9]+)\s*$")
+
+
+def fraction(value: object) -> object:
+    """``"8/255"`` as the float 8/255; any other value as it is (a number, or text for the caller to refuse)."""
+    if isinstance(value, str):
+        match = _FRACTION.match(value)
+        if match:
+            num, den = float(match.group(1)), float(match.group(2))
+            return num / den if den else value
+    return value
 
 
 COMMANDS = ("reproduce", "bench")  # the commands besides `wrn train` that may take a field's option

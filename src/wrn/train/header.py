@@ -59,7 +59,7 @@ def print_header(loop, resumed: bool) -> None:
 
 def describe_recipes(cfg) -> str:
     """The run's other active recipes in a few words, each after a comma ('' when none is on): dropout,
-    Cutout, mixup, CutMix, label smoothing, the objective, torch.compile."""
+    Cutout, mixup, CutMix, label smoothing, the objective, adversarial training, torch.compile."""
     data, optim, run = cfg.dataset, cfg.optim, cfg.run
     parts = [
         f"dropout {cfg.model.dropout:g}" if cfg.model.dropout else "",
@@ -70,6 +70,7 @@ def describe_recipes(cfg) -> str:
         f"CutMix {data.cutmix:g}" if data.cutmix else "",
         f"label smoothing {optim.label_smoothing:g}" if optim.label_smoothing else "",
         _objective(cfg.objective),
+        _adversary(cfg.adv),
         f"torch.compile ({run.compile_mode})" if run.compile else "",
     ]
     return "".join(f", {p}" for p in parts if p)
@@ -91,6 +92,19 @@ def _objective(objective) -> str:
         f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in dict(options or {}).items()
     )
     return f"objective {objective.name}" + (f" ({given})" if given else "")
+
+
+def _adversary(adv) -> str:
+    """``adversarial training pgd (eps 8/255, 10 steps of 2/255)``, or '' without it."""
+    if adv.method == "none":
+        return ""
+
+    def text(value: float) -> str:
+        k = value * 255
+        return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{value:g}"
+
+    beta = f", beta {adv.trades_beta:g}" if adv.method == "trades" else ""
+    return f"adversarial training {adv.method} (eps {text(adv.eps)}, {adv.steps} steps of {text(adv.step_size)}{beta})"
 
 
 def _busy_cpu(device: torch.device) -> str | None:

@@ -32,6 +32,7 @@ GROUPS = {
     "optim": "optimization",
     "schedule": "optimization",
     "objective": "optimization",
+    "adv": "adversarial training",
     "run": "run",
 }
 NULLS = ("null", "~")  # None, where a field allows it (``none`` is a word: the choice of dataset.augment)

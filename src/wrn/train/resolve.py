@@ -19,6 +19,7 @@ from typing import Any
 
 from wrn.errors import ConfigError
 from wrn.train.config import TrainConfig, replace
+from wrn.train.objectives import adversary_budget
 
 
 def _device_kind(device: str, cuda_available: bool) -> tuple[str, str]:
@@ -91,6 +92,7 @@ def resolve(cfg: TrainConfig, *, cuda_available: bool | None = None) -> TrainCon
             "act": unset(model.act, "relu"),  # the paper's
             "bn_momentum": unset(model.bn_momentum, 0.1),  # PyTorch's convention; Torch's 0.9 in their code
         },
+        adv=adversary_budget(cfg.adv),  # the method's own attack budget where none is given
     )
 
 

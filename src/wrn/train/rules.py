@@ -25,7 +25,7 @@ def consistency_problem(cfg) -> str | None:
             f"--replica-batch {optim.replica_batch} does not divide the batch of {optim.batch_size} into equal "
             "slices; give a divisor of --batch-size (e.g. 32 of 256) or leave --replica-batch out"
         )
-    problem = _unused_option(cfg)
+    problem = _unused_option(cfg) or _adversarial_problem(cfg)
     if problem:
         return problem
     for key in type(cfg.objective).model_fields:
@@ -35,6 +35,33 @@ def consistency_problem(cfg) -> str | None:
                 f"objective.{key} is set but the objective is {cfg.objective.name}; add --objective "
                 f"{key.replace('_', '-')} or leave its options out"
             )
+    return None
+
+
+def _adversarial_problem(cfg) -> str | None:
+    """Options of adversarial training without it, or beside what its attack cannot take."""
+    adv, data = cfg.adv, cfg.dataset
+    if adv.method == "none":
+        given = [f for f, v in (("--adv-eps", adv.eps), ("--adv-steps", adv.steps), ("--adv-step-size",
+                 adv.step_size)) if v is not None]  # fmt: skip
+        if given or adv.trades_beta != type(adv)().trades_beta:
+            return (
+                f"{', '.join(given or ['--trades-beta'])} set the attack of adversarial training, which is off; "
+                "add --adv pgd or --adv trades, or leave them out"
+            )
+        return None
+    if adv.method != "trades" and adv.trades_beta != type(adv)().trades_beta:
+        return f"--trades-beta weights TRADES' KL term, but --adv is {adv.method}; add --adv trades or leave it out"
+    if data.mixup or data.cutmix:
+        return (
+            f"--adv {adv.method} attacks the images of the batch and their labels; mixup and CutMix mix both: "
+            "leave --mixup / --cutmix out with --adv"
+        )
+    if data.normalization == "zca":
+        return (
+            f"--adv {adv.method} attacks pixels through a per-channel normalisation, and ZCA whitening is not "
+            "one; use another --normalization with --adv"
+        )
     return None
 
 

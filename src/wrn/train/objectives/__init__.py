@@ -41,6 +41,59 @@ OBJECTIVES: dict[str, Entry] = {
 }
 
 
+@dataclass(frozen=True)
+class Adversary:
+    """A method of adversarial training (``--adv NAME``): the objective it wraps is trained on the examples its
+    attack makes. ``eps``, ``steps`` and ``step_size`` are its code's defaults, on pixels in [0, 1]."""
+
+    target: str  # "module:Class", imported when a run builds it
+    summary: str
+    source: str  # the file its step was read from
+    eps: float
+    steps: int
+    step_size: float
+
+
+ADVERSARIES: dict[str, Adversary] = {
+    "pgd": Adversary(
+        "wrn.train.objectives.adversarial:PGDTraining",
+        "PGD adversarial training (Madry et al. 2018): the objective on PGD examples, made with the network "
+        "in training mode, from a uniform random start",
+        "locuslab/robust_overfitting train_cifar.py (Rice et al. 2020)",
+        8 / 255,
+        10,
+        2 / 255,
+    ),
+    "trades": Adversary(
+        "wrn.train.objectives.adversarial:TRADES",
+        "TRADES (Zhang et al. 2019): the objective on the clean images + beta x KL(adversarial || clean), the "
+        "attack run with the network in eval mode from x + 0.001 N(0, 1)",
+        "yaodongyu/TRADES trades.py and train_trades_cifar10.py",
+        0.031,
+        10,
+        0.007,
+    ),
+}
+
+
+def adversary_budget(adv: Any) -> dict[str, Any]:
+    """The attack's ``eps``, ``steps`` and ``step_size`` of the config's ``adv`` section, each unset one the
+    method's own (:data:`ADVERSARIES`); ``{}`` without adversarial training."""
+    method = ADVERSARIES.get(adv.method)
+    if method is None:
+        return {}
+    return {
+        k: getattr(method, k) if getattr(adv, k) is None else getattr(adv, k)
+        for k in ("eps", "steps", "step_size")
+    }
+
+
+def adversary_class(name: str) -> type:
+    """The class of the adversarial training method ``name`` (a name the config has validated)."""
+    module, _, attr = ADVERSARIES[name].target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 def objective_class(name: str) -> type:
     """The class of the objective ``name`` (a name the config has validated)."""
     module, _, attr = OBJECTIVES[name].target.partition(":")
@@ -68,4 +121,12 @@ def objective_section() -> type:
     )
 
 
-__all__ = ["Entry", "OBJECTIVES", "objective_class", "objective_section"]
+__all__ = [
+    "ADVERSARIES",
+    "Adversary",
+    "Entry",
+    "OBJECTIVES",
+    "adversary_class",
+    "objective_class",
+    "objective_section",
+]

@@ -1,0 +1,143 @@
+"""Adversarial training (``--adv``): the run's objective trained on the examples of an attack made inside the
+step, each method as its code runs it (``docs/robustness.md`` names every line followed and every difference).
+
+The data pipeline hands the step normalised images; the attack acts on pixels in [0, 1], through the
+normalisation (:meth:`Adversarial.pixels` and :meth:`Adversarial.normalised`), with the radius and steps on the
+pixel scale, as the methods' code (which normalises inside the model, or not at all) does. Each method wraps
+the run's objective (:mod:`wrn.train.objectives`): cross-entropy with label smoothing, or another loss.
+The attack's random start comes from a generator of the objective's own, saved in the run's checkpoint, so
+that a resumed run draws the same starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from wrn.attacks import pgd, trades_attack
+from wrn.train.objectives.base import Batch, Context, Forward, Objective
+
+
+@contextlib.contextmanager
+def _attack_mode(net: torch.nn.Module, training: bool):
+    """The network in the mode the method's attack runs it in, and, under DDP, with no gradient reduction
+    prepared for the attack's passes (they differentiate the images only); the mode restored after."""
+    was = net.training
+    net.train(training)
+    ddp = getattr(net, "_orig_mod", net)  # (torch.compile wraps DDP)
+    quiet = (
+        ddp.no_sync()
+        if isinstance(ddp, torch.nn.parallel.DistributedDataParallel)
+        else contextlib.nullcontext()
+    )
+    try:
+        with quiet:
+            yield
+    finally:
+        net.train(was)
+
+
+class Adversarial(Objective):
+    """The common part: the wrapped objective, the pixel scale and the attack's generator."""
+
+    def __init__(self, inner: Objective, ctx: Context) -> None:
+        from wrn.data.registry import normalization_for
+        from wrn.train.objectives import adversary_budget
+
+        budget = adversary_budget(ctx.cfg.adv)
+        self.inner = inner
+        self.mixing = None  # (the config refuses mixup / CutMix with --adv)
+        self.eps, self.steps, self.step_size = (
+            float(budget["eps"]),
+            int(budget["steps"]),
+            float(budget["step_size"]),
+        )
+        self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed("adversary"))
+        self._normalization = ctx.cfg.dataset.normalization
+        self._constants = normalization_for
+        self._scale: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _mean_std(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._scale is None:
+            mean, std = self._constants(self._normalization, images.shape[1])
+            shape = (1, -1, 1, 1)
+            self._scale = (
+                torch.tensor(mean, device=images.device).view(shape) / 255,
+                torch.tensor(std, device=images.device).view(shape) / 255,
+            )
+        return self._scale
+
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """The normalised images of the pipeline as pixels in [0, 1]."""
+        mean, std = self._mean_std(images)
+        return images.float() * std + mean
+
+    def normalised(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std = self._mean_std(x)
+        return (x - mean) / std
+
+    def on_pixels(self, forward: Forward):
+        return lambda x: forward(self.normalised(x))
+
+    def criterion(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.inner.criterion(logits, targets)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"inner": self.inner.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state["inner"])
+        self.generator.set_state(state["generator"].cpu())
+
+
+class PGDTraining(Adversarial):
+    """PGD adversarial training as robust_overfitting's ``train_cifar.py`` runs it (``--attack pgd``): the
+    network stays in training mode for the attack (its BN normalises each attack pass over the batch and
+    updates its running statistics with it), one random start uniform in the ball, the attack's steps, the
+    restart's loss pass, then the objective on the adversarial images."""
+
+    def prepare(self, forward: Forward, images: torch.Tensor, labels: torch.Tensor) -> Batch:
+        x = self.pixels(images)
+        with _attack_mode(forward.net, training=True):
+            adv = pgd(self.on_pixels(forward), x, labels, eps=self.eps, step_size=self.step_size,
+                      steps=self.steps, generator=self.generator)  # fmt: skip
+        return Batch(self.normalised(adv).to(images.dtype), labels, labels)
+
+
+@dataclass
+class TradesBatch(Batch):
+    natural: torch.Tensor  # the clean (normalised) images; ``images`` are the adversarial ones
+
+
+class TRADES(Adversarial):
+    """TRADES as ``trades.py`` trains (``trades_loss``): the attack with the network in eval mode, up the KL
+    divergence from the clean prediction; then, in training mode, the objective on the clean images plus
+    ``beta`` x KL(prediction at the adversarial images || at the clean ones) averaged over the batch, with
+    their three passes (clean, adversarial, clean again for the KL's target: BN's running statistics see the
+    clean batch twice, as theirs do). The training accuracy counts the clean predictions."""
+
+    def __init__(self, inner: Objective, ctx: Context) -> None:
+        super().__init__(inner, ctx)
+        self.beta = float(ctx.cfg.adv.trades_beta)
+
+    def prepare(self, forward: Forward, images: torch.Tensor, labels: torch.Tensor) -> Batch:
+        x = self.pixels(images)
+        with _attack_mode(forward.net, training=False):
+            adv = trades_attack(self.on_pixels(forward), x, eps=self.eps, step_size=self.step_size,
+                                steps=self.steps, generator=self.generator)  # fmt: skip
+        return TradesBatch(self.normalised(adv).to(images.dtype), labels, labels, natural=images)
+
+    def loss(self, forward: Forward, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        assert isinstance(batch, TradesBatch)
+        logits = forward(batch.natural)
+        natural = self.criterion(logits, batch.targets)
+        robust = F.kl_div(F.log_softmax(forward(batch.images), dim=1), F.softmax(forward(batch.natural), dim=1),
+                          reduction="sum") / len(batch.labels)  # fmt: skip
+        return natural + self.beta * robust, logits
+
+
+__all__ = ["Adversarial", "PGDTraining", "TRADES", "TradesBatch"]

@@ -1,0 +1,232 @@
+"""Adversarial training (``--adv pgd|trades``): each step equal to a reference written out here from its code
+(locuslab/robust_overfitting's train_cifar.py, yaodongyu/TRADES's trades.py), the options through the real
+command line, and the scaled-down experiment: on the digits, PGD training keeps the robust accuracy that a
+plain network loses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import one_line_error, wrn_here
+from wrn.seeds import stream_seed
+from wrn.train.build import build_trainables
+from wrn.train.compose import build_config
+from wrn.train.recipe import make_optimizer
+from wrn.train.resolve import resolve
+
+MEAN, STD = 77.85 / 255, 95.85 / 255  # the digits' normalisation (wrn.data.registry), on the [0, 1] scale
+
+
+class _Net(torch.nn.Module):
+    """Conv, BN (its running statistics see every pass in training mode), ReLU, linear: 1-channel 8x8."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 6, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(6)
+        self.fc = torch.nn.Linear(6 * 16, 10)
+
+    def forward(self, x):
+        return self.fc(F.max_pool2d(F.relu(self.bn(self.conv(x))), 2).flatten(1))
+
+
+def _cfg(**overrides):
+    base = {"run.device": "cpu", "run.channels_last": False, "optim.weight_decay": 5e-4, "run.seed": 3}
+    return resolve(build_config("demo", overrides={**base, **overrides}))
+
+
+def _data(n_batches=2, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        (torch.rand(16, 1, 8, 8, generator=gen), torch.randint(10, (16,), generator=gen))
+        for _ in range(n_batches)
+    ]
+
+
+def _ours(cfg, data):
+    torch.manual_seed(0)
+    model = _Net()
+    step = build_trainables(cfg, model, torch.device("cpu")).step
+    model.train()
+    for x, y in data:
+        step((x - MEAN) / STD, y)  # the pipeline hands the step normalised images
+    return model
+
+
+def _normalize(z):
+    return (z - MEAN) / STD
+
+
+def _clamp(X, lower_limit, upper_limit):
+    return torch.max(torch.min(X, upper_limit), lower_limit)
+
+
+def _rice_step(model, opt, X, y, gen, epsilon, alpha, attack_iters):
+    """train_cifar.py, --attack pgd, one restart, l_inf: attack_pgd in training mode, then the step."""
+    model.train()
+    max_loss = torch.zeros(y.shape[0])
+    max_delta = torch.zeros_like(X)
+    delta = torch.zeros_like(X)
+    delta.uniform_(-epsilon, epsilon, generator=gen)
+    delta = _clamp(delta, 0 - X, 1 - X)
+    delta.requires_grad = True
+    for _ in range(attack_iters):
+        output = model(_normalize(X + delta))
+        loss = F.cross_entropy(output, y)
+        loss.backward()
+        grad = delta.grad.detach()
+        d = torch.clamp(delta + alpha * torch.sign(grad), min=-epsilon, max=epsilon)
+        d = _clamp(d, 0 - X, 1 - X)
+        delta.data = d
+        delta.grad.zero_()
+    all_loss = F.cross_entropy(model(_normalize(X + delta)), y, reduction="none")
+    max_delta[all_loss >= max_loss] = delta.detach()[all_loss >= max_loss]
+    robust_output = model(_normalize(torch.clamp(X + max_delta, min=0, max=1)))
+    robust_loss = F.cross_entropy(robust_output, y)
+    opt.zero_grad()
+    robust_loss.backward()
+    opt.step()
+
+
+def _trades_step(model, opt, x_natural, y, gen, step_size, epsilon, perturb_steps, beta):
+    """trades.py's trades_loss (l_inf) and train_trades_cifar10.py's step; the model normalises inside."""
+    net = lambda z: model(_normalize(z))  # noqa: E731
+    criterion_kl = torch.nn.KLDivLoss(reduction="sum")
+    model.eval()
+    batch_size = len(x_natural)
+    x_adv = x_natural.detach() + 0.001 * torch.randn(x_natural.shape, generator=gen).detach()
+    for _ in range(perturb_steps):
+        x_adv.requires_grad_()
+        with torch.enable_grad():
+            loss_kl = criterion_kl(F.log_softmax(net(x_adv), dim=1), F.softmax(net(x_natural), dim=1))
+        grad = torch.autograd.grad(loss_kl, [x_adv])[0]
+        x_adv = x_adv.detach() + step_size * torch.sign(grad.detach())
+        x_adv = torch.min(torch.max(x_adv, x_natural - epsilon), x_natural + epsilon)
+        x_adv = torch.clamp(x_adv, 0.0, 1.0)
+    model.train()
+    x_adv = torch.clamp(x_adv, 0.0, 1.0).detach()
+    opt.zero_grad()
+    logits = net(x_natural)
+    loss_natural = F.cross_entropy(logits, y)
+    loss_robust = (1.0 / batch_size) * criterion_kl(
+        F.log_softmax(net(x_adv), dim=1), F.softmax(net(x_natural), dim=1)
+    )
+    loss = loss_natural + beta * loss_robust
+    loss.backward()
+    opt.step()
+
+
+def _assert_same_state(ours, theirs):
+    a, b = ours.state_dict(), theirs.state_dict()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=2e-5, rtol=1e-4), key
+
+
+def test_pgd_training_step_is_robust_overfittings():
+    cfg = _cfg(**{"adv.method": "pgd", "adv.eps": "32/255", "adv.step_size": "8/255", "adv.steps": 4})
+    data = _data()
+    ours = _ours(cfg, data)
+    torch.manual_seed(0)
+    theirs = _Net()
+    opt = make_optimizer(theirs, cfg.optim)
+    gen = torch.Generator().manual_seed(stream_seed(cfg.run.seed, "adversary", 0))
+    for x, y in data:
+        _rice_step(theirs, opt, x, y, gen, 32 / 255, 8 / 255, 4)
+    _assert_same_state(ours, theirs)  # weights and BN running statistics (every pass in training mode)
+    plain = _ours(_cfg(), data)
+    assert not torch.allclose(plain.fc.weight, ours.fc.weight, atol=1e-3)  # the attack changed the step
+
+
+def test_trades_step_is_their_trades_loss():
+    cfg = _cfg(**{"adv.method": "trades", "adv.steps": 3, "adv.trades_beta": 6.0})
+    assert (cfg.adv.eps, cfg.adv.step_size) == (0.031, 0.007)  # their defaults, filled in by resolve
+    data = _data(seed=1)
+    ours = _ours(cfg, data)
+    torch.manual_seed(0)
+    theirs = _Net()
+    opt = make_optimizer(theirs, cfg.optim)
+    gen = torch.Generator().manual_seed(stream_seed(cfg.run.seed, "adversary", 0))
+    for x, y in data:
+        _trades_step(theirs, opt, x, y, gen, 0.007, 0.031, 3, 6.0)
+    _assert_same_state(ours, theirs)
+
+
+def test_adversarial_options_through_the_command_line_and_a_config_file(tmp_path, capsys):
+    args = [
+        "train",
+        "--preset",
+        "demo",
+        "--adv",
+        "pgd",
+        "--adv-eps",
+        "8/255",
+        "--adv-steps",
+        "7",
+        "--print-config",
+    ]
+    proc = wrn_here(capsys, *args)
+    assert proc.returncode == 0, proc.stderr
+    import yaml
+
+    adv = yaml.safe_load(proc.stdout)["adv"]
+    assert adv == {"method": "pgd", "eps": pytest.approx(8 / 255), "steps": 7, "step_size": pytest.approx(2 / 255),
+                   "trades_beta": 6.0}  # fmt: skip
+    config = tmp_path / "c.yaml"
+    config.write_text("preset: demo\nadv:\n  method: trades\n  eps: 8/255\n  trades_beta: 1\n")
+    proc = wrn_here(capsys, "train", "--config", str(config), "--set", "adv.steps=5", "--print-config")
+    assert proc.returncode == 0, proc.stderr
+    adv = yaml.safe_load(proc.stdout)["adv"]
+    assert adv == {
+        "method": "trades",
+        "eps": pytest.approx(8 / 255),
+        "steps": 5,
+        "step_size": 0.007,
+        "trades_beta": 1.0,
+    }
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--adv-eps", "-1"], "greater than 0"),
+        (["--adv", "pgd", "--adv-eps", "-1"], "greater than 0"),
+        (["--adv", "pgd", "--adv-eps", "two"], "adv.eps"),
+        (["--adv", "pgd", "--adv-steps", "0"], "greater than or equal to 1"),
+        (["--adv", "fgsm"], "adv.method"),
+        (["--adv-steps", "3"], "--adv-steps set the attack of adversarial training, which is off"),
+        (["--adv", "pgd", "--trades-beta", "3"], "--trades-beta weights TRADES' KL term"),
+        (["--adv", "trades", "--mixup", "1"], "leave --mixup / --cutmix out with --adv"),
+        (["--adv", "pgd", "--normalization", "zca"], "ZCA whitening is not one"),
+    ],
+)
+def test_bad_adversarial_values_get_one_sentence(capsys, extra, words):
+    line = one_line_error(capsys, "train", "--preset", "demo", *extra, "--print-config")
+    assert words in line
+
+
+def _eval(capsys, run, eps, attack="pgd", n=None):
+    args = ["eval", str(run), "--attack", attack, "--eps", eps, "--json", "--no-progress"]
+    proc = wrn_here(capsys, *args, *(["--n", str(n)] if n else []))
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_pgd_training_on_the_digits_keeps_the_robust_accuracy_a_plain_network_loses(tmp_path, capsys):
+    """The scaled-down experiment (docs/robustness.md has the full one): WRN-10-2 on the digits, plain and
+    PGD-trained at eps 32/255 (two of the digits' 17 grey levels), attacked by PGD-20 at that radius."""
+    common = ["train", "--preset", "demo", "--model", "wrn-10-2", "--epochs", "8", "--milestones", "4,6,7",
+              "--no-progress"]  # fmt: skip
+    plain, robust = tmp_path / "plain", tmp_path / "robust"
+    for out, extra in (
+        (plain, []),
+        (robust, ["--adv", "pgd", "--adv-eps", "32/255", "--adv-step-size", "8/255"]),
+    ):
+        proc = wrn_here(capsys, *common, *extra, "--out", str(out))
+        assert proc.returncode == 0, proc.stderr
+    p, r = _eval(capsys, plain, "32/255"), _eval(capsys, robust, "32/255")
+    assert p["clean_acc"] > 90 and r["clean_acc"] > 85
+    assert p["robust_acc"] < 40 and r["robust_acc"] > 60
