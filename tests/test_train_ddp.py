@@ -94,3 +94,18 @@ def test_two_process_gloo_run_and_a_mid_epoch_resume_end_bitwise_equal(tmp_path)
         r["epoch"] for r in metrics(stopped, timings=False)
     ] == [1, 2]
     assert (stopped / "curves.png").is_file()
+
+
+def test_adversarial_training_under_two_processes(tmp_path):
+    """The attack inside the step under DDP (its passes prepare no gradient reduction): the real command
+    line under torchrun trains, and each process's attack draws its starts from a stream of its own, kept in
+    the checkpoint."""
+    out = tmp_path / "adv"
+    torchrun("-m", "wrn", "train", "--preset", "demo", "--model", "wrn-10-1", "--epochs", "1", "--batch-size", "64",
+             "--adv", "pgd", "--adv-steps", "2", "--adv-eps", "32/255", "--out", str(out), "--no-progress")  # fmt: skip
+    (record,) = metrics(out, timings=False)
+    assert record["epoch"] == 1 and record["test_error"] < 60
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["config"]["adv"]["method"] == "pgd" and len(state["ranks"]) == 2
+    starts = [rank["objective"]["generator"] for rank in state["ranks"]]
+    assert not torch.equal(starts[0], starts[1])

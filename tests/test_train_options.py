@@ -46,6 +46,10 @@ SAMPLES = {
     "schedule.gamma": ("0.5", 0.5),
     "schedule.warmup_epochs": ("1.5", 1.5),
     "objective.focal.gamma": ("1.5", 1.5),
+    "adv.eps": ("8/255", 8 / 255),  # a radius as papers write it
+    "adv.steps": ("7", 7),
+    "adv.step_size": ("0.007", 0.007),
+    "adv.trades_beta": ("3", 3.0),
     "run.seed": ("7", 7),
     "run.device": ("cpu", "cpu"),
     "run.checkpoint_every_minutes": ("5.5", 5.5),
@@ -58,6 +62,10 @@ COMPANIONS = {
     ("run.eval_models", "model"): {"optim.ema_decay": "0.99"},
     ("optim.ema_warmup", True): {"optim.ema_decay": "0.99"},
     ("objective.focal.gamma", 1.5): {"objective.name": "focal"},
+    ("adv.eps", 8 / 255): {"adv.method": "pgd"},
+    ("adv.steps", 7): {"adv.method": "pgd"},
+    ("adv.step_size", 0.007): {"adv.method": "pgd"},
+    ("adv.trades_beta", 3.0): {"adv.method": "trades"},
     ("run.checkpoint_every_steps", 100): {"run.checkpoint_every_minutes": "null"},
     ("dataset.cutout_per", "batch"): {"dataset.cutout": "4"},
     ("dataset.crop_padding", "mean"): {"dataset.augment": "flip-crop"},
@@ -229,7 +237,8 @@ def test_the_lists_of_the_command_line_are_the_markers():
     }  # fmt: skip
     assert set(command_keys("bench")) == {
         "optim.label_smoothing", "optim.ema_decay", "optim.ema_warmup", "optim.sam_rho", "optim.grad_clip",
-        "optim.decay_norm_and_bias", "optim.replica_batch",
+        "optim.decay_norm_and_bias", "optim.replica_batch", "adv.method", "adv.eps", "adv.steps",
+        "adv.step_size", "adv.trades_beta",
     }  # fmt: skip
     assert set(keys("volatile")) == {
         "run.checkpoint_every_minutes", "run.checkpoint_every_steps", "run.progress",
