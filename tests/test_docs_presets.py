@@ -63,9 +63,9 @@ def _ours(cell: str, preset: str):
 def test_the_tables_cover_every_preset_of_todays_recipes():
     from wrn.train.compose import list_presets
 
-    todays = {n for n in list_presets() if re.search(r"-(cutout|autoaugment|sam)$", n)}
-    assert set(PRESETS) == todays and len(todays) == 10
-    assert {h.split(":")[0] for h in TABLES} == {"Cutout", "AutoAugment", "SAM"}
+    todays = {n for n in list_presets() if re.search(r"-(cutout|autoaugment|sam|trades)$", n)}
+    assert set(PRESETS) == todays and len(todays) == 11
+    assert {h.split(":")[0] for h in TABLES} == {"Cutout", "AutoAugment", "SAM", "TRADES"}
 
 
 @pytest.mark.parametrize("preset", PRESETS)

@@ -243,3 +243,51 @@ def test_pgd_training_on_the_digits_keeps_the_robust_accuracy_a_plain_network_lo
         pa, ra = _eval(capsys, plain, "48/255", "autoattack"), _eval(capsys, robust, "48/255", "autoattack")
         assert pa["robust_acc"] <= p["robust_acc"] and pa["robust_acc"] < 5
         assert ra["robust_acc"] <= r["robust_acc"] and ra["robust_acc"] > 55
+
+
+def test_xternalz_init_is_the_trades_networks():
+    """``--init xternalz`` is the loop of TRADES' models/wideresnet.py (75-82) over the same modules, draw for
+    draw: the same seed gives the same weights."""
+    import math
+
+    import wrn
+
+    torch.manual_seed(5)
+    theirs = wrn.create_model("wrn-16-2", init="pytorch")
+    for m in theirs.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            m.weight.data.normal_(0, math.sqrt(2.0 / n))
+        elif isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data.fill_(1)
+            m.bias.data.zero_()
+        elif isinstance(m, torch.nn.Linear):
+            m.bias.data.zero_()
+    torch.manual_seed(5)
+    ours = wrn.create_model("wrn-16-2", init="xternalz")
+    assert ours.config["init"] == "xternalz"
+    for (key, a), b in zip(ours.state_dict().items(), theirs.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key
+
+
+def test_trades_preset_is_their_command_line(capsys):
+    """The preset's attack and optimisation, as train_trades_cifar10.py's defaults (docs/training.md has every
+    row; tests/test_docs_presets.py checks them all)."""
+    import yaml
+
+    proc = wrn_here(
+        capsys, "train", "--preset", "cifar10-wrn-34-10-trades", "--print-config", "--device", "cpu"
+    )
+    cfg = yaml.safe_load(proc.stdout)
+    assert cfg["adv"] == {
+        "method": "trades",
+        "eps": 0.031,
+        "steps": 10,
+        "step_size": 0.007,
+        "trades_beta": 6.0,
+    }
+    assert (cfg["schedule"]["epochs"], cfg["schedule"]["milestones"], cfg["optim"]["weight_decay"]) == (
+        76,
+        [75],
+        2e-4,
+    )

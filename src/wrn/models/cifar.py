@@ -214,11 +214,29 @@ def init_autoaugment_(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def init_xternalz_(model: nn.Module) -> None:
+    """The initialisation of the common WideResNet port (xternalz/WideResNet-pytorch), which the robustness
+    codes train with (yaodongyu/TRADES models/wideresnet.py, locuslab/robust_overfitting, csdongxian/AWP): conv
+    ~ N(0, sqrt(2 / (k*k*C_out))), BN gamma = 1 and beta = 0, Linear bias = 0 and its weight PyTorch's default,
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.zeros_(m.bias)  # (the weight keeps PyTorch's default draw, as theirs)
+
+
 # init name -> what initialises a model (or one new module of it); None keeps PyTorch's defaults
 INITS: dict[str, Callable[[nn.Module], None] | None] = {
     "paper": init_paper_,
     "pytorch": None,
     "autoaugment": init_autoaugment_,
+    "xternalz": init_xternalz_,
 }
 
 
@@ -441,8 +459,9 @@ class WideResNet(_CifarResNet):
         dropout: element-wise dropout rate between the convs of a block (0.3 CIFAR, 0.4 SVHN in the paper).
         num_classes, in_channels: classifier outputs (0: no classifier, the pooled features) and image
             channels (1 for grayscale).
-        init: ``"paper"`` (the authors' initialisation, default), ``"pytorch"`` (PyTorch's defaults) or
-            ``"autoaugment"`` (AutoAugment's, which SAM's code keeps; see :data:`INITS`).
+        init: ``"paper"`` (the authors' initialisation, default), ``"pytorch"`` (PyTorch's defaults),
+            ``"autoaugment"`` (AutoAugment's, which SAM's code keeps) or ``"xternalz"`` (the common WideResNet
+            port's, which the robustness codes keep; see :data:`INITS`).
         act: ``"relu"`` (the paper), ``"leaky_relu"`` (slope 0.1, FixMatch) or ``"silu"`` (robustness WRNs).
         bn_momentum: momentum of every BN (PyTorch's convention; 0.1 default, FixMatch 0.001).
 

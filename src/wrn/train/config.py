@@ -37,11 +37,12 @@ class ModelSection(Section):
     bn_momentum: float | None = Field(default=None, gt=0.0, le=1.0)
     # The weights' initialisation, wrn.models.cifar.INITS (tests keep the two lists equal). None: the network's
     # own (the paper's WRNs: the authors'; wrn-D-K-sam and wrn-D-K-aa: AutoAugment's, as their codes)
-    init: Literal["paper", "pytorch", "autoaugment"] | None = flagged(
+    init: Literal["paper", "pytorch", "autoaugment", "xternalz"] | None = flagged(
         None,
         "--init",
-        "the weights' initialisation: the authors' (paper), PyTorch's defaults, or AutoAugment's, which SAM's "
-        "code keeps (default: the network's own)",
+        "the weights' initialisation: the authors' (paper), PyTorch's defaults, AutoAugment's, which SAM's "
+        "code keeps, or the common WideResNet port's (xternalz), which the robustness codes keep (default: "
+        "the network's own)",
     )
 
     # Fine-tuning: the weights of a finished run or a model directory (wrn convert's, wrn.save_model's).
