@@ -120,7 +120,12 @@ def rel_diff(ours: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 # ------------------------------------------------------------------------------------------ run folders and pages
-TIMING_KEYS = ("train_time", "test_time", "images_per_s")  # what differs between two runs of the same steps
+TIMING_KEYS = (
+    "train_time",
+    "test_time",
+    "images_per_s",
+    "holdout_time",
+)  # what differs between two runs of the same steps
 
 
 def metrics(run_dir, timings: bool = True) -> list[dict]:

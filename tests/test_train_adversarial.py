@@ -279,15 +279,84 @@ def test_trades_preset_is_their_command_line(capsys):
         capsys, "train", "--preset", "cifar10-wrn-34-10-trades", "--print-config", "--device", "cpu"
     )
     cfg = yaml.safe_load(proc.stdout)
-    assert cfg["adv"] == {
+    want = {
         "method": "trades",
         "eps": 0.031,
         "steps": 10,
         "step_size": 0.007,
         "trades_beta": 6.0,
+        "holdout": 0,
     }
+    assert {k: cfg["adv"][k] for k in want} == want
     assert (cfg["schedule"]["epochs"], cfg["schedule"]["milestones"], cfg["optim"]["weight_decay"]) == (
         76,
         [75],
         2e-4,
     )
+
+
+def test_the_held_out_images_are_robust_overfittings_validation_split():
+    """generate_validation.py: np.random.seed(0); P = np.random.permutation(50000); val = P[:1000]."""
+    import numpy as np
+
+    from wrn.data.loaders import holdout_indices
+
+    np.random.seed(0)
+    P = np.random.permutation(50000)
+    kept, held = holdout_indices(50000, 1000)
+    assert held.tolist() == P[:1000].tolist()
+    assert kept.tolist() == sorted(P[1000:].tolist())
+
+
+def test_early_stopping_keeps_the_best_epoch_beside_the_last(tmp_path, capsys):
+    """--adv-holdout: the held-out images leave training, are attacked after each epoch, and RUN/best/ holds
+    the weights of the best epoch (ties: the earlier), which model.json names; attacking those weights again
+    with the same starts gives the recorded robust accuracy."""
+    import wrn
+    from wrn.data import make_loaders
+    from wrn.train.distributed import DistInfo
+    from wrn.train.holdout import HoldoutSelection
+    from wrn.train.rundir import RunDir
+
+    out = tmp_path / "run"
+    proc = wrn_here(capsys, "train", "--preset", "demo", "--model", "wrn-10-1", "--epochs", "3", "--milestones", "2",
+                    "--adv", "pgd", "--adv-eps", "32/255", "--adv-steps", "3", "--adv-step-size", "8/255",
+                    "--adv-holdout", "200", "--out", str(out), "--no-progress")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    accs = [r["holdout_robust_acc"] for r in records]
+    best = accs.index(max(accs)) + 1
+    meta = json.loads((out / "model.json").read_text())["metadata"]
+    assert meta["best"]["epoch"] == best and meta["best"]["holdout_robust_acc"] == max(accs)
+    assert (
+        records[-1]["holdout_best_epoch"] == best
+        and f"best epoch on the 200 held-out images: {best}" in proc.stdout
+    )
+    saved = json.loads((out / "best" / "model.json").read_text())["metadata"]
+    assert saved["epochs"] == best and saved["test_error"] == records[best - 1]["test_error"]
+    # 1437 digits - 200 held out = 1237 images: 19 steps of 64
+    assert json.loads((out / "model.json").read_text())["metadata"]["epochs"] == 3
+    cfg = RunDir(out).read_config()
+    _, _, _, held = make_loaders("digits", None, batch_size=64, eval_batch_size=cfg.optim.eval_batch_size,
+                                 holdout=200)  # fmt: skip
+    again = HoldoutSelection(held, cfg, torch.device("cpu"), DistInfo())
+    found = again.evaluate(wrn.load_model(out / "best"), best)
+    assert found["holdout_robust_acc"] == records[best - 1]["holdout_robust_acc"]
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--adv-holdout", "100"], "--adv-holdout set the attack of adversarial training, which is off"),
+        (["--adv", "pgd", "--adv-holdout", "-1"], "greater than or equal to 0"),
+    ],
+)
+def test_bad_holdout_values_get_one_sentence(capsys, extra, words):
+    assert words in one_line_error(capsys, "train", "--preset", "demo", *extra, "--print-config")
+
+
+def test_holding_out_more_than_the_training_set_is_one_sentence(tmp_path, capsys):
+    line = one_line_error(capsys, "train", "--preset", "demo", "--adv", "pgd", "--adv-holdout", "5000", "--out",
+                          str(tmp_path / "r"))  # fmt: skip
+    assert "cannot hold out 5000 of the 1437 training images of digits" in line
+    assert not (tmp_path / "r").exists()

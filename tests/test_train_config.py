@@ -45,6 +45,7 @@ def test_every_preset_validates_resolves_and_has_a_description():
             assert ("sam" in today) == (cfg.optim.sam_rho > 0), name
             assert ("cutout" in today or "autoaugment" in today) == (cfg.dataset.cutout > 0), name
             assert ("autoaugment" in today) == cfg.dataset.policy.startswith("autoaugment"), name
+            assert (today == "-trades") == (cfg.adv.method == "trades"), name
             # SAM's and AutoAugment's own networks (docs/models.md)
             own = "-sam" if "sam" in today else "-aa" if "autoaugment" in today else ""
             model_part += own
@@ -57,7 +58,7 @@ def test_every_preset_validates_resolves_and_has_a_description():
 
 
 # The suffixes of today's recipes (docs/training.md, "Modern recipes")
-TODAYS_RECIPES = ("-sam-autoaugment", "-sam-cutout", "-sam", "-autoaugment", "-cutout")
+TODAYS_RECIPES = ("-sam-autoaugment", "-sam-cutout", "-sam", "-autoaugment", "-cutout", "-trades")
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])

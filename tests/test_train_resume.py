@@ -49,10 +49,12 @@ def checkpoint_step(run_dir: Path) -> int:
         return -1
 
 
-@pytest.mark.parametrize("extra", [[], ["--adv", "trades", "--adv-steps", "2"]], ids=["plain", "trades"])
+@pytest.mark.parametrize(
+    "extra", [[], ["--adv", "trades", "--adv-steps", "2", "--adv-holdout", "100"]], ids=["plain", "trades"]
+)
 def test_kill_9_three_times_then_resume_gives_bitwise_identical_weights(tmp_path, extra):
-    """Also with adversarial training (TRADES): its attack's random starts come from a generator saved in
-    the checkpoint."""
+    """Also with adversarial training (TRADES) and early stopping: the attack's random starts come from a
+    generator saved in the checkpoint, the best epoch so far too."""
     slow = os.environ.get("WRN_SLOW") == "1"
     # by default 2 epochs, the drop at 2, and one kill around it; WRN_SLOW=1: 3 epochs, drops at 2 and 3, 3 kills
     run_args = [*RUN_ARGS, *extra] if slow else [*RUN_ARGS, *extra, "--epochs", "2", "--milestones", "2"]
@@ -88,6 +90,8 @@ def test_kill_9_three_times_then_resume_gives_bitwise_identical_weights(tmp_path
     assert "continuing" in out
 
     assert_same_weights(straight, killed)
+    if "--adv-holdout" in extra:  # the best epoch's weights too
+        assert_same_weights(straight / "best", killed / "best")
     assert metrics(straight, timings=False) == metrics(killed, timings=False)
     assert [r["epoch"] for r in metrics(killed, timings=False)] == list(range(1, epochs + 1))
     assert not list(killed.glob(".checkpoint.pt.*.tmp"))

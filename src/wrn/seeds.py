@@ -21,6 +21,7 @@ STREAMS = {
     "mixing": 0x6D6978,  # mixup / CutMix, per rank
     "process": 0x70726F63,  # each process's global generator (dropout) under several processes, per rank
     "adversary": 0x616476,  # the random starts of adversarial training's attack, per rank
+    "holdout": 0x686F6C64,  # the starts of the attack on the held-out images (adv.holdout), per (epoch, rank)
 }
 
 

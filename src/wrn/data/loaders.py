@@ -6,6 +6,8 @@ import dataclasses
 import os
 from pathlib import Path
 
+import torch
+
 from wrn.data.arrays import ARRAY_DATASETS, load_arrays
 from wrn.data.device_loader import DeviceLoader
 from wrn.data.folder import (
@@ -50,8 +52,11 @@ def make_loaders(
     eval_batch_size: int | None = None,
     per_image: PerImage | None = None,
     crop_padding: str = "reflect",
+    holdout: int = 0,
 ):
-    """Build ``(train_loader, test_loader, info)`` for ``dataset`` under ``root``.
+    """Build ``(train_loader, test_loader, info)`` for ``dataset`` under ``root``; with ``holdout`` > 0,
+    ``(train_loader, test_loader, info, holdout_loader)``: that many training images are held out of training
+    (:func:`holdout_indices`) and given, unaugmented and normalised as the test set, by the fourth loader.
 
     CIFAR, SVHN, the digits and small image folders use :class:`DeviceLoader` for both loaders; ImageNet and
     large image folders use :class:`FolderLoader`. ``augment`` and ``normalization`` default to the data set's
@@ -81,6 +86,11 @@ def make_loaders(
         cache_dir = Path(root).expanduser() / CACHE_DIRNAME if root is not None else None
     else:
         use_arrays = dataset == "imagefolder" and is_small_folder(root, split_train, image_size)
+        if not use_arrays and holdout:
+            raise ConfigError(
+                f"holding out training images needs a data set held in memory (CIFAR, SVHN, the digits, a small "
+                f"image folder), and {dataset} at {root} is read from files batch by batch; leave the hold-out out"
+            )
         if not use_arrays:
             return _folder_loaders(
                 info, root, augment, normalization, seed, image_size, workers, split_train, split_test,
@@ -93,6 +103,10 @@ def make_loaders(
         info = dataclasses.replace(info, num_classes=len(classes), classes=tuple(classes))
         cache_dir = Path(root).expanduser() / CACHE_DIRNAME
 
+    x_ho = y_ho = None
+    if holdout:
+        keep, held = holdout_indices(len(y_tr), holdout, dataset)
+        x_ho, y_ho, x_tr, y_tr = x_tr[held], y_tr[held], x_tr[keep], y_tr[keep]
     if normalization == "zca":
         x_tr, x_te = zca_whiten(x_tr, x_te, cache_dir=cache_dir)
         normalize = None
@@ -105,7 +119,29 @@ def make_loaders(
     )  # fmt: skip
     test = DeviceLoader(x_te, y_te, eval_batch_size, train=False, normalize=normalize, seed=seed, **common)
     info = dataclasses.replace(info, in_channels=int(x_tr.shape[1]), image_size=int(x_tr.shape[-1]))
-    return train, test, info
+    if not holdout:
+        return train, test, info
+    held_out = DeviceLoader(
+        x_ho, y_ho, eval_batch_size, train=False, normalize=normalize, seed=seed, **common
+    )
+    return train, test, info, held_out
+
+
+def holdout_indices(n: int, holdout: int, dataset: str = "the data set") -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held out): the training indices left to train on, in their order, and the ``holdout`` held out,
+    as robust_overfitting's ``generate_validation.py`` draws its validation split: the first ``holdout`` of
+    ``numpy.random.seed(0); numpy.random.permutation(n)`` (1,000 of CIFAR-10's 50,000 there)."""
+    import numpy as np
+
+    if not 0 < holdout < n:
+        raise ConfigError(
+            f"cannot hold out {holdout} of the {n} training images of {dataset}; give fewer (Rice et al. hold "
+            "out 1000 of 50,000)"
+        )
+    order = np.random.RandomState(0).permutation(n)
+    held = torch.from_numpy(order[:holdout].copy())
+    kept = torch.from_numpy(np.sort(order[holdout:]))
+    return kept, held
 
 
 def _checked_choices(augment: str, normalization: str) -> tuple[str, str]:

@@ -116,6 +116,8 @@ def _step_recipes(ctx: Context, model: torch.nn.Module):
 
 
 def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo):
+    """The training and test loaders, the data's facts, and the loader of the held-out training images
+    (``adv.holdout``; None without)."""
     from wrn.data import make_loaders
     from wrn.data.policies import PerImage
 
@@ -125,7 +127,7 @@ def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo)
             f"choose a multiple of {dist_info.world_size}"
         )
     data = cfg.dataset
-    train_loader, test_loader, info = make_loaders(
+    loaders = make_loaders(
         data.name,
         data.root,
         batch_size=cfg.optim.batch_size // dist_info.world_size,
@@ -142,12 +144,14 @@ def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo)
         eval_batch_size=cfg.optim.eval_batch_size,
         per_image=PerImage(data.policy, data.randaugment_n, data.randaugment_m, data.random_erasing),
         crop_padding=data.crop_padding,
+        holdout=cfg.adv.holdout,
     )
+    train_loader, test_loader, info = loaders[:3]
     if len(train_loader) == 0:
         raise ConfigError(
             f"batch size {cfg.optim.batch_size} is larger than the {data.name} training set; use a smaller --batch-size"
         )
-    return train_loader, test_loader, info
+    return train_loader, test_loader, info, (loaders[3] if cfg.adv.holdout else None)
 
 
 def build_model(cfg: TrainConfig, info: DatasetInfo) -> torch.nn.Module:

@@ -421,6 +421,16 @@ class AdvSection(Section):
         commands=("bench",),
     )
 
+    holdout: int = flagged(
+        0,
+        "--adv-holdout",
+        "early stopping on robust accuracy (Rice et al. 2020): hold out N training images (their 1000, drawn as "
+        "their generate_validation.py draws them), attack them after every epoch with PGD at the training "
+        "attack's budget, and keep the weights of the best epoch in RUN/best/ (0: off)",
+        ge=0,
+        le=1_000_000,
+    )
+
     @field_validator("eps", "step_size", mode="before")
     @classmethod
     def _fraction(cls, value: Any) -> Any:

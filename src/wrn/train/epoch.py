@@ -137,6 +137,8 @@ def end_epoch(loop: Loop) -> dict[str, Any]:
     state.step = 0
     record = _record(loop, sums.tolist(), test, ema, evaluated)
     state.last_record = record
+    if state.holdout is not None:  # (after last_record: the best model's record is this epoch's)
+        record.update(_holdout(loop))
     if loop.dist.is_main and loop.verbose:
         mixed = (
             " (train acc: of the mixed targets' larger part)"
@@ -171,6 +173,43 @@ def _record(loop: Loop, sums: list[float], test, ema, evaluated) -> dict[str, An
         "images_per_s": seen_total / train_time if train_time > 0 else None,
         "train_precision": PRECISION_NAMES[cfg.run.amp],
         "test_precision": PRECISION_NAMES[cfg.run.eval_amp],
+    }
+
+
+def _holdout(loop: Loop) -> dict[str, Any]:
+    """The held-out images attacked (``adv.holdout``); the weights of a new best epoch saved in RUN/best/
+    before the epoch's checkpoint (a kill between the two re-runs the epoch and saves the same weights)."""
+    import wrn
+
+    state = loop.state
+    found = state.holdout.evaluate(final_model(loop), state.epoch)
+    if state.holdout.improved(found, state.epoch) and loop.dist.is_main:
+        accuracies = {k: v for k, v in found.items() if k != "holdout_time"}
+        wrn.save_model(final_model(loop), loop.run_dir.best,
+                       metadata={**model_metadata(loop), **accuracies, "holdout": loop.cfg.adv.holdout})  # fmt: skip
+    return {**found, "holdout_best_epoch": state.holdout.best_epoch}
+
+
+def final_model(loop: Loop) -> torch.nn.Module:
+    """The weights a run saves: the average of the weights when it keeps one, else the model."""
+    ema = loop.state.ema
+    return ema.module if ema is not None else loop.state.model
+
+
+def model_metadata(loop: Loop) -> dict[str, Any]:
+    """What model.json records of the run's weights (the data they take, the epochs, the test error)."""
+    from wrn.data.registry import preprocessing_record
+
+    data, info, last, ema = loop.cfg.dataset, loop.info, loop.state.last_record, loop.state.ema
+    prefix = "ema_" if ema is not None else ""
+    return {
+        "dataset": data.name,
+        "normalization": data.normalization,
+        "epochs": loop.state.epoch,
+        **({"weights": "ema", "ema_decay": ema.decay} if ema is not None else {}),
+        "test_error": last.get(f"{prefix}test_error"),
+        "input": preprocessing_record(info, data.normalization, data.augment),
+        "classes": list(info.classes) if info.classes else None,
     }
 
 

@@ -86,8 +86,9 @@ class AttackSpec:
 
 def record_path(run_dir: Path, spec: AttackSpec) -> Path:
     """Where ``wrn eval --attack`` keeps its record: one file per attack, norm and radius."""
-    eps = spec.eps_text().replace("/", "_")
-    return run_dir / f"robust-{spec.attack}-{spec.norm}-{eps}.json"
+    from wrn.train.rundir import RunDir
+
+    return RunDir(run_dir).robust_record(spec.attack, spec.norm, spec.eps_text())
 
 
 def attack_dir(

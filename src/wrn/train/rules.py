@@ -44,6 +44,7 @@ def _adversarial_problem(cfg) -> str | None:
     if adv.method == "none":
         given = [f for f, v in (("--adv-eps", adv.eps), ("--adv-steps", adv.steps), ("--adv-step-size",
                  adv.step_size)) if v is not None]  # fmt: skip
+        given += ["--adv-holdout"] if adv.holdout else []
         if given or adv.trades_beta != type(adv)().trades_beta:
             return (
                 f"{', '.join(given or ['--trades-beta'])} set the attack of adversarial training, which is off; "

@@ -27,8 +27,9 @@ from wrn.train import recipe
 from wrn.train.build import build_loaders, build_model, build_trainables, load_initial_weights, prepare_device
 from wrn.train.compose import dump_yaml, with_epochs
 from wrn.train.config import TrainConfig, replace, validate
-from wrn.train.epoch import Loop, end_epoch, interrupted, save, train_one_epoch
+from wrn.train.epoch import Loop, end_epoch, final_model, interrupted, model_metadata, save, train_one_epoch
 from wrn.train.header import print_header, warn
+from wrn.train.holdout import HoldoutSelection
 from wrn.train.meter import EpochMeter
 from wrn.train.policy import CheckpointPolicy
 from wrn.train.resolve import provenance, resolve
@@ -264,7 +265,7 @@ def build_loop(cfg: TrainConfig, run_dir: RunDir, dist_info: D.DistInfo, device:
     gains the provenance record of what ran it and what the machine and the data gave (a new run; a resumed
     one keeps the record of its start)."""
     _seed_all(cfg.run.seed)
-    train_loader, test_loader, info = build_loaders(cfg, device, dist_info)
+    train_loader, test_loader, info, holdout_loader = build_loaders(cfg, device, dist_info)
     _seed_all(cfg.run.seed)
     model = build_model(cfg, info)
     if record:  # a new run: --init-from's weights (a resumed run has its own in its checkpoint)
@@ -283,6 +284,8 @@ def build_loop(cfg: TrainConfig, run_dir: RunDir, dist_info: D.DistInfo, device:
         cfg = cfg.model_copy(update={"provenance": cfg.provenance.model_copy(update=provenance(**found))})
     trainables = build_trainables(cfg, model, device, dist_info)
     state = RunState(cfg, trainables, train_loader, EpochMeter(device), dist_info)
+    if holdout_loader is not None:  # early stopping on robust accuracy: the best epoch kept beside the last
+        state.holdout = HoldoutSelection(holdout_loader, cfg, device, dist_info)
     schedule = recipe.Schedule(cfg.schedule, cfg.optim.lr, state.steps_per_epoch)
     policy = CheckpointPolicy(cfg.run, dist_info, device, signals)
     return Loop(cfg, run_dir, dist_info, device, state, schedule, policy, test_loader, info, verbose=verbose)
@@ -372,25 +375,19 @@ def _draw_curves(run_dir: RunDir) -> None:
 
 def _finish(loop: Loop) -> None:
     import wrn
-    from wrn.data.registry import preprocessing_record
 
-    data, info, last = loop.cfg.dataset, loop.info, loop.state.last_record
+    last, holdout = loop.state.last_record, loop.state.holdout
     ema = loop.state.ema  # when on, the average of the weights is the run's model
     prefix = "ema_" if ema is not None else ""
-    wrn.save_model(
-        ema.module if ema is not None else loop.state.model,
-        loop.run_dir.path,
-        metadata={
-            "dataset": data.name,
-            "normalization": data.normalization,
-            "epochs": loop.state.epoch,
-            **({"weights": "ema", "ema_decay": ema.decay} if ema is not None else {}),
-            "test_error": last.get(f"{prefix}test_error"),
-            "input": preprocessing_record(info, data.normalization, data.augment),
-            "classes": list(info.classes) if info.classes else None,
-        },
-    )
+    best = {"best": holdout.describe()} if holdout is not None else {}
+    wrn.save_model(final_model(loop), loop.run_dir.path, metadata={**model_metadata(loop), **best})
     _draw_curves(loop.run_dir)
+    if holdout is not None:
+        _say(
+            loop.verbose,
+            f"best epoch on the {loop.cfg.adv.holdout} held-out images: {holdout.best_epoch} (robust accuracy "
+            f"{holdout.best_acc:.2f}%), its weights in {loop.run_dir.best}",
+        )
     if prefix and "ema_test_error" not in last:  # --eval-models model: the average was never evaluated
         prefix, whose = "", "the plain weights (the saved EMA was not evaluated): "
     else:

@@ -36,6 +36,8 @@ MODEL_JSON = "model.json"
 CURVES = "curves.png"
 LOCK = ".lock"  # inside the run folder: one file, however the folder is named
 EDITED_CONFIG = "config.edited.yaml"
+BEST = "best"  # the best epoch's model folder (adv.holdout: early stopping on robust accuracy)
+ROBUST_RECORD = "robust-{attack}-{norm}-{eps}.json"  # wrn eval --attack's record (eps: 8/255 written 8_255)
 # Set by `wrn reproduce` for its `wrn train` child: the descriptor of the run's lock, which it holds already.
 LOCK_FD_ENV = "WRN_RUN_LOCK_FD"
 
@@ -63,6 +65,10 @@ class RunDir:
     curves = property(lambda self: self.path / CURVES)
     edited_config = property(lambda self: self.path / EDITED_CONFIG)
     lock = property(lambda self: self.path / LOCK)
+    best = property(lambda self: self.path / BEST)
+
+    def robust_record(self, attack: str, norm: str, eps: str) -> Path:
+        return self.path / ROBUST_RECORD.format(attack=attack, norm=norm, eps=eps.replace("/", "_"))
 
     def state(self) -> str:
         """``done``, ``partial``, ``unstarted``, ``other`` or ``missing`` (see the module's docstring).

@@ -51,6 +51,7 @@ class RunState:
         self.global_step = 0
         self.epoch_lr: float | None = None
         self.last_record: dict[str, Any] = {}
+        self.holdout = None  # a HoldoutSelection (adv.holdout), set by build_loop
 
     @property
     def model(self) -> torch.nn.Module:
@@ -102,6 +103,7 @@ class RunState:
             "ranks": parts,
             "last_record": dict(self.last_record),
             **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
+            **({"holdout": self.holdout.state_dict()} if self.holdout is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -150,6 +152,13 @@ class RunState:
             )
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
+        if self.holdout is not None:
+            if "holdout" not in state:
+                raise CheckpointError(
+                    "the checkpoint holds no hold-out state although the run's config has --adv-holdout on; the "
+                    "file is not this run's: restore it from a backup or start a new run"
+                )
+            self.holdout.load_state_dict(state["holdout"])
         if step.cutout is not None:
             step.cutout.load_state_dict(mine["cutout"])
         # (checkpoints written before objectives kept mixup/CutMix's generator beside the others: "mixing")

@@ -1,0 +1,97 @@
+"""Early stopping on robust accuracy (``adv.holdout``), as locuslab/robust_overfitting's ``train_cifar.py
+--val`` runs it (Rice et al. 2020, "Overfitting in adversarially robust deep learning"): training images held
+out of training (:func:`wrn.data.loaders.holdout_indices`) are attacked after every epoch, with the network in
+eval mode, by PGD at the training attack's radius and step with one random start; the weights of the epoch of
+the highest robust accuracy so far are kept in ``RUN/best/`` (a model directory beside the last model), and
+model.json names both.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from wrn.attacks import pgd
+from wrn.seeds import stream_seed
+from wrn.train import distributed as D
+from wrn.train.rundir import BEST
+
+
+class HoldoutSelection:
+    """The held-out images' clean and robust accuracy after each epoch, and the best epoch so far."""
+
+    def __init__(self, loader, cfg, device: torch.device, dist: D.DistInfo) -> None:
+        from wrn.data.registry import normalization_for
+        from wrn.train.objectives import adversary_budget
+
+        self.loader, self.cfg, self.device, self.dist = loader, cfg, device, dist
+        self.budget = adversary_budget(cfg.adv)
+        self._normalization = normalization_for
+        self.best_acc: float | None = None
+        self.best_epoch = 0
+
+    def _scale(self, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, std = self._normalization(self.cfg.dataset.normalization, channels)
+        shape = (1, -1, 1, 1)
+        return (torch.tensor(mean, device=self.device).view(shape) / 255,
+                torch.tensor(std, device=self.device).view(shape) / 255)  # fmt: skip
+
+    def evaluate(self, model: torch.nn.Module, epoch: int) -> dict[str, float]:
+        """Clean and robust accuracy (percent) of ``model`` on the held-out images, summed over the processes;
+        the attack's starts drawn from the run's ``holdout`` stream for this epoch and process."""
+        start = time.perf_counter()
+        was = model.training
+        model.eval()
+        generator = torch.Generator(self.device).manual_seed(
+            stream_seed(self.cfg.run.seed, "holdout", epoch, self.dist.rank)
+        )
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        for images, labels in self.loader:
+            images, labels = images.to(self.device), labels.to(self.device)
+            mean, std = self._scale(images.shape[1])
+            x = images.float() * std + mean
+
+            def on_pixels(z: torch.Tensor, mean=mean, std=std) -> torch.Tensor:
+                return model((z - mean) / std).float()
+
+            adv = pgd(on_pixels, x, labels, eps=self.budget["eps"], step_size=self.budget["step_size"],
+                      steps=self.budget["steps"], generator=generator)  # fmt: skip
+            with torch.no_grad():
+                clean = (on_pixels(x).argmax(1) == labels).sum()
+                robust = (on_pixels(adv).argmax(1) == labels).sum()
+            sums += torch.stack([clean, robust, torch.tensor(len(labels), device=self.device)]).double()
+        D.all_reduce_sum(self.dist, sums)
+        model.train(was)
+        clean, robust, n = sums.tolist()
+        return {"holdout_acc": 100 * clean / n, "holdout_robust_acc": 100 * robust / n,
+                "holdout_time": time.perf_counter() - start}  # fmt: skip
+
+    def improved(self, record: dict[str, Any], epoch: int) -> bool:
+        """Whether the epoch's robust accuracy beats every earlier one (their ``>``: ties keep the earlier)."""
+        acc = record["holdout_robust_acc"]
+        if self.best_acc is not None and acc <= self.best_acc:
+            return False
+        self.best_acc, self.best_epoch = acc, epoch
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        """What model.json says of the best epoch."""
+        return {
+            "path": BEST,
+            "epoch": self.best_epoch,
+            "holdout_robust_acc": self.best_acc,
+            "holdout": self.cfg.adv.holdout,
+            "selected_by": "robust accuracy of the held-out training images under PGD at the training attack's "
+            "budget (Rice et al. 2020)",
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_acc": self.best_acc, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_acc, self.best_epoch = state["best_acc"], state["best_epoch"]
+
+
+__all__ = ["HoldoutSelection"]
