@@ -174,7 +174,7 @@ def test_adversarial_options_through_the_command_line_and_a_config_file(tmp_path
 
     adv = yaml.safe_load(proc.stdout)["adv"]
     assert adv == {"method": "pgd", "eps": pytest.approx(8 / 255), "steps": 7, "step_size": pytest.approx(2 / 255),
-                   "trades_beta": 6.0}  # fmt: skip
+                   "trades_beta": 6.0, "awp": 0.0, "awp_warmup": None, "holdout": 0}  # fmt: skip
     config = tmp_path / "c.yaml"
     config.write_text("preset: demo\nadv:\n  method: trades\n  eps: 8/255\n  trades_beta: 1\n")
     proc = wrn_here(capsys, "train", "--config", str(config), "--set", "adv.steps=5", "--print-config")
@@ -186,6 +186,9 @@ def test_adversarial_options_through_the_command_line_and_a_config_file(tmp_path
         "steps": 5,
         "step_size": 0.007,
         "trades_beta": 1.0,
+        "awp": 0.0,
+        "awp_warmup": None,
+        "holdout": 0,
     }
 
 
@@ -286,6 +289,8 @@ def test_trades_preset_is_their_command_line(capsys):
         "step_size": 0.007,
         "trades_beta": 6.0,
         "holdout": 0,
+        "awp": 0.0,
+        "awp_warmup": None,
     }
     assert {k: cfg["adv"][k] for k in want} == want
     assert (cfg["schedule"]["epochs"], cfg["schedule"]["milestones"], cfg["optim"]["weight_decay"]) == (

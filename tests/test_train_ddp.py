@@ -109,3 +109,35 @@ def test_adversarial_training_under_two_processes(tmp_path):
     assert state["config"]["adv"]["method"] == "pgd" and len(state["ranks"]) == 2
     starts = [rank["objective"]["generator"] for rank in state["ranks"]]
     assert not torch.equal(starts[0], starts[1])
+
+
+AWP_DRIVER = textwrap.dedent(
+    """
+    import os, sys, torch
+    from wrn.train import build_config, train
+
+    out, dump = sys.argv[1], sys.argv[2]
+    cfg = build_config("demo", overrides={
+        "model.name": "wrn-10-1", "schedule.epochs": 1, "optim.batch_size": 64, "run.device": "cpu",
+        "run.progress": False, "adv.method": "pgd", "adv.steps": 1, "adv.awp": 0.01,
+    })
+    result = train(cfg, out, verbose=False)
+    torch.save(result.model.state_dict(), os.path.join(dump, f"rank{os.environ['RANK']}.pt"))
+    """
+)
+
+
+def test_awp_under_two_processes_keeps_the_weights_identical(tmp_path):
+    """AWP's perturbation is added before the step and subtracted after it; its proxy's gradient is averaged
+    over the processes, so that every process moves its weights by the same amount and they end equal, bit
+    for bit."""
+    script = tmp_path / "driver.py"
+    script.write_text(AWP_DRIVER)
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    torchrun(str(script), str(tmp_path / "awp"), str(dump))
+    rank0 = torch.load(dump / "rank0.pt", weights_only=True)
+    rank1 = torch.load(dump / "rank1.pt", weights_only=True)
+    for key in rank0:
+        if "running" not in key and "num_batches" not in key:  # (BN statistics are each rank's own)
+            assert torch.equal(rank0[key], rank1[key]), key

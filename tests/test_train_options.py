@@ -51,6 +51,8 @@ SAMPLES = {
     "adv.step_size": ("0.007", 0.007),
     "adv.trades_beta": ("3", 3.0),
     "adv.holdout": ("100", 100),
+    "adv.awp": ("0.005", 0.005),
+    "adv.awp_warmup": ("2", 2),
     "run.seed": ("7", 7),
     "run.device": ("cpu", "cpu"),
     "run.checkpoint_every_minutes": ("5.5", 5.5),
@@ -68,6 +70,8 @@ COMPANIONS = {
     ("adv.step_size", 0.007): {"adv.method": "pgd"},
     ("adv.trades_beta", 3.0): {"adv.method": "trades"},
     ("adv.holdout", 100): {"adv.method": "pgd"},
+    ("adv.awp", 0.005): {"adv.method": "pgd"},
+    ("adv.awp_warmup", 2): {"adv.method": "trades", "adv.awp": "0.005"},
     ("run.checkpoint_every_steps", 100): {"run.checkpoint_every_minutes": "null"},
     ("dataset.cutout_per", "batch"): {"dataset.cutout": "4"},
     ("dataset.crop_padding", "mean"): {"dataset.augment": "flip-crop"},
@@ -240,7 +244,7 @@ def test_the_lists_of_the_command_line_are_the_markers():
     assert set(command_keys("bench")) == {
         "optim.label_smoothing", "optim.ema_decay", "optim.ema_warmup", "optim.sam_rho", "optim.grad_clip",
         "optim.decay_norm_and_bias", "optim.replica_batch", "adv.method", "adv.eps", "adv.steps",
-        "adv.step_size", "adv.trades_beta",
+        "adv.step_size", "adv.trades_beta", "adv.awp",
     }  # fmt: skip
     assert set(keys("volatile")) == {
         "run.checkpoint_every_minutes", "run.checkpoint_every_steps", "run.progress",

@@ -49,12 +49,26 @@ def checkpoint_step(run_dir: Path) -> int:
         return -1
 
 
-@pytest.mark.parametrize(
-    "extra", [[], ["--adv", "trades", "--adv-steps", "2", "--adv-holdout", "100"]], ids=["plain", "trades"]
-)
+# every option of robust training at once: TRADES, AWP from the start, early stopping (generated data: test_data_aux)
+ROBUST = [
+    "--adv",
+    "trades",
+    "--adv-steps",
+    "2",
+    "--awp",
+    "0.005",
+    "--awp-warmup",
+    "0",
+    "--adv-holdout",
+    "100",
+]
+
+
+@pytest.mark.parametrize("extra", [[], ROBUST], ids=["plain", "robust"])
 def test_kill_9_three_times_then_resume_gives_bitwise_identical_weights(tmp_path, extra):
-    """Also with adversarial training (TRADES) and early stopping: the attack's random starts come from a
-    generator saved in the checkpoint, the best epoch so far too."""
+    """Also with robust training (TRADES with AWP from the start, and early stopping): the attack's random
+    starts come from a generator saved in the checkpoint, the best epoch so far too; AWP's proxy keeps nothing
+    from step to step."""
     slow = os.environ.get("WRN_SLOW") == "1"
     # by default 2 epochs, the drop at 2, and one kill around it; WRN_SLOW=1: 3 epochs, drops at 2 and 3, 3 kills
     run_args = [*RUN_ARGS, *extra] if slow else [*RUN_ARGS, *extra, "--epochs", "2", "--milestones", "2"]

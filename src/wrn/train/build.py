@@ -61,6 +61,7 @@ def build_trainables(
         model = model.to(memory_format=torch.channels_last)
     if dist_info.enabled and cfg.run.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    awp = _awp(cfg, model, device, dist_info)  # (its proxy copies the plain model, before DDP)
     net: torch.nn.Module = model
     if dist_info.enabled:
         ids = [device.index] if device.type == "cuda" else None
@@ -86,8 +87,30 @@ def build_trainables(
         sam=sam,
         grad_clip=cfg.optim.grad_clip,
         replica_batch=replicas,
+        awp=awp,
     )
     return Trainables(model, net, optimizer, step)
+
+
+def _awp(cfg: TrainConfig, model: torch.nn.Module, device: torch.device, dist_info: D.DistInfo):
+    """Adversarial weight perturbation (``adv.awp``), with its method's proxy rate; ``None`` when off."""
+    from wrn.train.awp import AWP
+    from wrn.train.objectives import ADVERSARIES, awp_warmup
+    from wrn.train.step import Forward
+
+    adv = cfg.adv
+    if not adv.awp:
+        return None
+    method = ADVERSARIES[adv.method]
+    warmup = adv.awp_warmup if adv.awp_warmup is not None else awp_warmup(adv)["awp_warmup"]
+    return AWP(
+        model,
+        adv.awp,
+        cfg.optim.lr if method.awp_lr is None else method.awp_lr,
+        warmup,
+        lambda proxy: Forward(proxy, device, cfg.run.amp, bool(cfg.run.channels_last)),
+        dist_info.world_size,
+    )
 
 
 def _replica_batch(cfg: TrainConfig, dist_info: D.DistInfo) -> int:

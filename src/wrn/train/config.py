@@ -420,6 +420,27 @@ class AdvSection(Section):
         le=1e6,
         commands=("bench",),
     )
+    # Adversarial weight perturbation (Wu, Xia, Wang, NeurIPS 2020; csdongxian/AWP): 0 is off.
+    awp: float = flagged(
+        0.0,
+        "--awp",
+        "adversarial weight perturbation (AWP, Wu et al. 2020): gamma, the size of each weight's perturbation "
+        "relative to its norm; 0: off ("
+        + ", ".join(f"their {a.awp_gamma:g} with --adv {k}" for k, a in ADVERSARIES.items())
+        + ")",
+        ge=0.0,
+        le=1.0,
+        commands=("bench",),
+    )
+    awp_warmup: int | None = flagged(
+        None,
+        "--awp-warmup",
+        "AWP: the epochs trained without it before it turns on (unset: their script's, "
+        + ", ".join(f"{a.awp_warmup} with --adv {k}" for k, a in ADVERSARIES.items())
+        + ")",
+        ge=0,
+        le=100_000,
+    )
 
     holdout: int = flagged(
         0,

@@ -65,6 +65,7 @@ def train_one_epoch(loop: Loop) -> None:
         state.epoch_lr = loop.schedule.lr(epoch, 0)
     net, step_fn = state.trainables.net, state.trainables.step
     net.train()
+    step_fn.epoch = epoch  # (what a warm-up inside the step reads: AWP's)
     bar = EpochProgress(
         meter,
         state.steps_per_epoch - state.step,

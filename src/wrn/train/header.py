@@ -95,7 +95,8 @@ def _objective(objective) -> str:
 
 
 def _adversary(adv) -> str:
-    """``adversarial training pgd (eps 8/255, 10 steps of 2/255)``, or '' without it."""
+    """``adversarial training pgd (eps 8/255, 10 steps of 2/255)``, with ``, AWP gamma 0.01`` (and ``from epoch
+    N`` after a warm-up) when AWP is on, or '' without it."""
     if adv.method == "none":
         return ""
 
@@ -104,7 +105,13 @@ def _adversary(adv) -> str:
         return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{value:g}"
 
     beta = f", beta {adv.trades_beta:g}" if adv.method == "trades" else ""
-    return f"adversarial training {adv.method} (eps {text(adv.eps)}, {adv.steps} steps of {text(adv.step_size)}{beta})"
+    awp = f", AWP gamma {adv.awp:g}" if adv.awp else ""
+    if adv.awp and adv.awp_warmup:
+        awp += f" from epoch {adv.awp_warmup + 1}"
+    return (
+        f"adversarial training {adv.method} (eps {text(adv.eps)}, {adv.steps} steps of {text(adv.step_size)}"
+        f"{beta}{awp})"
+    )
 
 
 def _busy_cpu(device: torch.device) -> str | None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from wrn.errors import ConfigError
 from wrn.train.config import TrainConfig, replace
-from wrn.train.objectives import adversary_budget
+from wrn.train.objectives import adversary_budget, awp_warmup
 
 
 def _device_kind(device: str, cuda_available: bool) -> tuple[str, str]:
@@ -92,7 +92,8 @@ def resolve(cfg: TrainConfig, *, cuda_available: bool | None = None) -> TrainCon
             "act": unset(model.act, "relu"),  # the paper's
             "bn_momentum": unset(model.bn_momentum, 0.1),  # PyTorch's convention; Torch's 0.9 in their code
         },
-        adv=adversary_budget(cfg.adv),  # the method's own attack budget where none is given
+        # the method's own attack budget, and its script's warm-up of AWP, where none is given
+        adv={**adversary_budget(cfg.adv), **awp_warmup(cfg.adv)},
     )
 
 
@@ -142,6 +143,12 @@ def config_warnings(cfg: TrainConfig, image_side: int | None = None) -> list[str
             f"lr milestone{'s' if len(late) > 1 else ''} {listed} at or past the last epoch ({schedule.epochs}): "
             "that drop changes at most the last epoch; give --milestones inside the run, or leave them out and "
             "--epochs scales the recipe's"
+        )
+    adv = cfg.adv
+    if adv.awp and adv.awp_warmup is not None and adv.awp_warmup >= schedule.epochs:
+        out.append(
+            f"AWP turns on after {adv.awp_warmup} epochs of warm-up but the run has {schedule.epochs}: it never "
+            f"does; give --awp-warmup below {schedule.epochs} (0: from the start)"
         )
     side = image_side or cfg.dataset.image_size or dataset_info(cfg.dataset.name).image_size
     hole = cfg.dataset.cutout

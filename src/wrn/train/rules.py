@@ -50,9 +50,17 @@ def _adversarial_problem(cfg) -> str | None:
                 f"{', '.join(given or ['--trades-beta'])} set the attack of adversarial training, which is off; "
                 "add --adv pgd or --adv trades, or leave them out"
             )
+        if adv.awp or adv.awp_warmup is not None:
+            return (
+                f"{'--awp' if adv.awp else '--awp-warmup'} perturbs the weights against the loss of adversarial "
+                "training, which is off; add --adv pgd or --adv trades, or leave it out"
+            )
         return None
     if adv.method != "trades" and adv.trades_beta != type(adv)().trades_beta:
         return f"--trades-beta weights TRADES' KL term, but --adv is {adv.method}; add --adv trades or leave it out"
+    problem = _awp_problem(cfg)
+    if problem:
+        return problem
     if data.mixup or data.cutmix:
         return (
             f"--adv {adv.method} attacks the images of the batch and their labels; mixup and CutMix mix both: "
@@ -62,6 +70,31 @@ def _adversarial_problem(cfg) -> str | None:
         return (
             f"--adv {adv.method} attacks pixels through a per-channel normalisation, and ZCA whitening is not "
             "one; use another --normalization with --adv"
+        )
+    return None
+
+
+def _awp_problem(cfg) -> str | None:
+    """AWP's warm-up without AWP, or AWP beside another change of the gradient it cannot be combined with."""
+    adv, optim = cfg.adv, cfg.optim
+    if not adv.awp:
+        if adv.awp_warmup is not None:
+            return "--awp-warmup delays AWP, which is off; add --awp GAMMA (e.g. 0.005) or leave it out"
+        return None
+    if optim.sam_rho:
+        return (
+            "--awp and --sam both perturb the weights the gradient is taken at, and no method's code combines "
+            "them; choose one"
+        )
+    if optim.replica_batch:
+        return (
+            "--awp takes its perturbation from the whole batch, and --replica-batch would take the gradient "
+            "slice by slice at it, which AWP's code never does; leave --replica-batch out with --awp"
+        )
+    if cfg.run.amp == "fp16":
+        return (
+            "--awp does not run under --amp fp16 (its proxy's ascent gradient would need a loss scaling of its "
+            "own); use --amp bf16 or --amp off with AWP"
         )
     return None
 

@@ -5,8 +5,8 @@ The checkpoint holds the weights and BN statistics, the optimizer (momentum buff
 position (epochs done, steps of the current epoch done, steps in all), the epoch's metric sums, the last
 epoch's record, the average of the weights (EMA) when it is on (with its count of updates, which its warm-up
 reads), and for every process its RNG states, Cutout's generator when it is on, its objective's state
-(mixup/CutMix's generator, ...) and its data loader's position. SAM, the lr warm-up and gradient clipping keep no state of their own (the
-warm-up's rate follows from the step count). A run killed at any
+(mixup/CutMix's generator, ...) and its data loader's position. SAM, AWP (its proxy is reloaded every step and its SGD has no momentum), the lr warm-up and
+gradient clipping keep no state of their own (the warm-up's rate follows from the step count). A run killed at any
 moment and resumed from its last checkpoint ends with the same weights, bit for bit, as one never stopped
 (on a CPU, or on a GPU with ``run.deterministic``).
 """

@@ -1,6 +1,7 @@
 """One training step: Cutout's holes, the objective's batch and loss (:mod:`wrn.train.objectives`: the
 cross-entropy, mixup/CutMix's soft targets, ...), forward under autocast, backward (twice with SAM,
-:mod:`wrn.train.sam`, around any objective), gradient-norm clipping, update, the average of the weights (EMA).
+:mod:`wrn.train.sam`, around any objective; at the adversarially perturbed weights with AWP,
+:mod:`wrn.train.awp`), gradient-norm clipping, update, the average of the weights (EMA).
 
 The same :class:`TrainStep` runs inside ``wrn train`` and ``wrn bench train``, so the benchmark measures the
 step the training loop really takes. Nothing in it reads a value back to the host: the loss and logits it
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
+    from wrn.train.awp import AWP
     from wrn.train.cutout import Cutout
     from wrn.train.ema import WeightEMA
     from wrn.train.sam import SAM
@@ -55,7 +57,10 @@ class TrainStep:
     scaler skipped). ``sam`` (a :class:`~wrn.train.sam.SAM`) takes the gradient at the SAM-perturbed weights;
     ``grad_clip`` > 0 clips the gradient's global norm before the update. ``replica_batch`` > 0 smaller than
     the batch takes the gradient slice by slice, as on that many accelerators (:mod:`wrn.train.replicas`: BN
-    and SAM's ascent per slice, the mean of their gradients). All off by default.
+    and SAM's ascent per slice, the mean of their gradients). ``awp`` (a :class:`~wrn.train.awp.AWP`)
+    perturbs the weights against the objective's loss on the prepared batch before the loss is taken, and
+    takes the perturbation away after the update (before the EMA's); it reads ``self.epoch``, the epoch
+    (from 1) the loop is in, for its warm-up (``None``, a benchmark's step: past it). All off by default.
     The returned loss (the batch mean, float32) and logits (float32) are detached and stay on the device;
     with SAM they are the first pass's, at the weights before the step.
     """
@@ -74,6 +79,7 @@ class TrainStep:
         sam: SAM | None = None,
         grad_clip: float = 0.0,
         replica_batch: int = 0,
+        awp: AWP | None = None,
     ) -> None:
         self.net = net
         self.optimizer = optimizer
@@ -89,12 +95,15 @@ class TrainStep:
         self.sam = sam
         self.grad_clip = float(grad_clip)
         self.replica_batch = int(replica_batch)
+        self.awp = awp
+        self.epoch: int | None = None
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cutout is not None:
             images = self.cutout(images)
         batch = self.objective.prepare(self.forward, images, labels)
         self.counted = batch.labels  # what the training accuracy of this step counts
+        moved = self.awp.perturb(self.objective, batch, self.epoch) if self.awp is not None else None
 
         def loss_fn() -> tuple[torch.Tensor, torch.Tensor]:
             return self.objective.loss(self.forward, batch)
@@ -119,6 +128,8 @@ class TrainStep:
             else:
                 loss.backward()
         skipped = self._update()
+        if self.awp is not None:
+            self.awp.restore(moved)
         if self.ema is not None:
             self.ema.update(skipped)
         return loss.detach(), logits.detach()

@@ -44,7 +44,10 @@ OBJECTIVES: dict[str, Entry] = {
 @dataclass(frozen=True)
 class Adversary:
     """A method of adversarial training (``--adv NAME``): the objective it wraps is trained on the examples its
-    attack makes. ``eps``, ``steps`` and ``step_size`` are its code's defaults, on pixels in [0, 1]."""
+    attack makes. ``eps``, ``steps`` and ``step_size`` are its code's defaults, on pixels in [0, 1]. The
+    ``awp_*`` fields are those of csdongxian/AWP's script for the method (``--awp``, :mod:`wrn.train.awp`): its
+    default gamma, the epochs it trains before AWP turns on, and its proxy's learning rate (None: the run's
+    ``--lr``, as the script passes its own ``args.lr``)."""
 
     target: str  # "module:Class", imported when a run builds it
     summary: str
@@ -52,6 +55,9 @@ class Adversary:
     eps: float
     steps: int
     step_size: float
+    awp_gamma: float
+    awp_warmup: int
+    awp_lr: float | None
 
 
 ADVERSARIES: dict[str, Adversary] = {
@@ -63,6 +69,9 @@ ADVERSARIES: dict[str, Adversary] = {
         8 / 255,
         10,
         2 / 255,
+        0.01,  # AT_AWP/train_cifar10.py: --awp-gamma 0.01, --awp-warmup 0 (epochs count from 0)
+        0,
+        0.01,  # its proxy_opt: SGD at lr 0.01
     ),
     "trades": Adversary(
         "wrn.train.objectives.adversarial:TRADES",
@@ -72,6 +81,9 @@ ADVERSARIES: dict[str, Adversary] = {
         0.031,
         10,
         0.007,
+        0.005,  # trades_AWP/train_trades_cifar.py: --awp-gamma 0.005, --awp-warmup 10 with epochs from 1: AWP
+        9,  # is on from the 10th epoch, after 9 without
+        None,  # its proxy_optim: SGD at args.lr
     ),
 }
 
@@ -86,6 +98,14 @@ def adversary_budget(adv: Any) -> dict[str, Any]:
         k: getattr(method, k) if getattr(adv, k) is None else getattr(adv, k)
         for k in ("eps", "steps", "step_size")
     }
+
+
+def awp_warmup(adv: Any) -> dict[str, Any]:
+    """``{"awp_warmup": N}``, the method's own warm-up of AWP where AWP is on and none is given; else ``{}``."""
+    method = ADVERSARIES.get(adv.method)
+    if method is None or not adv.awp or adv.awp_warmup is not None:
+        return {}
+    return {"awp_warmup": method.awp_warmup}
 
 
 def adversary_class(name: str) -> type:
@@ -126,7 +146,9 @@ __all__ = [
     "Adversary",
     "Entry",
     "OBJECTIVES",
+    "adversary_budget",
     "adversary_class",
+    "awp_warmup",
     "objective_class",
     "objective_section",
 ]

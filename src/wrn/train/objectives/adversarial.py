@@ -118,11 +118,16 @@ class TRADES(Adversarial):
     divergence from the clean prediction; then, in training mode, the objective on the clean images plus
     ``beta`` x KL(prediction at the adversarial images || at the clean ones) averaged over the batch, with
     their three passes (clean, adversarial, clean again for the KL's target: BN's running statistics see the
-    clean batch twice, as theirs do). The training accuracy counts the clean predictions."""
+    clean batch twice, as theirs do). The training accuracy counts the clean predictions.
+
+    With AWP (``--awp``) the passes are in the order of csdongxian/AWP's ``train_trades_cifar.py``, which
+    trains TRADES-AWP: adversarial, clean for the KL's target, clean for the objective (the same loss and
+    gradient; BN's running statistics see the passes in their order)."""
 
     def __init__(self, inner: Objective, ctx: Context) -> None:
         super().__init__(inner, ctx)
         self.beta = float(ctx.cfg.adv.trades_beta)
+        self.adversarial_first = bool(ctx.cfg.adv.awp)
 
     def prepare(self, forward: Forward, images: torch.Tensor, labels: torch.Tensor) -> Batch:
         x = self.pixels(images)
@@ -133,9 +138,14 @@ class TRADES(Adversarial):
 
     def loss(self, forward: Forward, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         assert isinstance(batch, TradesBatch)
-        logits = forward(batch.natural)
+        if self.adversarial_first:  # train_trades_cifar.py of TRADES-AWP
+            adversarial, target = forward(batch.images), forward(batch.natural)
+            logits = forward(batch.natural)
+        else:  # trades.py
+            logits = forward(batch.natural)
+            adversarial, target = forward(batch.images), forward(batch.natural)
         natural = self.criterion(logits, batch.targets)
-        robust = F.kl_div(F.log_softmax(forward(batch.images), dim=1), F.softmax(forward(batch.natural), dim=1),
+        robust = F.kl_div(F.log_softmax(adversarial, dim=1), F.softmax(target, dim=1),
                           reduction="sum") / len(batch.labels)  # fmt: skip
         return natural + self.beta * robust, logits
 
