@@ -142,6 +142,8 @@ def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo)
         eval_batch_size=cfg.optim.eval_batch_size,
         per_image=PerImage(data.policy, data.randaugment_n, data.randaugment_m, data.random_erasing),
         crop_padding=data.crop_padding,
+        aux_data=data.aux_data,
+        aux_fraction=data.aux_fraction,
     )
     if len(train_loader) == 0:
         raise ConfigError(
