@@ -31,6 +31,8 @@ SAMPLES = {
     "dataset.randaugment_n": ("3", 3),
     "dataset.randaugment_m": ("5", 5),
     "dataset.random_erasing": ("0.25", 0.25),
+    "dataset.aux_data": ("generated/1m.npz", "generated/1m.npz"),
+    "dataset.aux_fraction": ("0.5", 0.5),
     "optim.lr": ("0.05", 0.05),
     "optim.momentum": ("0.8", 0.8),
     "optim.weight_decay": ("1e-3", 0.001),  # YAML 1.1 would read this as a string in a file
@@ -76,6 +78,7 @@ COMPANIONS = {
     ("dataset.cutout_per", "batch"): {"dataset.cutout": "4"},
     ("dataset.crop_padding", "mean"): {"dataset.augment": "flip-crop"},
     ("dataset.randaugment_n", 3): {"dataset.policy": "randaugment"},
+    ("dataset.aux_fraction", 0.5): {"dataset.aux_data": "generated/1m.npz"},
     ("dataset.randaugment_m", 5): {"dataset.policy": "randaugment"},
     **{("run.compile_mode", m): {"run.compile": "true"} for m in ("reduce-overhead", "max-autotune",
                                                                    "max-autotune-no-cudagraphs")},

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wrn.data.generated import Generated, generated_per_batch
 from wrn.data.policies import PerImage, batch_seed, die_with_parent, erase_, transform_batch
 from wrn.data.protocol import EpochLoader
 from wrn.data.registry import AUGMENT_CHOICES, CROP_PADDINGS
@@ -73,6 +74,14 @@ class DeviceLoader(EpochLoader):
     ``per_image`` (training only): a policy applied per image before the crop and flip (the AutoAugment code's
     order) and/or random erasing after normalisation, in ``workers`` DataLoader processes (0: in this one); with it off nothing is drawn or done differently.
 
+    ``generated`` (training only, :func:`~wrn.data.generated.read_generated`): generated images mixed into every
+    batch as DM-Improves-AT's ``SemiSupervisedSampler`` mixes them: of each global batch of ``batch_size x
+    world_size``, ``int(fraction x that)`` generated images drawn uniformly with replacement and the rest real
+    ones taken in turn from a permutation (a new one when it runs out), the batch shuffled; an epoch is
+    ``ceil(real images / global batch)`` batches. The generated images stay where they are (memory-mapped or in
+    host memory) and only each batch's are gathered and moved to the device, then flipped and cropped as the
+    real ones. Each rank takes positions ``rank::world_size`` of every batch.
+
     The order and augmentation of an epoch depend only on ``seed`` and the epoch index, whatever the device;
     :meth:`state_dict` / :meth:`load_state_dict` save and restore the epoch, the position in it and the
     generator, so a resumed run sees exactly the batches an uninterrupted one would.
@@ -97,6 +106,7 @@ class DeviceLoader(EpochLoader):
         per_image: PerImage | None = None,
         workers: int = 0,
         crop_padding: str = "reflect",
+        generated: Generated | None = None,
     ):
         if augment not in AUGMENT_CHOICES:
             raise ConfigError(f"unknown augment {augment!r}: choose one of {', '.join(AUGMENT_CHOICES)}.")
@@ -132,9 +142,42 @@ class DeviceLoader(EpochLoader):
             # the batches of the per-image stage are gathered on the CPU (the same tensor when x is there)
             self._x_cpu = x.to("cpu").contiguous()
             self._transform = self.per_image.transform(mean=normalize[0] if normalize is not None else None)
+        self.generated = generated if train else None
+        if self.generated is not None:
+            self._setup_generated(x)
         self._generator = torch.Generator().manual_seed(self.seed)
         self._epoch_start_state = self._generator.get_state()
         self._plan = None
+
+    def _setup_generated(self, x: torch.Tensor) -> None:
+        gen = self.generated
+        if self.per_image is not None or self.augment == "imagenet":
+            raise ConfigError(
+                "generated images are mixed into batches with the crop and flip of augment none, crop or "
+                "flip-crop only: drop --policy / --random-erasing, or the imagenet augmentation, with --aux-data"
+            )
+        if x.dtype != torch.uint8:
+            raise ConfigError(
+                f"generated images need the uint8 real ones, but these are {x.dtype} (ZCA-whitened?)"
+            )
+        if tuple(gen.images.shape[1:]) != (x.shape[2], x.shape[3], x.shape[1]):
+            raise ConfigError(
+                f"generated images of {gen.images.shape[1:]} do not match the real ones' {x.shape[1:]}"
+            )
+        self._global_batch = self.batch_size * self.world_size
+        self._per_batch = generated_per_batch(self._global_batch, gen.fraction)
+        if not 0 < self._per_batch < self._global_batch:
+            raise ConfigError(
+                f"--aux-fraction {gen.fraction:g} of a batch of {self._global_batch} is {self._per_batch} "
+                "generated images: give a fraction that leaves at least one generated and one real image"
+            )
+        # their rule: ceil(real images / batch) batches, whatever the share of generated ones
+        self._batches = -(-self.num_samples // self._global_batch)
+        self._shard_size = self._batches * self.batch_size
+        self._gen_y = torch.from_numpy(gen.labels).to(self.device, torch.int64)
+
+    def __len__(self) -> int:
+        return self._batches if self.generated is not None else super().__len__()
 
     # ------------------------------------------------------------------------------------------ protocol
 
@@ -146,7 +189,7 @@ class DeviceLoader(EpochLoader):
             images = (
                 self._batch(plan, sel) if transformed is None else self._finish(*next(transformed), plan, sel)
             )
-            labels = self.y[plan["index"][sel]]
+            labels = plan["label"][sel] if "label" in plan else self.y[plan["index"][sel]]
             self.position = b + 1
             yield images, labels
         self._plan = None
@@ -155,10 +198,23 @@ class DeviceLoader(EpochLoader):
         self.position = 0
 
     def state_dict(self) -> dict:
-        """The protocol's state and the generator state at the start of the epoch."""
-        return {**super().state_dict(), "generator": self._epoch_start_state.clone()}
+        """The protocol's state and the generator state at the start of the epoch (and the number and share of
+        generated images, which must match for the draws to line up)."""
+        state = {**super().state_dict(), "generator": self._epoch_start_state.clone()}
+        if self.generated is not None:
+            state.update(generated=len(self.generated), generated_per_batch=self._per_batch)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        mine = self.state_dict()
+        saved, here = [
+            (int(s.get("generated", 0)), int(s.get("generated_per_batch", 0))) for s in (state, mine)
+        ]
+        if saved != here:
+            raise ConfigError(
+                f"the saved loader state has {saved[0]} generated images, {saved[1]} a batch, but this loader has "
+                f"{here[0]}, {here[1]} a batch: resume with the same --aux-data file and --aux-fraction."
+            )
         super().load_state_dict(state)
         self._epoch_start_state = torch.as_tensor(state["generator"]).to("cpu", torch.uint8).clone()
         self._plan = None
@@ -171,6 +227,8 @@ class DeviceLoader(EpochLoader):
             return self._plan
         g = self._generator
         g.set_state(self._epoch_start_state)
+        if self.generated is not None:
+            return self._mixed_plan(g)
         n = self.num_samples
         plan = {}
         if self.train:
@@ -193,7 +251,58 @@ class DeviceLoader(EpochLoader):
         self._plan = plan
         return plan
 
+    def _mixed_plan(self, g: torch.Generator) -> dict:
+        """An epoch of batches of real and generated images, drawn as DM-Improves-AT's SemiSupervisedSampler
+        draws them (core/data/semisup.py): the real ones in turn from a permutation, a new one when it runs
+        out (the last slice of one may be short: generated images fill the batch), the generated ones
+        uniformly with replacement, each batch then shuffled; then each slot's crop and flip."""
+        n, size, real_per_batch = self.num_samples, self._global_batch, self._global_batch - self._per_batch
+        index, generated = [], []
+        order, at = None, n
+        for _ in range(self._batches):
+            if at >= n:
+                order, at = torch.randperm(n, generator=g), 0
+            real = order[at : at + real_per_batch]
+            at += real_per_batch
+            drawn = torch.randint(len(self.generated), (size - len(real),), generator=g)
+            shuffle = torch.randperm(size, generator=g)
+            index.append(torch.cat([real, drawn])[shuffle])
+            generated.append((torch.arange(size) >= len(real))[shuffle])
+        total = self._batches * size
+        plan = {}
+        if self.augment in ("crop", "flip-crop"):
+            high = 2 * self.pad if self.crop_padding == "mean" else 2 * self.pad + 1
+            plan["offset"] = torch.randint(0, high, (total, 2), generator=g)
+        if self.augment == "flip-crop":
+            plan["flip"] = torch.rand(total, generator=g) < 0.5
+        self._next_state = g.get_state()
+        # this rank's positions rank::world_size of every batch
+        mine = torch.arange(total).view(self._batches, size)[:, self.rank :: self.world_size].reshape(-1)
+        plan = {k: v[mine].to(self.device) for k, v in plan.items()}
+        index, generated = torch.cat(index)[mine], torch.cat(generated)[mine]
+        plan["index"], plan["generated"] = index.to(self.device), generated.to(self.device)
+        labels = torch.empty(len(index), dtype=torch.int64, device=self.device)
+        labels[plan["generated"]] = self._gen_y[plan["index"][plan["generated"]]]
+        labels[~plan["generated"]] = self.y[plan["index"][~plan["generated"]]]
+        plan["label"] = labels
+        self._plan = plan
+        return plan
+
+    def _gathered(self, plan: dict, sel: slice) -> torch.Tensor:
+        """The uint8 images of batch ``sel``, real ones from the device, generated ones read from the file (or
+        host memory) and moved there."""
+        idx, gen = plan["index"][sel], plan["generated"][sel]
+        out = torch.empty((len(idx), *self.x.shape[1:]), dtype=self.x.dtype, device=self.device)
+        out[~gen] = self.x[idx[~gen]]
+        wanted = idx[gen].cpu().numpy()
+        if len(wanted):
+            images = torch.from_numpy(np.ascontiguousarray(self.generated.images[wanted]))  # [k, H, W, C]
+            out[gen] = images.permute(0, 3, 1, 2).to(self.device, non_blocking=False)
+        return out
+
     def _batch(self, plan: dict, sel: slice) -> torch.Tensor:
+        if "generated" in plan:
+            return self._mixed_batch(plan, sel)
         idx = plan["index"][sel]
         if self.augment in ("crop", "flip-crop"):
             flip = plan["flip"][sel] if "flip" in plan else None
@@ -205,6 +314,17 @@ class DeviceLoader(EpochLoader):
             out = _imagenet_augment(
                 out, {k: v[sel] for k, v in plan.items() if k != "index"}, self.image_size
             )
+        return self._mean_border_(self._normalize_(out), plan, sel)
+
+    def _mixed_batch(self, plan: dict, sel: slice) -> torch.Tensor:
+        out = self._gathered(plan, sel)
+        if self.augment in ("crop", "flip-crop"):
+            flip = plan["flip"][sel] if "flip" in plan else None
+            at = torch.arange(len(out), device=self.device)
+            out = crop_flip(
+                out, at, plan["offset"][sel], flip, self.pad, zeros=self.crop_padding != "reflect"
+            )
+        out = out.to(self.dtype)
         return self._mean_border_(self._normalize_(out), plan, sel)
 
     def _mean_border_(self, out: torch.Tensor, plan: dict, sel: slice) -> torch.Tensor:

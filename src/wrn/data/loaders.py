@@ -53,6 +53,8 @@ def make_loaders(
     per_image: PerImage | None = None,
     crop_padding: str = "reflect",
     holdout: int = 0,
+    aux_data: str | os.PathLike | None = None,
+    aux_fraction: float = 0.7,
 ):
     """Build ``(train_loader, test_loader, info)`` for ``dataset`` under ``root``; with ``holdout`` > 0,
     ``(train_loader, test_loader, info, holdout_loader)``: that many training images are held out of training
@@ -68,6 +70,10 @@ def make_loaders(
 
     ``per_image`` (:class:`~wrn.data.policies.PerImage`): a policy and random erasing for the training images,
     applied image by image in ``workers`` processes, whichever loader it is.
+
+    ``aux_data``: a ``.npz`` of generated images (:func:`~wrn.data.generated.read_generated`, checked before
+    the data set is read) that fill ``int(aux_fraction x batch)`` of every training batch (CIFAR-10/100 and
+    the digits; the test loader is untouched).
     """
     info = dataset_info(dataset)
     augment, normalization = _checked_choices(augment or info.augment, normalization or info.normalization)
@@ -75,6 +81,9 @@ def make_loaders(
     split_test = split_test or info.test_split
     eval_batch_size = eval_batch_size or batch_size
     common = {"device": device, "rank": rank, "world_size": world_size}
+    generated = None
+    if aux_data is not None:
+        generated = _generated(info, aux_data, aux_fraction, batch_size * world_size, normalization)
 
     if dataset in ARRAY_DATASETS:
         if image_size is not None and image_size != info.image_size:
@@ -115,7 +124,7 @@ def make_loaders(
     train = DeviceLoader(
         x_tr, y_tr, batch_size, train=True, augment=augment, normalize=normalize, seed=seed, drop_last=info.drop_last,
         image_size=image_size, per_image=per_image, workers=workers, crop_padding=crop_padding, **common,
-        pad=crop_pad(min(x_tr.shape[-2:])),
+        pad=crop_pad(min(x_tr.shape[-2:])), generated=generated,
     )  # fmt: skip
     test = DeviceLoader(x_te, y_te, eval_batch_size, train=False, normalize=normalize, seed=seed, **common)
     info = dataclasses.replace(info, in_channels=int(x_tr.shape[1]), image_size=int(x_tr.shape[-1]))
@@ -142,6 +151,26 @@ def holdout_indices(n: int, holdout: int, dataset: str = "the data set") -> tupl
     held = torch.from_numpy(order[:holdout].copy())
     kept = torch.from_numpy(np.sort(order[holdout:]))
     return kept, held
+
+
+def _generated(info, path, fraction: float, global_batch: int, normalization: str):
+    """The generated images of ``path`` for ``info``'s data set, checked (one sentence for what cannot be)."""
+    from wrn.data.generated import GENERATED_DATASETS, read_generated
+
+    if info.name not in GENERATED_DATASETS:
+        raise ConfigError(
+            f"--aux-data mixes generated images into the batches of {', '.join(GENERATED_DATASETS)}, not of "
+            f"{info.name}: leave --aux-data out or train on one of those"
+        )
+    if normalization == "zca":
+        raise ConfigError(
+            "--aux-data mixes generated pixels into the batch, which ZCA whitening would have to whiten too; "
+            "use another --normalization with --aux-data"
+        )
+    shape = (info.image_size, info.image_size, info.in_channels)
+    return read_generated(
+        path, image_shape=shape, num_classes=info.num_classes, batch_size=global_batch, fraction=fraction
+    )
 
 
 def _checked_choices(augment: str, normalization: str) -> tuple[str, str]:

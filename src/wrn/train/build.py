@@ -168,6 +168,8 @@ def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo)
         per_image=PerImage(data.policy, data.randaugment_n, data.randaugment_m, data.random_erasing),
         crop_padding=data.crop_padding,
         holdout=cfg.adv.holdout,
+        aux_data=data.aux_data,
+        aux_fraction=data.aux_fraction,
     )
     train_loader, test_loader, info = loaders[:3]
     if len(train_loader) == 0:

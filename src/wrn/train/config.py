@@ -158,6 +158,22 @@ class DataSection(Section):
         ge=0.0,
         le=1.0,
     )
+    # Generated images (DM-Improves-AT's .npz: 'image' uint8 N x H x W x C, 'label' ints), int(F x batch) of
+    # every training batch as their SemiSupervisedSampler draws them (wrn.data.generated, docs/robustness.md)
+    aux_data: str | None = flagged(
+        None,
+        "--aux-data",
+        "a .npz of generated training images ('image': uint8 N x H x W x C, 'label': integers), mixed into "
+        "every training batch as DM-Improves-AT does (CIFAR-10/100, the digits)",
+    )
+    aux_fraction: float = flagged(
+        0.7,
+        "--aux-fraction",
+        "with --aux-data, the share of each training batch that is generated images, int(F x batch) of it "
+        "(their 0.7)",
+        gt=0.0,
+        lt=1.0,
+    )
     # md5 of every file; false only for re-packed copies (still safely unpickled)
     verify: bool = flagged(
         True,

@@ -137,9 +137,46 @@ def _unused_option(cfg) -> str | None:
             f"--image-size {data.image_size} applies to image folders and ImageNet; the {data.name} images are "
             f"{info.image_size}x{info.image_size}: leave it out"
         )
+    problem = _generated_problem(data, info, augment, cfg.optim.batch_size)
+    if problem:
+        return problem
     if data.policy != "none" and data.normalization == "zca":
         return (
             f"--policy {data.policy} works on the images' pixels, which ZCA whitening replaces; use another "
             "--normalization or leave --policy out"
+        )
+    return None
+
+
+def _generated_problem(data, info, augment: str, batch_size: int) -> str | None:
+    """``--aux-fraction`` without generated data, or generated data beside what cannot take them."""
+    from wrn.data.generated import GENERATED_DATASETS, generated_per_batch
+
+    if data.aux_data is None:
+        if data.aux_fraction != type(data)().aux_fraction:
+            return "--aux-fraction sets the share of generated images in a batch, which are off; add --aux-data FILE.npz or leave it out"
+        return None
+    if info.name not in GENERATED_DATASETS:
+        return (
+            f"--aux-data mixes generated images into the batches of {', '.join(GENERATED_DATASETS)}, not of "
+            f"{info.name}: leave --aux-data out or train on one of those"
+        )
+    if data.policy != "none" or data.random_erasing or augment == "imagenet":
+        what = f"--policy {data.policy}" if data.policy != "none" else (
+            "--random-erasing" if data.random_erasing else "--augment imagenet")  # fmt: skip
+        return (
+            f"--aux-data mixes generated images into batches that are flipped and cropped on the device, "
+            f"which {what} is not: leave {what.split()[0]} out with --aux-data"
+        )
+    if data.normalization == "zca":
+        return (
+            "--aux-data mixes generated pixels into the batch, which ZCA whitening would have to whiten too; "
+            "use another --normalization with --aux-data"
+        )
+    share = generated_per_batch(batch_size, data.aux_fraction)
+    if not 0 < share < batch_size:
+        return (
+            f"--aux-fraction {data.aux_fraction:g} of a batch of {batch_size} is {share} generated images: "
+            "give a fraction that leaves at least one generated and one real image"
         )
     return None

@@ -1,0 +1,174 @@
+"""Generated training images in the ``.npz`` format of the diffusion-model data of adversarial training.
+
+The files of Wang et al. (2023), "Better Diffusion Models Further Improve Adversarial Training" (and those of
+Rebuffi/Gowal et al. that their code also reads) hold two arrays: ``image``, uint8 [N, H, W, C] (channels
+last, 0..255), and ``label``, integers [N]; ``numpy.savez`` writes them uncompressed (docs/robustness.md).
+
+:func:`read_generated` checks such a file before a run writes anything and returns its arrays. An array stored
+uncompressed is memory-mapped (20M CIFAR images are 61 GB: the pages are read as batches need them); a
+compressed one (``numpy.savez_compressed``) cannot be mapped and is read into memory. Nothing is unpickled: an
+array of Python objects is refused from its header.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wrn.errors import DataError
+
+KEYS = ("image", "label")
+# the data sets whose batches can take generated images (the device-resident loader's, at their own size)
+GENERATED_DATASETS = ("cifar10", "cifar100", "digits")
+
+
+@dataclass(frozen=True)
+class Generated:
+    """The generated images (uint8 [N, H, W, C], memory-mapped where the file allows) and their labels
+    (int64 [N], in memory), and the share ``fraction`` of every training batch they fill."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    fraction: float
+    path: str
+    mapped: bool
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def generated_per_batch(batch_size: int, fraction: float) -> int:
+    """The generated images of a batch of ``batch_size``: ``int(batch_size * fraction)``, truncated as their
+    ``SemiSupervisedSampler`` does (512 x 0.7 = 358.4 -> 358)."""
+    return int(batch_size * fraction)
+
+
+def read_generated(
+    path: str | os.PathLike,
+    *,
+    image_shape: tuple[int, int, int],
+    num_classes: int,
+    batch_size: int,
+    fraction: float,
+) -> Generated:
+    """The arrays of ``path``, checked: ``image`` uint8 [N, *image_shape] (H, W, C), ``label`` integers in
+    ``0..num_classes-1``, one per image, and at least one batch's share of images (``int(batch_size *
+    fraction)``). Any other file raises :class:`DataError` with one sentence."""
+    path = Path(path).expanduser()
+    where = f"--aux-data {path}"
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise DataError(f"{where} {what}: give the .npz file of the generated images")
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise DataError(
+            f"{where} is not a .npz file ({_reason(exc)}): give a file written by numpy.savez with arrays "
+            f"'image' and 'label'"
+        ) from None
+    with archive:
+        members = {Path(n).stem: n for n in archive.namelist() if n.endswith(".npy")}
+        missing = [k for k in KEYS if k not in members]
+        if missing:
+            found = ", ".join(repr(k) for k in sorted(members)) or "none"
+            raise DataError(
+                f"{where} has no array {missing[0]!r} (it holds {found}): the generated data need arrays "
+                "'image' (uint8, N x H x W x C) and 'label' (integers)"
+            )
+        try:
+            images, mapped = _array(path, archive, members["image"], where, "image", mmap=True)
+            labels, _ = _array(path, archive, members["label"], where, "label", mmap=False)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError) as exc:
+            if isinstance(exc, DataError):
+                raise
+            raise DataError(f"{where} is corrupt ({_reason(exc)}): write it again with numpy.savez") from None
+    _check_images(images, image_shape, where)
+    labels = _checked_labels(labels, len(images), num_classes, where)
+    need = generated_per_batch(batch_size, fraction)
+    if len(images) < need:
+        raise DataError(
+            f"{where} holds {len(images)} images, fewer than the {need} generated images of each batch of "
+            f"{batch_size} at --aux-fraction {fraction:g}: give more images, or a smaller --aux-fraction or "
+            "--batch-size"
+        )
+    return Generated(images, labels, float(fraction), str(path), mapped)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().rstrip(".") or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _header(stream) -> tuple[tuple[int, ...], bool, np.dtype]:
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(stream)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(stream)
+    raise ValueError(f"unsupported .npy version {version}")
+
+
+def _array(path: Path, archive: zipfile.ZipFile, member: str, where: str, key: str, mmap: bool):
+    """One member as an array, checked from its header first: mapped from the file where it is stored
+    uncompressed (and ``mmap``), else read into memory without unpickling."""
+    info = archive.getinfo(member)
+    with archive.open(member) as stream:
+        shape, fortran, dtype = _header(stream)
+        header_size = stream.tell()
+    if dtype.hasobject:
+        raise DataError(
+            f"{where}: array {key!r} holds Python objects (a pickle), which wrn never loads: write it as "
+            "numbers (numpy.savez of uint8 images and integer labels)"
+        )
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if info.file_size != header_size + nbytes:
+        raise DataError(
+            f"{where}: array {key!r} is cut short ({info.file_size - header_size} of its {nbytes} bytes): "
+            "download or write it again"
+        )
+    if mmap and info.compress_type == zipfile.ZIP_STORED and nbytes > 0:
+        with open(path, "rb") as f:  # the member's data start after its local header and the .npy header
+            f.seek(info.header_offset)
+            local = f.read(30)
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            raise ValueError(f"bad local header of {member}")
+        start = info.header_offset + 30 + int.from_bytes(local[26:28], "little")
+        start += int.from_bytes(local[28:30], "little") + header_size
+        if start + nbytes > path.stat().st_size:
+            raise DataError(
+                f"{where}: array {key!r} runs past the end of the file: download or write it again"
+            )
+        order = "F" if fortran else "C"
+        return np.memmap(path, dtype=dtype, mode="r", offset=start, shape=shape, order=order), True
+    with archive.open(member) as stream:  # (checks the CRC as it reads)
+        return np.lib.format.read_array(stream, allow_pickle=False), False
+
+
+def _check_images(images: np.ndarray, image_shape: tuple[int, int, int], where: str) -> None:
+    h, w, c = image_shape
+    if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != (h, w, c):
+        raise DataError(
+            f"{where}: 'image' is {images.dtype} {' x '.join(map(str, images.shape))}, but this data set's "
+            f"images need uint8 N x {h} x {w} x {c} (pixels 0..255, channels last): generate them at its size"
+        )
+
+
+def _checked_labels(labels: np.ndarray, n: int, num_classes: int, where: str) -> np.ndarray:
+    if labels.dtype.kind not in "iu" or labels.ndim != 1:
+        raise DataError(
+            f"{where}: 'label' is {labels.dtype} {' x '.join(map(str, labels.shape))}, not one integer per "
+            "image: write the class indices as integers"
+        )
+    if len(labels) != n:
+        raise DataError(f"{where} has {n} images but {len(labels)} labels: give one label per image")
+    if n and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
+        raise DataError(
+            f"{where}: label {bad} is not a class of this data set (0..{num_classes - 1}): label the images "
+            "with its classes"
+        )
+    return np.ascontiguousarray(labels, dtype=np.int64)
