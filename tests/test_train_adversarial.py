@@ -221,7 +221,7 @@ def _eval(capsys, run, eps, attack="pgd", *extra):
 def test_pgd_training_on_the_digits_keeps_the_robust_accuracy_a_plain_network_loses(tmp_path, capsys):
     """The scaled-down experiment of docs/robustness.md, end to end through the command line: on the digits a
     plain network loses nearly all its accuracy to PGD at eps 48/255 (3 of the digits' 17 grey levels), a
-    PGD-trained one keeps most of it. By default a short version (WRN-10-2, 6 epochs, 5 attack steps, PGD-10
+    PGD-trained one keeps most of it. By default a short version (WRN-10-2, 10 epochs, 5 attack steps, PGD-10
     on 200 images); WRN_SLOW=1: the documented one (WRN-16-2, the demo's 30 epochs, 10 steps; PGD-20 and
     AutoAttack on the 360 test images)."""
     import os
@@ -229,7 +229,7 @@ def test_pgd_training_on_the_digits_keeps_the_robust_accuracy_a_plain_network_lo
     slow = os.environ.get("WRN_SLOW") == "1"
     common = ["train", "--preset", "demo", "--no-progress"]
     common += (
-        ["--model", "wrn-16-2"] if slow else ["--model", "wrn-10-2", "--epochs", "6", "--milestones", "3,5"]
+        ["--model", "wrn-16-2"] if slow else ["--model", "wrn-10-2", "--epochs", "10", "--milestones", "5,8"]
     )
     adv = ["--adv", "pgd", "--adv-eps", "48/255", "--adv-step-size", "12/255"] + (
         [] if slow else ["--adv-steps", "5"]
@@ -240,8 +240,8 @@ def test_pgd_training_on_the_digits_keeps_the_robust_accuracy_a_plain_network_lo
         assert proc.returncode == 0, proc.stderr
     attack = [] if slow else ["--steps", "10", "--n", "200"]
     p, r = _eval(capsys, plain, "48/255", "pgd", *attack), _eval(capsys, robust, "48/255", "pgd", *attack)
-    assert p["clean_acc"] > 90 and r["clean_acc"] > 85
-    assert p["robust_acc"] < 15 and r["robust_acc"] > 45
+    assert p["clean_acc"] > 90 and r["clean_acc"] > 90  # (measured: 99.5 and 98.0; slow: 98.6 and 99.2)
+    assert p["robust_acc"] < 15 and r["robust_acc"] > 45  # (measured: 1.5 and 62.5; slow: 1.9 and 83.9)
     if slow:
         pa, ra = _eval(capsys, plain, "48/255", "autoattack"), _eval(capsys, robust, "48/255", "autoattack")
         assert pa["robust_acc"] <= p["robust_acc"] and pa["robust_acc"] < 5
