@@ -54,7 +54,9 @@ def _ours(cell: str, preset: str):
             dataset = {"CIFAR-10": "cifar10", "CIFAR-100": "cifar100"}.get(label)
             if dataset is not None and preset.startswith(dataset + "-"):
                 return value
-            if dataset is None and re.fullmatch(rf"cifar100?-wrn-28-10{re.escape(label)}", preset):
+            if dataset is None and (
+                label == preset or re.fullmatch(rf"cifar100?-wrn-28-10{re.escape(label)}", preset)
+            ):
                 return value
     assert rest is not None or cell, (cell, preset)
     return rest
@@ -63,9 +65,18 @@ def _ours(cell: str, preset: str):
 def test_the_tables_cover_every_preset_of_todays_recipes():
     from wrn.train.compose import list_presets
 
-    todays = {n for n in list_presets() if re.search(r"-(cutout|autoaugment|sam|trades)$", n)}
-    assert set(PRESETS) == todays and len(todays) == 11
-    assert {h.split(":")[0] for h in TABLES} == {"Cutout", "AutoAugment", "SAM", "TRADES"}
+    todays = {
+        n for n in list_presets() if re.search(r"-(cutout|autoaugment|sam|trades|trades-awp|pgd-at)$", n)
+    }
+    assert set(PRESETS) == todays and len(todays) == 14
+    assert {h.split(":")[0] for h in TABLES} == {
+        "Cutout",
+        "AutoAugment",
+        "SAM",
+        "TRADES",
+        "PGD-AT",
+        "TRADES-AWP",
+    }
 
 
 @pytest.mark.parametrize("preset", PRESETS)

@@ -293,6 +293,7 @@ def test_kill_9_of_the_orchestrator_loses_nothing(killed_grid):
         "optim",
         "schedule",
         "objective",
+        "adv",
         "run",
         "provenance",
     ]

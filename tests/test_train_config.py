@@ -45,7 +45,8 @@ def test_every_preset_validates_resolves_and_has_a_description():
             assert ("sam" in today) == (cfg.optim.sam_rho > 0), name
             assert ("cutout" in today or "autoaugment" in today) == (cfg.dataset.cutout > 0), name
             assert ("autoaugment" in today) == cfg.dataset.policy.startswith("autoaugment"), name
-            assert (today == "-trades") == (cfg.adv.method == "trades"), name
+            method = {"-trades": "trades", "-trades-awp": "trades", "-pgd-at": "pgd"}.get(today, "none")
+            assert cfg.adv.method == method and (cfg.adv.awp > 0) == (today == "-trades-awp"), name
             # SAM's and AutoAugment's own networks (docs/models.md)
             own = "-sam" if "sam" in today else "-aa" if "autoaugment" in today else ""
             model_part += own
@@ -58,7 +59,16 @@ def test_every_preset_validates_resolves_and_has_a_description():
 
 
 # The suffixes of today's recipes (docs/training.md, "Modern recipes")
-TODAYS_RECIPES = ("-sam-autoaugment", "-sam-cutout", "-sam", "-autoaugment", "-cutout", "-trades")
+TODAYS_RECIPES = (
+    "-sam-autoaugment",
+    "-sam-cutout",
+    "-sam",
+    "-autoaugment",
+    "-cutout",
+    "-trades-awp",
+    "-trades",
+    "-pgd-at",
+)
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])

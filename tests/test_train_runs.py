@@ -43,8 +43,11 @@ def test_config_yaml_holds_every_value_that_ran_and_what_ran_it(finished):
         for section, values in config.items()
         if isinstance(values, dict)
         for key, value in values.items()
-        # None is a value there: "off", the network's own initialisation, no starting weights
-        if value is None and key not in ("checkpoint_every_steps", "init", "init_from")
+        # None is a value there: "off", the network's own initialisation, no starting weights, no generated
+        # data; and the attack's budget of adversarial training when it is off (resolve fills it in otherwise)
+        if value is None
+        and key not in ("checkpoint_every_steps", "init", "init_from", "aux_data")
+        and not (section == "adv" and config["adv"]["method"] == "none")
     ]
     assert nulls == []
     assert config["model"]["dropout"] == 0.0
