@@ -68,6 +68,16 @@ def _clamp(X, lower_limit, upper_limit):
 def _rice_step(model, opt, X, y, gen, epsilon, alpha, attack_iters):
     """train_cifar.py, --attack pgd, one restart, l_inf: attack_pgd in training mode, then the step."""
     model.train()
+    max_delta = _rice_attack(model, X, y, gen, epsilon, alpha, attack_iters)
+    robust_output = model(_normalize(torch.clamp(X + max_delta, min=0, max=1)))
+    robust_loss = F.cross_entropy(robust_output, y)
+    opt.zero_grad()
+    robust_loss.backward()
+    opt.step()
+
+
+def _rice_attack(model, X, y, gen, epsilon, alpha, attack_iters):
+    """train_cifar.py's attack_pgd (one restart, l_inf, no early stop), in the network's mode as it is."""
     max_loss = torch.zeros(y.shape[0])
     max_delta = torch.zeros_like(X)
     delta = torch.zeros_like(X)
@@ -85,11 +95,7 @@ def _rice_step(model, opt, X, y, gen, epsilon, alpha, attack_iters):
         delta.grad.zero_()
     all_loss = F.cross_entropy(model(_normalize(X + delta)), y, reduction="none")
     max_delta[all_loss >= max_loss] = delta.detach()[all_loss >= max_loss]
-    robust_output = model(_normalize(torch.clamp(X + max_delta, min=0, max=1)))
-    robust_loss = F.cross_entropy(robust_output, y)
-    opt.zero_grad()
-    robust_loss.backward()
-    opt.step()
+    return max_delta
 
 
 def _trades_step(model, opt, x_natural, y, gen, step_size, epsilon, perturb_steps, beta):
@@ -120,6 +126,18 @@ def _trades_step(model, opt, x_natural, y, gen, step_size, epsilon, perturb_step
     opt.step()
 
 
+def _theirs(cfg, data, step):
+    """The same network (same seed) trained by ``step(net, opt, x, y, gen)``, a reference step on pixels, with
+    the run's optimizer and a generator seeded as the run's attack."""
+    torch.manual_seed(0)
+    theirs = _Net()
+    opt = make_optimizer(theirs, cfg.optim)
+    gen = torch.Generator().manual_seed(stream_seed(cfg.run.seed, "adversary", 0))
+    for x, y in data:
+        step(theirs, opt, x, y, gen)
+    return theirs
+
+
 def _assert_same_state(ours, theirs):
     a, b = ours.state_dict(), theirs.state_dict()
     for key in a:
@@ -130,12 +148,9 @@ def test_pgd_training_step_is_robust_overfittings():
     cfg = _cfg(**{"adv.method": "pgd", "adv.eps": "32/255", "adv.step_size": "8/255", "adv.steps": 4})
     data = _data()
     ours = _ours(cfg, data)
-    torch.manual_seed(0)
-    theirs = _Net()
-    opt = make_optimizer(theirs, cfg.optim)
-    gen = torch.Generator().manual_seed(stream_seed(cfg.run.seed, "adversary", 0))
-    for x, y in data:
-        _rice_step(theirs, opt, x, y, gen, 32 / 255, 8 / 255, 4)
+    theirs = _theirs(
+        cfg, data, lambda net, opt, x, y, gen: _rice_step(net, opt, x, y, gen, 32 / 255, 8 / 255, 4)
+    )
     _assert_same_state(ours, theirs)  # weights and BN running statistics (every pass in training mode)
     plain = _ours(_cfg(), data)
     assert not torch.allclose(plain.fc.weight, ours.fc.weight, atol=1e-3)  # the attack changed the step
@@ -146,12 +161,9 @@ def test_trades_step_is_their_trades_loss():
     assert (cfg.adv.eps, cfg.adv.step_size) == (0.031, 0.007)  # their defaults, filled in by resolve
     data = _data(seed=1)
     ours = _ours(cfg, data)
-    torch.manual_seed(0)
-    theirs = _Net()
-    opt = make_optimizer(theirs, cfg.optim)
-    gen = torch.Generator().manual_seed(stream_seed(cfg.run.seed, "adversary", 0))
-    for x, y in data:
-        _trades_step(theirs, opt, x, y, gen, 0.007, 0.031, 3, 6.0)
+    theirs = _theirs(
+        cfg, data, lambda net, opt, x, y, gen: _trades_step(net, opt, x, y, gen, 0.007, 0.031, 3, 6.0)
+    )
     _assert_same_state(ours, theirs)
 
 

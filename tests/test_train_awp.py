@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import one_line_error, wrn_here
-from test_train_adversarial import _assert_same_state, _cfg, _clamp, _data, _Net, _normalize, _ours
+from test_train_adversarial import _assert_same_state, _cfg, _data, _Net, _normalize, _ours, _rice_attack
 from wrn.seeds import stream_seed
 from wrn.train.build import build_trainables
 from wrn.train.recipe import make_optimizer
@@ -74,23 +74,7 @@ def _at_awp_step(model, proxy, opt, proxy_opt, X, y, gen, epsilon, alpha, attack
     mode), then calc_awp on X_adv, perturb, the robust loss, step, restore. (The clean pass after it, for the
     log, is left out, as for --adv pgd: docs/robustness.md.)"""
     model.train()
-    max_loss = torch.zeros(y.shape[0])
-    max_delta = torch.zeros_like(X)
-    delta = torch.zeros_like(X)
-    delta.uniform_(-epsilon, epsilon, generator=gen)
-    delta = _clamp(delta, 0 - X, 1 - X)
-    delta.requires_grad = True
-    for _ in range(attack_iters):
-        output = model(_normalize(X + delta))
-        loss = F.cross_entropy(output, y)
-        loss.backward()
-        grad = delta.grad.detach()
-        d = torch.clamp(delta + alpha * torch.sign(grad), min=-epsilon, max=epsilon)
-        d = _clamp(d, 0 - X, 1 - X)
-        delta.data = d
-        delta.grad.zero_()
-    all_loss = F.cross_entropy(model(_normalize(X + delta)), y, reduction="none")
-    max_delta[all_loss >= max_loss] = delta.detach()[all_loss >= max_loss]
+    max_delta = _rice_attack(model, X, y, gen, epsilon, alpha, attack_iters)
     X_adv = _normalize(torch.clamp(X + max_delta, min=0, max=1))
     model.train()
     awp = calc_awp_at(model, proxy, proxy_opt, X_adv, y)

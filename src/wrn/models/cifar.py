@@ -199,19 +199,13 @@ def init_paper_(model: nn.Module) -> None:
 def init_autoaugment_(model: nn.Module) -> None:
     """AutoAugment's initialisation (``conv2d`` and ``fc`` of research/autoaugment/custom_ops.py, TensorFlow's
     BN defaults), which SAM's code keeps (sam_jax/models/utils.py): conv ~ N(0, sqrt(2 / (k*k*C_out))), BN
-    gamma = 1 and beta = 0, Linear weight ~ U(-1/sqrt(outputs), 1/sqrt(outputs)) and bias = 0."""
+    gamma = 1 and beta = 0, Linear weight ~ U(-1/sqrt(outputs), 1/sqrt(outputs)) and bias = 0: xternalz's
+    but for the Linear weight, drawn after the convolutions' (the classifier comes last)."""
+    init_xternalz_(model)
     for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
+        if isinstance(m, nn.Linear):
             bound = 1.0 / math.sqrt(m.out_features)
             nn.init.uniform_(m.weight, -bound, bound)
-            nn.init.zeros_(m.bias)
 
 
 def init_xternalz_(model: nn.Module) -> None:
