@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wrn.data.generated import Generated, generated_per_batch
+from wrn.data.generated import Generated, generated_per_batch, mixed_batches
 from wrn.data.policies import PerImage, batch_seed, die_with_parent, erase_, transform_batch
 from wrn.data.protocol import EpochLoader
 from wrn.data.registry import AUGMENT_CHOICES, CROP_PADDINGS
@@ -252,22 +252,11 @@ class DeviceLoader(EpochLoader):
         return plan
 
     def _mixed_plan(self, g: torch.Generator) -> dict:
-        """An epoch of batches of real and generated images, drawn as DM-Improves-AT's SemiSupervisedSampler
-        draws them (core/data/semisup.py): the real ones in turn from a permutation, a new one when it runs
-        out (the last slice of one may be short: generated images fill the batch), the generated ones
-        uniformly with replacement, each batch then shuffled; then each slot's crop and flip."""
-        n, size, real_per_batch = self.num_samples, self._global_batch, self._global_batch - self._per_batch
-        index, generated = [], []
-        order, at = None, n
-        for _ in range(self._batches):
-            if at >= n:
-                order, at = torch.randperm(n, generator=g), 0
-            real = order[at : at + real_per_batch]
-            at += real_per_batch
-            drawn = torch.randint(len(self.generated), (size - len(real),), generator=g)
-            shuffle = torch.randperm(size, generator=g)
-            index.append(torch.cat([real, drawn])[shuffle])
-            generated.append((torch.arange(size) >= len(real))[shuffle])
+        """An epoch of batches of real and generated images (:func:`~wrn.data.generated.mixed_batches`), then
+        each slot's crop and flip, this rank's slots of every batch."""
+        size = self._global_batch
+        index, generated = mixed_batches(self.num_samples, len(self.generated), self._batches, size,
+                                         self._per_batch, g)  # fmt: skip
         total = self._batches * size
         plan = {}
         if self.augment in ("crop", "flip-crop"):

@@ -41,6 +41,30 @@ class Generated:
         return len(self.labels)
 
 
+def mixed_batches(
+    n_real: int, n_generated: int, batches: int, size: int, generated_per: int, g
+) -> tuple[list, list]:
+    """An epoch's batches of real and generated images, drawn as DM-Improves-AT's SemiSupervisedSampler draws
+    them (core/data/semisup.py): the real ones in turn from a permutation, a new one when it runs out (the
+    last slice of one may be short: generated images fill the batch), the generated ones uniformly with
+    replacement, each batch then shuffled. Returns, per batch, the indices (into the real or the generated
+    images) and whether each is a generated one; ``g`` is the loader's generator."""
+    import torch
+
+    index, generated = [], []
+    order, at = None, n_real
+    for _ in range(batches):
+        if at >= n_real:
+            order, at = torch.randperm(n_real, generator=g), 0
+        real = order[at : at + size - generated_per]
+        at += size - generated_per
+        drawn = torch.randint(n_generated, (size - len(real),), generator=g)
+        shuffle = torch.randperm(size, generator=g)
+        index.append(torch.cat([real, drawn])[shuffle])
+        generated.append((torch.arange(size) >= len(real))[shuffle])
+    return index, generated
+
+
 def generated_per_batch(batch_size: int, fraction: float) -> int:
     """The generated images of a batch of ``batch_size``: ``int(batch_size * fraction)``, truncated as their
     ``SemiSupervisedSampler`` does (512 x 0.7 = 358.4 -> 358)."""
