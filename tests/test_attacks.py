@@ -227,3 +227,41 @@ def test_attack_record_in_a_read_only_run_is_refused_before_the_attack(copy, tmp
     line = one_line_error(capsys, "eval", str(ro), "--attack", "pgd", "--eps", "8/255")
     assert "read-only file system" in line and "robust-pgd-linf-8_255.json" in line
     assert snapshot(ro) == before
+
+
+def test_eval_attack_on_a_converted_robustbench_checkpoint(tmp_path, capsys):
+    """A RobustBench-format checkpoint (a WRN with its CIFAR-10 normalisation inside) converted by `wrn
+    convert robustness` is attacked on pixels as it is (its recorded normalisation is `pixels`): the CLI's
+    figures equal the API's on the same images, with the model called directly on pixels."""
+    import torch
+
+    import wrn
+    from test_models_convert_formats import _robustness_file
+    from wrn.bench.cifar_files import write_random_cifar10
+    from wrn.data import load_arrays
+
+    state, _ = _robustness_file(3)
+    torch.save(state, tmp_path / "at.pt")
+    out = tmp_path / "converted"
+    proc = wrn_here(
+        capsys, "convert", "robustness", str(tmp_path / "at.pt"), str(out), "--dataset", "cifar10"
+    )
+    assert proc.returncode == 0, proc.stderr
+    write_random_cifar10(tmp_path / "data", train=10, test=40, seed=1)
+    args = ["eval", str(out), "--attack", "pgd", "--eps", "8/255", "--steps", "3", "--data-dir", str(tmp_path / "data"),
+            "--no-verify", "--json", "--no-progress"]  # fmt: skip
+    proc = wrn_here(capsys, *args)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    model = wrn.load_model(out).eval()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (md5 checks off)
+        x, y = load_arrays("cifar10", tmp_path / "data", "test", verify=False)
+    x = x.float() / 255
+    flags = robust_flags(model, x, y, AttackSpec("pgd", 8 / 255, steps=3))
+    with torch.no_grad():
+        clean = (model(x).argmax(1) == y).double().mean().item() * 100
+    assert got["n"] == 40 and got["clean_acc"] == pytest.approx(clean)
+    assert got["robust_acc"] == pytest.approx(100 * flags.double().mean().item())

@@ -26,6 +26,9 @@ def register(subparsers) -> None:
     p.add_argument("--data-dir", help="folder that holds the data set")
     p.add_argument("--download", action="store_true", help="fetch a missing data set (CIFAR, SVHN)")
     p.add_argument(
+        "--no-verify", action="store_true", help="skip the md5 checks of the data set's files (re-packed copies)"
+    )
+    p.add_argument(
         "--split", help="the split to evaluate on (default: the test split; e.g. train, or SVHN's extra)"
     )
     p.add_argument("--normalization", help=", ".join(NORMALIZATION_CHOICES))
@@ -78,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         amp=args.amp,
         download=args.download,
         split=args.split,
+        verify=not args.no_verify,
     )
     if args.json:
         print(json.dumps(result))
@@ -122,6 +126,7 @@ def run_attack(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         download=args.download,
+        verify=not args.no_verify,
         progress=False if args.no_progress else None,
     )
     if args.json:

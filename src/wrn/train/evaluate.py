@@ -97,6 +97,7 @@ def evaluate_dir(
     amp: str = "off",
     download: bool = False,
     split: str | None = None,
+    verify: bool = True,
 ) -> dict[str, Any]:
     """Evaluate the model of a run or model directory on its (or the given) test set, or on another
     ``split`` of the data set (e.g. ``train``, or SVHN's ``extra``), in eval mode.
@@ -105,8 +106,8 @@ def evaluate_dir(
     directory without them (an unfinished run) uses the weights of its ``checkpoint.pt``.
     """
     given = {"name": dataset, "root": data_dir, "normalization": normalization, "image_size": image_size}
-    found = load_for_eval(path, given, batch_size=batch_size, device=device, amp=amp, download=download,
-                          split=split)  # fmt: skip
+    found = load_for_eval(path, {**given, "verify": None if verify else False}, batch_size=batch_size,
+                          device=device, amp=amp, download=download, split=split)  # fmt: skip
     result = evaluate(found.model, found.loader, found.device, amp=found.cfg.run.amp)
     return {**found.record(), **result}
 

@@ -103,6 +103,7 @@ def attack_dir(
     batch_size: int = 256,
     device: str = "auto",
     download: bool = False,
+    verify: bool = True,
     progress: bool | None = None,
 ) -> dict[str, Any]:
     """Clean and robust accuracy (percent) of the first ``n`` test images (all by default) under ``spec``;
@@ -111,7 +112,8 @@ def attack_dir(
     spec.check()
     if n is not None and n < 1:
         raise ConfigError(f"--n must be a positive number of test images, not {n}")
-    given = {"name": dataset, "root": data_dir, "normalization": None, "image_size": None}
+    given = {"name": dataset, "root": data_dir, "normalization": None, "image_size": None,
+             "verify": None if verify else False}  # fmt: skip
     found = load_for_eval(path, given, batch_size=batch_size, device=device, download=download, split=split,
                           loader_normalization="pixels")  # fmt: skip
     target = Path(out) if out is not None else record_path(found.run_dir.path, spec)
