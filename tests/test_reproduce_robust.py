@@ -124,6 +124,7 @@ def test_the_scaled_grid_trains_attacks_reports_and_attacks_nothing_again(tmp_pa
     assert wrn_main(cmd) == 0, capsys.readouterr().out
     said = capsys.readouterr().out
     assert said.count(" attack cifar10-") == 2 and "2 of 2 runs done" in said
+    assert said.count("; AutoAttack: clean ") == 2 and "% of 10 images" in said
     records = {}
     for name, eps in rows.items():
         run = out / name / "seed-0"
