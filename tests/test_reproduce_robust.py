@@ -145,7 +145,7 @@ def test_the_scaled_grid_trains_attacks_reports_and_attacks_nothing_again(tmp_pa
         "RobustBench AutoAttack (%)",
         "ours AutoAttack (%)",
     ):
-        assert head in md and head in html
+        assert head in md and f'data-label="{head}"' in html  # a card of "column: value" lines on a phone
     pgd = next(ln for ln in md.splitlines() if ln.startswith("| WRN-34-10 + PGD-AT"))
     assert "87.14" in pgd and "44.04" in pgd and "best epoch (RUN/best)" in pgd and "| 10 |" in pgd
     trades = next(ln for ln in md.splitlines() if ln.startswith("| WRN-34-10 + TRADES |"))
