@@ -191,7 +191,7 @@ def test_list_prints_every_experiment_with_its_runs_and_gpu_hours():
         ln.split()[0]: ln.split() for ln in proc.stdout.splitlines()[1:] if ln and not ln.startswith("*")
     }
     assert list(lines) == ["table2", "table3", "table4", "table5", "table6", "table7", "table8", "table9",
-                           "figure2", "figure3", "figure4", "cutout", "autoaugment", "sam"]  # fmt: skip
+                           "figure2", "figure3", "figure4", "cutout", "autoaugment", "sam", "robust"]  # fmt: skip
     # name, rows, runs per seed, epochs per seed
     assert lines["table4"][1:4] == ["19", "19", "3,800"]
     assert lines["table6"][1:4] == ["16", "16", "3,040"]  # 12 CIFAR rows x 200 + 4 SVHN rows x 160

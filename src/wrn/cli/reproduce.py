@@ -184,11 +184,15 @@ def dry_run(plan) -> int:
         f"# {plan.experiment.name}: {len(plan.todo)} runs in {plan.out}{scaled}; nothing is started (--dry-run)"
     )
     for spec in plan.todo:
-        if RunDir(spec.dir).state() == "done":
+        if spec.finished():
             what = "done: would be skipped"
+        elif RunDir(spec.dir).state() == "done":
+            what = f"trained: would attack: wrn {' '.join(spec.attack)}"
         else:  # the command the grid would run, as the runner makes it
             args, how = train_args(spec)
             what = f"would {how}: wrn {' '.join(args)}"
+            if spec.attack:
+                what += f"; then attack: wrn {' '.join(spec.attack)}"
         print(f"\n# {spec.key}: {what}")
         print(dump_yaml(plan.resolved[spec.key]).rstrip())
     print(
@@ -286,7 +290,9 @@ def run_list(args: argparse.Namespace) -> int:
         rate, eff = E.bench_rates(doc)
         how = f"{rate:.1f} TFLOP/s measured for WRN-28-10 by {args.bench}"
     seeds = args.runs
-    seeds_text = f"{seeds} seeds per row" if seeds else "the default seeds (5 per row; ImageNet tables 1)"
+    seeds_text = (
+        f"{seeds} seeds per row" if seeds else "the default seeds (5 per row; ImageNet tables and robust 1)"
+    )
     head = f"{'experiment':<11} {'rows':>4} {'runs/seed':>9} {'epochs/seed':>11} {'GPU-h*':>8}  {'data sets':<24} what"
     print(head)
     for exp in E.EXPERIMENTS.values():
@@ -304,7 +310,8 @@ def run_list(args: argparse.Namespace) -> int:
         )
     print(
         f"* estimated GPU-hours (no GPU was measured) of {seeds_text}: FLOPs of each row's recipe (SAM: two "
-        f"passes per step) at {how}, "
+        "passes per step; adversarial training with K attack steps: K + 1 with PGD-AT, K + 2 with TRADES, one "
+        f"more with AWP; AutoAttack after training not counted) at {how}, "
         "thin nets at the share of it the paper's own timings give them (docs/reproduce.md)"
     )
     return 0

@@ -189,6 +189,15 @@ class RunInfo:
     records: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
     failure: dict | None = None
+    attack: dict | None = None  # the record of `wrn eval --attack` in the run folder, where there is one
+
+    def attack_acc(self, key: str) -> float | None:
+        """``clean_acc`` or ``autoattack_acc`` (percent) of the attack's record, as RobustBench writes them."""
+        value = (self.attack or {}).get(key)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return None
 
     @property
     def last(self) -> dict:
@@ -256,7 +265,19 @@ def read_run(spec: G.RunSpec) -> RunInfo:
         status = "stopped"
     else:
         status = "missing"
-    return RunInfo(spec, status, records, config, failure)
+    return RunInfo(spec, status, records, config, failure, read_attack(spec))
+
+
+def read_attack(spec: G.RunSpec) -> dict | None:
+    """The run's AutoAttack record (``RUN/robust-autoattack-*.json``), None where it has none (yet)."""
+    for path in sorted(spec.dir.glob("robust-autoattack-*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            return data
+    return None
 
 
 _PARAMS: dict[tuple, int | None] = {}
@@ -432,6 +453,10 @@ SETTING_NAMES = {
     "schedule.gamma": "lr drop factor",
     "schedule.warmup_epochs": "warm-up epochs",
     "schedule.reset_momentum": "momentum reset at lr drops",
+    "adv.holdout": "held-out images for early stopping",
+    "adv.eps": "attack eps",
+    "adv.steps": "attack steps",
+    "adv.step_size": "attack step",
 }
 _NOT_SETTINGS = ("run.", "provenance.", "description", "preset", "extends", "dataset.root", "dataset.workers",
                  "dataset.download", "dataset.verify", "optim.eval_batch_size", "logging.")  # fmt: skip

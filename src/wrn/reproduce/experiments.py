@@ -56,6 +56,11 @@ class Row:
     # of the data set (BASES).
     preset: str | None = None
     settings: tuple[tuple[str, object], ...] = ()
+    # Rows of an experiment with an attack (``Experiment.attack``): the reference's clean and robust accuracy
+    # in percent (paper_error is then 100 - paper_clean), and the file they are read from.
+    paper_clean: float | None = None
+    paper_robust: float | None = None
+    paper_file: str = ""
 
     @property
     def base(self) -> str:
@@ -96,6 +101,9 @@ class Experiment:
     default_runs: int = 5  # seeds per row: the paper's CIFAR/SVHN figures are medians of 5 runs
     # Where the reference figures come from when they are not the WRN paper's (today's recipes)
     source: str = ""
+    # An attack each run gets once trained ("autoattack": `wrn eval RUN --attack autoattack` at the run's
+    # training eps, L-inf; the best epoch's weights, RUN/best, for a run with adv.holdout); "": none
+    attack: str = ""
 
     @property
     def runnable_rows(self) -> tuple[Row, ...]:
@@ -288,6 +296,30 @@ SAM = tuple(
 )  # fmt: skip
 
 
+ROBUST_SOURCE = (
+    "RobustBench's model_info files (github.com/RobustBench/robustbench, model_info/cifar10/Linf/NAME.json): "
+    "clean accuracy and AutoAttack accuracy (standard version, L-inf) in percent, each on the 10,000 CIFAR-10 "
+    "test images"
+)
+_RB = "model_info/cifar10/Linf/"
+ROBUST = (
+    Row("cifar10-wrn-34-10-pgd-at", "WRN-34-10 + PGD-AT, early stopping", "wrn-34-10", "cifar10", 12.86, 46.2,
+        preset="cifar10-wrn-34-10-pgd-at", paper_clean=87.14, paper_robust=44.04,
+        paper_file=_RB + "Madry2018Towards.json",
+        note="RobustBench's entry is Madry et al.'s own WRN-34-10, trained by their TensorFlow code without "
+        "early stopping: the nearest entry, not this recipe's"),
+    Row("cifar10-wrn-34-20-pgd-at", "WRN-34-20 + PGD-AT, early stopping", "wrn-34-20", "cifar10", 14.66, 184.5,
+        preset="cifar10-wrn-34-20-pgd-at", paper_clean=85.34, paper_robust=53.42,
+        paper_file=_RB + "Rice2020Overfitting.json"),
+    Row("cifar10-wrn-34-10-trades", "WRN-34-10 + TRADES", "wrn-34-10", "cifar10", 15.08, 46.2,
+        preset="cifar10-wrn-34-10-trades", paper_clean=84.92, paper_robust=53.08,
+        paper_file=_RB + "Zhang2019Theoretically.json", note="attacked at eps 0.031, as TRADES trains"),
+    Row("cifar10-wrn-34-10-trades-awp", "WRN-34-10 + TRADES + AWP", "wrn-34-10", "cifar10", 14.64, 46.2,
+        preset="cifar10-wrn-34-10-trades-awp", paper_clean=85.36, paper_robust=56.17,
+        paper_file=_RB + "Wu2020Adversarial.json"),
+)  # fmt: skip
+
+
 def _pick(rows: tuple[Row, ...], *names: str) -> tuple[Row, ...]:
     by_name = {r.name: r for r in rows}
     return tuple(by_name[n] for n in names)
@@ -411,6 +443,18 @@ EXPERIMENTS: dict[str, Experiment] = {
             columns=("cifar10", "cifar100"),
             source=SAM_SOURCE,
         ),
+        Experiment(
+            "robust",
+            "Robust training",
+            "WRN-34-10 and -34-20 trained adversarially (PGD-AT with early stopping, TRADES, TRADES + AWP) as "
+            "their authors' code trains them, each attacked with AutoAttack (standard, L-inf) at its training "
+            "eps once trained",
+            ROBUST,
+            columns=("cifar10",),
+            default_runs=1,  # RobustBench's entries are single models
+            source=ROBUST_SOURCE,
+            attack="autoattack",
+        ),
     )
 }
 
@@ -483,28 +527,65 @@ def family(model: str) -> str:
     return "wide"  # ImageNet nets: large feature maps keep a GPU busy
 
 
+def forward_macs(model: str) -> int:
+    """Forward multiply-adds of one image of ``model``: the shipped table's count, else for a CIFAR WRN-d-k not in
+    it (wrn-34-20) the count of its convolutions and classifier at 32x32, which gives the table's count for every
+    CIFAR WRN in it."""
+    if model in FORWARD_MACS:
+        return FORWARD_MACS[model]
+    parts = model.split("-")
+    if len(parts) != 3 or parts[0] != "wrn" or not (parts[1].isdigit() and parts[2].isdigit()):
+        raise KeyError(model)
+    depth, k = int(parts[1]), int(parts[2])
+    widths, positions = (16, 16 * k, 32 * k, 64 * k), (1024, 1024, 256, 64)
+    total = 3 * 16 * 9 * 1024
+    for g in range(3):
+        cin, cout, p = widths[g], widths[g + 1], positions[g + 1]
+        for _ in range((depth - 4) // 6):
+            total += (cin + cout) * cout * 9 * p + (cin * cout * p if cin != cout else 0)
+            cin = cout
+    return total + 64 * k * 10
+
+
+def adversarial_passes(cfg) -> float:
+    """Forward-backward passes of one training step of ``cfg``'s recipe, in plain steps' worth: 1; 2 with SAM;
+    with adversarial training K attack steps (each a forward and a backward pass, as a plain step) plus the
+    step on the adversarial images, K + 1 for PGD-AT, K + 2 for TRADES (its clean images too); AWP one more
+    (its weight perturbation's forward and backward pass)."""
+    if cfg.adv.method == "none":
+        return 2.0 if cfg.optim.sam_rho else 1.0
+    from wrn.train.objectives import ADVERSARIES
+
+    steps = cfg.adv.steps or ADVERSARIES[cfg.adv.method].steps
+    passes = steps + (2 if cfg.adv.method == "trades" else 1)
+    return float(passes + (1 if cfg.adv.awp else 0))
+
+
 @functools.cache
-def row_recipe(row: Row) -> tuple[int, int]:
-    """(epochs, forward-backward passes per training step) of ``row``'s recipe: 2 passes with SAM, else 1."""
+def row_recipe(row: Row) -> tuple[int, float, int]:
+    """(epochs, forward-backward passes per training step, held-out images) of ``row``'s recipe: 2 passes with
+    SAM, K + 1 with PGD-AT of K steps, K + 2 with TRADES, one more with AWP, else 1 (:func:`adversarial_passes`);
+    the held-out images (adv.holdout) leave training and are attacked after each epoch."""
     if row.preset is None and not row.settings:
-        return recipe_epochs(row.dataset), 1
+        return recipe_epochs(row.dataset), 1.0, 0
     from wrn.train.compose import build_config
 
     cfg = build_config(None, row.config(0))
-    return cfg.schedule.epochs, 2 if cfg.optim.sam_rho else 1
+    return cfg.schedule.epochs, adversarial_passes(cfg), cfg.adv.holdout
 
 
 def run_flops(row: Row, epochs: int | None = None) -> float:
-    """FLOPs of one run of ``row`` with its recipe: training steps (twice the passes with SAM) plus one test
-    pass per epoch."""
+    """FLOPs of one run of ``row`` with its recipe: training steps (each as many passes as its recipe costs:
+    :func:`row_recipe`) plus one test pass per epoch; with adv.holdout, the held-out images attacked after each
+    epoch (PGD at the training budget: counted as training steps of the same passes) and trained on no more."""
     if row.model is None:
         return 0.0
     info = DATASETS[row.dataset]
     train, test = info.train_size, info.test_size
-    recipe, passes = row_recipe(row)
+    recipe, passes, holdout = row_recipe(row)
     epochs = recipe if epochs is None else epochs
-    macs = FORWARD_MACS[row.model]
-    return epochs * (6 * macs * train * passes + 2 * macs * test)
+    macs = forward_macs(row.model)
+    return epochs * (6 * macs * passes * train + 2 * macs * test)
 
 
 def gpu_hours(row: Row, tflops_wide: float = ASSUMED_TFLOPS_WIDE, efficiencies: dict | None = None) -> float:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,10 @@ class RunSpec:
     out: Path  # the grid folder, absolute
     row: Row
     seed: int
+    # The experiment's attack once the run is trained (Experiment.attack): the `wrn eval` arguments that make
+    # its record, and the record's file name in the run folder; () and "": none
+    attack: tuple[str, ...] = ()
+    attack_record: str = ""
 
     @property
     def key(self) -> str:
@@ -103,6 +107,43 @@ class RunSpec:
     @property
     def failed_path(self) -> Path:
         return self.out / LOGS_DIR / f"{self.row.name}-seed-{self.seed}.failed.json"
+
+    @property
+    def record_path(self) -> Path | None:
+        """The attack's record (``RUN/robust-ATTACK-NORM-EPS.json``), None without an attack."""
+        return self.dir / self.attack_record if self.attack_record else None
+
+    def finished(self) -> bool:
+        """Trained, and attacked where the experiment asks for it (its record is there)."""
+        if RunDir(self.dir).state() != "done":
+            return False
+        return self.record_path is None or self.record_path.is_file()
+
+
+# AutoAttack on a scaled-down grid (its runs train on another data set than the row's): the first N test images,
+# as `wrn eval --n N`, so that it takes seconds on a CPU; on the row's own data set every test image.
+SCALED_ATTACK_IMAGES = 50
+
+
+def attack_args(exp: Experiment, row: Row, cfg: Any, run_dir: Path) -> tuple[tuple[str, ...], str]:
+    """The `wrn eval` arguments that attack a trained run of ``row`` (config ``cfg``) as ``exp`` asks, and the
+    record's file name: L-inf at the run's training eps, the best epoch's weights (RUN/best) where the run
+    kept them (adv.holdout), its last epoch's otherwise; the record in the run folder either way."""
+    if not exp.attack:
+        return (), ""
+    from wrn.train.objectives import ADVERSARIES
+    from wrn.train.robust_eval import AttackSpec
+
+    if cfg.adv.method == "none":
+        raise ConfigError(f"row {row.name} trains no adversary: {exp.name} attacks at the training eps")
+    spec = AttackSpec(exp.attack, float(cfg.adv.eps or ADVERSARIES[cfg.adv.method].eps))
+    record = RunDir(run_dir).robust_record(spec.attack, spec.norm, spec.eps_text()).name
+    model = run_dir / "best" if cfg.adv.holdout else run_dir
+    args = ["eval", str(model), "--attack", spec.attack, "--eps", repr(spec.eps), "--norm", spec.norm]
+    if cfg.dataset.name != row.dataset:
+        args += ["--n", str(SCALED_ATTACK_IMAGES)]
+    args += ["--out", str(run_dir / record), "--no-progress"]
+    return tuple(args), record
 
 
 def last_log_line(path: Path) -> str:
@@ -136,6 +177,9 @@ class Plan:
     resolved: dict[str, Any]  # run key -> TrainConfig (defaults and overrides applied)
     scaled: list[str]  # "key=value" of every recipe value the overrides change; empty: the paper's recipe
     datasets: dict[str, str]  # data set -> root it is read from, for the runs of this command
+    attack: dict[str, Any] = field(
+        default_factory=dict
+    )  # the experiment's attack as experiment.yaml keeps it
 
 
 def _base_root(base: str) -> str:
@@ -167,7 +211,8 @@ def _config_text(exp: Experiment, row: Row, seed: int, cfg: Any) -> str:
 
 
 def fit_to_images(row: Row, cfg: Any, given: dict[str, Any]) -> dict[str, Any]:
-    """The recipe's settings in pixels moved to the side of the images a run trains on, as dotted keys: a
+    """The recipe's settings in pixels moved to the side of the images a run trains on, as dotted keys (and
+    adv.holdout to a run's own data set: :func:`scaled_holdout`): a
     Cutout hole keeps its share of the side (16 of 32 becomes 4 of 8; a 16 px hole covers the 8x8 digits and
     the runs train at chance). Values the grid's overrides ``given`` set are kept as they are, and nothing
     changes where the side is the recipe's or not known.
@@ -178,12 +223,29 @@ def fit_to_images(row: Row, cfg: Any, given: dict[str, Any]) -> dict[str, Any]:
     digits' has no crop."""
     from wrn.data.registry import dataset_info
 
+    out: dict[str, Any] = {}
+    held = cfg.adv.holdout
+    if held and "adv.holdout" not in given and cfg.dataset.name != row.dataset:
+        out["adv.holdout"] = scaled_holdout(held, row.dataset, cfg.dataset.name)
     recipe = dataset_info(row.dataset).image_size
     side = cfg.dataset.image_size or dataset_info(cfg.dataset.name).image_size
     hole = cfg.dataset.cutout
     if not hole or "dataset.cutout" in given or not recipe or not side or side == recipe:
-        return {}
-    return {"dataset.cutout": max(1, round(hole * side / recipe))}
+        return out
+    return {**out, "dataset.cutout": max(1, round(hole * side / recipe))}
+
+
+def scaled_holdout(held: int, recipe_data: str, data: str) -> int:
+    """The held-out images (adv.holdout) of a run on another data set: the recipe's share of its training images
+    (1,000 of CIFAR's 50,000 is 2%), but at least 100, so that the best epoch is picked on more than a handful
+    of images (100 of the digits' 1,437), and never more than the recipe's."""
+    from wrn.data.registry import DATASETS
+
+    recipe_n = DATASETS[recipe_data].train_size if recipe_data in DATASETS else 0
+    n = DATASETS[data].train_size if data in DATASETS else 0
+    if not recipe_n or not n:
+        return held
+    return min(held, max(100, round(held * n / recipe_n)))
 
 
 def _scaling(plain: dict[str, Any], scaled: dict[str, Any]) -> list[str]:
@@ -243,14 +305,13 @@ def make_plan(
     seeds = list(range(runs))
     wanted = select_rows(exp, rows)
     specs = [RunSpec(out_path, row, seed) for row in exp.runnable_rows for seed in seeds]
-    todo = [s for s in specs if s.row in wanted]
 
     configs: dict[str, str] = {}
     resolved: dict[str, Any] = {}
     scaled: list[str] = []
     datasets: dict[str, str] = {}
     root_cache: dict[str, str] = {}
-    for spec in specs:
+    for i, spec in enumerate(specs):
         row = spec.row
         if row.base not in root_cache:
             root_cache[row.base] = _base_root(row.base)
@@ -264,9 +325,20 @@ def make_plan(
         if spec.seed == seeds[0]:
             plain = build_config(None, data).to_dict()
             scaled += [item for item in _scaling(plain, cfg.to_dict()) if item not in scaled]
-        if spec in todo:
+        if base.attack:
+            args, record = attack_args(base, row, cfg, spec.dir)
+            specs[i] = replace(spec, attack=args, attack_record=record)
+        if row in wanted:
             datasets.setdefault(cfg.dataset.name, cfg.dataset.root)
-    return Plan(exp, base, out_path, seeds, overrides, specs, todo, configs, resolved, scaled, datasets)
+    todo = [s for s in specs if s.row in wanted]
+    attack: dict[str, Any] = {}
+    if base.attack:
+        attack = {"attack": base.attack, "norm": "linf", "eps": "training eps"}
+        if any("--n" in s.attack for s in specs):
+            attack["n"] = SCALED_ATTACK_IMAGES
+    return Plan(
+        exp, base, out_path, seeds, overrides, specs, todo, configs, resolved, scaled, datasets, attack
+    )
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -370,6 +442,7 @@ def write_experiment(plan: Plan, existing: dict[str, Any] | None) -> dict[str, A
         "scaled": bool(plan.scaled),
         "scaled_by": list(plan.scaled),
         "overrides": plan.overrides.record,
+        **({"attack": plan.attack} if plan.attack else {}),
         "seeds": seeds,
         "runs": [{"row": row, "seed": seed, "dir": f"{row}/seed-{seed}"} for row, seed in runs],
         "created": (existing or {}).get("created", now),

@@ -28,10 +28,12 @@ from wrn.reproduce.collect import (
     DASH,
     NONE,
     Column,
+    Difference,
     Figure,
     Report,
     ReportError,
     RowResult,
+    Scaled,
     Section,
     Table,
     TableRow,
@@ -48,7 +50,17 @@ TITLE = "Wide Residual Networks: our results beside the paper's"
 INTRO = (
     "Errors are test errors in percent of the last epoch (never the best one), medians over the finished "
     "seeds; the paper's are medians of 5 runs (its Table 9: best single runs). The sections of today's "
-    "recipes (Cutout, AutoAugment, SAM) stand beside their own papers' figures, named in each."
+    "recipes (Cutout, AutoAugment, SAM) and robust training stand beside their own papers' (or RobustBench's) "
+    "figures, named in each."
+)
+
+
+ATTACK_INTRO = (
+    "Each run, once trained, is attacked by AutoAttack (standard version: APGD-CE, APGD-T, FAB-T, Square; L-inf "
+    "at the run's training eps) with `wrn eval --attack autoattack`; a run that kept its best epoch on held-out "
+    "images (early stopping, adv.holdout) is attacked with those weights (RUN/best), as RobustBench's entry is "
+    "the early-stopped model, the others with their last epoch's. Ours: mean ± std over the attacked seeds of "
+    "the clean and robust accuracy on the attacked images (n: the seeds); RobustBench's: one model each."
 )
 
 
@@ -162,6 +174,49 @@ def results_table(results: list[RowResult], compared: bool) -> Table:
     return table
 
 
+def mean_std(values: list[float]) -> str:
+    """``mean ± std`` over seeds (the sample std), the mean alone for one seed, a dash for none."""
+    if not values:
+        return NONE
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.2f}"
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def attack_table(results: list[RowResult]) -> Table:
+    """Clean and AutoAttack accuracy of each row's attacked runs (mean ± std over seeds) beside the reference's."""
+    columns = [Column("row", "l", nowrap=True), Column("data set", "l"), Column("RobustBench clean (%)"),
+               Column("ours clean (%)", nowrap=True), Column("RobustBench AutoAttack (%)"),
+               Column("ours AutoAttack (%)", nowrap=True), Column("n"), Column("weights attacked", "l"),
+               Column("images attacked"), Column("eps")]  # fmt: skip
+    table = Table(columns, status_title="status")
+    for res in results:
+        row = res.row
+        attacked = [r for r in res.runs if r.attack_acc("clean_acc") is not None]
+        clean = [r.attack_acc("clean_acc") for r in attacked]
+        robust = [
+            r.attack_acc("autoattack_acc") for r in attacked if r.attack_acc("autoattack_acc") is not None
+        ]
+        data_set = DATASET_TITLES.get(row.dataset, row.dataset)
+        if res.trained_dataset and res.trained_dataset != row.dataset:
+            data_set = f"{res.dataset_title} (RobustBench: {data_set})"
+        held = [(r.config.get("adv") or {}).get("holdout") for r in res.runs if r.config]
+        weights = ("best epoch (RUN/best)" if any(held) else "last epoch") if held else NONE
+        images = sorted({str(r.attack.get("n_points")) for r in attacked if r.attack})
+        eps = sorted({str(r.attack.get("eps")) for r in attacked if r.attack})
+        cells = [row.label, data_set, _num(row.paper_clean), mean_std(clean), _num(row.paper_robust),
+                 mean_std(robust), str(len(attacked)), weights, ", ".join(images) or NONE,
+                 ", ".join(eps) or NONE]  # fmt: skip
+        table.rows.append(TableRow(cells, res.status))
+    return table
+
+
+def _num(value: float | None) -> str:
+    return NONE if value is None else f"{value:.2f}"
+
+
 def _seeds_sentence(seeds: list) -> str:
     if not seeds:
         return "No run is planned yet."
@@ -177,9 +232,19 @@ def table_section(out: Path, data: dict, exp: Experiment, results: list[RowResul
         intro = f"The paper's {exp.title}: {exp.description}."
     else:
         intro = f"{exp.description[0].upper()}{exp.description[1:]}."
+    attack = dict(data.get("attack") or {})
+    if exp.attack and scaled is not None and attack.get("n"):
+        images = Difference("AutoAttack's test images", (("all", f"the first {attack['n']}"),))
+        scaled = Scaled([*scaled.differences, images], scaled.source)
     section = Section(exp.title, [intro, _seeds_sentence(list(data.get("seeds") or []))], out, scaled)
-    section.tables.append(results_table(results, compared=scaled is None))
+    if exp.attack:
+        section.intro.append(ATTACK_INTRO)
+        section.tables.append(attack_table(results))
+    else:
+        section.tables.append(results_table(results, compared=scaled is None))
     for res in results:
+        if res.row.paper_file:
+            section.notes.append(f"{res.row.label}: RobustBench's figures from {res.row.paper_file}.")
         note = f"{res.row.label}: {res.row.note}."
         if res.row.note and note not in section.notes:
             section.notes.append(note)
@@ -272,7 +337,11 @@ def grid_sections(out: Path, out_dir: Path, used: set[str]) -> list[Section]:
     requested = data.get("requested") or [name]
     if name not in requested:
         section.title += f" (the runs of {', '.join(requested)})"
-    chart = table_figure(exp, results, section.scaled, out_dir / f"{_unique(exp.name, used)}-vs-paper.png")
+    chart = None
+    if not exp.attack:  # an attacked experiment's table holds its accuracies; the chart is of test errors
+        chart = table_figure(
+            exp, results, section.scaled, out_dir / f"{_unique(exp.name, used)}-vs-paper.png"
+        )
     if chart is not None:
         section.figures.append(Figure(f"{exp.title}: ours vs the paper", chart))
     sections = [section]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import json
 import os
 import shutil
 import signal
@@ -132,12 +133,28 @@ def last_error(spec: G.RunSpec) -> float | None:
     return value if isinstance(value, (int, float)) else None
 
 
+def attack_result(spec: G.RunSpec) -> str:
+    """The attack's record in words ("AutoAttack: clean 84.00%, robust 64.00% of 50 images"), "" without one."""
+    path = spec.record_path
+    if path is None:
+        return ""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        name = "AutoAttack" if "autoattack_acc" in record else "PGD"
+        robust = record.get("autoattack_acc", record.get("pgd_acc"))
+        return f"{name}: clean {record['clean_acc']}%, robust {robust}% of {record['n_points']} images"
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return ""
+
+
 # How execute() starts a child: launch()'s arguments; None when the grid is stopping and starts nothing.
 Launcher = Callable[[G.RunSpec, list[str], dict[str, str], int, str], "subprocess.Popen | None"]
 
 
 def execute(spec: G.RunSpec, env: dict[str, str] | None = None, start: Launcher = launch) -> Outcome:
-    """Train one run to its end in a child process: take its lock, start or resume it, wait for it.
+    """Train one run to its end in a child process: take its lock, start or resume it, wait for it; then, where
+    the experiment asks for an attack (``spec.attack``) and its record is not there yet, attack the trained run
+    with `wrn eval --attack` in a second child under the same lock.
 
     ``env`` is added to the child's environment (its GPU, its threads). ``start`` launches the child: the local
     runner's keeps it, to stop it on Ctrl-C. The outcome is ``busy`` (another process holds the run's lock),
@@ -148,24 +165,43 @@ def execute(spec: G.RunSpec, env: dict[str, str] | None = None, start: Launcher 
     if not lock.acquire():
         return Outcome(spec.key, "busy")
     try:
-        if RunDir(spec.dir).state() == "done":
+        if spec.finished():
             return Outcome(spec.key, "skipped")
-        args, what = train_args(spec)
         begin = time.monotonic()
-        proc = start(spec, args, child_env(env or {}), lock.fd, what)
-        if proc is None:
-            return Outcome(spec.key, "interrupted")
-        try:
-            rc = proc.wait()
-        except BaseException:  # a cancelled Ray task (KeyboardInterrupt): the run checkpoints and stops
-            proc.terminate()
-            proc.wait()
-            raise
-        ok = rc == 0 and RunDir(spec.dir).state() == "done"
-        line = "" if ok else G.last_log_line(spec.log_path)
-        return Outcome(spec.key, "done" if ok else "failed", 0, time.monotonic() - begin, rc, line)
+        if RunDir(spec.dir).state() != "done":
+            args, what = train_args(spec)
+            rc = _wait(start(spec, args, child_env(env or {}), lock.fd, what))
+            if rc is None:
+                return Outcome(spec.key, "interrupted")
+            if rc != 0 or RunDir(spec.dir).state() != "done":
+                return Outcome(
+                    spec.key, "failed", 0, time.monotonic() - begin, rc, G.last_log_line(spec.log_path)
+                )
+        if (
+            spec.attack
+        ):  # trained, not yet attacked: `wrn eval --attack` in a child of its own, its record last
+            rc = _wait(start(spec, list(spec.attack), child_env(env or {}), lock.fd, "attack"))
+            if rc is None:
+                return Outcome(spec.key, "interrupted")
+            if rc != 0 or not spec.finished():
+                return Outcome(
+                    spec.key, "failed", 0, time.monotonic() - begin, rc, G.last_log_line(spec.log_path)
+                )
+        return Outcome(spec.key, "done", 0, time.monotonic() - begin, 0)
     finally:
         lock.release()
+
+
+def _wait(proc: subprocess.Popen | None) -> int | None:
+    """The exit status of a child :func:`execute` started; None: it was not started (the grid is stopping)."""
+    if proc is None:
+        return None
+    try:
+        return proc.wait()
+    except BaseException:  # a cancelled Ray task (KeyboardInterrupt): the run checkpoints and stops
+        proc.terminate()
+        proc.wait()
+        raise
 
 
 class Tally:
@@ -184,7 +220,7 @@ class Tally:
 
     def skip_if_done(self, spec: G.RunSpec) -> bool:
         """A run this command has not tried that is done already: skipped, without taking its lock."""
-        if self.attempts[spec.key] or RunDir(spec.dir).state() != "done":
+        if self.attempts[spec.key] or not spec.finished():
             return False
         self.handle(spec, Outcome(spec.key, "skipped"))
         return True
@@ -218,6 +254,8 @@ class Tally:
             G.clear_failure(spec)
             err = last_error(spec)
             text = f": test error {err:.2f}%" if err is not None else ""
+            robust = attack_result(spec)
+            text += f"; {robust}" if robust else ""
             self.say(f"{n} done {spec.key} in {outcome.seconds:.1f} s{text}")
         elif outcome.status == "failed":
             line = G.write_failure(spec, outcome.returncode, outcome.attempts) or outcome.last_line
@@ -549,7 +587,7 @@ def run_grid(
         G.write_experiment(plan, existing)
         for spec in plan.todo:
             G.write_config(plan, spec)
-        done = sum(RunDir(s.dir).state() == "done" for s in plan.todo)
+        done = sum(s.finished() for s in plan.todo)
         what = plan.experiment.name + (
             f" (runs of {plan.base.name})" if plan.base is not plan.experiment else ""
         )
