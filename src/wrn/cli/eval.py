@@ -26,7 +26,9 @@ def register(subparsers) -> None:
     p.add_argument("--data-dir", help="folder that holds the data set")
     p.add_argument("--download", action="store_true", help="fetch a missing data set (CIFAR, SVHN)")
     p.add_argument(
-        "--no-verify", action="store_true", help="skip the md5 checks of the data set's files (re-packed copies)"
+        "--no-verify",
+        action="store_true",
+        help="skip the md5 checks of the data set's files (re-packed copies)",
     )
     p.add_argument(
         "--split", help="the split to evaluate on (default: the test split; e.g. train, or SVHN's extra)"

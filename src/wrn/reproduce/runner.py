@@ -177,9 +177,8 @@ def execute(spec: G.RunSpec, env: dict[str, str] | None = None, start: Launcher 
                 return Outcome(
                     spec.key, "failed", 0, time.monotonic() - begin, rc, G.last_log_line(spec.log_path)
                 )
-        if (
-            spec.attack
-        ):  # trained, not yet attacked: `wrn eval --attack` in a child of its own, its record last
+        # trained, not yet attacked: `wrn eval --attack` in a child of its own, its record last
+        if spec.attack:
             rc = _wait(start(spec, list(spec.attack), child_env(env or {}), lock.fd, "attack"))
             if rc is None:
                 return Outcome(spec.key, "interrupted")
