@@ -49,26 +49,21 @@ def checkpoint_step(run_dir: Path) -> int:
         return -1
 
 
-# every option of robust training at once: TRADES, AWP from the start, early stopping (generated data: test_data_aux)
-ROBUST = [
-    "--adv",
-    "trades",
-    "--adv-steps",
-    "2",
-    "--awp",
-    "0.005",
-    "--awp-warmup",
-    "0",
-    "--adv-holdout",
-    "100",
-]
+# every option of robust training at once: TRADES, AWP from the start, early stopping, generated data (AUX: a
+# small .npz in their format, written by the test)
+ROBUST = ["--adv", "trades", "--adv-steps", "2", "--awp", "0.005", "--awp-warmup", "0", "--adv-holdout", "100",
+          "--aux-data", "AUX", "--aux-fraction", "0.5"]  # fmt: skip
 
 
 @pytest.mark.parametrize("extra", [[], ROBUST], ids=["plain", "robust"])
 def test_kill_9_three_times_then_resume_gives_bitwise_identical_weights(tmp_path, extra):
-    """Also with robust training (TRADES with AWP from the start, and early stopping): the attack's random
-    starts come from a generator saved in the checkpoint, the best epoch so far too; AWP's proxy keeps nothing
-    from step to step."""
+    """Also with robust training (TRADES with AWP from the start, early stopping and generated data): the
+    attack's random starts come from a generator saved in the checkpoint, the best epoch so far too, the
+    generated images' draws from the loader's; AWP's proxy keeps nothing from step to step."""
+    if "AUX" in extra:
+        from test_data_aux import generated_file
+
+        extra = [str(generated_file(tmp_path / "generated.npz")) if a == "AUX" else a for a in extra]
     slow = os.environ.get("WRN_SLOW") == "1"
     # by default 2 epochs, the drop at 2, and one kill around it; WRN_SLOW=1: 3 epochs, drops at 2 and 3, 3 kills
     run_args = [*RUN_ARGS, *extra] if slow else [*RUN_ARGS, *extra, "--epochs", "2", "--milestones", "2"]
