@@ -16,6 +16,31 @@ import torch.nn.functional as F
 NORMS = ("linf", "l2")
 
 
+class PixelScale:
+    """A per-channel normalisation between pixels in [0, 1] and the normalised images a network takes:
+    ``normalised = (x - mean) / std`` (the constants on the pixel scale,
+    :func:`wrn.data.registry.pixel_constants`)."""
+
+    def __init__(
+        self, mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu"
+    ) -> None:
+        self.mean = torch.tensor([float(m) for m in mean], device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor([float(s) for s in std], device=device).view(1, -1, 1, 1)
+
+    @classmethod
+    def of(cls, normalization: str, channels: int, device: torch.device | str = "cpu") -> PixelScale:
+        from wrn.data.registry import pixel_constants
+
+        return cls(*pixel_constants(normalization, channels), device=device)
+
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised images as pixels in [0, 1] (float32)."""
+        return images.float() * self.std + self.mean
+
+    def normalised(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
 class PixelModel(torch.nn.Module):
     """``model`` on pixels in [0, 1]: ``model((x - mean) / std)``, with the per-channel constants of the
     normalisation it was trained with (on the [0, 1] scale). The attack differentiates through the
@@ -124,4 +149,4 @@ def trades_attack(
     return x_adv.clamp(0, 1).detach()
 
 
-__all__ = ["NORMS", "PixelModel", "pgd", "trades_attack"]
+__all__ = ["NORMS", "PixelModel", "PixelScale", "pgd", "trades_attack"]

@@ -187,6 +187,13 @@ def normalization_constants(name: str) -> tuple[tuple[float, ...], tuple[float, 
     return NORMALIZATIONS[name]
 
 
+def pixel_constants(name: str, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` of a normalisation on the pixel scale [0, 1] (:func:`normalization_for` over 255): what
+    a model that takes pixels in [0, 1] applies inside its forward (attacks act on such pixels)."""
+    mean, std = normalization_for(name, channels)
+    return tuple(m / 255 for m in mean), tuple(s / 255 for s in std)
+
+
 def normalization_for(name: str, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``(mean, std)`` of a normalisation, one value per image channel: grayscale images with RGB constants get
     their average, a single value is repeated; a count that fits neither is a :class:`ConfigError`."""

@@ -42,6 +42,12 @@ def fraction(value: object) -> object:
     return value
 
 
+def radius_text(value: float) -> str:
+    """A radius as papers and RobustBench write it: ``8/255`` for a multiple of 1/255, else the number."""
+    k = value * 255
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{value:g}"
+
+
 COMMANDS = ("reproduce", "bench")  # the commands besides `wrn train` that may take a field's option
 
 

@@ -97,13 +97,10 @@ def _objective(objective) -> str:
 def _adversary(adv) -> str:
     """``adversarial training pgd (eps 8/255, 10 steps of 2/255)``, with ``, AWP gamma 0.01`` (and ``from epoch
     N`` after a warm-up) when AWP is on, or '' without it."""
+    from wrn.train.fields import radius_text as text
+
     if adv.method == "none":
         return ""
-
-    def text(value: float) -> str:
-        k = value * 255
-        return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{value:g}"
-
     beta = f", beta {adv.trades_beta:g}" if adv.method == "trades" else ""
     awp = f", AWP gamma {adv.awp:g}" if adv.awp else ""
     if adv.awp and adv.awp_warmup:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from wrn.attacks import pgd
+from wrn.attacks import PixelScale, pgd
 from wrn.seeds import stream_seed
 from wrn.train import distributed as D
 from wrn.train.rundir import BEST
@@ -23,20 +23,12 @@ class HoldoutSelection:
     """The held-out images' clean and robust accuracy after each epoch, and the best epoch so far."""
 
     def __init__(self, loader, cfg, device: torch.device, dist: D.DistInfo) -> None:
-        from wrn.data.registry import normalization_for
         from wrn.train.objectives import adversary_budget
 
         self.loader, self.cfg, self.device, self.dist = loader, cfg, device, dist
         self.budget = adversary_budget(cfg.adv)
-        self._normalization = normalization_for
         self.best_acc: float | None = None
         self.best_epoch = 0
-
-    def _scale(self, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, std = self._normalization(self.cfg.dataset.normalization, channels)
-        shape = (1, -1, 1, 1)
-        return (torch.tensor(mean, device=self.device).view(shape) / 255,
-                torch.tensor(std, device=self.device).view(shape) / 255)  # fmt: skip
 
     def evaluate(self, model: torch.nn.Module, epoch: int) -> dict[str, float]:
         """Clean and robust accuracy (percent) of ``model`` on the held-out images, summed over the processes;
@@ -48,13 +40,14 @@ class HoldoutSelection:
             stream_seed(self.cfg.run.seed, "holdout", epoch, self.dist.rank)
         )
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        scale = None
         for images, labels in self.loader:
             images, labels = images.to(self.device), labels.to(self.device)
-            mean, std = self._scale(images.shape[1])
-            x = images.float() * std + mean
+            scale = scale or PixelScale.of(self.cfg.dataset.normalization, images.shape[1], self.device)
+            x = scale.pixels(images)
 
-            def on_pixels(z: torch.Tensor, mean=mean, std=std) -> torch.Tensor:
-                return model((z - mean) / std).float()
+            def on_pixels(z: torch.Tensor, scale=scale) -> torch.Tensor:
+                return model(scale.normalised(z)).float()
 
             adv = pgd(on_pixels, x, labels, eps=self.budget["eps"], step_size=self.budget["step_size"],
                       steps=self.budget["steps"], generator=generator)  # fmt: skip

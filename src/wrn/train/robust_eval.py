@@ -24,6 +24,7 @@ import torch
 from wrn.attacks import NORMS, PixelModel, pgd
 from wrn.errors import ConfigError
 from wrn.train.evaluate import load_for_eval
+from wrn.train.fields import radius_text
 
 ATTACKS = ("pgd", "autoattack")
 
@@ -71,9 +72,7 @@ class AttackSpec:
         return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
 
     def eps_text(self) -> str:
-        """``8/255`` for a multiple of 1/255 (as papers and RobustBench write it), else the number."""
-        k = self.eps * 255
-        return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{self.eps:g}"
+        return radius_text(self.eps)
 
     def settings(self) -> dict[str, Any]:
         out: dict[str, Any] = {"attack": self.attack, "norm": self.norm, "eps": self.eps, "seed": self.seed}
@@ -144,8 +143,8 @@ def _check_writable(target: Path) -> None:
 
 
 def _pixel_model(found) -> torch.nn.Module:
-    """The model on pixels in [0, 1], with the normalisation of its run (the [0, 255] constants over 255)."""
-    from wrn.data.registry import normalization_for
+    """The model on pixels in [0, 1], with the normalisation of its run."""
+    from wrn.data.registry import pixel_constants
 
     name = found.cfg.dataset.normalization
     if name == "zca":
@@ -153,8 +152,7 @@ def _pixel_model(found) -> torch.nn.Module:
             "this model was trained on ZCA-whitened images; attacks here act on pixels through a per-channel "
             "normalisation only: evaluate a model trained with a mean/std normalisation"
         )
-    mean, std = normalization_for(name, found.info.in_channels)
-    return PixelModel(found.model, [m / 255 for m in mean], [s / 255 for s in std]).to(found.device)
+    return PixelModel(found.model, *pixel_constants(name, found.info.in_channels)).to(found.device)
 
 
 def _first_images(loader, n: int | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from wrn.attacks import pgd, trades_attack
+from wrn.attacks import PixelScale, pgd, trades_attack
 from wrn.train.objectives.base import Batch, Context, Forward, Objective
 
 
@@ -45,7 +45,6 @@ class Adversarial(Objective):
     """The common part: the wrapped objective, the pixel scale and the attack's generator."""
 
     def __init__(self, inner: Objective, ctx: Context) -> None:
-        from wrn.data.registry import normalization_for
         from wrn.train.objectives import adversary_budget
 
         budget = adversary_budget(ctx.cfg.adv)
@@ -58,27 +57,19 @@ class Adversarial(Objective):
         )
         self.generator = torch.Generator(ctx.device).manual_seed(ctx.seed("adversary"))
         self._normalization = ctx.cfg.dataset.normalization
-        self._constants = normalization_for
-        self._scale: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._scale: PixelScale | None = None  # (built at the first batch: its channels and device)
 
-    def _mean_std(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pixel_scale(self, images: torch.Tensor) -> PixelScale:
         if self._scale is None:
-            mean, std = self._constants(self._normalization, images.shape[1])
-            shape = (1, -1, 1, 1)
-            self._scale = (
-                torch.tensor(mean, device=images.device).view(shape) / 255,
-                torch.tensor(std, device=images.device).view(shape) / 255,
-            )
+            self._scale = PixelScale.of(self._normalization, images.shape[1], images.device)
         return self._scale
 
     def pixels(self, images: torch.Tensor) -> torch.Tensor:
         """The normalised images of the pipeline as pixels in [0, 1]."""
-        mean, std = self._mean_std(images)
-        return images.float() * std + mean
+        return self._pixel_scale(images).pixels(images)
 
     def normalised(self, x: torch.Tensor) -> torch.Tensor:
-        mean, std = self._mean_std(x)
-        return (x - mean) / std
+        return self._pixel_scale(x).normalised(x)
 
     def on_pixels(self, forward: Forward):
         return lambda x: forward(self.normalised(x))
