@@ -56,7 +56,7 @@ def test_every_batch_holds_int_f_b_generated_images_with_their_labels(
 ):
     path = generated_file(tmp_path / "gen.npz", compressed=compressed)
     train, test, _ = loaders(path, fraction, batch_size)
-    assert train.generated.mapped is not compressed
+    assert train.mix.generated.mapped is not compressed
     labels_in_file = (np.arange(N) * 7 + 3) % 10
     want = int(batch_size * fraction)  # their int(), truncated: 0.7 x 64 = 44.8 -> 44
     assert want == generated_per_batch(batch_size, fraction)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wrn.data.generated import Generated, generated_per_batch, mixed_batches
+from wrn.data.generated import Generated, Mix
 from wrn.data.policies import PerImage, batch_seed, die_with_parent, erase_, transform_batch
 from wrn.data.protocol import EpochLoader
 from wrn.data.registry import AUGMENT_CHOICES, CROP_PADDINGS
@@ -142,42 +142,17 @@ class DeviceLoader(EpochLoader):
             # the batches of the per-image stage are gathered on the CPU (the same tensor when x is there)
             self._x_cpu = x.to("cpu").contiguous()
             self._transform = self.per_image.transform(mean=normalize[0] if normalize is not None else None)
-        self.generated = generated if train else None
-        if self.generated is not None:
-            self._setup_generated(x)
+        self.mix = None  # generated images in every batch (training only)
+        if train and generated is not None:
+            self.mix = Mix(generated, self.x, augment=self.augment, per_image=self.per_image,
+                           global_batch=self.batch_size * self.world_size, num_real=self.num_samples)  # fmt: skip
+            self._shard_size = self.mix.batches * self.batch_size
         self._generator = torch.Generator().manual_seed(self.seed)
         self._epoch_start_state = self._generator.get_state()
         self._plan = None
 
-    def _setup_generated(self, x: torch.Tensor) -> None:
-        gen = self.generated
-        if self.per_image is not None or self.augment == "imagenet":
-            raise ConfigError(
-                "generated images are mixed into batches with the crop and flip of augment none, crop or "
-                "flip-crop only: drop --policy / --random-erasing, or the imagenet augmentation, with --aux-data"
-            )
-        if x.dtype != torch.uint8:
-            raise ConfigError(
-                f"generated images need the uint8 real ones, but these are {x.dtype} (ZCA-whitened?)"
-            )
-        if tuple(gen.images.shape[1:]) != (x.shape[2], x.shape[3], x.shape[1]):
-            raise ConfigError(
-                f"generated images of {gen.images.shape[1:]} do not match the real ones' {x.shape[1:]}"
-            )
-        self._global_batch = self.batch_size * self.world_size
-        self._per_batch = generated_per_batch(self._global_batch, gen.fraction)
-        if not 0 < self._per_batch < self._global_batch:
-            raise ConfigError(
-                f"--aux-fraction {gen.fraction:g} of a batch of {self._global_batch} is {self._per_batch} "
-                "generated images: give a fraction that leaves at least one generated and one real image"
-            )
-        # their rule: ceil(real images / batch) batches, whatever the share of generated ones
-        self._batches = -(-self.num_samples // self._global_batch)
-        self._shard_size = self._batches * self.batch_size
-        self._gen_y = torch.from_numpy(gen.labels).to(self.device, torch.int64)
-
     def __len__(self) -> int:
-        return self._batches if self.generated is not None else super().__len__()
+        return self.mix.batches if self.mix is not None else super().__len__()
 
     # ------------------------------------------------------------------------------------------ protocol
 
@@ -201,8 +176,8 @@ class DeviceLoader(EpochLoader):
         """The protocol's state and the generator state at the start of the epoch (and the number and share of
         generated images, which must match for the draws to line up)."""
         state = {**super().state_dict(), "generator": self._epoch_start_state.clone()}
-        if self.generated is not None:
-            state.update(generated=len(self.generated), generated_per_batch=self._per_batch)
+        if self.mix is not None:
+            state.update(self.mix.state())
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -227,16 +202,17 @@ class DeviceLoader(EpochLoader):
             return self._plan
         g = self._generator
         g.set_state(self._epoch_start_state)
-        if self.generated is not None:
-            return self._mixed_plan(g)
+        if self.mix is not None:
+            self._plan = self.mix.draw(g, self.y, self.rank, self.world_size, self._offset_high(),
+                                       flip=self.augment == "flip-crop")  # fmt: skip
+            self._next_state = g.get_state()
+            return self._plan
         n = self.num_samples
         plan = {}
         if self.train:
             order = torch.randperm(n, generator=g)
             if self.augment in ("crop", "flip-crop"):
-                # the AutoAugment code's np.random.randint(0, 2 * pad) never takes the last offset
-                high = 2 * self.pad if self.crop_padding == "mean" else 2 * self.pad + 1
-                plan["offset"] = torch.randint(0, high, (n, 2), generator=g)
+                plan["offset"] = torch.randint(0, self._offset_high(), (n, 2), generator=g)
             if self.augment in ("flip-crop", "imagenet"):
                 plan["flip"] = torch.rand(n, generator=g) < 0.5
             if self.augment == "imagenet":
@@ -251,43 +227,12 @@ class DeviceLoader(EpochLoader):
         self._plan = plan
         return plan
 
-    def _mixed_plan(self, g: torch.Generator) -> dict:
-        """An epoch of batches of real and generated images (:func:`~wrn.data.generated.mixed_batches`), then
-        each slot's crop and flip, this rank's slots of every batch."""
-        size = self._global_batch
-        index, generated = mixed_batches(self.num_samples, len(self.generated), self._batches, size,
-                                         self._per_batch, g)  # fmt: skip
-        total = self._batches * size
-        plan = {}
-        if self.augment in ("crop", "flip-crop"):
-            high = 2 * self.pad if self.crop_padding == "mean" else 2 * self.pad + 1
-            plan["offset"] = torch.randint(0, high, (total, 2), generator=g)
-        if self.augment == "flip-crop":
-            plan["flip"] = torch.rand(total, generator=g) < 0.5
-        self._next_state = g.get_state()
-        # this rank's positions rank::world_size of every batch
-        mine = torch.arange(total).view(self._batches, size)[:, self.rank :: self.world_size].reshape(-1)
-        plan = {k: v[mine].to(self.device) for k, v in plan.items()}
-        index, generated = torch.cat(index)[mine], torch.cat(generated)[mine]
-        plan["index"], plan["generated"] = index.to(self.device), generated.to(self.device)
-        labels = torch.empty(len(index), dtype=torch.int64, device=self.device)
-        labels[plan["generated"]] = self._gen_y[plan["index"][plan["generated"]]]
-        labels[~plan["generated"]] = self.y[plan["index"][~plan["generated"]]]
-        plan["label"] = labels
-        self._plan = plan
-        return plan
-
-    def _gathered(self, plan: dict, sel: slice) -> torch.Tensor:
-        """The uint8 images of batch ``sel``, real ones from the device, generated ones read from the file (or
-        host memory) and moved there."""
-        idx, gen = plan["index"][sel], plan["generated"][sel]
-        out = torch.empty((len(idx), *self.x.shape[1:]), dtype=self.x.dtype, device=self.device)
-        out[~gen] = self.x[idx[~gen]]
-        wanted = idx[gen].cpu().numpy()
-        if len(wanted):
-            images = torch.from_numpy(np.ascontiguousarray(self.generated.images[wanted]))  # [k, H, W, C]
-            out[gen] = images.permute(0, 3, 1, 2).to(self.device, non_blocking=False)
-        return out
+    def _offset_high(self) -> int | None:
+        """The crop offsets are drawn from ``0..high-1`` (None: no crop). The AutoAugment code's
+        ``np.random.randint(0, 2 * pad)`` never takes the last offset (``crop_padding="mean"``)."""
+        if self.augment not in ("crop", "flip-crop"):
+            return None
+        return 2 * self.pad if self.crop_padding == "mean" else 2 * self.pad + 1
 
     def _batch(self, plan: dict, sel: slice) -> torch.Tensor:
         if "generated" in plan:
@@ -306,7 +251,7 @@ class DeviceLoader(EpochLoader):
         return self._mean_border_(self._normalize_(out), plan, sel)
 
     def _mixed_batch(self, plan: dict, sel: slice) -> torch.Tensor:
-        out = self._gathered(plan, sel)
+        out = self.mix.gather(self.x, plan, sel)
         if self.augment in ("crop", "flip-crop"):
             flip = plan["flip"][sel] if "flip" in plan else None
             at = torch.arange(len(out), device=self.device)

@@ -65,6 +65,84 @@ def mixed_batches(
     return index, generated
 
 
+class Mix:
+    """Generated images mixed into every batch of a device-resident training loader (its ``generated``), as
+    DM-Improves-AT's ``SemiSupervisedSampler`` mixes them: of each global batch of ``global_batch``,
+    ``int(fraction x global_batch)`` generated images and the rest real, an epoch ``ceil(num_real /
+    global_batch)`` batches. The generated images stay where they are (memory-mapped or in host memory): only
+    each batch's are gathered and moved to the loader's device."""
+
+    def __init__(self, generated: Generated, x, *, augment: str, per_image, global_batch: int, num_real: int):
+        import torch
+
+        from wrn.errors import ConfigError
+
+        if per_image is not None or augment == "imagenet":
+            raise ConfigError(
+                "generated images are mixed into batches with the crop and flip of augment none, crop or "
+                "flip-crop only: drop --policy / --random-erasing, or the imagenet augmentation, with --aux-data"
+            )
+        if x.dtype != torch.uint8:
+            raise ConfigError(
+                f"generated images need the uint8 real ones, but these are {x.dtype} (ZCA-whitened?)"
+            )
+        if tuple(generated.images.shape[1:]) != (x.shape[2], x.shape[3], x.shape[1]):
+            raise ConfigError(
+                f"generated images of {generated.images.shape[1:]} do not match the real ones' {x.shape[1:]}"
+            )
+        self.generated, self.global_batch, self.num_real = generated, global_batch, num_real
+        self.per_batch = generated_per_batch(global_batch, generated.fraction)
+        if not 0 < self.per_batch < global_batch:
+            raise ConfigError(
+                f"--aux-fraction {generated.fraction:g} of a batch of {global_batch} is {self.per_batch} "
+                "generated images: give a fraction that leaves at least one generated and one real image"
+            )
+        self.batches = -(-num_real // global_batch)  # their rule, whatever the share of generated ones
+        self.labels = torch.from_numpy(generated.labels).to(x.device, torch.int64)
+
+    def state(self) -> dict:
+        """What must match for a saved epoch's draws to line up."""
+        return {"generated": len(self.generated), "generated_per_batch": self.per_batch}
+
+    def draw(self, g, y, rank: int, world_size: int, offset_high: int | None, flip: bool) -> dict:
+        """An epoch's plan for process ``rank``: the batches of real and generated images
+        (:func:`mixed_batches`), then each slot's crop offset (from ``0..offset_high-1``; None: no crop) and
+        flip, the slots ``rank::world_size`` of every batch, with their labels (``y``: the real ones')."""
+        import torch
+
+        size, device = self.global_batch, y.device
+        index, generated = mixed_batches(
+            self.num_real, len(self.generated), self.batches, size, self.per_batch, g
+        )
+        total = self.batches * size
+        plan = {}
+        if offset_high is not None:
+            plan["offset"] = torch.randint(0, offset_high, (total, 2), generator=g)
+        if flip:
+            plan["flip"] = torch.rand(total, generator=g) < 0.5
+        mine = torch.arange(total).view(self.batches, size)[:, rank::world_size].reshape(-1)
+        plan = {k: v[mine].to(device) for k, v in plan.items()}
+        index, generated = torch.cat(index)[mine].to(device), torch.cat(generated)[mine].to(device)
+        labels = torch.empty(len(index), dtype=torch.int64, device=device)
+        labels[generated] = self.labels[index[generated]]
+        labels[~generated] = y[index[~generated]]
+        return {**plan, "index": index, "generated": generated, "label": labels}
+
+    def gather(self, x, plan: dict, sel: slice):
+        """The uint8 images of batch ``sel``: real ones from ``x`` (on the device), generated ones read from
+        the file (or host memory) and moved there."""
+        import torch
+
+        idx, gen = plan["index"][sel], plan["generated"][sel]
+        out = torch.empty((len(idx), *x.shape[1:]), dtype=x.dtype, device=x.device)
+        out[~gen] = x[idx[~gen]]
+        wanted = idx[gen].cpu().numpy()
+        if len(wanted):
+            images = torch.from_numpy(np.ascontiguousarray(self.generated.images[wanted]))  # [k, H, W, C]
+            out[gen] = images.permute(0, 3, 1, 2).to(x.device)
+        return out
+
+
 def generated_per_batch(batch_size: int, fraction: float) -> int:
     """The generated images of a batch of ``batch_size``: ``int(batch_size * fraction)``, truncated as their
     ``SemiSupervisedSampler`` does (512 x 0.7 = 358.4 -> 358)."""

@@ -81,41 +81,18 @@ def make_loaders(
     split_test = split_test or info.test_split
     eval_batch_size = eval_batch_size or batch_size
     common = {"device": device, "rank": rank, "world_size": world_size}
-    generated = None
-    if aux_data is not None:
-        generated = _generated(info, aux_data, aux_fraction, batch_size * world_size, normalization)
+    generated = (
+        _generated(info, aux_data, aux_fraction, batch_size * world_size, normalization) if aux_data else None
+    )
 
-    if dataset in ARRAY_DATASETS:
-        if image_size is not None and image_size != info.image_size:
-            raise ConfigError(
-                f"{dataset} images are {info.image_size}x{info.image_size}: image_size applies to image folders only."
-            )
-        x_tr, y_tr = load_arrays(dataset, root, split_train, download=download, verify=verify)
-        x_te, y_te = load_arrays(dataset, root, split_test, download=download, verify=verify)
-        cache_dir = Path(root).expanduser() / CACHE_DIRNAME if root is not None else None
-    else:
-        use_arrays = dataset == "imagefolder" and is_small_folder(root, split_train, image_size)
-        if not use_arrays and holdout:
-            raise ConfigError(
-                f"holding out training images needs a data set held in memory (CIFAR, SVHN, the digits, a small "
-                f"image folder), and {dataset} at {root} is read from files batch by batch; leave the hold-out out"
-            )
-        if not use_arrays:
-            return _folder_loaders(
-                info, root, augment, normalization, seed, image_size, workers, split_train, split_test,
-                batch_size, eval_batch_size, common, per_image, crop_padding,
-            )  # fmt: skip
-        x_tr, y_tr, classes = read_folder_arrays(root, split_train, image_size)
-        x_te, y_te, _ = read_folder_arrays(
-            root, split_test, tuple(x_tr.shape[2:]), channels=x_tr.shape[1], classes=classes
-        )
-        info = dataclasses.replace(info, num_classes=len(classes), classes=tuple(classes))
-        cache_dir = Path(root).expanduser() / CACHE_DIRNAME
-
-    x_ho = y_ho = None
-    if holdout:
-        keep, held = holdout_indices(len(y_tr), holdout, dataset)
-        x_ho, y_ho, x_tr, y_tr = x_tr[held], y_tr[held], x_tr[keep], y_tr[keep]
+    arrays = _in_memory(info, root, split_train, split_test, image_size, download, verify)
+    arrays, held = _hold_out(arrays, holdout, dataset, root)
+    if arrays is None:  # ImageNet, a large image folder: read from files batch by batch
+        return _folder_loaders(
+            info, root, augment, normalization, seed, image_size, workers, split_train, split_test,
+            batch_size, eval_batch_size, common, per_image, crop_padding,
+        )  # fmt: skip
+    x_tr, y_tr, x_te, y_te, info, cache_dir = arrays
     if normalization == "zca":
         x_tr, x_te = zca_whiten(x_tr, x_te, cache_dir=cache_dir)
         normalize = None
@@ -128,12 +105,49 @@ def make_loaders(
     )  # fmt: skip
     test = DeviceLoader(x_te, y_te, eval_batch_size, train=False, normalize=normalize, seed=seed, **common)
     info = dataclasses.replace(info, in_channels=int(x_tr.shape[1]), image_size=int(x_tr.shape[-1]))
-    if not holdout:
+    if held is None:
         return train, test, info
-    held_out = DeviceLoader(
-        x_ho, y_ho, eval_batch_size, train=False, normalize=normalize, seed=seed, **common
+    return train, test, info, DeviceLoader(*held, eval_batch_size, train=False, normalize=normalize, seed=seed,
+                                           **common)  # fmt: skip
+
+
+def _in_memory(info, root, split_train: str, split_test: str, image_size, download: bool, verify: bool):
+    """``(x_train, y_train, x_test, y_test, info, cache_dir)`` of a data set held in memory (CIFAR, SVHN, the
+    digits, a small image folder: its classes in ``info``), ``cache_dir`` where ZCA keeps its fit; None for one
+    read from files batch by batch."""
+    dataset = info.name
+    if dataset in ARRAY_DATASETS:
+        if image_size is not None and image_size != info.image_size:
+            raise ConfigError(
+                f"{dataset} images are {info.image_size}x{info.image_size}: image_size applies to image folders only."
+            )
+        x_tr, y_tr = load_arrays(dataset, root, split_train, download=download, verify=verify)
+        x_te, y_te = load_arrays(dataset, root, split_test, download=download, verify=verify)
+        cache_dir = Path(root).expanduser() / CACHE_DIRNAME if root is not None else None
+        return x_tr, y_tr, x_te, y_te, info, cache_dir
+    if not (dataset == "imagefolder" and is_small_folder(root, split_train, image_size)):
+        return None
+    x_tr, y_tr, classes = read_folder_arrays(root, split_train, image_size)
+    x_te, y_te, _ = read_folder_arrays(
+        root, split_test, tuple(x_tr.shape[2:]), channels=x_tr.shape[1], classes=classes
     )
-    return train, test, info, held_out
+    info = dataclasses.replace(info, num_classes=len(classes), classes=tuple(classes))
+    return x_tr, y_tr, x_te, y_te, info, Path(root).expanduser() / CACHE_DIRNAME
+
+
+def _hold_out(arrays, holdout: int, dataset: str, root):
+    """``arrays`` (:func:`_in_memory`'s) with ``holdout`` training images taken out, and those images (None
+    without a hold-out)."""
+    if not holdout:
+        return arrays, None
+    if arrays is None:
+        raise ConfigError(
+            f"holding out training images needs a data set held in memory (CIFAR, SVHN, the digits, a small "
+            f"image folder), and {dataset} at {root} is read from files batch by batch; leave the hold-out out"
+        )
+    x_tr, y_tr, *rest = arrays
+    keep, out = holdout_indices(len(y_tr), holdout, dataset)
+    return (x_tr[keep], y_tr[keep], *rest), (x_tr[out], y_tr[out])
 
 
 def holdout_indices(n: int, holdout: int, dataset: str = "the data set") -> tuple[torch.Tensor, torch.Tensor]:
