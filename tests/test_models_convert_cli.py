@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
 
 import pytest
 import torch
@@ -88,19 +87,13 @@ def test_convert_names_the_real_problem_with_its_paths(src, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_convert_into_a_read_only_directory(src, tmp_path, capsys):
+def test_convert_into_a_read_only_directory(src, tmp_path, mounts, capsys):
+    from conftest import read_only
+
     ro = tmp_path / "ro"
     ro.mkdir()
-    if subprocess.run(["mount", "--bind", str(ro), str(ro)], capture_output=True).returncode != 0:
-        pytest.skip("bind mounts are refused here")
-    try:
-        if subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], capture_output=True).returncode != 0:
-            pytest.skip("a read-only remount is refused here")
-        assert f"{ro} is not writable" in one_line_error(
-            capsys, "convert", "xternalz", str(src), str(ro / "m")
-        )
-    finally:
-        subprocess.run(["umount", str(ro)], capture_output=True)
+    ro = read_only(tmp_path, mounts, ro)  # (skips only where mount is refused)
+    assert f"{ro} is not writable" in one_line_error(capsys, "convert", "xternalz", str(src), str(ro / "m"))
 
 
 @pytest.mark.parametrize("wrap", ["bare", "wrapped"])
