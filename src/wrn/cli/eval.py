@@ -46,22 +46,22 @@ def register(subparsers) -> None:
     )
     robust.add_argument("--attack", help="pgd, or autoattack (the authors' standard version)")
     robust.add_argument("--eps", help="the radius on pixels in [0, 1], e.g. 8/255 or 0.031")
-    robust.add_argument("--norm", default="linf", help="linf (default) or l2")
-    robust.add_argument("--steps", type=int, default=20, help="PGD's steps (default 20)")
+    # (the defaults are AttackSpec's: an option left out is None here)
+    robust.add_argument("--norm", help="linf (default) or l2")
+    robust.add_argument("--steps", type=int, help="PGD's steps (default 20)")
     robust.add_argument("--step-size", help="PGD's step (default 2.5 x eps / steps); 2/255 is accepted")
-    robust.add_argument("--restarts", type=int, default=1, help="PGD's random starts per image (default 1)")
+    robust.add_argument("--restarts", type=int, help="PGD's random starts per image (default 1)")
     robust.add_argument("--n", type=int, help="attack the first N test images (default: all)")
-    robust.add_argument("--seed", type=int, default=0, help="seed of the attack's random draws (default 0)")
+    robust.add_argument("--seed", type=int, help="seed of the attack's random draws (default 0)")
     robust.add_argument("--out", help="where to write the record (default: in the run directory)")
     robust.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def _robust_flags(args: argparse.Namespace) -> list[str]:
-    """The robustness options given (their defaults aside): they need --attack."""
-    defaults = {"norm": "linf", "steps": 20, "restarts": 1, "seed": 0, "no_progress": False}
+    """The robustness options given: they need --attack."""
     names = ("eps", "norm", "steps", "step_size", "restarts", "n", "seed", "out", "no_progress")
-    return [f"--{k.replace('_', '-')}" for k in names if getattr(args, k) not in (None, defaults.get(k))]
+    return [f"--{k.replace('_', '-')}" for k in names if getattr(args, k) not in (None, False)]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,15 +108,12 @@ def run_attack(args: argparse.Namespace) -> int:
             "--amp, --normalization and --image-size set the clean evaluation; an attack runs in float32 on "
             "the model's own normalisation and size: leave them out with --attack"
         )
-    spec = AttackSpec(
-        args.attack,
-        _number(args.eps, "--eps"),
-        args.norm,
-        args.steps,
-        None if args.step_size is None else _number(args.step_size, "--step-size"),
-        args.restarts,
-        args.seed,
-    )
+    given = {
+        k: getattr(args, k) for k in ("norm", "steps", "restarts", "seed") if getattr(args, k) is not None
+    }
+    if args.step_size is not None:
+        given["step_size"] = _number(args.step_size, "--step-size")
+    spec = AttackSpec(args.attack, _number(args.eps, "--eps"), **given)
     result = attack_dir(
         args.path,
         spec,

@@ -11,6 +11,7 @@ settings beside it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -59,9 +60,12 @@ class AttackSpec:
             raise ConfigError(f"--restarts must be an integer from 1 to 1000, not {self.restarts}")
         if self.step_size is not None and not (math.isfinite(self.step_size) and 0 < self.step_size <= 1):
             raise ConfigError(f"--step-size must be a number in (0, 1], not {self.step_size}")
-        if self.attack == "autoattack" and (
-            self.step_size is not None or self.steps != 20 or self.restarts != 1
-        ):
+        pgd_only = {
+            f.name: f.default
+            for f in dataclasses.fields(self)
+            if f.name in ("steps", "step_size", "restarts")
+        }
+        if self.attack == "autoattack" and any(getattr(self, k) != v for k, v in pgd_only.items()):
             raise ConfigError(
                 "--steps, --step-size and --restarts set PGD; AutoAttack's standard version fixes its own "
                 "budget: leave them out with --attack autoattack"
