@@ -166,3 +166,23 @@ def test_the_scaled_grid_trains_attacks_reports_and_attacks_nothing_again(tmp_pa
     assert last.count(" attack ") == 1 and " start " not in last and " resume " not in last
     assert records["cifar10-wrn-34-10-trades"][0].is_file()
     assert records["cifar10-wrn-34-10-pgd-at"][0].stat().st_mtime_ns == records["cifar10-wrn-34-10-pgd-at"][1]
+
+
+def test_a_grid_that_attacks_without_the_attack_package_is_refused_before_it_trains(
+    tmp_path, capsys, monkeypatch
+):
+    """Without pyautoattack the grid would train every run and only then fail each attack: it is refused
+    first, in one sentence, and nothing is written."""
+    import importlib.util
+
+    from conftest import one_line_error
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "pyautoattack" else real(name, *a)
+    )
+    out = tmp_path / "grid"
+    line = one_line_error(capsys, "reproduce", "robust", "--dataset", "digits", "--epochs", "1", "--runs", "1",
+                          "--out", str(out))  # fmt: skip
+    assert "needs the pyautoattack package" in line and "pip install 'wrn[robust]'" in line
+    assert not out.exists()

@@ -162,6 +162,10 @@ def run_grid(args: argparse.Namespace, exp, out: Path) -> int:
     plan = G.make_plan(exp.name, out, exp.default_runs if args.runs is None else args.runs, overrides, rows)
     if args.dry_run:
         return dry_run(plan)
+    if plan.experiment.attack:  # its package is there before hours of training that it would attack
+        from wrn.train.robust_eval import require_attack
+
+        require_attack(plan.experiment.attack)
     summary = execute(
         plan,
         jobs=args.jobs,

@@ -12,6 +12,7 @@ settings beside it.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import math
@@ -222,14 +223,20 @@ def robust_flags(
     return robust
 
 
-def _autoattack(model, spec: AttackSpec, device: torch.device):
-    try:
-        from pyautoattack import AutoAttack
-    except ImportError:
+def require_attack(attack: str) -> None:
+    """The package an attack needs is installed (AutoAttack: pyautoattack); else one sentence naming the fix.
+    Checked before anything is trained or attacked."""
+    if attack == "autoattack" and importlib.util.find_spec("pyautoattack") is None:
         raise ConfigError(
             "--attack autoattack needs the pyautoattack package (the authors' AutoAttack); install it with "
             "pip install 'wrn[robust]'"
-        ) from None
+        )
+
+
+def _autoattack(model, spec: AttackSpec, device: torch.device):
+    require_attack("autoattack")
+    from pyautoattack import AutoAttack
+
     logger = logging.getLogger("auto-attack")
     if not any(isinstance(f, _Once) for f in logger.filters):
         logger.addFilter(_Once())  # its checks warn once per batch: once is enough
@@ -277,4 +284,4 @@ def _write_record(target: Path, record: dict[str, Any]) -> None:
     atomic_write_text(target, json.dumps(record, indent=2) + "\n")
 
 
-__all__ = ["ATTACKS", "AttackSpec", "attack_dir", "record_path", "robust_flags"]
+__all__ = ["ATTACKS", "AttackSpec", "attack_dir", "record_path", "require_attack", "robust_flags"]
