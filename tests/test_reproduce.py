@@ -191,11 +191,13 @@ def test_list_prints_every_experiment_with_its_runs_and_gpu_hours():
         ln.split()[0]: ln.split() for ln in proc.stdout.splitlines()[1:] if ln and not ln.startswith("*")
     }
     assert list(lines) == ["table2", "table3", "table4", "table5", "table6", "table7", "table8", "table9",
-                           "figure2", "figure3", "figure4", "cutout", "autoaugment", "sam", "robust"]  # fmt: skip
+                           "figure2", "figure3", "figure4", "cutout", "autoaugment", "sam", "robust",
+                           "fixmatch"]  # fmt: skip
     # name, rows, runs per seed, epochs per seed
     assert lines["table4"][1:4] == ["19", "19", "3,800"]
     assert lines["table6"][1:4] == ["16", "16", "3,040"]  # 12 CIFAR rows x 200 + 4 SVHN rows x 160
     assert lines["table8"][1:4] == ["5", "4", "360"]  # pre-ResNet-200 is a reference line only
+    assert lines["fixmatch"][1:4] == ["6", "6", "6,144"]  # 1024 "epochs" of 1024 steps each
     assert "estimated GPU-hours" in proc.stdout
 
 

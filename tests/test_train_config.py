@@ -40,6 +40,17 @@ def test_every_preset_validates_resolves_and_has_a_description():
             name.split("-", 1)[1].removesuffix("-zca").removesuffix("-dropout") if name != "demo" else None
         )
         today = next((s for s in TODAYS_RECIPES if name.endswith(s)), None)
+        fixmatch = re.search(r"-fixmatch-(\d+)$", name)
+        if fixmatch:  # <dataset>-<FixMatch's own network>-<labels>: FixMatch on that many labels
+            model_part = model_part.removesuffix(f"-{fixmatch[1]}")
+            assert cfg.ssl.method == "fixmatch" and cfg.ssl.labels == int(fixmatch[1]), name
+            assert (cfg.schedule.name, cfg.optim.ema_decay, cfg.optim.batch_size) == (
+                "fixmatch",
+                0.999,
+                64,
+            ), name
+        else:
+            assert cfg.ssl.method == "none" and cfg.ssl.labels is None, name
         if today:  # today's recipes: <dataset>-<model>-<recipe>, the recipe's own options on
             model_part = model_part.removesuffix(today)
             assert ("sam" in today) == (cfg.optim.sam_rho > 0), name

@@ -55,6 +55,12 @@ SAMPLES = {
     "adv.holdout": ("100", 100),
     "adv.awp": ("0.005", 0.005),
     "adv.awp_warmup": ("2", 2),
+    "ssl.labels": ("100", 100),
+    "ssl.fold": ("3", 3),
+    "ssl.epoch_steps": ("5", 5),
+    "ssl.mu": ("3", 3),
+    "ssl.threshold": ("0.9", 0.9),
+    "ssl.lambda_u": ("2", 2.0),
     "run.seed": ("7", 7),
     "run.device": ("cpu", "cpu"),
     "run.checkpoint_every_minutes": ("5.5", 5.5),
@@ -75,6 +81,12 @@ COMPANIONS = {
     ("adv.awp", 0.005): {"adv.method": "pgd"},
     ("adv.awp_warmup", 2): {"adv.method": "trades", "adv.awp": "0.005"},
     ("run.checkpoint_every_steps", 100): {"run.checkpoint_every_minutes": "null"},
+    ("optim.ema_buffers", "copy"): {"optim.ema_decay": "0.99"},
+    ("ssl.method", "fixmatch"): {"ssl.labels": "100"},
+    ("ssl.fold", 3): {"ssl.labels": "100"},
+    ("ssl.epoch_steps", 5): {"ssl.labels": "100"},
+    **{(f"ssl.{key}", value): {"ssl.method": "fixmatch", "ssl.labels": "100"}
+       for key, value in (("mu", 3), ("threshold", 0.9), ("lambda_u", 2.0), ("strong_policy", "randaugment"))},
     ("dataset.cutout_per", "batch"): {"dataset.cutout": "4"},
     ("dataset.crop_padding", "mean"): {"dataset.augment": "flip-crop"},
     ("dataset.randaugment_n", 3): {"dataset.policy": "randaugment"},
@@ -247,7 +259,8 @@ def test_the_lists_of_the_command_line_are_the_markers():
     assert set(command_keys("bench")) == {
         "optim.label_smoothing", "optim.ema_decay", "optim.ema_warmup", "optim.sam_rho", "optim.grad_clip",
         "optim.decay_norm_and_bias", "optim.replica_batch", "adv.method", "adv.eps", "adv.steps",
-        "adv.step_size", "adv.trades_beta", "adv.awp",
+        "adv.step_size", "adv.trades_beta", "adv.awp", "optim.ema_buffers", "ssl.method", "ssl.mu",
+        "ssl.threshold", "ssl.lambda_u", "ssl.strong_policy",
     }  # fmt: skip
     assert set(keys("volatile")) == {
         "run.checkpoint_every_minutes", "run.checkpoint_every_steps", "run.progress",

@@ -57,14 +57,35 @@ def build_model(name: str, num_classes: int, device: torch.device, seed: int) ->
     return create_model(name, num_classes=num_classes).to(device).train()
 
 
-def make_step(model: nn.Module, settings, batch_size: int):
+def make_step(model: nn.Module, settings, batch_size: int, unlabelled=None):
     """The training loop's step for ``model``: :func:`wrn.train.build.build_trainables` (channels_last,
-    compile, the recipe's optimizer and loss), as ``wrn train`` builds it."""
+    compile, the recipe's optimizer and loss), as ``wrn train`` builds it; ``unlabelled``: the loader of
+    unlabelled images a semi-supervised step takes its batches from."""
     from wrn.train.build import build_trainables
     from wrn.train.config import replace
 
     cfg = replace(settings.cfg, optim={"batch_size": batch_size})
-    return build_trainables(cfg, model, settings.device).step
+    return build_trainables(cfg, model, settings.device, unlabelled=unlabelled).step
+
+
+def unlabelled_loader(cfg, x: torch.Tensor, batch_size: int, device: torch.device, seed: int = 0):
+    """With ``--ssl``: the loop's loader of the unlabelled images' weak and strong views over ``x``, ``mu`` x
+    ``batch_size`` a batch, the strong augmentation in ``dataset.workers`` processes; else None."""
+    if cfg.ssl.method == "none":
+        return None
+    from wrn.data import normalization_constants
+    from wrn.data.semi_supervised import StrongView, UnlabelledLoader
+
+    return UnlabelledLoader(
+        x.cpu(),
+        cfg.ssl.mu * batch_size,
+        StrongView(cfg.ssl.strong_policy, int(x.shape[-1]), cfg.dataset.randaugment_m),
+        augment="flip-crop",
+        normalize=normalization_constants(NORMALIZATION),
+        device=device,
+        seed=seed,
+        workers=cfg.dataset.workers,
+    )
 
 
 def device_loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device, seed: int = 0):
@@ -140,7 +161,8 @@ class Runner:
 def ours_runner(name: str, settings, x, y, batch_size: int, num_classes: int, seed: int = 0) -> Runner:
     """The loop's step: DeviceLoader batch + TrainStep."""
     model = build_model(name, num_classes, settings.device, seed)
-    train_step = make_step(model, settings, batch_size)
+    unlabelled = unlabelled_loader(settings.cfg, x, batch_size, settings.device, seed)
+    train_step = make_step(model, settings, batch_size, unlabelled)
     loader = device_loader(x, y, batch_size, settings.device, seed)
     return Runner(lambda images, labels: train_step(images, labels)[0], _forever(loader), settings.device)
 
@@ -482,6 +504,8 @@ def _with_options(settings, options: dict[str, Any]):
     for key, value in options.items():
         section, name = key.split(".", 1)
         data[section][name] = value
+    if data["ssl"]["method"] != "none" and data["ssl"]["labels"] is None:  # (the step draws from every image)
+        data["ssl"]["labels"] = 40
     return dataclasses.replace(settings, cfg=validate(data))
 
 
@@ -500,6 +524,11 @@ def _result(settings, run_settings: dict[str, Any], info, ours, base) -> dict[st
             "compile": settings.compile,
             "compile_mode": settings.compile_mode if settings.compile else None,
             "sam_rho": settings.cfg.optim.sam_rho,
+            **(
+                {"unlabelled_batch": settings.cfg.ssl.mu * run_settings["batch_size"]}
+                if settings.cfg.ssl.method != "none"
+                else {}
+            ),
             "num_samples": run_settings["num_samples"],
             "data": "random uint8 images on the device, flip-crop + normalisation (DeviceLoader)",
         },

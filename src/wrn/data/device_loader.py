@@ -74,6 +74,10 @@ class DeviceLoader(EpochLoader):
     ``per_image`` (training only): a policy applied per image before the crop and flip (the AutoAugment code's
     order) and/or random erasing after normalisation, in ``workers`` DataLoader processes (0: in this one); with it off nothing is drawn or done differently.
 
+    ``epoch_batches`` (training only): an epoch is that many batches, whatever the number of images, taken
+    from permutations of the images drawn one after the other (a labelled split smaller than a batch, an
+    "epoch" that is a report interval).
+
     ``generated`` (training only, :func:`~wrn.data.generated.read_generated`): generated images mixed into every
     batch as DM-Improves-AT's ``SemiSupervisedSampler`` mixes them: of each global batch of ``batch_size x
     world_size``, ``int(fraction x that)`` generated images drawn uniformly with replacement and the rest real
@@ -107,6 +111,7 @@ class DeviceLoader(EpochLoader):
         workers: int = 0,
         crop_padding: str = "reflect",
         generated: Generated | None = None,
+        epoch_batches: int | None = None,
     ):
         if augment not in AUGMENT_CHOICES:
             raise ConfigError(f"unknown augment {augment!r}: choose one of {', '.join(AUGMENT_CHOICES)}.")
@@ -133,6 +138,9 @@ class DeviceLoader(EpochLoader):
         self._ar_c = torch.arange(c, device=self.device).view(1, c, 1, 1) * (h * w)
         self._ar_h = torch.arange(h, device=self.device)
         self._ar_w = torch.arange(w, device=self.device)
+        if train and epoch_batches is not None:  # a stream of permutations, cut into epochs of this many
+            self._shard_size = int(epoch_batches) * self.batch_size
+        self.epoch_batches = int(epoch_batches) if train and epoch_batches is not None else None
         last = self._shard_size * world_size if train else n
         self._positions = torch.arange(rank, last, world_size)
         self.per_image = per_image if train and per_image is not None and per_image.active else None
@@ -207,10 +215,10 @@ class DeviceLoader(EpochLoader):
                                        flip=self.augment == "flip-crop")  # fmt: skip
             self._next_state = g.get_state()
             return self._plan
-        n = self.num_samples
         plan = {}
         if self.train:
-            order = torch.randperm(n, generator=g)
+            order = self._order(g)
+            n = len(order)
             if self.augment in ("crop", "flip-crop"):
                 plan["offset"] = torch.randint(0, self._offset_high(), (n, 2), generator=g)
             if self.augment in ("flip-crop", "imagenet"):
@@ -218,7 +226,7 @@ class DeviceLoader(EpochLoader):
             if self.augment == "imagenet":
                 plan.update(_imagenet_params(n, g))
         else:
-            order = torch.arange(n)
+            order = torch.arange(self.num_samples)
         self._next_state = g.get_state()
         # Augmentation is drawn per position of the permutation, so each rank's shard takes its own slice.
         pos = self._positions
@@ -226,6 +234,15 @@ class DeviceLoader(EpochLoader):
         plan["index"] = order[pos].to(self.device)
         self._plan = plan
         return plan
+
+    def _order(self, g: torch.Generator) -> torch.Tensor:
+        """The epoch's order of the images: a permutation, or with ``epoch_batches`` as many permutations one
+        after the other as its batches take (the last one cut), as a repeated and shuffled stream gives them."""
+        n = self.num_samples
+        if self.epoch_batches is None:
+            return torch.randperm(n, generator=g)
+        need = self._shard_size * self.world_size
+        return torch.cat([torch.randperm(n, generator=g) for _ in range(-(-need // n))])[:need]
 
     def _offset_high(self) -> int | None:
         """The crop offsets are drawn from ``0..high-1`` (None: no crop). The AutoAugment code's

@@ -144,6 +144,17 @@ def cutout_size(cutout: int, side: int) -> int:
     return 0 if cutout <= 0 else max(2, cutout * side // SIDE)
 
 
+def cutout_mask(h: int, w: int, size: int) -> np.ndarray:
+    """Their ``create_cutout_mask``: bool [H, W], true in the box of side ``size`` about a centre drawn (row,
+    then column), clipped to the image; all false (and nothing drawn) for ``size`` 0."""
+    mask = np.zeros((h, w), dtype=bool)
+    if size > 0:
+        row, col = _randint(h), _randint(w)
+        half = size // 2
+        mask[max(0, row - half) : min(h, row + half), max(0, col - half) : min(w, col + half)] = True
+    return mask
+
+
 def apply_policy(img: torch.Tensor, policy, cutout: int = 0, side: int | None = None):
     """Their ``apply_policy`` then ``cutout_numpy`` on a uint8 image [C, H, W] (C = 1 or 3): each
     ``(name, probability, level)`` of ``policy`` applied where a uniform draw is below its probability, then
@@ -160,12 +171,7 @@ def apply_policy(img: torch.Tensor, policy, cutout: int = 0, side: int | None = 
         if _uniform() < probability:
             pil = _op(pil, name, level, side)
     out = np.asarray(pil)
-    emptied = out[:, :, 3] == 0
-    size = cutout_size(cutout, side)
-    if size > 0:
-        row, col = _randint(h), _randint(w)
-        half = size // 2
-        emptied[max(0, row - half) : min(h, row + half), max(0, col - half) : min(w, col + half)] = True
+    emptied = (out[:, :, 3] == 0) | cutout_mask(h, w, cutout_size(cutout, side))
     pixels = np.where(emptied[:, :, None], np.uint8(EMPTIED_VALUE), out[:, :, : img.shape[0]])
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous(), torch.from_numpy(emptied)
 

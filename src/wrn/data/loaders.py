@@ -55,6 +55,12 @@ def make_loaders(
     holdout: int = 0,
     aux_data: str | os.PathLike | None = None,
     aux_fraction: float = 0.7,
+    labels: int | None = None,
+    fold: int = 1,
+    epoch_steps: int = 1024,
+    unlabelled_batch: int = 0,
+    strong_policy: str = "fixmatch-ra",
+    randaugment_m: int = 9,
 ):
     """Build ``(train_loader, test_loader, info)`` for ``dataset`` under ``root``; with ``holdout`` > 0,
     ``(train_loader, test_loader, info, holdout_loader)``: that many training images are held out of training
@@ -74,6 +80,12 @@ def make_loaders(
     ``aux_data``: a ``.npz`` of generated images (:func:`~wrn.data.generated.read_generated`, checked before
     the data set is read) that fill ``int(aux_fraction x batch)`` of every training batch (CIFAR-10/100 and
     the digits; the test loader is untouched).
+
+    ``labels``: train on that many labelled images, FixMatch's split with seed ``fold``
+    (:func:`~wrn.data.semi_supervised.labelled_indices`), in epochs of ``epoch_steps`` batches. With
+    ``unlabelled_batch`` > 0 one more loader comes last: the
+    :class:`~wrn.data.semi_supervised.UnlabelledLoader` of every training image's weak and strong views
+    (``strong_policy``), ``unlabelled_batch`` images a batch, in an order of its own.
     """
     info = dataset_info(dataset)
     augment, normalization = _checked_choices(augment or info.augment, normalization or info.normalization)
@@ -87,6 +99,7 @@ def make_loaders(
 
     arrays = _in_memory(info, root, split_train, split_test, image_size, download, verify)
     arrays, held = _hold_out(arrays, holdout, dataset, root)
+    arrays, unlabelled = _labelled(arrays, labels, fold, dataset, root, unlabelled_batch, normalization)
     if arrays is None:  # ImageNet, a large image folder: read from files batch by batch
         return _folder_loaders(
             info, root, augment, normalization, seed, image_size, workers, split_train, split_test,
@@ -102,13 +115,26 @@ def make_loaders(
         x_tr, y_tr, batch_size, train=True, augment=augment, normalize=normalize, seed=seed, drop_last=info.drop_last,
         image_size=image_size, per_image=per_image, workers=workers, crop_padding=crop_padding, **common,
         pad=crop_pad(min(x_tr.shape[-2:])), generated=generated,
+        epoch_batches=epoch_steps if labels is not None else None,
     )  # fmt: skip
     test = DeviceLoader(x_te, y_te, eval_batch_size, train=False, normalize=normalize, seed=seed, **common)
     info = dataclasses.replace(info, in_channels=int(x_tr.shape[1]), image_size=int(x_tr.shape[-1]))
-    if held is None:
-        return train, test, info
-    return train, test, info, DeviceLoader(*held, eval_batch_size, train=False, normalize=normalize, seed=seed,
-                                           **common)  # fmt: skip
+    loaders = [train, test, info]
+    if held is not None:
+        loaders.append(
+            DeviceLoader(*held, eval_batch_size, train=False, normalize=normalize, seed=seed, **common)
+        )
+    if unlabelled is not None:
+        from wrn.data.semi_supervised import StrongView, UnlabelledLoader
+        from wrn.seeds import stream_seed
+
+        side = int(unlabelled.shape[-1])
+        loaders.append(UnlabelledLoader(
+            unlabelled, unlabelled_batch, StrongView(strong_policy, side, randaugment_m), augment=augment,
+            normalize=normalize, seed=stream_seed(seed, "unlabelled"), pad=crop_pad(min(unlabelled.shape[-2:])),
+            crop_padding=crop_padding, workers=workers, **common,
+        ))  # fmt: skip
+    return tuple(loaders)
 
 
 def _in_memory(info, root, split_train: str, split_test: str, image_size, download: bool, verify: bool):
@@ -148,6 +174,32 @@ def _hold_out(arrays, holdout: int, dataset: str, root):
     x_tr, y_tr, *rest = arrays
     keep, out = holdout_indices(len(y_tr), holdout, dataset)
     return (x_tr[keep], y_tr[keep], *rest), (x_tr[out], y_tr[out])
+
+
+def _labelled(
+    arrays, labels: int | None, fold: int, dataset: str, root, unlabelled_batch: int, normalization
+):
+    """``arrays`` (:func:`_in_memory`'s) with only the ``labels`` labelled training images (FixMatch's split of
+    seed ``fold``), and every training image for the unlabelled loader (None without ``unlabelled_batch``)."""
+    if labels is None:
+        if unlabelled_batch:
+            raise ConfigError("unlabelled batches need a labelled split: give --labels N with --ssl")
+        return arrays, None
+    if arrays is None:
+        raise ConfigError(
+            f"--labels needs a data set held in memory (CIFAR, SVHN, the digits, a small image folder), and "
+            f"{dataset} at {root} is read from files batch by batch; leave --labels out"
+        )
+    if unlabelled_batch and normalization == "zca":
+        raise ConfigError(
+            "the strong augmentation of the unlabelled images works on their pixels, which ZCA whitening "
+            "replaces; use another --normalization with --ssl"
+        )
+    from wrn.data.semi_supervised import labelled_indices
+
+    x_tr, y_tr, *rest = arrays
+    chosen = labelled_indices(y_tr, labels, fold, dataset)
+    return (x_tr[chosen], y_tr[chosen], *rest), (x_tr if unlabelled_batch else None)
 
 
 def holdout_indices(n: int, holdout: int, dataset: str = "the data set") -> tuple[torch.Tensor, torch.Tensor]:

@@ -140,6 +140,9 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "pixels": ((0.0, 0.0, 0.0), (255.0, 255.0, 255.0)),
     # SVHN's statistics (0.4380, 0.4440, 0.4730) / (0.1751, 0.1771, 0.1744) x 255, as USB normalises it.
     "svhn-stats": ((111.69, 113.22, 120.615), (44.6505, 45.1605, 44.472)),
+    # Pixels in [-1, 1] (x / 127.5 - 1): FixMatch's code (google-research/fixmatch libml/data.py, record_parse:
+    # x * 2 / 255 - 1, and no further whitening by default)
+    "fixmatch": ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5)),
     "imagenet": ((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)),
     # The bundled 8x8 digits after scaling to 0..255 (statistics of all 1,797 images).
     "digits": ((77.85,), (95.85,)),
@@ -157,6 +160,9 @@ POLICY_CHOICES = (
     "randaugment",
     "trivialaugment",
 )
+# The strong augmentations of semi-supervised training (--strong-policy), after the weak flip and crop:
+# FixMatch's RA (wrn.data.fixmatch_augment) and torchvision's RandAugment, each followed by FixMatch's Cutout
+STRONG_POLICIES = ("fixmatch-ra", "randaugment")
 # The crop of ``crop`` / ``flip-crop``: 4 pixels on each side of a 32x32 image (the paper's); smaller images
 # keep that share of their side (1 pixel on the 8x8 digits), as a grid keeps Cutout's.
 CROP_PAD = 4

@@ -225,12 +225,25 @@ def init_xternalz_(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)  # (the weight keeps PyTorch's default draw, as theirs)
 
 
+def init_fixmatch_(model: nn.Module) -> None:
+    """FixMatch's initialisation (google-research/fixmatch libml/models.py ``ResNet``, TensorFlow 1.x): conv ~
+    N(0, sqrt(2 / (k*k*C_out))) (``random_normal_initializer(stddev=rsqrt(0.5 * k * k * filters))``), BN gamma
+    = 1 and beta = 0, the Linear weight ``glorot_normal_initializer`` (a normal of std sqrt(2 / (fan_in +
+    fan_out)) / 0.87962566 truncated at two of its stds) and its bias 0."""
+    init_xternalz_(model)
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            std = math.sqrt(2.0 / (m.in_features + m.out_features)) / 0.87962566103423978
+            nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
+
+
 # init name -> what initialises a model (or one new module of it); None keeps PyTorch's defaults
 INITS: dict[str, Callable[[nn.Module], None] | None] = {
     "paper": init_paper_,
     "pytorch": None,
     "autoaugment": init_autoaugment_,
     "xternalz": init_xternalz_,
+    "fixmatch": init_fixmatch_,
 }
 
 

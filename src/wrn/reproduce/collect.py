@@ -322,11 +322,17 @@ class RowResult:
 
     @property
     def done(self) -> list[RunInfo]:
-        return [r for r in self.runs if r.status == "done" and r.value("test_error") is not None]
+        return [r for r in self.runs if r.status == "done" and r.value(self.error_key) is not None]
+
+    @property
+    def error_key(self) -> str:
+        """The figure of a run its paper reports: the last epoch's test error, or on a labelled split (FixMatch's
+        Table 2) the median of the last 20 epochs' (``median20_test_error``)."""
+        return "median20_test_error" if self.row.folds else "test_error"
 
     @property
     def errors(self) -> list[float]:
-        return [r.value("test_error") for r in self.done]
+        return [r.value(self.error_key) for r in self.done]
 
     @property
     def top5(self) -> list[float]:

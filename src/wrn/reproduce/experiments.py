@@ -61,6 +61,10 @@ class Row:
     paper_clean: float | None = None
     paper_robust: float | None = None
     paper_file: str = ""
+    # Rows whose paper gives mean ± std over folds of a labelled split (FixMatch's Table 2): the std, and the
+    # seeds run the folds (seed s trains fold s + 1, their folds 1..5)
+    paper_std: float | None = None
+    folds: bool = False
 
     @property
     def base(self) -> str:
@@ -82,6 +86,8 @@ class Row:
         if description:
             out["description"] = description
         out.update({"model": model, "dataset": dataset, "run": {"seed": int(seed)}})
+        if self.folds:
+            out["ssl"] = {"fold": int(seed) + 1}
         for key, value in self.settings:
             section, name = key.split(".")
             out.setdefault(section, {})[name] = value
@@ -320,6 +326,26 @@ ROBUST = (
 )  # fmt: skip
 
 
+FIXMATCH_SOURCE = (
+    "Sohn et al., FixMatch (NeurIPS 2020), Table 2, the FixMatch (RA) row: error rates in percent, mean ± std "
+    "over 5 folds of the labelled split, each the median of the last 20 checkpoints' test errors"
+)
+_FIXMATCH = (  # (data set, labels, model, paper's params (M), error, std)
+    ("cifar10", 40, "wrn-28-2-fixmatch", 1.5, 13.81, 3.37),
+    ("cifar10", 250, "wrn-28-2-fixmatch", 1.5, 5.07, 0.65),
+    ("cifar10", 4000, "wrn-28-2-fixmatch", 1.5, 4.26, 0.05),
+    ("cifar100", 400, "wrn-28-8-fixmatch", 23.4, 48.85, 1.75),
+    ("cifar100", 2500, "wrn-28-8-fixmatch", 23.4, 28.29, 0.11),
+    ("cifar100", 10000, "wrn-28-8-fixmatch", 23.4, 22.60, 0.12),
+)
+FIXMATCH = tuple(
+    Row(f"{data}-{model.removesuffix('-fixmatch')}-fixmatch-{n}", f"{model.removesuffix('-fixmatch').upper()}, {n} labels", model,
+        data, err, params, preset=f"{data}-{model.removesuffix('-fixmatch')}-fixmatch-{n}", paper_std=std,
+        folds=True)
+    for data, n, model, params, err, std in _FIXMATCH
+)  # fmt: skip
+
+
 def _pick(rows: tuple[Row, ...], *names: str) -> tuple[Row, ...]:
     by_name = {r.name: r for r in rows}
     return tuple(by_name[n] for n in names)
@@ -455,6 +481,15 @@ EXPERIMENTS: dict[str, Experiment] = {
             source=ROBUST_SOURCE,
             attack="autoattack",
         ),
+        Experiment(
+            "fixmatch",
+            "FixMatch",
+            "WRN-28-2 (CIFAR-10) and WRN-28-8 (CIFAR-100) trained with FixMatch (RA) on 40 to 10,000 labels, "
+            "2^20 steps as google-research/fixmatch trains them; each seed a fold of the labelled split",
+            FIXMATCH,
+            columns=("cifar10", "cifar100"),
+            source=FIXMATCH_SOURCE,
+        ),
     )
 }
 
@@ -561,17 +596,28 @@ def adversarial_passes(cfg) -> float:
     return float(passes + (1 if cfg.adv.awp else 0))
 
 
+def images_per_epoch(cfg) -> int | None:
+    """The images an epoch of ``cfg`` passes through the network where that is not the training set: with a
+    labelled split (ssl.labels) ``epoch_steps`` batches, each of ``(1 + 2 mu)`` x the batch with semi-supervised
+    training (the labelled images and both views of the unlabelled ones); else None."""
+    if cfg.ssl.labels is None:
+        return None
+    per_step = cfg.optim.batch_size * (1 + 2 * cfg.ssl.mu if cfg.ssl.method != "none" else 1)
+    return cfg.ssl.epoch_steps * per_step
+
+
 @functools.cache
-def row_recipe(row: Row) -> tuple[int, float, int]:
-    """(epochs, forward-backward passes per training step, held-out images) of ``row``'s recipe: 2 passes with
-    SAM, K + 1 with PGD-AT of K steps, K + 2 with TRADES, one more with AWP, else 1 (:func:`adversarial_passes`);
-    the held-out images (adv.holdout) leave training and are attacked after each epoch."""
+def row_recipe(row: Row) -> tuple[int, float, int, int | None]:
+    """(epochs, forward-backward passes per training step, held-out images, images per epoch) of ``row``'s
+    recipe: 2 passes with SAM, K + 1 with PGD-AT of K steps, K + 2 with TRADES, one more with AWP, else 1
+    (:func:`adversarial_passes`); the held-out images (adv.holdout) leave training and are attacked after each
+    epoch; the images of an epoch, where they are not the training set's (:func:`images_per_epoch`)."""
     if row.preset is None and not row.settings:
-        return recipe_epochs(row.dataset), 1.0, 0
+        return recipe_epochs(row.dataset), 1.0, 0, None
     from wrn.train.compose import build_config
 
     cfg = build_config(None, row.config(0))
-    return cfg.schedule.epochs, adversarial_passes(cfg), cfg.adv.holdout
+    return cfg.schedule.epochs, adversarial_passes(cfg), cfg.adv.holdout, images_per_epoch(cfg)
 
 
 def run_flops(row: Row, epochs: int | None = None) -> float:
@@ -582,7 +628,8 @@ def run_flops(row: Row, epochs: int | None = None) -> float:
         return 0.0
     info = DATASETS[row.dataset]
     train, test = info.train_size, info.test_size
-    recipe, passes, holdout = row_recipe(row)
+    recipe, passes, holdout, images = row_recipe(row)
+    train = images or train
     epochs = recipe if epochs is None else epochs
     macs = forward_macs(row.model)
     return epochs * (6 * macs * passes * train + 2 * macs * test)

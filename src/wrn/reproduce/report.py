@@ -51,7 +51,8 @@ INTRO = (
     "Errors are test errors in percent of the last epoch (never the best one), medians over the finished "
     "seeds; the paper's are medians of 5 runs (its Table 9: best single runs). The sections of today's "
     "recipes (Cutout, AutoAugment, SAM) and robust training stand beside their own papers' (or RobustBench's) "
-    "figures, named in each."
+    "figures, named in each. FixMatch's rows are as its Table 2: each run's median test error of its last 20 "
+    "epochs (of the average of the weights), mean ± std over the folds of the labelled split (n: the folds)."
 )
 
 
@@ -122,6 +123,8 @@ def fmt_time(seconds: float | None, unit: tuple[str, float]) -> str:
 
 
 def _paper_cell(row: Row) -> str:
+    if row.paper_std is not None:
+        return f"{row.paper_error:.2f} ± {row.paper_std:.2f}"
     if row.paper_error is None:
         return NONE
     if row.paper_top5 is not None:
@@ -151,7 +154,7 @@ def results_table(results: list[RowResult], compared: bool) -> Table:
     table = Table(columns, status_title="status")
     for res in results:
         row, med, errors = res.row, res.median, res.errors
-        ours = fmt_err(med)
+        ours = mean_std(errors) if row.paper_std is not None else fmt_err(med)  # (FixMatch: over the folds)
         if imagenet and med is not None and res.top5:
             ours = f"{med:.2f} / {median(res.top5):.2f}"
         label = row.label

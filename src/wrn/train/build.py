@@ -15,7 +15,7 @@ from wrn.data.registry import DatasetInfo
 from wrn.errors import ConfigError
 from wrn.train import distributed as D
 from wrn.train.config import TrainConfig
-from wrn.train.objectives import adversary_class, objective_class
+from wrn.train.objectives import adversary_class, objective_class, semi_supervised_class
 from wrn.train.objectives.base import Context
 from wrn.train.step import TrainStep, compile_net
 
@@ -47,11 +47,16 @@ class Trainables:
 
 
 def build_trainables(
-    cfg: TrainConfig, model: torch.nn.Module, device: torch.device, dist_info: D.DistInfo | None = None
+    cfg: TrainConfig,
+    model: torch.nn.Module,
+    device: torch.device,
+    dist_info: D.DistInfo | None = None,
+    unlabelled=None,
 ) -> Trainables:
     """``model`` on ``device`` as the config trains it: channels_last, SyncBatchNorm and DDP over several
     processes, torch.compile, the recipe's optimizer and loss, under the config's mixed precision. Used by
-    ``wrn train`` and by ``wrn bench``, so that the benchmark times the step the loop takes."""
+    ``wrn train`` and by ``wrn bench``, so that the benchmark times the step the loop takes. ``unlabelled``:
+    the loader of the unlabelled images that semi-supervised training (``ssl.method``) takes its batches from."""
     from wrn.train.recipe import make_optimizer
 
     dist_info = dist_info or D.DistInfo()
@@ -70,11 +75,15 @@ def build_trainables(
         net = compile_net(net, cfg.run.compile_mode)
     optimizer = make_optimizer(model, cfg.optim)
     classes = getattr(model, "config", {}).get("num_classes")  # (a model not built by wrn may not say)
-    ctx = Context(cfg, classes, device, dist_info.rank, dist_info.world_size)
+    ctx = Context(cfg, classes, device, dist_info.rank, dist_info.world_size, unlabelled)
     cutout, ema, sam = _step_recipes(ctx, model)
     objective = objective_class(cfg.objective.name)(ctx)
     if cfg.adv.method != "none":  # adversarial training: the objective on the examples of its attack
         objective = adversary_class(cfg.adv.method)(objective, ctx)
+    if (
+        cfg.ssl.method != "none"
+    ):  # semi-supervised: the objective on the labelled batch, and the unlabelled loss
+        objective = semi_supervised_class(cfg.ssl.method)(objective, ctx)
     step = TrainStep(
         net,
         optimizer,
@@ -133,14 +142,18 @@ def _step_recipes(ctx: Context, model: torch.nn.Module):
 
     data, optim = ctx.cfg.dataset, ctx.cfg.optim
     cutout = Cutout(data.cutout, ctx.device, ctx.seed("cutout"), per=data.cutout_per) if data.cutout else None
-    ema = WeightEMA(model, optim.ema_decay, warmup=optim.ema_warmup) if optim.ema_decay else None
+    ema = (
+        WeightEMA(model, optim.ema_decay, warmup=optim.ema_warmup, buffers=optim.ema_buffers)
+        if optim.ema_decay
+        else None
+    )
     sam = SAM(optim.sam_rho, ctx.device) if optim.sam_rho else None
     return cutout, ema, sam
 
 
 def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo):
-    """The training and test loaders, the data's facts, and the loader of the held-out training images
-    (``adv.holdout``; None without)."""
+    """The training and test loaders, the data's facts, and one more: the loader of the held-out training
+    images (``adv.holdout``) or of the unlabelled images (``ssl.method``), None without either."""
     from wrn.data import make_loaders
     from wrn.data.policies import PerImage
 
@@ -170,13 +183,26 @@ def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo)
         holdout=cfg.adv.holdout,
         aux_data=data.aux_data,
         aux_fraction=data.aux_fraction,
+        labels=cfg.ssl.labels,
+        fold=cfg.ssl.fold,
+        epoch_steps=cfg.ssl.epoch_steps,
+        unlabelled_batch=unlabelled_batch(cfg, dist_info),
+        strong_policy=cfg.ssl.strong_policy,
+        randaugment_m=data.randaugment_m,
     )
     train_loader, test_loader, info = loaders[:3]
     if len(train_loader) == 0:
         raise ConfigError(
             f"batch size {cfg.optim.batch_size} is larger than the {data.name} training set; use a smaller --batch-size"
         )
-    return train_loader, test_loader, info, (loaders[3] if cfg.adv.holdout else None)
+    extra = loaders[3] if len(loaders) > 3 else None
+    return train_loader, test_loader, info, extra
+
+
+def unlabelled_batch(cfg: TrainConfig, dist_info: D.DistInfo | None = None) -> int:
+    """This process's unlabelled batch: ``mu`` x its share of ``--batch-size`` (0 without ``--ssl``)."""
+    world = dist_info.world_size if dist_info is not None else 1
+    return cfg.ssl.mu * (cfg.optim.batch_size // world) if cfg.ssl.method != "none" else 0
 
 
 def build_model(cfg: TrainConfig, info: DatasetInfo) -> torch.nn.Module:

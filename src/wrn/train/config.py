@@ -20,10 +20,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from wrn.data.registry import AUGMENT_CHOICES, CROP_PADDINGS, DATASETS, NORMALIZATION_CHOICES, POLICY_CHOICES
+from wrn.data.registry import (
+    AUGMENT_CHOICES,
+    CROP_PADDINGS,
+    DATASETS,
+    NORMALIZATION_CHOICES,
+    POLICY_CHOICES,
+    STRONG_POLICIES,
+)
 from wrn.errors import ConfigError
 from wrn.train.fields import Section, flagged, fraction, option
-from wrn.train.objectives import ADVERSARIES, objective_section
+from wrn.train.objectives import ADVERSARIES, SEMI_SUPERVISED, objective_section
 from wrn.train.rules import consistency_problem
 
 
@@ -37,12 +44,12 @@ class ModelSection(Section):
     bn_momentum: float | None = Field(default=None, gt=0.0, le=1.0)
     # The weights' initialisation, wrn.models.cifar.INITS (tests keep the two lists equal). None: the network's
     # own (the paper's WRNs: the authors'; wrn-D-K-sam and wrn-D-K-aa: AutoAugment's, as their codes)
-    init: Literal["paper", "pytorch", "autoaugment", "xternalz"] | None = flagged(
+    init: Literal["paper", "pytorch", "autoaugment", "xternalz", "fixmatch"] | None = flagged(
         None,
         "--init",
         "the weights' initialisation: the authors' (paper), PyTorch's defaults, AutoAugment's, which SAM's "
-        "code keeps, or the common WideResNet port's (xternalz), which the robustness codes keep (default: "
-        "the network's own)",
+        "code keeps, the common WideResNet port's (xternalz), which the robustness codes keep, or FixMatch's "
+        "code's (default: the network's own)",
     )
 
     # Fine-tuning: the weights of a finished run or a model directory (wrn convert's, wrn.save_model's).
@@ -216,6 +223,15 @@ class OptimSection(Section):
         "warm the EMA's decay up as timm's ModelEmaV3: min(decay, 1 - (1 + k)^(-2/3))",
         commands=("bench",),
     )
+    # FixMatch's tf.train.ExponentialMovingAverage averages the trainable variables only: the average is
+    # evaluated with the model's BN statistics as they are ("copy")
+    ema_buffers: Literal["average", "copy"] = flagged(
+        "average",
+        "--ema-buffers",
+        "with --ema: average the BN statistics with the weights (timm's, torch's AveragedModel(use_buffers=True)), "
+        "or copy the model's into the average (FixMatch's code, which averages the trainable variables only)",
+        commands=("bench",),
+    )
     # Sharpness-Aware Minimization (Foret et al., ICLR 2021; google-research/sam): 0 is off.
     sam_rho: float = flagged(
         0.0,
@@ -266,10 +282,11 @@ MAX_EPOCHS = 100_000
 
 
 class ScheduleSection(Section):
-    name: Literal["multistep", "cosine"] = flagged(
+    name: Literal["multistep", "cosine", "fixmatch"] = flagged(
         "multistep",
         "--schedule",
-        "the learning-rate schedule: the paper's multistep, or cosine (per step, to 0)",
+        "the learning-rate schedule: the paper's multistep, cosine (per step, to 0), or FixMatch's lr x cos(7 pi "
+        "k / 16 K) at step k of K",
     )
     epochs: int = flagged(
         200,
@@ -474,6 +491,78 @@ class AdvSection(Section):
         return fraction(value)
 
 
+class SSLSection(Section):
+    """Training on a few labelled images (``labels``), and semi-supervised training on the rest
+    (``docs/semi-supervised.md``): the method (``wrn.train.objectives.SEMI_SUPERVISED``) and its settings."""
+
+    method: Literal[("none", *SEMI_SUPERVISED)] = flagged(
+        "none",
+        "--ssl",
+        "semi-supervised training on the unlabelled rest of the training set (needs --labels): "
+        + "; ".join(f"{k}: {m.summary}" for k, m in SEMI_SUPERVISED.items()),
+        commands=("bench",),
+    )
+    # FixMatch's scripts/create_split.py: per class in turn, as the class distribution says, from each class's
+    # images shuffled with numpy's seed `fold` (0: in their order)
+    labels: int | None = flagged(
+        None,
+        "--labels",
+        "train on N labelled images in all, a multiple of the classes, chosen per class as FixMatch's "
+        "create_split.py chooses them (unset: every training image, labelled); without --ssl the run is the "
+        "supervised baseline on them",
+        ge=1,
+        le=10_000_000,
+    )
+    fold: int = flagged(
+        1,
+        "--fold",
+        "with --labels: the seed of the labelled split (their create_split.py --seed; 0 keeps each class's "
+        "images in order)",
+        ge=0,
+        le=2**32 - 1,
+    )
+    epoch_steps: int = flagged(
+        1024,
+        "--epoch-steps",
+        "with --labels: the steps of an epoch, the interval of the test pass and its record (FixMatch: 64 "
+        "kimg at batch 64, 1024 steps)",
+        ge=1,
+        le=10_000_000,
+    )
+    mu: int = flagged(
+        7,
+        "--mu",
+        "with --ssl: the unlabelled batch is mu x --batch-size images (their uratio 7)",
+        ge=1,
+        le=1024,
+        commands=("bench",),
+    )
+    threshold: float = flagged(
+        0.95,
+        "--threshold",
+        "with --ssl fixmatch: the confidence a weak view's prediction needs to become a pseudo-label (their 0.95)",
+        ge=0.0,
+        le=1.0,
+        commands=("bench",),
+    )
+    lambda_u: float = flagged(
+        1.0,
+        "--lambda-u",
+        "with --ssl: the weight of the unlabelled loss (their wu 1)",
+        ge=0.0,
+        le=1e6,
+        commands=("bench",),
+    )
+    strong_policy: Literal[STRONG_POLICIES] = flagged(
+        "fixmatch-ra",
+        "--strong-policy",
+        "with --ssl fixmatch: the strong augmentation of the unlabelled images, after their weak flip and "
+        "crop: FixMatch's RA (2 of their 14 operations, magnitudes 1..9, then a 16 px Cutout) or torchvision's "
+        "RandAugment(2, --randaugment-m) then the same Cutout",
+        commands=("bench",),
+    )
+
+
 class TrainConfig(Section):
     preset: str | None = Field(default=None, json_schema_extra=option(how=True))
     description: str = Field(default="", json_schema_extra=option(how=True))
@@ -483,6 +572,7 @@ class TrainConfig(Section):
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
     objective: ObjectiveSection = Field(default_factory=ObjectiveSection)
     adv: AdvSection = Field(default_factory=AdvSection)
+    ssl: SSLSection = Field(default_factory=SSLSection)
     run: RunSection = Field(default_factory=RunSection)
     provenance: ProvenanceSection = Field(
         default_factory=ProvenanceSection, json_schema_extra=option(how=True, volatile=True)

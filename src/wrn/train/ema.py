@@ -6,7 +6,10 @@ of its own). The first update copies the model; each later one is ``ema = decay 
 With ``warmup`` the decay of the k-th update (k = 0, 1, ... the updates made before it) is timm's
 ModelEmaV3 warm-up (``timm/utils/model_ema.py``, ``get_decay`` with ``use_warmup=True``, ``warmup_gamma=1``,
 ``warmup_power=2/3``, ``min_decay=0``, called with ``step = k + 1``): ``min(decay, 1 - (1 + k) ** (-2/3))``,
-which is 0 for the first update (a copy). Under fp16 an update after a step the grad scaler skipped leaves
+which is 0 for the first update (a copy). With ``buffers="copy"`` only the parameters are averaged and the
+average takes the model's buffers (BN's running statistics) as they are after every update, as FixMatch's
+``tf.train.ExponentialMovingAverage`` over the trainable variables, whose average is evaluated with the
+model's moving statistics. Under fp16 an update after a step the grad scaler skipped leaves
 the average as it is (and does not count); this is decided on the device, with no host sync.
 """
 
@@ -24,11 +27,18 @@ class WeightEMA:
     """The average of ``model`` (the plain model, not a DDP or compile wrapper): :meth:`update` after each
     optimizer step; :attr:`module` is the averaged network (it carries the model's ``config``)."""
 
-    def __init__(self, model: torch.nn.Module, decay: float, warmup: bool = False) -> None:
+    def __init__(
+        self, model: torch.nn.Module, decay: float, warmup: bool = False, buffers: str = "average"
+    ) -> None:
+        if buffers not in ("average", "copy"):
+            raise ValueError(f"buffers must be 'average' or 'copy', not {buffers!r}")
         self.model = model
         self.decay = float(decay)
         self.warmup = bool(warmup)
-        self.averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True)
+        self.copy_buffers = buffers == "copy"
+        self.averaged = AveragedModel(
+            model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=not self.copy_buffers
+        )
 
     @property
     def module(self) -> torch.nn.Module:
@@ -38,6 +48,10 @@ class WeightEMA:
         """One update; ``skipped`` (a device flag, fp16) true leaves the average unchanged."""
         if skipped is None and not self.warmup:
             self.averaged.update_parameters(self.model)  # AveragedModel's own update
+            if self.copy_buffers:
+                with torch.no_grad():
+                    for a, w in zip(self.averaged.module.buffers(), self.model.buffers(), strict=True):
+                        a.copy_(w)
         else:
             self._masked_update(skipped)
 
@@ -52,13 +66,16 @@ class WeightEMA:
     def _masked_update(self, skipped: torch.Tensor | None) -> None:
         averaged = [*self.averaged.module.parameters(), *self.averaged.module.buffers()]
         current = [*self.model.parameters(), *self.model.buffers()]
+        copied = len(averaged) - len(list(self.model.buffers())) if self.copy_buffers else len(averaged)
         device = current[0].device if current else torch.device("cpu")
         decay = self.current_decay(device)
         keep = torch.ones((), device=device) if skipped is None else (~skipped).float()
         weight = (1.0 - decay) * keep  # 0: left as it is
-        for a, w in zip(averaged, current, strict=True):
+        for i, (a, w) in enumerate(zip(averaged, current, strict=True)):
             w = w.detach()
-            if a.is_floating_point():
+            if i >= copied:  # a buffer the average takes as it is
+                new = w
+            elif a.is_floating_point():
                 new = torch.lerp(a, w, weight.to(a.dtype))
             else:  # an integer buffer (BN's batch count): AveragedModel's formula, truncated
                 new = (a * (1.0 - weight) + w * weight).to(a.dtype)

@@ -137,6 +137,8 @@ def end_epoch(loop: Loop) -> dict[str, Any]:
     state.epoch += 1
     state.step = 0
     record = _record(loop, sums.tolist(), test, ema, evaluated)
+    if cfg.ssl.labels is not None:  # FixMatch's figure: the median accuracy of the last 20 test passes
+        record.update(_median_of_recent(state, record))
     state.last_record = record
     if state.holdout is not None:  # (after last_record: the best model's record is this epoch's)
         record.update(_holdout(loop))
@@ -177,6 +179,22 @@ def _record(loop: Loop, sums: list[float], test, ema, evaluated) -> dict[str, An
     }
 
 
+MEDIAN_OF = (
+    20  # FixMatch's paper: the median accuracy of the last 20 checkpoints (scripts/extract_accuracy.py)
+)
+
+
+def _median_of_recent(state: RunState, record: dict[str, Any]) -> dict[str, Any]:
+    """``median20_test_acc`` / ``_error``: the median test accuracy (of the average of the weights where it is
+    evaluated, as FixMatch's code reports it) over the last 20 epochs, those there are before the 20th."""
+    import statistics
+
+    acc = record.get("ema_test_acc", record.get("test_acc"))
+    state.recent_acc = [*state.recent_acc, float(acc)][-MEDIAN_OF:]
+    median = statistics.median(state.recent_acc)
+    return {"median20_test_acc": median, "median20_test_error": 100.0 - median}
+
+
 def _holdout(loop: Loop) -> dict[str, Any]:
     """The held-out images attacked (``adv.holdout``); the weights of a new best epoch saved in RUN/best/
     before the epoch's checkpoint (a kill between the two re-runs the epoch and saves the same weights)."""
@@ -209,6 +227,7 @@ def model_metadata(loop: Loop) -> dict[str, Any]:
         "epochs": loop.state.epoch,
         **({"weights": "ema", "ema_decay": ema.decay} if ema is not None else {}),
         "test_error": last.get(f"{prefix}test_error"),
+        **({"median20_test_error": last["median20_test_error"]} if "median20_test_error" in last else {}),
         "input": preprocessing_record(info, data.normalization, data.augment),
         "classes": list(info.classes) if info.classes else None,
     }

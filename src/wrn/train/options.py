@@ -33,6 +33,7 @@ GROUPS = {
     "schedule": "optimization",
     "objective": "optimization",
     "adv": "adversarial training",
+    "ssl": "semi-supervised training",
     "run": "run",
 }
 NULLS = ("null", "~")  # None, where a field allows it (``none`` is a word: the choice of dataset.augment)

@@ -5,7 +5,8 @@ counts epochs from 1 and a milestone ``m`` means "epoch m already runs at the lo
 gamma 0.2 and milestones 60, 120, 160, epochs 1-59 run at 0.1, 60-119 at 0.02, 120-159 at 0.004 and
 160-200 at 0.0008. The authors' code re-creates the optimizer at each drop, so the momentum buffers start
 from zero again; :class:`Schedule` does the same by clearing the optimizer state (``reset_momentum``).
-The cosine option anneals per step from ``lr`` to 0 over the whole run.
+The cosine option anneals per step from ``lr`` to 0 over the whole run. FixMatch's (``fixmatch``, their
+``fixmatch.py``) runs step ``k`` of ``K`` at ``lr * cos(7 pi k / (16 K))``: from ``lr`` down to 0.2 x ``lr``.
 
 Linear warm-up (``schedule.warmup_epochs``, off by default) runs per step over ``W = round(warmup_epochs *
 steps_per_epoch)`` steps: step ``t`` of the run (counted from 0 over all epochs) with ``t < W`` runs at
@@ -64,6 +65,8 @@ def lr_at(
         drops = sum(1 for m in schedule.milestones if epoch >= m)
         return base_lr * schedule.gamma**drops
     total = schedule.epochs * steps_per_epoch
+    if schedule.name == "fixmatch":  # fixmatch.py: lr * cos(clip(k / K, 0, 1) * 7 pi / (2 * 8))
+        return base_lr * math.cos(7 * math.pi * (done - warmup) / (16 * (total - warmup)))
     return 0.5 * base_lr * (1.0 + math.cos(math.pi * (done - warmup) / (total - warmup)))
 
 
@@ -121,6 +124,8 @@ def describe(schedule: ScheduleSection, base_lr: float) -> str:
     warm = f", linear warm-up over {w:g} epoch{'' if w == 1 else 's'}" if w else ""
     if schedule.name == "cosine":
         return f"lr {base_lr:g}{warm}, cosine to 0 over {epochs_text(schedule.epochs)}"
+    if schedule.name == "fixmatch":
+        return f"lr {base_lr:g}{warm} x cos(7 pi k / 16 K) per step over {epochs_text(schedule.epochs)}"
     if not schedule.milestones:
         return f"lr {base_lr:g}{warm} throughout"
     at = ", ".join(str(m) for m in schedule.milestones)
@@ -140,5 +145,9 @@ def describe_optim(optim: OptimSection) -> str:
     if not optim.decay_norm_and_bias:
         parts.append("no weight decay on BN and biases")
     if optim.ema_decay:
-        parts.append(f"EMA {optim.ema_decay:g}" + (" with warm-up" if optim.ema_warmup else ""))
+        parts.append(
+            f"EMA {optim.ema_decay:g}"
+            + (" with warm-up" if optim.ema_warmup else "")
+            + (" (BN statistics copied)" if optim.ema_buffers == "copy" else "")
+        )
     return "".join(f", {p}" for p in parts)

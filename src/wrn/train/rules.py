@@ -15,6 +15,11 @@ def consistency_problem(cfg) -> str | None:
         )
     if optim.ema_warmup and not optim.ema_decay:
         return "--ema-warmup warms up an average of the weights, which is off; add --ema DECAY (e.g. 0.999)"
+    if optim.ema_buffers != "average" and not optim.ema_decay:
+        return (
+            f"--ema-buffers {optim.ema_buffers} sets what an average of the weights does with the BN statistics, "
+            "and the average is off; add --ema DECAY (e.g. 0.999) or leave --ema-buffers out"
+        )
     if run.eval_models != "both" and not optim.ema_decay:
         return (
             f"--eval-models {run.eval_models} needs an average of the weights to choose from; "
@@ -25,7 +30,7 @@ def consistency_problem(cfg) -> str | None:
             f"--replica-batch {optim.replica_batch} does not divide the batch of {optim.batch_size} into equal "
             "slices; give a divisor of --batch-size (e.g. 32 of 256) or leave --replica-batch out"
         )
-    problem = _unused_option(cfg) or _adversarial_problem(cfg)
+    problem = _unused_option(cfg) or _adversarial_problem(cfg) or _semi_supervised_problem(cfg)
     if problem:
         return problem
     for key in type(cfg.objective).model_fields:
@@ -74,6 +79,61 @@ def _adversarial_problem(cfg) -> str | None:
     return None
 
 
+def _semi_supervised_problem(cfg) -> str | None:
+    """Options of a labelled split or of semi-supervised training without them, or beside what they cannot
+    take."""
+    from wrn.data.registry import dataset_info
+
+    ssl, data, optim = cfg.ssl, cfg.dataset, cfg.optim
+    defaults = type(ssl)()
+    if ssl.labels is None:
+        if ssl.method != "none":
+            return (
+                f"--ssl {ssl.method} trains on the unlabelled rest of a labelled split; add --labels N (e.g. 250: "
+                "25 images of each of CIFAR-10's classes)"
+            )
+        given = [flag for flag, key in (("--fold", "fold"), ("--epoch-steps", "epoch_steps"))
+                 if getattr(ssl, key) != getattr(defaults, key)]  # fmt: skip
+        if given:
+            return f"{given[0]} sets the labelled split, which is off; add --labels N or leave {given[0]} out"
+    if ssl.method == "none":
+        given = [flag for flag, key in (("--mu", "mu"), ("--threshold", "threshold"), ("--lambda-u", "lambda_u"),
+                 ("--strong-policy", "strong_policy")) if getattr(ssl, key) != getattr(defaults, key)]  # fmt: skip
+        if given:
+            return (
+                f"{given[0]} sets semi-supervised training, which is off; add --ssl fixmatch (with --labels N) or "
+                f"leave {given[0]} out"
+            )
+    if ssl.labels is None:
+        return None
+    classes = dataset_info(data.name).num_classes
+    if classes and ssl.labels % classes:
+        return (
+            f"--labels {ssl.labels} is not a multiple of {data.name}'s {classes} classes; give a multiple (e.g. "
+            f"{classes * max(1, round(ssl.labels / classes))}), the same number of labels for each class"
+        )
+    if cfg.adv.method != "none":
+        return f"--labels and --adv {cfg.adv.method}: no method's code trains adversarially on a labelled split; choose one"
+    if data.aux_data is not None:
+        return "--labels draws the batches from a labelled split, and --aux-data mixes generated images into them; choose one"
+    if ssl.method != "none" and (data.mixup or data.cutmix):
+        return (
+            f"--ssl {ssl.method} takes the labelled batch as it is, and mixup / CutMix would mix it; leave --mixup / "
+            "--cutmix out with --ssl"
+        )
+    if ssl.method != "none" and optim.replica_batch:
+        return (
+            f"--ssl {ssl.method} passes the labelled and unlabelled batches through the network together, which "
+            "--replica-batch would cut into slices; leave --replica-batch out with --ssl"
+        )
+    if ssl.method != "none" and data.normalization == "zca":
+        return (
+            f"--ssl {ssl.method} augments the unlabelled images' pixels, which ZCA whitening replaces; use another "
+            "--normalization with --ssl"
+        )
+    return None
+
+
 def _awp_problem(cfg) -> str | None:
     """AWP's warm-up without AWP, or AWP beside another change of the gradient it cannot be combined with."""
     adv, optim = cfg.adv, cfg.optim
@@ -107,9 +167,15 @@ def _unused_option(cfg) -> str | None:
     info = dataset_info(data.name)
     augment = data.augment or info.augment
     defaults = type(data)()  # the dataset section's defaults
-    if data.policy != "randaugment" and (data.randaugment_n, data.randaugment_m) != (
-        defaults.randaugment_n,
-        defaults.randaugment_m,
+    strong_randaugment = cfg.ssl.method != "none" and cfg.ssl.strong_policy == "randaugment"
+    if (
+        data.policy != "randaugment"
+        and not strong_randaugment
+        and (data.randaugment_n, data.randaugment_m)
+        != (
+            defaults.randaugment_n,
+            defaults.randaugment_m,
+        )
     ):
         return (
             f"--randaugment-n and --randaugment-m set RandAugment, but the policy is {data.policy}; add "
@@ -126,8 +192,11 @@ def _unused_option(cfg) -> str | None:
         )
     if run.compile_mode != "default" and not run.compile:
         return f"--compile-mode {run.compile_mode} is a mode of torch.compile, which is off; add --compile"
-    if schedule.name == "cosine" and schedule.milestones_from == "given":
-        return "--milestones are the lr drops of the multistep schedule; the cosine schedule has none: leave them out"
+    if schedule.name != "multistep" and schedule.milestones_from == "given":
+        return (
+            f"--milestones are the lr drops of the multistep schedule; the {schedule.name} schedule has none: "
+            "leave them out"
+        )
     if (
         data.image_size is not None
         and info.name not in ("imagenet", "imagefolder")

@@ -265,7 +265,9 @@ def build_loop(cfg: TrainConfig, run_dir: RunDir, dist_info: D.DistInfo, device:
     gains the provenance record of what ran it and what the machine and the data gave (a new run; a resumed
     one keeps the record of its start)."""
     _seed_all(cfg.run.seed)
-    train_loader, test_loader, info, holdout_loader = build_loaders(cfg, device, dist_info)
+    train_loader, test_loader, info, extra_loader = build_loaders(cfg, device, dist_info)
+    holdout_loader = extra_loader if cfg.adv.holdout else None
+    unlabelled_loader = extra_loader if cfg.ssl.method != "none" else None
     _seed_all(cfg.run.seed)
     model = build_model(cfg, info)
     if record:  # a new run: --init-from's weights (a resumed run has its own in its checkpoint)
@@ -282,7 +284,7 @@ def build_loop(cfg: TrainConfig, run_dir: RunDir, dist_info: D.DistInfo, device:
     }
     if record:
         cfg = cfg.model_copy(update={"provenance": cfg.provenance.model_copy(update=provenance(**found))})
-    trainables = build_trainables(cfg, model, device, dist_info)
+    trainables = build_trainables(cfg, model, device, dist_info, unlabelled=unlabelled_loader)
     state = RunState(cfg, trainables, train_loader, EpochMeter(device), dist_info)
     if holdout_loader is not None:  # early stopping on robust accuracy: the best epoch kept beside the last
         state.holdout = HoldoutSelection(holdout_loader, cfg, device, dist_info)

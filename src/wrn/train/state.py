@@ -52,6 +52,7 @@ class RunState:
         self.epoch_lr: float | None = None
         self.last_record: dict[str, Any] = {}
         self.holdout = None  # a HoldoutSelection (adv.holdout), set by build_loop
+        self.recent_acc: list[float] = []  # the test accuracies of the last 20 epochs (with --labels)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -102,6 +103,7 @@ class RunState:
             "scaler": self.trainables.step.scaler.state_dict(),
             "ranks": parts,
             "last_record": dict(self.last_record),
+            **({"recent_acc": list(self.recent_acc)} if self.cfg.ssl.labels is not None else {}),
             **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
             **({"holdout": self.holdout.state_dict()} if self.holdout is not None else {}),
         }
@@ -131,6 +133,7 @@ class RunState:
         self.trainables.step.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.global_step = state["epoch"], state["step"], state["global_step"]
         self.last_record = dict(state.get("last_record") or {})
+        self.recent_acc = [float(a) for a in state.get("recent_acc", [])]
         self.epoch_lr = state["schedule"].get("epoch_lr")
         mine = state["ranks"][self.dist.rank]
         self.train_loader.load_state_dict(mine["loader"])

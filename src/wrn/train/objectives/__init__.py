@@ -88,6 +88,33 @@ ADVERSARIES: dict[str, Adversary] = {
 }
 
 
+@dataclass(frozen=True)
+class SemiSupervised:
+    """A method of semi-supervised training (``--ssl NAME``): the objective it wraps is trained on the labelled
+    batch, and its own loss on a batch of the unlabelled loader it takes (``Context.unlabelled``)."""
+
+    target: str  # "module:Class", imported when a run builds it
+    summary: str
+    source: str  # the file its step was read from
+
+
+SEMI_SUPERVISED: dict[str, SemiSupervised] = {
+    "fixmatch": SemiSupervised(
+        "wrn.train.objectives.semi_supervised:FixMatch",
+        "FixMatch (Sohn et al. 2020): the objective on the labelled batch + lambda-u x the cross-entropy of each "
+        "unlabelled image's strong view against its weak view's prediction, where that is at least --threshold "
+        "sure, averaged over the whole unlabelled batch; one forward of the three batches",
+        "google-research/fixmatch fixmatch.py and ablation/ab_fixmatch_ra.py",
+    ),
+}
+
+
+def semi_supervised_class(name: str) -> type:
+    """The class of the semi-supervised method ``name`` (a name the config has validated)."""
+    module, _, attr = SEMI_SUPERVISED[name].target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 def adversary_budget(adv: Any) -> dict[str, Any]:
     """The attack's ``eps``, ``steps`` and ``step_size`` of the config's ``adv`` section, each unset one the
     method's own (:data:`ADVERSARIES`); ``{}`` without adversarial training."""
@@ -151,4 +178,7 @@ __all__ = [
     "awp_warmup",
     "objective_class",
     "objective_section",
+    "SEMI_SUPERVISED",
+    "SemiSupervised",
+    "semi_supervised_class",
 ]

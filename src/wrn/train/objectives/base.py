@@ -43,13 +43,14 @@ class Batch:
 @dataclass(frozen=True)
 class Context:
     """What an objective is built with: the run's config, the data's classes, this process's device, rank and
-    number of processes."""
+    number of processes, and the loader of unlabelled images where the run has one."""
 
     cfg: Any  # wrn.train.config.TrainConfig
     num_classes: int | None  # None: a model that does not say (one not built by wrn)
     device: torch.device
     rank: int = 0
     world_size: int = 1
+    unlabelled: Any = None  # the loader of unlabelled images (semi-supervised training), or None
 
     def seed(self, stream: str, *where: int) -> int:
         """The seed of one of the run's random streams (:func:`wrn.seeds.stream_seed`), for this process."""

@@ -1,0 +1,177 @@
+"""The data of semi-supervised training (``--labels``, ``--ssl``; docs/semi-supervised.md): the labelled split
+as FixMatch's code draws it, and the loader of the unlabelled images' weak and strong views.
+
+- :func:`labelled_indices` is google-research/fixmatch ``scripts/create_split.py``: each class's images in
+  their order, shuffled with numpy's seed ``fold`` (0: left in order), then taken one at a time from the class
+  whose share so far lags most behind its share of the training set (``argmax(stats - npos / max(npos))``). On
+  a data set with as many images of every class (CIFAR) that is ``labels / classes`` of each.
+- :class:`UnlabelledLoader` gives batches of ``(weak, strong)`` views of every training image (their
+  unlabelled set holds the labelled images too). The weak view is the labelled images' augmentation, flip and
+  crop gathered on the device; the strong view is another flip and crop of the same image, then the strong
+  policy (:data:`~wrn.data.registry.STRONG_POLICIES`) image by image in the loader's worker processes, as
+  their ``AugmentPoolRAMC`` applies RA and Cutout after the weak augmentation. The pixels their code empties
+  (a rotation's corners, the Cutout box) are 0 after their normalisation: the workers send them as a mask,
+  set to 0 after ours.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from wrn.data.device_loader import DeviceLoader, crop_flip
+from wrn.data.policies import die_with_parent
+from wrn.data.registry import STRONG_POLICIES
+from wrn.errors import ConfigError
+from wrn.seeds import stream_seed
+
+
+def labelled_indices(
+    labels: np.ndarray | torch.Tensor, n_labels: int, fold: int, dataset: str = "the data set"
+):
+    """The training indices of ``n_labels`` labelled images, sorted, as FixMatch's ``create_split.py
+    --seed=fold --size=n_labels`` picks them from the training labels ``labels`` (0..C-1). Their rule takes
+    from each class in proportion to its share, so no class runs out before all images are taken; a split
+    of more images than there are is one sentence."""
+    y = np.asarray(labels, dtype=np.int64)
+    classes = int(y.max()) + 1 if len(y) else 0
+    if not 0 < n_labels <= len(y):
+        raise ConfigError(
+            f"--labels {n_labels} asks for more labelled images than the {len(y)} training images of {dataset}; "
+            "give fewer"
+        )
+    class_id = [np.nonzero(y == c)[0] for c in range(classes)]
+    stats = np.array([len(c) for c in class_id], np.float64)
+    stats /= stats.max()
+    if fold:
+        rng = np.random.RandomState(fold)  # their np.random.seed(seed): the same stream
+        for c in range(classes):
+            rng.shuffle(class_id[c])
+    npos = np.zeros(classes, np.int64)
+    chosen = []
+    for _ in range(n_labels):
+        # (the class that lags most behind its share never runs out before every image is taken)
+        c = int(np.argmax(stats - npos / max(npos.max(), 1)))
+        chosen.append(int(class_id[c][npos[c]]))
+        npos[c] += 1
+    return torch.from_numpy(np.sort(np.asarray(chosen, dtype=np.int64)))
+
+
+class StrongView:
+    """The strong augmentation of one uint8 image [C, H, W] -> ``(image, emptied)``, ``emptied`` a bool [H, W]
+    of the pixels that are 0 after normalisation: ``fixmatch-ra`` (FixMatch's RA and Cutout,
+    :class:`~wrn.data.fixmatch_augment.FixMatchRA`) or ``randaugment`` (torchvision's ``RandAugment(2, m)``,
+    then the same Cutout)."""
+
+    def __init__(self, policy: str, side: int, randaugment_m: int = 9) -> None:
+        from wrn.data.fixmatch_augment import FixMatchRA
+
+        if policy not in STRONG_POLICIES:
+            raise ConfigError(f"unknown strong policy {policy!r}: choose one of {', '.join(STRONG_POLICIES)}")
+        self.policy, self.side = policy, side
+        self.ra = FixMatchRA(side=side)
+        self.torchvision = None
+        if policy == "randaugment":
+            from torchvision import transforms
+
+            self.torchvision = transforms.RandAugment(num_ops=2, magnitude=randaugment_m)
+
+    def __call__(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.torchvision is None:
+            return self.ra(img)
+        from wrn.data.fixmatch_augment import CUTOUT, cutout_mask, cutout_size
+
+        out = self.torchvision(img)
+        h, w = out.shape[-2:]
+        return out, torch.from_numpy(cutout_mask(h, w, cutout_size(CUTOUT, self.side)))
+
+
+class UnlabelledLoader(DeviceLoader):
+    """Batches ``(weak, strong)`` of the images ``x`` (uint8 [N, C, H, W]), each image's two views at the same
+    place, normalised on ``device``. An epoch is a permutation of the images (the last partial batch dropped).
+    The weak view is ``augment`` (flip and crop) gathered on the device as :class:`DeviceLoader` does; the
+    strong view has its own flip and crop (from a generator seeded per epoch) and ``strong`` (a
+    :class:`StrongView`) after it, in ``workers`` processes, each batch seeded from (seed, epoch, rank, batch)
+    so a batch is the same whatever the number of workers, and a resumed run sees the same batches."""
+
+    def __init__(self, x, batch_size: int, strong: StrongView, **kwargs) -> None:
+        x = torch.from_numpy(x) if isinstance(x, np.ndarray) else torch.as_tensor(x)
+        if x.dtype != torch.uint8:
+            raise ConfigError(
+                f"the strong augmentation needs the uint8 images, but these are {x.dtype} (ZCA-whitened?): use "
+                "another --normalization with --ssl"
+            )
+        super().__init__(x, torch.zeros(len(x), dtype=torch.int64), batch_size, train=True, **kwargs)
+        self.strong = strong
+        self._x_cpu = x.contiguous()
+
+    def __iter__(self):
+        from torch.utils.data import DataLoader
+
+        plan = self._epoch_plan()
+        strong_plan = {k: v.cpu() for k, v in self._strong_plan().items()}
+        batches = _StrongBatches(self, plan["index"].cpu(), strong_plan)
+        loader = DataLoader(
+            batches,
+            batch_size=None,
+            sampler=range(self.position, len(self)),
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(self.seed),
+            worker_init_fn=die_with_parent,
+        )
+        non_blocking = self.device.type == "cuda"
+        for b, (images, emptied) in zip(range(self.position, len(self)), loader, strict=True):
+            sel = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            weak = self._batch(plan, sel)
+            strong = self._normalize_(images.to(self.device, non_blocking=non_blocking).to(self.dtype))
+            strong.masked_fill_(emptied.to(self.device, non_blocking=non_blocking)[:, None], 0)
+            self.position = b + 1
+            yield weak, strong
+        self._plan = None
+        self._epoch_start_state = self._next_state
+        self.epoch += 1
+        self.position = 0
+
+    def _strong_plan(self) -> dict:
+        """The strong views' own flips and crop offsets of this epoch, for this rank's positions."""
+        g = torch.Generator().manual_seed(stream_seed(self.seed, "strong", self.epoch))
+        n, plan = self._shard_size * self.world_size, {}
+        if self.augment in ("crop", "flip-crop"):
+            plan["offset"] = torch.randint(0, self._offset_high(), (n, 2), generator=g)
+        if self.augment == "flip-crop":
+            plan["flip"] = torch.rand(n, generator=g) < 0.5
+        return {k: v[self._positions] for k, v in plan.items()}
+
+
+class _StrongBatches(torch.utils.data.Dataset):
+    """Item ``b``: the strong views of batch ``b`` of the loader's epoch (uint8 images and their emptied
+    pixels), flipped and cropped from the CPU copy of the images, then the strong policy image by image."""
+
+    def __init__(self, loader: UnlabelledLoader, index: torch.Tensor, plan: dict) -> None:
+        self.x, self.index, self.plan, self.strong = loader._x_cpu, index, plan, loader.strong
+        self.augment, self.pad, self.zeros = loader.augment, loader.pad, loader.crop_padding != "reflect"
+        self.batch_size, self.batches = loader.batch_size, len(loader)
+        self.seed, self.epoch, self.rank = loader.seed, loader.epoch, loader.rank
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __getitem__(self, b: int):
+        sel = slice(b * self.batch_size, (b + 1) * self.batch_size)
+        images = self.x[self.index[sel]]
+        if self.augment in ("crop", "flip-crop"):
+            flip = self.plan.get("flip")
+            at = torch.arange(len(images))
+            images = crop_flip(images, at, self.plan["offset"][sel], None if flip is None else flip[sel], self.pad,
+                               zeros=self.zeros)  # fmt: skip
+        out = torch.empty_like(images)
+        emptied = torch.zeros(len(images), *images.shape[-2:], dtype=torch.bool)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(stream_seed(self.seed, "strong-policy", self.epoch, self.rank, b))
+            for i, img in enumerate(images):
+                out[i], emptied[i] = self.strong(img)
+        return out, emptied
+
+
+__all__ = ["StrongView", "UnlabelledLoader", "labelled_indices"]

@@ -1,0 +1,216 @@
+"""Semi-supervised training (``--labels``, ``--ssl fixmatch``): each piece against an independent computation
+written out here from google-research/fixmatch (the labelled split of scripts/create_split.py, the unlabelled
+loss of fixmatch.py's model(), the lr of every step, the EMA of the trainable variables), the loaders' streams,
+and the options through the real command line."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import one_line_error
+from wrn.data import make_loaders
+from wrn.data.semi_supervised import labelled_indices
+from wrn.errors import ConfigError
+from wrn.train.compose import build_config
+from wrn.train.ema import WeightEMA
+from wrn.train.objectives.semi_supervised import fixmatch_unlabelled_loss
+from wrn.train.recipe import lr_at
+
+# ------------------------------------------------------------------------------------- the labelled split
+
+
+def create_split_reference(labels: np.ndarray, size: int, seed: int) -> list[int]:
+    """scripts/create_split.py's main(), from its lines, on the list of the records' labels."""
+    count = 0
+    class_id = defaultdict(list)
+    for i in labels:
+        class_id[int(i)].append(count)
+        count += 1
+    nclass = len(class_id)
+    train_stats = np.array([len(class_id[i]) for i in range(nclass)], np.float64)
+    train_stats /= train_stats.max()
+    class_id = [np.array(class_id[i], dtype=np.int64) for i in range(nclass)]
+    state = np.random.get_state()
+    try:
+        if seed:
+            np.random.seed(seed)
+            for i in range(nclass):
+                np.random.shuffle(class_id[i])
+        npos = np.zeros(nclass, np.int64)
+        label = []
+        for _ in range(size):
+            c = np.argmax(train_stats - npos / max(npos.max(), 1))
+            label.append(class_id[c][npos[c]])
+            npos[c] += 1
+    finally:
+        np.random.set_state(state)
+    return sorted(frozenset([int(x) for x in label]))
+
+
+@pytest.mark.parametrize("size, seed", [(40, 1), (250, 3), (4000, 5), (40, 0)])
+def test_the_split_is_their_create_split_on_balanced_classes(size, seed):
+    y = np.random.RandomState(7).permutation(np.repeat(np.arange(10), 5000))  # CIFAR-10's 10 x 5000
+    ours = labelled_indices(y, size, seed)
+    assert ours.tolist() == create_split_reference(y, size, seed)
+    assert np.bincount(y[ours.numpy()], minlength=10).tolist() == [size // 10] * 10  # class-balanced
+
+
+def test_the_split_follows_the_class_shares_where_they_differ():
+    """SVHN's classes are not equal: their rule takes each class as its share of the training set says."""
+    counts = [4948, 13861, 10585, 8497, 7458, 6882, 5727, 5595, 5045, 4659]  # SVHN train's classes
+    y = np.random.RandomState(0).permutation(np.repeat(np.arange(10), counts))
+    for size, seed in ((40, 1), (250, 2), (1000, 4)):
+        ours = labelled_indices(y, size, seed)
+        assert ours.tolist() == create_split_reference(y, size, seed)
+        assert len(ours) == size
+
+
+def test_their_rule_takes_every_image_before_a_class_runs_out():
+    """Each class is taken in proportion to its share: asking for all the images takes each exactly once,
+    one more is one sentence."""
+    for counts in ([5, 5, 2], [7, 1, 3], [4, 2, 1, 9]):
+        y = np.random.RandomState(1).permutation(np.repeat(np.arange(len(counts)), counts))
+        assert labelled_indices(y, len(y), 1).tolist() == list(range(len(y)))
+        with pytest.raises(
+            ConfigError, match=f"more labelled images than the {len(y)} training images of tiny"
+        ):
+            labelled_indices(y, len(y) + 1, 1, "tiny")
+
+
+# ------------------------------------------------------------------------------------------ the loss
+
+
+def test_the_unlabelled_loss_and_mask_by_hand():
+    g = torch.Generator().manual_seed(0)
+    weak = torch.randn(12, 5, generator=g) * 3
+    strong = torch.randn(12, 5, generator=g)
+    loss, mask = fixmatch_unlabelled_loss(weak, strong, 0.8)
+    total, kept = 0.0, []
+    for w, s in zip(weak.tolist(), strong.tolist(), strict=True):
+        p = [math.exp(v) for v in w]
+        p = [v / sum(p) for v in p]
+        keep = max(p) >= 0.8
+        kept.append(float(keep))
+        if keep:
+            target = p.index(max(p))
+            total += -(s[target] - math.log(sum(math.exp(v) for v in s)))
+    assert mask.tolist() == kept and 0 < sum(kept) < 12  # some kept, some not
+    assert loss.item() == pytest.approx(total / 12, rel=1e-6)  # averaged over all 12, kept or not
+
+
+def test_the_pseudo_label_takes_no_gradient():
+    weak = torch.tensor([[5.0, 0.0], [0.0, 4.0]], requires_grad=True)
+    strong = torch.tensor([[0.0, 1.0], [1.0, 0.0]], requires_grad=True)
+    loss, _ = fixmatch_unlabelled_loss(weak, strong, 0.95)
+    loss.backward()
+    assert weak.grad is None or not weak.grad.any()
+    assert strong.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------------------- the schedule
+
+
+def test_the_lr_of_every_step_is_theirs():
+    """fixmatch.py: lr * cos(clip(step / (train_kimg << 10), 0, 1) * 7 pi / (2 * 8)), step in images."""
+    cfg = build_config("cifar10-wrn-28-2-fixmatch-250", None, {"schedule.epochs": 3, "ssl.epoch_steps": 5})
+    batch, total = 64, 3 * 5
+    for epoch in (1, 2, 3):
+        for step in range(5):
+            k = ((epoch - 1) * 5 + step) * batch  # their global step counts images
+            theirs = 0.03 * math.cos(min(max(k / (total * batch), 0), 1) * (7 * math.pi) / (2 * 8))
+            assert lr_at(cfg.schedule, cfg.optim.lr, epoch, step, 5) == pytest.approx(theirs, rel=1e-12)
+
+
+# ------------------------------------------------------------------------------------------- the EMA
+
+
+def test_the_ema_with_copied_buffers_averages_the_weights_only():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = WeightEMA(model, 0.9, buffers="copy")
+    by_hand = None
+    for i in range(4):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1 * (i + 1))
+        model.train()(torch.randn(8, 3))  # moves the BN statistics
+        ema.update()
+        now = [p.detach().clone() for p in model.parameters()]
+        by_hand = now if by_hand is None else [0.9 * a + 0.1 * w for a, w in zip(by_hand, now, strict=True)]
+        for a, b in zip(ema.module.parameters(), by_hand, strict=True):
+            torch.testing.assert_close(a, b)
+        for a, b in zip(ema.module.buffers(), model.buffers(), strict=True):
+            assert torch.equal(a, b)  # the model's statistics, as they are
+
+
+# ----------------------------------------------------------------------------------------- the loaders
+
+
+def _digits_loaders(**kwargs):
+    return make_loaders("digits", None, batch_size=16, seed=3, workers=0, **kwargs)
+
+
+def test_the_labelled_loader_is_a_stream_of_permutations_in_epochs_of_steps():
+    train, _, _ = _digits_loaders(labels=20, fold=2, epoch_steps=4)
+    assert len(train) == 4
+    seen = [labels for _ in range(3) for _, labels in train]
+    assert len(seen) == 12 and all(len(b) == 16 for b in seen)
+    first = torch.cat(seen)[:20]
+    assert (
+        first.bincount(minlength=10).tolist() == [2] * 10
+    )  # each permutation holds every labelled image once
+
+
+def test_the_unlabelled_loader_gives_weak_and_strong_views_of_every_image_and_resumes():
+    train, _, _, unlabelled = _digits_loaders(labels=20, fold=1, epoch_steps=4, unlabelled_batch=48)
+    assert len(unlabelled) == 1437 // 48
+    batches = list(unlabelled)
+    weak, strong = batches[0]
+    assert weak.shape == strong.shape == (48, 1, 8, 8) and not torch.equal(weak, strong)
+    again, _, _, second = _digits_loaders(labels=20, fold=1, epoch_steps=4, unlabelled_batch=48)
+    it = iter(second)
+    for _ in range(5):
+        next(it)
+    state = second.state_dict()
+    _, _, _, third = _digits_loaders(labels=20, fold=1, epoch_steps=4, unlabelled_batch=48)
+    third.load_state_dict(state)
+    for (w1, s1), (w2, s2) in zip(batches[5:], third, strict=True):
+        assert torch.equal(w1, w2) and torch.equal(s1, s2)
+
+
+# ------------------------------------------------------------------------------------------ the options
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--ssl", "fixmatch"], "add --labels N"),
+        (["--labels", "45"], "not a multiple of digits's 10 classes"),
+        (["--ssl", "fixmatch", "--labels", "20", "--mu", "0"], "ssl.mu = 0 is invalid"),
+        (["--mu", "3"], "--mu sets semi-supervised training, which is off"),
+        (["--fold", "3"], "--fold sets the labelled split, which is off"),
+        (["--labels", "20", "--adv", "pgd"], "choose one"),
+        (["--ssl", "fixmatch", "--labels", "20", "--mixup", "1"], "leave --mixup / --cutmix out"),
+        (["--ema-buffers", "copy"], "add --ema DECAY"),
+        (["--schedule", "fixmatch", "--milestones", "3"], "the fixmatch schedule has none"),
+    ],
+)
+def test_bad_semi_supervised_options_are_one_sentence(capsys, argv, says):
+    line = one_line_error(
+        capsys, "train", "--dataset", "digits", "--model", "wrn-10-1", "--print-config", *argv
+    )
+    assert says in line
+
+
+def test_more_labels_per_class_than_exist_is_one_sentence(tmp_path, capsys):
+    line = one_line_error(
+        capsys, "train", "--dataset", "digits", "--model", "wrn-10-1", "--labels", "1500", "--epochs", "1",
+        "--out", str(tmp_path / "run"), "--device", "cpu",
+    )  # fmt: skip
+    assert "--labels 1500 asks for more labelled images than the 1437 training images of digits" in line
+    assert not (tmp_path / "run").exists()
