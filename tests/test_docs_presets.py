@@ -51,7 +51,7 @@ def _ours(cell: str, preset: str):
             rest = value
             continue
         for label in who.split(", "):
-            dataset = {"CIFAR-10": "cifar10", "CIFAR-100": "cifar100"}.get(label)
+            dataset = {"CIFAR-10": "cifar10", "CIFAR-100": "cifar100", "SVHN": "svhn"}.get(label)
             if dataset is not None and preset.startswith(dataset + "-"):
                 return value
             if dataset is None and (
@@ -66,9 +66,11 @@ def test_the_tables_cover_every_preset_of_todays_recipes():
     from wrn.train.compose import list_presets
 
     todays = {
-        n for n in list_presets() if re.search(r"-(cutout|autoaugment|sam|trades|trades-awp|pgd-at)$", n)
+        n
+        for n in list_presets()
+        if re.search(r"-(cutout|autoaugment|sam|trades|trades-awp|pgd-at|fixmatch-\d+)$", n)
     }
-    assert set(PRESETS) == todays and len(todays) == 14
+    assert set(PRESETS) == todays and len(todays) == 23
     assert {h.split(":")[0] for h in TABLES} == {
         "Cutout",
         "AutoAugment",
@@ -76,6 +78,7 @@ def test_the_tables_cover_every_preset_of_todays_recipes():
         "TRADES",
         "PGD-AT",
         "TRADES-AWP",
+        "FixMatch",
     }
 
 

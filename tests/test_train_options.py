@@ -23,6 +23,7 @@ SAMPLES = {
     "model.bn_momentum": ("0.01", 0.01),
     "model.init_from": ("runs/mine", "runs/mine"),
     "dataset.root": ("somewhere", "somewhere"),
+    "dataset.train_split": ("train", "train"),
     "dataset.image_size": ("32", 32),
     "dataset.workers": ("0", 0),
     "dataset.cutout": ("4", 4),

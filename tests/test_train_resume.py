@@ -55,11 +55,19 @@ ROBUST = ["--adv", "trades", "--adv-steps", "2", "--awp", "0.005", "--awp-warmup
           "--aux-data", "AUX", "--aux-fraction", "0.5"]  # fmt: skip
 
 
-@pytest.mark.parametrize("extra", [[], ROBUST], ids=["plain", "robust"])
+# FixMatch on a labelled split with its strong views made in a worker process, and the average of the weights
+# with copied BN statistics: epochs of 89 steps as the plain run's, 44 unlabelled batches of 32 a pass
+SEMI = ["--labels", "100", "--epoch-steps", "89", "--ssl", "fixmatch", "--mu", "2", "--threshold", "0.5",
+        "--ema", "0.99", "--ema-buffers", "copy", "--workers", "1"]  # fmt: skip
+
+
+@pytest.mark.parametrize("extra", [[], ROBUST, SEMI], ids=["plain", "robust", "semi-supervised"])
 def test_kill_9_three_times_then_resume_gives_bitwise_identical_weights(tmp_path, extra):
     """Also with robust training (TRADES with AWP from the start, early stopping and generated data): the
     attack's random starts come from a generator saved in the checkpoint, the best epoch so far too, the
-    generated images' draws from the loader's; AWP's proxy keeps nothing from step to step."""
+    generated images' draws from the loader's; AWP's proxy keeps nothing from step to step. And with
+    FixMatch: the labelled stream's and the unlabelled loader's positions (the strong views drawn per batch
+    from their seeds, in a worker), the average of the weights, the last epochs' accuracies of its median."""
     if "AUX" in extra:
         from test_data_aux import generated_file
 

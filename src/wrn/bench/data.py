@@ -50,6 +50,7 @@ def run(
     randaugment_m: int = 9,
     random_erasing: float = 0.0,
     workers: int = 4,
+    strong_policy: str | None = None,
 ) -> dict[str, Any]:
     """Time ``epochs`` passes of the training loader after one warm-up pass; images/s of each pass. With a
     per-image policy (``all``: each in turn) or random erasing, one row per policy with its cost per image."""
@@ -68,6 +69,13 @@ def run(
         raise ConfigError(f"--workers is a number of processes, 0 or more, not {workers}")
     if policy != "all" and policy not in POLICY_CHOICES:
         raise ConfigError(f"unknown --policy {policy!r}: choose one of {', '.join(POLICY_CHOICES)} or all")
+    from wrn.data.registry import STRONG_POLICIES
+
+    if strong_policy is not None and strong_policy != "all" and strong_policy not in STRONG_POLICIES:
+        raise ConfigError(
+            f"unknown --strong-policy {strong_policy!r}: choose one of {', '.join(STRONG_POLICIES)} or all"
+        )
+    strong = () if strong_policy is None else STRONG_POLICIES if strong_policy == "all" else (strong_policy,)
     policies = POLICY_CHOICES[1:] if policy == "all" else (policy,)
     stages = [PerImage(p, randaugment_n, randaugment_m, random_erasing) for p in policies]  # checks them
     info = dataset_info(dataset)
@@ -85,7 +93,10 @@ def run(
         "workers": workers,
     }
     rows = [_time_stage(x, y, info, device_t, stage, timing) for stage in stages]
-    plain = [_time_stage(x, y, info, device_t, PerImage(), timing)] if stages[0].active else []
+    plain = [_time_stage(x, y, info, device_t, PerImage(), timing)] if stages[0].active or strong else []
+    rows += [_time_strong(x, info, device_t, name, randaugment_m, timing) for name in strong]
+    if strong and not stages[0].active:
+        rows = rows[1:]  # (the first row is the plain loader again)
     result = {
         "format": FORMAT,
         "version": VERSION,
@@ -100,6 +111,7 @@ def run(
             "policy": policy,
             "random_erasing": random_erasing,
             "workers": workers,
+            "strong_policy": strong_policy,
         },
         "source": source,
         "random_data": random,
@@ -163,6 +175,44 @@ def _time_stage(x, y, info, device, stage, timing: dict) -> dict[str, Any]:
     if stage.active:
         row["us_per_image"] = _us_per_image(x, stage)
     return row
+
+
+def _time_strong(x, info, device, policy: str, randaugment_m: int, timing: dict) -> dict[str, Any]:
+    """Passes of semi-supervised training's loader of unlabelled images (after a warm-up pass): each image's
+    weak view on the device and its strong view (``policy``) in the workers; and the strong view alone per
+    image, in this process. Images/s counts the unlabelled images (two views each)."""
+    from wrn.bench.common import synchronize
+    from wrn.data.registry import normalization_for
+    from wrn.data.semi_supervised import StrongView, UnlabelledLoader
+
+    strong = StrongView(policy, int(x.shape[-1]), randaugment_m)
+    loader = UnlabelledLoader(
+        x, timing["batch_size"], strong, augment=timing["augment"], device=device, seed=timing["seed"],
+        normalize=normalization_for(info.normalization, info.in_channels), workers=timing["workers"],
+    )  # fmt: skip
+    for _ in loader:  # warm-up pass
+        pass
+    rates = []
+    for _ in range(timing["epochs"]):
+        synchronize(device)
+        start, n_images = time.perf_counter(), 0
+        for weak, _strong in loader:
+            n_images += len(weak)
+        synchronize(device)
+        rates.append(n_images / (time.perf_counter() - start))
+    images = x[: min(1024, len(x))]
+    strong(images[0])  # warm-up
+    start = time.perf_counter()
+    for img in images:
+        strong(img)
+    return {
+        "stage": f"strong view: {policy} + Cutout (weak and strong views)",
+        "images_per_s": rates,
+        "images_per_s_best": max(rates),
+        "images_per_s_median": statistics.median(rates),
+        "batches_per_s_median": statistics.median(rates) / timing["batch_size"],
+        "us_per_image": (time.perf_counter() - start) / len(images) * 1e6,
+    }
 
 
 def _us_per_image(x, stage, n: int = 1024) -> float:

@@ -84,8 +84,14 @@ def unlabelled_loader(cfg, x: torch.Tensor, batch_size: int, device: torch.devic
         normalize=normalization_constants(NORMALIZATION),
         device=device,
         seed=seed,
-        workers=cfg.dataset.workers,
+        workers=strong_workers(cfg),
     )
+
+
+def strong_workers(cfg) -> int:
+    """The processes of the strong augmentation: ``dataset.workers``, at most as many as the baseline's loader
+    gets on this machine (:func:`default_workers`)."""
+    return min(cfg.dataset.workers, default_workers())
 
 
 def device_loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device, seed: int = 0):
@@ -525,7 +531,10 @@ def _result(settings, run_settings: dict[str, Any], info, ours, base) -> dict[st
             "compile_mode": settings.compile_mode if settings.compile else None,
             "sam_rho": settings.cfg.optim.sam_rho,
             **(
-                {"unlabelled_batch": settings.cfg.ssl.mu * run_settings["batch_size"]}
+                {
+                    "unlabelled_batch": settings.cfg.ssl.mu * run_settings["batch_size"],
+                    "strong_workers": strong_workers(settings.cfg),
+                }
                 if settings.cfg.ssl.method != "none"
                 else {}
             ),

@@ -156,6 +156,13 @@ def _register_data(actions) -> None:
         help="also time a per-image policy (a name of wrn train --policy), or all of them in a table: "
         "microseconds per image in one process and the loader with --workers (default none)",
     )
+    d.add_argument(
+        "--strong-policy",
+        default=None,
+        help="also time semi-supervised training's loader of unlabelled images (the weak view on the device, "
+        "the strong view in --workers processes) with this strong augmentation (a name of wrn train "
+        "--strong-policy, or all): microseconds per image of the strong view in one process, and the loader",
+    )
     d.add_argument("--randaugment-n", type=_int, default=2, help="RandAugment's N (default 2)")
     d.add_argument("--randaugment-m", type=_int, default=9, help="RandAugment's M, 0..30 (default 9)")
     d.add_argument(
@@ -259,6 +266,7 @@ def run_data(args: argparse.Namespace) -> int:
         randaugment_m=args.randaugment_m,
         random_erasing=args.random_erasing,
         workers=args.workers,
+        strong_policy=args.strong_policy,
     )
     print(data.format_report(result), flush=True)
     _write_json(args.json, result)

@@ -464,8 +464,20 @@ SETTING_NAMES = {
     "adv.steps": "attack steps",
     "adv.step_size": "attack step",
 }
-_NOT_SETTINGS = ("run.", "provenance.", "description", "preset", "extends", "dataset.root", "dataset.workers",
-                 "dataset.download", "dataset.verify", "optim.eval_batch_size", "logging.")  # fmt: skip
+_NOT_SETTINGS = (
+    "run.",
+    "provenance.",
+    "description",
+    "preset",
+    "extends",
+    "dataset.root",
+    "dataset.workers",
+    "dataset.download",
+    "dataset.verify",
+    "optim.eval_batch_size",
+    "logging.",
+    "ssl.fold",
+)  # fmt: skip  (the fold is a run's seed, as run.seed)
 
 
 def setting_text(value: Any) -> str:

@@ -212,7 +212,7 @@ def _config_text(exp: Experiment, row: Row, seed: int, cfg: Any) -> str:
 
 def fit_to_images(row: Row, cfg: Any, given: dict[str, Any]) -> dict[str, Any]:
     """The recipe's settings in pixels moved to the side of the images a run trains on, as dotted keys (and
-    adv.holdout to a run's own data set: :func:`scaled_holdout`): a
+    adv.holdout and a labelled split to a run's own data set: :func:`scaled_holdout`, :func:`scaled_split`): a
     Cutout hole keeps its share of the side (16 of 32 becomes 4 of 8; a 16 px hole covers the 8x8 digits and
     the runs train at chance). Values the grid's overrides ``given`` set are kept as they are, and nothing
     changes where the side is the recipe's or not known.
@@ -227,12 +227,32 @@ def fit_to_images(row: Row, cfg: Any, given: dict[str, Any]) -> dict[str, Any]:
     held = cfg.adv.holdout
     if held and "adv.holdout" not in given and cfg.dataset.name != row.dataset:
         out["adv.holdout"] = scaled_holdout(held, row.dataset, cfg.dataset.name)
+    if cfg.ssl.labels is not None and cfg.dataset.name != row.dataset:
+        out.update({k: v for k, v in scaled_split(cfg, row.dataset).items() if k not in given})
     recipe = dataset_info(row.dataset).image_size
     side = cfg.dataset.image_size or dataset_info(cfg.dataset.name).image_size
     hole = cfg.dataset.cutout
     if not hole or "dataset.cutout" in given or not recipe or not side or side == recipe:
         return out
     return {**out, "dataset.cutout": max(1, round(hole * side / recipe))}
+
+
+def scaled_split(cfg: Any, recipe_data: str) -> dict[str, int]:
+    """A labelled split (ssl.labels) and its epochs (ssl.epoch_steps) on a run's own data set: the recipe's
+    labels per class for each of its classes, at most half its training images (4000 of CIFAR-10 become 710
+    of the digits), and epochs of the recipe's share of the training set (1024 steps of 64 are 1.3 passes over
+    CIFAR's 50,000 images: 29 steps on the digits' 1,437)."""
+    from wrn.data.registry import DATASETS
+
+    recipe, here = DATASETS.get(recipe_data), DATASETS.get(cfg.dataset.name)
+    if not (
+        recipe and here and recipe.num_classes and here.num_classes and recipe.train_size and here.train_size
+    ):
+        return {}
+    per_class = max(1, cfg.ssl.labels // recipe.num_classes)
+    per_class = min(per_class, max(1, here.train_size // 2 // here.num_classes))
+    steps = max(1, round(cfg.ssl.epoch_steps * here.train_size / recipe.train_size))
+    return {"ssl.labels": per_class * here.num_classes, "ssl.epoch_steps": steps}
 
 
 def scaled_holdout(held: int, recipe_data: str, data: str) -> int:

@@ -183,6 +183,7 @@ def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo)
         holdout=cfg.adv.holdout,
         aux_data=data.aux_data,
         aux_fraction=data.aux_fraction,
+        split_train=data.train_split,
         labels=cfg.ssl.labels,
         fold=cfg.ssl.fold,
         epoch_steps=cfg.ssl.epoch_steps,
@@ -208,16 +209,18 @@ def unlabelled_batch(cfg: TrainConfig, dist_info: D.DistInfo | None = None) -> i
 def build_model(cfg: TrainConfig, info: DatasetInfo) -> torch.nn.Module:
     """The config's model for the data ``info`` describes (its classes and image channels)."""
     import wrn
+    from wrn.models.registry import model_info
 
+    fixed = model_info(cfg.model.name)["args"]  # what the name sets (wrn-D-K-fixmatch: act, BN momentum)
     overrides: dict[str, Any] = {}
     in_channels = info.in_channels
     if in_channels != 3:
         overrides["in_channels"] = in_channels
     if cfg.model.dropout:  # 0 or unset: the model's own default (no dropout; some families have none)
         overrides["dropout"] = cfg.model.dropout
-    if cfg.model.act is not None:
+    if cfg.model.act is not None and cfg.model.act != fixed.get("act"):
         overrides["act"] = cfg.model.act
-    if cfg.model.bn_momentum is not None:
+    if cfg.model.bn_momentum is not None and cfg.model.bn_momentum != fixed.get("bn_momentum"):
         overrides["bn_momentum"] = cfg.model.bn_momentum
     if cfg.model.init is not None:  # unset: the network's own (a named network's may differ from the paper's)
         overrides["init"] = cfg.model.init

@@ -78,6 +78,12 @@ class DataSection(Section):
         how=True,
         commands=("reproduce",),
     )
+    train_split: str | None = flagged(
+        None,
+        "--train-split",
+        "the split to train on (default: the data set's own; SVHN: train+extra, or train alone, FixMatch's "
+        "svhn_noextra)",
+    )
     augment: Literal[AUGMENT_CHOICES] | None = flagged(
         None, "--augment", "training augmentation (default: the data set's recipe)"
     )

@@ -62,6 +62,7 @@ def resolve(cfg: TrainConfig, *, cuda_available: bool | None = None) -> TrainCon
     import torch
 
     from wrn.data.registry import dataset_info
+    from wrn.models.registry import model_info
 
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()
@@ -73,6 +74,7 @@ def resolve(cfg: TrainConfig, *, cuda_available: bool | None = None) -> TrainCon
             f"give at most {max(16, 8 * cores)}"
         )
     defaults = dataset_info(data.name)
+    fixed = model_info(model.name)["args"]
 
     def unset(value, default):
         return default if value is None else value
@@ -89,8 +91,10 @@ def resolve(cfg: TrainConfig, *, cuda_available: bool | None = None) -> TrainCon
         optim={"eval_batch_size": unset(optim.eval_batch_size, 2 * optim.batch_size)},  # no activations kept
         model={
             "dropout": unset(model.dropout, 0.0),
-            "act": unset(model.act, "relu"),  # the paper's
-            "bn_momentum": unset(model.bn_momentum, 0.1),  # PyTorch's convention; Torch's 0.9 in their code
+            # the paper's ReLU and BN momentum (PyTorch's convention; Torch's 0.9 in their code), or what the
+            # model's name fixes (wrn-D-K-fixmatch: leaky ReLU, 0.001)
+            "act": unset(model.act, fixed.get("act", "relu")),
+            "bn_momentum": unset(model.bn_momentum, fixed.get("bn_momentum", 0.1)),
         },
         # the method's own attack budget, and its script's warm-up of AWP, where none is given
         adv={**adversary_budget(cfg.adv), **awp_warmup(cfg.adv)},

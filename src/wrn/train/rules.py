@@ -206,6 +206,16 @@ def _unused_option(cfg) -> str | None:
             f"--image-size {data.image_size} applies to image folders and ImageNet; the {data.name} images are "
             f"{info.image_size}x{info.image_size}: leave it out"
         )
+    if (
+        data.train_split is not None
+        and info.name != "imagefolder"
+        and (data.train_split not in info.splits or data.train_split == info.test_split)
+    ):
+        choices = [s for s in info.splits if s != info.test_split]
+        return (
+            f"--train-split {data.train_split} is not a training split of {data.name}; choose one of "
+            f"{', '.join(choices)}"
+        )
     problem = _generated_problem(data, info, augment, cfg.optim.batch_size)
     if problem:
         return problem
