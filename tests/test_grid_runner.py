@@ -255,7 +255,7 @@ def test_each_runs_config_file_is_its_whole_config(name, values, tmp_path):
         G.write_config(plan, spec)
         data = yaml.safe_load(spec.config_path.read_text())
         assert set(data) == {"preset", "description", "model", "dataset", "optim", "schedule", "objective",
-                             "adv", "run", "provenance"}  # fmt: skip
+                             "adv", "ssl", "run", "provenance"}  # fmt: skip
         cfg = build_config(None, str(spec.config_path))
         assert cfg == plan.resolved[spec.key], spec.key
         assert cfg.run.seed == spec.seed and cfg.model.name == values.get("model.name", spec.row.model)

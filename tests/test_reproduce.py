@@ -296,6 +296,7 @@ def test_kill_9_of_the_orchestrator_loses_nothing(killed_grid):
         "schedule",
         "objective",
         "adv",
+        "ssl",
         "run",
         "provenance",
     ]

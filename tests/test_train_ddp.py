@@ -141,3 +141,18 @@ def test_awp_under_two_processes_keeps_the_weights_identical(tmp_path):
     for key in rank0:
         if "running" not in key and "num_batches" not in key:  # (BN statistics are each rank's own)
             assert torch.equal(rank0[key], rank1[key]), key
+
+
+def test_fixmatch_under_two_processes(tmp_path):
+    """FixMatch under DDP: each process takes its share of the labelled batch and mu times it of unlabelled
+    images, each from its shard of its loader, and keeps its unlabelled loader's position in the checkpoint."""
+    out = tmp_path / "fixmatch"
+    torchrun("-m", "wrn", "train", "--preset", "demo", "--model", "wrn-10-1", "--epochs", "1", "--batch-size", "32",
+             "--labels", "40", "--epoch-steps", "6", "--ssl", "fixmatch", "--mu", "2", "--threshold", "0.5",
+             "--workers", "0", "--out", str(out), "--no-progress")  # fmt: skip
+    (record,) = metrics(out, timings=False)
+    assert record["epoch"] == 1 and "median20_test_error" in record
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    unlabelled = [rank["objective"]["unlabelled"] for rank in state["ranks"]]
+    assert [(u["position"], u["batch_size"], u["world_size"]) for u in unlabelled] == [(6, 32, 2)] * 2
+    assert [rank["loader"]["position"] for rank in state["ranks"]] == [0, 0]  # (the labelled epoch ended)

@@ -52,7 +52,8 @@ INTRO = (
     "seeds; the paper's are medians of 5 runs (its Table 9: best single runs). The sections of today's "
     "recipes (Cutout, AutoAugment, SAM) and robust training stand beside their own papers' (or RobustBench's) "
     "figures, named in each. FixMatch's rows are as its Table 2: each run's median test error of its last 20 "
-    "epochs (of the average of the weights), mean ± std over the folds of the labelled split (n: the folds)."
+    "epochs, the average of the weights' where it is evaluated, mean ± std over the folds of the labelled split "
+    "(n: the folds)."
 )
 
 
