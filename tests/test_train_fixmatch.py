@@ -247,9 +247,15 @@ def test_fixmatch_beats_supervised_training_on_the_same_20_labels(tmp_path, slow
         name: start_wrn("train", *args, *extra, "--out", str(tmp_path / name))
         for name, extra in (("supervised", []), ("fixmatch", semi))
     }
-    for proc in procs.values():
-        out, err = proc.communicate(timeout=1200)
+    outputs = {}
+    for name, proc in procs.items():
+        outputs[name], err = proc.communicate(timeout=1200)
         assert proc.returncode == 0, err
+    assert (
+        "labelled: 20 images (fold 1)" in outputs["fixmatch"]
+        and "fixmatch on every training image" in (outputs["fixmatch"])
+    )
+    assert "supervised on them alone" in outputs["supervised"]
     sup, fm = _last(tmp_path / "supervised"), _last(tmp_path / "fixmatch")
     key = "median20_test_error" if slow else "test_error"
     assert sup[key] > 20 and fm[key] < sup[key] - (20 if slow else 10), (sup[key], fm[key])

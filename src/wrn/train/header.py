@@ -55,6 +55,9 @@ def print_header(loop, resumed: bool) -> None:
     per_image = describe_data(cfg.dataset)  # the policies and random erasing, when on
     if per_image:
         print(per_image, flush=True)
+    split = _split(cfg)
+    if split:
+        print(split, flush=True)
 
 
 def describe_recipes(cfg) -> str:
@@ -74,6 +77,23 @@ def describe_recipes(cfg) -> str:
         f"torch.compile ({run.compile_mode})" if run.compile else "",
     ]
     return "".join(f", {p}" for p in parts if p)
+
+
+def _split(cfg) -> str:
+    """``labelled: 250 images (fold 1); FixMatch on every training image, unlabelled batch 448 (mu 7), ...``,
+    or '' without a labelled split."""
+    ssl = cfg.ssl
+    if ssl.labels is None:
+        return ""
+    text = f"labelled: {ssl.labels:,} images (fold {ssl.fold}), epochs of {ssl.epoch_steps} steps"
+    if ssl.method == "none":
+        return text + "; supervised on them alone (no --ssl)"
+    where = f"{cfg.dataset.workers} worker processes" if cfg.dataset.workers else "the training process"
+    return (
+        f"{text}; {ssl.method} on every training image as unlabelled: batch {ssl.mu * cfg.optim.batch_size} (mu "
+        f"{ssl.mu}), threshold {ssl.threshold:g}, lambda-u {ssl.lambda_u:g}, strong views {ssl.strong_policy} + "
+        f"Cutout in {where}"
+    )
 
 
 def _example(model, info, cfg, device) -> torch.Tensor:
