@@ -169,21 +169,59 @@ def test_the_labelled_loader_is_a_stream_of_permutations_in_epochs_of_steps():
     )  # each permutation holds every labelled image once
 
 
-def test_the_unlabelled_loader_gives_weak_and_strong_views_of_every_image_and_resumes():
-    train, _, _, unlabelled = _digits_loaders(labels=20, fold=1, epoch_steps=4, unlabelled_batch=48)
+@pytest.mark.parametrize("on", ["workers", "device"])
+def test_the_unlabelled_loader_gives_weak_and_strong_views_of_every_image_and_resumes(on):
+    kwargs = {"labels": 20, "fold": 1, "epoch_steps": 4, "unlabelled_batch": 48, "strong_on": on}
+    train, _, _, unlabelled = _digits_loaders(**kwargs)
     assert len(unlabelled) == 1437 // 48
     batches = list(unlabelled)
     weak, strong = batches[0]
     assert weak.shape == strong.shape == (48, 1, 8, 8) and not torch.equal(weak, strong)
-    again, _, _, second = _digits_loaders(labels=20, fold=1, epoch_steps=4, unlabelled_batch=48)
+    assert (strong == 0).any()  # emptied pixels (Cutout's box at least): 0 after normalisation
+    _, _, _, second = _digits_loaders(**kwargs)
     it = iter(second)
     for _ in range(5):
         next(it)
     state = second.state_dict()
-    _, _, _, third = _digits_loaders(labels=20, fold=1, epoch_steps=4, unlabelled_batch=48)
+    _, _, _, third = _digits_loaders(**kwargs)
     third.load_state_dict(state)
     for (w1, s1), (w2, s2) in zip(batches[5:], third, strict=True):
         assert torch.equal(w1, w2) and torch.equal(s1, s2)
+
+
+def test_the_strong_views_on_the_device_are_the_per_image_code_with_the_batch_draws():
+    """The device path's strong view of each image is FixMatchRA's per-image code (fixmatch_augment's
+    apply_policy) run with the same draws, on the same flipped and cropped image."""
+    from wrn.data.fixmatch_augment import apply_policy
+    from wrn.data.fixmatch_batched import draw_params, policy_draws
+    from wrn.data.semi_supervised import StrongView
+
+    x = torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8)
+    x[:, :, :8] = 3  # flat dark rows: values their wrap truncates
+    view = StrongView("fixmatch-ra", 32, on="device")
+    ours, emptied = view.batch(x, torch.Generator().manual_seed(5))
+    params = draw_params(24, 32, 32, generator=torch.Generator().manual_seed(5))
+    applied = 0
+    for i in range(24):
+        policy, uniforms, randints = policy_draws(params, i)
+        want, want_emptied = _with_draws(uniforms, randints, apply_policy, x[i], policy, cutout=16)
+        assert torch.equal(ours[i], want) and torch.equal(emptied[i], want_emptied), i
+        applied += int(params.coins[i].sum())
+    assert applied > 10
+
+
+def _with_draws(uniforms, randints, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with its coins and signs (``_uniform``) and Cutout's centre (``_randint``) given,
+    in turn."""
+    from unittest import mock
+
+    u, r = iter(uniforms), iter(randints)
+    with (
+        mock.patch("wrn.data.autoaugment._uniform", lambda: next(u)),
+        mock.patch("wrn.data.fixmatch_augment._uniform", lambda: next(u)),
+        mock.patch("wrn.data.fixmatch_augment._randint", lambda n: next(r)),
+    ):
+        return fn(*args, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------ the options
@@ -314,7 +352,8 @@ def test_bench_data_times_the_strong_views(tmp_path, capsys):
     rows = json.loads(record.read_text())["per_image"]
     assert [r["stage"] for r in rows] == [
         "none",
-        "strong view: fixmatch-ra + Cutout (weak and strong views)",
-        "strong view: randaugment + Cutout (weak and strong views)",
+        "strong view: fixmatch-ra + Cutout on the device (weak and strong views)",
+        "strong view: fixmatch-ra + Cutout in the workers (weak and strong views)",
+        "strong view: randaugment + Cutout in the workers (weak and strong views)",
     ]
     assert all(r["us_per_image"] > 0 for r in rows[1:]) and "strong view: fixmatch-ra" in out

@@ -87,7 +87,8 @@ COMPANIONS = {
     ("ssl.fold", 3): {"ssl.labels": "100"},
     ("ssl.epoch_steps", 5): {"ssl.labels": "100"},
     **{(f"ssl.{key}", value): {"ssl.method": "fixmatch", "ssl.labels": "100"}
-       for key, value in (("mu", 3), ("threshold", 0.9), ("lambda_u", 2.0), ("strong_policy", "randaugment"))},
+       for key, value in (("mu", 3), ("threshold", 0.9), ("lambda_u", 2.0), ("strong_on", "workers"))},
+    ("ssl.strong_policy", "randaugment"): {"ssl.method": "fixmatch", "ssl.labels": "100", "ssl.strong_on": "workers"},
     ("dataset.cutout_per", "batch"): {"dataset.cutout": "4"},
     ("dataset.crop_padding", "mean"): {"dataset.augment": "flip-crop"},
     ("dataset.randaugment_n", 3): {"dataset.policy": "randaugment"},
@@ -261,7 +262,7 @@ def test_the_lists_of_the_command_line_are_the_markers():
         "optim.label_smoothing", "optim.ema_decay", "optim.ema_warmup", "optim.sam_rho", "optim.grad_clip",
         "optim.decay_norm_and_bias", "optim.replica_batch", "adv.method", "adv.eps", "adv.steps",
         "adv.step_size", "adv.trades_beta", "adv.awp", "optim.ema_buffers", "ssl.method", "ssl.mu",
-        "ssl.threshold", "ssl.lambda_u", "ssl.strong_policy",
+        "ssl.threshold", "ssl.lambda_u", "ssl.strong_policy", "ssl.strong_on",
     }  # fmt: skip
     assert set(keys("volatile")) == {
         "run.checkpoint_every_minutes", "run.checkpoint_every_steps", "run.progress",

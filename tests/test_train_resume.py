@@ -58,7 +58,7 @@ ROBUST = ["--adv", "trades", "--adv-steps", "2", "--awp", "0.005", "--awp-warmup
 # FixMatch on a labelled split with its strong views made in a worker process, and the average of the weights
 # with copied BN statistics: epochs of 89 steps as the plain run's, 89 unlabelled batches of 16 a pass
 SEMI = ["--labels", "100", "--epoch-steps", "89", "--ssl", "fixmatch", "--mu", "1", "--threshold", "0.5",
-        "--ema", "0.99", "--ema-buffers", "copy", "--workers", "1"]  # fmt: skip
+        "--ema", "0.99", "--ema-buffers", "copy", "--strong-on", "workers", "--workers", "1"]  # fmt: skip
 
 
 @pytest.mark.parametrize("extra", [[], ROBUST, SEMI], ids=["plain", "robust", "semi-supervised"])

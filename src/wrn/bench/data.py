@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from wrn.errors import ConfigError
 
 FORMAT = "wrn-bench-data"
@@ -94,7 +96,11 @@ def run(
     }
     rows = [_time_stage(x, y, info, device_t, stage, timing) for stage in stages]
     plain = [_time_stage(x, y, info, device_t, PerImage(), timing)] if stages[0].active or strong else []
-    rows += [_time_strong(x, info, device_t, name, randaugment_m, timing) for name in strong]
+    rows += [
+        _time_strong(x, info, device_t, name, on, randaugment_m, timing)
+        for name in strong
+        for on in (("device", "workers") if name == "fixmatch-ra" else ("workers",))
+    ]
     if strong and not stages[0].active:
         rows = rows[1:]  # (the first row is the plain loader again)
     result = {
@@ -177,15 +183,16 @@ def _time_stage(x, y, info, device, stage, timing: dict) -> dict[str, Any]:
     return row
 
 
-def _time_strong(x, info, device, policy: str, randaugment_m: int, timing: dict) -> dict[str, Any]:
+def _time_strong(x, info, device, policy: str, on: str, randaugment_m: int, timing: dict) -> dict[str, Any]:
     """Passes of semi-supervised training's loader of unlabelled images (after a warm-up pass): each image's
-    weak view on the device and its strong view (``policy``) in the workers; and the strong view alone per
-    image, in this process. Images/s counts the unlabelled images (two views each)."""
+    weak view on the device and its strong view (``policy``) in the workers or on the device (``on``); and
+    the strong view alone per image, in this process (on the device: a batch at a time). Images/s counts the
+    unlabelled images (two views each)."""
     from wrn.bench.common import synchronize
     from wrn.data.registry import normalization_for
     from wrn.data.semi_supervised import StrongView, UnlabelledLoader
 
-    strong = StrongView(policy, int(x.shape[-1]), randaugment_m)
+    strong = StrongView(policy, int(x.shape[-1]), randaugment_m, on)
     loader = UnlabelledLoader(
         x, timing["batch_size"], strong, augment=timing["augment"], device=device, seed=timing["seed"],
         normalize=normalization_for(info.normalization, info.in_channels), workers=timing["workers"],
@@ -200,13 +207,23 @@ def _time_strong(x, info, device, policy: str, randaugment_m: int, timing: dict)
             n_images += len(weak)
         synchronize(device)
         rates.append(n_images / (time.perf_counter() - start))
-    images = x[: min(1024, len(x))]
-    strong(images[0])  # warm-up
-    start = time.perf_counter()
-    for img in images:
-        strong(img)
+    images = torch.as_tensor(x[: min(1024, len(x))])
+    if on == "device":
+        images, g, size = images.to(device), torch.Generator().manual_seed(0), timing["batch_size"]
+        strong.batch(images[:size], g)  # warm-up
+        synchronize(device)
+        start = time.perf_counter()
+        for i in range(0, len(images), size):
+            strong.batch(images[i : i + size], g)
+        synchronize(device)
+    else:
+        strong(images[0])  # warm-up
+        start = time.perf_counter()
+        for img in images:
+            strong(img)
+    where = "on the device" if on == "device" else "in the workers"
     return {
-        "stage": f"strong view: {policy} + Cutout (weak and strong views)",
+        "stage": f"strong view: {policy} + Cutout {where} (weak and strong views)",
         "images_per_s": rates,
         "images_per_s_best": max(rates),
         "images_per_s_median": statistics.median(rates),

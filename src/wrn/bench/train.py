@@ -79,7 +79,7 @@ def unlabelled_loader(cfg, x: torch.Tensor, batch_size: int, device: torch.devic
     return UnlabelledLoader(
         x.cpu(),
         cfg.ssl.mu * batch_size,
-        StrongView(cfg.ssl.strong_policy, int(x.shape[-1]), cfg.dataset.randaugment_m),
+        StrongView(cfg.ssl.strong_policy, int(x.shape[-1]), cfg.dataset.randaugment_m, cfg.ssl.strong_on),
         augment="flip-crop",
         normalize=normalization_constants(NORMALIZATION),
         device=device,

@@ -61,6 +61,7 @@ def make_loaders(
     unlabelled_batch: int = 0,
     strong_policy: str = "fixmatch-ra",
     randaugment_m: int = 9,
+    strong_on: str = "workers",
 ):
     """Build ``(train_loader, test_loader, info)`` for ``dataset`` under ``root``; with ``holdout`` > 0,
     ``(train_loader, test_loader, info, holdout_loader)``: that many training images are held out of training
@@ -85,7 +86,8 @@ def make_loaders(
     (:func:`~wrn.data.semi_supervised.labelled_indices`), in epochs of ``epoch_steps`` batches. With
     ``unlabelled_batch`` > 0 one more loader comes last: the
     :class:`~wrn.data.semi_supervised.UnlabelledLoader` of every training image's weak and strong views
-    (``strong_policy``), ``unlabelled_batch`` images a batch, in an order of its own.
+    (``strong_policy``, made in the workers or on the device as ``strong_on`` says), ``unlabelled_batch``
+    images a batch, in an order of its own.
     """
     info = dataset_info(dataset)
     augment, normalization = _checked_choices(augment or info.augment, normalization or info.normalization)
@@ -130,7 +132,7 @@ def make_loaders(
 
         side = int(unlabelled.shape[-1])
         loaders.append(UnlabelledLoader(
-            unlabelled, unlabelled_batch, StrongView(strong_policy, side, randaugment_m), augment=augment,
+            unlabelled, unlabelled_batch, StrongView(strong_policy, side, randaugment_m, strong_on), augment=augment,
             normalize=normalize, seed=stream_seed(seed, "unlabelled"), pad=crop_pad(min(unlabelled.shape[-2:])),
             crop_padding=crop_padding, workers=workers, **common,
         ))  # fmt: skip

@@ -9,9 +9,10 @@ as FixMatch's code draws it, and the loader of the unlabelled images' weak and s
   unlabelled set holds the labelled images too). The weak view is the labelled images' augmentation, flip and
   crop gathered on the device; the strong view is another flip and crop of the same image, then the strong
   policy (:data:`~wrn.data.registry.STRONG_POLICIES`) image by image in the loader's worker processes, as
-  their ``AugmentPoolRAMC`` applies RA and Cutout after the weak augmentation. The pixels their code empties
-  (a rotation's corners, the Cutout box) are 0 after their normalisation: the workers send them as a mask,
-  set to 0 after ours.
+  their ``AugmentPoolRAMC`` applies RA and Cutout after the weak augmentation; or, for ``fixmatch-ra``, on
+  the training device a batch at a time (:mod:`wrn.data.fixmatch_batched`, equal image for image). The pixels
+  their code empties (a rotation's corners, the Cutout box) are 0 after their normalisation: they come as a
+  mask, set to 0 after ours.
 """
 
 from __future__ import annotations
@@ -61,20 +62,35 @@ class StrongView:
     """The strong augmentation of one uint8 image [C, H, W] -> ``(image, emptied)``, ``emptied`` a bool [H, W]
     of the pixels that are 0 after normalisation: ``fixmatch-ra`` (FixMatch's RA and Cutout,
     :class:`~wrn.data.fixmatch_augment.FixMatchRA`) or ``randaugment`` (torchvision's ``RandAugment(2, m)``,
-    then the same Cutout)."""
+    then the same Cutout). ``on``: where the loader makes the views, image by image in its ``workers``, or
+    on the device a batch at a time (:meth:`batch`, ``fixmatch-ra`` only:
+    :func:`~wrn.data.fixmatch_batched.apply_batched`, equal to the per-image code image for image)."""
 
-    def __init__(self, policy: str, side: int, randaugment_m: int = 9) -> None:
+    def __init__(self, policy: str, side: int, randaugment_m: int = 9, on: str = "workers") -> None:
         from wrn.data.fixmatch_augment import FixMatchRA
 
         if policy not in STRONG_POLICIES:
             raise ConfigError(f"unknown strong policy {policy!r}: choose one of {', '.join(STRONG_POLICIES)}")
-        self.policy, self.side = policy, side
+        if on not in ("device", "workers") or (on == "device" and policy != "fixmatch-ra"):
+            raise ConfigError(
+                f"the strong policy {policy} cannot run on {on!r}: fixmatch-ra runs on the device or in the "
+                "workers, the others in the workers"
+            )
+        self.policy, self.side, self.on = policy, side, on
         self.ra = FixMatchRA(side=side)
         self.torchvision = None
         if policy == "randaugment":
             from torchvision import transforms
 
             self.torchvision = transforms.RandAugment(num_ops=2, magnitude=randaugment_m)
+
+    def batch(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The strong views of uint8 images [B, C, H, W] on their device, the batch's draws from ``generator``
+        (:func:`~wrn.data.fixmatch_batched.draw_params`): ``(images, emptied [B, H, W])``."""
+        from wrn.data.fixmatch_batched import apply_batched, draw_params
+
+        b, _, h, w = images.shape
+        return apply_batched(images, draw_params(b, h, w, generator=generator), side=self.side)
 
     def __call__(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.torchvision is None:
@@ -91,8 +107,9 @@ class UnlabelledLoader(DeviceLoader):
     place, normalised on ``device``. An epoch is a permutation of the images (the last partial batch dropped).
     The weak view is ``augment`` (flip and crop) gathered on the device as :class:`DeviceLoader` does; the
     strong view has its own flip and crop (from a generator seeded per epoch) and ``strong`` (a
-    :class:`StrongView`) after it, in ``workers`` processes, each batch seeded from (seed, epoch, rank, batch)
-    so a batch is the same whatever the number of workers, and a resumed run sees the same batches."""
+    :class:`StrongView`) after it, in ``workers`` processes or on the device as ``strong.on`` says, each
+    batch seeded from (seed, epoch, rank, batch) so a batch is the same whatever the number of workers, and a
+    resumed run sees the same batches."""
 
     def __init__(self, x, batch_size: int, strong: StrongView, **kwargs) -> None:
         x = torch.from_numpy(x) if isinstance(x, np.ndarray) else torch.as_tensor(x)
@@ -106,22 +123,10 @@ class UnlabelledLoader(DeviceLoader):
         self._x_cpu = x.contiguous()
 
     def __iter__(self):
-        from torch.utils.data import DataLoader
-
         plan = self._epoch_plan()
-        strong_plan = {k: v.cpu() for k, v in self._strong_plan().items()}
-        batches = _StrongBatches(self, plan["index"].cpu(), strong_plan)
-        loader = DataLoader(
-            batches,
-            batch_size=None,
-            sampler=range(self.position, len(self)),
-            num_workers=self.workers,
-            pin_memory=self.device.type == "cuda",
-            generator=torch.Generator().manual_seed(self.seed),
-            worker_init_fn=die_with_parent,
-        )
+        views = self._device_views(plan) if self.strong.on == "device" else self._worker_views(plan)
         non_blocking = self.device.type == "cuda"
-        for b, (images, emptied) in zip(range(self.position, len(self)), loader, strict=True):
+        for b, (images, emptied) in zip(range(self.position, len(self)), views, strict=True):
             sel = slice(b * self.batch_size, (b + 1) * self.batch_size)
             weak = self._batch(plan, sel)
             strong = self._normalize_(images.to(self.device, non_blocking=non_blocking).to(self.dtype))
@@ -132,6 +137,40 @@ class UnlabelledLoader(DeviceLoader):
         self._epoch_start_state = self._next_state
         self.epoch += 1
         self.position = 0
+
+    def _worker_views(self, plan: dict):
+        """The rest of the epoch's strong views (uint8 images, emptied masks) from the worker processes."""
+        from torch.utils.data import DataLoader
+
+        strong_plan = {k: v.cpu() for k, v in self._strong_plan().items()}
+        batches = _StrongBatches(self, plan["index"].cpu(), strong_plan)
+        return iter(DataLoader(
+            batches,
+            batch_size=None,
+            sampler=range(self.position, len(self)),
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(self.seed),
+            worker_init_fn=die_with_parent,
+        ))  # fmt: skip
+
+    def _device_views(self, plan: dict):
+        """The rest of the epoch's strong views made on the device, a batch at a time: the images gathered
+        with their own flip and crop, then the batched strong policy, its draws seeded per (epoch, rank,
+        batch) as the workers' are."""
+        strong_plan = {k: v.to(self.device) for k, v in self._strong_plan().items()}
+        for b in range(self.position, len(self)):
+            sel = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            idx = plan["index"][sel]
+            if self.augment in ("crop", "flip-crop"):
+                flip = strong_plan["flip"][sel] if "flip" in strong_plan else None
+                images = self._crop_flip(idx, strong_plan["offset"][sel], flip)
+            else:
+                images = self.x[idx]
+            g = torch.Generator().manual_seed(
+                stream_seed(self.seed, "strong-policy", self.epoch, self.rank, b)
+            )
+            yield self.strong.batch(images, g)
 
     def _strong_plan(self) -> dict:
         """The strong views' own flips and crop offsets of this epoch, for this rank's positions."""

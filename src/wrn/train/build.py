@@ -190,6 +190,7 @@ def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo)
         unlabelled_batch=unlabelled_batch(cfg, dist_info),
         strong_policy=cfg.ssl.strong_policy,
         randaugment_m=data.randaugment_m,
+        strong_on=cfg.ssl.strong_on,
     )
     train_loader, test_loader, info = loaders[:3]
     if len(train_loader) == 0:

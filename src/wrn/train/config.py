@@ -567,6 +567,16 @@ class SSLSection(Section):
         "RandAugment(2, --randaugment-m) then the same Cutout",
         commands=("bench",),
     )
+    # wrn.data.fixmatch_batched: the whole batch as tensor ops on the training device, equal image for image
+    # to the per-image PIL code (tested), about 10x cheaper per image on a CPU (docs/semi-supervised.md)
+    strong_on: Literal["device", "workers"] = flagged(
+        "device",
+        "--strong-on",
+        "with --ssl fixmatch: where the strong views are made: on the training device, the batch at once as "
+        "tensor ops equal to their PIL code image for image (fixmatch-ra), or image by image with PIL in "
+        "--workers processes",
+        commands=("bench",),
+    )
 
 
 class TrainConfig(Section):

@@ -98,12 +98,18 @@ def _semi_supervised_problem(cfg) -> str | None:
             return f"{given[0]} sets the labelled split, which is off; add --labels N or leave {given[0]} out"
     if ssl.method == "none":
         given = [flag for flag, key in (("--mu", "mu"), ("--threshold", "threshold"), ("--lambda-u", "lambda_u"),
-                 ("--strong-policy", "strong_policy")) if getattr(ssl, key) != getattr(defaults, key)]  # fmt: skip
+                 ("--strong-policy", "strong_policy"), ("--strong-on", "strong_on"))
+                 if getattr(ssl, key) != getattr(defaults, key)]  # fmt: skip
         if given:
             return (
                 f"{given[0]} sets semi-supervised training, which is off; add --ssl fixmatch (with --labels N) or "
                 f"leave {given[0]} out"
             )
+    if ssl.method != "none" and ssl.strong_on == "device" and ssl.strong_policy != "fixmatch-ra":
+        return (
+            f"--strong-policy {ssl.strong_policy} runs image by image in worker processes, not on the device; add "
+            "--strong-on workers, or use --strong-policy fixmatch-ra"
+        )
     if ssl.labels is None:
         return None
     classes = dataset_info(data.name).num_classes
