@@ -89,10 +89,11 @@ def _split(cfg) -> str:
     if ssl.method == "none":
         return text + "; supervised on them alone (no --ssl)"
     where = f"{cfg.dataset.workers} worker processes" if cfg.dataset.workers else "the training process"
+    where = "a batch at a time on the device" if ssl.strong_on == "device" else where
     return (
         f"{text}; {ssl.method} on every training image as unlabelled: batch {ssl.mu * cfg.optim.batch_size} (mu "
         f"{ssl.mu}), threshold {ssl.threshold:g}, lambda-u {ssl.lambda_u:g}, strong views {ssl.strong_policy} + "
-        f"Cutout in {where}"
+        f"Cutout, {where}"
     )
 
 
