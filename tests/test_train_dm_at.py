@@ -1,0 +1,175 @@
+"""DM-Improves-AT's recipe (Wang et al., ICML 2023; wzekai99/DM-Improves-AT at b390f25, which keeps
+imrahulr/adversarial_robustness_pytorch's training code): each piece that wrn builds for the preset
+``cifar10-wrn-28-10-dm-at`` compared with their code, written out below from their files (docs/robustness.md,
+*Generated data*; docs/training.md, *DM-AT*)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import wrn
+from wrn.models.imports import _dm_our_key
+
+# ------------------------------------------------------------------------ their network, written out
+# core/models/wideresnetwithswish.py, lines 12-13 and 25-168 (the forward's CUDA branch is the same arithmetic)
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2471, 0.2435, 0.2616)
+
+
+class _Block(nn.Module):
+    def __init__(self, in_planes, out_planes, stride, activation_fn=nn.ReLU):
+        super().__init__()
+        self.batchnorm_0 = nn.BatchNorm2d(in_planes, momentum=0.01)
+        self.relu_0 = activation_fn(inplace=True)
+        self.conv_0 = nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=0, bias=False)
+        self.batchnorm_1 = nn.BatchNorm2d(out_planes, momentum=0.01)
+        self.relu_1 = activation_fn(inplace=True)
+        self.conv_1 = nn.Conv2d(out_planes, out_planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.has_shortcut = in_planes != out_planes
+        if self.has_shortcut:
+            self.shortcut = nn.Conv2d(
+                in_planes, out_planes, kernel_size=1, stride=stride, padding=0, bias=False
+            )
+        else:
+            self.shortcut = None
+        self._stride = stride
+
+    def forward(self, x):
+        if self.has_shortcut:
+            x = self.relu_0(self.batchnorm_0(x))
+        else:
+            out = self.relu_0(self.batchnorm_0(x))
+        v = x if self.has_shortcut else out
+        if self._stride == 1:
+            v = F.pad(v, (1, 1, 1, 1))
+        elif self._stride == 2:
+            v = F.pad(v, (0, 1, 0, 1))
+        else:
+            raise ValueError("Unsupported `stride`.")
+        out = self.conv_0(v)
+        out = self.relu_1(self.batchnorm_1(out))
+        out = self.conv_1(out)
+        out = torch.add(self.shortcut(x) if self.has_shortcut else x, out)
+        return out
+
+
+class _BlockGroup(nn.Module):
+    def __init__(self, num_blocks, in_planes, out_planes, stride, activation_fn=nn.ReLU):
+        super().__init__()
+        block = []
+        for i in range(num_blocks):
+            block.append(_Block(i == 0 and in_planes or out_planes, out_planes, i == 0 and stride or 1,
+                                activation_fn=activation_fn))  # fmt: skip
+        self.block = nn.Sequential(*block)
+
+    def forward(self, x):
+        return self.block(x)
+
+
+class TheirWideResNet(nn.Module):
+    def __init__(self, num_classes=10, depth=28, width=10, activation_fn=nn.SiLU, mean=CIFAR10_MEAN,
+                 std=CIFAR10_STD, padding=0, num_input_channels=3):  # fmt: skip
+        super().__init__()
+        self.mean = torch.tensor(mean).view(num_input_channels, 1, 1)
+        self.std = torch.tensor(std).view(num_input_channels, 1, 1)
+        self.padding = padding
+        num_channels = [16, 16 * width, 32 * width, 64 * width]
+        assert (depth - 4) % 6 == 0
+        num_blocks = (depth - 4) // 6
+        self.init_conv = nn.Conv2d(num_input_channels, num_channels[0], kernel_size=3, stride=1, padding=1,
+                                   bias=False)  # fmt: skip
+        self.layer = nn.Sequential(
+            _BlockGroup(num_blocks, num_channels[0], num_channels[1], 1, activation_fn=activation_fn),
+            _BlockGroup(num_blocks, num_channels[1], num_channels[2], 2, activation_fn=activation_fn),
+            _BlockGroup(num_blocks, num_channels[2], num_channels[3], 2, activation_fn=activation_fn),
+        )
+        self.batchnorm = nn.BatchNorm2d(num_channels[3], momentum=0.01)
+        self.relu = activation_fn(inplace=True)
+        self.logits = nn.Linear(num_channels[3], num_classes)
+        self.num_channels = num_channels[3]
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+                m.weight.data.normal_(0, math.sqrt(2.0 / n))
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.data.fill_(1)
+                m.bias.data.zero_()
+            elif isinstance(m, nn.Linear):
+                m.bias.data.zero_()
+
+    def forward(self, x):
+        if self.padding > 0:
+            x = F.pad(x, (self.padding,) * 4)
+        out = (x - self.mean) / self.std
+        out = self.init_conv(out)
+        out = self.layer(out)
+        out = self.relu(self.batchnorm(out))
+        out = F.avg_pool2d(out, 8)
+        out = out.view(-1, self.num_channels)
+        return self.logits(out)
+
+
+def theirs_as_ours(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {_dm_our_key(k): v for k, v in net.state_dict().items()}
+
+
+def _pair(depth=10, width=2, seed=0):
+    torch.manual_seed(seed)
+    theirs = TheirWideResNet(depth=depth, width=width)
+    torch.manual_seed(seed)
+    ours = wrn.create_model(f"wrn-{depth}-{width}-dm")
+    return theirs, ours
+
+
+def test_the_dm_network_is_theirs_from_its_initial_weights_to_its_bn_statistics():
+    """wrn-D-K-dm drawn from one seed has their weights (xternalz's initialisation, their draws in their order);
+    on pixels in [0, 1] it gives their logits in training and evaluation mode and their BN statistics after a
+    training pass (momentum 0.01)."""
+    theirs, ours = _pair()
+    mine = ours.state_dict()
+    for key, value in theirs_as_ours(theirs).items():
+        assert torch.equal(mine[key], value), key  # bit for bit
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
+    assert ours.config["act"] == "silu" and ours.config["bn_momentum"] == 0.01 and ours.config["same_padding"]
+    ours.load_state_dict(theirs_as_ours(theirs))  # (the same weights exactly, for what follows)
+    x = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    for mode in (True, False):
+        theirs.train(mode), ours.train(mode)
+        assert torch.allclose(ours(x), theirs(x), rtol=1e-5, atol=1e-5), mode
+    for key, value in theirs_as_ours(theirs).items():
+        if "running" in key:
+            assert torch.allclose(ours.state_dict()[key], value, rtol=1e-6, atol=1e-7), key
+
+
+@pytest.mark.parametrize(
+    "dataset,normalization,inside",
+    [
+        ("cifar10", "pixels", ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616))),
+        ("cifar100", "pixels", ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))),
+        ("svhn", "pixels", ((0.5,) * 3, (0.5,) * 3)),
+        ("cifar10", "cifar10", None),  # the pipeline normalises: not twice
+        ("digits", "pixels", None),  # one channel: their code has no constants for it
+    ],
+)
+def test_trained_on_pixels_the_dm_network_takes_their_constants_for_the_data_set(
+    dataset, normalization, inside
+):
+    """``wideresnetwithswish(name, dataset)`` (lines 191-197) picks the mean/std by data set; wrn train does the
+    same where the network is given pixels, and never normalises twice."""
+    from wrn.data.registry import dataset_info
+    from wrn.train.build import build_model
+    from wrn.train.compose import build_config
+
+    cfg = build_config(None, None, {"model.name": "wrn-10-1-dm", "dataset.name": dataset,
+                                    "dataset.normalization": normalization})  # fmt: skip
+    info = dataset_info(dataset)
+    model = build_model(cfg, info)
+    got = model.config.get("input_mean"), model.config.get("input_std")
+    want = (None, None) if inside is None else tuple(list(v) for v in inside)
+    assert got == want
