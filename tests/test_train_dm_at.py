@@ -173,3 +173,63 @@ def test_trained_on_pixels_the_dm_network_takes_their_constants_for_the_data_set
     got = model.config.get("input_mean"), model.config.get("input_std")
     want = (None, None) if inside is None else tuple(list(v) for v in inside)
     assert got == want
+
+
+# ------------------------------------------------------------------------------------------- cosinew
+
+
+def _their_cosinew(lr: float, epochs: int) -> list[tuple[float, float]]:
+    """core/utils/train.py lines 92-94 (init_scheduler) with watrain.py lines 70-71 (SGD momentum 0.9,
+    Nesterov) and 136-137 (one scheduler.step() after each epoch): the (lr, momentum) each epoch trains at."""
+    net = nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, weight_decay=5e-4, momentum=0.9, nesterov=True)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, pct_start=0.025, total_steps=int(epochs)
+    )
+    seen = []
+    for _ in range(epochs):
+        group = optimizer.param_groups[0]
+        seen.append((group["lr"], group["momentum"]))
+        optimizer.step()  # (torch wants an optimizer step before a scheduler step)
+        scheduler.step()
+    return seen
+
+
+@pytest.mark.parametrize("epochs", [400, 100, 7, 2, 1])
+def test_cosinew_gives_every_epoch_their_lr_and_momentum(epochs):
+    """``--schedule cosinew``: each step of an epoch runs at the rate and momentum their OneCycleLR gives the
+    epoch (to the last bit), whatever the run's --momentum."""
+    from wrn.train import recipe
+    from wrn.train.compose import build_config
+
+    cfg = build_config(None, None, {"schedule.name": "cosinew", "schedule.epochs": epochs, "optim.lr": 0.2})
+    schedule = recipe.Schedule(cfg.schedule, 0.2, steps_per_epoch=3)
+    optimizer = recipe.make_optimizer(nn.Linear(2, 2), cfg.optim)
+    ours = []
+    for epoch in range(1, epochs + 1):
+        for step in range(3):
+            lr = schedule.apply(optimizer, epoch, step)
+            assert lr == optimizer.param_groups[0]["lr"]
+            ours.append((lr, optimizer.param_groups[0]["momentum"]))
+    theirs = [pair for pair in _their_cosinew(0.2, epochs) for _ in range(3)]
+    assert ours == theirs
+    if epochs == 400:  # 0.2 / 25 at epoch 1, the peak at epoch 10, 0.2 / 25 / 1e4 at the last
+        assert (ours[0][0], ours[27][0], ours[-1][0]) == pytest.approx((0.008, 0.2, 8e-7))
+        assert (ours[0][1], ours[27][1], ours[-1][1]) == pytest.approx((0.95, 0.85, 0.95))
+
+
+def test_cosinew_at_40_epochs_takes_the_peak_where_torch_divides_by_zero():
+    from wrn.train import recipe
+
+    with pytest.raises(ZeroDivisionError):
+        _their_cosinew(0.2, 40)
+    assert recipe.cosinew(0.2, 1, 40) == (0.2, 0.85)
+    assert recipe.cosinew(0.2, 2, 40)[0] < 0.2
+
+
+def test_cosinew_refuses_a_warm_up_of_its_own():
+    from wrn.errors import ConfigError
+    from wrn.train.compose import build_config
+
+    with pytest.raises(ConfigError, match="cosinew schedule warms up by itself"):
+        build_config(None, None, {"schedule.name": "cosinew", "schedule.warmup_epochs": 1})

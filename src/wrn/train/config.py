@@ -288,11 +288,13 @@ MAX_EPOCHS = 100_000
 
 
 class ScheduleSection(Section):
-    name: Literal["multistep", "cosine", "fixmatch"] = flagged(
+    name: Literal["multistep", "cosine", "fixmatch", "cosinew"] = flagged(
         "multistep",
         "--schedule",
-        "the learning-rate schedule: the paper's multistep, cosine (per step, to 0), or FixMatch's lr x cos(7 pi "
-        "k / 16 K) at step k of K",
+        "the learning-rate schedule: the paper's multistep, cosine (per step, to 0), FixMatch's lr x cos(7 pi "
+        "k / 16 K) at step k of K, or DM-Improves-AT's cosinew (torch's OneCycleLR stepped once an epoch: a "
+        "cosine from lr/25 up to lr over 2.5% of the epochs, then down to lr/25e4, the SGD momentum cycled "
+        "from 0.95 to 0.85 and back)",
     )
     epochs: int = flagged(
         200,
@@ -335,6 +337,10 @@ class ScheduleSection(Section):
 
     @model_validator(mode="after")
     def _warmup_inside_the_run(self) -> ScheduleSection:
+        if self.name == "cosinew" and self.warmup_epochs:
+            raise ValueError(
+                "the cosinew schedule warms up by itself (2.5% of the epochs); leave --warmup-epochs out"
+            )
         if self.warmup_epochs >= self.epochs:
             raise ValueError(
                 f"--warmup-epochs {self.warmup_epochs:g} must be shorter than the run (--epochs {self.epochs}); "

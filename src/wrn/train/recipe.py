@@ -7,6 +7,8 @@ gamma 0.2 and milestones 60, 120, 160, epochs 1-59 run at 0.1, 60-119 at 0.02, 1
 from zero again; :class:`Schedule` does the same by clearing the optimizer state (``reset_momentum``).
 The cosine option anneals per step from ``lr`` to 0 over the whole run. FixMatch's (``fixmatch``, their
 ``fixmatch.py``) runs step ``k`` of ``K`` at ``lr * cos(7 pi k / (16 K))``: from ``lr`` down to 0.2 x ``lr``.
+DM-Improves-AT's ``cosinew`` (:func:`cosinew`) is torch's ``OneCycleLR`` stepped once an epoch: it sets the
+SGD momentum of every epoch too, which it cycles from 0.95 to 0.85 and back whatever ``optim.momentum`` says.
 
 Linear warm-up (``schedule.warmup_epochs``, off by default) runs per step over ``W = round(warmup_epochs *
 steps_per_epoch)`` steps: step ``t`` of the run (counted from 0 over all epochs) with ``t < W`` runs at
@@ -57,6 +59,8 @@ def lr_at(
     """Learning rate of step ``step`` (0-indexed) of 1-indexed ``epoch`` (the formulas: the module's doc)."""
     if epoch < 1:
         raise ValueError("epochs are counted from 1")
+    if schedule.name == "cosinew":  # one rate an epoch
+        return cosinew(base_lr, epoch, schedule.epochs)[0]
     done = (epoch - 1) * steps_per_epoch + step
     warmup = warmup_steps(schedule, steps_per_epoch)
     if done < warmup:
@@ -73,6 +77,40 @@ def lr_at(
 def warmup_steps(schedule: ScheduleSection, steps_per_epoch: int) -> int:
     """The warm-up's length in steps: ``warmup_epochs`` rounded to steps (0: none)."""
     return round(schedule.warmup_epochs * steps_per_epoch)
+
+
+# DM-Improves-AT's cosinew (core/utils/train.py lines 92-94): OneCycleLR(optimizer, max_lr=lr, pct_start=0.025,
+# total_steps=epochs) with torch's other defaults (cosine annealing, div_factor 25, final_div_factor 1e4,
+# cycle_momentum with base_momentum 0.85 and max_momentum 0.95), stepped after each epoch (watrain.py 136-137).
+COSINEW_PCT_START = 0.025
+COSINEW = {"div_factor": 25.0, "final_div_factor": 1e4, "base_momentum": 0.85, "max_momentum": 0.95}
+
+
+def cosinew(base_lr: float, epoch: int, epochs: int) -> tuple[float, float]:
+    """(lr, momentum) of 1-indexed ``epoch`` of ``epochs`` under cosinew: torch's ``OneCycleLR.get_lr`` at step
+    ``epoch - 1`` of ``total_steps = epochs``, term for term: a cosine from ``lr / 25`` (momentum 0.95) up to
+    ``lr`` (0.85) at step ``0.025 epochs - 1``, then down to ``lr / 25 / 1e4`` (0.95) at the last. Where the
+    first phase has no length (40 epochs; torch divides by zero there) the step takes the peak."""
+    initial = base_lr / COSINEW["div_factor"]
+    lowest = initial / COSINEW["final_div_factor"]
+    low_m, high_m = COSINEW["base_momentum"], COSINEW["max_momentum"]
+    phases = (
+        (float(COSINEW_PCT_START * epochs) - 1, initial, base_lr, high_m, low_m),
+        (epochs - 1, base_lr, lowest, low_m, high_m),
+    )
+    step, start = epoch - 1, 0.0
+    for i, (end, lr_from, lr_to, m_from, m_to) in enumerate(phases):
+        if step <= end or i == len(phases) - 1:
+            pct = (step - start) / (end - start) if end != start else 1.0
+            return _cos_anneal(lr_from, lr_to, pct), _cos_anneal(m_from, m_to, pct)
+        start = end
+    raise AssertionError("unreachable")
+
+
+def _cos_anneal(start: float, end: float, pct: float) -> float:
+    """torch's ``OneCycleLR._annealing_cos``."""
+    cos_out = math.cos(math.pi * pct) + 1
+    return end + (start - end) / 2.0 * cos_out
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -110,6 +148,9 @@ class Schedule:
             reset_momentum(optimizer)
         lr = self.lr(epoch, step)
         set_lr(optimizer, lr)
+        if self.schedule.name == "cosinew":  # OneCycleLR's cycle_momentum
+            for group in optimizer.param_groups:
+                group["momentum"] = cosinew(self.base_lr, epoch, self.schedule.epochs)[1]
         return lr
 
 
@@ -126,6 +167,12 @@ def describe(schedule: ScheduleSection, base_lr: float) -> str:
         return f"lr {base_lr:g}{warm}, cosine to 0 over {epochs_text(schedule.epochs)}"
     if schedule.name == "fixmatch":
         return f"lr {base_lr:g}{warm} x cos(7 pi k / 16 K) per step over {epochs_text(schedule.epochs)}"
+    if schedule.name == "cosinew":
+        return (
+            f"lr {base_lr / COSINEW['div_factor']:g} up to {base_lr:g} and down to "
+            f"{cosinew(base_lr, schedule.epochs, schedule.epochs)[0]:.2g} per epoch over "
+            f"{epochs_text(schedule.epochs)} (cosinew; momentum 0.95-0.85)"
+        )
     if not schedule.milestones:
         return f"lr {base_lr:g}{warm} throughout"
     at = ", ".join(str(m) for m in schedule.milestones)
