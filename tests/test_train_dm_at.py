@@ -233,3 +233,117 @@ def test_cosinew_refuses_a_warm_up_of_its_own():
 
     with pytest.raises(ConfigError, match="cosinew schedule warms up by itself"):
         build_config(None, None, {"schedule.name": "cosinew", "schedule.warmup_epochs": 1})
+
+
+# --------------------------------------------------------------------------------- their TRADES step
+
+
+class SmoothCrossEntropyLoss(nn.Module):
+    """core/utils/utils.py lines 10-30."""
+
+    def __init__(self, smoothing=0.0, reduction="mean"):
+        super().__init__()
+        self.smoothing = smoothing
+        self.confidence = 1.0 - smoothing
+        self.reduction = reduction
+
+    def forward(self, x, target):
+        logprobs = torch.nn.functional.log_softmax(x, dim=-1)
+        nll_loss = -logprobs.gather(dim=-1, index=target.unsqueeze(1))
+        nll_loss = nll_loss.squeeze(1)
+        smooth_loss = -logprobs.mean(dim=-1)
+        loss = self.confidence * nll_loss + self.smoothing * smooth_loss
+        return loss.mean() if self.reduction == "mean" else loss.sum()
+
+
+def track_bn_stats(model, track_stats=True):
+    """core/utils/utils.py lines 33-39."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.track_running_stats = track_stats
+
+
+def their_trades_loss(model, x_natural, y, optimizer, step_size, epsilon, perturb_steps, beta, label_smoothing,
+                      generator):  # fmt: skip
+    """gowal21uncovering/utils/trades.py lines 36-126, the linf-pgd branch without CutMix or consistency; their
+    start ``torch.FloatTensor(x.shape).uniform_(-eps, eps)`` drawn from ``generator``."""
+    criterion_ce = SmoothCrossEntropyLoss(reduction="mean", smoothing=label_smoothing)
+    criterion_kl = nn.KLDivLoss(reduction="batchmean")
+    model.train()
+    track_bn_stats(model, False)
+    x_adv = x_natural.detach() + torch.empty_like(x_natural).uniform_(-epsilon, epsilon, generator=generator)
+    x_adv = torch.clamp(x_adv, 0.0, 1.0)
+    p_natural = F.softmax(model(x_natural), dim=1)
+    p_natural = p_natural.detach()
+    for _ in range(perturb_steps):
+        x_adv.requires_grad_()
+        with torch.enable_grad():
+            loss_kl = criterion_kl(F.log_softmax(model(x_adv), dim=1), p_natural)
+        grad = torch.autograd.grad(loss_kl, [x_adv])[0]
+        x_adv = x_adv.detach() + step_size * torch.sign(grad.detach())
+        x_adv = torch.min(torch.max(x_adv, x_natural - epsilon), x_natural + epsilon)
+        x_adv = torch.clamp(x_adv, 0.0, 1.0)
+    model.train()
+    track_bn_stats(model, True)
+    x_adv = torch.clamp(x_adv, 0.0, 1.0).detach()
+    optimizer.zero_grad()
+    logits_natural = model(x_natural)
+    logits_adv = model(x_adv)
+    loss_natural = criterion_ce(logits_natural, y)
+    loss_robust = criterion_kl(F.log_softmax(logits_adv, dim=1), F.softmax(logits_natural, dim=1))
+    return loss_natural + beta * loss_robust
+
+
+def _dm_cfg(**more):
+    from wrn.train.compose import build_config
+    from wrn.train.resolve import resolve
+
+    overrides = {"model.name": "wrn-10-1-dm", "dataset.normalization": "pixels", "adv.method": "trades-gowal",
+                 "adv.steps": 3, "adv.trades_beta": 5.0, "optim.label_smoothing": 0.1, "optim.lr": 0.2,
+                 "optim.batch_size": 8, "run.device": "cpu", "run.channels_last": False, "run.seed": 3, **more}  # fmt: skip
+    return resolve(build_config(None, None, overrides), cuda_available=False)
+
+
+def _batches(n=2, size=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (torch.rand(size, 3, 32, 32, generator=g), torch.randint(10, (size,), generator=g)) for _ in range(n)
+    ]
+
+
+def test_the_trades_gowal_step_is_their_trades_loss():
+    """``--adv trades-gowal``: two steps of ours and two of their trades_loss (then their backward and SGD step,
+    watrain.py lines 124-127) from the same weights and random starts give the same weights and BN running
+    statistics; the attack's passes leave BN's statistics and batch count as they are."""
+    import copy
+
+    from wrn.seeds import stream_seed
+    from wrn.train.build import build_trainables
+    from wrn.train.recipe import make_optimizer
+
+    cfg = _dm_cfg()
+    assert (cfg.adv.eps, cfg.adv.steps, cfg.adv.step_size) == (8 / 255, 3, 2 / 255)  # parser.py's, but steps
+    torch.manual_seed(0)
+    model = wrn.create_model("wrn-10-1-dm")
+    theirs = copy.deepcopy(model)
+    step = build_trainables(cfg, model, torch.device("cpu")).step
+    optimizer = make_optimizer(theirs, cfg.optim)
+    generator = torch.Generator().manual_seed(stream_seed(cfg.run.seed, "adversary", 0))
+    for x, y in _batches():
+        model.train()
+        step(x, y)  # (pixels: the normalisation is inside the network)
+        loss = their_trades_loss(theirs, x, y, optimizer, 2 / 255, 8 / 255, 3, 5.0, 0.1, generator)
+        loss.backward()
+        optimizer.step()
+    a, b = model.state_dict(), theirs.state_dict()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), rtol=1e-4, atol=2e-6), key
+    assert int(a["bn.num_batches_tracked"]) == 4  # two training passes a step, none of the attack's
+
+
+def test_trades_gowal_keeps_its_beta_and_refuses_awp():
+    from wrn.errors import ConfigError
+
+    assert _dm_cfg().adv.trades_beta == 5.0
+    with pytest.raises(ConfigError, match="none of them trains --adv trades-gowal"):
+        _dm_cfg(**{"adv.awp": 0.005})

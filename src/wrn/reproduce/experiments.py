@@ -592,7 +592,7 @@ def adversarial_passes(cfg) -> float:
     from wrn.train.objectives import ADVERSARIES
 
     steps = cfg.adv.steps or ADVERSARIES[cfg.adv.method].steps
-    passes = steps + (2 if cfg.adv.method == "trades" else 1)
+    passes = steps + (2 if cfg.adv.method.startswith("trades") else 1)
     return float(passes + (1 if cfg.adv.awp else 0))
 
 

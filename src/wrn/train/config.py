@@ -460,7 +460,7 @@ class AdvSection(Section):
     trades_beta: float = flagged(
         6.0,
         "--trades-beta",
-        "TRADES: the weight beta of the KL term (their 6.0)",
+        "TRADES (trades, trades-gowal): the weight beta of the KL term (their 6.0)",
         ge=0.0,
         le=1e6,
         commands=("bench",),
@@ -471,7 +471,7 @@ class AdvSection(Section):
         "--awp",
         "adversarial weight perturbation (AWP, Wu et al. 2020): gamma, the size of each weight's perturbation "
         "relative to its norm; 0: off ("
-        + ", ".join(f"their {a.awp_gamma:g} with --adv {k}" for k, a in ADVERSARIES.items())
+        + ", ".join(f"their {a.awp_gamma:g} with --adv {k}" for k, a in ADVERSARIES.items() if a.awp_gamma)
         + ")",
         ge=0.0,
         le=1.0,
@@ -481,7 +481,7 @@ class AdvSection(Section):
         None,
         "--awp-warmup",
         "AWP: the epochs trained without it before it turns on (unset: their script's, "
-        + ", ".join(f"{a.awp_warmup} with --adv {k}" for k, a in ADVERSARIES.items())
+        + ", ".join(f"{a.awp_warmup} with --adv {k}" for k, a in ADVERSARIES.items() if a.awp_gamma)
         + ")",
         ge=0,
         le=100_000,

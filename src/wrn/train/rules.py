@@ -61,7 +61,7 @@ def _adversarial_problem(cfg) -> str | None:
                 "training, which is off; add --adv pgd or --adv trades, or leave it out"
             )
         return None
-    if adv.method != "trades" and adv.trades_beta != type(adv)().trades_beta:
+    if not adv.method.startswith("trades") and adv.trades_beta != type(adv)().trades_beta:
         return f"--trades-beta weights TRADES' KL term, but --adv is {adv.method}; add --adv trades or leave it out"
     problem = _awp_problem(cfg)
     if problem:
@@ -141,6 +141,13 @@ def _awp_problem(cfg) -> str | None:
         if adv.awp_warmup is not None:
             return "--awp-warmup delays AWP, which is off; add --awp GAMMA (e.g. 0.005) or leave it out"
         return None
+    from wrn.train.objectives import ADVERSARIES
+
+    if ADVERSARIES[adv.method].awp_gamma is None:
+        return (
+            f"--awp perturbs the weights as csdongxian/AWP's scripts do, and none of them trains --adv "
+            f"{adv.method}; use --adv pgd or --adv trades with --awp, or leave it out"
+        )
     if optim.sam_rho:
         return (
             "--awp and --sam both perturb the weights the gradient is taken at, and no method's code combines "
