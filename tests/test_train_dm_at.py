@@ -347,3 +347,106 @@ def test_trades_gowal_keeps_its_beta_and_refuses_awp():
     assert _dm_cfg().adv.trades_beta == 5.0
     with pytest.raises(ConfigError, match="none of them trains --adv trades-gowal"):
         _dm_cfg(**{"adv.awp": 0.005})
+
+
+# ------------------------------------------------------------------ their weight average and BN momentum
+
+
+def ema_update(wa_model, model, global_step, decay_rate=0.995, warmup_steps=0, dynamic_decay=True):
+    """gowal21uncovering/utils/watrain.py lines 244-258."""
+    factor = int(global_step >= warmup_steps)
+    if dynamic_decay:
+        delta = global_step - warmup_steps
+        decay = min(decay_rate, (1.0 + delta) / (10.0 + delta)) if 10.0 + delta != 0 else decay_rate
+    else:
+        decay = decay_rate
+    decay *= factor
+    for p_swa, p_model in zip(wa_model.parameters(), model.parameters(), strict=True):
+        p_swa.data *= decay
+        p_swa.data += p_model.data * (1 - decay)
+
+
+def test_the_gowal_warm_up_is_their_ema_update():
+    """``--ema 0.995 --ema-warmup --ema-warmup-rule gowal --ema-buffers copy``: after each step g (from 1, as
+    their train() counts it, lines 86-92 and 131-133) the average is their wa_model: a copy of the weights while
+    g < W, then min(0.995, (1 + d) / (10 + d)); the BN statistics are the model's (their update_bn)."""
+    import copy
+
+    from wrn.train.ema import WeightEMA
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 3))
+    ema = WeightEMA(model, 0.995, warmup=True, buffers="copy", rule="gowal")
+    ema.start = 0.025 * 10 * 50  # their warmup_steps = 0.025 x epochs x update_steps: 12.5
+    wa_model = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(1)
+    for step in range(1, 41):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=g))
+            model[1].running_mean.add_(1.0)
+        ema.update()
+        ema_update(wa_model, model, step, decay_rate=0.995, warmup_steps=ema.start)
+        for a, b in zip(ema.module.parameters(), wa_model.parameters(), strict=True):
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), step
+        if step < 12.5:
+            assert all(
+                torch.equal(a, b) for a, b in zip(ema.module.parameters(), model.parameters(), strict=True)
+            )
+        assert torch.equal(ema.module[1].running_mean, model[1].running_mean)
+
+
+def test_the_average_waits_for_the_lr_warm_up_as_theirs():
+    """Their W = 0.025 x epochs x update_steps (watrain.py lines 50-51): 980 steps at 400 epochs of 98."""
+    from wrn.train import recipe
+    from wrn.train.compose import build_config
+
+    cfg = build_config(None, None, {"schedule.name": "cosinew", "schedule.epochs": 400})
+    assert recipe.Schedule(cfg.schedule, 0.2, 98).warmup_length() == 0.025 * 400 * 98 == 980
+    cfg = build_config(None, None, {"schedule.warmup_epochs": 2, "schedule.epochs": 10})
+    assert recipe.Schedule(cfg.schedule, 0.1, 7).warmup_length() == 14
+
+
+def test_the_rule_needs_the_warm_up():
+    from wrn.errors import ConfigError
+    from wrn.train.compose import build_config
+
+    with pytest.raises(ConfigError, match="--ema-warmup-rule gowal is the rule of a warm-up"):
+        build_config(None, None, {"optim.ema_decay": 0.995, "optim.ema_warmup_rule": "gowal"})
+
+
+def set_bn_momentum(model, momentum=1):
+    """core/utils/utils.py lines 42-48."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = momentum
+
+
+def test_the_first_step_at_bn_momentum_one_is_theirs():
+    """``--bn-momentum-first 1.0``: the loop's first step runs every BN at momentum 1 and the next ones at the
+    network's 0.01, as their train() sets it at global steps 0 and 1 (watrain.py lines 86-91)."""
+    import copy
+
+    from wrn.seeds import stream_seed
+    from wrn.train.build import build_trainables
+    from wrn.train.epoch import bn_momentum
+    from wrn.train.recipe import make_optimizer
+
+    cfg = _dm_cfg(**{"model.bn_momentum_first": 1.0})
+    torch.manual_seed(0)
+    model = wrn.create_model("wrn-10-1-dm")
+    theirs = copy.deepcopy(model)
+    step = build_trainables(cfg, model, torch.device("cpu")).step
+    optimizer = make_optimizer(theirs, cfg.optim)
+    generator = torch.Generator().manual_seed(stream_seed(cfg.run.seed, "adversary", 0))
+    for global_step, (x, y) in enumerate(_batches(3)):
+        model.train()
+        with bn_momentum(model, cfg.model.bn_momentum_first if global_step == 0 else None):
+            step(x, y)
+        set_bn_momentum(theirs, 1.0 if global_step == 0 else 0.01)
+        their_trades_loss(theirs, x, y, optimizer, 2 / 255, 8 / 255, 3, 5.0, 0.1, generator).backward()
+        optimizer.step()
+        assert all(m.momentum == 0.01 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    a, b = model.state_dict(), theirs.state_dict()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), rtol=1e-4, atol=2e-6), key

@@ -143,7 +143,13 @@ def _step_recipes(ctx: Context, model: torch.nn.Module):
     data, optim = ctx.cfg.dataset, ctx.cfg.optim
     cutout = Cutout(data.cutout, ctx.device, ctx.seed("cutout"), per=data.cutout_per) if data.cutout else None
     ema = (
-        WeightEMA(model, optim.ema_decay, warmup=optim.ema_warmup, buffers=optim.ema_buffers)
+        WeightEMA(
+            model,
+            optim.ema_decay,
+            warmup=optim.ema_warmup,
+            buffers=optim.ema_buffers,
+            rule=optim.ema_warmup_rule,
+        )
         if optim.ema_decay
         else None
     )

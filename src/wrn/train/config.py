@@ -42,6 +42,17 @@ class ModelSection(Section):
     # None: the paper's ReLU and BN momentum 0.1. leaky_relu has slope 0.1 (FixMatch); FixMatch's BN: 0.001.
     act: Literal["relu", "leaky_relu", "silu"] | None = None
     bn_momentum: float | None = Field(default=None, gt=0.0, le=1.0)
+    # DM-Improves-AT's watrain.py (lines 87-91) runs the first step at BN momentum 1 ("make BN running mean and
+    # variance init same as Haiku"), then at 0.01, its network's
+    bn_momentum_first: float | None = flagged(
+        None,
+        "--bn-momentum-first",
+        "the BN momentum of the run's first training step, then the network's own (1.0: BN's running statistics "
+        "start as that step's batch statistics, as Haiku's moving averages and DM-Improves-AT's code start; "
+        "default: the network's throughout)",
+        gt=0.0,
+        le=1.0,
+    )
     # The weights' initialisation, wrn.models.cifar.INITS (tests keep the two lists equal). None: the network's
     # own (the paper's WRNs: the authors'; wrn-D-K-sam and wrn-D-K-aa: AutoAugment's, as their codes)
     init: Literal["paper", "pytorch", "autoaugment", "xternalz", "fixmatch"] | None = flagged(
@@ -228,6 +239,15 @@ class OptimSection(Section):
         "--ema-warmup",
         "warm the EMA's decay up as timm's ModelEmaV3: min(decay, 1 - (1 + k)^(-2/3))",
         commands=("bench",),
+    )
+    # DM-Improves-AT's ema_update (gowal21uncovering/utils/watrain.py lines 244-258), called after step g (from 1):
+    # decay 0 (a copy) while g < W, the lr warm-up's steps, then min(decay, (1 + g - W) / (10 + g - W))
+    ema_warmup_rule: Literal["timm", "gowal"] = flagged(
+        "timm",
+        "--ema-warmup-rule",
+        "with --ema-warmup: timm's ModelEmaV3 warm-up, or DM-Improves-AT's (Gowal et al.'s ema_update): the "
+        "average copies the weights until the lr warm-up ends (cosinew's 2.5% of the epochs, or "
+        "--warmup-epochs), then averages with min(decay, (1 + d) / (10 + d)) d steps after it",
     )
     # FixMatch's tf.train.ExponentialMovingAverage averages the trainable variables only: the average is
     # evaluated with the model's BN statistics as they are ("copy")

@@ -143,6 +143,13 @@ class Schedule:
     def lr(self, epoch: int, step: int = 0) -> float:
         return lr_at(self.schedule, self.base_lr, epoch, step, self.steps_per_epoch)
 
+    def warmup_length(self) -> float:
+        """The lr warm-up's length in steps: cosinew's first phase as DM-Improves-AT counts it (``0.025 x epochs
+        x steps per epoch``, watrain.py line 51, a float), else ``--warmup-epochs`` in steps (0: none)."""
+        if self.schedule.name == "cosinew":
+            return COSINEW_PCT_START * self.schedule.epochs * self.steps_per_epoch
+        return float(warmup_steps(self.schedule, self.steps_per_epoch))
+
     def apply(self, optimizer: torch.optim.Optimizer, epoch: int, step: int) -> float:
         if step == 0 and self.schedule.reset_momentum and is_drop_epoch(self.schedule, epoch):
             reset_momentum(optimizer)
@@ -192,9 +199,10 @@ def describe_optim(optim: OptimSection) -> str:
     if not optim.decay_norm_and_bias:
         parts.append("no weight decay on BN and biases")
     if optim.ema_decay:
+        rule = " (after the lr warm-up, (1 + d) / (10 + d))" if optim.ema_warmup_rule == "gowal" else ""
         parts.append(
             f"EMA {optim.ema_decay:g}"
-            + (" with warm-up" if optim.ema_warmup else "")
+            + (f" with warm-up{rule}" if optim.ema_warmup else "")
             + (" (BN statistics copied)" if optim.ema_buffers == "copy" else "")
         )
     return "".join(f", {p}" for p in parts)

@@ -15,6 +15,11 @@ def consistency_problem(cfg) -> str | None:
         )
     if optim.ema_warmup and not optim.ema_decay:
         return "--ema-warmup warms up an average of the weights, which is off; add --ema DECAY (e.g. 0.999)"
+    if optim.ema_warmup_rule != "timm" and not optim.ema_warmup:
+        return (
+            f"--ema-warmup-rule {optim.ema_warmup_rule} is the rule of a warm-up of the average of the weights, "
+            "which is off; add --ema-warmup (and --ema DECAY) or leave --ema-warmup-rule out"
+        )
     if optim.ema_buffers != "average" and not optim.ema_decay:
         return (
             f"--ema-buffers {optim.ema_buffers} sets what an average of the weights does with the BN statistics, "
