@@ -450,3 +450,38 @@ def test_the_first_step_at_bn_momentum_one_is_theirs():
     a, b = model.state_dict(), theirs.state_dict()
     for key in a:
         assert torch.allclose(a[key].float(), b[key].float(), rtol=1e-4, atol=2e-6), key
+
+
+def group_weight(model):
+    """gowal21uncovering/utils/watrain.py lines 58-68."""
+    group_decay = []
+    group_no_decay = []
+    for n, p in model.named_parameters():
+        if "batchnorm" in n:
+            group_no_decay.append(p)
+        else:
+            group_decay.append(p)
+    assert len(list(model.parameters())) == len(group_decay) + len(group_no_decay)
+    return [dict(params=group_decay), dict(params=group_no_decay, weight_decay=0.0)]
+
+
+def test_decay_bias_exempts_bn_only_as_their_group_weight():
+    """``--no-decay-norm-and-bias --decay-bias``: their two groups, in their order, the classifier's bias
+    decayed (without --decay-bias it is not)."""
+    from wrn.train.recipe import make_optimizer
+
+    torch.manual_seed(0)
+    theirs = TheirWideResNet(depth=10, width=1)
+    ours = wrn.create_model("wrn-10-1-dm")
+    ours.load_state_dict(theirs_as_ours(theirs))
+    by_value = {id(p): k for k, p in ours.named_parameters()}
+    optimizer = make_optimizer(
+        ours, _dm_cfg(**{"optim.decay_norm_and_bias": False, "optim.decay_bias": True}).optim
+    )
+    names = [[by_value[id(p)] for p in g["params"]] for g in optimizer.param_groups]
+    theirs_named = {id(p): _dm_our_key(k) for k, p in theirs.named_parameters()}
+    want = [[theirs_named[id(p)] for p in g["params"]] for g in group_weight(theirs)]
+    assert names == want and "fc.bias" in names[0]
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [5e-4, 0.0]
+    plain = make_optimizer(ours, _dm_cfg(**{"optim.decay_norm_and_bias": False}).optim)
+    assert "fc.bias" in [by_value[id(p)] for p in plain.param_groups[1]["params"]]

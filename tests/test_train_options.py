@@ -75,6 +75,7 @@ COMPANIONS = {
     ("run.eval_models", "model"): {"optim.ema_decay": "0.99"},
     ("optim.ema_warmup", True): {"optim.ema_decay": "0.99"},
     ("optim.ema_warmup_rule", "gowal"): {"optim.ema_decay": "0.99", "optim.ema_warmup": "true"},
+    ("optim.decay_bias", True): {"optim.decay_norm_and_bias": "false"},
     ("objective.focal.gamma", 1.5): {"objective.name": "focal"},
     ("adv.eps", 8 / 255): {"adv.method": "pgd"},
     ("adv.steps", 7): {"adv.method": "pgd"},
@@ -261,7 +262,7 @@ def test_the_lists_of_the_command_line_are_the_markers():
     }  # fmt: skip
     assert set(command_keys("bench")) == {
         "optim.label_smoothing", "optim.ema_decay", "optim.ema_warmup", "optim.sam_rho", "optim.grad_clip",
-        "optim.decay_norm_and_bias", "optim.replica_batch", "adv.method", "adv.eps", "adv.steps",
+        "optim.decay_norm_and_bias", "optim.decay_bias", "optim.replica_batch", "adv.method", "adv.eps", "adv.steps",
         "adv.step_size", "adv.trades_beta", "adv.awp", "optim.ema_buffers", "ssl.method", "ssl.mu",
         "ssl.threshold", "ssl.lambda_u", "ssl.strong_policy",
     }  # fmt: skip

@@ -295,11 +295,26 @@ class OptimSection(Section):
         commands=("bench",),
     )
 
+    # DM-Improves-AT's group_weight (gowal21uncovering/utils/watrain.py lines 58-68) exempts the parameters named
+    # 'batchnorm' only: the classifier's bias decays
+    decay_bias: bool = flagged(
+        False,
+        "--decay-bias",
+        "with --no-decay-norm-and-bias, keep the weight decay on the biases: only the normalisation layers' "
+        "parameters go without (DM-Improves-AT's group_weight; default off: biases go without too)",
+        commands=("bench",),
+    )
+
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> OptimSection:
         if self.nesterov and self.momentum == 0:
             raise ValueError(
                 "--nesterov needs momentum above 0; add --no-nesterov, or give a --momentum above 0"
+            )
+        if self.decay_bias and self.decay_norm_and_bias:
+            raise ValueError(
+                "--decay-bias keeps the biases' weight decay when --no-decay-norm-and-bias takes it away, and "
+                "every parameter decays already; add --no-decay-norm-and-bias or leave --decay-bias out"
             )
         return self
 

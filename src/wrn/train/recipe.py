@@ -17,8 +17,9 @@ steps_per_epoch)`` steps: step ``t`` of the run (counted from 0 over all epochs)
 rate (the milestones stay where they are). With ``W = 0`` both are the formulas above.
 
 With ``optim.decay_norm_and_bias`` off the optimizer has two parameter groups: the weights of two or more
-dimensions with ``weight_decay``, the 1-d ones (BN's scale and shift, biases) with none; on (the paper's), it
-keeps one group over every parameter.
+dimensions with ``weight_decay``, the 1-d ones (BN's scale and shift, biases) with none; with
+``optim.decay_bias`` too, the biases stay in the first group and only the normalisation layers' parameters go
+without (DM-Improves-AT's ``group_weight``); on (the paper's), it keeps one group over every parameter.
 """
 
 from __future__ import annotations
@@ -29,16 +30,24 @@ import torch
 
 from wrn.train.config import OptimSection, ScheduleSection
 
+_NORMS = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
+
 
 def parameter_groups(model: torch.nn.Module, optim: OptimSection):
     """``model.parameters()`` (one group), or with ``decay_norm_and_bias`` off two groups: weights of two or
-    more dimensions, then the 1-d parameters with ``weight_decay`` 0."""
+    more dimensions, then the 1-d parameters with ``weight_decay`` 0; with ``decay_bias`` the second group holds
+    the normalisation layers' parameters only (each group in the order of ``model.parameters()``)."""
     if optim.decay_norm_and_bias:
         return model.parameters()
     params = list(model.parameters())
+    if optim.decay_bias:
+        norm = {id(p) for m in model.modules() if isinstance(m, _NORMS) for p in m.parameters(recurse=False)}
+        exempt = [id(p) in norm for p in params]
+    else:
+        exempt = [p.ndim <= 1 for p in params]
     return [
-        {"params": [p for p in params if p.ndim > 1]},
-        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        {"params": [p for p, e in zip(params, exempt, strict=True) if not e]},
+        {"params": [p for p, e in zip(params, exempt, strict=True) if e], "weight_decay": 0.0},
     ]
 
 
@@ -197,7 +206,7 @@ def describe_optim(optim: OptimSection) -> str:
     if optim.grad_clip:
         parts.append(f"grad norm clipped to {optim.grad_clip:g}")
     if not optim.decay_norm_and_bias:
-        parts.append("no weight decay on BN and biases")
+        parts.append("no weight decay on BN" + ("" if optim.decay_bias else " and biases"))
     if optim.ema_decay:
         rule = " (after the lr warm-up, (1 + d) / (10 + d))" if optim.ema_warmup_rule == "gowal" else ""
         parts.append(
