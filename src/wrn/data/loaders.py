@@ -98,6 +98,8 @@ def make_loaders(
     )
 
     arrays = _in_memory(info, root, split_train, split_test, image_size, download, verify)
+    if generated is not None and holdout and arrays is not None:  # an epoch counts the held-out images too
+        generated = dataclasses.replace(generated, epoch_real=len(arrays[1]))
     arrays, held = _hold_out(arrays, holdout, dataset, root)
     arrays, unlabelled = _labelled(arrays, labels, fold, dataset, root, unlabelled_batch, normalization)
     if arrays is None:  # ImageNet, a large image folder: read from files batch by batch
