@@ -485,3 +485,88 @@ def test_decay_bias_exempts_bn_only_as_their_group_weight():
     assert [g["weight_decay"] for g in optimizer.param_groups] == [5e-4, 0.0]
     plain = make_optimizer(ours, _dm_cfg(**{"optim.decay_norm_and_bias": False}).optim)
     assert "fc.bias" in [by_value[id(p)] for p in plain.param_groups[1]["params"]]
+
+
+# ------------------------------------------------------------------------------ their best-epoch selection
+
+
+def cw_loss(output, target, confidence=0):
+    """core/attacks/utils.py lines 201-215 (on the CPU)."""
+    num_classes = output.shape[-1]
+    target_onehot = torch.zeros(target.size() + (num_classes,))
+    target_onehot.scatter_(1, target.unsqueeze(1), 1.0)
+    real = (target_onehot * output).sum(1)
+    other = ((1.0 - target_onehot) * output - target_onehot * 10000.0).max(1)[0]
+    loss = -torch.clamp(real - other + confidence, min=0.0)
+    return torch.sum(loss)
+
+
+def their_pgd(x, y, predict, nb_iter, eps, eps_iter, generator):
+    """core/attacks/pgd.py PGDAttack.perturb (rand_init uniform: utils.py rand_init_delta) and
+    perturb_iterative (lines 17-70, ord inf), with their CW loss; the start drawn from ``generator``."""
+    delta = torch.zeros_like(x)
+    delta.uniform_(-eps, eps, generator=generator)
+    delta = torch.clamp(x + delta, 0.0, 1.0) - x
+    delta.requires_grad_()
+    for _ in range(nb_iter):
+        loss = cw_loss(predict(x + delta), y)
+        loss.backward()
+        grad_sign = delta.grad.data.sign()
+        delta.data = delta.data + eps_iter * grad_sign
+        delta.data = torch.clamp(delta.data, -eps, eps)
+        delta.data = torch.clamp(x.data + delta.data, 0.0, 1.0) - x.data
+        delta.grad.data.zero_()
+    return torch.clamp(x + delta, 0.0, 1.0).detach()
+
+
+def test_the_dm_holdout_is_their_validation_split():
+    """cifar10s.py lines 106-108 (the validation Subset: images 0..1023) and semisup.py 40-42 (trained on
+    data[1024:])."""
+    from wrn.data.loaders import holdout_indices
+
+    kept, held = holdout_indices(50000, 1024, rule="dm")
+    assert held.tolist() == list(range(1024)) and kept.tolist() == list(range(1024, 50000))
+
+
+def test_the_dm_holdout_judges_as_their_eval_attack_and_keeps_the_later_of_equal_epochs():
+    """--adv-holdout-rule dm: the held-out images attacked as their WATrainer.eval(adversarial=True) attacks them
+    (eval mode, PGD of 4 x 10 steps of 2/255 in 8/255 on the CW loss, watrain.py lines 40-41 and 177-194), and
+    their ``eval_adv_acc >= old_score`` (train-wa.py line 125)."""
+    from wrn.attacks import margin_loss, pgd
+    from wrn.seeds import stream_seed
+    from wrn.train.distributed import DistInfo
+    from wrn.train.holdout import HoldoutSelection
+
+    torch.manual_seed(0)
+    model = wrn.create_model("wrn-10-1-dm").eval()
+    with torch.no_grad():  # labelled as the network sees them: the attack has something to take
+        batches = [(x, model(x).argmax(1)) for x, _ in _batches(2, 8, seed=4)]
+    x, y = batches[0]
+    ours = pgd(model, x, y, eps=8 / 255, step_size=2 / 255, steps=12, loss_fn=margin_loss,
+               generator=torch.Generator().manual_seed(5))  # fmt: skip
+    theirs = their_pgd(x, y, model, 12, 8 / 255, 2 / 255, torch.Generator().manual_seed(5))
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+    cfg = _dm_cfg(**{"adv.holdout": 16, "adv.holdout_rule": "dm", "adv.steps": 10, "adv.eps": "1/255",
+                     "adv.step_size": "0.25/255"})  # fmt: skip
+    selection = HoldoutSelection(batches, cfg, torch.device("cpu"), DistInfo())
+    assert selection.steps == 40
+    found = selection.evaluate(model, epoch=3)
+    g = torch.Generator().manual_seed(stream_seed(cfg.run.seed, "holdout", 3, 0))
+    correct = clean = 0
+    with torch.no_grad():
+        for xb, yb in batches:
+            with torch.enable_grad():
+                adv = their_pgd(xb, yb, model, 40, 1 / 255, 0.25 / 255, g)
+            correct += int((model(adv).argmax(1) == yb).sum())
+            clean += int((model(xb).argmax(1) == yb).sum())
+    assert (found["holdout_acc"], found["holdout_robust_acc"]) == (100 * clean / 16, 100 * correct / 16)
+    assert found["holdout_acc"] == 100 and 0 < found["holdout_robust_acc"] < 100
+    assert selection.improved({"holdout_robust_acc": 50.0}, 1)
+    assert selection.improved({"holdout_robust_acc": 50.0}, 2) and selection.best_epoch == 2  # >=
+    assert not selection.improved({"holdout_robust_acc": 49.0}, 3)
+    rice = HoldoutSelection(
+        batches, _dm_cfg(**{"adv.holdout": 16, "adv.steps": 10}), torch.device("cpu"), DistInfo()
+    )
+    assert rice.steps == 10 and rice.improved({"holdout_robust_acc": 50.0}, 1)
+    assert not rice.improved({"holdout_robust_acc": 50.0}, 2) and rice.best_epoch == 1  # >

@@ -82,6 +82,7 @@ COMPANIONS = {
     ("adv.step_size", 0.007): {"adv.method": "pgd"},
     ("adv.trades_beta", 3.0): {"adv.method": "trades"},
     ("adv.holdout", 100): {"adv.method": "pgd"},
+    ("adv.holdout_rule", "dm"): {"adv.method": "pgd", "adv.holdout": "100"},
     ("adv.awp", 0.005): {"adv.method": "pgd"},
     ("adv.awp_warmup", 2): {"adv.method": "trades", "adv.awp": "0.005"},
     ("run.checkpoint_every_steps", 100): {"run.checkpoint_every_minutes": "null"},

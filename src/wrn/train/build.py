@@ -187,6 +187,7 @@ def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo)
         per_image=PerImage(data.policy, data.randaugment_n, data.randaugment_m, data.random_erasing),
         crop_padding=data.crop_padding,
         holdout=cfg.adv.holdout,
+        holdout_rule=cfg.adv.holdout_rule,
         aux_data=data.aux_data,
         aux_fraction=data.aux_fraction,
         split_train=data.train_split,

@@ -532,6 +532,17 @@ class AdvSection(Section):
         le=1_000_000,
     )
 
+    # DM-Improves-AT's validation (train-wa.py lines 62-65, 121-127; watrain.py 40-41): the first 1,024 training
+    # images, PGD-40 (4 x the training steps) on the CW margin loss, the best epoch the last of equal ones
+    holdout_rule: Literal["rice", "dm"] = flagged(
+        "rice",
+        "--adv-holdout-rule",
+        "with --adv-holdout: Rice et al.'s early stopping (N training images drawn as their "
+        "generate_validation.py draws them, PGD at the training attack's budget on the cross-entropy, ties keep "
+        "the earlier epoch) or DM-Improves-AT's (the first N training images, PGD of 4 x the training attack's "
+        "steps on the CW margin loss, ties keep the later epoch)",
+    )
+
     @field_validator("eps", "step_size", mode="before")
     @classmethod
     def _fraction(cls, value: Any) -> Any:

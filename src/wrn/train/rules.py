@@ -51,6 +51,11 @@ def consistency_problem(cfg) -> str | None:
 def _adversarial_problem(cfg) -> str | None:
     """Options of adversarial training without it, or beside what its attack cannot take."""
     adv, data = cfg.adv, cfg.dataset
+    if adv.holdout_rule != "rice" and not adv.holdout:
+        return (
+            f"--adv-holdout-rule {adv.holdout_rule} chooses how held-out images pick the best epoch, and none "
+            "are held out; add --adv-holdout N (DM-Improves-AT's 1024) or leave the rule out"
+        )
     if adv.method == "none":
         given = [f for f, v in (("--adv-eps", adv.eps), ("--adv-steps", adv.steps), ("--adv-step-size",
                  adv.step_size)) if v is not None]  # fmt: skip
