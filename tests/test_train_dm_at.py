@@ -570,3 +570,76 @@ def test_the_dm_holdout_judges_as_their_eval_attack_and_keeps_the_later_of_equal
     )
     assert rice.steps == 10 and rice.improved({"holdout_robust_acc": 50.0}, 1)
     assert not rice.improved({"holdout_robust_acc": 50.0}, 2) and rice.best_epoch == 1  # >
+
+
+# ------------------------------------------------------------------------------------------- the preset
+
+# Their README's command (README.md lines 58-69) with parser.py's and train-wa.py's defaults, as --print-config
+# shows it (docs/training.md, "DM-AT", gives each with its line; tests/test_docs_presets.py checks that table).
+README = {
+    "model": {"name": "wrn-28-10-dm", "act": "silu", "bn_momentum": 0.01, "bn_momentum_first": 1.0,
+              "init": "xternalz", "dropout": 0.0},
+    "dataset": {"name": "cifar10", "augment": "flip-crop", "crop_padding": "zeros", "normalization": "pixels",
+                "aux_data": "edm_data/cifar10/1m.npz", "aux_fraction": 0.7},
+    "optim": {"batch_size": 512, "lr": 0.2, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
+              "decay_norm_and_bias": False, "decay_bias": True, "label_smoothing": 0.1, "ema_decay": 0.995,
+              "ema_warmup": True, "ema_warmup_rule": "gowal", "ema_buffers": "copy", "grad_clip": 0.0},
+    "schedule": {"name": "cosinew", "epochs": 400, "warmup_epochs": 0.0},
+    "adv": {"method": "trades-gowal", "eps": 8 / 255, "steps": 10, "step_size": 2 / 255, "trades_beta": 5.0,
+            "holdout": 1024, "holdout_rule": "dm", "awp": 0.0},
+    "run": {"eval_models": "ema"},
+}  # fmt: skip
+
+
+def test_the_preset_is_their_readme_command(capsys):
+    import yaml
+
+    from conftest import wrn_here
+
+    proc = wrn_here(
+        capsys, "train", "--preset", "cifar10-wrn-28-10-dm-at", "--print-config", "--device", "cpu"
+    )
+    assert proc.returncode == 0, proc.stderr
+    printed = yaml.safe_load(proc.stdout)
+    for section, values in README.items():
+        assert {k: printed[section][k] for k in values} == pytest.approx(values), section
+    assert "20M" in printed["description"] and "92.44" in printed["description"]
+
+
+def test_the_preset_without_their_file_is_one_sentence(capsys, tmp_path, monkeypatch):
+    from conftest import one_line_error
+
+    monkeypatch.chdir(tmp_path)  # (no edm_data/ here)
+    line = one_line_error(capsys, "train", "--preset", "cifar10-wrn-28-10-dm-at", "--dataset", "digits",
+                          "--out", str(tmp_path / "run"))  # fmt: skip
+    assert "--aux-data edm_data/cifar10/1m.npz does not exist" in line and "P2333/DM-Improves-AT" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_preset_trains_scaled_down_on_the_digits(capsys, tmp_path, monkeypatch):
+    """The whole recipe end to end on the digits with generated digits (WRN-10-1, 2 epochs): an epoch counts the
+    100 held-out images too, the average is evaluated and saved, the best epoch's average kept in RUN/best."""
+    import json
+
+    import yaml
+
+    from conftest import metrics, wrn_here
+    from test_data_aux import generated_file
+
+    monkeypatch.chdir(tmp_path)
+    generated_file(tmp_path / "gen.npz", n=600)
+    proc = wrn_here(capsys, "train", "--preset", "cifar10-wrn-28-10-dm-at", "--dataset", "digits", "--epochs", "2",
+                    "--model", "wrn-10-1-dm", "--batch-size", "64", "--adv-holdout", "100", "--adv-steps", "3",
+                    "--aux-data", "gen.npz", "--device", "cpu", "--no-progress", "--out", "run")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "cosinew" in proc.stdout and "trades-gowal" in proc.stdout and "23 steps" in proc.stdout
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert cfg["dataset"]["normalization"] == "digits" and cfg["model"]["bn_momentum_first"] == 1.0
+    records = metrics(tmp_path / "run")
+    assert len(records) == 2 and "ema_test_acc" in records[0] and "test_acc" not in records[0]
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert (
+        meta["metadata"]["best"]["holdout"] == 100
+        and "DM-Improves-AT" in meta["metadata"]["best"]["selected_by"]
+    )
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()

@@ -169,7 +169,10 @@ def read_generated(
     where = f"--aux-data {path}"
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
-        raise DataError(f"{where} {what}: give the .npz file of the generated images")
+        raise DataError(
+            f"{where} {what}: give the .npz file of the generated images (DM-Improves-AT's are at "
+            "huggingface.co/datasets/P2333/DM-Improves-AT, e.g. cifar10/1m.npz)"
+        )
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:

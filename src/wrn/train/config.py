@@ -246,7 +246,7 @@ class OptimSection(Section):
         "timm",
         "--ema-warmup-rule",
         "with --ema-warmup: timm's ModelEmaV3 warm-up, or DM-Improves-AT's (Gowal et al.'s ema_update): the "
-        "average copies the weights until the lr warm-up ends (cosinew's 2.5% of the epochs, or "
+        "average copies the weights until the lr warm-up ends (cosinew's 0.025 x epochs, or "
         "--warmup-epochs), then averages with min(decay, (1 + d) / (10 + d)) d steps after it",
     )
     # FixMatch's tf.train.ExponentialMovingAverage averages the trainable variables only: the average is
@@ -328,7 +328,7 @@ class ScheduleSection(Section):
         "--schedule",
         "the learning-rate schedule: the paper's multistep, cosine (per step, to 0), FixMatch's lr x cos(7 pi "
         "k / 16 K) at step k of K, or DM-Improves-AT's cosinew (torch's OneCycleLR stepped once an epoch: a "
-        "cosine from lr/25 up to lr over 2.5% of the epochs, then down to lr/25e4, the SGD momentum cycled "
+        "cosine from lr/25 up to lr at epoch 0.025 x epochs, then down to lr/25e4, the SGD momentum cycled "
         "from 0.95 to 0.85 and back)",
     )
     epochs: int = flagged(

@@ -184,10 +184,12 @@ def describe(schedule: ScheduleSection, base_lr: float) -> str:
     if schedule.name == "fixmatch":
         return f"lr {base_lr:g}{warm} x cos(7 pi k / 16 K) per step over {epochs_text(schedule.epochs)}"
     if schedule.name == "cosinew":
+        rates = [cosinew(base_lr, e, schedule.epochs)[0] for e in range(1, schedule.epochs + 1)]
+        peak = max(range(len(rates)), key=rates.__getitem__)
         return (
-            f"lr {base_lr / COSINEW['div_factor']:g} up to {base_lr:g} and down to "
-            f"{cosinew(base_lr, schedule.epochs, schedule.epochs)[0]:.2g} per epoch over "
-            f"{epochs_text(schedule.epochs)} (cosinew; momentum 0.95-0.85)"
+            f"lr {base_lr:g} by cosinew over {epochs_text(schedule.epochs)} (one rate an epoch: {rates[0]:.3g} "
+            f"at the first, {rates[peak]:.3g} at epoch {peak + 1}, {rates[-1]:.3g} at the last; momentum "
+            "0.95 to 0.85 and back)"
         )
     if not schedule.milestones:
         return f"lr {base_lr:g}{warm} throughout"
