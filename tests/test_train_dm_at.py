@@ -643,3 +643,42 @@ def test_the_preset_trains_scaled_down_on_the_digits(capsys, tmp_path, monkeypat
         and "DM-Improves-AT" in meta["metadata"]["best"]["selected_by"]
     )
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+
+
+def test_the_preset_killed_and_resumed_ends_bit_for_bit_as_one_never_stopped(tmp_path):
+    """kill -9 mid-run, then --resume: the same weights, average, best epoch and records as a run never stopped
+    (the attack's starts, the loader's draws, cosinew's momentum, the average's count and the best epoch so far
+    are all in the checkpoint)."""
+    import random
+    import signal
+    import time
+
+    from conftest import metrics
+    from conftest import start_wrn as wrn_cli
+    from test_data_aux import _step, generated_file
+    from test_train_resume import assert_same_weights
+
+    gen = generated_file(tmp_path / "gen.npz", n=600)
+    args = ["train", "--preset", "cifar10-wrn-28-10-dm-at", "--dataset", "digits", "--epochs", "2", "--model",
+            "wrn-10-1-dm", "--batch-size", "128", "--adv-holdout", "100", "--adv-steps", "2", "--aux-data",
+            str(gen), "--checkpoint-every", "1steps", "--no-progress", "--device", "cpu"]  # fmt: skip
+    straight = tmp_path / "straight"
+    proc = wrn_cli(*args, "--out", str(straight))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    killed = tmp_path / "killed"
+    target = random.Random(3).randint(4, 18)  # of 2 x 12 steps
+    proc = wrn_cli(*args, "--out", str(killed))
+    deadline = time.monotonic() + 120
+    while _step(killed) < target and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.communicate()
+    proc = wrn_cli("train", "--resume", str(killed), "--no-progress")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert_same_weights(straight, killed)
+    assert_same_weights(straight / "best", killed / "best")
+    assert metrics(straight, timings=False) == metrics(killed, timings=False)
