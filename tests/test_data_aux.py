@@ -238,3 +238,14 @@ def test_kill_9_then_resume_with_generated_data_gives_bitwise_identical_weights(
     assert "continuing" in out
     assert_same_weights(straight, killed)
     assert metrics(straight, timings=False) == metrics(killed, timings=False)
+
+
+def test_an_epoch_counts_the_held_out_images_as_theirs_does(tmp_path):
+    """With --adv-holdout an epoch is ceil(the training split before the split / B) batches: their
+    dataset_size is CIFAR-10's 50,000 although 1,024 are held out (98 batches of 512, not 96)."""
+    path = generated_file(tmp_path / "gen.npz")
+    train, _, _ = loaders(path, batch_size=64)
+    assert len(train) == -(-1437 // 64) == 23  # the digits' training images
+    train, _, _, held = loaders(path, batch_size=64, holdout=200)
+    assert len(held.y) == 200 and train.num_samples == 1237
+    assert len(train) == 23 and sum(1 for _ in train) == 23  # not ceil(1237 / 64) = 20

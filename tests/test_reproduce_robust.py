@@ -20,9 +20,16 @@ ROBUSTBENCH = {
     "cifar10-wrn-34-20-pgd-at": ("Rice2020Overfitting.json", 85.34, 53.42),
     "cifar10-wrn-34-10-trades": ("Zhang2019Theoretically.json", 84.92, 53.08),
     "cifar10-wrn-34-10-trades-awp": ("Wu2020Adversarial.json", 85.36, 56.17),
+    "cifar10-wrn-28-10-dm-at": ("Wang2023Better_WRN-28-10.json", 92.44, 67.31),  # their 20M-image run
 }
 TRAINING_EPS = {"cifar10-wrn-34-10-pgd-at": 8 / 255, "cifar10-wrn-34-20-pgd-at": 8 / 255,
-                "cifar10-wrn-34-10-trades": 0.031, "cifar10-wrn-34-10-trades-awp": 8 / 255}  # fmt: skip
+                "cifar10-wrn-34-10-trades": 0.031, "cifar10-wrn-34-10-trades-awp": 8 / 255,
+                "cifar10-wrn-28-10-dm-at": 8 / 255}  # fmt: skip
+HELD_OUT = {
+    "cifar10-wrn-34-10-pgd-at": 1000,
+    "cifar10-wrn-34-20-pgd-at": 1000,
+    "cifar10-wrn-28-10-dm-at": 1024,
+}
 
 
 def overrides(**record) -> G.Overrides:
@@ -45,6 +52,7 @@ def test_each_row_is_a_robust_preset_beside_its_robustbench_entry():
         assert row.paper_error == pytest.approx(100 - clean)
         assert row.model == build_config(None, row.config(0)).model.name
     assert "TensorFlow" in exp.row("cifar10-wrn-34-10-pgd-at").note
+    assert "20M generated images" in exp.row("cifar10-wrn-28-10-dm-at").note
 
 
 def test_each_run_is_attacked_at_its_training_eps_with_the_weights_robustbench_lists(tmp_path):
@@ -56,7 +64,7 @@ def test_each_run_is_attacked_at_its_training_eps_with_the_weights_robustbench_l
         assert float(args[args.index("--eps") + 1]) == pytest.approx(TRAINING_EPS[spec.row.name])
         assert "--n" not in args  # every test image on CIFAR-10
         held = plan.resolved[spec.key].adv.holdout
-        assert held == (1000 if "pgd-at" in spec.row.name else 0)
+        assert held == HELD_OUT.get(spec.row.name, 0)
         assert args[1] == str(spec.dir / "best" if held else spec.dir)
         assert args[args.index("--out") + 1] == str(spec.record_path)
     eps = {s.row.name: s.attack_record for s in plan.runs}
@@ -69,7 +77,7 @@ def test_a_scaled_grid_holds_out_fewer_images_and_attacks_a_few(tmp_path):
     assert "adv.holdout=100" in plan.scaled and plan.attack["n"] == G.SCALED_ATTACK_IMAGES
     for spec in plan.runs:
         cfg = plan.resolved[spec.key]
-        assert cfg.adv.holdout == (100 if "pgd-at" in spec.row.name else 0)
+        assert cfg.adv.holdout == (100 if spec.row.name in HELD_OUT else 0)
         assert float(cfg.adv.eps or 0.031) == pytest.approx(TRAINING_EPS[spec.row.name])  # pixels in [0, 1]
         assert spec.attack[spec.attack.index("--n") + 1] == str(G.SCALED_ATTACK_IMAGES)
     given = overrides(dataset="digits", set=["adv.holdout=50"])
@@ -83,8 +91,9 @@ def test_gpu_hours_count_the_attacks_passes_in_training():
     a run's FLOPs to those of the same preset without --adv (the test passes cost the same in both)."""
     exp = E.get_experiment("robust")
     plain_off = (("adv.method", "none"), ("adv.eps", None), ("adv.steps", None), ("adv.step_size", None),
-                 ("adv.holdout", 0), ("adv.awp", 0.0), ("adv.awp_warmup", None))  # fmt: skip
-    for row, passes in zip(exp.rows, (11, 11, 12, 13), strict=True):
+                 ("adv.holdout", 0), ("adv.awp", 0.0), ("adv.awp_warmup", None), ("adv.trades_beta", 6.0),
+                 ("adv.holdout_rule", "rice"))  # fmt: skip
+    for row, passes in zip(exp.rows, (11, 11, 12, 13, 12), strict=True):
         plain = E.Row(row.name + "-plain", row.label, row.model, row.dataset, None, preset=row.preset,
                       settings=plain_off)  # fmt: skip
         epochs = build_config(None, row.config(0)).schedule.epochs
@@ -103,7 +112,7 @@ def test_reproduce_list_gives_the_robust_gpu_hours(capsys):
     out = capsys.readouterr().out
     line = next(ln.split() for ln in out.splitlines() if ln.startswith("robust "))
     exp = E.get_experiment("robust")
-    assert int(line[1]) == 4 and float(line[4].replace(",", "")) == pytest.approx(
+    assert int(line[1]) == 5 and float(line[4].replace(",", "")) == pytest.approx(
         E.experiment_gpu_hours(exp), abs=0.5
     )
     assert "K + 1 with PGD-AT, K + 2 with TRADES" in out
@@ -186,3 +195,41 @@ def test_a_grid_that_attacks_without_the_attack_package_is_refused_before_it_tra
                           "--out", str(out))  # fmt: skip
     assert "needs the pyautoattack package" in line and "pip install 'wrn[robust]'" in line
     assert not out.exists()
+
+
+def test_the_dm_row_reads_their_generated_images_from_where_the_grid_starts(tmp_path, monkeypatch):
+    """The DM-AT row's file of generated images is the preset's edm_data/cifar10/1m.npz under the folder the grid
+    starts in, made absolute (runs start elsewhere); a grid whose runs need it refuses to start without it, in
+    one sentence naming where to get it; the file's place is no difference from the recipe in the report."""
+    from wrn.errors import DataError
+    from wrn.reproduce.collect import _compared
+
+    monkeypatch.chdir(tmp_path)
+    name = "cifar10-wrn-28-10-dm-at"
+    plan = G.make_plan("robust", tmp_path / "g", 1, overrides())
+    want = tmp_path / "edm_data" / "cifar10" / "1m.npz"
+    for spec in plan.runs:
+        assert plan.resolved[spec.key].dataset.aux_data == (str(want) if spec.row.name == name else None)
+    assert not plan.scaled
+    with pytest.raises(DataError, match=f"row {name} trains on generated images and {want} does not exist"):
+        G.check_generated(plan)
+    G.check_generated(G.make_plan("robust", tmp_path / "g", 1, overrides(), rows=["*trades"]))  # not needed
+    want.parent.mkdir(parents=True)
+    want.write_bytes(b"")
+    G.check_generated(plan)
+    assert _compared("dataset.aux_data", str(want)) == _compared(
+        "dataset.aux_data", "edm_data/cifar10/1m.npz"
+    )
+
+
+def test_a_scaled_grid_trains_the_dm_row_without_cifar_images_unless_given_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    name = "cifar10-wrn-28-10-dm-at"
+    plan = G.make_plan("robust", tmp_path / "g", 1, overrides(dataset="digits"), rows=[name])
+    assert plan.resolved[f"{name}/seed-0"].dataset.aux_data is None
+    assert "dataset.aux_data=None" in plan.scaled
+    G.check_generated(plan)
+    given = overrides(dataset="digits", set=["dataset.aux_data=digits.npz"])
+    given.values["dataset.aux_data"] = "digits.npz"
+    plan = G.make_plan("robust", tmp_path / "h", 1, given, rows=[name])
+    assert plan.resolved[f"{name}/seed-0"].dataset.aux_data == "digits.npz"

@@ -186,7 +186,7 @@ def test_adversarial_options_through_the_command_line_and_a_config_file(tmp_path
 
     adv = yaml.safe_load(proc.stdout)["adv"]
     assert adv == {"method": "pgd", "eps": pytest.approx(8 / 255), "steps": 7, "step_size": pytest.approx(2 / 255),
-                   "trades_beta": 6.0, "awp": 0.0, "awp_warmup": None, "holdout": 0}  # fmt: skip
+                   "trades_beta": 6.0, "awp": 0.0, "awp_warmup": None, "holdout": 0, "holdout_rule": "rice"}  # fmt: skip
     config = tmp_path / "c.yaml"
     config.write_text("preset: demo\nadv:\n  method: trades\n  eps: 8/255\n  trades_beta: 1\n")
     proc = wrn_here(capsys, "train", "--config", str(config), "--set", "adv.steps=5", "--print-config")
@@ -201,6 +201,7 @@ def test_adversarial_options_through_the_command_line_and_a_config_file(tmp_path
         "awp": 0.0,
         "awp_warmup": None,
         "holdout": 0,
+        "holdout_rule": "rice",
     }
 
 

@@ -56,10 +56,20 @@ def test_every_preset_validates_resolves_and_has_a_description():
             assert ("sam" in today) == (cfg.optim.sam_rho > 0), name
             assert ("cutout" in today or "autoaugment" in today) == (cfg.dataset.cutout > 0), name
             assert ("autoaugment" in today) == cfg.dataset.policy.startswith("autoaugment"), name
-            method = {"-trades": "trades", "-trades-awp": "trades", "-pgd-at": "pgd"}.get(today, "none")
-            assert cfg.adv.method == method and (cfg.adv.awp > 0) == (today == "-trades-awp"), name
-            # SAM's and AutoAugment's own networks (docs/models.md)
-            own = "-sam" if "sam" in today else "-aa" if "autoaugment" in today else ""
+            method = {
+                "-trades": "trades",
+                "-trades-awp": "trades",
+                "-pgd-at": "pgd",
+                "-dm-at": "trades-gowal",
+            }
+            assert cfg.adv.method == method.get(today, "none") and (cfg.adv.awp > 0) == (
+                today == "-trades-awp"
+            ), name
+            assert (cfg.dataset.aux_data is not None) == (today == "-dm-at"), name  # generated images
+            # SAM's, AutoAugment's and DeepMind's own networks (docs/models.md)
+            own = {"-dm-at": "-dm"}.get(
+                today, "-sam" if "sam" in today else "-aa" if "autoaugment" in today else ""
+            )
             model_part += own
         if model_part:
             assert cfg.model.name == model_part, name
@@ -79,6 +89,7 @@ TODAYS_RECIPES = (
     "-trades-awp",
     "-trades",
     "-pgd-at",
+    "-dm-at",
 )
 
 

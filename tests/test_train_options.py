@@ -21,6 +21,7 @@ SAMPLES = {
     "model.name": ("wrn-10-1", "wrn-10-1"),
     "model.dropout": ("0.3", 0.3),
     "model.bn_momentum": ("0.01", 0.01),
+    "model.bn_momentum_first": ("1.0", 1.0),
     "model.init_from": ("runs/mine", "runs/mine"),
     "dataset.root": ("somewhere", "somewhere"),
     "dataset.train_split": ("train", "train"),
@@ -73,12 +74,15 @@ COMPANIONS = {
     ("run.eval_models", "ema"): {"optim.ema_decay": "0.99"},
     ("run.eval_models", "model"): {"optim.ema_decay": "0.99"},
     ("optim.ema_warmup", True): {"optim.ema_decay": "0.99"},
+    ("optim.ema_warmup_rule", "gowal"): {"optim.ema_decay": "0.99", "optim.ema_warmup": "true"},
+    ("optim.decay_bias", True): {"optim.decay_norm_and_bias": "false"},
     ("objective.focal.gamma", 1.5): {"objective.name": "focal"},
     ("adv.eps", 8 / 255): {"adv.method": "pgd"},
     ("adv.steps", 7): {"adv.method": "pgd"},
     ("adv.step_size", 0.007): {"adv.method": "pgd"},
     ("adv.trades_beta", 3.0): {"adv.method": "trades"},
     ("adv.holdout", 100): {"adv.method": "pgd"},
+    ("adv.holdout_rule", "dm"): {"adv.method": "pgd", "adv.holdout": "100"},
     ("adv.awp", 0.005): {"adv.method": "pgd"},
     ("adv.awp_warmup", 2): {"adv.method": "trades", "adv.awp": "0.005"},
     ("run.checkpoint_every_steps", 100): {"run.checkpoint_every_minutes": "null"},
@@ -260,7 +264,7 @@ def test_the_lists_of_the_command_line_are_the_markers():
     }  # fmt: skip
     assert set(command_keys("bench")) == {
         "optim.label_smoothing", "optim.ema_decay", "optim.ema_warmup", "optim.sam_rho", "optim.grad_clip",
-        "optim.decay_norm_and_bias", "optim.replica_batch", "adv.method", "adv.eps", "adv.steps",
+        "optim.decay_norm_and_bias", "optim.decay_bias", "optim.replica_batch", "adv.method", "adv.eps", "adv.steps",
         "adv.step_size", "adv.trades_beta", "adv.awp", "optim.ema_buffers", "ssl.method", "ssl.mu",
         "ssl.threshold", "ssl.lambda_u", "ssl.strong_policy", "ssl.strong_on",
     }  # fmt: skip

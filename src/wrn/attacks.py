@@ -75,6 +75,16 @@ def _random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Gener
     return torch.max(torch.min(delta, 1 - x), -x)
 
 
+def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Carlini and Wagner's margin loss as DM-Improves-AT's ``CWLoss`` (``core/attacks/utils.py`` lines
+    201-215): ``-max(z_y - max_{j != y} z_j, 0)`` summed over the batch (the true class set to -10000 for the
+    max)."""
+    onehot = F.one_hot(y, logits.shape[-1]).to(logits.dtype)
+    real = (onehot * logits).sum(1)
+    other = ((1.0 - onehot) * logits - onehot * 10000.0).max(1)[0]
+    return -torch.clamp(real - other, min=0.0).sum()
+
+
 def pgd(
     model: Forward,
     x: torch.Tensor,
@@ -87,13 +97,16 @@ def pgd(
     restarts: int = 1,
     start: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """PGD on the cross-entropy (Madry et al. 2018), as robust_overfitting's ``attack_pgd`` (Rice et al. 2020)
     runs it in training and evaluation: from a random start (or ``start``, a perturbation), ``steps`` ascent
     steps (L-inf: ``step_size * sign(grad)``; L2: the gradient scaled to length ``step_size``), each projected
     onto the ``eps`` ball and the box [0, 1]; over ``restarts`` starts each image keeps the perturbation of
     highest loss (ties: the later). Returns the adversarial images (detached). The network's mode (train /
-    eval) is the caller's: each method's code sets its own."""
+    eval) is the caller's: each method's code sets its own. ``loss_fn(logits, y)``: the loss the steps climb
+    (default the cross-entropy; :func:`margin_loss`, DM-Improves-AT's evaluation); the restarts compare their
+    cross-entropy."""
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, not {norm!r}")
     x = x.detach()
@@ -103,7 +116,8 @@ def pgd(
         delta = (start if start is not None else _random_start(x, eps, norm, generator)).detach().clone()
         for _ in range(steps):
             delta.requires_grad_(True)
-            loss = F.cross_entropy(model(x + delta), y)
+            logits = model(x + delta)
+            loss = F.cross_entropy(logits, y) if loss_fn is None else loss_fn(logits, y)
             (grad,) = torch.autograd.grad(loss, [delta])
             delta = delta.detach()
             if norm == "linf":
@@ -129,17 +143,19 @@ def trades_attack(
     steps: int,
     generator: torch.Generator | None = None,
     noise: torch.Tensor | None = None,
+    start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """TRADES' inner maximisation (yaodongyu/TRADES, ``trades.py``, L-inf): from ``x + 0.001 * N(0, 1)`` (or
-    ``x + noise``), ``steps`` sign steps of ``step_size`` up the KL divergence between the prediction at the
-    point and at ``x`` (summed over the batch), each projected onto the ``eps`` ball and clamped to [0, 1]. Their
-    code runs it with the network in eval mode; so does :class:`~wrn.train.objectives.adversarial.TRADES`."""
+    ``x + noise``, or the point ``start``), ``steps`` sign steps of ``step_size`` up the KL divergence between
+    the prediction at the point and at ``x`` (summed over the batch), each projected onto the ``eps`` ball and
+    clamped to [0, 1]. Their code runs it with the network in eval mode; so does
+    :class:`~wrn.train.objectives.adversarial.TRADES`."""
     x = x.detach()
-    if noise is None:
+    if noise is None and start is None:
         noise = 0.001 * torch.randn(x.shape, device=x.device, generator=generator)
     with torch.no_grad():
         target = F.softmax(model(x), dim=1)
-    x_adv = x + noise.detach()
+    x_adv = start.detach() if start is not None else x + noise.detach()
     for _ in range(steps):
         x_adv.requires_grad_(True)
         loss = F.kl_div(F.log_softmax(model(x_adv), dim=1), target, reduction="sum")
@@ -149,4 +165,4 @@ def trades_attack(
     return x_adv.clamp(0, 1).detach()
 
 
-__all__ = ["NORMS", "PixelModel", "PixelScale", "pgd", "trades_attack"]
+__all__ = ["NORMS", "PixelModel", "PixelScale", "margin_loss", "pgd", "trades_attack"]

@@ -36,6 +36,10 @@ class Generated:
     fraction: float
     path: str
     mapped: bool
+    # The real images an epoch counts, where they are more than those trained on: the training split before
+    # images were held out of it (--adv-holdout), as their dataset_size is the set's size before its validation
+    # split (core/data/semisup.py lines 13-15, 40-42; cifar10s.py line 120). None: the images trained on.
+    epoch_real: int | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -69,7 +73,7 @@ class Mix:
     """Generated images mixed into every batch of a device-resident training loader (its ``generated``), as
     DM-Improves-AT's ``SemiSupervisedSampler`` mixes them: of each global batch of ``global_batch``,
     ``int(fraction x global_batch)`` generated images and the rest real, an epoch ``ceil(num_real /
-    global_batch)`` batches. The generated images stay where they are (memory-mapped or in host memory): only
+    global_batch)`` batches (``generated.epoch_real`` in place of ``num_real`` where images were held out). The generated images stay where they are (memory-mapped or in host memory): only
     each batch's are gathered and moved to the loader's device."""
 
     def __init__(self, generated: Generated, x, *, augment: str, per_image, global_batch: int, num_real: int):
@@ -97,7 +101,8 @@ class Mix:
                 f"--aux-fraction {generated.fraction:g} of a batch of {global_batch} is {self.per_batch} "
                 "generated images: give a fraction that leaves at least one generated and one real image"
             )
-        self.batches = -(-num_real // global_batch)  # their rule, whatever the share of generated ones
+        counted = generated.epoch_real or num_real
+        self.batches = -(-counted // global_batch)  # their rule, whatever the share of generated ones
         self.labels = torch.from_numpy(generated.labels).to(x.device, torch.int64)
 
     def state(self) -> dict:
@@ -164,7 +169,10 @@ def read_generated(
     where = f"--aux-data {path}"
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
-        raise DataError(f"{where} {what}: give the .npz file of the generated images")
+        raise DataError(
+            f"{where} {what}: give the .npz file of the generated images (DM-Improves-AT's are at "
+            "huggingface.co/datasets/P2333/DM-Improves-AT, e.g. cifar10/1m.npz)"
+        )
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:

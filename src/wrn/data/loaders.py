@@ -53,6 +53,7 @@ def make_loaders(
     per_image: PerImage | None = None,
     crop_padding: str = "reflect",
     holdout: int = 0,
+    holdout_rule: str = "rice",
     aux_data: str | os.PathLike | None = None,
     aux_fraction: float = 0.7,
     labels: int | None = None,
@@ -65,7 +66,8 @@ def make_loaders(
 ):
     """Build ``(train_loader, test_loader, info)`` for ``dataset`` under ``root``; with ``holdout`` > 0,
     ``(train_loader, test_loader, info, holdout_loader)``: that many training images are held out of training
-    (:func:`holdout_indices`) and given, unaugmented and normalised as the test set, by the fourth loader.
+    (:func:`holdout_indices`, drawn by ``holdout_rule``) and given, unaugmented and normalised as the test set,
+    by the fourth loader.
 
     CIFAR, SVHN, the digits and small image folders use :class:`DeviceLoader` for both loaders; ImageNet and
     large image folders use :class:`FolderLoader`. ``augment`` and ``normalization`` default to the data set's
@@ -100,7 +102,9 @@ def make_loaders(
     )
 
     arrays = _in_memory(info, root, split_train, split_test, image_size, download, verify)
-    arrays, held = _hold_out(arrays, holdout, dataset, root)
+    if generated is not None and holdout and arrays is not None:  # an epoch counts the held-out images too
+        generated = dataclasses.replace(generated, epoch_real=len(arrays[1]))
+    arrays, held = _hold_out(arrays, holdout, dataset, root, holdout_rule)
     arrays, unlabelled = _labelled(arrays, labels, fold, dataset, root, unlabelled_batch, normalization)
     if arrays is None:  # ImageNet, a large image folder: read from files batch by batch
         return _folder_loaders(
@@ -163,7 +167,7 @@ def _in_memory(info, root, split_train: str, split_test: str, image_size, downlo
     return x_tr, y_tr, x_te, y_te, info, Path(root).expanduser() / CACHE_DIRNAME
 
 
-def _hold_out(arrays, holdout: int, dataset: str, root):
+def _hold_out(arrays, holdout: int, dataset: str, root, rule: str = "rice"):
     """``arrays`` (:func:`_in_memory`'s) with ``holdout`` training images taken out, and those images (None
     without a hold-out)."""
     if not holdout:
@@ -174,7 +178,7 @@ def _hold_out(arrays, holdout: int, dataset: str, root):
             f"image folder), and {dataset} at {root} is read from files batch by batch; leave the hold-out out"
         )
     x_tr, y_tr, *rest = arrays
-    keep, out = holdout_indices(len(y_tr), holdout, dataset)
+    keep, out = holdout_indices(len(y_tr), holdout, dataset, rule)
     return (x_tr[keep], y_tr[keep], *rest), (x_tr[out], y_tr[out])
 
 
@@ -204,10 +208,14 @@ def _labelled(
     return (x_tr[chosen], y_tr[chosen], *rest), (x_tr if unlabelled_batch else None)
 
 
-def holdout_indices(n: int, holdout: int, dataset: str = "the data set") -> tuple[torch.Tensor, torch.Tensor]:
+def holdout_indices(
+    n: int, holdout: int, dataset: str = "the data set", rule: str = "rice"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept, held out): the training indices left to train on, in their order, and the ``holdout`` held out,
-    as robust_overfitting's ``generate_validation.py`` draws its validation split: the first ``holdout`` of
-    ``numpy.random.seed(0); numpy.random.permutation(n)`` (1,000 of CIFAR-10's 50,000 there)."""
+    as robust_overfitting's ``generate_validation.py`` draws its validation split (rule ``rice``): the first
+    ``holdout`` of ``numpy.random.seed(0); numpy.random.permutation(n)`` (1,000 of CIFAR-10's 50,000 there); or
+    as DM-Improves-AT takes its own (rule ``dm``: the first ``holdout`` in order, its 1,024: cifar10s.py lines
+    106-108 and semisup.py 40-42)."""
     import numpy as np
 
     if not 0 < holdout < n:
@@ -215,6 +223,8 @@ def holdout_indices(n: int, holdout: int, dataset: str = "the data set") -> tupl
             f"cannot hold out {holdout} of the {n} training images of {dataset}; give fewer (Rice et al. hold "
             "out 1000 of 50,000)"
         )
+    if rule == "dm":
+        return torch.arange(holdout, n), torch.arange(holdout)
     order = np.random.RandomState(0).permutation(n)
     held = torch.from_numpy(order[:holdout].copy())
     kept = torch.from_numpy(np.sort(order[holdout:]))

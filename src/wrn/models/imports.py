@@ -37,17 +37,10 @@ from torch import nn
 from wrn.errors import CheckpointError
 from wrn.models import checkpoints
 from wrn.models.checkpoints import note
-from wrn.models.registry import FIXMATCH_OPTIONS
+from wrn.models.registry import DM_NORM, FIXMATCH_OPTIONS
 from wrn.models.xternalz import _few, build_from_xternalz_keys
 
 USB = {**FIXMATCH_OPTIONS, "stem_bias": True, "head_bn_eps": 1e-3}
-# The mean/std (pixels in [0, 1]) that DeepMind's WRN applies inside its forward, by data set: RobustBench's
-# constants for CIFAR, DM-Improves-AT's for SVHN (the only DeepMind WRN code that trains it).
-DM_NORM = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "svhn": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-}
 AT_NORM = {  # the normalisation layer's: DM-Improves-AT's and adversarial_robustness_pytorch's data descriptions
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),

@@ -11,6 +11,9 @@ Names (the paper's networks, docs/models.md):
   padding, AutoAugment's initialisation);
 * ``wrn-D-K-aa`` (``wrn-28-10-aa``): the WRN of AutoAugment's code (the same with the zeros centred, plus a
   skip around each group and one from the stem to the last group);
+* ``wrn-D-K-dm`` (``wrn-28-10-dm``): DeepMind's WRN as DM-Improves-AT trains it (``wideresnetwithswish.py``:
+  swish, BN momentum 0.01, 'SAME' padding on the stride-2 convs, xternalz's initialisation and CIFAR-10's
+  mean/std inside its forward, which takes pixels in [0, 1]);
 * ``preact-resnet-110`` (basic), ``preact-resnet-164``, ``preact-resnet-1001`` (bottleneck);
 * ImageNet, torchvision-compatible: ``resnet-18/34/50/101/152``, ``wrn-50-2``, ``wrn-101-2``,
   ``imagenet-wrn-18-{1.0,1.5,2.0,3.0}``, ``imagenet-wrn-34-{1.0,1.5,2.0,3.0}``.
@@ -101,16 +104,37 @@ AUTOAUGMENT_OPTIONS: dict[str, Any] = {
 }
 # wrn-D-K-<suffix>, any depth and width: the options the suffix fixes, and those it sets by default (a caller
 # may override them: create_model("wrn-28-10-sam", init="paper"))
+# DeepMind's WRN (Gowal et al. 2020), as DM-Improves-AT's core/models/wideresnetwithswish.py builds it for
+# training (wzekai99/DM-Improves-AT, and imrahulr/adversarial_robustness_pytorch before it): swish (nn.SiLU), BN
+# momentum 0.01 (Haiku's decay 0.99), 'SAME' padding (0, 1, 0, 1) before the stride-2 convs; its
+# initialisation is xternalz's (conv N(0, sqrt(2 / (k k C_out))), BN 1 / 0, the Linear's bias 0), and its
+# forward normalises pixels in [0, 1] with the mean/std of the data set it is built for (DM_NORM; CIFAR-10's by
+# default, as its constructor).
+DM_OPTIONS: dict[str, Any] = {"act": "silu", "bn_momentum": 0.01, "same_padding": True}
+# The mean/std (pixels in [0, 1]) that DeepMind's WRN applies inside its forward, by data set: RobustBench's and
+# DM-Improves-AT's constants for CIFAR, DM-Improves-AT's for SVHN (the only DeepMind WRN code that trains it).
+DM_NORM: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "svhn": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+_DM_DEFAULTS: dict[str, Any] = {
+    "init": "xternalz",
+    "input_mean": DM_NORM["cifar10"][0],
+    "input_std": DM_NORM["cifar10"][1],
+}
 _FAMILIES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "fixmatch": (FIXMATCH_OPTIONS, {}),
     "sam": (SAM_OPTIONS, {"init": "autoaugment"}),
     "aa": (AUTOAUGMENT_OPTIONS, {"init": "autoaugment"}),
+    "dm": (DM_OPTIONS, _DM_DEFAULTS),
 }
 _FAMILY_PAPER = {
     "wrn-28-2-fixmatch": "1.5M (FixMatch)",
     "wrn-28-8-fixmatch": "23.4M (FixMatch)",
     "wrn-28-10-sam": "- (SAM)",
     "wrn-28-10-aa": "- (AutoAugment)",
+    "wrn-28-10-dm": "- (DM-Improves-AT)",
 }
 
 _CIFAR_RE = re.compile(r"^wrn-(\d+)-(\d+)(?:-b(\d+)|-l(\d+)|-(" + "|".join(_FAMILIES) + r"))?$")

@@ -436,10 +436,13 @@ SETTING_NAMES = {
     "dataset.cutout_per": "Cutout's holes placed per",
     "dataset.mixup": "mixup alpha",
     "dataset.cutmix": "CutMix alpha",
+    "dataset.aux_data": "generated images",
+    "dataset.aux_fraction": "generated share of a batch",
     "model.name": "model",
     "model.dropout": "dropout",
     "model.act": "activation",
     "model.bn_momentum": "batch-norm momentum",
+    "model.bn_momentum_first": "batch-norm momentum of the first step",
     "model.init": "initialisation",
     "optim.lr": "learning rate",
     "optim.momentum": "momentum",
@@ -451,8 +454,10 @@ SETTING_NAMES = {
     "optim.replica_batch": "images per replica (m)",
     "optim.grad_clip": "gradient clipping",
     "optim.decay_norm_and_bias": "weight decay on BN and bias",
+    "optim.decay_bias": "weight decay on biases",
     "optim.ema_decay": "EMA decay",
     "optim.ema_warmup": "EMA warm-up",
+    "optim.ema_warmup_rule": "EMA warm-up rule",
     "schedule.name": "schedule",
     "schedule.epochs": "epochs",
     "schedule.milestones": "lr drops at epochs",
@@ -460,6 +465,7 @@ SETTING_NAMES = {
     "schedule.warmup_epochs": "warm-up epochs",
     "schedule.reset_momentum": "momentum reset at lr drops",
     "adv.holdout": "held-out images for early stopping",
+    "adv.holdout_rule": "early stopping's rule",
     "adv.eps": "attack eps",
     "adv.steps": "attack steps",
     "adv.step_size": "attack step",
@@ -505,6 +511,14 @@ def paper_setting(row: Row) -> dict:
     return _PAPER[row.name]
 
 
+def _compared(key: str, value: Any) -> Any:
+    """A setting as runs are compared in it: the file of generated images by its name (a grid makes the
+    recipe's relative path absolute; the same file wherever it lies)."""
+    if key == "dataset.aux_data" and value:
+        return Path(str(value)).name
+    return value
+
+
 def differences(results: list[RowResult]) -> list[Difference]:
     """Every setting in which a run's own config.yaml differs from its row's paper setting, merged over runs."""
     from wrn.train.compose import flatten
@@ -519,9 +533,12 @@ def differences(results: list[RowResult]) -> list[Difference]:
                 continue
             ours = flatten(run.config)
             for key in paper.keys() | ours.keys():
-                if key.startswith(_NOT_SETTINGS) or key not in ours or ours[key] == paper.get(key):
+                if key.startswith(_NOT_SETTINGS) or key not in ours:
                     continue
-                pair = (setting_text(paper.get(key)), setting_text(ours[key]))
+                theirs, mine = _compared(key, paper.get(key)), _compared(key, ours[key])
+                if mine == theirs:
+                    continue
+                pair = (setting_text(theirs), setting_text(mine))
                 if pair not in changes.setdefault(key, []):
                     changes[key].append(pair)
     order = list(SETTING_NAMES)

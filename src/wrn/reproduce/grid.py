@@ -182,20 +182,26 @@ class Plan:
     )  # the experiment's attack as experiment.yaml keeps it
 
 
-def _base_root(base: str) -> str:
-    """The data root a shipped recipe reads from, made absolute (runs may start in other folders)."""
+def _base_root(base: str) -> tuple[str, str | None]:
+    """The data root a shipped recipe reads from and its file of generated images (``--aux-data``; None:
+    none), made absolute (runs may start in other folders; a relative file is the current folder's, as for
+    ``wrn train``)."""
     from wrn.train.compose import build_config
 
-    return str(Path(build_config(base).dataset.root).expanduser().absolute())
+    data = build_config(base).dataset
+    aux = str(Path(data.aux_data).expanduser().absolute()) if data.aux_data else None
+    return str(Path(data.root).expanduser().absolute()), aux
 
 
-def _run_config(exp: Experiment, row: Row, seed: int, root: str) -> dict[str, Any]:
+def _run_config(exp: Experiment, row: Row, seed: int, root: tuple[str, str | None]) -> dict[str, Any]:
     """A run's own layer: the shared recipe (extends) plus the row's model and data (its config file is this
     with the grid's overrides merged in)."""
     paper = f"{row.paper_error}%" if row.paper_error is not None else "no figure"
     desc = f"{exp.title}, {row.label}, {row.dataset} (paper: {paper}), seed {seed}"
     data = row.config(seed, description=desc)
-    data["dataset"]["root"] = root
+    data["dataset"]["root"] = root[0]
+    if root[1] is not None:
+        data["dataset"]["aux_data"] = root[1]
     return data
 
 
@@ -220,10 +226,13 @@ def fit_to_images(row: Row, cfg: Any, given: dict[str, Any]) -> dict[str, Any]:
     The per-image policies are kept: measured on the digits (docs/reproduce.md, *Scaling down*), each of the
     recipes' three trains as well on 8x8 images as without a policy, so a scaled grid runs the recipe's code.
     The crop's padding needs nothing: a data set of another side brings its own augmentation, and the
-    digits' has no crop."""
+    digits' has no crop. Generated images of the row's data set do not fit another's: a run on another data
+    set trains without them unless the overrides name a file (``--set dataset.aux_data=FILE``)."""
     from wrn.data.registry import dataset_info
 
     out: dict[str, Any] = {}
+    if cfg.dataset.aux_data and "dataset.aux_data" not in given and cfg.dataset.name != row.dataset:
+        out["dataset.aux_data"] = None
     held = cfg.adv.holdout
     if held and "adv.holdout" not in given and cfg.dataset.name != row.dataset:
         out["adv.holdout"] = scaled_holdout(held, row.dataset, cfg.dataset.name)
@@ -280,7 +289,8 @@ def _scaling(plain: dict[str, Any], scaled: dict[str, Any]) -> list[str]:
     for key in sorted(set(a) | set(b)):
         if key in how:
             continue
-        if a.get(key) != b.get(key) and b.get(key) is not None:  # None: the data set's own default
+        # None: the data set's own default, but for the generated images, where it is none
+        if a.get(key) != b.get(key) and (b.get(key) is not None or key == "dataset.aux_data"):
             changed.append(f"{key}={b.get(key)}")
     return changed
 
@@ -330,7 +340,7 @@ def make_plan(
     resolved: dict[str, Any] = {}
     scaled: list[str] = []
     datasets: dict[str, str] = {}
-    root_cache: dict[str, str] = {}
+    root_cache: dict[str, tuple[str, str | None]] = {}
     for i, spec in enumerate(specs):
         row = spec.row
         if row.base not in root_cache:
@@ -395,6 +405,24 @@ def check_data(datasets: dict[str, str], download: bool) -> None:
                 f"the {name} data set is not under {root}; fetch it with 'wrn data download {name} --root {root}' "
                 "(or add --download), or point --data-dir at it"
             ) from None
+
+
+def check_generated(plan: Plan) -> None:
+    """Every file of generated images (``dataset.aux_data``) that a run still to train reads is there, before
+    any run starts: one sentence naming the row, the file and where to get it, otherwise."""
+    for spec in plan.todo:
+        path = plan.resolved[spec.key].dataset.aux_data
+        if path is None or Path(path).is_file() or spec.finished():
+            continue
+        raise DataError(
+            f"row {spec.row.name} trains on generated images and {path} does not exist; download "
+            f"DM-Improves-AT's file there ({AUX_SOURCE}), or give another with --set dataset.aux_data=FILE "
+            f"--rows {spec.row.name} (--set applies to every row), or leave the row out with --rows"
+        )
+
+
+# Where DM-Improves-AT's generated CIFAR-10 images are published (their README's table, the 1M file)
+AUX_SOURCE = "https://huggingface.co/datasets/P2333/DM-Improves-AT/resolve/main/cifar10/1m.npz"
 
 
 # --------------------------------------------------------------------------------------------- experiment.yaml

@@ -583,6 +583,7 @@ def run_grid(
     ray = connect_ray(ray_address) if ray_address is not None else None
     try:
         G.check_data(plan.datasets, download)
+        G.check_generated(plan)
         G.write_experiment(plan, existing)
         for spec in plan.todo:
             G.write_config(plan, spec)

@@ -143,7 +143,13 @@ def _step_recipes(ctx: Context, model: torch.nn.Module):
     data, optim = ctx.cfg.dataset, ctx.cfg.optim
     cutout = Cutout(data.cutout, ctx.device, ctx.seed("cutout"), per=data.cutout_per) if data.cutout else None
     ema = (
-        WeightEMA(model, optim.ema_decay, warmup=optim.ema_warmup, buffers=optim.ema_buffers)
+        WeightEMA(
+            model,
+            optim.ema_decay,
+            warmup=optim.ema_warmup,
+            buffers=optim.ema_buffers,
+            rule=optim.ema_warmup_rule,
+        )
         if optim.ema_decay
         else None
     )
@@ -181,6 +187,7 @@ def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo)
         per_image=PerImage(data.policy, data.randaugment_n, data.randaugment_m, data.random_erasing),
         crop_padding=data.crop_padding,
         holdout=cfg.adv.holdout,
+        holdout_rule=cfg.adv.holdout_rule,
         aux_data=data.aux_data,
         aux_fraction=data.aux_fraction,
         split_train=data.train_split,
@@ -225,7 +232,22 @@ def build_model(cfg: TrainConfig, info: DatasetInfo) -> torch.nn.Module:
         overrides["bn_momentum"] = cfg.model.bn_momentum
     if cfg.model.init is not None:  # unset: the network's own (a named network's may differ from the paper's)
         overrides["init"] = cfg.model.init
+    if "input_mean" in model_info(cfg.model.name)["defaults"]:  # wrn-D-K-dm: the mean/std inside its forward
+        overrides.update(dm_input(cfg.dataset.normalization, info))
     return wrn.create_model(cfg.model.name, num_classes=info.num_classes, **overrides)
+
+
+def dm_input(normalization: str | None, info: DatasetInfo) -> dict[str, Any]:
+    """The mean/std that DeepMind's WRN (``wrn-D-K-dm``) applies inside its forward when it trains on ``info``'s
+    data: given pixels in [0, 1] (``normalization`` ``pixels``), those of its code for the data set
+    (``wideresnetwithswish``: CIFAR-100's and SVHN's, CIFAR-10's for any other of 3 channels), none for images
+    of another number of channels; given images the data pipeline has normalised, none (never twice)."""
+    from wrn.models.registry import DM_NORM
+
+    if normalization != "pixels" or (info.name not in DM_NORM and info.in_channels != 3):
+        return {"input_mean": None, "input_std": None}
+    mean, std = DM_NORM.get(info.name, DM_NORM["cifar10"])
+    return {"input_mean": mean, "input_std": std}
 
 
 # What may differ between a network and the weights it starts from: the classifier's size, and what changes

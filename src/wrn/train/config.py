@@ -42,6 +42,17 @@ class ModelSection(Section):
     # None: the paper's ReLU and BN momentum 0.1. leaky_relu has slope 0.1 (FixMatch); FixMatch's BN: 0.001.
     act: Literal["relu", "leaky_relu", "silu"] | None = None
     bn_momentum: float | None = Field(default=None, gt=0.0, le=1.0)
+    # DM-Improves-AT's watrain.py (lines 87-91) runs the first step at BN momentum 1 ("make BN running mean and
+    # variance init same as Haiku"), then at 0.01, its network's
+    bn_momentum_first: float | None = flagged(
+        None,
+        "--bn-momentum-first",
+        "the BN momentum of the run's first training step, then the network's own (1.0: BN's running statistics "
+        "start as that step's batch statistics, as Haiku's moving averages and DM-Improves-AT's code start; "
+        "default: the network's throughout)",
+        gt=0.0,
+        le=1.0,
+    )
     # The weights' initialisation, wrn.models.cifar.INITS (tests keep the two lists equal). None: the network's
     # own (the paper's WRNs: the authors'; wrn-D-K-sam and wrn-D-K-aa: AutoAugment's, as their codes)
     init: Literal["paper", "pytorch", "autoaugment", "xternalz", "fixmatch"] | None = flagged(
@@ -229,6 +240,15 @@ class OptimSection(Section):
         "warm the EMA's decay up as timm's ModelEmaV3: min(decay, 1 - (1 + k)^(-2/3))",
         commands=("bench",),
     )
+    # DM-Improves-AT's ema_update (gowal21uncovering/utils/watrain.py lines 244-258), called after step g (from 1):
+    # decay 0 (a copy) while g < W, the lr warm-up's steps, then min(decay, (1 + g - W) / (10 + g - W))
+    ema_warmup_rule: Literal["timm", "gowal"] = flagged(
+        "timm",
+        "--ema-warmup-rule",
+        "with --ema-warmup: timm's ModelEmaV3 warm-up, or DM-Improves-AT's (Gowal et al.'s ema_update): the "
+        "average copies the weights until the lr warm-up ends (cosinew's 0.025 x epochs, or "
+        "--warmup-epochs), then averages with min(decay, (1 + d) / (10 + d)) d steps after it",
+    )
     # FixMatch's tf.train.ExponentialMovingAverage averages the trainable variables only: the average is
     # evaluated with the model's BN statistics as they are ("copy")
     ema_buffers: Literal["average", "copy"] = flagged(
@@ -275,11 +295,26 @@ class OptimSection(Section):
         commands=("bench",),
     )
 
+    # DM-Improves-AT's group_weight (gowal21uncovering/utils/watrain.py lines 58-68) exempts the parameters named
+    # 'batchnorm' only: the classifier's bias decays
+    decay_bias: bool = flagged(
+        False,
+        "--decay-bias",
+        "with --no-decay-norm-and-bias, keep the weight decay on the biases: only the normalisation layers' "
+        "parameters go without (DM-Improves-AT's group_weight; default off: biases go without too)",
+        commands=("bench",),
+    )
+
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> OptimSection:
         if self.nesterov and self.momentum == 0:
             raise ValueError(
                 "--nesterov needs momentum above 0; add --no-nesterov, or give a --momentum above 0"
+            )
+        if self.decay_bias and self.decay_norm_and_bias:
+            raise ValueError(
+                "--decay-bias keeps the biases' weight decay when --no-decay-norm-and-bias takes it away, and "
+                "every parameter decays already; add --no-decay-norm-and-bias or leave --decay-bias out"
             )
         return self
 
@@ -288,11 +323,13 @@ MAX_EPOCHS = 100_000
 
 
 class ScheduleSection(Section):
-    name: Literal["multistep", "cosine", "fixmatch"] = flagged(
+    name: Literal["multistep", "cosine", "fixmatch", "cosinew"] = flagged(
         "multistep",
         "--schedule",
-        "the learning-rate schedule: the paper's multistep, cosine (per step, to 0), or FixMatch's lr x cos(7 pi "
-        "k / 16 K) at step k of K",
+        "the learning-rate schedule: the paper's multistep, cosine (per step, to 0), FixMatch's lr x cos(7 pi "
+        "k / 16 K) at step k of K, or DM-Improves-AT's cosinew (torch's OneCycleLR stepped once an epoch: a "
+        "cosine from lr/25 up to lr at epoch 0.025 x epochs, then down to lr/25e4, the SGD momentum cycled "
+        "from 0.95 to 0.85 and back)",
     )
     epochs: int = flagged(
         200,
@@ -335,6 +372,10 @@ class ScheduleSection(Section):
 
     @model_validator(mode="after")
     def _warmup_inside_the_run(self) -> ScheduleSection:
+        if self.name == "cosinew" and self.warmup_epochs:
+            raise ValueError(
+                "the cosinew schedule warms up by itself (2.5% of the epochs); leave --warmup-epochs out"
+            )
         if self.warmup_epochs >= self.epochs:
             raise ValueError(
                 f"--warmup-epochs {self.warmup_epochs:g} must be shorter than the run (--epochs {self.epochs}); "
@@ -454,7 +495,7 @@ class AdvSection(Section):
     trades_beta: float = flagged(
         6.0,
         "--trades-beta",
-        "TRADES: the weight beta of the KL term (their 6.0)",
+        "TRADES (trades, trades-gowal): the weight beta of the KL term (their 6.0)",
         ge=0.0,
         le=1e6,
         commands=("bench",),
@@ -465,7 +506,7 @@ class AdvSection(Section):
         "--awp",
         "adversarial weight perturbation (AWP, Wu et al. 2020): gamma, the size of each weight's perturbation "
         "relative to its norm; 0: off ("
-        + ", ".join(f"their {a.awp_gamma:g} with --adv {k}" for k, a in ADVERSARIES.items())
+        + ", ".join(f"their {a.awp_gamma:g} with --adv {k}" for k, a in ADVERSARIES.items() if a.awp_gamma)
         + ")",
         ge=0.0,
         le=1.0,
@@ -475,7 +516,7 @@ class AdvSection(Section):
         None,
         "--awp-warmup",
         "AWP: the epochs trained without it before it turns on (unset: their script's, "
-        + ", ".join(f"{a.awp_warmup} with --adv {k}" for k, a in ADVERSARIES.items())
+        + ", ".join(f"{a.awp_warmup} with --adv {k}" for k, a in ADVERSARIES.items() if a.awp_gamma)
         + ")",
         ge=0,
         le=100_000,
@@ -489,6 +530,17 @@ class AdvSection(Section):
         "attack's budget, and keep the weights of the best epoch in RUN/best/ (0: off)",
         ge=0,
         le=1_000_000,
+    )
+
+    # DM-Improves-AT's validation (train-wa.py lines 62-65, 121-127; watrain.py 40-41): the first 1,024 training
+    # images, PGD-40 (4 x the training steps) on the CW margin loss, the best epoch the last of equal ones
+    holdout_rule: Literal["rice", "dm"] = flagged(
+        "rice",
+        "--adv-holdout-rule",
+        "with --adv-holdout: Rice et al.'s early stopping (N training images drawn as their "
+        "generate_validation.py draws them, PGD at the training attack's budget on the cross-entropy, ties keep "
+        "the earlier epoch) or DM-Improves-AT's (the first N training images, PGD of 4 x the training attack's "
+        "steps on the CW margin loss, ties keep the later epoch)",
     )
 
     @field_validator("eps", "step_size", mode="before")

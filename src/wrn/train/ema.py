@@ -6,7 +6,11 @@ of its own). The first update copies the model; each later one is ``ema = decay 
 With ``warmup`` the decay of the k-th update (k = 0, 1, ... the updates made before it) is timm's
 ModelEmaV3 warm-up (``timm/utils/model_ema.py``, ``get_decay`` with ``use_warmup=True``, ``warmup_gamma=1``,
 ``warmup_power=2/3``, ``min_decay=0``, called with ``step = k + 1``): ``min(decay, 1 - (1 + k) ** (-2/3))``,
-which is 0 for the first update (a copy). With ``buffers="copy"`` only the parameters are averaged and the
+which is 0 for the first update (a copy). With ``rule="gowal"`` it is DM-Improves-AT's (imrahulr's port of
+Gowal et al., ``gowal21uncovering/utils/watrain.py`` ``ema_update`` with ``dynamic_decay=True``, called after
+step ``g = k + 1``): 0 (a copy) while ``g < start``, the lr warm-up's length in steps (:attr:`WeightEMA.start`,
+set by the loop), then ``min(decay, (1 + d) / (10 + d))`` with ``d = g - start``. With ``buffers="copy"`` only
+the parameters are averaged and the
 average takes the model's buffers (BN's running statistics) as they are after every update, as FixMatch's
 ``tf.train.ExponentialMovingAverage`` over the trainable variables, whose average is evaluated with the
 model's moving statistics. Under fp16 an update after a step the grad scaler skipped leaves
@@ -28,13 +32,23 @@ class WeightEMA:
     optimizer step; :attr:`module` is the averaged network (it carries the model's ``config``)."""
 
     def __init__(
-        self, model: torch.nn.Module, decay: float, warmup: bool = False, buffers: str = "average"
+        self,
+        model: torch.nn.Module,
+        decay: float,
+        warmup: bool = False,
+        buffers: str = "average",
+        rule: str = "timm",
     ) -> None:
         if buffers not in ("average", "copy"):
             raise ValueError(f"buffers must be 'average' or 'copy', not {buffers!r}")
+        if rule not in ("timm", "gowal"):
+            raise ValueError(f"rule must be 'timm' or 'gowal', not {rule!r}")
         self.model = model
         self.decay = float(decay)
         self.warmup = bool(warmup)
+        self.rule = rule
+        # rule "gowal": the steps of the lr warm-up, before which the average copies the model
+        self.start = 0.0
         self.copy_buffers = buffers == "copy"
         self.averaged = AveragedModel(
             model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=not self.copy_buffers
@@ -58,6 +72,9 @@ class WeightEMA:
     def current_decay(self, device: torch.device) -> torch.Tensor:
         """The decay of the next update, a 0-d float32 tensor on ``device`` (0 for the first: a copy)."""
         k = self.averaged.n_averaged.to(device=device, dtype=torch.float32)
+        if self.warmup and self.rule == "gowal":  # ema_update: after step g = k + 1, d = g - warmup_steps
+            d = k + 1.0 - self.start
+            return torch.where(d >= 0, torch.clamp((1.0 + d) / (10.0 + d), max=self.decay), 0.0)
         if self.warmup:
             return torch.clamp(1.0 - (1.0 + k) ** -WARMUP_POWER, min=0.0, max=self.decay)
         return torch.where(k == 0, 0.0, self.decay)

@@ -122,7 +122,7 @@ def _adversary(adv) -> str:
 
     if adv.method == "none":
         return ""
-    beta = f", beta {adv.trades_beta:g}" if adv.method == "trades" else ""
+    beta = f", beta {adv.trades_beta:g}" if adv.method.startswith("trades") else ""
     awp = f", AWP gamma {adv.awp:g}" if adv.awp else ""
     if adv.awp and adv.awp_warmup:
         awp += f" from epoch {adv.awp_warmup + 1}"

@@ -3,7 +3,9 @@
 out of training (:func:`wrn.data.loaders.holdout_indices`) are attacked after every epoch, with the network in
 eval mode, by PGD at the training attack's radius and step with one random start; the weights of the epoch of
 the highest robust accuracy so far are kept in ``RUN/best/`` (a model directory beside the last model), and
-model.json names both.
+model.json names both. ``adv.holdout_rule`` ``dm`` judges as DM-Improves-AT's ``train-wa.py`` does instead (lines
+121-127; ``watrain.py`` 40-41, ``eval``): PGD of 4 x the training attack's steps on the CW margin loss, the
+best epoch the last of equal ones (``>=``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import torch
 
-from wrn.attacks import PixelScale, pgd
+from wrn.attacks import PixelScale, margin_loss, pgd
 from wrn.seeds import stream_seed
 from wrn.train import distributed as D
 from wrn.train.rundir import BEST
@@ -27,6 +29,8 @@ class HoldoutSelection:
 
         self.loader, self.cfg, self.device, self.dist = loader, cfg, device, dist
         self.budget = adversary_budget(cfg.adv)
+        self.dm = cfg.adv.holdout_rule == "dm"
+        self.steps = 4 * self.budget["steps"] if self.dm else self.budget["steps"]
         self.best_acc: float | None = None
         self.best_epoch = 0
 
@@ -50,7 +54,8 @@ class HoldoutSelection:
                 return model(scale.normalised(z)).float()
 
             adv = pgd(on_pixels, x, labels, eps=self.budget["eps"], step_size=self.budget["step_size"],
-                      steps=self.budget["steps"], generator=generator)  # fmt: skip
+                      steps=self.steps, generator=generator,
+                      loss_fn=margin_loss if self.dm else None)  # fmt: skip
             with torch.no_grad():
                 clean = (on_pixels(x).argmax(1) == labels).sum()
                 robust = (on_pixels(adv).argmax(1) == labels).sum()
@@ -62,9 +67,10 @@ class HoldoutSelection:
                 "holdout_time": time.perf_counter() - start}  # fmt: skip
 
     def improved(self, record: dict[str, Any], epoch: int) -> bool:
-        """Whether the epoch's robust accuracy beats every earlier one (their ``>``: ties keep the earlier)."""
+        """Whether the epoch's robust accuracy beats every earlier one (Rice et al.'s ``>``: ties keep the earlier;
+        DM-Improves-AT's ``>=``: the later)."""
         acc = record["holdout_robust_acc"]
-        if self.best_acc is not None and acc <= self.best_acc:
+        if self.best_acc is not None and (acc < self.best_acc if self.dm else acc <= self.best_acc):
             return False
         self.best_acc, self.best_epoch = acc, epoch
         return True
@@ -76,8 +82,11 @@ class HoldoutSelection:
             "epoch": self.best_epoch,
             "holdout_robust_acc": self.best_acc,
             "holdout": self.cfg.adv.holdout,
-            "selected_by": "robust accuracy of the held-out training images under PGD at the training attack's "
-            "budget (Rice et al. 2020)",
+            "selected_by": "robust accuracy of the held-out training images under PGD-"
+            f"{self.steps} on the CW margin loss, the last of equal epochs (DM-Improves-AT)"
+            if self.dm
+            else "robust accuracy of the held-out training images under PGD at the training attack's budget "
+            "(Rice et al. 2020)",
         }
 
     def state_dict(self) -> dict[str, Any]:

@@ -15,6 +15,11 @@ def consistency_problem(cfg) -> str | None:
         )
     if optim.ema_warmup and not optim.ema_decay:
         return "--ema-warmup warms up an average of the weights, which is off; add --ema DECAY (e.g. 0.999)"
+    if optim.ema_warmup_rule != "timm" and not optim.ema_warmup:
+        return (
+            f"--ema-warmup-rule {optim.ema_warmup_rule} is the rule of a warm-up of the average of the weights, "
+            "which is off; add --ema-warmup (and --ema DECAY) or leave --ema-warmup-rule out"
+        )
     if optim.ema_buffers != "average" and not optim.ema_decay:
         return (
             f"--ema-buffers {optim.ema_buffers} sets what an average of the weights does with the BN statistics, "
@@ -46,6 +51,11 @@ def consistency_problem(cfg) -> str | None:
 def _adversarial_problem(cfg) -> str | None:
     """Options of adversarial training without it, or beside what its attack cannot take."""
     adv, data = cfg.adv, cfg.dataset
+    if adv.holdout_rule != "rice" and not adv.holdout:
+        return (
+            f"--adv-holdout-rule {adv.holdout_rule} chooses how held-out images pick the best epoch, and none "
+            "are held out; add --adv-holdout N (DM-Improves-AT's 1024) or leave the rule out"
+        )
     if adv.method == "none":
         given = [f for f, v in (("--adv-eps", adv.eps), ("--adv-steps", adv.steps), ("--adv-step-size",
                  adv.step_size)) if v is not None]  # fmt: skip
@@ -61,7 +71,7 @@ def _adversarial_problem(cfg) -> str | None:
                 "training, which is off; add --adv pgd or --adv trades, or leave it out"
             )
         return None
-    if adv.method != "trades" and adv.trades_beta != type(adv)().trades_beta:
+    if not adv.method.startswith("trades") and adv.trades_beta != type(adv)().trades_beta:
         return f"--trades-beta weights TRADES' KL term, but --adv is {adv.method}; add --adv trades or leave it out"
     problem = _awp_problem(cfg)
     if problem:
@@ -147,6 +157,13 @@ def _awp_problem(cfg) -> str | None:
         if adv.awp_warmup is not None:
             return "--awp-warmup delays AWP, which is off; add --awp GAMMA (e.g. 0.005) or leave it out"
         return None
+    from wrn.train.objectives import ADVERSARIES
+
+    if ADVERSARIES[adv.method].awp_gamma is None:
+        return (
+            f"--awp perturbs the weights as csdongxian/AWP's scripts do, and none of them trains --adv "
+            f"{adv.method}; use --adv pgd or --adv trades with --awp, or leave it out"
+        )
     if optim.sam_rho:
         return (
             "--awp and --sam both perturb the weights the gradient is taken at, and no method's code combines "

@@ -289,6 +289,8 @@ def build_loop(cfg: TrainConfig, run_dir: RunDir, dist_info: D.DistInfo, device:
     if holdout_loader is not None:  # early stopping on robust accuracy: the best epoch kept beside the last
         state.holdout = HoldoutSelection(holdout_loader, cfg, device, dist_info)
     schedule = recipe.Schedule(cfg.schedule, cfg.optim.lr, state.steps_per_epoch)
+    if state.ema is not None:  # --ema-warmup-rule gowal: the average copies the model until the warm-up ends
+        state.ema.start = schedule.warmup_length()
     policy = CheckpointPolicy(cfg.run, dist_info, device, signals)
     return Loop(cfg, run_dir, dist_info, device, state, schedule, policy, test_loader, info, verbose=verbose)
 

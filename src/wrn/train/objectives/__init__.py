@@ -55,7 +55,7 @@ class Adversary:
     eps: float
     steps: int
     step_size: float
-    awp_gamma: float
+    awp_gamma: float | None  # None: no AWP code trains the method (--awp is refused beside it)
     awp_warmup: int
     awp_lr: float | None
 
@@ -84,6 +84,18 @@ ADVERSARIES: dict[str, Adversary] = {
         0.005,  # trades_AWP/train_trades_cifar.py: --awp-gamma 0.005, --awp-warmup 10 with epochs from 1: AWP
         9,  # is on from the 10th epoch, after 9 without
         None,  # its proxy_optim: SGD at args.lr
+    ),
+    "trades-gowal": Adversary(
+        "wrn.train.objectives.adversarial:TRADESGowal",
+        "TRADES as Gowal et al.'s PyTorch port and DM-Improves-AT train it: the attack with BN in training mode "
+        "and its statistics kept, from a uniform start in the ball; two passes (clean, adversarial)",
+        "imrahulr/adversarial_robustness_pytorch and wzekai99/DM-Improves-AT gowal21uncovering/utils/trades.py",
+        8 / 255,  # core/utils/parser.py: --attack-eps 8/255, --attack-iter 10, --attack-step 2/255
+        10,
+        2 / 255,
+        None,  # no AWP in their code
+        0,
+        None,
     ),
 }
 

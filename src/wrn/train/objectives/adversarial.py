@@ -41,6 +41,22 @@ def _attack_mode(net: torch.nn.Module, training: bool):
         net.train(was)
 
 
+@contextlib.contextmanager
+def _bn_statistics_kept(net: torch.nn.Module):
+    """BN normalising each pass with its batch's statistics (training mode) without updating its running
+    statistics: their ``track_bn_stats(model, False)`` (``core/utils/utils.py``), ``track_running_stats`` off
+    on every BN module for the passes inside, and back on after."""
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    was = [m.track_running_stats for m in norms]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m, tracked in zip(norms, was, strict=True):
+            m.track_running_stats = tracked
+
+
 class Adversarial(Objective):
     """The common part: the wrapped objective, the pixel scale and the attack's generator."""
 
@@ -141,4 +157,31 @@ class TRADES(Adversarial):
         return natural + self.beta * robust, logits
 
 
-__all__ = ["Adversarial", "PGDTraining", "TRADES", "TradesBatch"]
+class TRADESGowal(TRADES):
+    """TRADES as Gowal et al.'s PyTorch port trains it (imrahulr/adversarial_robustness_pytorch,
+    ``gowal21uncovering/utils/trades.py`` ``trades_loss``, which DM-Improves-AT keeps): the attack with the
+    network in training mode, BN normalising each pass with the batch's statistics and leaving its running
+    statistics as they are (``track_bn_stats(model, False)``), from a start uniform in the ball and clamped to
+    [0, 1], up the KL divergence from the clean prediction made the same way; then, BN's statistics tracked
+    again, two passes, clean then adversarial: the objective (their label-smoothed cross-entropy) on the clean
+    logits plus ``beta`` x KL(adversarial || clean) averaged over the batch, the clean softmax not detached.
+    The training accuracy counts the clean predictions."""
+
+    def prepare(self, forward: Forward, images: torch.Tensor, labels: torch.Tensor) -> Batch:
+        x = self.pixels(images)
+        with _attack_mode(forward.net, training=True), _bn_statistics_kept(forward.net):
+            noise = torch.empty_like(x).uniform_(-self.eps, self.eps, generator=self.generator)
+            adv = trades_attack(self.on_pixels(forward), x, eps=self.eps, step_size=self.step_size,
+                                steps=self.steps, start=(x + noise).clamp(0, 1))  # fmt: skip
+        return TradesBatch(self.normalised(adv).to(images.dtype), labels, labels, natural=images)
+
+    def loss(self, forward: Forward, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        assert isinstance(batch, TradesBatch)
+        logits, adversarial = forward(batch.natural), forward(batch.images)
+        natural = self.criterion(logits, batch.targets)
+        robust = F.kl_div(F.log_softmax(adversarial, dim=1), F.softmax(logits, dim=1),
+                          reduction="sum") / len(batch.labels)  # fmt: skip
+        return natural + self.beta * robust, logits
+
+
+__all__ = ["Adversarial", "PGDTraining", "TRADES", "TRADESGowal", "TradesBatch"]
