@@ -44,10 +44,20 @@ def test_config_yaml_holds_every_value_that_ran_and_what_ran_it(finished):
         if isinstance(values, dict)
         for key, value in values.items()
         # None is a value there: "off", the network's own initialisation, no starting weights, no generated
-        # data, the data set's own training split, every image labelled; and the attack's budget of adversarial
-        # training when it is off (resolve fills it in otherwise)
+        # data, the data set's own training split, every image labelled, the network's BN momentum from the
+        # first step; and the attack's budget of adversarial training when it is off (resolve fills it in
+        # otherwise)
         if value is None
-        and key not in ("checkpoint_every_steps", "init", "init_from", "aux_data", "train_split", "labels")
+        and key
+        not in (
+            "checkpoint_every_steps",
+            "init",
+            "init_from",
+            "aux_data",
+            "train_split",
+            "labels",
+            "bn_momentum_first",
+        )
         and not (section == "adv" and config["adv"]["method"] == "none")
     ]
     assert nulls == []
