@@ -14,9 +14,11 @@ torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, tor
 
 # The files whose tests start real processes (trainings, grids, torchrun, Ray), the longest first: they are handed
 # out to the pytest-xdist workers before the quick ones, so that no worker waits idle at the end for the other.
-LONG_FILES = ("test_reproduce", "test_grid_runner", "test_train_runs", "test_train_resume", "test_train_cli",
-              "test_train_recipes_modern", "test_export_predict", "test_train_ddp", "test_train_faults",
-              "test_data_policies", "test_train_optim_modern")  # fmt: skip
+LONG_FILES = ("test_reproduce", "test_grid_runner", "test_reproduce_robust", "test_train_adversarial",
+              "test_train_resume", "test_train_fixmatch", "test_train_runs", "test_train_cli",
+              "test_train_recipes_modern", "test_export_predict", "test_train_ddp", "test_train_dm_at",
+              "test_train_faults", "test_data_policies", "test_data_aux", "test_train_optim_modern",
+              "test_attacks")  # fmt: skip
 
 
 def pytest_collection_modifyitems(config, items):
