@@ -427,9 +427,9 @@ def test_the_first_step_at_bn_momentum_one_is_theirs():
     network's 0.01, as their train() sets it at global steps 0 and 1 (watrain.py lines 86-91)."""
     import copy
 
+    from wrn.models.layers import bn_set
     from wrn.seeds import stream_seed
     from wrn.train.build import build_trainables
-    from wrn.train.epoch import bn_momentum
     from wrn.train.recipe import make_optimizer
 
     cfg = _dm_cfg(**{"model.bn_momentum_first": 1.0})
@@ -441,7 +441,7 @@ def test_the_first_step_at_bn_momentum_one_is_theirs():
     generator = torch.Generator().manual_seed(stream_seed(cfg.run.seed, "adversary", 0))
     for global_step, (x, y) in enumerate(_batches(3)):
         model.train()
-        with bn_momentum(model, cfg.model.bn_momentum_first if global_step == 0 else None):
+        with bn_set(model, "momentum", cfg.model.bn_momentum_first if global_step == 0 else None):
             step(x, y)
         set_bn_momentum(theirs, 1.0 if global_step == 0 else 0.01)
         their_trades_loss(theirs, x, y, optimizer, 2 / 255, 8 / 255, 3, 5.0, 0.1, generator).backward()

@@ -13,6 +13,8 @@ None of them adds a parameter or changes a state-dict key.
 
 from __future__ import annotations
 
+import contextlib
+
 from torch import nn
 
 from wrn.errors import ConfigError
@@ -49,3 +51,24 @@ def make_act(act: str, inplace: bool = False) -> nn.Module:
     if act == "leaky_relu":
         return nn.LeakyReLU(LEAKY_RELU_SLOPE, inplace=inplace)
     return nn.SiLU(inplace=inplace)
+
+
+@contextlib.contextmanager
+def bn_set(model: nn.Module, name: str, value):
+    """Every BN module of ``model`` with attribute ``name`` set to ``value`` for the passes inside, each back at
+    its own value after (``value`` None: left as they are). ``bn_set(net, "momentum", 1.0)``: one step at
+    momentum 1 (DM-Improves-AT's ``set_bn_momentum``); ``bn_set(net, "track_running_stats", False)``: training
+    mode without updating the running statistics (their ``track_bn_stats(model, False)``)."""
+    norms = (
+        []
+        if value is None
+        else [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    )
+    own = [getattr(m, name) for m in norms]
+    for m in norms:
+        setattr(m, name, value)
+    try:
+        yield
+    finally:
+        for m, was in zip(norms, own, strict=True):
+            setattr(m, name, was)

@@ -10,16 +10,15 @@ that says when to stop or checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from wrn.errors import Interrupted, NonFiniteLoss, WriteError
+from wrn.models.layers import bn_set
 from wrn.train import checkpoint as ckpt
 from wrn.train import distributed as D
 from wrn.train import recipe
@@ -79,7 +78,7 @@ def train_one_epoch(loop: Loop) -> None:
         for images, labels in state.train_loader:
             loop.schedule.apply(state.optimizer, epoch, state.step)
             first = cfg.model.bn_momentum_first if state.global_step == 0 else None
-            with bn_momentum(state.model, first):
+            with bn_set(state.model, "momentum", first):  # --bn-momentum-first at the run's first step
                 loss, logits = step_fn(images, labels)
             meter.update(loss, logits, step_fn.counted)
             state.step += 1
@@ -108,21 +107,6 @@ def train_one_epoch(loop: Loop) -> None:
         raise RuntimeError(
             f"the training loader gave {state.step} batches in epoch {epoch} but len() said {state.steps_per_epoch}"
         )
-
-
-@contextlib.contextmanager
-def bn_momentum(model: torch.nn.Module, momentum: float | None):
-    """Every BN of ``model`` at ``momentum`` for the passes inside, each back at its own after (``None``: as they
-    are): ``--bn-momentum-first`` for the run's first step (DM-Improves-AT's ``set_bn_momentum``)."""
-    norms = [] if momentum is None else [m for m in model.modules() if isinstance(m, _BatchNorm)]
-    own = [m.momentum for m in norms]
-    for m in norms:
-        m.momentum = momentum
-    try:
-        yield
-    finally:
-        for m, value in zip(norms, own, strict=True):
-            m.momentum = value
 
 
 def _read_back(loop: Loop) -> None:

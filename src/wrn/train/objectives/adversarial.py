@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from wrn.attacks import PixelScale, pgd, trades_attack
-from wrn.train.objectives.base import Batch, Context, Forward, Objective
+from wrn.models.layers import bn_set
+from wrn.train.objectives.base import Batch, Context, Forward, Objective, Wrapping
 
 
 @contextlib.contextmanager
@@ -41,31 +42,14 @@ def _attack_mode(net: torch.nn.Module, training: bool):
         net.train(was)
 
 
-@contextlib.contextmanager
-def _bn_statistics_kept(net: torch.nn.Module):
-    """BN normalising each pass with its batch's statistics (training mode) without updating its running
-    statistics: their ``track_bn_stats(model, False)`` (``core/utils/utils.py``), ``track_running_stats`` off
-    on every BN module for the passes inside, and back on after."""
-    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    was = [m.track_running_stats for m in norms]
-    for m in norms:
-        m.track_running_stats = False
-    try:
-        yield
-    finally:
-        for m, tracked in zip(norms, was, strict=True):
-            m.track_running_stats = tracked
-
-
-class Adversarial(Objective):
+class Adversarial(Wrapping):
     """The common part: the wrapped objective, the pixel scale and the attack's generator."""
 
     def __init__(self, inner: Objective, ctx: Context) -> None:
         from wrn.train.objectives import adversary_budget
 
+        super().__init__(inner)
         budget = adversary_budget(ctx.cfg.adv)
-        self.inner = inner
-        self.mixing = None  # (the config refuses mixup / CutMix with --adv)
         self.eps, self.steps, self.step_size = (
             float(budget["eps"]),
             int(budget["steps"]),
@@ -90,14 +74,10 @@ class Adversarial(Objective):
     def on_pixels(self, forward: Forward):
         return lambda x: forward(self.normalised(x))
 
-    def criterion(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.inner.criterion(logits, targets)
+    def own_state(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"inner": self.inner.state_dict(), "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.inner.load_state_dict(state["inner"])
+    def load_own_state(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"].cpu())
 
 
@@ -169,7 +149,7 @@ class TRADESGowal(TRADES):
 
     def prepare(self, forward: Forward, images: torch.Tensor, labels: torch.Tensor) -> Batch:
         x = self.pixels(images)
-        with _attack_mode(forward.net, training=True), _bn_statistics_kept(forward.net):
+        with _attack_mode(forward.net, training=True), bn_set(forward.net, "track_running_stats", False):
             noise = torch.empty_like(x).uniform_(-self.eps, self.eps, generator=self.generator)
             adv = trades_attack(self.on_pixels(forward), x, eps=self.eps, step_size=self.step_size,
                                 steps=self.steps, start=(x + noise).clamp(0, 1))  # fmt: skip

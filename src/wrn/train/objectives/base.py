@@ -91,6 +91,32 @@ class Objective:
             self.mixing.load_state_dict(state["mixing"])
 
 
+class Wrapping(Objective):
+    """An objective that wraps the run's (``inner``), as adversarial and semi-supervised training do: it makes
+    its own batches and adds its own terms, and takes the inner objective's :meth:`criterion`; its state holds
+    the inner's (``"inner"``) beside its own (:meth:`own_state`, restored by :meth:`load_own_state`)."""
+
+    def __init__(self, inner: Objective) -> None:
+        self.inner = inner
+        self.mixing = None  # (the config refuses mixup / CutMix with a wrapping objective)
+
+    def criterion(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.inner.criterion(logits, targets)
+
+    def own_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_own_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"inner": self.inner.state_dict(), **self.own_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state["inner"])
+        self.load_own_state(state)
+
+
 class CrossEntropy(Objective):
     """The paper's loss: cross-entropy, with ``optim.label_smoothing`` (torch's ``CrossEntropyLoss``, which
     takes class indices or soft labels)."""
@@ -116,4 +142,4 @@ class Criterion(Objective):
         return self._criterion(logits, targets)
 
 
-__all__ = ["Batch", "Context", "Criterion", "CrossEntropy", "Forward", "Objective"]
+__all__ = ["Batch", "Context", "Criterion", "CrossEntropy", "Forward", "Objective", "Wrapping"]

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from wrn.train.objectives.base import Batch, Context, Forward, Objective
+from wrn.train.objectives.base import Batch, Context, Forward, Objective, Wrapping
 
 
 @dataclass
@@ -48,22 +48,18 @@ def fixmatch_unlabelled_loss(
     return loss, mask
 
 
-class FixMatch(Objective):
+class FixMatch(Wrapping):
     """The run's ``objective`` on the labelled batch plus ``ssl.lambda_u`` x FixMatch's unlabelled loss on a
     batch of ``ctx.unlabelled`` (an :class:`~wrn.data.semi_supervised.UnlabelledLoader`)."""
 
     def __init__(self, objective: Objective, ctx: Context) -> None:
         if ctx.unlabelled is None:
             raise ValueError("FixMatch needs a loader of unlabelled images (Context.unlabelled)")
-        self.inner = objective
-        self.mixing = None  # (the config refuses mixup / CutMix with --ssl)
+        super().__init__(objective)
         self.loader = ctx.unlabelled
         self.threshold = float(ctx.cfg.ssl.threshold)
         self.lambda_u = float(ctx.cfg.ssl.lambda_u)
         self._batches = None
-        self.mask_rate: torch.Tensor | None = (
-            None  # the last step's share of kept pseudo-labels (on the device)
-        )
 
     def _unlabelled(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next (weak, strong) batch; a new pass over the unlabelled images when one ends."""
@@ -86,18 +82,13 @@ class FixMatch(Objective):
         b = batch.labelled
         labelled = logits[:b]
         weak, strong = logits[b:].chunk(2)
-        unlabelled, mask = fixmatch_unlabelled_loss(weak, strong, self.threshold)
-        self.mask_rate = mask.mean().detach()
+        unlabelled, _ = fixmatch_unlabelled_loss(weak, strong, self.threshold)
         return self.inner.criterion(labelled, batch.targets) + self.lambda_u * unlabelled, labelled
 
-    def criterion(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.inner.criterion(logits, targets)
+    def own_state(self) -> dict[str, Any]:
+        return {"unlabelled": self.loader.state_dict()}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"inner": self.inner.state_dict(), "unlabelled": self.loader.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.inner.load_state_dict(state["inner"])
+    def load_own_state(self, state: dict[str, Any]) -> None:
         self.loader.load_state_dict(state["unlabelled"])
         self._batches = None  # the next batch comes from the restored position
 
