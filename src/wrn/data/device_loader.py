@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wrn.data.generated import Generated, Mix
+from wrn.data.generated import Generated, Mix, check_generated_state
 from wrn.data.policies import PerImage, batch_seed, die_with_parent, erase_, transform_batch
 from wrn.data.protocol import EpochLoader
 from wrn.data.registry import AUGMENT_CHOICES, CROP_PADDINGS
@@ -38,6 +38,22 @@ def reflect_index(i: torch.Tensor, size: int) -> torch.Tensor:
     """
     i = i.abs()
     return (size - 1) - ((size - 1) - i).abs()
+
+
+def _checked_arrays(x, y, train: bool, augment: str, pad: int, crop_padding: str):
+    """``x`` [N, C, H, W] and ``y`` [N] as tensors, and the augmentation's choices checked against them."""
+    if augment not in AUGMENT_CHOICES:
+        raise ConfigError(f"unknown augment {augment!r}: choose one of {', '.join(AUGMENT_CHOICES)}.")
+    x = torch.from_numpy(x) if isinstance(x, np.ndarray) else torch.as_tensor(x)
+    y = torch.from_numpy(y) if isinstance(y, np.ndarray) else torch.as_tensor(y)
+    if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
+        raise ConfigError(f"x must be [N, C, H, W] and y [N], got {tuple(x.shape)} and {tuple(y.shape)}.")
+    h, w = x.shape[-2:]
+    if train and augment in ("crop", "flip-crop") and not 0 <= pad < min(h, w):
+        raise ConfigError(f"pad must be in 0..{min(h, w) - 1} for {h}x{w} images, not {pad}.")
+    if crop_padding not in CROP_PADDINGS:
+        raise ConfigError(f"unknown crop padding {crop_padding!r}: choose one of {', '.join(CROP_PADDINGS)}.")
+    return x, y
 
 
 def _check_per_image(per_image: PerImage, augment: str, x: torch.Tensor) -> None:
@@ -67,24 +83,21 @@ class DeviceLoader(EpochLoader):
     ``image_size`` or the native one). ``normalize=(mean, std)`` on the 0..255 scale gives (x - mean) / std.
 
     With ``world_size > 1`` every rank takes its own shard (positions ``rank::world_size``) of the epoch's
-    permutation, cut to a multiple of ``world_size`` so all ranks run the same number of batches. Evaluation
-    loaders (``train=False``) keep the order, do not augment and keep every sample (an uneven shard per rank:
-    sum the per-rank counts).
+    order (:class:`~wrn.data.protocol.EpochLoader`: the same number of batches on every rank in training, every
+    sample in evaluation).
 
     ``per_image`` (training only): a policy applied per image before the crop and flip (the AutoAugment code's
-    order) and/or random erasing after normalisation, in ``workers`` DataLoader processes (0: in this one); with it off nothing is drawn or done differently.
+    order) and/or random erasing after normalisation, in ``workers`` DataLoader processes (0: in this one);
+    with it off nothing is drawn or done differently.
 
     ``epoch_batches`` (training only): an epoch is that many batches, whatever the number of images, taken
     from permutations of the images drawn one after the other (a labelled split smaller than a batch, an
     "epoch" that is a report interval).
 
     ``generated`` (training only, :func:`~wrn.data.generated.read_generated`): generated images mixed into every
-    batch as DM-Improves-AT's ``SemiSupervisedSampler`` mixes them: of each global batch of ``batch_size x
-    world_size``, ``int(fraction x that)`` generated images drawn uniformly with replacement and the rest real
-    ones taken in turn from a permutation (a new one when it runs out), the batch shuffled; an epoch is
-    ``ceil(real images / global batch)`` batches. The generated images stay where they are (memory-mapped or in
-    host memory) and only each batch's are gathered and moved to the device, then flipped and cropped as the
-    real ones. Each rank takes positions ``rank::world_size`` of every batch.
+    batch as DM-Improves-AT's ``SemiSupervisedSampler`` mixes them (:class:`~wrn.data.generated.Mix`), each
+    batch's gathered from where they are (memory-mapped or in host memory), moved to the device, then flipped
+    and cropped as the real ones.
 
     The order and augmentation of an epoch depend only on ``seed`` and the epoch index, whatever the device;
     :meth:`state_dict` / :meth:`load_state_dict` save and restore the epoch, the position in it and the
@@ -113,19 +126,8 @@ class DeviceLoader(EpochLoader):
         generated: Generated | None = None,
         epoch_batches: int | None = None,
     ):
-        if augment not in AUGMENT_CHOICES:
-            raise ConfigError(f"unknown augment {augment!r}: choose one of {', '.join(AUGMENT_CHOICES)}.")
-        x = torch.from_numpy(x) if isinstance(x, np.ndarray) else torch.as_tensor(x)
-        y = torch.from_numpy(y) if isinstance(y, np.ndarray) else torch.as_tensor(y)
-        if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
-            raise ConfigError(f"x must be [N, C, H, W] and y [N], got {tuple(x.shape)} and {tuple(y.shape)}.")
+        x, y = _checked_arrays(x, y, train, augment, pad, crop_padding)
         n, c, h, w = x.shape
-        if train and augment in ("crop", "flip-crop") and not 0 <= pad < min(h, w):
-            raise ConfigError(f"pad must be in 0..{min(h, w) - 1} for {h}x{w} images, not {pad}.")
-        if crop_padding not in CROP_PADDINGS:
-            raise ConfigError(
-                f"unknown crop padding {crop_padding!r}: choose one of {', '.join(CROP_PADDINGS)}."
-            )
         self._setup_protocol(
             n, batch_size, train, drop_last, rank, world_size, seed, normalize, device, dtype, channels=c
         )
@@ -145,11 +147,7 @@ class DeviceLoader(EpochLoader):
         self._positions = torch.arange(rank, last, world_size)
         self.per_image = per_image if train and per_image is not None and per_image.active else None
         self.workers = int(workers)
-        if self.per_image is not None:
-            _check_per_image(self.per_image, self.augment, x)
-            # the batches of the per-image stage are gathered on the CPU (the same tensor when x is there)
-            self._x_cpu = x.to("cpu").contiguous()
-            self._transform = self.per_image.transform(mean=normalize[0] if normalize is not None else None)
+        self.stage = _PerImageStage(self.per_image, self.augment, x, normalize) if self.per_image else None
         self.mix = None  # generated images in every batch (training only)
         if train and generated is not None:
             self.mix = Mix(generated, self.x, augment=self.augment, per_image=self.per_image,
@@ -162,23 +160,30 @@ class DeviceLoader(EpochLoader):
     def __len__(self) -> int:
         return self.mix.batches if self.mix is not None else super().__len__()
 
-    # ------------------------------------------------------------------------------------------ protocol
-
     def __iter__(self):
         plan = self._epoch_plan()
-        transformed = self._per_image_batches(plan) if self.per_image is not None else None
+        transformed = self._in_workers(self.stage.batches(self, plan)) if self.stage is not None else None
         for b in range(self.position, len(self)):
             sel = slice(b * self.batch_size, min((b + 1) * self.batch_size, self._shard_size))
             images = (
-                self._batch(plan, sel) if transformed is None else self._finish(*next(transformed), plan, sel)
+                self._batch(plan, sel)
+                if transformed is None
+                else self.stage.finish(self, *next(transformed), plan, sel)
             )
             labels = plan["label"][sel] if "label" in plan else self.y[plan["index"][sel]]
             self.position = b + 1
             yield images, labels
+        self._end_epoch()
+
+    def _end_epoch(self) -> None:
+        """The epoch is served: the next one starts from the generator state after this one's draws."""
         self._plan = None
         self._epoch_start_state = self._next_state
         self.epoch += 1
         self.position = 0
+
+    def _in_workers(self, batches: torch.utils.data.Dataset):
+        return in_workers(batches, range(self.position, len(self)), self.workers, self.device, self.seed)
 
     def state_dict(self) -> dict:
         """The protocol's state and the generator state at the start of the epoch (and the number and share of
@@ -189,20 +194,10 @@ class DeviceLoader(EpochLoader):
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        mine = self.state_dict()
-        saved, here = [
-            (int(s.get("generated", 0)), int(s.get("generated_per_batch", 0))) for s in (state, mine)
-        ]
-        if saved != here:
-            raise ConfigError(
-                f"the saved loader state has {saved[0]} generated images, {saved[1]} a batch, but this loader has "
-                f"{here[0]}, {here[1]} a batch: resume with the same --aux-data file and --aux-fraction."
-            )
+        check_generated_state(state, self.state_dict())
         super().load_state_dict(state)
         self._epoch_start_state = torch.as_tensor(state["generator"]).to("cpu", torch.uint8).clone()
         self._plan = None
-
-    # ------------------------------------------------------------------------------------------ internals
 
     def _epoch_plan(self) -> dict:
         """The current epoch's sample order and per-sample augmentation, for this rank, on the device."""
@@ -217,14 +212,9 @@ class DeviceLoader(EpochLoader):
             return self._plan
         plan = {}
         if self.train:
-            order = self._order(g)
-            n = len(order)
-            if self.augment in ("crop", "flip-crop"):
-                plan["offset"] = torch.randint(0, self._offset_high(), (n, 2), generator=g)
-            if self.augment in ("flip-crop", "imagenet"):
-                plan["flip"] = torch.rand(n, generator=g) < 0.5
-            if self.augment == "imagenet":
-                plan.update(_imagenet_params(n, g))
+            need = self._shard_size * self.world_size if self.epoch_batches is not None else None
+            order = epoch_order(self.num_samples, g, need)
+            plan = draw_augmentation(len(order), self.augment, self._offset_high(), g)
         else:
             order = torch.arange(self.num_samples)
         self._next_state = g.get_state()
@@ -234,15 +224,6 @@ class DeviceLoader(EpochLoader):
         plan["index"] = order[pos].to(self.device)
         self._plan = plan
         return plan
-
-    def _order(self, g: torch.Generator) -> torch.Tensor:
-        """The epoch's order of the images: a permutation, or with ``epoch_batches`` as many permutations one
-        after the other as its batches take (the last one cut), as a repeated and shuffled stream gives them."""
-        n = self.num_samples
-        if self.epoch_batches is None:
-            return torch.randperm(n, generator=g)
-        need = self._shard_size * self.world_size
-        return torch.cat([torch.randperm(n, generator=g) for _ in range(-(-need // n))])[:need]
 
     def _offset_high(self) -> int | None:
         """The crop offsets are drawn from ``0..high-1`` (None: no crop). The AutoAugment code's
@@ -284,41 +265,73 @@ class DeviceLoader(EpochLoader):
         if self.crop_padding != "mean" or self.augment not in ("crop", "flip-crop"):
             return out
         flip = plan["flip"][sel] if "flip" in plan else None
-        _, _, h, w = out.shape
-        rows, cols = crop_coordinates(plan["offset"][sel], flip, self.pad, self._ar_h, self._ar_w)
-        return out.masked_fill_(~_inside(rows, cols, h, w), 0)
+        return mean_border_(out, plan["offset"][sel], flip, self.pad)
 
     def _crop_flip(self, idx, offset, flip) -> torch.Tensor:
         aranges = (self._ar_c, self._ar_h, self._ar_w)
         return crop_flip(self.x, idx, offset, flip, self.pad, aranges, zeros=self.crop_padding != "reflect")
 
-    # ------------------------------------------------------------------------------------------ per image
 
-    def _per_image_batches(self, plan: dict):
-        """The remaining batches of the epoch as (uint8 images, erasing boxes), from DataLoader workers."""
-        from torch.utils.data import DataLoader
+def epoch_order(n: int, g: torch.Generator, need: int | None = None) -> torch.Tensor:
+    """An epoch's order of ``n`` images: a permutation, or (``need``: the positions an epoch of
+    ``epoch_batches`` takes) as many permutations one after the other as that takes, the last one cut, as a
+    repeated and shuffled stream gives them."""
+    if need is None:
+        return torch.randperm(n, generator=g)
+    return torch.cat([torch.randperm(n, generator=g) for _ in range(-(-need // n))])[:need]
 
-        cpu_plan = {k: v.cpu() for k, v in plan.items()}
-        batches = _PerImageBatches(self, cpu_plan)
-        loader = DataLoader(
-            batches,
-            batch_size=None,
-            sampler=range(self.position, len(self)),
-            num_workers=self.workers,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-            # the workers' base seed from a generator of its own: the global one (dropout's) is left alone,
-            # and every batch seeds itself anyway
-            generator=torch.Generator().manual_seed(self.seed),
-            worker_init_fn=die_with_parent,
-        )
-        return iter(loader)
 
-    def _finish(self, images: torch.Tensor, boxes: torch.Tensor, plan: dict, sel: slice) -> torch.Tensor:
+def draw_augmentation(n: int, augment: str, offset_high: int | None, g: torch.Generator) -> dict:
+    """The augmentation of ``n`` positions of an epoch, drawn in this order: crop offsets from
+    ``0..offset_high-1`` (crop, flip-crop), flips (flip-crop, imagenet), the ImageNet-style parameters."""
+    plan = {}
+    if augment in ("crop", "flip-crop"):
+        plan["offset"] = torch.randint(0, offset_high, (n, 2), generator=g)
+    if augment in ("flip-crop", "imagenet"):
+        plan["flip"] = torch.rand(n, generator=g) < 0.5
+    if augment == "imagenet":
+        plan.update(_imagenet_params(n, g))
+    return plan
+
+
+def in_workers(batches: torch.utils.data.Dataset, todo: range, workers: int, device: torch.device, seed: int):
+    """Items ``todo`` of ``batches`` (item b: batch b of an epoch, seeded by itself) made in ``workers``
+    DataLoader processes (0: this one), in order, pinned for a CUDA ``device``."""
+    from torch.utils.data import DataLoader
+
+    return iter(DataLoader(
+        batches,
+        batch_size=None,
+        sampler=todo,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        # the workers' base seed from a generator of its own: the global one (dropout's) is left alone, and every
+        # batch seeds itself anyway
+        generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=die_with_parent,
+    ))  # fmt: skip
+
+
+class _PerImageStage:
+    """The per-image stage of a :class:`DeviceLoader` (``per_image``): its transform, the CPU copy of the
+    images its batches are gathered from (the same tensor when they are there), the items its workers make
+    and the last touches of a transformed batch on the device."""
+
+    def __init__(self, per_image: PerImage, augment: str, x: torch.Tensor, normalize) -> None:
+        _check_per_image(per_image, augment, x)
+        self.per_image = per_image
+        self.x_cpu = x.to("cpu").contiguous()
+        self.transform = per_image.transform(mean=normalize[0] if normalize is not None else None)
+
+    def batches(self, loader: DeviceLoader, plan: dict) -> _PerImageBatches:
+        return _PerImageBatches(loader, self, {k: v.cpu() for k, v in plan.items()})
+
+    def finish(self, loader: DeviceLoader, images: torch.Tensor, boxes: torch.Tensor, plan: dict, sel: slice):
         """A transformed uint8 batch on the device, normalised, then its erasing boxes set to 0."""
-        non_blocking = self.device.type == "cuda"
-        out = self._normalize_(images.to(self.device, non_blocking=non_blocking).to(self.dtype))
-        out = self._mean_border_(out, plan, sel)
+        non_blocking = loader.device.type == "cuda"
+        out = loader._normalize_(images.to(loader.device, non_blocking=non_blocking).to(loader.dtype))
+        out = loader._mean_border_(out, plan, sel)
         return erase_(out, boxes) if self.per_image.erasing > 0 else out
 
 
@@ -326,11 +339,11 @@ class _PerImageBatches(torch.utils.data.Dataset):
     """Item ``b``: batch ``b`` of the loader's epoch, crop-flipped from the CPU copy of the data (the epoch's
     plan) and put through the per-image stage with its own seed (:func:`~wrn.data.policies.batch_seed`)."""
 
-    def __init__(self, loader: DeviceLoader, plan: dict):
-        self.x, self.plan, self.augment, self.pad = loader._x_cpu, plan, loader.augment, loader.pad
+    def __init__(self, loader: DeviceLoader, stage: _PerImageStage, plan: dict):
+        self.x, self.plan, self.augment, self.pad = stage.x_cpu, plan, loader.augment, loader.pad
         self.zeros = loader.crop_padding != "reflect"  # ("mean": black here, 0 after normalisation)
         self.batch_size, self.shard_size, self.batches = loader.batch_size, loader._shard_size, len(loader)
-        self.per_image, self.transform = loader.per_image, loader._transform
+        self.per_image, self.transform = stage.per_image, stage.transform
         self.seed, self.epoch, self.rank = loader.seed, loader.epoch, loader.rank
 
     def __len__(self) -> int:
@@ -373,6 +386,15 @@ def crop_flip(
     lin = (idx * (c * h * w)).view(-1, 1, 1, 1) + ar_c + (rows * w).view(-1, 1, h, 1) + cols.view(-1, 1, 1, w)
     out = x.view(-1)[lin]
     return out if inside is None else out.masked_fill_(~inside, 0)
+
+
+def mean_border_(out: torch.Tensor, offset, flip, pad: int) -> torch.Tensor:
+    """The pixels of the crops at ``offset`` (flipped where ``flip``) that come from the padding set to 0, in
+    place: after normalisation, the mean colour."""
+    _, _, h, w = out.shape
+    ar_h, ar_w = torch.arange(h, device=out.device), torch.arange(w, device=out.device)
+    rows, cols = crop_coordinates(offset, flip, pad, ar_h, ar_w)
+    return out.masked_fill_(~_inside(rows, cols, h, w), 0)
 
 
 def crop_coordinates(offset, flip, pad: int, rows_ar: torch.Tensor, cols_ar: torch.Tensor):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wrn.errors import DataError
+from wrn.errors import ConfigError, DataError
 
 KEYS = ("image", "label")
 # the data sets whose batches can take generated images (the device-resident loader's, at their own size)
@@ -282,3 +282,14 @@ def _checked_labels(labels: np.ndarray, n: int, num_classes: int, where: str) ->
             "with its classes"
         )
     return np.ascontiguousarray(labels, dtype=np.int64)
+
+
+def check_generated_state(saved: dict, here: dict) -> None:
+    """A loader state saved with another number or share of generated images than this loader's (``here``:
+    its state) is one sentence: its draws would not line up."""
+    a, b = [(int(s.get("generated", 0)), int(s.get("generated_per_batch", 0))) for s in (saved, here)]
+    if a != b:
+        raise ConfigError(
+            f"the saved loader state has {a[0]} generated images, {a[1]} a batch, but this loader has {b[0]}, "
+            f"{b[1]} a batch: resume with the same --aux-data file and --aux-fraction."
+        )

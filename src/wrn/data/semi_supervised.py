@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from wrn.data.device_loader import DeviceLoader, crop_flip
-from wrn.data.policies import die_with_parent
 from wrn.data.registry import STRONG_POLICIES
 from wrn.errors import ConfigError
 from wrn.seeds import stream_seed
@@ -133,26 +132,12 @@ class UnlabelledLoader(DeviceLoader):
             strong.masked_fill_(emptied.to(self.device, non_blocking=non_blocking)[:, None], 0)
             self.position = b + 1
             yield weak, strong
-        self._plan = None
-        self._epoch_start_state = self._next_state
-        self.epoch += 1
-        self.position = 0
+        self._end_epoch()
 
     def _worker_views(self, plan: dict):
         """The rest of the epoch's strong views (uint8 images, emptied masks) from the worker processes."""
-        from torch.utils.data import DataLoader
-
         strong_plan = {k: v.cpu() for k, v in self._strong_plan().items()}
-        batches = _StrongBatches(self, plan["index"].cpu(), strong_plan)
-        return iter(DataLoader(
-            batches,
-            batch_size=None,
-            sampler=range(self.position, len(self)),
-            num_workers=self.workers,
-            pin_memory=self.device.type == "cuda",
-            generator=torch.Generator().manual_seed(self.seed),
-            worker_init_fn=die_with_parent,
-        ))  # fmt: skip
+        return self._in_workers(_StrongBatches(self, plan["index"].cpu(), strong_plan))
 
     def _device_views(self, plan: dict):
         """The rest of the epoch's strong views made on the device, a batch at a time: the images gathered
