@@ -17,7 +17,7 @@ import yaml
 
 from conftest import metrics, one_line_error, run_wrn, start_wrn
 from wrn.data import make_loaders
-from wrn.data.semi_supervised import labelled_indices
+from wrn.data.semi_supervised import LabelledSplit, labelled_indices
 from wrn.errors import ConfigError
 from wrn.train.compose import build_config
 from wrn.train.ema import WeightEMA
@@ -154,8 +154,8 @@ def test_the_ema_with_copied_buffers_averages_the_weights_only():
 # ----------------------------------------------------------------------------------------- the loaders
 
 
-def _digits_loaders(**kwargs):
-    return make_loaders("digits", None, batch_size=16, seed=3, workers=0, **kwargs)
+def _digits_loaders(**split):
+    return make_loaders("digits", None, batch_size=16, seed=3, workers=0, split=LabelledSplit(**split))
 
 
 def test_the_labelled_loader_is_a_stream_of_permutations_in_epochs_of_steps():

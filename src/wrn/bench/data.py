@@ -59,27 +59,9 @@ def run(
     from wrn.bench.common import machine_info, prepare_device, resolve_settings
     from wrn.data import dataset_info
     from wrn.data.policies import PerImage
-    from wrn.data.registry import POLICY_CHOICES
 
-    if dataset not in DATASETS:
-        raise ConfigError(
-            f"--dataset {dataset!r} has no device-resident loader to time; choose one of {', '.join(DATASETS)}"
-        )
-    if epochs < 1 or batch_size < 1:
-        raise ConfigError("--epochs and --batch-size must be at least 1")
-    if workers < 0:
-        raise ConfigError(f"--workers is a number of processes, 0 or more, not {workers}")
-    if policy != "all" and policy not in POLICY_CHOICES:
-        raise ConfigError(f"unknown --policy {policy!r}: choose one of {', '.join(POLICY_CHOICES)} or all")
-    from wrn.data.registry import STRONG_POLICIES
-
-    if strong_policy is not None and strong_policy != "all" and strong_policy not in STRONG_POLICIES:
-        raise ConfigError(
-            f"unknown --strong-policy {strong_policy!r}: choose one of {', '.join(STRONG_POLICIES)} or all"
-        )
-    strong = () if strong_policy is None else STRONG_POLICIES if strong_policy == "all" else (strong_policy,)
-    policies = POLICY_CHOICES[1:] if policy == "all" else (policy,)
-    stages = [PerImage(p, randaugment_n, randaugment_m, random_erasing) for p in policies]  # checks them
+    stages, strong = _checked(dataset, epochs, batch_size, workers, policy, strong_policy,
+                              PerImage(n=randaugment_n, m=randaugment_m, erasing=random_erasing))  # fmt: skip
     info = dataset_info(dataset)
     augment = augment or info.augment
     device_t = resolve_settings("wrn-16-1", device=device).device
@@ -95,14 +77,11 @@ def run(
         "workers": workers,
     }
     rows = [_time_stage(x, y, info, device_t, stage, timing) for stage in stages]
-    plain = [_time_stage(x, y, info, device_t, PerImage(), timing)] if stages[0].active or strong else []
-    rows += [
+    strong_rows = [
         _time_strong(x, info, device_t, name, on, randaugment_m, timing)
         for name in strong
         for on in (("device", "workers") if name == "fixmatch-ra" else ("workers",))
     ]
-    if strong and not stages[0].active:
-        rows = rows[1:]  # (the first row is the plain loader again)
     result = {
         "format": FORMAT,
         "version": VERSION,
@@ -123,9 +102,65 @@ def run(
         "random_data": random,
         **{k: v for k, v in rows[0].items() if k != "stage"},
     }
-    if plain:
-        result["per_image"] = plain + rows  # the loader without the stage first, to compare with
+    if stages[0].active:  # the loader without the stage first, to compare with
+        result["per_image"] = [_time_stage(x, y, info, device_t, PerImage(), timing), *rows, *strong_rows]
+    elif strong_rows:  # (the first row is that loader)
+        result["per_image"] = [*rows, *strong_rows]
     return result
+
+
+def _checked(dataset, epochs, batch_size, workers, policy: str, strong_policy: str | None, options):
+    """The per-image stages to time (``policy``, or ``all`` of them, with ``options``' RandAugment and erasing)
+    and the strong policies; a bad value is one sentence."""
+    import dataclasses
+
+    from wrn.data.registry import POLICY_CHOICES, STRONG_POLICIES
+
+    if dataset not in DATASETS:
+        raise ConfigError(
+            f"--dataset {dataset!r} has no device-resident loader to time; choose one of {', '.join(DATASETS)}"
+        )
+    if epochs < 1 or batch_size < 1:
+        raise ConfigError("--epochs and --batch-size must be at least 1")
+    if workers < 0:
+        raise ConfigError(f"--workers is a number of processes, 0 or more, not {workers}")
+    if policy != "all" and policy not in POLICY_CHOICES:
+        raise ConfigError(f"unknown --policy {policy!r}: choose one of {', '.join(POLICY_CHOICES)} or all")
+    if strong_policy is not None and strong_policy != "all" and strong_policy not in STRONG_POLICIES:
+        raise ConfigError(
+            f"unknown --strong-policy {strong_policy!r}: choose one of {', '.join(STRONG_POLICIES)} or all"
+        )
+    policies = POLICY_CHOICES[1:] if policy == "all" else (policy,)
+    strong = () if strong_policy is None else STRONG_POLICIES if strong_policy == "all" else (strong_policy,)
+    return [dataclasses.replace(options, policy=p) for p in policies], strong
+
+
+def _rates(loader, device, epochs: int) -> list[float]:
+    """Images per second of ``epochs`` passes over ``loader`` (its batches' first element), after a warm-up
+    pass."""
+    from wrn.bench.common import synchronize
+
+    for _ in loader:  # warm-up pass
+        pass
+    rates = []
+    for _ in range(epochs):
+        synchronize(device)
+        start, n_images = time.perf_counter(), 0
+        for images, _ in loader:
+            n_images += len(images)
+        synchronize(device)
+        rates.append(n_images / (time.perf_counter() - start))
+    return rates
+
+
+def _row(stage: str, rates: list[float], batch_size: int) -> dict[str, Any]:
+    return {
+        "stage": stage,
+        "images_per_s": rates,
+        "images_per_s_best": max(rates),
+        "images_per_s_median": statistics.median(rates),
+        "batches_per_s_median": statistics.median(rates) / batch_size,
+    }
 
 
 def _images(dataset: str, info, root: Path, num_samples: int | None, verify: bool, seed: int):
@@ -151,7 +186,6 @@ def _images(dataset: str, info, root: Path, num_samples: int | None, verify: boo
 
 def _time_stage(x, y, info, device, stage, timing: dict) -> dict[str, Any]:
     """One loader's passes (after a warm-up pass) with the per-image ``stage``, and the stage alone per image."""
-    from wrn.bench.common import synchronize
     from wrn.data import DeviceLoader
     from wrn.data.registry import normalization_for
 
@@ -160,24 +194,7 @@ def _time_stage(x, y, info, device, stage, timing: dict) -> dict[str, Any]:
         x, y, timing["batch_size"], train=True, augment=timing["augment"], normalize=normalize, device=device,
         seed=timing["seed"], per_image=stage, workers=timing["workers"],
     )  # fmt: skip
-    for _ in loader:  # warm-up pass
-        pass
-    rates = []
-    for _ in range(timing["epochs"]):
-        synchronize(device)
-        start = time.perf_counter()
-        n_images = 0
-        for images, _labels in loader:
-            n_images += len(images)
-        synchronize(device)
-        rates.append(n_images / (time.perf_counter() - start))
-    row = {
-        "stage": stage.describe() or "none",
-        "images_per_s": rates,
-        "images_per_s_best": max(rates),
-        "images_per_s_median": statistics.median(rates),
-        "batches_per_s_median": statistics.median(rates) / timing["batch_size"],
-    }
+    row = _row(stage.describe() or "none", _rates(loader, device, timing["epochs"]), timing["batch_size"])
     if stage.active:
         row["us_per_image"] = _us_per_image(x, stage)
     return row
@@ -197,16 +214,7 @@ def _time_strong(x, info, device, policy: str, on: str, randaugment_m: int, timi
         x, timing["batch_size"], strong, augment=timing["augment"], device=device, seed=timing["seed"],
         normalize=normalization_for(info.normalization, info.in_channels), workers=timing["workers"],
     )  # fmt: skip
-    for _ in loader:  # warm-up pass
-        pass
-    rates = []
-    for _ in range(timing["epochs"]):
-        synchronize(device)
-        start, n_images = time.perf_counter(), 0
-        for weak, _strong in loader:
-            n_images += len(weak)
-        synchronize(device)
-        rates.append(n_images / (time.perf_counter() - start))
+    rates = _rates(loader, device, timing["epochs"])
     images = torch.as_tensor(x[: min(1024, len(x))])
     if on == "device":
         images, g, size = images.to(device), torch.Generator().manual_seed(0), timing["batch_size"]
@@ -221,15 +229,10 @@ def _time_strong(x, info, device, policy: str, on: str, randaugment_m: int, timi
         start = time.perf_counter()
         for img in images:
             strong(img)
+    us_per_image = (time.perf_counter() - start) / len(images) * 1e6
     where = "on the device" if on == "device" else "in the workers"
-    return {
-        "stage": f"strong view: {policy} + Cutout {where} (weak and strong views)",
-        "images_per_s": rates,
-        "images_per_s_best": max(rates),
-        "images_per_s_median": statistics.median(rates),
-        "batches_per_s_median": statistics.median(rates) / timing["batch_size"],
-        "us_per_image": (time.perf_counter() - start) / len(images) * 1e6,
-    }
+    row = _row(f"strong view: {policy} + Cutout {where} (weak and strong views)", rates, timing["batch_size"])
+    return {**row, "us_per_image": us_per_image}
 
 
 def _us_per_image(x, stage, n: int = 1024) -> float:

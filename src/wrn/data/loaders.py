@@ -26,6 +26,7 @@ from wrn.data.registry import (
     dataset_info,
     normalization_for,
 )
+from wrn.data.semi_supervised import LabelledSplit
 from wrn.data.zca import zca_whiten
 from wrn.errors import ConfigError, DataError
 
@@ -56,40 +57,22 @@ def make_loaders(
     holdout_rule: str = "rice",
     aux_data: str | os.PathLike | None = None,
     aux_fraction: float = 0.7,
-    labels: int | None = None,
-    fold: int = 1,
-    epoch_steps: int = 1024,
-    unlabelled_batch: int = 0,
-    strong_policy: str = "fixmatch-ra",
-    randaugment_m: int = 9,
-    strong_on: str = "workers",
+    split: LabelledSplit | None = None,
 ):
-    """Build ``(train_loader, test_loader, info)`` for ``dataset`` under ``root``; with ``holdout`` > 0,
-    ``(train_loader, test_loader, info, holdout_loader)``: that many training images are held out of training
-    (:func:`holdout_indices`, drawn by ``holdout_rule``) and given, unaugmented and normalised as the test set,
-    by the fourth loader.
+    """``(train_loader, test_loader, info)`` for ``dataset`` under ``root``, and one more loader each for
+    ``holdout`` > 0 (that many training images held out, :func:`holdout_indices` by ``holdout_rule``, given as
+    the test set is) and for a ``split`` with unlabelled batches, in that order.
 
-    CIFAR, SVHN, the digits and small image folders use :class:`DeviceLoader` for both loaders; ImageNet and
-    large image folders use :class:`FolderLoader`. ``augment`` and ``normalization`` default to the data set's
-    (``DATASETS[name]``); ``normalization='zca'`` whitens with GCN + ZCA fitted on the training split (cached
-    under ``root/wrn-cache``). ``info`` is the :class:`DatasetInfo` with ``num_classes``, ``in_channels`` and
-    ``image_size`` of the data actually loaded. ``crop_padding`` fills the border of the training crop:
-    ``reflect`` (the paper's) or ``zeros``. ``seed`` drives the order and augmentation; the digits'
-    train/test split stays fixed whatever it is.
-
-    ``per_image`` (:class:`~wrn.data.policies.PerImage`): a policy and random erasing for the training images,
-    applied image by image in ``workers`` processes, whichever loader it is.
-
-    ``aux_data``: a ``.npz`` of generated images (:func:`~wrn.data.generated.read_generated`, checked before
-    the data set is read) that fill ``int(aux_fraction x batch)`` of every training batch (CIFAR-10/100 and
-    the digits; the test loader is untouched).
-
-    ``labels``: train on that many labelled images, FixMatch's split with seed ``fold``
-    (:func:`~wrn.data.semi_supervised.labelled_indices`), in epochs of ``epoch_steps`` batches. With
-    ``unlabelled_batch`` > 0 one more loader comes last: the
-    :class:`~wrn.data.semi_supervised.UnlabelledLoader` of every training image's weak and strong views
-    (``strong_policy``, made in the workers or on the device as ``strong_on`` says), ``unlabelled_batch``
-    images a batch, in an order of its own.
+    CIFAR, SVHN, the digits and small image folders use :class:`DeviceLoader`, ImageNet and large image folders
+    :class:`FolderLoader`. ``augment`` and ``normalization`` default to the data set's; ``zca`` whitens with
+    GCN + ZCA fitted on the training split (cached under ``root/wrn-cache``). ``info`` describes the data
+    loaded (classes, channels, side). ``crop_padding``: the training crop's border. ``seed`` drives the order
+    and augmentation (the digits' train/test split is fixed). ``per_image``
+    (:class:`~wrn.data.policies.PerImage`): a policy and random erasing, image by image in ``workers``
+    processes. ``aux_data``: a ``.npz`` of generated images (:func:`~wrn.data.generated.read_generated`,
+    checked first) filling ``int(aux_fraction x batch)`` of every training batch. ``split``
+    (:class:`~wrn.data.semi_supervised.LabelledSplit`): its labelled images only, in its epochs, and the
+    :class:`~wrn.data.semi_supervised.UnlabelledLoader` of every training image's weak and strong views.
     """
     info = dataset_info(dataset)
     augment, normalization = _checked_choices(augment or info.augment, normalization or info.normalization)
@@ -105,23 +88,19 @@ def make_loaders(
     if generated is not None and holdout and arrays is not None:  # an epoch counts the held-out images too
         generated = dataclasses.replace(generated, epoch_real=len(arrays[1]))
     arrays, held = _hold_out(arrays, holdout, dataset, root, holdout_rule)
-    arrays, unlabelled = _labelled(arrays, labels, fold, dataset, root, unlabelled_batch, normalization)
+    arrays, unlabelled = _labelled(arrays, split, dataset, root, normalization)
     if arrays is None:  # ImageNet, a large image folder: read from files batch by batch
         return _folder_loaders(
             info, root, augment, normalization, seed, image_size, workers, split_train, split_test,
             batch_size, eval_batch_size, common, per_image, crop_padding,
         )  # fmt: skip
     x_tr, y_tr, x_te, y_te, info, cache_dir = arrays
-    if normalization == "zca":
-        x_tr, x_te = zca_whiten(x_tr, x_te, cache_dir=cache_dir)
-        normalize = None
-    else:
-        normalize = normalization_for(normalization, int(x_tr.shape[1]))
+    x_tr, x_te, normalize = _normalised(x_tr, x_te, normalization, cache_dir)
     train = DeviceLoader(
         x_tr, y_tr, batch_size, train=True, augment=augment, normalize=normalize, seed=seed, drop_last=info.drop_last,
         image_size=image_size, per_image=per_image, workers=workers, crop_padding=crop_padding, **common,
         pad=crop_pad(min(x_tr.shape[-2:])), generated=generated,
-        epoch_batches=epoch_steps if labels is not None else None,
+        epoch_batches=split.epoch_steps if split is not None else None,
     )  # fmt: skip
     test = DeviceLoader(x_te, y_te, eval_batch_size, train=False, normalize=normalize, seed=seed, **common)
     info = dataclasses.replace(info, in_channels=int(x_tr.shape[1]), image_size=int(x_tr.shape[-1]))
@@ -131,16 +110,33 @@ def make_loaders(
             DeviceLoader(*held, eval_batch_size, train=False, normalize=normalize, seed=seed, **common)
         )
     if unlabelled is not None:
-        from wrn.data.semi_supervised import StrongView, UnlabelledLoader
-        from wrn.seeds import stream_seed
-
-        side = int(unlabelled.shape[-1])
-        loaders.append(UnlabelledLoader(
-            unlabelled, unlabelled_batch, StrongView(strong_policy, side, randaugment_m, strong_on), augment=augment,
-            normalize=normalize, seed=stream_seed(seed, "unlabelled"), pad=crop_pad(min(unlabelled.shape[-2:])),
-            crop_padding=crop_padding, workers=workers, **common,
-        ))  # fmt: skip
+        loaders.append(_unlabelled_loader(unlabelled, split, augment, normalize, seed, crop_padding, workers,
+                                          common))  # fmt: skip
     return tuple(loaders)
+
+
+def _normalised(x_tr, x_te, normalization: str, cache_dir):
+    """``(x_train, x_test, normalize)``: ZCA-whitened images and no normalisation for the loaders, or the images
+    as they are and the normalisation's (mean, std) for their channels."""
+    if normalization == "zca":
+        x_tr, x_te = zca_whiten(x_tr, x_te, cache_dir=cache_dir)
+        return x_tr, x_te, None
+    return x_tr, x_te, normalization_for(normalization, int(x_tr.shape[1]))
+
+
+def _unlabelled_loader(x, split: LabelledSplit, augment: str, normalize, seed: int, crop_padding: str,
+                       workers: int, common: dict):  # fmt: skip
+    """The loader of the unlabelled images ``x`` as ``split`` says, its order from a stream of the run's seed
+    of its own."""
+    from wrn.data.semi_supervised import StrongView, UnlabelledLoader
+    from wrn.seeds import stream_seed
+
+    strong = StrongView(split.strong_policy, int(x.shape[-1]), split.randaugment_m, split.strong_on)
+    return UnlabelledLoader(
+        x, split.unlabelled_batch, strong, augment=augment, normalize=normalize,
+        seed=stream_seed(seed, "unlabelled"), pad=crop_pad(min(x.shape[-2:])), crop_padding=crop_padding,
+        workers=workers, **common,
+    )  # fmt: skip
 
 
 def _in_memory(info, root, split_train: str, split_test: str, image_size, download: bool, verify: bool):
@@ -182,21 +178,17 @@ def _hold_out(arrays, holdout: int, dataset: str, root, rule: str = "rice"):
     return (x_tr[keep], y_tr[keep], *rest), (x_tr[out], y_tr[out])
 
 
-def _labelled(
-    arrays, labels: int | None, fold: int, dataset: str, root, unlabelled_batch: int, normalization
-):
-    """``arrays`` (:func:`_in_memory`'s) with only the ``labels`` labelled training images (FixMatch's split of
-    seed ``fold``), and every training image for the unlabelled loader (None without ``unlabelled_batch``)."""
-    if labels is None:
-        if unlabelled_batch:
-            raise ConfigError("unlabelled batches need a labelled split: give --labels N with --ssl")
+def _labelled(arrays, split: LabelledSplit | None, dataset: str, root, normalization):
+    """``arrays`` (:func:`_in_memory`'s) with only the split's labelled training images (FixMatch's split of
+    its fold), and every training image for the unlabelled loader (None without an unlabelled batch)."""
+    if split is None:
         return arrays, None
     if arrays is None:
         raise ConfigError(
             f"--labels needs a data set held in memory (CIFAR, SVHN, the digits, a small image folder), and "
             f"{dataset} at {root} is read from files batch by batch; leave --labels out"
         )
-    if unlabelled_batch and normalization == "zca":
+    if split.unlabelled_batch and normalization == "zca":
         raise ConfigError(
             "the strong augmentation of the unlabelled images works on their pixels, which ZCA whitening "
             "replaces; use another --normalization with --ssl"
@@ -204,8 +196,8 @@ def _labelled(
     from wrn.data.semi_supervised import labelled_indices
 
     x_tr, y_tr, *rest = arrays
-    chosen = labelled_indices(y_tr, labels, fold, dataset)
-    return (x_tr[chosen], y_tr[chosen], *rest), (x_tr if unlabelled_batch else None)
+    chosen = labelled_indices(y_tr, split.labels, split.fold, dataset)
+    return (x_tr[chosen], y_tr[chosen], *rest), (x_tr if split.unlabelled_batch else None)
 
 
 def holdout_indices(

@@ -17,6 +17,8 @@ as FixMatch's code draws it, and the loader of the unlabelled images' weak and s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -24,6 +26,22 @@ from wrn.data.device_loader import DeviceLoader, crop_flip
 from wrn.data.registry import STRONG_POLICIES
 from wrn.errors import ConfigError
 from wrn.seeds import stream_seed
+
+
+@dataclass(frozen=True)
+class LabelledSplit:
+    """Training on ``labels`` labelled images (FixMatch's split of seed ``fold``) in epochs of ``epoch_steps``
+    batches, and with ``unlabelled_batch`` > 0 a loader of every training image as unlabelled: its strong
+    views ``strong_policy`` (torchvision's with RandAugment's ``randaugment_m``), made ``strong_on`` the
+    device or in the workers. The training config checks the values (its ``ssl`` section)."""
+
+    labels: int
+    fold: int = 1
+    epoch_steps: int = 1024
+    unlabelled_batch: int = 0
+    strong_policy: str = "fixmatch-ra"
+    randaugment_m: int = 9
+    strong_on: str = "workers"
 
 
 def labelled_indices(
@@ -198,4 +216,4 @@ class _StrongBatches(torch.utils.data.Dataset):
         return out, emptied
 
 
-__all__ = ["StrongView", "UnlabelledLoader", "labelled_indices"]
+__all__ = ["LabelledSplit", "StrongView", "UnlabelledLoader", "labelled_indices"]

@@ -191,13 +191,7 @@ def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo)
         aux_data=data.aux_data,
         aux_fraction=data.aux_fraction,
         split_train=data.train_split,
-        labels=cfg.ssl.labels,
-        fold=cfg.ssl.fold,
-        epoch_steps=cfg.ssl.epoch_steps,
-        unlabelled_batch=unlabelled_batch(cfg, dist_info),
-        strong_policy=cfg.ssl.strong_policy,
-        randaugment_m=data.randaugment_m,
-        strong_on=cfg.ssl.strong_on,
+        split=labelled_split(cfg, dist_info),
     )
     train_loader, test_loader, info = loaders[:3]
     if len(train_loader) == 0:
@@ -208,10 +202,19 @@ def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo)
     return train_loader, test_loader, info, extra
 
 
-def unlabelled_batch(cfg: TrainConfig, dist_info: D.DistInfo | None = None) -> int:
-    """This process's unlabelled batch: ``mu`` x its share of ``--batch-size`` (0 without ``--ssl``)."""
-    world = dist_info.world_size if dist_info is not None else 1
-    return cfg.ssl.mu * (cfg.optim.batch_size // world) if cfg.ssl.method != "none" else 0
+def labelled_split(cfg: TrainConfig, dist_info: D.DistInfo):
+    """The labelled split of ``ssl.labels`` (None without it), with this process's unlabelled batch: ``mu`` x
+    its share of ``--batch-size`` (0 without ``--ssl``)."""
+    from wrn.data.semi_supervised import LabelledSplit
+
+    ssl = cfg.ssl
+    if ssl.labels is None:
+        return None
+    share = cfg.optim.batch_size // dist_info.world_size
+    return LabelledSplit(
+        ssl.labels, ssl.fold, ssl.epoch_steps, ssl.mu * share if ssl.method != "none" else 0, ssl.strong_policy,
+        cfg.dataset.randaugment_m, ssl.strong_on,
+    )  # fmt: skip
 
 
 def build_model(cfg: TrainConfig, info: DatasetInfo) -> torch.nn.Module:
