@@ -182,6 +182,19 @@ def apply_op(img: torch.Tensor, name: str, level: int, side: int | None = None):
     return apply_policy(img, [(name, 1.0, level)], 0, side)
 
 
+def check_ra_options(ops: int, max_level: int, cutout: int, side: int | None) -> None:
+    """RA's options: ``ops`` >= 0, levels ``1 .. max_level - 1`` (their ``np.random.randint(1, max_level)``)
+    of at most 10, ``cutout`` >= 0, ``side`` >= 1 or None."""
+    if ops < 0:
+        raise ValueError(f"ops must be >= 0, got {ops}")
+    if not 2 <= max_level <= MAX_LEVEL + 1:
+        raise ValueError(f"max_level must be in 2..{MAX_LEVEL + 1}, got {max_level}")
+    if cutout < 0:
+        raise ValueError(f"cutout must be >= 0, got {cutout}")
+    if side is not None and side < 1:
+        raise ValueError(f"side must be >= 1 or None, got {side}")
+
+
 class FixMatchRA:
     """FixMatch's RA strong augmentation (``AugmentPoolRAMC(nops=2, magnitude=10)``) on a uint8 image
     [C, H, W]: ``ops`` of :data:`RANDOM_POLICY_OPS` drawn uniformly with replacement, a level
@@ -191,14 +204,7 @@ class FixMatchRA:
     """
 
     def __init__(self, ops: int = 2, max_level: int = 10, cutout: int = CUTOUT, side: int | None = None):
-        if ops < 0:
-            raise ValueError(f"ops must be >= 0, got {ops}")
-        if not 2 <= max_level <= MAX_LEVEL + 1:  # np.random.randint(1, max_level): levels 1 .. max_level - 1
-            raise ValueError(f"max_level must be in 2..{MAX_LEVEL + 1}, got {max_level}")
-        if cutout < 0:
-            raise ValueError(f"cutout must be >= 0, got {cutout}")
-        if side is not None and side < 1:
-            raise ValueError(f"side must be >= 1 or None, got {side}")
+        check_ra_options(ops, max_level, cutout, side)
         self.ops, self.max_level, self.cutout, self.side = ops, max_level, cutout, side
 
     def draw_policy(self) -> list[tuple[str, float, int]]:

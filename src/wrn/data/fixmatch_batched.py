@@ -62,6 +62,7 @@ from wrn.data.fixmatch_augment import (
     GEOMETRIC,
     RANDOM_POLICY_OPS,
     SIDE,
+    check_ra_options,
     cutout_size,
     fixmatch_wrap_table,
 )
@@ -534,20 +535,14 @@ class BatchedFixMatchRA:
         side: int | None = None,
         generator: torch.Generator | None = None,
     ):
-        if ops < 0:
-            raise ValueError(f"ops must be >= 0, got {ops}")
-        if not 2 <= max_level <= MAX_LEVEL + 1:
-            raise ValueError(f"max_level must be in 2..{MAX_LEVEL + 1}, got {max_level}")
-        if cutout < 0:
-            raise ValueError(f"cutout must be >= 0, got {cutout}")
-        if side is not None and side < 1:
-            raise ValueError(f"side must be >= 1 or None, got {side}")
+        check_ra_options(ops, max_level, cutout, side)
         self.ops, self.max_level, self.cutout, self.side = ops, max_level, cutout, side
         self.generator = generator
 
-    def __call__(self, images: torch.Tensor):
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None):
+        """The strong views of ``images``, drawn from ``generator`` (None: the one it was made with)."""
         b, _, h, w = images.shape
-        params = draw_params(b, h, w, self.ops, self.max_level, self.generator)
+        params = draw_params(b, h, w, self.ops, self.max_level, generator or self.generator)
         return apply_batched(images, params, self.side, self.cutout)
 
     def __repr__(self) -> str:

@@ -95,6 +95,10 @@ class StrongView:
             )
         self.policy, self.side, self.on = policy, side, on
         self.ra = FixMatchRA(side=side)
+        if on == "device":
+            from wrn.data.fixmatch_batched import BatchedFixMatchRA
+
+            self.batched = BatchedFixMatchRA(side=side)
         self.torchvision = None
         if policy == "randaugment":
             from torchvision import transforms
@@ -103,11 +107,8 @@ class StrongView:
 
     def batch(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """The strong views of uint8 images [B, C, H, W] on their device, the batch's draws from ``generator``
-        (:func:`~wrn.data.fixmatch_batched.draw_params`): ``(images, emptied [B, H, W])``."""
-        from wrn.data.fixmatch_batched import apply_batched, draw_params
-
-        b, _, h, w = images.shape
-        return apply_batched(images, draw_params(b, h, w, generator=generator), side=self.side)
+        (:class:`~wrn.data.fixmatch_batched.BatchedFixMatchRA`): ``(images, emptied [B, H, W])``."""
+        return self.batched(images, generator)
 
     def __call__(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.torchvision is None:
