@@ -224,6 +224,34 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+def checkpoint_step(run_dir) -> int:
+    """The steps a run's checkpoint holds, -1 before its first one."""
+    from wrn.errors import CheckpointError
+    from wrn.train import checkpoint as ckpt
+
+    try:
+        return ckpt.load(run_dir)["global_step"]
+    except CheckpointError:  # not written yet
+        return -1
+
+
+def kill_9_at_step(run_dir, target: int, *args: str, pause: float = 0.0) -> None:
+    """Start ``wrn ARGS`` (training ``run_dir``) and kill it with SIGKILL once its checkpoint holds ``target``
+    steps or more, ``pause`` seconds later (somewhere in a step or a checkpoint write)."""
+    import signal
+    import time
+
+    proc = start_wrn(*args)
+    deadline = time.monotonic() + 120
+    while checkpoint_step(run_dir) < target and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(pause)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.communicate()
+
+
 def run_wrn_killed_at(kind: str, n: int, *args: str, timeout: float = 300):
     """``wrn ARGS`` in a new process killed at the ``n``-th ``kind`` call ("rename" or "fsync"; 0: never)."""
     import subprocess

@@ -4,19 +4,16 @@ labels, the refusals of bad files in one sentence, and a bitwise resume after ki
 from __future__ import annotations
 
 import random
-import signal
-import time
 import zipfile
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import metrics, one_line_error
+from conftest import kill_9_at_step, metrics, one_line_error
 from conftest import start_wrn as wrn_cli
 from wrn.data import make_loaders
 from wrn.data.generated import generated_per_batch, read_generated
-from wrn.errors import CheckpointError
 from wrn.train import checkpoint as ckpt
 
 N = 500  # generated digits-shaped images
@@ -200,13 +197,6 @@ def test_what_cannot_take_generated_images_is_refused_in_one_sentence(capsys, ar
     assert words in err, err
 
 
-def _step(run_dir) -> int:
-    try:
-        return ckpt.load(run_dir)["global_step"]
-    except CheckpointError:
-        return -1
-
-
 def test_kill_9_then_resume_with_generated_data_gives_bitwise_identical_weights(tmp_path):
     from test_train_resume import assert_same_weights
 
@@ -223,14 +213,7 @@ def test_kill_9_then_resume_with_generated_data_gives_bitwise_identical_weights(
 
     killed = tmp_path / "killed"
     target = random.Random(7).randint(30, 60)  # of 2 x 45 steps: mid-epoch, in the first or second
-    proc = wrn_cli(*args, "--out", str(killed))
-    deadline = time.monotonic() + 120
-    while _step(killed) < target and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    proc.communicate()
+    kill_9_at_step(killed, target, *args, "--out", str(killed))
     assert 0 < ckpt.load(killed)["global_step"] < 90
     proc = wrn_cli("train", "--resume", str(killed), "--no-progress")
     out, err = proc.communicate(timeout=300)

@@ -650,12 +650,10 @@ def test_the_preset_killed_and_resumed_ends_bit_for_bit_as_one_never_stopped(tmp
     (the attack's starts, the loader's draws, cosinew's momentum, the average's count and the best epoch so far
     are all in the checkpoint)."""
     import random
-    import signal
-    import time
 
-    from conftest import metrics
+    from conftest import kill_9_at_step, metrics
     from conftest import start_wrn as wrn_cli
-    from test_data_aux import _step, generated_file
+    from test_data_aux import generated_file
     from test_train_resume import assert_same_weights
 
     gen = generated_file(tmp_path / "gen.npz", n=600)
@@ -668,14 +666,7 @@ def test_the_preset_killed_and_resumed_ends_bit_for_bit_as_one_never_stopped(tmp
     assert proc.returncode == 0, err
     killed = tmp_path / "killed"
     target = random.Random(3).randint(4, 18)  # of 2 x 12 steps
-    proc = wrn_cli(*args, "--out", str(killed))
-    deadline = time.monotonic() + 120
-    while _step(killed) < target and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    proc.communicate()
+    kill_9_at_step(killed, target, *args, "--out", str(killed))
     proc = wrn_cli("train", "--resume", str(killed), "--no-progress")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err

@@ -17,10 +17,10 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import WRN_ENV as ENV
-from conftest import metrics
+from conftest import kill_9_at_step, metrics
 from conftest import start_wrn as wrn_cli
 from wrn.atomic import remove_stale_temporaries
-from wrn.errors import CheckpointError, Interrupted, NonFiniteLoss
+from wrn.errors import Interrupted, NonFiniteLoss
 from wrn.train import checkpoint as ckpt
 from wrn.train.compose import build_config
 from wrn.train.run import resume, train
@@ -40,13 +40,6 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert wa.keys() == wb.keys()
     for key in wa:
         assert torch.equal(wa[key], wb[key]), key
-
-
-def checkpoint_step(run_dir: Path) -> int:
-    try:
-        return ckpt.load(run_dir)["global_step"]
-    except CheckpointError:  # not written yet
-        return -1
 
 
 # every option of robust training at once: TRADES, AWP from the start, early stopping, generated data (AUX: a
@@ -89,15 +82,7 @@ def test_kill_9_three_times_then_resume_gives_bitwise_identical_weights(tmp_path
     targets = targets if slow else targets[1:2]
     args = [*run_args, "--out", str(killed)]
     for target in targets:
-        proc = wrn_cli(*args)
-        deadline = time.monotonic() + 120
-        while checkpoint_step(killed) < target and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0, 0.03))  # somewhere in a step, or in a checkpoint write
-        assert proc.poll() is None, "the run ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        proc.communicate()
+        kill_9_at_step(killed, target, *args, pause=rng.uniform(0, 0.03))  # in a step, or a checkpoint write
         state = ckpt.load(killed)  # a kill never leaves a torn checkpoint
         assert state["global_step"] >= target
         args = ["train", "--resume", str(killed), "--no-progress"]
