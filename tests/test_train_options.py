@@ -35,6 +35,7 @@ SAMPLES = {
     "dataset.random_erasing": ("0.25", 0.25),
     "dataset.aux_data": ("generated/1m.npz", "generated/1m.npz"),
     "dataset.aux_fraction": ("0.5", 0.5),
+    "dataset.rotate": ("15", 15.0),
     "optim.lr": ("0.05", 0.05),
     "optim.momentum": ("0.8", 0.8),
     "optim.weight_decay": ("1e-3", 0.001),  # YAML 1.1 would read this as a string in a file
@@ -83,6 +84,7 @@ COMPANIONS = {
     ("adv.trades_beta", 3.0): {"adv.method": "trades"},
     ("adv.holdout", 100): {"adv.method": "pgd"},
     ("adv.holdout_rule", "dm"): {"adv.method": "pgd", "adv.holdout": "100"},
+    ("adv.holdout_rule", "awp"): {"adv.method": "pgd", "adv.holdout": "100"},
     ("adv.awp", 0.005): {"adv.method": "pgd"},
     ("adv.awp_warmup", 2): {"adv.method": "trades", "adv.awp": "0.005"},
     ("run.checkpoint_every_steps", 100): {"run.checkpoint_every_minutes": "null"},

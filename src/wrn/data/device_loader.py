@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from wrn.data.generated import Generated, Mix, check_generated_state
+from wrn.data.pil_affine import draw_angles, rotation_coefficients, transform
 from wrn.data.policies import PerImage, batch_seed, die_with_parent, erase_, transform_batch
 from wrn.data.protocol import EpochLoader
 from wrn.data.registry import AUGMENT_CHOICES, CROP_PADDINGS
@@ -125,8 +126,10 @@ class DeviceLoader(EpochLoader):
         crop_padding: str = "reflect",
         generated: Generated | None = None,
         epoch_batches: int | None = None,
+        rotate: float = 0.0,
     ):
         x, y = _checked_arrays(x, y, train, augment, pad, crop_padding)
+        _check_rotate(rotate, augment, crop_padding)
         n, c, h, w = x.shape
         self._setup_protocol(
             n, batch_size, train, drop_last, rank, world_size, seed, normalize, device, dtype, channels=c
@@ -136,6 +139,7 @@ class DeviceLoader(EpochLoader):
         self.augment = augment if train else "none"
         self.pad = int(pad)
         self.crop_padding = crop_padding
+        self.rotate = float(rotate) if train else 0.0
         self.image_size = int(image_size or h)
         self._ar_c = torch.arange(c, device=self.device).view(1, c, 1, 1) * (h * w)
         self._ar_h = torch.arange(h, device=self.device)
@@ -206,23 +210,35 @@ class DeviceLoader(EpochLoader):
         g = self._generator
         g.set_state(self._epoch_start_state)
         if self.mix is not None:
-            self._plan = self.mix.draw(g, self.y, self.rank, self.world_size, self._offset_high(),
-                                       flip=self.augment == "flip-crop")  # fmt: skip
+            plan = self.mix.draw(g, self.y, self.rank, self.world_size, self._offset_high(),
+                                 flip=self.augment == "flip-crop", rotate=self.rotate)  # fmt: skip
             self._next_state = g.get_state()
+            self._plan = self._rotations(plan)
             return self._plan
         plan = {}
         if self.train:
             need = self._shard_size * self.world_size if self.epoch_batches is not None else None
             order = epoch_order(self.num_samples, g, need)
-            plan = draw_augmentation(len(order), self.augment, self._offset_high(), g)
+            plan = draw_augmentation(len(order), self.augment, self._offset_high(), g, self.rotate)
         else:
             order = torch.arange(self.num_samples)
         self._next_state = g.get_state()
         # Augmentation is drawn per position of the permutation, so each rank's shard takes its own slice.
         pos = self._positions
-        plan = {k: v[pos].to(self.device) for k, v in plan.items()}
+        plan = self._rotations({k: v[pos] for k, v in plan.items()})
+        plan = {k: v.to(self.device) for k, v in plan.items()}
         plan["index"] = order[pos].to(self.device)
         self._plan = plan
+        return plan
+
+    def _rotations(self, plan: dict) -> dict:
+        """The plan's rotation angles (``rotate``) as each image's fixed-point coefficients (Pillow's, on the
+        CPU, once an epoch), on the device of the plan's other entries."""
+        if "angle" not in plan:
+            return plan
+        angles = plan["angle"]
+        h, w = self.x.shape[-2:]
+        plan["rotation"] = rotation_coefficients(angles.tolist(), h, w).to(angles.device)
         return plan
 
     def _offset_high(self) -> int | None:
@@ -241,7 +257,7 @@ class DeviceLoader(EpochLoader):
             out = self._crop_flip(idx, plan["offset"][sel], flip)
         else:
             out = self.x[idx]
-        out = out.to(self.dtype)
+        out = _rotated(out, plan, sel).to(self.dtype)
         if self.augment == "imagenet":
             out = _imagenet_augment(
                 out, {k: v[sel] for k, v in plan.items() if k != "index"}, self.image_size
@@ -256,7 +272,7 @@ class DeviceLoader(EpochLoader):
             out = crop_flip(
                 out, at, plan["offset"][sel], flip, self.pad, zeros=self.crop_padding != "reflect"
             )
-        out = out.to(self.dtype)
+        out = _rotated(out, plan, sel).to(self.dtype)
         return self._mean_border_(self._normalize_(out), plan, sel)
 
     def _mean_border_(self, out: torch.Tensor, plan: dict, sel: slice) -> torch.Tensor:
@@ -281,9 +297,12 @@ def epoch_order(n: int, g: torch.Generator, need: int | None = None) -> torch.Te
     return torch.cat([torch.randperm(n, generator=g) for _ in range(-(-need // n))])[:need]
 
 
-def draw_augmentation(n: int, augment: str, offset_high: int | None, g: torch.Generator) -> dict:
+def draw_augmentation(
+    n: int, augment: str, offset_high: int | None, g: torch.Generator, rotate: float = 0.0
+) -> dict:
     """The augmentation of ``n`` positions of an epoch, drawn in this order: crop offsets from
-    ``0..offset_high-1`` (crop, flip-crop), flips (flip-crop, imagenet), the ImageNet-style parameters."""
+    ``0..offset_high-1`` (crop, flip-crop), flips (flip-crop, imagenet), the ImageNet-style parameters, the
+    rotation angles (``rotate`` > 0, :func:`draw_angles`)."""
     plan = {}
     if augment in ("crop", "flip-crop"):
         plan["offset"] = torch.randint(0, offset_high, (n, 2), generator=g)
@@ -291,7 +310,27 @@ def draw_augmentation(n: int, augment: str, offset_high: int | None, g: torch.Ge
         plan["flip"] = torch.rand(n, generator=g) < 0.5
     if augment == "imagenet":
         plan.update(_imagenet_params(n, g))
+    if rotate > 0:
+        plan["angle"] = draw_angles(n, rotate, g)
     return plan
+
+
+def _rotated(images: torch.Tensor, plan: dict, sel: slice) -> torch.Tensor:
+    """Batch ``sel``'s uint8 images, each rotated by its angle of the plan (none without ``rotate``): Pillow's
+    ``Image.rotate(angle)``, nearest, black corners (:mod:`wrn.data.pil_affine`)."""
+    return transform(images, plan["rotation"][sel]) if "rotation" in plan else images
+
+
+def _check_rotate(rotate: float, augment: str, crop_padding: str) -> None:
+    if not 0 <= rotate <= 180:
+        raise ConfigError(f"rotate {rotate} is not an angle in degrees from 0 to 180; choose e.g. 15")
+    if rotate and augment not in ("none", "crop", "flip-crop"):
+        raise ConfigError(f"rotation works with augment none, crop or flip-crop, not with {augment!r}")
+    if rotate and crop_padding == "mean":
+        raise ConfigError(
+            "rotation moves the crop's mean-colour border, which crop padding 'mean' sets after the "
+            "normalisation; use crop padding reflect or zeros"
+        )
 
 
 def in_workers(batches: torch.utils.data.Dataset, todo: range, workers: int, device: torch.device, seed: int):
@@ -359,7 +398,7 @@ class _PerImageBatches(torch.utils.data.Dataset):
             flip = self.plan["flip"][sel] if "flip" in self.plan else None
             at = torch.arange(len(images))
             images = crop_flip(images, at, self.plan["offset"][sel], flip, self.pad, zeros=self.zeros)
-        return images, boxes
+        return _rotated(images, self.plan, sel), boxes
 
 
 def crop_flip(

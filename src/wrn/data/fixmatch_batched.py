@@ -49,7 +49,6 @@ the same distribution, vectorised, from a given generator. :func:`policy_draws` 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -66,13 +65,13 @@ from wrn.data.fixmatch_augment import (
     cutout_size,
     fixmatch_wrap_table,
 )
+from wrn.data.pil_affine import ONE, affine_reads, fixed_coefficients, rotation_matrix
 
 OP_INDEX = {name: i for i, name in enumerate(RANDOM_POLICY_OPS)}
 _LUT_OPS = ("AutoContrast", "Equalize", "Posterize", "Solarize")
 _ENHANCE_OPS = ("Color", "Contrast", "Brightness", "Sharpness")
 _GEOMETRIC_INDICES = frozenset(OP_INDEX[name] for name in GEOMETRIC)
 _WRAP = torch.from_numpy(fixmatch_wrap_table())
-_ONE = 1 << 16  # Pillow's 16.16 fixed point
 
 
 @dataclass(frozen=True)
@@ -281,37 +280,6 @@ def _factor(level: int) -> float:
     return float(level) * 1.8 / MAX_LEVEL + 0.1  # their float_parameter(level, 1.8) + 0.1
 
 
-def _fix(v: float) -> int:
-    return math.floor(v * 65536.0 + 0.5)  # Geometry.c's FIX: FLOOR((v) * 65536.0 + 0.5)
-
-
-def _check_fixed(a, w: int, h: int) -> bool:
-    return all(
-        abs(x * a[0] + y * a[1] + a[2]) < 32768.0 and abs(x * a[3] + y * a[4] + a[5]) < 32768.0
-        for x, y in ((0, 0), (w, h), (0, h), (w, 0))
-    )
-
-
-def _rotation_matrix(angle: int, w: int, h: int) -> list[float]:
-    """``Image.rotate(angle)``'s inverse matrix (no expand, centre (w / 2, h / 2)), as Pillow computes it."""
-    angle = -math.radians(angle % 360.0)
-    matrix = [
-        round(math.cos(angle), 15),
-        round(math.sin(angle), 15),
-        0.0,
-        round(-math.sin(angle), 15),
-        round(math.cos(angle), 15),
-        0.0,
-    ]
-    cx, cy = w / 2, h / 2
-    a, b, c, d, e, f = matrix
-    x, y = -cx - 0, -cy - 0
-    matrix[2], matrix[5] = a * x + b * y + c, d * x + e * y + f
-    matrix[2] += cx
-    matrix[5] += cy
-    return matrix
-
-
 def _coefficients(op: str, level: int, negate: bool, w: int, h: int, side: int) -> tuple[int, ...]:
     """The 16.16 fixed-point (a0, a1, a2, a3, a4, a5) of a geometric op: output (x, y) reads input
     ``((a2 + y a1 + x a0) >> 16, (a5 + y a4 + x a3) >> 16)``."""
@@ -320,26 +288,15 @@ def _coefficients(op: str, level: int, negate: bool, w: int, h: int, side: int) 
         shift = level * 10 * side // (MAX_LEVEL * SIDE)
         shift = -shift if negate else shift
         tx, ty = (shift, 0) if op == "TranslateX" else (0, shift)
-        return (_ONE, 0, tx * _ONE + _ONE // 2, 0, _ONE, ty * _ONE + _ONE // 2)
+        return (ONE, 0, tx * ONE + ONE // 2, 0, ONE, ty * ONE + ONE // 2)
     if op == "Rotate":
         angle = int(level * 30 / MAX_LEVEL)
-        a = _rotation_matrix(-angle if negate else angle, w, h)
+        a = rotation_matrix(-angle if negate else angle, w, h)
     else:
         shear = level * 0.3 / MAX_LEVEL
         shear = -shear if negate else shear
         a = [1, shear, 0, 0, 1, 0] if op == "ShearX" else [1, 0, 0, shear, 1, 0]
-    if a[1] == 0 and a[3] == 0:  # ImagingScaleAffine: the identity here (level 0)
-        return (_ONE, 0, _ONE // 2, 0, _ONE, _ONE // 2)
-    if not _check_fixed(a, w, h):
-        raise ValueError(f"{op} on a {w} x {h} image leaves Pillow's fixed-point range: not supported")
-    return (
-        _fix(a[0]),
-        _fix(a[1]),
-        _fix(a[2] + a[0] * 0.5 + a[1] * 0.5),
-        _fix(a[3]),
-        _fix(a[4]),
-        _fix(a[5] + a[3] * 0.5 + a[4] * 0.5),
-    )
+    return fixed_coefficients(a, w, h, op)  # level 0: the identity (ImagingScaleAffine)
 
 
 _GEOMETRIC_OPS = tuple(name for name in RANDOM_POLICY_OPS if name in GEOMETRIC)
@@ -358,13 +315,8 @@ def _geometric_table(h: int, w: int, side: int, device: torch.device) -> torch.T
             for negate in (False, True)
         ],
         dtype=torch.int64,
-    ).view(-1, 6, 1, 1)
-    ys = torch.arange(h, dtype=torch.int64).view(1, h, 1)
-    xs = torch.arange(w, dtype=torch.int64).view(1, 1, w)
-    xin = (c[:, 2] + ys * c[:, 1] + xs * c[:, 0]) >> 16
-    yin = (c[:, 5] + ys * c[:, 4] + xs * c[:, 3]) >> 16
-    inside = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
-    flat = torch.where(inside, yin * w + xin, h * w).view(c.shape[0], h * w)
+    )
+    flat = affine_reads(c, h, w)
     return torch.cat([flat, torch.full((c.shape[0], 1), h * w)], dim=1).to(device)
 
 

@@ -403,6 +403,7 @@ def folder_transform(
     per_image: PerImage | None = None,
     normalize=None,
     crop_padding: str = "reflect",
+    rotate: float = 0.0,
 ):
     """The per-image transform of the DataLoader path; produces uint8 (float 0..255 for ``imagenet``).
 
@@ -413,9 +414,13 @@ def folder_transform(
     ``per_image`` (training): its policy runs on the uint8 image after the crop and flip; with random erasing
     the images are normalised here with ``normalize=(mean, std)`` on the 0..255 scale (or left on it) and end
     with ``RandomErasing(p, value=0)``, torchvision's order; the result is then float.
+
+    ``rotate`` (training; augment none, crop or flip-crop): ``RandomRotation(rotate)`` after the crop and flip.
     """
     if train and per_image is not None and per_image.active:
-        base = folder_transform(True, augment, size, pad, normalize=normalize, crop_padding=crop_padding)
+        base = folder_transform(
+            True, augment, size, pad, normalize=normalize, crop_padding=crop_padding, rotate=rotate
+        )
         return _with_per_image(base, augment, per_image, normalize)
     to_tensor = transforms.PILToTensor()
     if not train:
@@ -446,6 +451,8 @@ def folder_transform(
     if augment in ("crop", "flip-crop"):
         mode = "constant" if crop_padding == "zeros" else "reflect"
         steps += [transforms.Pad(pad, padding_mode=mode), transforms.RandomCrop(size)]
+    if rotate:
+        steps.append(transforms.RandomRotation(rotate))
     return transforms.Compose([*steps, to_tensor])
 
 

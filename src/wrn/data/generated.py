@@ -109,11 +109,16 @@ class Mix:
         """What must match for a saved epoch's draws to line up."""
         return {"generated": len(self.generated), "generated_per_batch": self.per_batch}
 
-    def draw(self, g, y, rank: int, world_size: int, offset_high: int | None, flip: bool) -> dict:
+    def draw(
+        self, g, y, rank: int, world_size: int, offset_high: int | None, flip: bool, rotate: float = 0.0
+    ) -> dict:
         """An epoch's plan for process ``rank``: the batches of real and generated images
-        (:func:`mixed_batches`), then each slot's crop offset (from ``0..offset_high-1``; None: no crop) and
-        flip, the slots ``rank::world_size`` of every batch, with their labels (``y``: the real ones')."""
+        (:func:`mixed_batches`), then each slot's crop offset (from ``0..offset_high-1``; None: no crop), flip
+        and rotation angle (``rotate`` > 0), the slots ``rank::world_size`` of every batch, with their labels
+        (``y``: the real ones')."""
         import torch
+
+        from wrn.data.pil_affine import draw_angles
 
         size, device = self.global_batch, y.device
         index, generated = mixed_batches(
@@ -125,6 +130,8 @@ class Mix:
             plan["offset"] = torch.randint(0, offset_high, (total, 2), generator=g)
         if flip:
             plan["flip"] = torch.rand(total, generator=g) < 0.5
+        if rotate > 0:
+            plan["angle"] = draw_angles(total, rotate, g)
         mine = torch.arange(total).view(self.batches, size)[:, rank::world_size].reshape(-1)
         plan = {k: v[mine].to(device) for k, v in plan.items()}
         index, generated = torch.cat(index)[mine].to(device), torch.cat(generated)[mine].to(device)

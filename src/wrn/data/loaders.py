@@ -53,6 +53,7 @@ def make_loaders(
     eval_batch_size: int | None = None,
     per_image: PerImage | None = None,
     crop_padding: str = "reflect",
+    rotate: float = 0.0,
     holdout: int = 0,
     holdout_rule: str = "rice",
     aux_data: str | os.PathLike | None = None,
@@ -66,7 +67,9 @@ def make_loaders(
     CIFAR, SVHN, the digits and small image folders use :class:`DeviceLoader`, ImageNet and large image folders
     :class:`FolderLoader`. ``augment`` and ``normalization`` default to the data set's; ``zca`` whitens with
     GCN + ZCA fitted on the training split (cached under ``root/wrn-cache``). ``info`` describes the data
-    loaded (classes, channels, side). ``crop_padding``: the training crop's border. ``seed`` drives the order
+    loaded (classes, channels, side). ``crop_padding``: the training crop's border. ``rotate``: each
+    training image rotated by an angle uniform in ``[-rotate, rotate]`` after its crop and flip (torchvision's
+    ``RandomRotation``; :mod:`~wrn.data.pil_affine` on the device). ``seed`` drives the order
     and augmentation (the digits' train/test split is fixed). ``per_image``
     (:class:`~wrn.data.policies.PerImage`): a policy and random erasing, image by image in ``workers``
     processes. ``aux_data``: a ``.npz`` of generated images (:func:`~wrn.data.generated.read_generated`,
@@ -85,14 +88,16 @@ def make_loaders(
     )
 
     arrays = _in_memory(info, root, split_train, split_test, image_size, download, verify)
-    if generated is not None and holdout and arrays is not None:  # an epoch counts the held-out images too
+    if (
+        generated is not None and holdout and holdout_rule != "awp" and arrays is not None
+    ):  # an epoch counts the held-out images too
         generated = dataclasses.replace(generated, epoch_real=len(arrays[1]))
     arrays, held = _hold_out(arrays, holdout, dataset, root, holdout_rule)
     arrays, unlabelled = _labelled(arrays, split, dataset, root, normalization)
     if arrays is None:  # ImageNet, a large image folder: read from files batch by batch
         return _folder_loaders(
             info, root, augment, normalization, seed, image_size, workers, split_train, split_test,
-            batch_size, eval_batch_size, common, per_image, crop_padding,
+            batch_size, eval_batch_size, common, per_image, crop_padding, rotate,
         )  # fmt: skip
     x_tr, y_tr, x_te, y_te, info, cache_dir = arrays
     x_tr, x_te, normalize = _normalised(x_tr, x_te, normalization, cache_dir)
@@ -100,7 +105,7 @@ def make_loaders(
         x_tr, y_tr, batch_size, train=True, augment=augment, normalize=normalize, seed=seed, drop_last=info.drop_last,
         image_size=image_size, per_image=per_image, workers=workers, crop_padding=crop_padding, **common,
         pad=crop_pad(min(x_tr.shape[-2:])), generated=generated,
-        epoch_batches=split.epoch_steps if split is not None else None,
+        epoch_batches=split.epoch_steps if split is not None else None, rotate=rotate,
     )  # fmt: skip
     test = DeviceLoader(x_te, y_te, eval_batch_size, train=False, normalize=normalize, seed=seed, **common)
     info = dataclasses.replace(info, in_channels=int(x_tr.shape[1]), image_size=int(x_tr.shape[-1]))
@@ -165,7 +170,8 @@ def _in_memory(info, root, split_train: str, split_test: str, image_size, downlo
 
 def _hold_out(arrays, holdout: int, dataset: str, root, rule: str = "rice"):
     """``arrays`` (:func:`_in_memory`'s) with ``holdout`` training images taken out, and those images (None
-    without a hold-out)."""
+    without a hold-out); rule ``awp``: ``arrays`` as they are, and the first ``holdout`` test images (AT-AWP's
+    CIFAR-100 code picks its best epoch on the test set)."""
     if not holdout:
         return arrays, None
     if arrays is None:
@@ -173,8 +179,16 @@ def _hold_out(arrays, holdout: int, dataset: str, root, rule: str = "rice"):
             f"holding out training images needs a data set held in memory (CIFAR, SVHN, the digits, a small "
             f"image folder), and {dataset} at {root} is read from files batch by batch; leave the hold-out out"
         )
-    x_tr, y_tr, *rest = arrays
+    x_tr, y_tr, x_te, y_te, *rest = arrays
+    if rule == "awp":
+        if not 0 < holdout <= len(y_te):
+            raise ConfigError(
+                f"cannot pick the best epoch on {holdout} of the {len(y_te)} test images of {dataset}; give at "
+                f"most {len(y_te)} (AT-AWP's code attacks all of them)"
+            )
+        return arrays, (x_te[:holdout], y_te[:holdout])
     keep, out = holdout_indices(len(y_tr), holdout, dataset, rule)
+    rest = [x_te, y_te, *rest]
     return (x_tr[keep], y_tr[keep], *rest), (x_tr[out], y_tr[out])
 
 
@@ -268,6 +282,7 @@ def _folder_loaders(
     common,
     per_image,
     crop_padding="reflect",
+    rotate=0.0,
 ):
     if normalization == "zca":
         raise ConfigError(
@@ -277,7 +292,13 @@ def _folder_loaders(
     normalize = normalization_for(normalization, 3)
     erasing = per_image is not None and per_image.erasing > 0  # normalised in the workers, then erased
     train_tf = folder_transform(
-        True, augment, size, per_image=per_image, normalize=normalize, crop_padding=crop_padding
+        True,
+        augment,
+        size,
+        per_image=per_image,
+        normalize=normalize,
+        crop_padding=crop_padding,
+        rotate=rotate,
     )
     train_ds = CheckedImageFolder(folder_split_dir(root, split_train), train_tf)
     test_ds = CheckedImageFolder(folder_split_dir(root, split_test), folder_transform(False, augment, size))

@@ -186,6 +186,7 @@ def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo)
         eval_batch_size=cfg.optim.eval_batch_size,
         per_image=PerImage(data.policy, data.randaugment_n, data.randaugment_m, data.random_erasing),
         crop_padding=data.crop_padding,
+        rotate=data.rotate,
         holdout=cfg.adv.holdout,
         holdout_rule=cfg.adv.holdout_rule,
         aux_data=data.aux_data,

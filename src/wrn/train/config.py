@@ -106,6 +106,14 @@ class DataSection(Section):
         "--crop-padding",
         "border of the training crop, the paper's reflection or the zeros of torchvision's RandomCrop(padding=4)",
     )
+    rotate: float = flagged(
+        0.0,
+        "--rotate",
+        "rotate each training image by an angle uniform in [-DEG, DEG] after its crop and flip (torchvision's "
+        "RandomRotation: nearest, black corners; AT-AWP's CIFAR-100 code uses 15)",
+        ge=0,
+        le=180,
+    )
     image_size: int | None = flagged(
         None,
         "--image-size",
@@ -533,14 +541,17 @@ class AdvSection(Section):
     )
 
     # DM-Improves-AT's validation (train-wa.py lines 62-65, 121-127; watrain.py 40-41): the first 1,024 training
-    # images, PGD-40 (4 x the training steps) on the CW margin loss, the best epoch the last of equal ones
-    holdout_rule: Literal["rice", "dm"] = flagged(
+    # images, PGD-40 (4 x the training steps) on the CW margin loss, the best epoch the last of equal ones.
+    # AT-AWP's CIFAR-100 selection (AT_AWP/train_cifar100.py lines 318-338, 364-372): the test set under PGD-20.
+    holdout_rule: Literal["rice", "dm", "awp"] = flagged(
         "rice",
         "--adv-holdout-rule",
         "with --adv-holdout: Rice et al.'s early stopping (N training images drawn as their "
         "generate_validation.py draws them, PGD at the training attack's budget on the cross-entropy, ties keep "
-        "the earlier epoch) or DM-Improves-AT's (the first N training images, PGD of 4 x the training attack's "
-        "steps on the CW margin loss, ties keep the later epoch)",
+        "the earlier epoch), DM-Improves-AT's (the first N training images, PGD of 4 x the training attack's "
+        "steps on the CW margin loss, ties keep the later epoch) or AT-AWP's CIFAR-100 code's (the first N "
+        "TEST images, none held out of training, PGD-20 on the cross-entropy, ties keep the earlier epoch: the "
+        "best epoch is chosen on the test set, as that code chose the released one)",
     )
 
     @field_validator("eps", "step_size", mode="before")

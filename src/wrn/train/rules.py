@@ -35,7 +35,12 @@ def consistency_problem(cfg) -> str | None:
             f"--replica-batch {optim.replica_batch} does not divide the batch of {optim.batch_size} into equal "
             "slices; give a divisor of --batch-size (e.g. 32 of 256) or leave --replica-batch out"
         )
-    problem = _unused_option(cfg) or _adversarial_problem(cfg) or _semi_supervised_problem(cfg)
+    problem = (
+        _unused_option(cfg)
+        or _rotation_problem(cfg)
+        or _adversarial_problem(cfg)
+        or _semi_supervised_problem(cfg)
+    )
     if problem:
         return problem
     for key in type(cfg.objective).model_fields:
@@ -178,6 +183,31 @@ def _awp_problem(cfg) -> str | None:
         return (
             "--awp does not run under --amp fp16 (its proxy's ascent gradient would need a loss scaling of its "
             "own); use --amp bf16 or --amp off with AWP"
+        )
+    return None
+
+
+def _rotation_problem(cfg) -> str | None:
+    """``--rotate`` turns the images after the crop and flip of the small data sets' loaders (and the folders'
+    RandomRotation after theirs)."""
+    from wrn.data.registry import dataset_info
+
+    data = cfg.dataset
+    augment = data.augment or dataset_info(data.name).augment
+    if data.rotate and augment not in ("none", "crop", "flip-crop"):
+        return (
+            f"--rotate {data.rotate:g} turns the image after the crop and flip of augment none, crop or "
+            f"flip-crop, not with augment {augment}; use --augment flip-crop or leave --rotate out"
+        )
+    if data.rotate and data.crop_padding == "mean":
+        return (
+            f"--rotate {data.rotate:g} would move the mean-colour border that --crop-padding mean sets after "
+            "the normalisation; use --crop-padding reflect or zeros with it"
+        )
+    if data.rotate and cfg.ssl.method != "none":
+        return (
+            f"--rotate {data.rotate:g} would turn the labelled batches but not the unlabelled weak and strong "
+            "views (FixMatch's code rotates neither); leave --rotate out with --ssl"
         )
     return None
 
