@@ -14,22 +14,32 @@ from wrn.reproduce import experiments as E
 from wrn.reproduce import grid as G
 from wrn.train.compose import build_config
 
-# RobustBench's model_info/cifar10/Linf/*.json: (file, clean accuracy %, AutoAttack accuracy %)
+# RobustBench's model_info/DATASET/Linf/*.json: (file, clean accuracy %, AutoAttack accuracy %); TRADES-AWP on
+# CIFAR-100 is not on RobustBench: its authors' AutoAttack table (csdongxian/AWP auto_attacks/README.md line 44)
+_C10, _C100 = "model_info/cifar10/Linf/", "model_info/cifar100/Linf/"
 ROBUSTBENCH = {
-    "cifar10-wrn-34-10-pgd-at": ("Madry2018Towards.json", 87.14, 44.04),
-    "cifar10-wrn-34-20-pgd-at": ("Rice2020Overfitting.json", 85.34, 53.42),
-    "cifar10-wrn-34-10-trades": ("Zhang2019Theoretically.json", 84.92, 53.08),
-    "cifar10-wrn-34-10-trades-awp": ("Wu2020Adversarial.json", 85.36, 56.17),
-    "cifar10-wrn-28-10-dm-at": ("Wang2023Better_WRN-28-10.json", 92.44, 67.31),  # their 20M-image run
+    "cifar10-wrn-34-10-pgd-at": (_C10 + "Madry2018Towards.json", 87.14, 44.04),
+    "cifar10-wrn-34-20-pgd-at": (_C10 + "Rice2020Overfitting.json", 85.34, 53.42),
+    "cifar10-wrn-34-10-trades": (_C10 + "Zhang2019Theoretically.json", 84.92, 53.08),
+    "cifar10-wrn-34-10-trades-awp": (_C10 + "Wu2020Adversarial.json", 85.36, 56.17),
+    "cifar10-wrn-28-10-dm-at": (_C10 + "Wang2023Better_WRN-28-10.json", 92.44, 67.31),  # their 20M-image run
+    "cifar100-wrn-34-10-at-awp": (_C100 + "Wu2020Adversarial.json", 60.38, 28.86),
+    "cifar100-wrn-34-10-trades-awp": ("csdongxian/AWP auto_attacks/README.md", 60.17, 28.80),
+    "cifar100-wrn-28-10-dm-at": (
+        _C100 + "Wang2023Better_WRN-28-10.json",
+        72.58,
+        38.83,
+    ),  # their 50M-image run
 }
-TRAINING_EPS = {"cifar10-wrn-34-10-pgd-at": 8 / 255, "cifar10-wrn-34-20-pgd-at": 8 / 255,
-                "cifar10-wrn-34-10-trades": 0.031, "cifar10-wrn-34-10-trades-awp": 8 / 255,
-                "cifar10-wrn-28-10-dm-at": 8 / 255}  # fmt: skip
+TRAINING_EPS = {name: 8 / 255 for name in ROBUSTBENCH} | {"cifar10-wrn-34-10-trades": 0.031}
 HELD_OUT = {
     "cifar10-wrn-34-10-pgd-at": 1000,
     "cifar10-wrn-34-20-pgd-at": 1000,
     "cifar10-wrn-28-10-dm-at": 1024,
+    "cifar100-wrn-34-10-at-awp": 10000,  # the test set (--adv-holdout-rule awp)
+    "cifar100-wrn-28-10-dm-at": 1024,
 }
+SCALED_HELD_OUT = {name: 100 for name in HELD_OUT} | {"cifar100-wrn-34-10-at-awp": 360}  # all 360 digits
 
 
 def overrides(**record) -> G.Overrides:
@@ -46,13 +56,15 @@ def test_each_row_is_a_robust_preset_beside_its_robustbench_entry():
     assert [r.name for r in exp.rows] == list(ROBUSTBENCH)
     for row in exp.rows:
         file, clean, robust = ROBUSTBENCH[row.name]
-        assert row.preset == row.name and row.dataset == "cifar10"
-        assert row.paper_file == f"model_info/cifar10/Linf/{file}"
+        assert row.preset == row.name and row.dataset == row.name.split("-")[0]
+        assert row.paper_file == file
         assert (row.paper_clean, row.paper_robust) == (clean, robust)
         assert row.paper_error == pytest.approx(100 - clean)
         assert row.model == build_config(None, row.config(0)).model.name
     assert "TensorFlow" in exp.row("cifar10-wrn-34-10-pgd-at").note
     assert "20M generated images" in exp.row("cifar10-wrn-28-10-dm-at").note
+    assert "50M generated images" in exp.row("cifar100-wrn-28-10-dm-at").note
+    assert "test set" in exp.row("cifar100-wrn-34-10-at-awp").note
 
 
 def test_each_run_is_attacked_at_its_training_eps_with_the_weights_robustbench_lists(tmp_path):
@@ -77,7 +89,7 @@ def test_a_scaled_grid_holds_out_fewer_images_and_attacks_a_few(tmp_path):
     assert "adv.holdout=100" in plan.scaled and plan.attack["n"] == G.SCALED_ATTACK_IMAGES
     for spec in plan.runs:
         cfg = plan.resolved[spec.key]
-        assert cfg.adv.holdout == (100 if spec.row.name in HELD_OUT else 0)
+        assert cfg.adv.holdout == SCALED_HELD_OUT.get(spec.row.name, 0)
         assert float(cfg.adv.eps or 0.031) == pytest.approx(TRAINING_EPS[spec.row.name])  # pixels in [0, 1]
         assert spec.attack[spec.attack.index("--n") + 1] == str(G.SCALED_ATTACK_IMAGES)
     given = overrides(dataset="digits", set=["adv.holdout=50"])
@@ -93,7 +105,7 @@ def test_gpu_hours_count_the_attacks_passes_in_training():
     plain_off = (("adv.method", "none"), ("adv.eps", None), ("adv.steps", None), ("adv.step_size", None),
                  ("adv.holdout", 0), ("adv.awp", 0.0), ("adv.awp_warmup", None), ("adv.trades_beta", 6.0),
                  ("adv.holdout_rule", "rice"))  # fmt: skip
-    for row, passes in zip(exp.rows, (11, 11, 12, 13, 12), strict=True):
+    for row, passes in zip(exp.rows, (11, 11, 12, 13, 12, 12, 13, 12), strict=True):
         plain = E.Row(row.name + "-plain", row.label, row.model, row.dataset, None, preset=row.preset,
                       settings=plain_off)  # fmt: skip
         epochs = build_config(None, row.config(0)).schedule.epochs
@@ -112,7 +124,7 @@ def test_reproduce_list_gives_the_robust_gpu_hours(capsys):
     out = capsys.readouterr().out
     line = next(ln.split() for ln in out.splitlines() if ln.startswith("robust "))
     exp = E.get_experiment("robust")
-    assert int(line[1]) == 5 and float(line[4].replace(",", "")) == pytest.approx(
+    assert int(line[1]) == 8 and float(line[4].replace(",", "")) == pytest.approx(
         E.experiment_gpu_hours(exp), abs=0.5
     )
     assert "K + 1 with PGD-AT, K + 2 with TRADES" in out
@@ -206,10 +218,14 @@ def test_the_dm_row_reads_their_generated_images_from_where_the_grid_starts(tmp_
 
     monkeypatch.chdir(tmp_path)
     name = "cifar10-wrn-28-10-dm-at"
-    plan = G.make_plan("robust", tmp_path / "g", 1, overrides())
+    everything = G.make_plan("robust", tmp_path / "g", 1, overrides())
+    files = {s.row.name: everything.resolved[s.key].dataset.aux_data for s in everything.runs}
+    assert {k: v for k, v in files.items() if v} == {
+        name: str(tmp_path / "edm_data" / "cifar10" / "1m.npz"),
+        "cifar100-wrn-28-10-dm-at": str(tmp_path / "edm_data" / "cifar100" / "1m.npz"),
+    }
+    plan = G.make_plan("robust", tmp_path / "g", 1, overrides(), rows=["cifar10-*"])
     want = tmp_path / "edm_data" / "cifar10" / "1m.npz"
-    for spec in plan.runs:
-        assert plan.resolved[spec.key].dataset.aux_data == (str(want) if spec.row.name == name else None)
     assert not plan.scaled
     with pytest.raises(DataError, match=f"row {name} trains on generated images and {want} does not exist"):
         G.check_generated(plan)

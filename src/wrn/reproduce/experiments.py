@@ -303,11 +303,13 @@ SAM = tuple(
 
 
 ROBUST_SOURCE = (
-    "RobustBench's model_info files (github.com/RobustBench/robustbench, model_info/cifar10/Linf/NAME.json): "
-    "clean accuracy and AutoAttack accuracy (standard version, L-inf) in percent, each on the 10,000 CIFAR-10 "
-    "test images"
+    "RobustBench's model_info files (github.com/RobustBench/robustbench, model_info/DATASET/Linf/NAME.json): "
+    "clean accuracy and AutoAttack accuracy (standard version, L-inf) in percent, each on the 10,000 test "
+    "images; TRADES-AWP on CIFAR-100, not on RobustBench, from its authors' AutoAttack table "
+    "(csdongxian/AWP, auto_attacks/README.md)"
 )
 _RB = "model_info/cifar10/Linf/"
+_RB100 = "model_info/cifar100/Linf/"
 ROBUST = (
     Row("cifar10-wrn-34-10-pgd-at", "WRN-34-10 + PGD-AT, early stopping", "wrn-34-10", "cifar10", 12.86, 46.2,
         preset="cifar10-wrn-34-10-pgd-at", paper_clean=87.14, paper_robust=44.04,
@@ -329,6 +331,21 @@ ROBUST = (
         note="RobustBench's entry is DM-Improves-AT's WRN-28-10 trained with 20M generated images, whose "
         "settings their repository does not hold; this row trains their README's command, with the 1M file "
         "(edm_data/cifar10/1m.npz under the folder the grid starts in)"),
+    Row("cifar100-wrn-34-10-at-awp", "WRN-34-10 + PGD-AT + AWP", "wrn-34-10", "cifar100", 39.62, 46.2,
+        preset="cifar100-wrn-34-10-at-awp", paper_clean=60.38, paper_robust=28.86,
+        paper_file=_RB100 + "Wu2020Adversarial.json",
+        note="the best epoch is chosen on the test set under PGD-20, as AT-AWP's CIFAR-100 code chose the "
+        "released network RobustBench lists"),
+    Row("cifar100-wrn-34-10-trades-awp", "WRN-34-10 + TRADES + AWP", "wrn-34-10", "cifar100", 39.83, 46.2,
+        preset="cifar100-wrn-34-10-trades-awp", paper_clean=60.17, paper_robust=28.80,
+        paper_file="csdongxian/AWP auto_attacks/README.md",
+    ),
+    Row("cifar100-wrn-28-10-dm-at", "WRN-28-10 (swish) + TRADES + 1M generated images", "wrn-28-10-dm",
+        "cifar100", 27.42, 36.5, preset="cifar100-wrn-28-10-dm-at", paper_clean=72.58, paper_robust=38.83,
+        paper_file=_RB100 + "Wang2023Better_WRN-28-10.json",
+        note="RobustBench's entry is DM-Improves-AT's WRN-28-10 trained with 50M generated images, whose "
+        "settings their repository does not hold; this row trains their README's command on cifar100s, with "
+        "the 1M file (edm_data/cifar100/1m.npz under the folder the grid starts in)"),
 )  # fmt: skip
 
 
@@ -478,11 +495,12 @@ EXPERIMENTS: dict[str, Experiment] = {
         Experiment(
             "robust",
             "Robust training",
-            "WRN-34-10 and -34-20 trained adversarially (PGD-AT with early stopping, TRADES, TRADES + AWP) and "
-            "WRN-28-10 with DM-Improves-AT's generated images, as their authors' code trains them, each attacked "
-            "with AutoAttack (standard, L-inf) at its training eps once trained",
+            "WRN-34-10 and -34-20 trained adversarially (PGD-AT with early stopping, TRADES, TRADES + AWP; "
+            "AT-AWP and TRADES-AWP on CIFAR-100) and WRN-28-10 with DM-Improves-AT's generated images (CIFAR-10 "
+            "and -100), as their authors' code trains them, each attacked with AutoAttack (standard, L-inf) at "
+            "its training eps once trained",
             ROBUST,
-            columns=("cifar10",),
+            columns=("cifar10", "cifar100"),
             default_runs=1,  # RobustBench's entries are single models
             source=ROBUST_SOURCE,
             attack="autoattack",
@@ -628,8 +646,8 @@ def row_recipe(row: Row) -> tuple[int, float, int, int | None]:
 
 def run_flops(row: Row, epochs: int | None = None) -> float:
     """FLOPs of one run of ``row`` with its recipe: training steps (each as many passes as its recipe costs:
-    :func:`row_recipe`) plus one test pass per epoch; with adv.holdout, the held-out images attacked after each
-    epoch (PGD at the training budget: counted as training steps of the same passes) and trained on no more."""
+    :func:`row_recipe`) on the training set plus one test pass per epoch. The attack on the held-out images
+    after each epoch (adv.holdout) is not counted, nor are the held-out images taken off the training set."""
     if row.model is None:
         return 0.0
     info = DATASETS[row.dataset]

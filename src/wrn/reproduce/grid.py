@@ -235,7 +235,7 @@ def fit_to_images(row: Row, cfg: Any, given: dict[str, Any]) -> dict[str, Any]:
         out["dataset.aux_data"] = None
     held = cfg.adv.holdout
     if held and "adv.holdout" not in given and cfg.dataset.name != row.dataset:
-        out["adv.holdout"] = scaled_holdout(held, row.dataset, cfg.dataset.name)
+        out["adv.holdout"] = scaled_holdout(held, row.dataset, cfg.dataset.name, cfg.adv.holdout_rule)
     if cfg.ssl.labels is not None and cfg.dataset.name != row.dataset:
         out.update({k: v for k, v in scaled_split(cfg, row.dataset).items() if k not in given})
     recipe = dataset_info(row.dataset).image_size
@@ -264,14 +264,17 @@ def scaled_split(cfg: Any, recipe_data: str) -> dict[str, int]:
     return {"ssl.labels": per_class * here.num_classes, "ssl.epoch_steps": steps}
 
 
-def scaled_holdout(held: int, recipe_data: str, data: str) -> int:
+def scaled_holdout(held: int, recipe_data: str, data: str, rule: str = "rice") -> int:
     """The held-out images (adv.holdout) of a run on another data set: the recipe's share of its training images
     (1,000 of CIFAR's 50,000 is 2%), but at least 100, so that the best epoch is picked on more than a handful
-    of images (100 of the digits' 1,437), and never more than the recipe's."""
+    of images (100 of the digits' 1,437), and never more than the recipe's; with rule ``awp`` (the best epoch
+    picked on the first test images) the share of the test images (AT-AWP's 10,000 of 10,000: all 360 of the
+    digits')."""
     from wrn.data.registry import DATASETS
 
-    recipe_n = DATASETS[recipe_data].train_size if recipe_data in DATASETS else 0
-    n = DATASETS[data].train_size if data in DATASETS else 0
+    size = "test_size" if rule == "awp" else "train_size"
+    recipe_n = getattr(DATASETS[recipe_data], size) if recipe_data in DATASETS else 0
+    n = getattr(DATASETS[data], size) if data in DATASETS else 0
     if not recipe_n or not n:
         return held
     return min(held, max(100, round(held * n / recipe_n)))

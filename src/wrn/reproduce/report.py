@@ -210,11 +210,17 @@ def attack_table(results: list[RowResult]) -> Table:
         weights = ("best epoch (RUN/best)" if any(held) else "last epoch") if held else NONE
         images = sorted({str(r.attack.get("n_points")) for r in attacked if r.attack})
         eps = sorted({str(r.attack.get("eps")) for r in attacked if r.attack})
-        cells = [row.label, data_set, _num(row.paper_clean), mean_std(clean), _num(row.paper_robust),
+        ref = "" if on_robustbench(row) else " (authors')"  # a reference RobustBench does not list
+        cells = [row.label, data_set, _num(row.paper_clean) + ref, mean_std(clean), _num(row.paper_robust) + ref,
                  mean_std(robust), str(len(attacked)), weights, ", ".join(images) or NONE,
                  ", ".join(eps) or NONE]  # fmt: skip
         table.rows.append(TableRow(cells, res.status))
     return table
+
+
+def on_robustbench(row) -> bool:
+    """Whether ``row``'s reference figures are a RobustBench entry's (its model_info file), not its authors'."""
+    return row.paper_file.startswith("model_info/")
 
 
 def _num(value: float | None) -> str:
@@ -248,7 +254,12 @@ def table_section(out: Path, data: dict, exp: Experiment, results: list[RowResul
         section.tables.append(results_table(results, compared=scaled is None))
     for res in results:
         if res.row.paper_file:
-            section.notes.append(f"{res.row.label}: RobustBench's figures from {res.row.paper_file}.")
+            whose = (
+                "RobustBench's figures"
+                if on_robustbench(res.row)
+                else "its authors' figures (not on RobustBench)"
+            )
+            section.notes.append(f"{res.row.label}: {whose} from {res.row.paper_file}.")
         note = f"{res.row.label}: {res.row.note}."
         if res.row.note and note not in section.notes:
             section.notes.append(note)

@@ -5,7 +5,11 @@ eval mode, by PGD at the training attack's radius and step with one random start
 the highest robust accuracy so far are kept in ``RUN/best/`` (a model directory beside the last model), and
 model.json names both. ``adv.holdout_rule`` ``dm`` judges as DM-Improves-AT's ``train-wa.py`` does instead (lines
 121-127; ``watrain.py`` 40-41, ``eval``): PGD of 4 x the training attack's steps on the CW margin loss, the
-best epoch the last of equal ones (``>=``).
+best epoch the last of equal ones (``>=``). ``awp`` judges as AT-AWP's CIFAR-100 code does (csdongxian/AWP,
+``AT_AWP/train_cifar100.py`` lines 318-338 and 364-372): the first N images of the **test** set (its 10,000
+there; nothing is held out of training), PGD-20 (``--attack-iters-test``) at the training radius and step on
+the cross-entropy, one random start, the best epoch the first of equal ones (``>``). That chooses the epoch on
+the test set; the released AT-AWP CIFAR-100 network and its RobustBench entry were chosen so.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from wrn.seeds import stream_seed
 from wrn.train import distributed as D
 from wrn.train.rundir import BEST
 
+AWP_TEST_STEPS = 20  # AT_AWP/train_cifar100.py's --attack-iters-test
+
 
 class HoldoutSelection:
     """The held-out images' clean and robust accuracy after each epoch, and the best epoch so far."""
@@ -29,8 +35,11 @@ class HoldoutSelection:
 
         self.loader, self.cfg, self.device, self.dist = loader, cfg, device, dist
         self.budget = adversary_budget(cfg.adv)
-        self.dm = cfg.adv.holdout_rule == "dm"
-        self.steps = 4 * self.budget["steps"] if self.dm else self.budget["steps"]
+        self.rule = cfg.adv.holdout_rule
+        self.dm = self.rule == "dm"
+        self.steps = {"dm": 4 * self.budget["steps"], "awp": AWP_TEST_STEPS}.get(
+            self.rule, self.budget["steps"]
+        )
         self.best_acc: float | None = None
         self.best_epoch = 0
 
@@ -77,17 +86,28 @@ class HoldoutSelection:
 
     def describe(self) -> dict[str, Any]:
         """What model.json says of the best epoch."""
+        selected_by = {
+            "dm": f"robust accuracy of the held-out training images under PGD-{self.steps} on the CW margin "
+            "loss, the last of equal epochs (DM-Improves-AT)",
+            "awp": f"robust accuracy of the first {self.cfg.adv.holdout} TEST images under PGD-{self.steps}, "
+            "the first of equal epochs (AT-AWP's CIFAR-100 code): chosen on the test set",
+        }.get(
+            self.rule,
+            "robust accuracy of the held-out training images under PGD at the training attack's budget "
+            "(Rice et al. 2020)",
+        )
         return {
             "path": BEST,
             "epoch": self.best_epoch,
             "holdout_robust_acc": self.best_acc,
             "holdout": self.cfg.adv.holdout,
-            "selected_by": "robust accuracy of the held-out training images under PGD-"
-            f"{self.steps} on the CW margin loss, the last of equal epochs (DM-Improves-AT)"
-            if self.dm
-            else "robust accuracy of the held-out training images under PGD at the training attack's budget "
-            "(Rice et al. 2020)",
+            "selected_by": selected_by,
         }
+
+    def images(self) -> str:
+        """The images the best epoch is picked on, in words."""
+        n = self.cfg.adv.holdout
+        return f"the first {n} test images" if self.rule == "awp" else f"the {n} held-out images"
 
     def state_dict(self) -> dict[str, Any]:
         return {"best_acc": self.best_acc, "best_epoch": self.best_epoch}

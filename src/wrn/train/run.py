@@ -389,7 +389,7 @@ def _finish(loop: Loop) -> None:
     if holdout is not None:
         _say(
             loop.verbose,
-            f"best epoch on the {loop.cfg.adv.holdout} held-out images: {holdout.best_epoch} (robust accuracy "
+            f"best epoch on {holdout.images()}: {holdout.best_epoch} (robust accuracy "
             f"{holdout.best_acc:.2f}%), its weights in {loop.run_dir.best}",
         )
     if prefix and "ema_test_error" not in last:  # --eval-models model: the average was never evaluated
