@@ -68,9 +68,9 @@ def test_the_tables_cover_every_preset_of_todays_recipes():
     todays = {
         n
         for n in list_presets()
-        if re.search(r"-(cutout|autoaugment|sam|trades|trades-awp|pgd-at|dm-at|fixmatch-\d+)$", n)
+        if re.search(r"-(cutout|autoaugment|sam|trades|trades-awp|at-awp|pgd-at|dm-at|fixmatch-\d+)$", n)
     }
-    assert set(PRESETS) == todays and len(todays) == 24
+    assert set(PRESETS) == todays and len(todays) == 27
     assert {h.split(":")[0] for h in TABLES} == {
         "Cutout",
         "AutoAugment",
@@ -78,6 +78,7 @@ def test_the_tables_cover_every_preset_of_todays_recipes():
         "TRADES",
         "PGD-AT",
         "TRADES-AWP",
+        "AT-AWP",
         "DM-AT",
         "FixMatch",
     }

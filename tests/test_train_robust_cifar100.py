@@ -38,7 +38,7 @@ def _their_attack_pgd(model, X, y, epsilon, alpha, attack_iters, gen):
 
 
 def test_the_awp_rule_attacks_the_test_images_as_their_test_loop_and_keeps_the_first_best():
-    """Lines 318-338: ``model.eval()``, ``attack_pgd(..., args.attack_iters_test=20, args.restarts=1)`` on
+    """Lines 325-338: ``model.eval()``, ``attack_pgd(..., args.attack_iters_test=20, args.restarts=1)`` on
     each test batch, the robust accuracy of ``model(normalize(clamp(X + delta, 0, 1)))``; 364: a new best only
     when strictly higher."""
     import wrn

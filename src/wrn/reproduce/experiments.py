@@ -646,8 +646,10 @@ def row_recipe(row: Row) -> tuple[int, float, int, int | None]:
 
 def run_flops(row: Row, epochs: int | None = None) -> float:
     """FLOPs of one run of ``row`` with its recipe: training steps (each as many passes as its recipe costs:
-    :func:`row_recipe`) on the training set plus one test pass per epoch. The attack on the held-out images
-    after each epoch (adv.holdout) is not counted, nor are the held-out images taken off the training set."""
+    :func:`row_recipe`) plus one test pass per epoch; with adv.holdout, the held-out images attacked after each
+    epoch (PGD at the training budget: counted as training steps of the same passes) and trained on no more;
+    with the rule ``awp`` nothing is held out, and the test images it attacks after each epoch (PGD-20) are
+    counted on top, as 21 forward-backward passes each."""
     if row.model is None:
         return 0.0
     info = DATASETS[row.dataset]
@@ -656,7 +658,19 @@ def run_flops(row: Row, epochs: int | None = None) -> float:
     train = images or train
     epochs = recipe if epochs is None else epochs
     macs = forward_macs(row.model)
-    return epochs * (6 * macs * passes * train + 2 * macs * test)
+    from wrn.train.holdout import AWP_TEST_STEPS
+
+    chosen_on_test = holdout * (AWP_TEST_STEPS + 1) if _holdout_rule(row) == "awp" else 0
+    return epochs * (6 * macs * (passes * train + chosen_on_test) + 2 * macs * test)
+
+
+@functools.cache
+def _holdout_rule(row: Row) -> str | None:
+    if row.preset is None and not row.settings:
+        return None
+    from wrn.train.compose import build_config
+
+    return build_config(None, row.config(0)).adv.holdout_rule
 
 
 def gpu_hours(row: Row, tflops_wide: float = ASSUMED_TFLOPS_WIDE, efficiencies: dict | None = None) -> float:

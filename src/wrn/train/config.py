@@ -542,7 +542,7 @@ class AdvSection(Section):
 
     # DM-Improves-AT's validation (train-wa.py lines 62-65, 121-127; watrain.py 40-41): the first 1,024 training
     # images, PGD-40 (4 x the training steps) on the CW margin loss, the best epoch the last of equal ones.
-    # AT-AWP's CIFAR-100 selection (AT_AWP/train_cifar100.py lines 318-338, 364-372): the test set under PGD-20.
+    # AT-AWP's CIFAR-100 selection (AT_AWP/train_cifar100.py lines 325-338, 364-372): the test set under PGD-20.
     holdout_rule: Literal["rice", "dm", "awp"] = flagged(
         "rice",
         "--adv-holdout-rule",

@@ -6,7 +6,7 @@ the highest robust accuracy so far are kept in ``RUN/best/`` (a model directory 
 model.json names both. ``adv.holdout_rule`` ``dm`` judges as DM-Improves-AT's ``train-wa.py`` does instead (lines
 121-127; ``watrain.py`` 40-41, ``eval``): PGD of 4 x the training attack's steps on the CW margin loss, the
 best epoch the last of equal ones (``>=``). ``awp`` judges as AT-AWP's CIFAR-100 code does (csdongxian/AWP,
-``AT_AWP/train_cifar100.py`` lines 318-338 and 364-372): the first N images of the **test** set (its 10,000
+``AT_AWP/train_cifar100.py`` lines 325-338 and 364-372): the first N images of the **test** set (its 10,000
 there; nothing is held out of training), PGD-20 (``--attack-iters-test``) at the training radius and step on
 the cross-entropy, one random start, the best epoch the first of equal ones (``>``). That chooses the epoch on
 the test set; the released AT-AWP CIFAR-100 network and its RobustBench entry were chosen so.
