@@ -187,6 +187,7 @@ def test_the_scaled_grid_trains_attacks_reports_and_attacks_nothing_again(tmp_pa
     assert wrn_main(cmd) == 0
     last = capsys.readouterr().out
     assert last.count(" attack ") == 1 and " start " not in last and " resume " not in last
+    assert "(0 trained now, 1 trained before and attacked now, 1 before)" in last
     assert records["cifar10-wrn-34-10-trades"][0].is_file()
     assert records["cifar10-wrn-34-10-pgd-at"][0].stat().st_mtime_ns == records["cifar10-wrn-34-10-pgd-at"][1]
 

@@ -212,9 +212,13 @@ def finish(summary, out: Path) -> int:
             file=sys.stderr,
         )
         return 128 + int(summary.interrupted)
-    trained, before, failed = summary.count("done"), summary.count("skipped"), summary.failed
+    done, before, failed = summary.count("done"), summary.count("skipped"), summary.failed
+    attacked = sum(o.status == "done" and o.attacked_only for o in summary.outcomes)
+    now = f"{done - attacked} trained now" + (
+        f", {attacked} trained before and attacked now" if attacked else ""
+    )
     print(
-        f"{trained + before} of {len(summary.outcomes)} runs done ({trained} trained now, {before} before), "
+        f"{done + before} of {len(summary.outcomes)} runs done ({now}, {before} before), "
         f"{len(failed)} failed. Report: wrn report {out}"
     )
     for o in failed:

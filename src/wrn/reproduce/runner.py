@@ -52,6 +52,7 @@ class Outcome:
     seconds: float = 0.0
     returncode: int | None = None
     last_line: str = ""
+    attacked_only: bool = False  # done: trained before, only its attack made now
 
 
 @dataclass
@@ -168,7 +169,8 @@ def execute(spec: G.RunSpec, env: dict[str, str] | None = None, start: Launcher 
         if spec.finished():
             return Outcome(spec.key, "skipped")
         begin = time.monotonic()
-        if RunDir(spec.dir).state() != "done":
+        trained_before = RunDir(spec.dir).state() == "done"
+        if not trained_before:
             args, what = train_args(spec)
             rc = _wait(start(spec, args, child_env(env or {}), lock.fd, what))
             if rc is None:
@@ -186,7 +188,7 @@ def execute(spec: G.RunSpec, env: dict[str, str] | None = None, start: Launcher 
                 return Outcome(
                     spec.key, "failed", 0, time.monotonic() - begin, rc, G.last_log_line(spec.log_path)
                 )
-        return Outcome(spec.key, "done", 0, time.monotonic() - begin, 0)
+        return Outcome(spec.key, "done", 0, time.monotonic() - begin, 0, attacked_only=trained_before)
     finally:
         lock.release()
 
