@@ -388,3 +388,31 @@ def test_format_epoch_summary():
     ema = {"test_error": 5.5, "ema_test_loss": 0.2, "ema_test_acc": 95.9, "ema_test_error": 4.1}
     assert format_epoch_summary(2, 9, ema) == "epoch 2/9  test error 5.50%  EMA error 4.10%"
     assert format_epoch_summary(2, 9, {"ema_test_error": 4.1}) == "epoch 2/9  EMA error 4.10%"
+
+
+@pytest.mark.parametrize("rule, which", [("rice", "200 held-out images"), ("awp", "first 200 test images")])
+def test_an_adversarial_runs_curves_say_what_the_loss_is_and_draw_the_robust_error(tmp_path, rule, which):
+    """--adv: the training loss is the attacked images'; with --adv-holdout the robust error of the images the
+    best epoch is picked on is drawn beside the test error, the best epoch named."""
+    from wrn.train.plot import draw_run
+
+    run = make_run(tmp_path / "adv", epochs=4)
+    (run / "config.yaml").write_text(
+        "model:\n  name: wrn-10-1\ndataset:\n  name: digits\n"
+        f"adv:\n  method: pgd\n  holdout: 200\n  holdout_rule: {rule}\n"
+    )
+    accs = [20.0, 35.0, 31.0, 33.0]
+    (run / METRICS).write_text(
+        "".join(
+            json.dumps({**record(e), "holdout_robust_acc": a, "holdout_best_epoch": 2 if e > 1 else 1}) + "\n"
+            for e, a in zip((1, 2, 3, 4), accs, strict=True)
+        )
+    )
+    ax_loss, ax_err = draw_run(run).axes
+    labels = [t.get_text() for t in ax_err.get_legend().get_texts()]
+    assert labels[1] == "train loss (pgd: its attacked images)"
+    assert labels[2] == f"robust error, {which} (best: epoch 2)"
+    robust = next(line for line in ax_err.get_lines() if line.get_label() == labels[2])
+    assert list(robust.get_ydata()) == [100.0 - a for a in accs] and ax_err.get_ylabel() == "error, %"
+    plain = draw_run(make_run(tmp_path / "plain", epochs=4))
+    assert [t.get_text() for t in plain.axes[1].get_legend().get_texts()][1] == "train loss"

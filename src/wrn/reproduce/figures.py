@@ -64,8 +64,6 @@ def curves_figure(
     view: Experiment, panel: str, results: list[RowResult], scaled: Scaled | None, path: Path
 ) -> Path | None:
     """One panel of Figure 2 or 3: per row, median test error (solid) and train loss (dashed), min-max bands."""
-    from matplotlib.ticker import LogFormatter
-
     from wrn.train.plot import (
         COLOURS,
         finish_axes,
@@ -73,6 +71,7 @@ def curves_figure(
         lr_drop_handle,
         mark_lr_drops,
         new_figure,
+        plain_log_ticks,
         save_figure,
     )
 
@@ -100,8 +99,7 @@ def curves_figure(
         drops += lr_drop_epochs(runs[0].records)
     mark_lr_drops(ax_loss, drops)
     finish_axes(ax_loss, ax_err, all_err, [float(e) for e in all_ep])
-    for ticks in (ax_loss.yaxis.set_major_formatter, ax_loss.yaxis.set_minor_formatter):
-        ticks(LogFormatter(labelOnlyBase=False))  # 2.25, not 2.25 x 10^0; matplotlib's choice of ticks
+    plain_log_ticks(ax_loss)
     if drops:
         handles.append(lr_drop_handle())
     # below the axes: inside, it covers the curves of whichever corner it takes
@@ -134,7 +132,9 @@ def table_figure(exp: Experiment, results: list[RowResult], scaled: Scaled | Non
             ax.plot([lo, hi], [y, y], color=COLOURS[0], linewidth=2.2, solid_capstyle="butt")
             ax.plot(res.median, y, marker="D", markersize=6, color=COLOURS[0], linestyle="none")
     ax.set_yticks(range(len(shown)), list(reversed(labels)), fontsize=9)
-    ax.set_xlabel("test error, % (last epoch)", fontsize=10)
+    # FixMatch's rows: each run's figure is the median of its last 20 epochs' test error (its Table 2's)
+    per_run = "median of its last 20 epochs" if any(r.row.folds for r in shown) else "last epoch"
+    ax.set_xlabel(f"test error, % (each run: {per_run})", fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)
     ax.set_xlim(left=0)
     ax.set_ylim(-0.6, len(shown) - 0.4)
@@ -143,7 +143,7 @@ def table_figure(exp: Experiment, results: list[RowResult], scaled: Scaled | Non
     handles = [
         Line2D([], [], marker="o", markerfacecolor="none", markeredgecolor=COLOURS[1], linestyle="none",
                markeredgewidth=1.6, label="paper"),
-        Line2D([], [], marker="D", color=COLOURS[0], linewidth=2.2, label="ours: median, min–max"),
+        Line2D([], [], marker="D", color=COLOURS[0], linewidth=2.2, label="ours: median of the runs, min–max"),
     ]  # fmt: skip
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=9, frameon=False)
     # over the whole figure, not the axes: long row labels leave the axes too narrow for a scaled grid's title

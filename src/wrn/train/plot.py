@@ -140,6 +140,14 @@ def finish_axes(ax_loss, ax_err, errors: list[float], epochs: list[float]) -> No
         ax_loss.set_xlim(min(0.0, min(finite_ep)), max(finite_ep) + 0.5)
 
 
+def plain_log_ticks(ax) -> None:
+    """Tick labels of a log axis as plain numbers (2.25, not 2.25 x 10^0), on matplotlib's choice of ticks."""
+    from matplotlib.ticker import LogFormatter
+
+    for ticks in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+        ticks(LogFormatter(labelOnlyBase=False))
+
+
 def mark_lr_drops(ax, drops: Sequence[int], colour: str = "0.45", offset: float = 0.0) -> None:
     for epoch in sorted(set(drops)):
         ax.axvline(epoch + offset, color=colour, linestyle=":", linewidth=1.3, zorder=0)
@@ -184,14 +192,28 @@ def draw_run(run_dir: str | os.PathLike):
     final = _final(errors)
     err_label = "test error" if math.isnan(final) else f"test error (final {final:.2f}%)"
     (h_err,) = ax_err.plot(epochs, errors, color=colour_err, linewidth=1.8, label=err_label)
+    adv_cfg = _read_config(run_dir).get("adv") or {}
+    adv = adv_cfg.get("method", "none")
+    loss_label = "train loss" if adv in (None, "none") else f"train loss ({adv}: its attacked images)"
     (h_loss,) = ax_loss.plot(
-        epochs, losses, color=colour_loss, linewidth=1.5, linestyle="--", label="train loss"
+        epochs, losses, color=colour_loss, linewidth=1.5, linestyle="--", label=loss_label
     )
-    ax_err.set_ylabel("test error, %", fontsize=11, color=colour_err)
+    handles = [h_err, h_loss]
+    robust = [100.0 - _number(r.get("holdout_robust_acc")) for r in records]
+    if any(not math.isnan(v) for v in robust):  # early stopping on robust accuracy (adv.holdout)
+        best = next((r["holdout_best_epoch"] for r in reversed(records) if "holdout_best_epoch" in r), None)
+        n = adv_cfg.get("holdout")
+        which = f"first {n} test images" if adv_cfg.get("holdout_rule") == "awp" else f"{n} held-out images"
+        label = f"robust error, {which}" + (f" (best: epoch {best})" if best else "")
+        (h_rob,) = ax_err.plot(epochs, robust, color=COLOURS[2], linewidth=1.5, linestyle="-.", label=label)
+        handles.append(h_rob)
+        errors = errors + robust
+    ax_err.set_ylabel("test error, %" if len(handles) == 2 else "error, %", fontsize=11, color=colour_err)
     ax_loss.set_ylabel("training loss", fontsize=11, color=colour_loss)
     mark_lr_drops(ax_loss, drops)
     finish_axes(ax_loss, ax_err, errors, epochs)
-    handles = [h_err, h_loss] + ([lr_drop_handle()] if drops else [])
+    plain_log_ticks(ax_loss)
+    handles += [lr_drop_handle()] if drops else []
     ax_err.legend(handles=handles, loc="upper right", fontsize=10, framealpha=0.9)
     return fig
 
