@@ -59,11 +59,12 @@ def test_every_preset_validates_resolves_and_has_a_description():
             method = {
                 "-trades": "trades",
                 "-trades-awp": "trades",
+                "-at-awp": "pgd",
                 "-pgd-at": "pgd",
                 "-dm-at": "trades-gowal",
             }
             assert cfg.adv.method == method.get(today, "none") and (cfg.adv.awp > 0) == (
-                today == "-trades-awp"
+                today.endswith("-awp")
             ), name
             assert (cfg.dataset.aux_data is not None) == (today == "-dm-at"), name  # generated images
             # SAM's, AutoAugment's and DeepMind's own networks (docs/models.md)
@@ -88,6 +89,7 @@ TODAYS_RECIPES = (
     "-cutout",
     "-trades-awp",
     "-trades",
+    "-at-awp",
     "-pgd-at",
     "-dm-at",
 )

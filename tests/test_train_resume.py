@@ -43,9 +43,9 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 
 # every option of robust training at once: TRADES, AWP from the start, early stopping, generated data (AUX: a
-# small .npz in their format, written by the test)
+# small .npz in their format, written by the test), the rotation of the CIFAR-100 recipes
 ROBUST = ["--adv", "trades", "--adv-steps", "2", "--awp", "0.005", "--awp-warmup", "0", "--adv-holdout", "100",
-          "--aux-data", "AUX", "--aux-fraction", "0.5"]  # fmt: skip
+          "--aux-data", "AUX", "--aux-fraction", "0.5", "--rotate", "15"]  # fmt: skip
 
 
 # FixMatch on a labelled split with its strong views made in a worker process, and the average of the weights
@@ -56,7 +56,7 @@ SEMI = ["--labels", "100", "--epoch-steps", "89", "--ssl", "fixmatch", "--mu", "
 
 @pytest.mark.parametrize("extra", [[], ROBUST, SEMI], ids=["plain", "robust", "semi-supervised"])
 def test_kill_9_three_times_then_resume_gives_bitwise_identical_weights(tmp_path, extra):
-    """Also with robust training (TRADES with AWP from the start, early stopping and generated data): the
+    """Also with robust training (TRADES with AWP from the start, early stopping, generated data, rotation): the
     attack's random starts come from a generator saved in the checkpoint, the best epoch so far too, the
     generated images' draws from the loader's; AWP's proxy keeps nothing from step to step. And with
     FixMatch: the labelled stream's and the unlabelled loader's positions (the strong views drawn per batch
