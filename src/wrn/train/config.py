@@ -109,8 +109,8 @@ class DataSection(Section):
     rotate: float = flagged(
         0.0,
         "--rotate",
-        "rotate each training image by an angle uniform in [-DEG, DEG] after its crop and flip (torchvision's "
-        "RandomRotation: nearest, black corners; AT-AWP's CIFAR-100 code uses 15)",
+        "rotate each training image by an angle uniform in [-ROTATE, ROTATE] degrees after its crop and flip "
+        "(torchvision's RandomRotation: nearest, black corners; AT-AWP's CIFAR-100 code uses 15)",
         ge=0,
         le=180,
     )
