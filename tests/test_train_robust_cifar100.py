@@ -161,6 +161,9 @@ def test_the_at_awp_preset_trains_scaled_down_on_the_digits(capsys, tmp_path):
                     "--adv-holdout", "100", "--device", "cpu", "--no-progress", "--out", str(out))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "AWP gamma 0.01" in proc.stdout and "best epoch on the first 100 test images" in proc.stdout
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("model "))
+    assert "rotation up to 15 degrees" in header
+    assert "best epoch kept by robust accuracy on the first 100 test images" in header
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["dataset"]["rotate"] == 15.0 and cfg["adv"]["holdout_rule"] == "awp"
     records = metrics(out)

@@ -62,18 +62,21 @@ def print_header(loop, resumed: bool) -> None:
 
 def describe_recipes(cfg) -> str:
     """The run's other active recipes in a few words, each after a comma ('' when none is on): dropout,
-    Cutout, mixup, CutMix, label smoothing, the objective, adversarial training, torch.compile."""
+    Cutout, rotation, mixup, CutMix, label smoothing, the objective, adversarial training and its early
+    stopping, torch.compile."""
     data, optim, run = cfg.dataset, cfg.optim, cfg.run
     parts = [
         f"dropout {cfg.model.dropout:g}" if cfg.model.dropout else "",
         f"Cutout {data.cutout} px" + (" (one place per batch)" if data.cutout_per == "batch" else "")
         if data.cutout
         else "",
+        f"rotation up to {data.rotate:g} degrees" if data.rotate else "",
         f"mixup {data.mixup:g}" if data.mixup else "",
         f"CutMix {data.cutmix:g}" if data.cutmix else "",
         f"label smoothing {optim.label_smoothing:g}" if optim.label_smoothing else "",
         _objective(cfg.objective),
         _adversary(cfg.adv),
+        _best_epoch(cfg.adv),
         f"torch.compile ({run.compile_mode})" if run.compile else "",
     ]
     return "".join(f", {p}" for p in parts if p)
@@ -130,6 +133,19 @@ def _adversary(adv) -> str:
         f"adversarial training {adv.method} (eps {text(adv.eps)}, {adv.steps} steps of {text(adv.step_size)}"
         f"{beta}{awp})"
     )
+
+
+def _best_epoch(adv) -> str:
+    """``best epoch kept by robust accuracy on 1000 held-out images`` (or ``on the first 10000 test images``:
+    rule awp), or '' without adv.holdout."""
+    if not adv.holdout:
+        return ""
+    which = (
+        f"the first {adv.holdout} test images"
+        if adv.holdout_rule == "awp"
+        else f"{adv.holdout} held-out images"
+    )
+    return f"best epoch kept by robust accuracy on {which}"
 
 
 def _busy_cpu(device: torch.device) -> str | None:
