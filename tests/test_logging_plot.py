@@ -414,5 +414,10 @@ def test_an_adversarial_runs_curves_say_what_the_loss_is_and_draw_the_robust_err
     assert labels[2] == f"robust error, {which} (best: epoch 2)"
     robust = next(line for line in ax_err.get_lines() if line.get_label() == labels[2])
     assert list(robust.get_ydata()) == [100.0 - a for a in accs] and ax_err.get_ylabel() == "error, %"
+    ax_loss.figure.canvas.draw()  # the loss axis's labels as plain numbers: 0.6, not 6e-01 or 6 x 10^-1
+    shown = [
+        t.get_text() for t in ax_loss.get_yticklabels(minor=True) + ax_loss.get_yticklabels() if t.get_text()
+    ]
+    assert shown and all(float(t) > 0 and "e" not in t and "times" not in t for t in shown), shown
     plain = draw_run(make_run(tmp_path / "plain", epochs=4))
     assert [t.get_text() for t in plain.axes[1].get_legend().get_texts()][1] == "train loss"

@@ -141,11 +141,16 @@ def finish_axes(ax_loss, ax_err, errors: list[float], epochs: list[float]) -> No
 
 
 def plain_log_ticks(ax) -> None:
-    """Tick labels of a log axis as plain numbers (2.25, not 2.25 x 10^0), on matplotlib's choice of ticks."""
+    """Tick labels of a log axis as plain numbers (2.25 and 0.6, not 2.25 x 10^0 or 6e-01), on the ticks
+    matplotlib's LogFormatter chooses to label."""
     from matplotlib.ticker import LogFormatter
 
+    class Plain(LogFormatter):
+        def __call__(self, x, pos=None):
+            return f"{x:g}" if super().__call__(x, pos) else ""
+
     for ticks in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-        ticks(LogFormatter(labelOnlyBase=False))
+        ticks(Plain(labelOnlyBase=False))
 
 
 def mark_lr_drops(ax, drops: Sequence[int], colour: str = "0.45", offset: float = 0.0) -> None:
