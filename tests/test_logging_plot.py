@@ -404,8 +404,16 @@ def test_an_adversarial_runs_curves_say_what_the_loss_is_and_draw_the_robust_err
     accs = [20.0, 35.0, 31.0, 33.0]
     (run / METRICS).write_text(
         "".join(
-            json.dumps({**record(e), "holdout_robust_acc": a, "holdout_best_epoch": 2 if e > 1 else 1}) + "\n"
-            for e, a in zip((1, 2, 3, 4), accs, strict=True)
+            json.dumps(
+                {
+                    **record(e),
+                    "train_loss": loss,
+                    "holdout_robust_acc": a,
+                    "holdout_best_epoch": 2 if e > 1 else 1,
+                }
+            )
+            + "\n"
+            for e, a, loss in zip((1, 2, 3, 4), accs, (1.6, 0.9, 0.6, 0.45), strict=True)
         )
     )
     ax_loss, ax_err = draw_run(run).axes
