@@ -217,7 +217,7 @@ def test_the_dm_row_reads_their_generated_images_from_where_the_grid_starts(tmp_
     starts in, made absolute (runs start elsewhere); a grid whose runs need it refuses to start without it, in
     one sentence naming where to get it; the file's place is no difference from the recipe in the report."""
     from wrn.errors import DataError
-    from wrn.reproduce.collect import _compared
+    from wrn.reproduce.collect import _same
 
     monkeypatch.chdir(tmp_path)
     name = "cifar10-wrn-28-10-dm-at"
@@ -230,15 +230,26 @@ def test_the_dm_row_reads_their_generated_images_from_where_the_grid_starts(tmp_
     plan = G.make_plan("robust", tmp_path / "g", 1, overrides(), rows=["cifar10-*"])
     want = tmp_path / "edm_data" / "cifar10" / "1m.npz"
     assert not plan.scaled
-    with pytest.raises(DataError, match=f"row {name} trains on generated images and {want} does not exist"):
+    with pytest.raises(
+        DataError, match=f"row {name} trains on generated images and {want} does not exist"
+    ) as e:
         G.check_generated(plan)
+    assert "DM-Improves-AT/resolve/main/cifar10/1m.npz" in str(e.value)
+    c100 = G.make_plan("robust", tmp_path / "g", 1, overrides(), rows=["cifar100-wrn-28-10-dm-at"])
+    with pytest.raises(DataError, match="DM-Improves-AT/resolve/main/cifar100/1m.npz"):
+        G.check_generated(c100)
     G.check_generated(G.make_plan("robust", tmp_path / "g", 1, overrides(), rows=["*trades"]))  # not needed
     want.parent.mkdir(parents=True)
     want.write_bytes(b"")
     G.check_generated(plan)
-    assert _compared("dataset.aux_data", str(want)) == _compared(
-        "dataset.aux_data", "edm_data/cifar10/1m.npz"
+    assert _same("dataset.aux_data", "edm_data/cifar10/1m.npz", str(want))
+    assert not _same(
+        "dataset.aux_data", "edm_data/cifar10/1m.npz", str(tmp_path / "edm_data/cifar100/1m.npz")
     )
+    assert not _same("dataset.aux_data", "edm_data/cifar10/1m.npz", None)
+    # a run trained already, waiting for its attack, reads no generated image
+    monkeypatch.setattr(G.RunDir, "state", lambda self: "done")
+    G.check_generated(c100)
 
 
 def test_a_scaled_grid_trains_the_dm_row_without_cifar_images_unless_given_a_file(tmp_path, monkeypatch):

@@ -24,6 +24,8 @@ from wrn.errors import ConfigError, DataError
 KEYS = ("image", "label")
 # the data sets whose batches can take generated images (the device-resident loader's, at their own size)
 GENERATED_DATASETS = ("cifar10", "cifar100", "digits")
+# Where DM-Improves-AT's generated images are published (their README's table): DATASET/1m.npz and larger files
+GENERATED_SOURCE = "https://huggingface.co/datasets/P2333/DM-Improves-AT/resolve/main"
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,7 @@ def read_generated(
         what = "is a folder" if path.is_dir() else "does not exist"
         raise DataError(
             f"{where} {what}: give the .npz file of the generated images (DM-Improves-AT's are at "
-            "huggingface.co/datasets/P2333/DM-Improves-AT, e.g. cifar10/1m.npz)"
+            f"{GENERATED_SOURCE}, e.g. cifar10/1m.npz)"
         )
     try:
         archive = zipfile.ZipFile(path)

@@ -511,12 +511,14 @@ def paper_setting(row: Row) -> dict:
     return _PAPER[row.name]
 
 
-def _compared(key: str, value: Any) -> Any:
-    """A setting as runs are compared in it: the file of generated images by its name (a grid makes the
-    recipe's relative path absolute; the same file wherever it lies)."""
-    if key == "dataset.aux_data" and value:
-        return Path(str(value)).name
-    return value
+def _same(key: str, theirs: Any, mine: Any) -> bool:
+    """Whether a run's setting is its recipe's: for the file of generated images, whether the run's path ends
+    with the recipe's (a grid makes the recipe's relative path absolute: edm_data/cifar10/1m.npz under the folder
+    it starts in, never CIFAR-100's 1m.npz)."""
+    if key == "dataset.aux_data" and theirs and mine:
+        recipe = Path(str(theirs)).parts
+        return Path(str(mine)).parts[-len(recipe) :] == recipe
+    return theirs == mine
 
 
 def differences(results: list[RowResult]) -> list[Difference]:
@@ -535,8 +537,8 @@ def differences(results: list[RowResult]) -> list[Difference]:
             for key in paper.keys() | ours.keys():
                 if key.startswith(_NOT_SETTINGS) or key not in ours:
                     continue
-                theirs, mine = _compared(key, paper.get(key)), _compared(key, ours[key])
-                if mine == theirs:
+                theirs, mine = paper.get(key), ours[key]
+                if _same(key, theirs, mine):
                     continue
                 pair = (setting_text(theirs), setting_text(mine))
                 if pair not in changes.setdefault(key, []):

@@ -412,20 +412,20 @@ def check_data(datasets: dict[str, str], download: bool) -> None:
 
 def check_generated(plan: Plan) -> None:
     """Every file of generated images (``dataset.aux_data``) that a run still to train reads is there, before
-    any run starts: one sentence naming the row, the file and where to get it, otherwise."""
+    any run starts (a run trained already, waiting for its attack, reads none): one sentence naming the row,
+    the file and where to get it, otherwise."""
+    from wrn.data.generated import GENERATED_SOURCE
+
     for spec in plan.todo:
-        path = plan.resolved[spec.key].dataset.aux_data
-        if path is None or Path(path).is_file() or spec.finished():
+        data = plan.resolved[spec.key].dataset
+        if data.aux_data is None or Path(data.aux_data).is_file() or RunDir(spec.dir).state() == "done":
             continue
         raise DataError(
-            f"row {spec.row.name} trains on generated images and {path} does not exist; download "
-            f"DM-Improves-AT's file there ({AUX_SOURCE}), or give another with --set dataset.aux_data=FILE "
-            f"--rows {spec.row.name} (--set applies to every row), or leave the row out with --rows"
+            f"row {spec.row.name} trains on generated images and {data.aux_data} does not exist; download "
+            f"DM-Improves-AT's file there ({GENERATED_SOURCE}/{data.name}/1m.npz), or give another with --set "
+            f"dataset.aux_data=FILE --rows {spec.row.name} (--set applies to every row), or leave the row out "
+            "with --rows"
         )
-
-
-# Where DM-Improves-AT's generated CIFAR-10 images are published (their README's table, the 1M file)
-AUX_SOURCE = "https://huggingface.co/datasets/P2333/DM-Improves-AT/resolve/main/cifar10/1m.npz"
 
 
 # --------------------------------------------------------------------------------------------- experiment.yaml
