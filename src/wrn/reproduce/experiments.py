@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from wrn.data.registry import DATASETS
 from wrn.errors import ConfigError
@@ -308,44 +309,56 @@ ROBUST_SOURCE = (
     "images; TRADES-AWP on CIFAR-100, not on RobustBench, from its authors' AutoAttack table "
     "(csdongxian/AWP, auto_attacks/README.md)"
 )
-_RB = "model_info/cifar10/Linf/"
-_RB100 = "model_info/cifar100/Linf/"
+
+
+def _robust(
+    preset: str, label: str, model: str, params: float, clean: float, robust: float, file: str, note: str = ""
+) -> Row:
+    """A row of the robust grid: a shipped preset (its data set its name's first part) beside a reference's
+    clean and AutoAttack accuracy (its error 100 - clean) read from ``file``: RobustBench's model_info file
+    under model_info/DATASET/Linf/, or another source named in full."""
+    dataset = preset.split("-")[0]
+    file = file if "/" in file else f"model_info/{dataset}/Linf/{file}"
+    return Row(
+        preset,
+        label,
+        model,
+        dataset,
+        round(100 - clean, 2),
+        params,
+        preset=preset,
+        paper_clean=clean,
+        paper_robust=robust,
+        paper_file=file,
+        note=note,
+    )
+
+
 ROBUST = (
-    Row("cifar10-wrn-34-10-pgd-at", "WRN-34-10 + PGD-AT, early stopping", "wrn-34-10", "cifar10", 12.86, 46.2,
-        preset="cifar10-wrn-34-10-pgd-at", paper_clean=87.14, paper_robust=44.04,
-        paper_file=_RB + "Madry2018Towards.json",
-        note="RobustBench's entry is Madry et al.'s own WRN-34-10, trained by their TensorFlow code without "
-        "early stopping: the nearest entry, not this recipe's"),
-    Row("cifar10-wrn-34-20-pgd-at", "WRN-34-20 + PGD-AT, early stopping", "wrn-34-20", "cifar10", 14.66, 184.5,
-        preset="cifar10-wrn-34-20-pgd-at", paper_clean=85.34, paper_robust=53.42,
-        paper_file=_RB + "Rice2020Overfitting.json"),
-    Row("cifar10-wrn-34-10-trades", "WRN-34-10 + TRADES", "wrn-34-10", "cifar10", 15.08, 46.2,
-        preset="cifar10-wrn-34-10-trades", paper_clean=84.92, paper_robust=53.08,
-        paper_file=_RB + "Zhang2019Theoretically.json", note="attacked at eps 0.031, as TRADES trains"),
-    Row("cifar10-wrn-34-10-trades-awp", "WRN-34-10 + TRADES + AWP", "wrn-34-10", "cifar10", 14.64, 46.2,
-        preset="cifar10-wrn-34-10-trades-awp", paper_clean=85.36, paper_robust=56.17,
-        paper_file=_RB + "Wu2020Adversarial.json"),
-    Row("cifar10-wrn-28-10-dm-at", "WRN-28-10 (swish) + TRADES + 1M generated images", "wrn-28-10-dm", "cifar10",
-        7.56, 36.5, preset="cifar10-wrn-28-10-dm-at", paper_clean=92.44, paper_robust=67.31,
-        paper_file=_RB + "Wang2023Better_WRN-28-10.json",
-        note="RobustBench's entry is DM-Improves-AT's WRN-28-10 trained with 20M generated images, whose "
-        "settings their repository does not hold; this row trains their README's command, with the 1M file "
-        "(edm_data/cifar10/1m.npz under the folder the grid starts in)"),
-    Row("cifar100-wrn-34-10-at-awp", "WRN-34-10 + PGD-AT + AWP", "wrn-34-10", "cifar100", 39.62, 46.2,
-        preset="cifar100-wrn-34-10-at-awp", paper_clean=60.38, paper_robust=28.86,
-        paper_file=_RB100 + "Wu2020Adversarial.json",
-        note="the best epoch is chosen on the test set under PGD-20, as AT-AWP's CIFAR-100 code chose the "
-        "released network RobustBench lists"),
-    Row("cifar100-wrn-34-10-trades-awp", "WRN-34-10 + TRADES + AWP", "wrn-34-10", "cifar100", 39.83, 46.2,
-        preset="cifar100-wrn-34-10-trades-awp", paper_clean=60.17, paper_robust=28.80,
-        paper_file="csdongxian/AWP auto_attacks/README.md",
-    ),
-    Row("cifar100-wrn-28-10-dm-at", "WRN-28-10 (swish) + TRADES + 1M generated images", "wrn-28-10-dm",
-        "cifar100", 27.42, 36.5, preset="cifar100-wrn-28-10-dm-at", paper_clean=72.58, paper_robust=38.83,
-        paper_file=_RB100 + "Wang2023Better_WRN-28-10.json",
-        note="RobustBench's entry is DM-Improves-AT's WRN-28-10 trained with 50M generated images, whose "
-        "settings their repository does not hold; this row trains their README's command on cifar100s, with "
-        "the 1M file (edm_data/cifar100/1m.npz under the folder the grid starts in)"),
+    _robust("cifar10-wrn-34-10-pgd-at", "WRN-34-10 + PGD-AT, early stopping", "wrn-34-10", 46.2, 87.14, 44.04,
+            "Madry2018Towards.json", note="RobustBench's entry is Madry et al.'s own WRN-34-10, trained by "
+            "their TensorFlow code without early stopping: the nearest entry, not this recipe's"),
+    _robust("cifar10-wrn-34-20-pgd-at", "WRN-34-20 + PGD-AT, early stopping", "wrn-34-20", 184.5, 85.34, 53.42,
+            "Rice2020Overfitting.json"),
+    _robust("cifar10-wrn-34-10-trades", "WRN-34-10 + TRADES", "wrn-34-10", 46.2, 84.92, 53.08,
+            "Zhang2019Theoretically.json", note="attacked at eps 0.031, as TRADES trains"),
+    _robust("cifar10-wrn-34-10-trades-awp", "WRN-34-10 + TRADES + AWP", "wrn-34-10", 46.2, 85.36, 56.17,
+            "Wu2020Adversarial.json"),
+    _robust("cifar10-wrn-28-10-dm-at", "WRN-28-10 (swish) + TRADES + 1M generated images", "wrn-28-10-dm", 36.5,
+            92.44, 67.31, "Wang2023Better_WRN-28-10.json", note="RobustBench's entry is DM-Improves-AT's "
+            "WRN-28-10 trained with 20M generated images, whose settings their repository does not hold; this "
+            "row trains their README's command, with the 1M file (edm_data/cifar10/1m.npz under the folder the "
+            "grid starts in)"),
+    _robust("cifar100-wrn-34-10-at-awp", "WRN-34-10 + PGD-AT + AWP", "wrn-34-10", 46.2, 60.38, 28.86,
+            "Wu2020Adversarial.json", note="the best epoch is chosen on the test set under PGD-20, as AT-AWP's "
+            "CIFAR-100 code chose the released network RobustBench lists"),
+    _robust("cifar100-wrn-34-10-trades-awp", "WRN-34-10 + TRADES + AWP", "wrn-34-10", 46.2, 60.17, 28.80,
+            "csdongxian/AWP auto_attacks/README.md"),
+    _robust("cifar100-wrn-28-10-dm-at", "WRN-28-10 (swish) + TRADES + 1M generated images", "wrn-28-10-dm",
+            36.5, 72.58, 38.83, "Wang2023Better_WRN-28-10.json", note="RobustBench's entry is DM-Improves-AT's "
+            "WRN-28-10 trained with 50M generated images, whose settings their repository does not hold; this "
+            "row trains their README's command on cifar100s, with the 1M file (edm_data/cifar100/1m.npz under "
+            "the folder the grid starts in)"),
 )  # fmt: skip
 
 
@@ -630,18 +643,30 @@ def images_per_epoch(cfg) -> int | None:
     return cfg.ssl.epoch_steps * per_step
 
 
+class Recipe(NamedTuple):
+    """What a row's recipe costs: see :func:`row_recipe`."""
+
+    epochs: int
+    passes: float
+    holdout: int
+    images: int | None
+    holdout_rule: str = "rice"
+
+
 @functools.cache
-def row_recipe(row: Row) -> tuple[int, float, int, int | None]:
-    """(epochs, forward-backward passes per training step, held-out images, images per epoch) of ``row``'s
-    recipe: 2 passes with SAM, K + 1 with PGD-AT of K steps, K + 2 with TRADES, one more with AWP, else 1
-    (:func:`adversarial_passes`); the held-out images (adv.holdout) leave training and are attacked after each
-    epoch; the images of an epoch, where they are not the training set's (:func:`images_per_epoch`)."""
+def row_recipe(row: Row) -> Recipe:
+    """(epochs, forward-backward passes per training step, held-out images, images per epoch, how the best
+    epoch is picked) of ``row``'s recipe: 2 passes with SAM, K + 1 with PGD-AT of K steps, K + 2 with TRADES,
+    one more with AWP, else 1 (:func:`adversarial_passes`); the held-out images (adv.holdout) leave training and
+    are attacked after each epoch (with rule ``awp``: test images, none held out); the images of an epoch,
+    where they are not the training set's (:func:`images_per_epoch`)."""
     if row.preset is None and not row.settings:
-        return recipe_epochs(row.dataset), 1.0, 0, None
+        return Recipe(recipe_epochs(row.dataset), 1.0, 0, None)
     from wrn.train.compose import build_config
 
     cfg = build_config(None, row.config(0))
-    return cfg.schedule.epochs, adversarial_passes(cfg), cfg.adv.holdout, images_per_epoch(cfg)
+    return Recipe(cfg.schedule.epochs, adversarial_passes(cfg), cfg.adv.holdout, images_per_epoch(cfg),
+                  cfg.adv.holdout_rule)  # fmt: skip
 
 
 def run_flops(row: Row, epochs: int | None = None) -> float:
@@ -654,23 +679,14 @@ def run_flops(row: Row, epochs: int | None = None) -> float:
         return 0.0
     info = DATASETS[row.dataset]
     train, test = info.train_size, info.test_size
-    recipe, passes, holdout, images = row_recipe(row)
-    train = images or train
-    epochs = recipe if epochs is None else epochs
+    recipe = row_recipe(row)
+    train = recipe.images or train
+    epochs = recipe.epochs if epochs is None else epochs
     macs = forward_macs(row.model)
     from wrn.train.holdout import AWP_TEST_STEPS
 
-    chosen_on_test = holdout * (AWP_TEST_STEPS + 1) if _holdout_rule(row) == "awp" else 0
-    return epochs * (6 * macs * (passes * train + chosen_on_test) + 2 * macs * test)
-
-
-@functools.cache
-def _holdout_rule(row: Row) -> str | None:
-    if row.preset is None and not row.settings:
-        return None
-    from wrn.train.compose import build_config
-
-    return build_config(None, row.config(0)).adv.holdout_rule
+    chosen_on_test = recipe.holdout * (AWP_TEST_STEPS + 1) if recipe.holdout_rule == "awp" else 0
+    return epochs * (6 * macs * (recipe.passes * train + chosen_on_test) + 2 * macs * test)
 
 
 def gpu_hours(row: Row, tflops_wide: float = ASSUMED_TFLOPS_WIDE, efficiencies: dict | None = None) -> float:
@@ -704,4 +720,4 @@ def bench_rates(figure4: dict) -> tuple[float, dict[str, float]]:
 
 def total_epochs(exp: Experiment) -> int:
     """Epochs of one seed of the experiment with the paper's recipes."""
-    return sum(row_recipe(r)[0] for r in exp.runnable_rows)
+    return sum(row_recipe(r).epochs for r in exp.runnable_rows)
