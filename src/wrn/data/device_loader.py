@@ -161,9 +161,6 @@ class DeviceLoader(EpochLoader):
         self._epoch_start_state = self._generator.get_state()
         self._plan = None
 
-    def __len__(self) -> int:
-        return self.mix.batches if self.mix is not None else super().__len__()
-
     def __iter__(self):
         plan = self._epoch_plan()
         transformed = self._in_workers(self.stage.batches(self, plan)) if self.stage is not None else None
@@ -209,37 +206,21 @@ class DeviceLoader(EpochLoader):
             return self._plan
         g = self._generator
         g.set_state(self._epoch_start_state)
+        pos = self._positions
         if self.mix is not None:
-            plan = self.mix.draw(g, self.y, self.rank, self.world_size, self._offset_high(),
-                                 flip=self.augment == "flip-crop", rotate=self.rotate)  # fmt: skip
-            self._next_state = g.get_state()
-            self._plan = self._rotations(plan)
-            return self._plan
-        plan = {}
-        if self.train:
+            plan = self.mix.draw(g, self.y, self.rank, self.world_size, self._offset_high(), self.rotate)
+        elif self.train:
             need = self._shard_size * self.world_size if self.epoch_batches is not None else None
             order = epoch_order(self.num_samples, g, need)
             plan = draw_augmentation(len(order), self.augment, self._offset_high(), g, self.rotate)
+            # Augmentation is drawn per position of the permutation, so each rank's shard takes its own slice.
+            plan = {**{k: v[pos] for k, v in plan.items()}, "index": order[pos]}
         else:
-            order = torch.arange(self.num_samples)
+            plan = {"index": pos}
         self._next_state = g.get_state()
-        # Augmentation is drawn per position of the permutation, so each rank's shard takes its own slice.
-        pos = self._positions
-        plan = self._rotations({k: v[pos] for k, v in plan.items()})
-        plan = {k: v.to(self.device) for k, v in plan.items()}
-        plan["index"] = order[pos].to(self.device)
-        self._plan = plan
-        return plan
-
-    def _rotations(self, plan: dict) -> dict:
-        """The plan's rotation angles (``rotate``) as each image's fixed-point coefficients (Pillow's, on the
-        CPU, once an epoch), on the device of the plan's other entries."""
-        if "angle" not in plan:
-            return plan
-        angles = plan["angle"]
-        h, w = self.x.shape[-2:]
-        plan["rotation"] = rotation_coefficients(angles.tolist(), h, w).to(angles.device)
-        return plan
+        plan = with_rotations(plan, *self.x.shape[-2:])
+        self._plan = {k: v.to(self.device) for k, v in plan.items()}
+        return self._plan
 
     def _offset_high(self) -> int | None:
         """The crop offsets are drawn from ``0..high-1`` (None: no crop). The AutoAugment code's
@@ -281,7 +262,7 @@ class DeviceLoader(EpochLoader):
         if self.crop_padding != "mean" or self.augment not in ("crop", "flip-crop"):
             return out
         flip = plan["flip"][sel] if "flip" in plan else None
-        return mean_border_(out, plan["offset"][sel], flip, self.pad)
+        return mean_border_(out, plan["offset"][sel], flip, self.pad, self._ar_h, self._ar_w)
 
     def _crop_flip(self, idx, offset, flip) -> torch.Tensor:
         aranges = (self._ar_c, self._ar_h, self._ar_w)
@@ -312,6 +293,14 @@ def draw_augmentation(
         plan.update(_imagenet_params(n, g))
     if rotate > 0:
         plan["angle"] = draw_angles(n, rotate, g)
+    return plan
+
+
+def with_rotations(plan: dict, h: int, w: int) -> dict:
+    """``plan`` with each image's rotation angle (``rotate``; on the CPU) as the fixed-point coefficients of
+    Pillow's rotation of an ``h`` x ``w`` image, computed once an epoch."""
+    if "angle" in plan:
+        plan["rotation"] = rotation_coefficients(plan["angle"].tolist(), h, w)
     return plan
 
 
@@ -427,11 +416,12 @@ def crop_flip(
     return out if inside is None else out.masked_fill_(~inside, 0)
 
 
-def mean_border_(out: torch.Tensor, offset, flip, pad: int) -> torch.Tensor:
+def mean_border_(
+    out: torch.Tensor, offset, flip, pad: int, ar_h: torch.Tensor, ar_w: torch.Tensor
+) -> torch.Tensor:
     """The pixels of the crops at ``offset`` (flipped where ``flip``) that come from the padding set to 0, in
-    place: after normalisation, the mean colour."""
+    place: after normalisation, the mean colour (``ar_h``, ``ar_w``: the aranges of the side, on the device)."""
     _, _, h, w = out.shape
-    ar_h, ar_w = torch.arange(h, device=out.device), torch.arange(w, device=out.device)
     rows, cols = crop_coordinates(offset, flip, pad, ar_h, ar_w)
     return out.masked_fill_(~_inside(rows, cols, h, w), 0)
 

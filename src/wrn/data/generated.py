@@ -96,7 +96,12 @@ class Mix:
             raise ConfigError(
                 f"generated images of {generated.images.shape[1:]} do not match the real ones' {x.shape[1:]}"
             )
-        self.generated, self.global_batch, self.num_real = generated, global_batch, num_real
+        self.generated, self.global_batch, self.num_real, self.augment = (
+            generated,
+            global_batch,
+            num_real,
+            augment,
+        )
         self.per_batch = generated_per_batch(global_batch, generated.fraction)
         if not 0 < self.per_batch < global_batch:
             raise ConfigError(
@@ -111,31 +116,24 @@ class Mix:
         """What must match for a saved epoch's draws to line up."""
         return {"generated": len(self.generated), "generated_per_batch": self.per_batch}
 
-    def draw(
-        self, g, y, rank: int, world_size: int, offset_high: int | None, flip: bool, rotate: float = 0.0
-    ) -> dict:
+    def draw(self, g, y, rank: int, world_size: int, offset_high: int | None, rotate: float = 0.0) -> dict:
         """An epoch's plan for process ``rank``: the batches of real and generated images
-        (:func:`mixed_batches`), then each slot's crop offset (from ``0..offset_high-1``; None: no crop), flip
-        and rotation angle (``rotate`` > 0), the slots ``rank::world_size`` of every batch, with their labels
-        (``y``: the real ones')."""
+        (:func:`mixed_batches`), then each slot's augmentation as the loader draws it
+        (:func:`~wrn.data.device_loader.draw_augmentation`: crop offsets from ``0..offset_high-1``, flips,
+        rotation angles), the slots ``rank::world_size`` of every batch, with their labels (``y``: the real
+        ones'). The augmentation stays on the CPU; the images' indices and labels are on ``y``'s device."""
         import torch
 
-        from wrn.data.pil_affine import draw_angles
+        from wrn.data.device_loader import draw_augmentation
 
         size, device = self.global_batch, y.device
         index, generated = mixed_batches(
             self.num_real, len(self.generated), self.batches, size, self.per_batch, g
         )
         total = self.batches * size
-        plan = {}
-        if offset_high is not None:
-            plan["offset"] = torch.randint(0, offset_high, (total, 2), generator=g)
-        if flip:
-            plan["flip"] = torch.rand(total, generator=g) < 0.5
-        if rotate > 0:
-            plan["angle"] = draw_angles(total, rotate, g)
+        plan = draw_augmentation(total, self.augment, offset_high, g, rotate)
         mine = torch.arange(total).view(self.batches, size)[:, rank::world_size].reshape(-1)
-        plan = {k: v[mine].to(device) for k, v in plan.items()}
+        plan = {k: v[mine] for k, v in plan.items()}
         index, generated = torch.cat(index)[mine].to(device), torch.cat(generated)[mine].to(device)
         labels = torch.empty(len(index), dtype=torch.int64, device=device)
         labels[generated] = self.labels[index[generated]]
