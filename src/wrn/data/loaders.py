@@ -26,9 +26,10 @@ from wrn.data.registry import (
     dataset_info,
     normalization_for,
 )
-from wrn.data.semi_supervised import LabelledSplit
+from wrn.data.semi_supervised import LabelledSplit, StrongView, UnlabelledLoader, labelled_indices
 from wrn.data.zca import zca_whiten
 from wrn.errors import ConfigError, DataError
+from wrn.seeds import stream_seed
 
 CACHE_DIRNAME = "wrn-cache"
 
@@ -88,11 +89,7 @@ def make_loaders(
     )
 
     arrays = _in_memory(info, root, split_train, split_test, image_size, download, verify)
-    if (
-        generated is not None and holdout and holdout_rule != "awp" and arrays is not None
-    ):  # an epoch counts the held-out images too
-        generated = dataclasses.replace(generated, epoch_real=len(arrays[1]))
-    arrays, held = _hold_out(arrays, holdout, dataset, root, holdout_rule)
+    arrays, held, generated = _hold_out(arrays, holdout, dataset, root, holdout_rule, generated)
     arrays, unlabelled = _labelled(arrays, split, dataset, root, normalization)
     if arrays is None:  # ImageNet, a large image folder: read from files batch by batch
         return _folder_loaders(
@@ -109,15 +106,13 @@ def make_loaders(
     )  # fmt: skip
     test = DeviceLoader(x_te, y_te, eval_batch_size, train=False, normalize=normalize, seed=seed, **common)
     info = dataclasses.replace(info, in_channels=int(x_tr.shape[1]), image_size=int(x_tr.shape[-1]))
-    loaders = [train, test, info]
-    if held is not None:
-        loaders.append(
-            DeviceLoader(*held, eval_batch_size, train=False, normalize=normalize, seed=seed, **common)
-        )
+    extra = [DeviceLoader(*held, eval_batch_size, train=False, normalize=normalize, seed=seed, **common)
+             ] if held is not None else []  # fmt: skip
     if unlabelled is not None:
-        loaders.append(_unlabelled_loader(unlabelled, split, augment, normalize, seed, crop_padding, workers,
-                                          common))  # fmt: skip
-    return tuple(loaders)
+        extra.append(
+            _unlabelled_loader(unlabelled, split, augment, normalize, seed, crop_padding, workers, common)
+        )
+    return (train, test, info, *extra)
 
 
 def _normalised(x_tr, x_te, normalization: str, cache_dir):
@@ -133,9 +128,6 @@ def _unlabelled_loader(x, split: LabelledSplit, augment: str, normalize, seed: i
                        workers: int, common: dict):  # fmt: skip
     """The loader of the unlabelled images ``x`` as ``split`` says, its order from a stream of the run's seed
     of its own."""
-    from wrn.data.semi_supervised import StrongView, UnlabelledLoader
-    from wrn.seeds import stream_seed
-
     strong = StrongView(split.strong_policy, int(x.shape[-1]), split.randaugment_m, split.strong_on)
     return UnlabelledLoader(
         x, split.unlabelled_batch, strong, augment=augment, normalize=normalize,
@@ -168,12 +160,13 @@ def _in_memory(info, root, split_train: str, split_test: str, image_size, downlo
     return x_tr, y_tr, x_te, y_te, info, Path(root).expanduser() / CACHE_DIRNAME
 
 
-def _hold_out(arrays, holdout: int, dataset: str, root, rule: str = "rice"):
-    """``arrays`` (:func:`_in_memory`'s) with ``holdout`` training images taken out, and those images (None
-    without a hold-out); rule ``awp``: ``arrays`` as they are, and the first ``holdout`` test images (AT-AWP's
+def _hold_out(arrays, holdout: int, dataset: str, root, rule: str = "rice", generated=None):
+    """``arrays`` (:func:`_in_memory`'s) with ``holdout`` training images taken out, those images (None
+    without a hold-out) and the ``generated`` images, whose epoch then counts the held-out images too (their
+    ``dataset_size``); rule ``awp``: ``arrays`` as they are, and the first ``holdout`` test images (AT-AWP's
     CIFAR-100 code picks its best epoch on the test set)."""
     if not holdout:
-        return arrays, None
+        return arrays, None, generated
     if arrays is None:
         raise ConfigError(
             f"holding out training images needs a data set held in memory (CIFAR, SVHN, the digits, a small "
@@ -186,10 +179,11 @@ def _hold_out(arrays, holdout: int, dataset: str, root, rule: str = "rice"):
                 f"cannot pick the best epoch on {holdout} of the {len(y_te)} test images of {dataset}; give at "
                 f"most {len(y_te)} (AT-AWP's code attacks all of them)"
             )
-        return arrays, (x_te[:holdout], y_te[:holdout])
+        return arrays, (x_te[:holdout], y_te[:holdout]), generated
     keep, out = holdout_indices(len(y_tr), holdout, dataset, rule)
-    rest = [x_te, y_te, *rest]
-    return (x_tr[keep], y_tr[keep], *rest), (x_tr[out], y_tr[out])
+    if generated is not None:
+        generated = dataclasses.replace(generated, epoch_real=len(y_tr))
+    return (x_tr[keep], y_tr[keep], x_te, y_te, *rest), (x_tr[out], y_tr[out]), generated
 
 
 def _labelled(arrays, split: LabelledSplit | None, dataset: str, root, normalization):
@@ -207,8 +201,6 @@ def _labelled(arrays, split: LabelledSplit | None, dataset: str, root, normaliza
             "the strong augmentation of the unlabelled images works on their pixels, which ZCA whitening "
             "replaces; use another --normalization with --ssl"
         )
-    from wrn.data.semi_supervised import labelled_indices
-
     x_tr, y_tr, *rest = arrays
     chosen = labelled_indices(y_tr, split.labels, split.fold, dataset)
     return (x_tr[chosen], y_tr[chosen], *rest), (x_tr if split.unlabelled_batch else None)
