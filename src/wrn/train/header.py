@@ -136,16 +136,13 @@ def _adversary(adv) -> str:
 
 
 def _best_epoch(adv) -> str:
-    """``best epoch kept by robust accuracy on 1000 held-out images`` (or ``on the first 10000 test images``:
-    rule awp), or '' without adv.holdout."""
+    """``best epoch kept by robust accuracy on the 1000 held-out images`` (or ``on the first 10000 test
+    images``: rule awp), or '' without adv.holdout."""
+    from wrn.train.holdout import holdout_images
+
     if not adv.holdout:
         return ""
-    which = (
-        f"the first {adv.holdout} test images"
-        if adv.holdout_rule == "awp"
-        else f"{adv.holdout} held-out images"
-    )
-    return f"best epoch kept by robust accuracy on {which}"
+    return f"best epoch kept by robust accuracy on {holdout_images(adv.holdout, adv.holdout_rule)}"
 
 
 def _busy_cpu(device: torch.device) -> str | None:

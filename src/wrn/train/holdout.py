@@ -15,6 +15,8 @@ the test set; the released AT-AWP CIFAR-100 network and its RobustBench entry we
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,6 +29,33 @@ from wrn.train.rundir import BEST
 AWP_TEST_STEPS = 20  # AT_AWP/train_cifar100.py's --attack-iters-test
 
 
+@dataclass(frozen=True)
+class Rule:
+    """How ``adv.holdout_rule`` picks the best epoch: the attack's steps (from the training attack's), its loss
+    (the CW margin or the cross-entropy), whether a tie goes to the later epoch, and what model.json says."""
+
+    steps: Callable[[int], int]
+    margin_loss: bool
+    later_wins_ties: bool
+    selected_by: str  # formatted with n (the images) and steps
+
+
+RULES = {
+    "rice": Rule(lambda k: k, False, False, "robust accuracy of the held-out training images under PGD at the "
+                 "training attack's budget (Rice et al. 2020)"),
+    "dm": Rule(lambda k: 4 * k, True, True, "robust accuracy of the held-out training images under PGD-{steps} "
+               "on the CW margin loss, the last of equal epochs (DM-Improves-AT)"),
+    "awp": Rule(lambda k: AWP_TEST_STEPS, False, False, "robust accuracy of the first {n} TEST images under "
+                "PGD-{steps}, the first of equal epochs (AT-AWP's CIFAR-100 code): chosen on the test set"),
+}  # fmt: skip
+
+
+def holdout_images(n: int, rule: str) -> str:
+    """The images the best epoch is picked on, in words: ``the 1000 held-out images``, or with rule ``awp``
+    ``the first 10000 test images``."""
+    return f"the first {n} test images" if rule == "awp" else f"the {n} held-out images"
+
+
 class HoldoutSelection:
     """The held-out images' clean and robust accuracy after each epoch, and the best epoch so far."""
 
@@ -35,11 +64,8 @@ class HoldoutSelection:
 
         self.loader, self.cfg, self.device, self.dist = loader, cfg, device, dist
         self.budget = adversary_budget(cfg.adv)
-        self.rule = cfg.adv.holdout_rule
-        self.dm = self.rule == "dm"
-        self.steps = {"dm": 4 * self.budget["steps"], "awp": AWP_TEST_STEPS}.get(
-            self.rule, self.budget["steps"]
-        )
+        self.rule = RULES[cfg.adv.holdout_rule]
+        self.steps = self.rule.steps(self.budget["steps"])
         self.best_acc: float | None = None
         self.best_epoch = 0
 
@@ -64,7 +90,7 @@ class HoldoutSelection:
 
             adv = pgd(on_pixels, x, labels, eps=self.budget["eps"], step_size=self.budget["step_size"],
                       steps=self.steps, generator=generator,
-                      loss_fn=margin_loss if self.dm else None)  # fmt: skip
+                      loss_fn=margin_loss if self.rule.margin_loss else None)  # fmt: skip
             with torch.no_grad():
                 clean = (on_pixels(x).argmax(1) == labels).sum()
                 robust = (on_pixels(adv).argmax(1) == labels).sum()
@@ -79,23 +105,15 @@ class HoldoutSelection:
         """Whether the epoch's robust accuracy beats every earlier one (Rice et al.'s ``>``: ties keep the earlier;
         DM-Improves-AT's ``>=``: the later)."""
         acc = record["holdout_robust_acc"]
-        if self.best_acc is not None and (acc < self.best_acc if self.dm else acc <= self.best_acc):
+        later = self.rule.later_wins_ties
+        if self.best_acc is not None and (acc < self.best_acc if later else acc <= self.best_acc):
             return False
         self.best_acc, self.best_epoch = acc, epoch
         return True
 
     def describe(self) -> dict[str, Any]:
         """What model.json says of the best epoch."""
-        selected_by = {
-            "dm": f"robust accuracy of the held-out training images under PGD-{self.steps} on the CW margin "
-            "loss, the last of equal epochs (DM-Improves-AT)",
-            "awp": f"robust accuracy of the first {self.cfg.adv.holdout} TEST images under PGD-{self.steps}, "
-            "the first of equal epochs (AT-AWP's CIFAR-100 code): chosen on the test set",
-        }.get(
-            self.rule,
-            "robust accuracy of the held-out training images under PGD at the training attack's budget "
-            "(Rice et al. 2020)",
-        )
+        selected_by = self.rule.selected_by.format(n=self.cfg.adv.holdout, steps=self.steps)
         return {
             "path": BEST,
             "epoch": self.best_epoch,
@@ -106,8 +124,7 @@ class HoldoutSelection:
 
     def images(self) -> str:
         """The images the best epoch is picked on, in words."""
-        n = self.cfg.adv.holdout
-        return f"the first {n} test images" if self.rule == "awp" else f"the {n} held-out images"
+        return holdout_images(self.cfg.adv.holdout, self.cfg.adv.holdout_rule)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best_acc": self.best_acc, "best_epoch": self.best_epoch}

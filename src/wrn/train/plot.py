@@ -207,8 +207,9 @@ def draw_run(run_dir: str | os.PathLike):
     robust = [100.0 - _number(r.get("holdout_robust_acc")) for r in records]
     if any(not math.isnan(v) for v in robust):  # early stopping on robust accuracy (adv.holdout)
         best = next((r["holdout_best_epoch"] for r in reversed(records) if "holdout_best_epoch" in r), None)
-        n = adv_cfg.get("holdout")
-        which = f"first {n} test images" if adv_cfg.get("holdout_rule") == "awp" else f"{n} held-out images"
+        from wrn.train.holdout import holdout_images
+
+        which = holdout_images(adv_cfg.get("holdout"), adv_cfg.get("holdout_rule")).removeprefix("the ")
         label = f"robust error, {which}" + (f" (best: epoch {best})" if best else "")
         (h_rob,) = ax_err.plot(epochs, robust, color=COLOURS[2], linewidth=1.5, linestyle="-.", label=label)
         handles.append(h_rob)
