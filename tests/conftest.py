@@ -71,6 +71,15 @@ def run_wrn(*args: str, cwd=None, env: dict | None = None, timeout: float = 300)
     )
 
 
+def printed_config(capsys, preset: str) -> dict:
+    """``wrn train --preset PRESET --print-config`` through the real command line, read back as YAML."""
+    import yaml
+
+    proc = wrn_here(capsys, "train", "--preset", preset, "--print-config", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    return yaml.safe_load(proc.stdout)
+
+
 def wrn_here(capsys, *args: str):
     """The real command line (``wrn.cli.main``) in this process, its output read with pytest's ``capsys``: an
     object with ``returncode``, ``stdout`` and ``stderr`` as :func:`run_wrn` gives them, without the start-up

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import md_table, wrn_here
+from conftest import md_table, printed_config
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "training.md"
 HEADER = ["setting", "key", "paper", "their code", "ours", "source"]
@@ -31,12 +31,6 @@ def _tables() -> dict[str, tuple[list[str], list[list[str]]]]:
 
 TABLES = _tables()
 PRESETS = sorted({p for presets, _ in TABLES.values() for p in presets})
-
-
-def _printed(capsys, preset: str) -> dict:
-    proc = wrn_here(capsys, "train", "--preset", preset, "--print-config", "--device", "cpu")
-    assert proc.returncode == 0, proc.stderr
-    return yaml.safe_load(proc.stdout)
 
 
 def _ours(cell: str, preset: str):
@@ -86,7 +80,7 @@ def test_the_tables_cover_every_preset_of_todays_recipes():
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_the_ours_column_is_what_print_config_shows(capsys, preset):
-    printed = _printed(capsys, preset)
+    printed = printed_config(capsys, preset)
     checked = 0
     for presets, rows in TABLES.values():
         if preset not in presets:

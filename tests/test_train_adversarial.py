@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import one_line_error, wrn_here
+from conftest import one_line_error, printed_config, wrn_here
 from wrn.seeds import stream_seed
 from wrn.train.build import build_trainables
 from wrn.train.compose import build_config
@@ -289,12 +289,8 @@ def test_xternalz_init_is_the_trades_networks():
 def test_trades_preset_is_their_command_line(capsys):
     """The preset's attack and optimisation, as train_trades_cifar10.py's defaults (docs/training.md has every
     row; tests/test_docs_presets.py checks them all)."""
-    import yaml
 
-    proc = wrn_here(
-        capsys, "train", "--preset", "cifar10-wrn-34-10-trades", "--print-config", "--device", "cpu"
-    )
-    cfg = yaml.safe_load(proc.stdout)
+    cfg = printed_config(capsys, "cifar10-wrn-34-10-trades")
     want = {
         "method": "trades",
         "eps": 0.031,

@@ -592,15 +592,10 @@ README = {
 
 
 def test_the_preset_is_their_readme_command(capsys):
-    import yaml
 
-    from conftest import wrn_here
+    from conftest import printed_config
 
-    proc = wrn_here(
-        capsys, "train", "--preset", "cifar10-wrn-28-10-dm-at", "--print-config", "--device", "cpu"
-    )
-    assert proc.returncode == 0, proc.stderr
-    printed = yaml.safe_load(proc.stdout)
+    printed = printed_config(capsys, "cifar10-wrn-28-10-dm-at")
     for section, values in README.items():
         assert {k: printed[section][k] for k in values} == pytest.approx(values), section
     assert "20M" in printed["description"] and "92.44" in printed["description"]

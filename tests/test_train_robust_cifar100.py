@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from conftest import wrn_here
+from conftest import printed_config, wrn_here
 
 
 def _their_attack_pgd(model, X, y, epsilon, alpha, attack_iters, gen):
@@ -112,14 +112,8 @@ AT_AWP = {
 }  # fmt: skip
 
 
-def _printed(capsys, preset: str) -> dict:
-    proc = wrn_here(capsys, "train", "--preset", preset, "--print-config", "--device", "cpu")
-    assert proc.returncode == 0, proc.stderr
-    return yaml.safe_load(proc.stdout)
-
-
 def test_the_at_awp_preset_is_their_cifar100_script(capsys):
-    printed = _printed(capsys, "cifar100-wrn-34-10-at-awp")
+    printed = printed_config(capsys, "cifar100-wrn-34-10-at-awp")
     for section, values in AT_AWP.items():
         for key, value in values.items():
             got = printed[section][key]
@@ -139,7 +133,7 @@ def test_the_at_awp_preset_is_their_cifar100_script(capsys):
 def test_the_other_twins_differ_from_their_cifar10_presets_only_where_the_code_does(
     capsys, twin, of, differences
 ):
-    a, b = _printed(capsys, of), _printed(capsys, twin)
+    a, b = printed_config(capsys, of), printed_config(capsys, twin)
     changed = {
         (section, key): b[section][key]
         for section in a
