@@ -59,6 +59,7 @@ def run(
     from wrn.bench.common import machine_info, prepare_device, resolve_settings
     from wrn.data import dataset_info
     from wrn.data.policies import PerImage
+    from wrn.data.registry import STRONG_ON_DEVICE
 
     stages, strong = _checked(dataset, epochs, batch_size, workers, policy, strong_policy,
                               PerImage(n=randaugment_n, m=randaugment_m, erasing=random_erasing))  # fmt: skip
@@ -80,7 +81,7 @@ def run(
     strong_rows = [
         _time_strong(x, info, device_t, name, on, randaugment_m, timing)
         for name in strong
-        for on in (("device", "workers") if name == "fixmatch-ra" else ("workers",))
+        for on in (("device", "workers") if name in STRONG_ON_DEVICE else ("workers",))
     ]
     result = {
         "format": FORMAT,

@@ -163,6 +163,9 @@ POLICY_CHOICES = (
 # The strong augmentations of semi-supervised training (--strong-policy), after the weak flip and crop:
 # FixMatch's RA (wrn.data.fixmatch_augment) and torchvision's RandAugment, each followed by FixMatch's Cutout
 STRONG_POLICIES = ("fixmatch-ra", "randaugment")
+STRONG_ON_DEVICE = (
+    "fixmatch-ra",
+)  # the strong policies with a batched version on the device (the rest: workers)
 # The crop of ``crop`` / ``flip-crop``: 4 pixels on each side of a 32x32 image (the paper's); smaller images
 # keep that share of their side (1 pixel on the 8x8 digits), as a grid keeps Cutout's.
 CROP_PAD = 4

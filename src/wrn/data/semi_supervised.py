@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from wrn.data.device_loader import DeviceLoader, crop_flip
-from wrn.data.registry import STRONG_POLICIES
+from wrn.data.registry import STRONG_ON_DEVICE, STRONG_POLICIES
 from wrn.errors import ConfigError
 from wrn.seeds import stream_seed
 
@@ -88,7 +88,7 @@ class StrongView:
 
         if policy not in STRONG_POLICIES:
             raise ConfigError(f"unknown strong policy {policy!r}: choose one of {', '.join(STRONG_POLICIES)}")
-        if on not in ("device", "workers") or (on == "device" and policy != "fixmatch-ra"):
+        if on not in ("device", "workers") or (on == "device" and policy not in STRONG_ON_DEVICE):
             raise ConfigError(
                 f"the strong policy {policy} cannot run on {on!r}: fixmatch-ra runs on the device or in the "
                 "workers, the others in the workers"

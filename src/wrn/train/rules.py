@@ -97,7 +97,7 @@ def _adversarial_problem(cfg) -> str | None:
 def _semi_supervised_problem(cfg) -> str | None:
     """Options of a labelled split or of semi-supervised training without them, or beside what they cannot
     take."""
-    from wrn.data.registry import dataset_info
+    from wrn.data.registry import STRONG_ON_DEVICE, dataset_info
 
     ssl, data, optim = cfg.ssl, cfg.dataset, cfg.optim
     defaults = type(ssl)()
@@ -120,7 +120,7 @@ def _semi_supervised_problem(cfg) -> str | None:
                 f"{given[0]} sets semi-supervised training, which is off; add --ssl fixmatch (with --labels N) or "
                 f"leave {given[0]} out"
             )
-    if ssl.method != "none" and ssl.strong_on == "device" and ssl.strong_policy != "fixmatch-ra":
+    if ssl.method != "none" and ssl.strong_on == "device" and ssl.strong_policy not in STRONG_ON_DEVICE:
         return (
             f"--strong-policy {ssl.strong_policy} runs image by image in worker processes, not on the device; add "
             "--strong-on workers, or use --strong-policy fixmatch-ra"
