@@ -155,7 +155,7 @@ def results_table(results: list[RowResult], compared: bool) -> Table:
     table = Table(columns, status_title="status")
     for res in results:
         row, med, errors = res.row, res.median, res.errors
-        ours = mean_std(errors) if row.paper_std is not None else fmt_err(med)  # (FixMatch: over the folds)
+        ours = mean_std(errors) if row.folds else fmt_err(med)  # (FixMatch: over the folds)
         if imagenet and med is not None and res.top5:
             ours = f"{med:.2f} / {median(res.top5):.2f}"
         label = row.label
