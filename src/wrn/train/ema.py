@@ -53,6 +53,10 @@ class WeightEMA:
         self.averaged = AveragedModel(
             model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=not self.copy_buffers
         )
+        # the tensors averaged (parameters, and buffers unless copied), first in the update's list
+        self._n_averaged = sum(1 for _ in model.parameters()) + (
+            0 if self.copy_buffers else sum(1 for _ in model.buffers())
+        )
 
     @property
     def module(self) -> torch.nn.Module:
@@ -83,7 +87,7 @@ class WeightEMA:
     def _masked_update(self, skipped: torch.Tensor | None) -> None:
         averaged = [*self.averaged.module.parameters(), *self.averaged.module.buffers()]
         current = [*self.model.parameters(), *self.model.buffers()]
-        copied = len(averaged) - len(list(self.model.buffers())) if self.copy_buffers else len(averaged)
+        copied = self._n_averaged
         device = current[0].device if current else torch.device("cpu")
         decay = self.current_decay(device)
         keep = torch.ones((), device=device) if skipped is None else (~skipped).float()

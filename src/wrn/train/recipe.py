@@ -165,8 +165,9 @@ class Schedule:
         lr = self.lr(epoch, step)
         set_lr(optimizer, lr)
         if self.schedule.name == "cosinew":  # OneCycleLR's cycle_momentum
+            momentum = cosinew(self.base_lr, epoch, self.schedule.epochs)[1]
             for group in optimizer.param_groups:
-                group["momentum"] = cosinew(self.base_lr, epoch, self.schedule.epochs)[1]
+                group["momentum"] = momentum
         return lr
 
 
