@@ -89,7 +89,7 @@ def test_trades_attack_is_their_loop():
         x_adv = x_adv.detach() + step * torch.sign(grad.detach())
         x_adv = torch.min(torch.max(x_adv, x - eps), x + eps)
         x_adv = torch.clamp(x_adv, 0.0, 1.0)
-    ours = trades_attack(net, x, eps=eps, step_size=step, steps=steps, noise=noise)
+    ours = trades_attack(net, x, eps=eps, step_size=step, steps=steps, start=x + noise)
     assert torch.allclose(ours, x_adv, atol=1e-6)
 
 

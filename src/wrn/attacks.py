@@ -142,20 +142,19 @@ def trades_attack(
     step_size: float,
     steps: int,
     generator: torch.Generator | None = None,
-    noise: torch.Tensor | None = None,
     start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """TRADES' inner maximisation (yaodongyu/TRADES, ``trades.py``, L-inf): from ``x + 0.001 * N(0, 1)`` (or
-    ``x + noise``, or the point ``start``), ``steps`` sign steps of ``step_size`` up the KL divergence between
+    the point ``start``), ``steps`` sign steps of ``step_size`` up the KL divergence between
     the prediction at the point and at ``x`` (summed over the batch), each projected onto the ``eps`` ball and
     clamped to [0, 1]. Their code runs it with the network in eval mode; so does
     :class:`~wrn.train.objectives.adversarial.TRADES`."""
     x = x.detach()
-    if noise is None and start is None:
-        noise = 0.001 * torch.randn(x.shape, device=x.device, generator=generator)
+    if start is None:
+        start = x + 0.001 * torch.randn(x.shape, device=x.device, generator=generator)
     with torch.no_grad():
         target = F.softmax(model(x), dim=1)
-    x_adv = start.detach() if start is not None else x + noise.detach()
+    x_adv = start.detach()
     for _ in range(steps):
         x_adv.requires_grad_(True)
         loss = F.kl_div(F.log_softmax(model(x_adv), dim=1), target, reduction="sum")
