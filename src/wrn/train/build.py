@@ -158,8 +158,8 @@ def _step_recipes(ctx: Context, model: torch.nn.Module):
 
 
 def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo):
-    """The training and test loaders, the data's facts, and one more: the loader of the held-out training
-    images (``adv.holdout``) or of the unlabelled images (``ssl.method``), None without either."""
+    """The training and test loaders, the data's facts, the loader of the images the best epoch is picked on
+    (``adv.holdout``; else None) and that of the unlabelled images (``ssl.method``; else None)."""
     from wrn.data import make_loaders
     from wrn.data.policies import PerImage
 
@@ -194,13 +194,16 @@ def build_loaders(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo)
         split_train=data.train_split,
         split=labelled_split(cfg, dist_info),
     )
-    train_loader, test_loader, info = loaders[:3]
+    train_loader, test_loader, info, *extra = (
+        loaders  # make_loaders' order: the held-out, then the unlabelled
+    )
+    holdout = extra.pop(0) if cfg.adv.holdout else None
+    unlabelled = extra.pop(0) if cfg.ssl.method != "none" else None
     if len(train_loader) == 0:
         raise ConfigError(
             f"batch size {cfg.optim.batch_size} is larger than the {data.name} training set; use a smaller --batch-size"
         )
-    extra = loaders[3] if len(loaders) > 3 else None
-    return train_loader, test_loader, info, extra
+    return train_loader, test_loader, info, holdout, unlabelled
 
 
 def labelled_split(cfg: TrainConfig, dist_info: D.DistInfo):

@@ -265,9 +265,7 @@ def build_loop(cfg: TrainConfig, run_dir: RunDir, dist_info: D.DistInfo, device:
     gains the provenance record of what ran it and what the machine and the data gave (a new run; a resumed
     one keeps the record of its start)."""
     _seed_all(cfg.run.seed)
-    train_loader, test_loader, info, extra_loader = build_loaders(cfg, device, dist_info)
-    holdout_loader = extra_loader if cfg.adv.holdout else None
-    unlabelled_loader = extra_loader if cfg.ssl.method != "none" else None
+    train_loader, test_loader, info, holdout_loader, unlabelled_loader = build_loaders(cfg, device, dist_info)
     _seed_all(cfg.run.seed)
     model = build_model(cfg, info)
     if record:  # a new run: --init-from's weights (a resumed run has its own in its checkpoint)
