@@ -232,13 +232,7 @@ class DeviceLoader(EpochLoader):
     def _batch(self, plan: dict, sel: slice) -> torch.Tensor:
         if "generated" in plan:
             return self._mixed_batch(plan, sel)
-        idx = plan["index"][sel]
-        if self.augment in ("crop", "flip-crop"):
-            flip = plan["flip"][sel] if "flip" in plan else None
-            out = self._crop_flip(idx, plan["offset"][sel], flip)
-        else:
-            out = self.x[idx]
-        out = _rotated(out, plan, sel).to(self.dtype)
+        out = _rotated(self._crop_flip(plan["index"][sel], plan, sel), plan, sel).to(self.dtype)
         if self.augment == "imagenet":
             out = _imagenet_augment(
                 out, {k: v[sel] for k, v in plan.items() if k != "index"}, self.image_size
@@ -247,12 +241,7 @@ class DeviceLoader(EpochLoader):
 
     def _mixed_batch(self, plan: dict, sel: slice) -> torch.Tensor:
         out = self.mix.gather(self.x, plan, sel)
-        if self.augment in ("crop", "flip-crop"):
-            flip = plan["flip"][sel] if "flip" in plan else None
-            at = torch.arange(len(out), device=self.device)
-            out = crop_flip(
-                out, at, plan["offset"][sel], flip, self.pad, zeros=self.crop_padding != "reflect"
-            )
+        out = crop_flip_plan(out, None, plan, sel, self.augment, self.pad, self.crop_padding != "reflect")
         out = _rotated(out, plan, sel).to(self.dtype)
         return self._mean_border_(self._normalize_(out), plan, sel)
 
@@ -264,9 +253,12 @@ class DeviceLoader(EpochLoader):
         flip = plan["flip"][sel] if "flip" in plan else None
         return mean_border_(out, plan["offset"][sel], flip, self.pad, self._ar_h, self._ar_w)
 
-    def _crop_flip(self, idx, offset, flip) -> torch.Tensor:
+    def _crop_flip(self, idx, plan: dict, sel: slice) -> torch.Tensor:
+        """Samples ``idx`` of the loader's images with the crop and flip of the plan's slots ``sel``."""
         aranges = (self._ar_c, self._ar_h, self._ar_w)
-        return crop_flip(self.x, idx, offset, flip, self.pad, aranges, zeros=self.crop_padding != "reflect")
+        return crop_flip_plan(
+            self.x, idx, plan, sel, self.augment, self.pad, self.crop_padding != "reflect", aranges
+        )
 
 
 def epoch_order(n: int, g: torch.Generator, need: int | None = None) -> torch.Tensor:
@@ -383,11 +375,19 @@ class _PerImageBatches(torch.utils.data.Dataset):
         # The policy first, on the whole image, then the crop and flip: the order of the AutoAugment and Fast
         # AutoAugment / TrivialAugment code on CIFAR
         images, boxes = transform_batch(self.x[self.plan["index"][sel]], self.per_image, self.transform, seed)
-        if self.augment in ("crop", "flip-crop"):
-            flip = self.plan["flip"][sel] if "flip" in self.plan else None
-            at = torch.arange(len(images))
-            images = crop_flip(images, at, self.plan["offset"][sel], flip, self.pad, zeros=self.zeros)
+        images = crop_flip_plan(images, None, self.plan, sel, self.augment, self.pad, self.zeros)
         return _rotated(images, self.plan, sel), boxes
+
+
+def crop_flip_plan(x: torch.Tensor, idx, plan: dict, sel: slice, augment: str, pad: int, zeros: bool,
+                   aranges=None) -> torch.Tensor:  # fmt: skip
+    """Samples ``idx`` of ``x`` (None: all of them, in order) with the crop and flip (:func:`crop_flip`) of
+    an epoch plan's slots ``sel`` where ``augment`` has them (crop, flip-crop), as they are otherwise."""
+    if augment not in ("crop", "flip-crop"):
+        return x if idx is None else x[idx]
+    idx = torch.arange(len(x), device=x.device) if idx is None else idx
+    flip = plan["flip"][sel] if "flip" in plan else None
+    return crop_flip(x, idx, plan["offset"][sel], flip, pad, aranges, zeros=zeros)
 
 
 def crop_flip(

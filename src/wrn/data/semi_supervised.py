@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from wrn.data.device_loader import DeviceLoader, crop_flip
+from wrn.data.device_loader import DeviceLoader, crop_flip_plan
 from wrn.data.registry import STRONG_ON_DEVICE, STRONG_POLICIES
 from wrn.errors import ConfigError
 from wrn.seeds import stream_seed
@@ -165,12 +165,7 @@ class UnlabelledLoader(DeviceLoader):
         strong_plan = {k: v.to(self.device) for k, v in self._strong_plan().items()}
         for b in range(self.position, len(self)):
             sel = slice(b * self.batch_size, (b + 1) * self.batch_size)
-            idx = plan["index"][sel]
-            if self.augment in ("crop", "flip-crop"):
-                flip = strong_plan["flip"][sel] if "flip" in strong_plan else None
-                images = self._crop_flip(idx, strong_plan["offset"][sel], flip)
-            else:
-                images = self.x[idx]
+            images = self._crop_flip(plan["index"][sel], strong_plan, sel)
             g = torch.Generator().manual_seed(
                 stream_seed(self.seed, "strong-policy", self.epoch, self.rank, b)
             )
@@ -202,12 +197,7 @@ class _StrongBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, b: int):
         sel = slice(b * self.batch_size, (b + 1) * self.batch_size)
-        images = self.x[self.index[sel]]
-        if self.augment in ("crop", "flip-crop"):
-            flip = self.plan.get("flip")
-            at = torch.arange(len(images))
-            images = crop_flip(images, at, self.plan["offset"][sel], None if flip is None else flip[sel], self.pad,
-                               zeros=self.zeros)  # fmt: skip
+        images = crop_flip_plan(self.x, self.index[sel], self.plan, sel, self.augment, self.pad, self.zeros)
         out = torch.empty_like(images)
         emptied = torch.zeros(len(images), *images.shape[-2:], dtype=torch.bool)
         with torch.random.fork_rng(devices=[]):
