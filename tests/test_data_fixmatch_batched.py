@@ -278,3 +278,19 @@ def test_cuda_equals_cpu():
     cpu = apply_batched(images, params)
     gpu = apply_batched(images.cuda(), params)
     assert torch.equal(cpu[0], gpu[0].cpu()) and torch.equal(cpu[1], gpu[1].cpu())
+
+
+def test_the_wrap_arithmetic_is_the_wrap_table():
+    """The batched wrap (uint8 arithmetic, in place) is their float round trip's table for all 256 values, for
+    an image of its own shape and for one channel broadcast to three."""
+    from wrn.data.fixmatch_augment import fixmatch_wrap_table
+    from wrn.data.fixmatch_batched import _wrap_into
+
+    table = torch.from_numpy(fixmatch_wrap_table())
+    values = torch.arange(256).to(torch.uint8)
+    out = torch.empty_like(values)
+    _wrap_into(out, values)
+    assert torch.equal(out, table)
+    out3 = torch.empty(3, 256, dtype=torch.uint8)
+    _wrap_into(out3, values.view(1, 256))
+    assert torch.equal(out3, table.expand(3, -1))

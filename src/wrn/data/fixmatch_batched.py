@@ -61,9 +61,8 @@ from wrn.data.fixmatch_augment import (
     GEOMETRIC,
     RANDOM_POLICY_OPS,
     SIDE,
-    check_ra_options,
+    FixMatchRA,
     cutout_size,
-    fixmatch_wrap_table,
 )
 from wrn.data.pil_affine import ONE, affine_reads, fixed_coefficients, rotation_matrix
 
@@ -71,7 +70,6 @@ OP_INDEX = {name: i for i, name in enumerate(RANDOM_POLICY_OPS)}
 _LUT_OPS = ("AutoContrast", "Equalize", "Posterize", "Solarize")
 _ENHANCE_OPS = ("Color", "Contrast", "Brightness", "Sharpness")
 _GEOMETRIC_INDICES = frozenset(OP_INDEX[name] for name in GEOMETRIC)
-_WRAP = torch.from_numpy(fixmatch_wrap_table())
 
 
 @dataclass(frozen=True)
@@ -175,18 +173,12 @@ def policy_draws(params: RAParams, i: int, cutout: int = CUTOUT):
 
 def _wrap_into(out: torch.Tensor, images: torch.Tensor) -> None:
     """``out = fixmatch_wrap_table()[images]`` (uint8, same shape or broadcast): the values 1..47 one less
-    (checked against the table below), ``max(x, 1) - 1 + (min(max(x, 47), 48) - 47)`` in uint8 arithmetic."""
+    (checked against the table by the tests), ``max(x, 1) - 1 + (min(max(x, 47), 48) - 47)`` in uint8 arithmetic."""
     if out.shape != images.shape:  # 1 channel: wrapped, then broadcast
         out.copy_(images.clamp(min=1).sub_(1).add_(images.clamp(47, 48)).sub_(47))
         return
     torch.clamp(images, min=1, out=out)
     out.sub_(1).add_(images.clamp(47, 48)).sub_(47)  # modulo 256: the partial sums may wrap, the result not
-
-
-_CHECK = torch.empty(256, dtype=torch.uint8)
-_wrap_into(_CHECK, torch.arange(256).to(torch.uint8))
-if not torch.equal(_CHECK, _WRAP):
-    raise RuntimeError("fixmatch_wrap_table() is not the values 1..47 one less")
 
 
 def _autocontrast_lut(rgb: torch.Tensor) -> torch.Tensor:
@@ -475,7 +467,7 @@ def apply_batched(images: torch.Tensor, params: RAParams, side: int | None = Non
     return out, emptied
 
 
-class BatchedFixMatchRA:
+class BatchedFixMatchRA(FixMatchRA):
     """:class:`~wrn.data.fixmatch_augment.FixMatchRA` on a batch: :func:`draw_params` from ``generator``
     (None: torch's global one) then :func:`apply_batched` on the batch's device."""
 
@@ -487,8 +479,7 @@ class BatchedFixMatchRA:
         side: int | None = None,
         generator: torch.Generator | None = None,
     ):
-        check_ra_options(ops, max_level, cutout, side)
-        self.ops, self.max_level, self.cutout, self.side = ops, max_level, cutout, side
+        super().__init__(ops, max_level, cutout, side)
         self.generator = generator
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None):
@@ -496,9 +487,3 @@ class BatchedFixMatchRA:
         b, _, h, w = images.shape
         params = draw_params(b, h, w, self.ops, self.max_level, generator or self.generator)
         return apply_batched(images, params, self.side, self.cutout)
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(ops={self.ops}, max_level={self.max_level}, cutout={self.cutout}, "
-            f"side={self.side})"
-        )
