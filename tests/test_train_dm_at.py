@@ -304,6 +304,30 @@ def _dm_cfg(**more):
     return resolve(build_config(None, None, overrides), cuda_available=False)
 
 
+def _ours_and_theirs(cfg):
+    """The same DeepMind WRN twice from one seed: ours with the run's step, theirs with the run's optimizer and
+    a generator seeded as the run's attack."""
+    import copy
+
+    from wrn.seeds import stream_seed
+    from wrn.train.build import build_trainables
+    from wrn.train.recipe import make_optimizer
+
+    torch.manual_seed(0)
+    model = wrn.create_model("wrn-10-1-dm")
+    theirs = copy.deepcopy(model)
+    step = build_trainables(cfg, model, torch.device("cpu")).step
+    optimizer = make_optimizer(theirs, cfg.optim)
+    generator = torch.Generator().manual_seed(stream_seed(cfg.run.seed, "adversary", 0))
+    return model, step, theirs, optimizer, generator
+
+
+def _assert_same_state(model, theirs) -> None:
+    a, b = model.state_dict(), theirs.state_dict()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), rtol=1e-4, atol=2e-6), key
+
+
 def _batches(n=2, size=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [
@@ -315,30 +339,19 @@ def test_the_trades_gowal_step_is_their_trades_loss():
     """``--adv trades-gowal``: two steps of ours and two of their trades_loss (then their backward and SGD step,
     watrain.py lines 124-127) from the same weights and random starts give the same weights and BN running
     statistics; the attack's passes leave BN's statistics and batch count as they are."""
-    import copy
-
-    from wrn.seeds import stream_seed
-    from wrn.train.build import build_trainables
-    from wrn.train.recipe import make_optimizer
-
     cfg = _dm_cfg()
     assert (cfg.adv.eps, cfg.adv.steps, cfg.adv.step_size) == (8 / 255, 3, 2 / 255)  # parser.py's, but steps
-    torch.manual_seed(0)
-    model = wrn.create_model("wrn-10-1-dm")
-    theirs = copy.deepcopy(model)
-    step = build_trainables(cfg, model, torch.device("cpu")).step
-    optimizer = make_optimizer(theirs, cfg.optim)
-    generator = torch.Generator().manual_seed(stream_seed(cfg.run.seed, "adversary", 0))
+    model, step, theirs, optimizer, generator = _ours_and_theirs(cfg)
     for x, y in _batches():
         model.train()
         step(x, y)  # (pixels: the normalisation is inside the network)
         loss = their_trades_loss(theirs, x, y, optimizer, 2 / 255, 8 / 255, 3, 5.0, 0.1, generator)
         loss.backward()
         optimizer.step()
-    a, b = model.state_dict(), theirs.state_dict()
-    for key in a:
-        assert torch.allclose(a[key].float(), b[key].float(), rtol=1e-4, atol=2e-6), key
-    assert int(a["bn.num_batches_tracked"]) == 4  # two training passes a step, none of the attack's
+    _assert_same_state(model, theirs)
+    assert (
+        int(model.state_dict()["bn.num_batches_tracked"]) == 4
+    )  # two training passes a step, none of the attack's
 
 
 def test_trades_gowal_keeps_its_beta_and_refuses_awp():
@@ -425,20 +438,10 @@ def set_bn_momentum(model, momentum=1):
 def test_the_first_step_at_bn_momentum_one_is_theirs():
     """``--bn-momentum-first 1.0``: the loop's first step runs every BN at momentum 1 and the next ones at the
     network's 0.01, as their train() sets it at global steps 0 and 1 (watrain.py lines 86-91)."""
-    import copy
-
     from wrn.models.layers import bn_set
-    from wrn.seeds import stream_seed
-    from wrn.train.build import build_trainables
-    from wrn.train.recipe import make_optimizer
 
     cfg = _dm_cfg(**{"model.bn_momentum_first": 1.0})
-    torch.manual_seed(0)
-    model = wrn.create_model("wrn-10-1-dm")
-    theirs = copy.deepcopy(model)
-    step = build_trainables(cfg, model, torch.device("cpu")).step
-    optimizer = make_optimizer(theirs, cfg.optim)
-    generator = torch.Generator().manual_seed(stream_seed(cfg.run.seed, "adversary", 0))
+    model, step, theirs, optimizer, generator = _ours_and_theirs(cfg)
     for global_step, (x, y) in enumerate(_batches(3)):
         model.train()
         with bn_set(model, "momentum", cfg.model.bn_momentum_first if global_step == 0 else None):
@@ -447,9 +450,7 @@ def test_the_first_step_at_bn_momentum_one_is_theirs():
         their_trades_loss(theirs, x, y, optimizer, 2 / 255, 8 / 255, 3, 5.0, 0.1, generator).backward()
         optimizer.step()
         assert all(m.momentum == 0.01 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
-    a, b = model.state_dict(), theirs.state_dict()
-    for key in a:
-        assert torch.allclose(a[key].float(), b[key].float(), rtol=1e-4, atol=2e-6), key
+    _assert_same_state(model, theirs)
 
 
 def group_weight(model):
