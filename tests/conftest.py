@@ -261,6 +261,36 @@ def kill_9_at_step(run_dir, target: int, *args: str, pause: float = 0.0) -> None
     proc.communicate()
 
 
+def assert_same_weights(a, b) -> None:
+    """The ``model.safetensors`` of run (or model) folders ``a`` and ``b`` are bitwise equal."""
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+def assert_resume_is_bitwise(tmp_path, args: list, target: int, best: bool = False):
+    """``wrn ARGS`` straight through, and again killed with SIGKILL at step ``target`` then ``--resume``d: the
+    same weights (and ``best/``'s), the same records. Returns the resumed run's folder."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    proc = start_wrn(*args, "--out", str(straight))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    kill_9_at_step(killed, target, *args, "--out", str(killed))
+    assert 0 < checkpoint_step(killed)
+    proc = start_wrn("train", "--resume", str(killed), "--no-progress")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "continuing" in out
+    assert_same_weights(straight, killed)
+    if best:
+        assert_same_weights(straight / "best", killed / "best")
+    assert metrics(straight, timings=False) == metrics(killed, timings=False)
+    return killed
+
+
 def run_wrn_killed_at(kind: str, n: int, *args: str, timeout: float = 300):
     """``wrn ARGS`` in a new process killed at the ``n``-th ``kind`` call ("rename" or "fsync"; 0: never)."""
     import subprocess

@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import kill_9_at_step, metrics, one_line_error
-from conftest import start_wrn as wrn_cli
+from conftest import one_line_error
 from wrn.data import make_loaders
 from wrn.data.generated import generated_per_batch, read_generated
-from wrn.train import checkpoint as ckpt
 
 N = 500  # generated digits-shaped images
 
@@ -198,7 +196,7 @@ def test_what_cannot_take_generated_images_is_refused_in_one_sentence(capsys, ar
 
 
 def test_kill_9_then_resume_with_generated_data_gives_bitwise_identical_weights(tmp_path):
-    from test_train_resume import assert_same_weights
+    from conftest import assert_resume_is_bitwise
 
     path = generated_file(tmp_path / "gen.npz")
     args = [
@@ -206,21 +204,8 @@ def test_kill_9_then_resume_with_generated_data_gives_bitwise_identical_weights(
         "--milestones", "2", "--augment", "crop", "--aux-data", str(path), "--aux-fraction", "0.5",
         "--checkpoint-every", "1steps", "--no-progress", "--device", "cpu",
     ]  # fmt: skip
-    straight = tmp_path / "straight"
-    proc = wrn_cli(*args, "--out", str(straight))
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
-
-    killed = tmp_path / "killed"
     target = random.Random(7).randint(30, 60)  # of 2 x 45 steps: mid-epoch, in the first or second
-    kill_9_at_step(killed, target, *args, "--out", str(killed))
-    assert 0 < ckpt.load(killed)["global_step"] < 90
-    proc = wrn_cli("train", "--resume", str(killed), "--no-progress")
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
-    assert "continuing" in out
-    assert_same_weights(straight, killed)
-    assert metrics(straight, timings=False) == metrics(killed, timings=False)
+    assert_resume_is_bitwise(tmp_path, args, target)
 
 
 def test_an_epoch_counts_the_held_out_images_as_theirs_does(tmp_path):

@@ -647,25 +647,12 @@ def test_the_preset_killed_and_resumed_ends_bit_for_bit_as_one_never_stopped(tmp
     are all in the checkpoint)."""
     import random
 
-    from conftest import kill_9_at_step, metrics
-    from conftest import start_wrn as wrn_cli
+    from conftest import assert_resume_is_bitwise
     from test_data_aux import generated_file
-    from test_train_resume import assert_same_weights
 
     gen = generated_file(tmp_path / "gen.npz", n=600)
     args = ["train", "--preset", "cifar10-wrn-28-10-dm-at", "--dataset", "digits", "--epochs", "2", "--model",
             "wrn-10-1-dm", "--batch-size", "128", "--adv-holdout", "100", "--adv-steps", "2", "--aux-data",
             str(gen), "--checkpoint-every", "1steps", "--no-progress", "--device", "cpu"]  # fmt: skip
-    straight = tmp_path / "straight"
-    proc = wrn_cli(*args, "--out", str(straight))
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
-    killed = tmp_path / "killed"
     target = random.Random(3).randint(4, 18)  # of 2 x 12 steps
-    kill_9_at_step(killed, target, *args, "--out", str(killed))
-    proc = wrn_cli("train", "--resume", str(killed), "--no-progress")
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
-    assert_same_weights(straight, killed)
-    assert_same_weights(straight / "best", killed / "best")
-    assert metrics(straight, timings=False) == metrics(killed, timings=False)
+    assert_resume_is_bitwise(tmp_path, args, target, best=True)

@@ -10,14 +10,13 @@ import sys
 import textwrap
 import time
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from conftest import WRN_ENV as ENV
-from conftest import kill_9_at_step, metrics
+from conftest import assert_same_weights, kill_9_at_step, metrics
 from conftest import start_wrn as wrn_cli
 from wrn.atomic import remove_stale_temporaries
 from wrn.errors import Interrupted, NonFiniteLoss
@@ -33,13 +32,6 @@ RUN_ARGS = [
     "--dropout", "0.3", "--augment", "crop", "--milestones", "2,3", "--checkpoint-every", "1steps",
     "--no-progress",
 ]  # fmt: skip
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        assert torch.equal(wa[key], wb[key]), key
 
 
 # every option of robust training at once: TRADES, AWP from the start, early stopping, generated data (AUX: a
