@@ -375,3 +375,45 @@ def read_only(tmp_path, mounts, source):
     if subprocess.run(["mount", "-o", "remount,bind,ro", str(point)], capture_output=True).returncode:
         pytest.skip("a read-only remount of a bind mount is refused here; run as root to test it")
     return point
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    """Makes :func:`apply_policy` draw given values: its coins and signs (``_uniform``, also the one
+    autoaugment's ``_paper_sign`` calls) and Cutout's centre (``_randint``)."""
+
+    class Script:
+        uniforms: list[float] = []
+        randints: list[int] = []
+
+        def uniform(self) -> float:
+            return self.uniforms.pop(0)
+
+        def randint(self, n: int) -> int:
+            value = self.randints.pop(0)
+            assert 0 <= value < n
+            return value
+
+    from wrn.data import autoaugment, fixmatch_augment
+
+    script = Script()
+    monkeypatch.setattr(autoaugment, "_uniform", script.uniform)
+    monkeypatch.setattr(fixmatch_augment, "_uniform", script.uniform)
+    monkeypatch.setattr(fixmatch_augment, "_randint", script.randint)
+    return script
+
+
+def ra_reference(script, images, params, cutout, side=None):
+    """FixMatchRA's per-image code (``apply_policy``) on each of ``images`` with the draws that give it the
+    batched ``params`` (``script``: the :func:`scripted` fixture), stacked: (images, emptied masks)."""
+    from wrn.data.fixmatch_augment import apply_policy
+    from wrn.data.fixmatch_batched import policy_draws
+
+    outs, masks = [], []
+    for i in range(len(params)):
+        policy, script.uniforms, script.randints = policy_draws(params, i, cutout)
+        out, mask = apply_policy(images[i], policy, cutout, side)
+        assert script.uniforms == [] and script.randints == []  # every value drawn, as the parameters say
+        outs.append(out)
+        masks.append(mask)
+    return torch.stack(outs), torch.stack(masks)

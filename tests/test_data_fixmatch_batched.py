@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wrn.data import autoaugment, fixmatch_augment
-from wrn.data.fixmatch_augment import CUTOUT, GEOMETRIC, RANDOM_POLICY_OPS, apply_policy
+from conftest import ra_reference
+from wrn.data.fixmatch_augment import CUTOUT, GEOMETRIC, RANDOM_POLICY_OPS
 from wrn.data.fixmatch_batched import (
     BatchedFixMatchRA,
     RAParams,
@@ -55,44 +55,9 @@ def _varied(h: int = 32, w: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.stack([x.round().to(torch.uint8) for x in images])
 
 
-@pytest.fixture
-def scripted(monkeypatch):
-    """Makes :func:`apply_policy` draw given values: its coins and signs (``_uniform``, also the one
-    autoaugment's ``_paper_sign`` calls) and Cutout's centre (``_randint``)."""
-
-    class Script:
-        uniforms: list[float] = []
-        randints: list[int] = []
-
-        def uniform(self) -> float:
-            return self.uniforms.pop(0)
-
-        def randint(self, n: int) -> int:
-            value = self.randints.pop(0)
-            assert 0 <= value < n
-            return value
-
-    script = Script()
-    monkeypatch.setattr(autoaugment, "_uniform", script.uniform)
-    monkeypatch.setattr(fixmatch_augment, "_uniform", script.uniform)
-    monkeypatch.setattr(fixmatch_augment, "_randint", script.randint)
-    return script
-
-
-def _reference(script, images, params, cutout, side=None):
-    outs, masks = [], []
-    for i in range(len(params)):
-        policy, script.uniforms, script.randints = policy_draws(params, i, cutout)
-        out, mask = apply_policy(images[i], policy, cutout, side)
-        assert script.uniforms == [] and script.randints == []  # every value drawn, as the parameters say
-        outs.append(out)
-        masks.append(mask)
-    return torch.stack(outs), torch.stack(masks)
-
-
 def _assert_equal(script, images, params, cutout=CUTOUT, side=None):
     out, emptied = apply_batched(images, params, side=side, cutout=cutout)
-    ref_out, ref_emptied = _reference(script, images, params, cutout, side)
+    ref_out, ref_emptied = ra_reference(script, images, params, cutout, side)
     assert out.dtype == torch.uint8 and out.shape == images.shape
     assert emptied.dtype == torch.bool and emptied.shape == (images.shape[0],) + images.shape[2:]
     bad = [
@@ -245,7 +210,7 @@ def test_posterize_level_10(scripted):
     with pytest.raises(ValueError, match="bits"):
         apply_batched(images, params)
     with pytest.raises(ValueError, match="bits"):
-        _reference(scripted, images, params, CUTOUT)
+        ra_reference(scripted, images, params, CUTOUT)
     unapplied = RAParams.of([["Posterize"]], [[10]], [[False]], [[False]], [[0, 0]])
     _assert_equal(scripted, images[:1], unapplied)
 

@@ -189,11 +189,11 @@ def test_the_unlabelled_loader_gives_weak_and_strong_views_of_every_image_and_re
         assert torch.equal(w1, w2) and torch.equal(s1, s2)
 
 
-def test_the_strong_views_on_the_device_are_the_per_image_code_with_the_batch_draws():
+def test_the_strong_views_on_the_device_are_the_per_image_code_with_the_batch_draws(scripted):
     """The device path's strong view of each image is FixMatchRA's per-image code (fixmatch_augment's
     apply_policy) run with the same draws, on the same flipped and cropped image."""
-    from wrn.data.fixmatch_augment import apply_policy
-    from wrn.data.fixmatch_batched import draw_params, policy_draws
+    from conftest import ra_reference
+    from wrn.data.fixmatch_batched import draw_params
     from wrn.data.semi_supervised import StrongView
 
     x = torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8)
@@ -201,27 +201,10 @@ def test_the_strong_views_on_the_device_are_the_per_image_code_with_the_batch_dr
     view = StrongView("fixmatch-ra", 32, on="device")
     ours, emptied = view.batch(x, torch.Generator().manual_seed(5))
     params = draw_params(24, 32, 32, generator=torch.Generator().manual_seed(5))
-    applied = 0
+    want, want_emptied = ra_reference(scripted, x, params, 16)
     for i in range(24):
-        policy, uniforms, randints = policy_draws(params, i)
-        want, want_emptied = _with_draws(uniforms, randints, apply_policy, x[i], policy, cutout=16)
-        assert torch.equal(ours[i], want) and torch.equal(emptied[i], want_emptied), i
-        applied += int(params.coins[i].sum())
-    assert applied > 10
-
-
-def _with_draws(uniforms, randints, fn, *args, **kwargs):
-    """``fn(*args, **kwargs)`` with its coins and signs (``_uniform``) and Cutout's centre (``_randint``) given,
-    in turn."""
-    from unittest import mock
-
-    u, r = iter(uniforms), iter(randints)
-    with (
-        mock.patch("wrn.data.autoaugment._uniform", lambda: next(u)),
-        mock.patch("wrn.data.fixmatch_augment._uniform", lambda: next(u)),
-        mock.patch("wrn.data.fixmatch_augment._randint", lambda n: next(r)),
-    ):
-        return fn(*args, **kwargs)
+        assert torch.equal(ours[i], want[i]) and torch.equal(emptied[i], want_emptied[i]), i
+    assert int(params.coins.sum()) > 10
 
 
 # ------------------------------------------------------------------------------------------ the options
