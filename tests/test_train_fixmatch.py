@@ -309,14 +309,15 @@ def test_a_fixmatch_preset_trains_its_own_network(tmp_path):
 
 
 def test_bench_train_times_a_fixmatch_step_beside_the_plain_one(tmp_path, capsys):
-    from wrn.cli import main
+    from conftest import wrn_here
 
     record = tmp_path / "bench.json"
     args = ["bench", "train", "--model", "wrn-10-1", "--device", "cpu", "--batch-size", "8", "--steps", "2",
             "--warmup", "1", "--num-samples", "64", "--ssl", "fixmatch", "--mu", "3", "--vs-plain", "--rounds", "2",
             "--json", str(record)]  # fmt: skip
-    assert main(args) == 0
-    assert "ssl.method=fixmatch ssl.mu=3" in capsys.readouterr().out
+    proc = wrn_here(capsys, *args)
+    assert proc.returncode == 0, proc.stderr
+    assert "ssl.method=fixmatch ssl.mu=3" in proc.stdout
     result = json.loads(record.read_text())
     assert result["settings"]["unlabelled_batch"] == 24
     assert len(result["ours"]["step_ms"]) == len(result["plain"]["step_ms"]) == 2
@@ -324,14 +325,15 @@ def test_bench_train_times_a_fixmatch_step_beside_the_plain_one(tmp_path, capsys
 
 
 def test_bench_data_times_the_strong_views(tmp_path, capsys):
-    from wrn.cli import main
+    from conftest import wrn_here
 
     record = tmp_path / "data.json"
     args = ["bench", "data", "--dataset", "cifar10", "--data-dir", str(tmp_path / "absent"), "--device", "cpu",
             "--num-samples", "128", "--batch-size", "64", "--epochs", "1", "--workers", "0", "--strong-policy",
             "all", "--json", str(record)]  # fmt: skip
-    assert main(args) == 0
-    out = capsys.readouterr().out
+    proc = wrn_here(capsys, *args)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
     rows = json.loads(record.read_text())["per_image"]
     assert [r["stage"] for r in rows] == [
         "none",

@@ -103,10 +103,10 @@ def run(
         "random_data": random,
         **{k: v for k, v in rows[0].items() if k != "stage"},
     }
-    if stages[0].active:  # the loader without the stage first, to compare with
-        result["per_image"] = [_time_stage(x, y, info, device_t, PerImage(), timing), *rows, *strong_rows]
-    elif strong_rows:  # (the first row is that loader)
-        result["per_image"] = [*rows, *strong_rows]
+    # the loader without a per-image stage first, to compare with (the first row is it when the stage is off)
+    plain = [_time_stage(x, y, info, device_t, PerImage(), timing)] if stages[0].active else []
+    if plain or strong_rows:
+        result["per_image"] = [*plain, *rows, *strong_rows]
     return result
 
 
