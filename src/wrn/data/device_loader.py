@@ -355,22 +355,36 @@ class _PerImageStage:
         return erase_(out, boxes) if self.per_image.erasing > 0 else out
 
 
-class _PerImageBatches(torch.utils.data.Dataset):
-    """Item ``b``: batch ``b`` of the loader's epoch, crop-flipped from the CPU copy of the data (the epoch's
-    plan) and put through the per-image stage with its own seed (:func:`~wrn.data.policies.batch_seed`)."""
+class EpochBatches(torch.utils.data.Dataset):
+    """Item ``b``: batch ``b`` of a loader's epoch, made in a worker process from ``x``, the CPU copy of the
+    loader's images, and the epoch's ``plan`` (on the CPU). It holds the loader's fields it needs, not the
+    loader: this object is what the workers receive."""
 
-    def __init__(self, loader: DeviceLoader, stage: _PerImageStage, plan: dict):
-        self.x, self.plan, self.augment, self.pad = stage.x_cpu, plan, loader.augment, loader.pad
+    def __init__(self, loader: DeviceLoader, x: torch.Tensor, plan: dict):
+        self.x, self.plan = x, plan
+        self.augment, self.pad = loader.augment, loader.pad
         self.zeros = loader.crop_padding != "reflect"  # ("mean": black here, 0 after normalisation)
         self.batch_size, self.shard_size, self.batches = loader.batch_size, loader._shard_size, len(loader)
-        self.per_image, self.transform = stage.per_image, stage.transform
         self.seed, self.epoch, self.rank = loader.seed, loader.epoch, loader.rank
 
     def __len__(self) -> int:
         return self.batches
 
+    def positions(self, b: int) -> slice:
+        """The plan's slots of batch ``b``."""
+        return slice(b * self.batch_size, min((b + 1) * self.batch_size, self.shard_size))
+
+
+class _PerImageBatches(EpochBatches):
+    """Batch ``b`` of the loader's epoch put through the per-image stage with its own seed
+    (:func:`~wrn.data.policies.batch_seed`), then crop-flipped as the plan says."""
+
+    def __init__(self, loader: DeviceLoader, stage: _PerImageStage, plan: dict):
+        super().__init__(loader, stage.x_cpu, plan)
+        self.per_image, self.transform = stage.per_image, stage.transform
+
     def __getitem__(self, b: int):
-        sel = slice(b * self.batch_size, min((b + 1) * self.batch_size, self.shard_size))
+        sel = self.positions(b)
         seed = batch_seed(self.seed, self.epoch, self.rank, b)
         # The policy first, on the whole image, then the crop and flip: the order of the AutoAugment and Fast
         # AutoAugment / TrivialAugment code on CIFAR

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from wrn.data.device_loader import DeviceLoader, crop_flip_plan
+from wrn.data.device_loader import DeviceLoader, EpochBatches, crop_flip_plan
 from wrn.data.registry import STRONG_ON_DEVICE, STRONG_POLICIES
 from wrn.errors import ConfigError
 from wrn.seeds import stream_seed
@@ -182,21 +182,16 @@ class UnlabelledLoader(DeviceLoader):
         return {k: v[self._positions] for k, v in plan.items()}
 
 
-class _StrongBatches(torch.utils.data.Dataset):
-    """Item ``b``: the strong views of batch ``b`` of the loader's epoch (uint8 images and their emptied
-    pixels), flipped and cropped from the CPU copy of the images, then the strong policy image by image."""
+class _StrongBatches(EpochBatches):
+    """The strong views of batch ``b`` of the loader's epoch (uint8 images and their emptied pixels), flipped
+    and cropped as their own plan says, then the strong policy image by image."""
 
     def __init__(self, loader: UnlabelledLoader, index: torch.Tensor, plan: dict) -> None:
-        self.x, self.index, self.plan, self.strong = loader._x_cpu, index, plan, loader.strong
-        self.augment, self.pad, self.zeros = loader.augment, loader.pad, loader.crop_padding != "reflect"
-        self.batch_size, self.batches = loader.batch_size, len(loader)
-        self.seed, self.epoch, self.rank = loader.seed, loader.epoch, loader.rank
-
-    def __len__(self) -> int:
-        return self.batches
+        super().__init__(loader, loader._x_cpu, plan)
+        self.index, self.strong = index, loader.strong
 
     def __getitem__(self, b: int):
-        sel = slice(b * self.batch_size, (b + 1) * self.batch_size)
+        sel = self.positions(b)
         images = crop_flip_plan(self.x, self.index[sel], self.plan, sel, self.augment, self.pad, self.zeros)
         out = torch.empty_like(images)
         emptied = torch.zeros(len(images), *images.shape[-2:], dtype=torch.bool)
