@@ -159,6 +159,21 @@ def paper_wrap_table() -> np.ndarray:
     return np.uint8(((x - means) / stds * stds + means) * 255.0)
 
 
+def enhance_factor(level: int) -> float:
+    """Their enhancements' factor: ``float_parameter(level, 1.8) + 0.1``."""
+    return float(level) * 1.8 / MAX_LEVEL + 0.1
+
+
+def rotate_degrees(level: int) -> int:
+    """Their Rotate's angle before its sign: ``int_parameter(level, 30)``."""
+    return int(level * 30 / MAX_LEVEL)
+
+
+def shear_amount(level: int) -> float:
+    """Their ShearX/Y's shear before its sign: ``float_parameter(level, 0.3)``."""
+    return level * 0.3 / MAX_LEVEL
+
+
 def _paper_sign(value):
     return -value if _uniform() > 0.5 else value  # their `if random.random() > 0.5: level = -level`
 
@@ -180,7 +195,7 @@ def _through_rgb(op):
 
 
 def _paper_enhance(op):
-    return lambda img, level: op(img, float(level) * 1.8 / MAX_LEVEL + 0.1)  # PIL's ImageEnhance, on RGBA
+    return lambda img, level: op(img, enhance_factor(level))  # PIL's ImageEnhance, on RGBA
 
 
 def _paper_cutout(img: Image.Image, level: int) -> Image.Image:
@@ -208,9 +223,9 @@ _PAPER_OPS = {
     "Contrast": _paper_enhance(F.adjust_contrast),
     "Brightness": _paper_enhance(F.adjust_brightness),
     "Sharpness": _paper_enhance(F.adjust_sharpness),
-    "Rotate": lambda img, level: F.rotate(img, _paper_sign(int(level * 30 / MAX_LEVEL))),
-    "ShearX": lambda img, level: _paper_affine(img, (1, _paper_sign(level * 0.3 / MAX_LEVEL), 0, 0, 1, 0)),
-    "ShearY": lambda img, level: _paper_affine(img, (1, 0, 0, _paper_sign(level * 0.3 / MAX_LEVEL), 1, 0)),
+    "Rotate": lambda img, level: F.rotate(img, _paper_sign(rotate_degrees(level))),
+    "ShearX": lambda img, level: _paper_affine(img, (1, _paper_sign(shear_amount(level)), 0, 0, 1, 0)),
+    "ShearY": lambda img, level: _paper_affine(img, (1, 0, 0, _paper_sign(shear_amount(level)), 1, 0)),
     "TranslateX": lambda img, level: _paper_affine(img, (1, 0, _paper_shift(level), 0, 1, 0)),
     "TranslateY": lambda img, level: _paper_affine(img, (1, 0, 0, 0, 1, _paper_shift(level))),
     "Cutout": _paper_cutout,

@@ -124,8 +124,14 @@ def fixmatch_wrap_table() -> np.ndarray:
 _WRAP = fixmatch_wrap_table()
 
 
+def shift_pixels(level: int, side: int) -> int:
+    """Their TranslateX/Y's shift before its sign: ``int(level * 10 / 10)`` pixels at side 32, scaled to
+    ``side``."""
+    return level * 10 * side // (MAX_LEVEL * SIDE)
+
+
 def _shift(level: int, side: int) -> int:
-    return _paper_sign(level * 10 * side // (MAX_LEVEL * SIDE))  # int(level * 10 / 10) pixels at side 32
+    return _paper_sign(shift_pixels(level, side))
 
 
 def _op(img: Image.Image, name: str, level: int, side: int) -> Image.Image:

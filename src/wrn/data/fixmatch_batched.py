@@ -54,15 +54,15 @@ from functools import lru_cache
 
 import torch
 
-from wrn.data.autoaugment import MAX_LEVEL
+from wrn.data.autoaugment import MAX_LEVEL, enhance_factor, rotate_degrees, shear_amount
 from wrn.data.fixmatch_augment import (
     CUTOUT,
     EMPTIED_VALUE,
     GEOMETRIC,
     RANDOM_POLICY_OPS,
-    SIDE,
     FixMatchRA,
     cutout_size,
+    shift_pixels,
 )
 from wrn.data.pil_affine import ONE, affine_reads, fixed_coefficients, rotation_matrix
 
@@ -268,25 +268,19 @@ def _sharpness(rgb: torch.Tensor, h: int, w: int) -> torch.Tensor:
 _DEGENERATE = {"Color": _color, "Contrast": _contrast, "Brightness": _brightness, "Sharpness": _sharpness}
 
 
-def _factor(level: int) -> float:
-    return float(level) * 1.8 / MAX_LEVEL + 0.1  # their float_parameter(level, 1.8) + 0.1
-
-
 def _coefficients(op: str, level: int, negate: bool, w: int, h: int, side: int) -> tuple[int, ...]:
     """The 16.16 fixed-point (a0, a1, a2, a3, a4, a5) of a geometric op: output (x, y) reads input
     ``((a2 + y a1 + x a0) >> 16, (a5 + y a4 + x a3) >> 16)``."""
     if op in ("TranslateX", "TranslateY"):
         # ImagingScaleAffine: input x + 0.5 + t, truncated (-1 below 0): x + t for an integer t
-        shift = level * 10 * side // (MAX_LEVEL * SIDE)
-        shift = -shift if negate else shift
+        shift = -shift_pixels(level, side) if negate else shift_pixels(level, side)
         tx, ty = (shift, 0) if op == "TranslateX" else (0, shift)
         return (ONE, 0, tx * ONE + ONE // 2, 0, ONE, ty * ONE + ONE // 2)
     if op == "Rotate":
-        angle = int(level * 30 / MAX_LEVEL)
+        angle = rotate_degrees(level)
         a = rotation_matrix(-angle if negate else angle, w, h)
     else:
-        shear = level * 0.3 / MAX_LEVEL
-        shear = -shear if negate else shear
+        shear = -shear_amount(level) if negate else shear_amount(level)
         a = [1, shear, 0, 0, 1, 0] if op == "ShearX" else [1, 0, 0, shear, 1, 0]
     return fixed_coefficients(a, w, h, op)  # level 0: the identity (ImagingScaleAffine)
 
@@ -319,7 +313,7 @@ def _geometric_table(h: int, w: int, side: int, device: torch.device) -> torch.T
 def _constants(device: torch.device):
     """Posterize's and Solarize's tables [2, 11, 256] and the enhancements' float32 factors [11] per level,
     on ``device``."""
-    factors = torch.tensor([_factor(level) for level in range(MAX_LEVEL + 1)], dtype=torch.float32)
+    factors = torch.tensor([enhance_factor(level) for level in range(MAX_LEVEL + 1)], dtype=torch.float32)
     return _STATIC_LUTS.to(device), factors.to(device)
 
 
