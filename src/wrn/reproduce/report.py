@@ -205,7 +205,8 @@ def attack_table(results: list[RowResult]) -> Table:
         ]
         data_set = DATASET_TITLES.get(row.dataset, row.dataset)
         if res.trained_dataset and res.trained_dataset != row.dataset:
-            data_set = f"{res.dataset_title} (RobustBench: {data_set})"
+            whose = "RobustBench" if on_robustbench(row) else "its reference"
+            data_set = f"{res.dataset_title} ({whose}: {data_set})"
         held = [(r.config.get("adv") or {}).get("holdout") for r in res.runs if r.config]
         weights = ("best epoch (RUN/best)" if any(held) else "last epoch") if held else NONE
         images = sorted({str(r.attack.get("n_points")) for r in attacked if r.attack})
